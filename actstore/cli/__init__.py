@@ -1,0 +1,82 @@
+"""The `actstore` command: a thin shell over the Python API.
+
+Each command group lives in its own module exposing `register(subparsers)`; each command's
+handler takes the parsed arguments and returns an exit code. Library errors become one line on
+stderr and exit code 2 here, in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from actstore import __version__
+from actstore.errors import ActstoreError
+
+# modules under actstore.cli that register commands, in help order
+COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "query", "charts"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actstore",
+        description="Run a model once over a task dataset, store the activations, query them offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"actstore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"actstore.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"actstore.cli.{name}":
+                continue  # command group not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.handler(args) or 0)
+    except ActstoreError as e:
+        print(f"actstore {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"actstore {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `actstore sql ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, object]:
+    """`['digits=4', 'name=x']` -> {'digits': 4, 'name': 'x'}; values parsed as int, float, bool or str."""
+    from actstore.errors import InvalidParameterError
+
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InvalidParameterError(f"--param expects KEY=VALUE, got {pair!r}")
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        out[key] = value
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""4-digit addition `a0a1a2a3+b0b1b2b3=c0c1c2c3` (seed 003), digits most significant first.
+
+Tokens: digits 0-9 are themselves, '+' is 10, '=' is 11. Operands are drawn below
+`max_operand` (default 10**digits // 2, i.e. 5000) so the sum always fits in `digits` digits.
+The answers are the sum digits, each read one position before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from actstore.datasets.base import TaskData, check_n_seed
+from actstore.errors import InvalidParameterError
+
+PLUS, EQUALS = 10, 11
+
+
+class Addition:
+    name: ClassVar[str] = "addition"
+
+    def __init__(self, digits: int = 4, max_operand: int | None = None) -> None:
+        if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
+            raise InvalidParameterError(f"addition: digits must be an integer in 1..9, got {digits!r}")
+        limit = 10**digits // 2
+        if max_operand is None:
+            max_operand = limit
+        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or not 1 <= max_operand <= limit:
+            raise InvalidParameterError(
+                f"addition: max_operand must be an integer in 1..{limit} so that the sum of two "
+                f"operands fits in {digits} digits, got {max_operand!r}"
+            )
+        self.digits = digits
+        self.max_operand = max_operand
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"digits": self.digits, "max_operand": self.max_operand}
+
+    @property
+    def vocab(self) -> list[str]:
+        return [str(d) for d in range(10)] + ["+", "="]
+
+    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
+        check_n_seed(n, seed)
+        d = self.digits
+        rng = np.random.default_rng(seed)
+        a = rng.integers(0, self.max_operand, size=n, dtype=np.int64)
+        b = rng.integers(0, self.max_operand, size=n, dtype=np.int64)
+        s = a + b
+        place = 10 ** np.arange(d - 1, -1, -1, dtype=np.int64)  # most significant first
+        a_dig = (a[:, None] // place) % 10  # [example, digit]
+        b_dig = (b[:, None] // place) % 10
+        s_dig = (s[:, None] // place) % 10
+        col = lambda v: np.full((n, 1), v, dtype=np.int64)  # noqa: E731
+        tokens = np.concatenate([a_dig, col(PLUS), b_dig, col(EQUALS), s_dig], axis=1)
+
+        # Digit i receives a carry from digit i+1 when the lower digits of a and b overflow.
+        lower = 10 ** np.arange(d - 1, 0, -1, dtype=np.int64)  # 10**(d-1-i) for i < d-1
+        carries = (a[:, None] % lower + b[:, None] % lower) >= lower  # [example, d-1]
+
+        vocab = self.vocab
+        roles = np.array(
+            [f"a{i}" for i in range(d)] + ["+"] + [f"b{i}" for i in range(d)] + ["="] + [f"c{i}" for i in range(d)]
+        )
+        labels = {"a": a, "b": b, "sum": s}
+        labels.update({f"carry_{i}": carries[:, i] for i in range(d - 1)})
+        labels["any_carry"] = carries.any(axis=1) if d > 1 else np.zeros(n, dtype=bool)
+        str_tokens = [[vocab[t] for t in row] for row in tokens.tolist()]
+        return TaskData(
+            task=self.name,
+            params=self.params,
+            seed=int(seed),
+            tokens=tokens,
+            lengths=np.full(n, tokens.shape[1], dtype=np.int64),
+            answer_pos=np.broadcast_to(np.arange(2 * d + 1, 3 * d + 1, dtype=np.int64), (n, d)).copy(),
+            answer_tokens=s_dig.copy(),
+            counter_tokens=None,
+            roles=np.broadcast_to(roles, tokens.shape).copy(),
+            str_tokens=str_tokens,
+            text=["".join(r) for r in str_tokens],
+            labels=pl.DataFrame(labels),
+            pad_id=EQUALS,
+        )

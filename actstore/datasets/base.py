@@ -1,0 +1,134 @@
+"""The Task protocol and the columnar batch of examples every task produces.
+
+A task is a deterministic generator: the same (params, n, seed) always gives the same
+examples, so a store can record just the task spec and seed and be regenerated anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError
+
+
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """A batch of examples of one task, as arrays (one row per example).
+
+    tokens:         [example, pos] int64, right-padded with `pad_id` to the longest example
+    lengths:        [example] int64, the number of real tokens of each example
+    answer_pos:     [example, answer] int64, the position whose logits predict each answer
+    answer_tokens:  [example, answer] int64, the correct token at each answer position
+    counter_tokens: [example, answer] int64, the counterfactual token, or None if the task has none
+    roles:          [example, pos] str, the token's role ('' where it has none)
+    str_tokens:     one list of token strings per example (length `lengths[i]`)
+    text:           one string per example
+    labels:         a Polars DataFrame, one row per example, one column per label
+    """
+
+    task: str
+    params: dict[str, Any]
+    seed: int
+    tokens: np.ndarray
+    lengths: np.ndarray
+    answer_pos: np.ndarray
+    answer_tokens: np.ndarray
+    counter_tokens: np.ndarray | None
+    roles: np.ndarray
+    str_tokens: list[list[str]]
+    text: list[str]
+    labels: pl.DataFrame
+    pad_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_answers(self) -> int:
+        return int(self.answer_pos.shape[1])
+
+    def slice(self, start: int, stop: int) -> "TaskData":
+        """Examples [start, stop) as a new TaskData (arrays are views)."""
+        return TaskData(
+            task=self.task,
+            params=self.params,
+            seed=self.seed,
+            tokens=self.tokens[start:stop],
+            lengths=self.lengths[start:stop],
+            answer_pos=self.answer_pos[start:stop],
+            answer_tokens=self.answer_tokens[start:stop],
+            counter_tokens=None if self.counter_tokens is None else self.counter_tokens[start:stop],
+            roles=self.roles[start:stop],
+            str_tokens=self.str_tokens[start:stop],
+            text=self.text[start:stop],
+            labels=self.labels.slice(start, stop - start),
+            pad_id=self.pad_id,
+            extra=self.extra,
+        )
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per example: example_id, text, tokens, answers and the label columns."""
+        n = len(self)
+        counter = (
+            pl.Series("counter_tokens", [None] * n, dtype=pl.List(pl.Int64))
+            if self.counter_tokens is None
+            else pl.Series("counter_tokens", self.counter_tokens.tolist(), dtype=pl.List(pl.Int64))
+        )
+        base = pl.DataFrame(
+            [
+                pl.Series("example_id", np.arange(n, dtype=np.int64)),
+                pl.Series("text", self.text, dtype=pl.String),
+                pl.Series(
+                    "tokens",
+                    [row[:length].tolist() for row, length in zip(self.tokens, self.lengths)],
+                    dtype=pl.List(pl.Int64),
+                ),
+                pl.Series("length", self.lengths.astype(np.int64)),
+                pl.Series("answer_positions", self.answer_pos.tolist(), dtype=pl.List(pl.Int64)),
+                pl.Series("answer_tokens", self.answer_tokens.tolist(), dtype=pl.List(pl.Int64)),
+                counter,
+            ]
+        )
+        labels = self.labels.drop([c for c in self.labels.columns if c in base.columns])
+        return pl.concat([base, labels], how="horizontal")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A deterministic generator of examples.
+
+    `vocab` is the list of token strings for tasks with their own token ids (None for text
+    tasks, which tokenize with the model's tokenizer, passed to `generate`).
+    """
+
+    name: ClassVar[str]
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    @property
+    def vocab(self) -> list[str] | None: ...
+
+    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData: ...
+
+
+def check_n_seed(n: Any, seed: Any) -> None:
+    """Raise InvalidParameterError unless n is a positive int and seed a non-negative int."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InvalidParameterError(f"n must be a positive integer, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def pad_ragged(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad a list of token lists: returns (tokens [example, pos], lengths [example])."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    out = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, lengths

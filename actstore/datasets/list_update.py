@@ -1,0 +1,84 @@
+"""List-index update `BOS a1 a2 a3 NL idx elt NL b1 b2 b3` (seed 000).
+
+Numbers 0..max_num-1 are their own tokens, BOS is max_num, NL is max_num+1. `b` is `a` with
+position `idx` set to `elt`; the answers are b1..b3, each read one position before it.
+Unlike the seed's generator (one idx and elt per batch), idx and elt are drawn per example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from actstore.datasets.base import TaskData, check_n_seed
+from actstore.errors import InvalidParameterError
+
+
+class ListUpdate:
+    name: ClassVar[str] = "list_update"
+
+    def __init__(self, list_len: int = 3, max_num: int = 50) -> None:
+        if isinstance(list_len, bool) or not isinstance(list_len, int) or not 1 <= list_len <= 32:
+            raise InvalidParameterError(f"list_update: list_len must be an integer in 1..32, got {list_len!r}")
+        if isinstance(max_num, bool) or not isinstance(max_num, int) or not max(2, list_len) <= max_num <= 100_000:
+            raise InvalidParameterError(
+                f"list_update: max_num must be an integer in {max(2, list_len)}..100000 "
+                f"(indices 0..list_len-1 are number tokens), got {max_num!r}"
+            )
+        self.list_len = list_len
+        self.max_num = max_num
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"list_len": self.list_len, "max_num": self.max_num}
+
+    @property
+    def bos(self) -> int:
+        return self.max_num
+
+    @property
+    def newline(self) -> int:
+        return self.max_num + 1
+
+    @property
+    def vocab(self) -> list[str]:
+        return [str(i) for i in range(self.max_num)] + ["BOS", "NL"]
+
+    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
+        check_n_seed(n, seed)
+        k = self.list_len
+        rng = np.random.default_rng(seed)
+        a = rng.integers(0, self.max_num, size=(n, k), dtype=np.int64)
+        idx = rng.integers(0, k, size=n, dtype=np.int64)
+        elt = rng.integers(0, self.max_num, size=n, dtype=np.int64)
+        b = a.copy()
+        b[np.arange(n), idx] = elt
+        col = lambda v: np.asarray(v, dtype=np.int64).reshape(n, 1) if np.ndim(v) else np.full((n, 1), v)  # noqa: E731
+        tokens = np.concatenate(
+            [col(self.bos), a, col(self.newline), col(idx), col(elt), col(self.newline), b], axis=1
+        ).astype(np.int64)
+        roles = np.array(["BOS"] + [f"a{i}" for i in range(k)] + ["NL", "idx", "elt", "NL"] + [f"b{i}" for i in range(k)])
+        first_b = k + 5
+        vocab = self.vocab
+        str_tokens = [[vocab[t] for t in row] for row in tokens.tolist()]
+        labels = pl.DataFrame(
+            {"idx": idx, "elt": elt, "changed": a[np.arange(n), idx] != elt}
+            | {f"a{i}": a[:, i] for i in range(k)}
+        )
+        return TaskData(
+            task=self.name,
+            params=self.params,
+            seed=int(seed),
+            tokens=tokens,
+            lengths=np.full(n, tokens.shape[1], dtype=np.int64),
+            answer_pos=np.broadcast_to(np.arange(first_b - 1, first_b - 1 + k, dtype=np.int64), (n, k)).copy(),
+            answer_tokens=b,
+            counter_tokens=None,
+            roles=np.broadcast_to(roles, tokens.shape).copy(),
+            str_tokens=str_tokens,
+            text=[" ".join(r) for r in str_tokens],
+            labels=labels,
+            pad_id=self.newline,
+        )
