@@ -16,7 +16,7 @@ from actstore import __version__
 from actstore.errors import ActstoreError
 
 # modules under actstore.cli that register commands, in help order
-COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "query", "charts"]
+COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "charts"]
 
 
 def build_parser() -> argparse.ArgumentParser:
