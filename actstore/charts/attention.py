@@ -1,0 +1,171 @@
+"""Attention charts over `actstore.query.attention` tables, with token roles on the axes.
+
+Input rows (raw): example_id, layer, head, q_pos, k_pos, q_role, k_role, prob. Key positions
+that share a role are summed (attention *mass* on that role), then averaged over the query
+positions of each query role, counting keys a query never sees (causal mask) as 0. An
+aggregated table (q_role, k_role, mean per head) is charted as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import polars as pl
+
+from actstore.charts import style
+from actstore.charts.tables import join_labels, require_columns, role_label, summarise
+from actstore.errors import InvalidParameterError
+
+MAX_PANELS = 48  # heads drawn in one chart; pass heads= to choose
+
+
+def _head_label() -> pl.Expr:
+    return pl.format("L{}H{}", pl.col("layer"), pl.col("head"))
+
+
+def _role(column: str) -> pl.Expr:
+    """A role column with missing / empty roles named 'other' (see tables.role_label)."""
+    return pl.when(pl.col(column).fill_null("") == "").then(pl.lit("other")).otherwise(pl.col(column)).alias(column)
+
+
+def _select_heads(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | None, what: str) -> pl.DataFrame:
+    if heads is None:
+        return attn
+    keep = pl.DataFrame({"layer": [int(h[0]) for h in heads], "head": [int(h[1]) for h in heads]},
+                        schema={"layer": attn.schema["layer"], "head": attn.schema["head"]})
+    out = attn.join(keep, on=["layer", "head"], how="semi")
+    if out.height == 0:
+        raise InvalidParameterError(f"{what}: none of heads={list(heads)} is in the attention table")
+    return out
+
+
+def role_mass(attn: pl.DataFrame) -> pl.DataFrame:
+    """Attention mass on each key role, per (example, head, query position).
+
+    attn: raw attention rows. Returns example_id, layer, head, q_pos, q_role, k_role, mass,
+    with a 0 row for every key role a query gives no attention to, so means are unbiased.
+    """
+    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "prob"], "role_mass")
+    q_keys = ["example_id", "layer", "head", "q_pos", "q_role"]
+    t = attn.with_columns(_role("q_role"), _role("k_role"))
+    mass = t.group_by([*q_keys, "k_role"]).agg(mass=pl.col("prob").sum())
+    roles = t.select("k_role").unique()
+    grid = t.select(q_keys).unique().join(roles, how="cross")
+    return grid.join(mass, on=[*q_keys, "k_role"], how="left").with_columns(pl.col("mass").fill_null(0.0))
+
+
+def role_order(attn: pl.DataFrame) -> list[str]:
+    """Token roles in order of their mean position (keys and queries together); 'other' last."""
+    if "k_pos" not in attn.columns:
+        roles = set(attn.get_column("q_role").to_list()) | set(attn.get_column("k_role").to_list())
+        return sorted((role_label(r) for r in roles), key=lambda r: (r == "other", r))
+    both = pl.concat([
+        attn.select(role=pl.col("q_role"), pos=pl.col("q_pos")),
+        attn.select(role=pl.col("k_role"), pos=pl.col("k_pos")),
+    ]).with_columns(_role("role"))
+    means = both.group_by("role").agg(pl.col("pos").mean()).sort("pos")
+    names = means.get_column("role").to_list()
+    return [r for r in names if r != "other"] + (["other"] if "other" in names else [])
+
+
+def attention_heatmap(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | None = None) -> alt.FacetChart:
+    """Average attention pattern of each head as a query-role x key-role heatmap (one panel per head).
+
+    Cell = mean over examples and query positions of that role of the attention mass on keys
+    of the key role; rows sum to 1 for a softmax head.
+    """
+    require_columns(attn, ["layer", "head", "q_role", "k_role"], "attention_heatmap")
+    attn = _select_heads(attn, heads, "attention_heatmap")
+    order = role_order(attn)
+    if "prob" in attn.columns:
+        summary = summarise(role_mass(attn), ["layer", "head", "q_role", "k_role"], value="mass")
+    else:
+        summary = summarise(attn, ["layer", "head", "q_role", "k_role"])
+    summary = summary.with_columns(head_label=_head_label())
+    n_panels = summary.select("layer", "head").unique().height
+    if n_panels > MAX_PANELS:
+        raise InvalidParameterError(
+            f"attention_heatmap: {n_panels} heads is too many for one chart (max {MAX_PANELS}); pass heads=[(layer, head), ...]")
+    head_order = [f"L{l}H{h}" for l, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
+    n_heads = summary.get_column("head").n_unique()
+    side = max(style.CELL * len(order), 100)
+    base = alt.Chart(summary).mark_rect().encode(
+        x=alt.X("k_role:N", sort=order, title="Key token role"),
+        y=alt.Y("q_role:N", sort=order, title="Query token role"),
+        color=style.sequential("mean", "Attention mass"),
+        tooltip=[
+            alt.Tooltip("head_label:N", title="Head"),
+            alt.Tooltip("q_role:N", title="Query role"),
+            alt.Tooltip("k_role:N", title="Key role"),
+            style.value_tooltip("mean", "mean attention mass"),
+            alt.Tooltip("n:Q", title="queries"),
+        ],
+    ).properties(width=side, height=side)
+    return base.facet(
+        facet=alt.Facet("head_label:N", sort=head_order, title=None), columns=min(max(n_heads, 1), 6)
+    ).properties(title=style.chart_title("Average attention pattern by token role",
+                                         "attention mass from each query role to each key role, mean over examples"))
+
+
+def attention_role_bars(
+    attn: pl.DataFrame,
+    query_role: str,
+    key_roles: Sequence[str] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+    examples: pl.DataFrame | None = None,
+    by: str | None = None,
+) -> alt.LayerChart | alt.FacetChart:
+    """Attention mass from the `query_role` token to each key role, per head, as grouped bars.
+
+    `key_roles` restricts the bars (e.g. IOI END -> IO, S1, S2); `by` splits by a label column of
+    `examples` (one row of panels per label value).
+    """
+    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "prob"], "attention_role_bars")
+    attn = _select_heads(attn, heads, "attention_role_bars")
+    present = set(attn.get_column("q_role").drop_nulls().to_list())
+    if query_role not in present:
+        raise InvalidParameterError(
+            f"attention_role_bars: query role {query_role!r} not in the table (roles: {sorted(present)})")
+    order = role_order(attn)
+    mass = role_mass(attn.filter(pl.col("q_role") == query_role))
+    if key_roles is not None:
+        missing = [r for r in key_roles if r not in order]
+        if missing:
+            raise InvalidParameterError(f"attention_role_bars: key roles {missing} not in the table (roles: {order})")
+        mass = mass.filter(pl.col("k_role").is_in(list(key_roles)))
+        order = list(key_roles)
+    keys = ["layer", "head", "k_role"]
+    if by is not None:
+        if examples is None:
+            raise InvalidParameterError("attention_role_bars: by= needs examples= (store.examples)")
+        mass = join_labels(mass, examples, [by], "attention_role_bars")
+        mass = mass.with_columns(pl.col(by).cast(pl.String).fill_null("none").alias("split"))
+        keys.append("split")
+    summary = summarise(mass, keys, value="mass").with_columns(head_label=_head_label())
+    head_order = [f"L{l}H{h}" for l, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
+    x = alt.X("head_label:N", sort=head_order, title="Head")
+    tooltip = [
+        alt.Tooltip("head_label:N", title="Head"),
+        alt.Tooltip("k_role:N", title="Key role"),
+        style.value_tooltip("mean", "mean attention mass"),
+        style.value_tooltip("ci_low", "95% CI low"),
+        style.value_tooltip("ci_high", "95% CI high"),
+        alt.Tooltip("n:Q", title="queries"),
+    ]
+    bars = alt.Chart().mark_bar().encode(
+        x=x, xOffset=alt.XOffset("k_role:N", sort=order),
+        y=alt.Y("mean:Q", title="Attention mass", scale=alt.Scale(domainMin=0)),
+        color=alt.Color("k_role:N", sort=order, title="Key token role"), tooltip=tooltip,
+    )
+    whiskers = alt.Chart().mark_errorbar(ticks=True).encode(
+        x=x, xOffset=alt.XOffset("k_role:N", sort=order), y=alt.Y("ci_low:Q", title="Attention mass"), y2="ci_high:Q")
+    width = min(max(style.PLOT_WIDTH, 14 * len(head_order) * len(order)), 1400)
+    layer = alt.layer(bars, whiskers, data=summary).properties(width=width, height=style.PLOT_HEIGHT)
+    title = style.chart_title(f"Attention from {query_role} by key role", "mean over examples, 95% CI")
+    if by is not None:
+        return layer.facet(row=alt.Row("split:N", title=by)).properties(title=title)
+    return layer.properties(title=title)
+
+
+__all__ = ["attention_heatmap", "attention_role_bars", "role_mass", "role_order"]
