@@ -1,0 +1,228 @@
+"""Balanced-brackets classification (seed 002, the ARENA bracket classifier).
+
+Tokens: `[start]`=0, `[pad]`=1, `[end]`=2, `(`=3, `)`=4. A sequence is `[start] brackets [end]`,
+right-padded with `[pad]` to `max_len + 2`. The model is bidirectional and reads its answer
+at position 0, from a 2-class head: class 0 = unbalanced, 1 = balanced. The counterfactual
+token is the other class, so the logit difference is balanced-minus-unbalanced when the
+string is balanced (and the reverse when not).
+
+About `balanced_fraction` of the examples are balanced (exactly round(n * fraction)); the
+unbalanced ones mix random strings with near misses of balanced strings, so that every
+failure type is common:
+- total_elevation:    more opens than closes or the reverse (final count != 0), never negative
+- negative_elevation: equal counts, but the running count dips below zero
+- both:               both of the above
+Labels are computed from the finished strings (`bracket_labels`), never from how they were made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from actstore.datasets.base import TaskData, check_n_seed
+from actstore.errors import InvalidParameterError
+
+START, PAD, END, OPEN, CLOSE = 0, 1, 2, 3, 4
+VOCAB = ["[start]", "[pad]", "[end]", "(", ")"]
+UNBALANCED, BALANCED = 0, 1
+FAILURES = ["none", "total_elevation", "negative_elevation", "both"]
+
+# how unbalanced strings are made: (method, probability). Tuned so each failure type is
+# >= 20% of the unbalanced examples at the default max_len (see tests/datasets/test_brackets.py).
+_UNBALANCED_METHODS = (
+    ("random", 0.25),  # uniform random string of random length: mostly 'both' / 'total'
+    ("flip_open", 0.15),  # balanced string with one '(' turned to ')': 'both' or 'total'
+    ("flip_close", 0.15),  # balanced string with one ')' turned to '(': 'total' only
+    ("invert_component", 0.3),  # a top-level '(w)' turned to ')w(': 'negative' only
+    ("drop_one", 0.15),  # balanced string with one bracket removed: odd length, 'total'/'both'
+)
+
+
+class Brackets:
+    """Balanced-brackets strings of up to `max_len` brackets (an even integer, default 40)."""
+
+    name: ClassVar[str] = "brackets"
+
+    def __init__(self, max_len: int = 40, balanced_fraction: float = 0.5) -> None:
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or not (
+            2 <= max_len <= 200 and max_len % 2 == 0
+        ):
+            raise InvalidParameterError(f"brackets: max_len must be an even integer in 2..200, got {max_len!r}")
+        if isinstance(balanced_fraction, bool) or not isinstance(balanced_fraction, (int, float)) or not (
+            0.0 <= balanced_fraction <= 1.0
+        ):
+            raise InvalidParameterError(
+                f"brackets: balanced_fraction must be a number in 0..1, got {balanced_fraction!r}"
+            )
+        self.max_len = int(max_len)
+        self.balanced_fraction = float(balanced_fraction)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"max_len": self.max_len, "balanced_fraction": self.balanced_fraction}
+
+    @property
+    def vocab(self) -> list[str]:
+        return list(VOCAB)
+
+    @property
+    def n_classes(self) -> int:
+        """Size of the classifier's output vocabulary (d_vocab_out)."""
+        return 2
+
+    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
+        check_n_seed(n, seed)
+        rng = np.random.default_rng(seed)
+        n_bal = int(round(n * self.balanced_fraction))
+        want_balanced = np.zeros(n, dtype=bool)
+        want_balanced[:n_bal] = True
+        rng.shuffle(want_balanced)
+        strings = [
+            _balanced(rng, self.max_len) if bal else _unbalanced(rng, self.max_len) for bal in want_balanced
+        ]
+        return _task_data(strings, self.params, int(seed))
+
+
+def bracket_labels(strings: list[str]) -> pl.DataFrame:
+    """Labels of bracket strings: balanced, failure, open_proportion, starts_open, n_brackets.
+
+    Uses the running count of opens minus closes; `failure` names which of the two balance
+    conditions fail (final count zero; count never below zero).
+    """
+    max_len = max(1, max(len(s) for s in strings))
+    step = np.zeros((len(strings), max_len), dtype=np.int64)  # [example, bracket] +1 / -1 / 0 (past end)
+    for i, s in enumerate(strings):
+        if s:
+            step[i, : len(s)] = np.where(np.frombuffer(s.encode(), dtype=np.uint8) == ord("("), 1, -1)
+    height = np.cumsum(step, axis=1)  # [example, bracket]
+    total_bad = height[:, -1] != 0
+    negative_bad = (height < 0).any(axis=1)
+    failure_idx = total_bad.astype(np.int64) + 2 * negative_bad.astype(np.int64)
+    n_open = (step == 1).sum(axis=1)
+    n_brackets = (step != 0).sum(axis=1)
+    return pl.DataFrame(
+        {
+            "balanced": ~(total_bad | negative_bad),
+            "failure": np.array(FAILURES)[failure_idx],
+            "open_proportion": np.where(n_brackets > 0, n_open / np.maximum(n_brackets, 1), 0.0),
+            "starts_open": step[:, 0] == 1,
+            "n_brackets": n_brackets,
+        }
+    )
+
+
+def _task_data(strings: list[str], params: dict[str, Any], seed: int) -> TaskData:
+    """Tokens, roles and answers of bracket strings (labels from `bracket_labels`)."""
+    n, width = len(strings), int(params["max_len"]) + 2
+    tokens = np.full((n, width), PAD, dtype=np.int64)  # [example, pos]
+    roles = np.full((n, width), "", dtype=object)
+    for i, s in enumerate(strings):
+        body = [OPEN if c == "(" else CLOSE for c in s]
+        tokens[i, : len(s) + 2] = [START, *body, END]
+        roles[i, : len(s) + 2] = ["start", *("open" if c == "(" else "close" for c in s), "end"]
+    lengths = np.array([len(s) + 2 for s in strings], dtype=np.int64)
+    labels = bracket_labels(strings)
+    balanced = labels["balanced"].to_numpy()
+    labels = labels.insert_column(4, pl.Series("length", lengths))
+    answer = np.where(balanced, BALANCED, UNBALANCED).astype(np.int64)[:, None]  # [example, 1]
+    return TaskData(
+        task=Brackets.name,
+        params=params,
+        seed=seed,
+        tokens=tokens,
+        lengths=lengths,
+        answer_pos=np.zeros((n, 1), dtype=np.int64),
+        answer_tokens=answer,
+        counter_tokens=1 - answer,
+        roles=roles.astype(str),
+        str_tokens=[["[start]", *s, "[end]"] for s in strings],
+        text=strings,
+        labels=labels,
+        pad_id=PAD,
+        extra={"n_classes": 2, "classes": ["unbalanced", "balanced"]},
+    )
+
+
+def _balanced(rng: np.random.Generator, max_len: int, min_len: int = 2) -> str:
+    """A random balanced string of even length in [min_len, max_len].
+
+    A random arrangement of equal opens and closes, with every excursion below zero
+    mirrored (its brackets swapped) so the running count never goes negative.
+    """
+    half = int(rng.integers(max(1, min_len // 2), max_len // 2 + 1))
+    steps = np.array([1] * half + [-1] * half)
+    rng.shuffle(steps)
+    height = np.concatenate([[0], np.cumsum(steps)])
+    # step i lies below zero when the walk's segment from height[i] to height[i+1] is negative
+    below = (height[:-1] < 0) | (height[1:] < 0)
+    steps = np.where(below, -steps, steps)
+    return "".join("(" if s == 1 else ")" for s in steps)
+
+
+def _unbalanced(rng: np.random.Generator, max_len: int) -> str:
+    """A random unbalanced string of 1..max_len brackets (re-drawn until unbalanced)."""
+    names = [m for m, _ in _UNBALANCED_METHODS]
+    probs = np.array([p for _, p in _UNBALANCED_METHODS])
+    while True:
+        method = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+        s = _UNBALANCED_MAKERS[method](rng, max_len)
+        if s and not _is_balanced(s):
+            return s
+
+
+def _random_string(rng: np.random.Generator, max_len: int) -> str:
+    length = int(rng.integers(1, max_len + 1))
+    return "".join(np.where(rng.random(length) < 0.5, "(", ")"))
+
+
+def _flip(rng: np.random.Generator, max_len: int, which: str) -> str:
+    s = list(_balanced(rng, max_len))
+    idx = [i for i, c in enumerate(s) if c == which]
+    i = idx[int(rng.integers(len(idx)))]
+    s[i] = ")" if which == "(" else "("
+    return "".join(s)
+
+
+def _invert_component(rng: np.random.Generator, max_len: int) -> str:
+    """Turn one top-level component '(w)' of a balanced string into ')w(': dips to -1, ends at 0."""
+    s = list(_balanced(rng, max_len))
+    starts, h = [], 0
+    for i, c in enumerate(s):
+        if h == 0:
+            starts.append(i)
+        h += 1 if c == "(" else -1
+    start = starts[int(rng.integers(len(starts)))]
+    h, end = 0, start
+    for end in range(start, len(s)):
+        h += 1 if s[end] == "(" else -1
+        if h == 0:
+            break
+    s[start], s[end] = ")", "("
+    return "".join(s)
+
+
+def _drop_one(rng: np.random.Generator, max_len: int) -> str:
+    s = _balanced(rng, max_len)
+    i = int(rng.integers(len(s)))
+    return s[:i] + s[i + 1 :]
+
+
+_UNBALANCED_MAKERS = {
+    "random": _random_string,
+    "flip_open": lambda rng, m: _flip(rng, m, "("),
+    "flip_close": lambda rng, m: _flip(rng, m, ")"),
+    "invert_component": _invert_component,
+    "drop_one": _drop_one,
+}
+
+
+def _is_balanced(s: str) -> bool:
+    h = 0
+    for c in s:
+        h += 1 if c == "(" else -1
+        if h < 0:
+            return False
+    return h == 0
