@@ -4,6 +4,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from actstore.errors import ActstoreError
 
-__all__ = ["ActstoreError", "__version__"]
+__all__ = ["ActstoreError", "__version__", "ingest", "open_store"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: `ingest` pulls in torch, and reading a store must not need it.
+    # actstore.ingest is a callable module (see actstore/ingest/__init__.py): ingest(...) works.
+    if name == "ingest":
+        import actstore.ingest
+
+        return actstore.ingest
+    if name == "open_store":
+        from actstore.store import open_store
+
+        return open_store
+    raise AttributeError(f"module 'actstore' has no attribute {name!r}")

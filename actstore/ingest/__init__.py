@@ -1,0 +1,22 @@
+"""Ingest: run a model over a task dataset and stream chosen activations into a store.
+
+The only part of actstore (with actstore.models) that needs torch and a model.
+`actstore.ingest` is both this package and the function: calling the module calls
+`actstore.ingest.run.ingest` (the subpackage would otherwise shadow the function as soon as
+any `actstore.ingest.*` module is imported).
+"""
+
+import sys
+import types
+
+from actstore.ingest.run import ingest
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return ingest(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["ingest"]

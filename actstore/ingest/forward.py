@@ -1,0 +1,103 @@
+"""One masked forward pass that copies the chosen hooks straight into chunk buffers.
+
+Hooks are registered once for the whole ingest; per batch, `Sink.target` points them at the
+rows of the chunk buffers to fill and at the batch's answer positions. A hook selects its
+positions on the device, casts to the stored dtype and copies into the (pinned, on CUDA)
+host buffer, so nothing but the stored values ever leaves the device.
+
+Padding: examples are right-padded; the model always runs with
+attention_mask = (arange(pos) < lengths[:, None]). TransformerLens applies that mask only to
+causal attention, so for bidirectional models a hook on every `hook_attn_scores` masks the
+pad keys as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from actstore.ingest.hooks import pos_axis
+
+
+def attention_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[example, pos] 1 on real tokens, 0 on right padding."""
+    return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+@dataclass
+class Sink:
+    """Where the registered hooks write during the current batch.
+
+    target:     {hook name: torch view of the chunk buffer rows of this batch}
+    answer_pos: [batch, answer] answer positions on the device
+    key_mask:   [batch, pos] bool, True on real tokens (for bidirectional masking)
+    """
+
+    target: dict[str, torch.Tensor] = field(default_factory=dict)
+    answer_pos: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None
+    non_blocking: bool = False
+
+
+def select_answers(act: torch.Tensor, axis: int, answer_pos: torch.Tensor) -> torch.Tensor:
+    """Keep only the answer positions along `axis`: [batch, ..., pos, ...] -> [batch, ..., answer, ...]."""
+    moved = act.movedim(axis, 1)  # [batch, pos, ...]
+    rows = torch.arange(act.shape[0], device=act.device)[:, None]
+    return moved[rows, answer_pos].movedim(1, axis)  # [batch, answer, ...] -> back in place
+
+
+def capture_hooks(sink: Sink, choices: list[tuple[str, str, tuple[str, ...]]]) -> list[tuple[str, Callable]]:
+    """TransformerLens fwd_hooks that copy each (name, positions, dims) hook into `sink.target[name]`."""
+    hooks = []
+    for name, positions, dims in choices:
+        axis = pos_axis(dims)
+
+        def hook(act: torch.Tensor, hook: Any, name: str = name, positions: str = positions,
+                 axis: int = axis) -> None:
+            if positions == "answer":
+                act = select_answers(act, axis, sink.answer_pos)
+            sink.target[name].copy_(act.detach(), non_blocking=sink.non_blocking)
+
+        hooks.append((name, hook))
+    return hooks
+
+
+def bidirectional_mask_hooks(sink: Sink, n_layers: int) -> list[tuple[str, Callable]]:
+    """Hooks that stop every query attending to pad keys: [batch, head, query_pos, key_pos] scores."""
+
+    def hook(scores: torch.Tensor, hook: Any) -> torch.Tensor:
+        return scores.masked_fill(~sink.key_mask[:, None, None, :], float("-inf"))
+
+    return [(f"blocks.{layer}.attn.hook_attn_scores", hook) for layer in range(n_layers)]
+
+
+def answer_logits(logits: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tensor:
+    """[batch, pos, vocab] -> [batch, answer, vocab] float32 at the answer positions."""
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    return logits[rows, answer_pos].float()
+
+
+def answer_outputs(logits: torch.Tensor, correct: torch.Tensor, counter: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Per answer: correct/counter logit, logit diff, prob, rank (0 = top), loss, correct (argmax).
+
+    logits: [batch, answer, vocab] float32; correct, counter: [batch, answer] token ids.
+    Returns {column: [batch, answer] numpy array}.
+    """
+    logprobs = logits.log_softmax(-1)
+    c_logit = logits.gather(-1, correct[..., None])[..., 0]
+    out = {
+        "correct_logit": c_logit,
+        "prob": logprobs.gather(-1, correct[..., None])[..., 0].exp(),
+        "rank": (logits > c_logit[..., None]).sum(-1),
+        "loss": -logprobs.gather(-1, correct[..., None])[..., 0],
+        "correct": logits.argmax(-1) == correct,
+    }
+    if counter is not None:
+        k_logit = logits.gather(-1, counter[..., None])[..., 0]
+        out["counter_logit"] = k_logit
+        out["logit_diff"] = c_logit - k_logit
+    return {k: v.cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,72 @@
+"""The meta tables of one chunk: examples and tokens from the task data, outputs from the logits.
+
+Columns (see DESIGN.md):
+- examples: example_id, split, text, tokens, length, answer_positions, answer_tokens,
+  counter_tokens, then the task's label columns
+- tokens:   example_id, pos, token_id, str_token, role (null where the token has none);
+  real tokens only (no padding)
+- outputs:  example_id, answer_idx, answer_pos, correct_token, counter_token, correct_logit,
+  counter_logit, logit_diff, prob, rank, loss, correct
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from actstore.datasets.base import TaskData
+
+DEFAULT_SPLIT = "all"  # tasks that define splits put a 'split' label column in their labels
+
+
+def examples_frame(data: TaskData, start: int) -> pl.DataFrame:
+    """Rows of `data` (a chunk's slice starting at example `start`)."""
+    df = data.to_frame().with_columns(pl.col("example_id") + start)
+    if "split" not in df.columns:
+        df = df.with_columns(pl.lit(DEFAULT_SPLIT).alias("split"))
+    return df.select("example_id", "split", pl.all().exclude("example_id", "split"))
+
+
+def tokens_frame(data: TaskData, start: int) -> pl.DataFrame:
+    """One row per real token of each example of the slice."""
+    n, width = data.tokens.shape
+    real = np.arange(width)[None, :] < data.lengths[:, None]  # [example, pos]
+    ex, pos = np.nonzero(real)
+    roles = np.asarray(data.roles)[ex, pos].astype(str)
+    return pl.DataFrame([
+        pl.Series("example_id", (ex + start).astype(np.int64)),
+        pl.Series("pos", pos.astype(np.int64)),
+        pl.Series("token_id", data.tokens[ex, pos].astype(np.int64)),
+        pl.Series("str_token", [data.str_tokens[e][p] for e, p in zip(ex.tolist(), pos.tolist())], dtype=pl.String),
+        pl.Series("role", roles, dtype=pl.String),
+    ]).with_columns(pl.when(pl.col("role") == "").then(None).otherwise(pl.col("role")).alias("role"))
+
+
+def outputs_frame(data: TaskData, start: int, out: dict[str, np.ndarray]) -> pl.DataFrame:
+    """One row per (example, answer) from `forward.answer_outputs` values ([example, answer] each)."""
+    n, n_ans = data.answer_pos.shape
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a).reshape(n * n_ans)
+
+    def nullable(key: str, dtype: pl.DataType) -> pl.Series:
+        if key in out:
+            return pl.Series(key, flat(out[key]), dtype=dtype)
+        return pl.Series(key, [None] * (n * n_ans), dtype=dtype)
+
+    counter = data.counter_tokens
+    return pl.DataFrame([
+        pl.Series("example_id", np.repeat(np.arange(start, start + n, dtype=np.int64), n_ans)),
+        pl.Series("answer_idx", np.tile(np.arange(n_ans, dtype=np.int64), n)),
+        pl.Series("answer_pos", flat(data.answer_pos).astype(np.int64)),
+        pl.Series("correct_token", flat(data.answer_tokens).astype(np.int64)),
+        pl.Series("counter_token", [None] * (n * n_ans) if counter is None else flat(counter).astype(np.int64),
+                  dtype=pl.Int64),
+        pl.Series("correct_logit", flat(out["correct_logit"]), dtype=pl.Float32),
+        nullable("counter_logit", pl.Float32),
+        nullable("logit_diff", pl.Float32),
+        pl.Series("prob", flat(out["prob"]), dtype=pl.Float32),
+        pl.Series("rank", flat(out["rank"]).astype(np.int64)),
+        pl.Series("loss", flat(out["loss"]), dtype=pl.Float32),
+        pl.Series("correct", flat(out["correct"]).astype(bool)),
+    ])

@@ -1,0 +1,94 @@
+"""The first-batch probe: each chosen hook's shape, and the decomposition check.
+
+Run before the store is created, so that the manifest (hook shapes and the check's result) is
+complete when it is first written and never rewritten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from actstore.ingest.forward import Sink, answer_logits, bidirectional_mask_hooks, attention_mask, select_answers
+from actstore.store.decomposition import decomposed_logits, required_hooks
+
+# above this max error (relative to 1 + max |logit|) the check is recorded as failed
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+HALF_TOLERANCE = 2e-2
+
+
+def probe_batch(
+    model: Any,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    answer_pos: torch.Tensor,
+    answer_tokens: torch.Tensor,
+    hook_names: list[str],
+    stored_dtype: str,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """Run one batch; returns ({hook: per-example shape}, decomposition check record).
+
+    tokens [batch, pos], lengths [batch], answer_pos / answer_tokens [batch, answer], on the model's device.
+    """
+    cfg = model.cfg
+    config = {"n_layers": cfg.n_layers, "attn_only": cfg.attn_only, "normalization_type": cfg.normalization_type,
+              "positional_embedding_type": cfg.positional_embedding_type}
+    needed = required_hooks(config)
+    missing = [h for h in needed if h not in model.hook_dict]
+    shapes: dict[str, tuple[int, ...]] = {}
+    captured: dict[str, np.ndarray] = {}
+    sink = Sink(answer_pos=answer_pos, key_mask=attention_mask(lengths, tokens.shape[1]).bool())
+
+    def shape_hook(act: torch.Tensor, hook: Any) -> None:
+        shapes[hook.name] = tuple(act.shape[1:])
+
+    def keep_hook(act: torch.Tensor, hook: Any) -> None:
+        captured[hook.name] = select_answers(act, 1, answer_pos).double().cpu().numpy()
+
+    fwd = bidirectional_mask_hooks(sink, cfg.n_layers) if cfg.attention_dir == "bidirectional" else []
+    fwd += [(h, shape_hook) for h in hook_names]
+    if not missing:
+        fwd += [(h, keep_hook) for h in needed]
+    with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
+        logits = model(tokens, attention_mask=sink.key_mask.long(), return_type="logits")
+    if missing:
+        return shapes, {"status": "skipped", "reason": f"model lacks hook(s) {', '.join(missing)}"}
+
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    names = list(state)
+    target = (answer_logits(logits, answer_pos).double().cpu().numpy()
+              - state.get("unembed.b_U", np.zeros(logits.shape[-1]))[None, None, :])  # [batch, answer, vocab]
+    toks = tokens.gather(1, answer_pos).cpu().numpy()
+    pos = answer_pos.cpu().numpy()
+    try:
+        rebuilt = decomposed_logits(config, state.__getitem__, names, toks, pos, captured.__getitem__)
+        np_dtype = np.dtype(stored_dtype)
+        stored = decomposed_logits(config, state.__getitem__, names, toks, pos,
+                                   lambda h: captured[h].astype(np_dtype),
+                                   vocab=answer_tokens.cpu().numpy())
+    except Exception as e:  # an architecture the check does not cover: record, do not fail the ingest
+        return shapes, {"status": "skipped", "reason": f"{type(e).__name__}: {e}"}
+    correct = np.take_along_axis(target, answer_tokens.cpu().numpy()[..., None], -1)[..., 0]
+    error = float(np.abs(rebuilt - target).max())
+    scale = float(np.abs(target).max())
+    tol = TOLERANCE.get(model.cfg.dtype, HALF_TOLERANCE) * (1.0 + scale)
+    return shapes, {
+        "status": "ok" if error <= tol else "failed",
+        "max_abs_error": error,
+        "tolerance": tol,
+        "max_abs_logit": scale,
+        "stored_dtype_max_abs_error": float(np.abs(stored - correct).max()),
+        "n_examples": int(tokens.shape[0]),
+        "components": _components(config),
+    }
+
+
+def _components(config: dict[str, Any]) -> list[str]:
+    names = ["embed"] + (["pos_embed"] if config["positional_embedding_type"] == "standard" else [])
+    for layer in range(config["n_layers"]):
+        names += [f"L{layer} heads (z @ W_O)", f"L{layer} b_O"]
+        if not config["attn_only"]:
+            names += [f"mlp{layer} (post @ W_out)", f"mlp{layer} b_out"]
+    return names

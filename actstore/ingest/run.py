@@ -1,0 +1,313 @@
+"""`ingest(...)`: run a model over a task dataset and stream the chosen activations into a store.
+
+Order of work, so that bad input leaves nothing behind and a crash loses at most a chunk:
+1. check the parameters and the output path; load the model; generate all N examples once
+   (examples never depend on the chunk size); resolve the hooks;
+2. probe the first batch (hook shapes, decomposition check) and build the manifest;
+3. refuse a store of another run (or remove it with overwrite); create the store if absent;
+4. resume after the last committed chunk: batches are aligned inside chunks, so a rerun
+   computes every chunk from the same batches and writes the same bytes;
+5. chunk k is filled batch by batch in place, then handed to the background writer, which
+   compresses, writes and commits it while the model computes chunk k+1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actstore import __version__
+from actstore.datasets import get_task
+from actstore.datasets.base import TaskData, check_n_seed
+from actstore.errors import InvalidParameterError, StoreExistsError, StoreFormatError
+from actstore.ingest import model_info
+from actstore.ingest.background import BackgroundWriter
+from actstore.ingest.forward import Sink, answer_logits, answer_outputs, attention_mask, bidirectional_mask_hooks, capture_hooks
+from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
+from actstore.ingest.meta import examples_frame, outputs_frame, tokens_frame
+from actstore.ingest.probe import probe_batch
+from actstore.store.commits import committed_prefix
+from actstore.store.layout import DEFAULT_CODEC, chunk_ranges
+from actstore.store.manifest import DTYPES, HookInfo, Manifest
+from actstore.store.open import is_store, open_store, read_manifest
+from actstore.store.reader import Store
+from actstore.store.writer import ChunkWriter, create_store
+
+CHUNK_TARGET_BYTES = 64 << 20  # auto chunk: the largest power of two of examples under this size
+MAX_AUTO_CHUNK = 8192
+DEFAULT_BATCH = 64
+WRITE_QUEUE_DEPTH = 1
+
+
+def ingest(
+    task: str,
+    model: Any,
+    n: int,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    hooks: Sequence[str] | None = None,
+    positions: str = "all",
+    dtype: str = "float16",
+    chunk: int | None = None,
+    batch: int = DEFAULT_BATCH,
+    device: str = "auto",
+    task_params: dict[str, Any] | None = None,
+    model_spec: str | None = None,
+    processing: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    background: bool = True,
+) -> Store:
+    """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
+
+    model:      a model spec ('zoo:addition', ...) or a HookedTransformer (then `model_spec` labels it
+                and `processing` says how its weights were processed; moved to `device`)
+    hooks:      TransformerLens hook names, short forms ('z', 'pattern'), 'default', optionally with a
+                ':all' / ':answer' suffix (see actstore.ingest.hooks); default: the default set
+    positions:  'all' or 'answer': the positions stored for hooks without a suffix
+    dtype:      stored dtype of activations, independent of the model's dtype
+    chunk:      examples per chunk (default: the largest power of two under 64 MiB of activations)
+    batch:      examples per forward pass (capped at chunk; batches never straddle chunks)
+    overwrite:  replace a store of a different run at `out` instead of refusing
+    background: write chunks on a background thread (False: write inline, for comparison)
+    """
+    check_n_seed(n, seed)
+    if dtype not in DTYPES:
+        raise InvalidParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    for label, v in (("chunk", chunk), ("batch", batch)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise InvalidParameterError(f"{label} must be a positive integer, got {v!r}")
+    out = Path(out)
+    _check_writable(out)
+    dev = _device(device)
+
+    net, spec = model_info.load(model, model_spec)
+    net.eval()
+    if str(net.cfg.device) != str(dev) or next(net.parameters()).device.type != dev.type:
+        net.to(dev)
+    data = get_task(task, **(task_params or {})).generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
+    _check_fits(data, net.cfg)
+    choices = resolve_hooks(hooks, list(net.hook_dict), positions)
+
+    probe_n = min(batch, n, chunk or batch)
+    t = _batch_tensors(data, 0, probe_n, dev)
+    shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
+                                        [c.name for c in choices], dtype)
+    infos = _hook_infos(choices, shapes, data, dtype)
+    if chunk is None:
+        chunk = _auto_chunk(infos, n)
+    manifest = Manifest(
+        model_spec=spec, model_config=model_info.config_dict(net), processing=model_info.processing_dict(net, processing),
+        model_dtype=str(net.cfg.dtype).removeprefix("torch."), task=data.task, task_params=dict(data.params),
+        seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
+        dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
+        decomposition=decomposition, package_version=__version__,
+    )
+    manifest.validate()
+    if decomposition.get("status") == "failed" and not quiet:
+        print(f"actstore ingest: warning: components do not sum to the logits (max error "
+              f"{decomposition['max_abs_error']:.3g}); direct attributions will not be exact", file=sys.stderr)
+
+    manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net))
+    _Loop(out, manifest, net, data, dev, quiet=quiet, background=background).run()
+    return open_store(out)
+
+
+@dataclass
+class _BatchTensors:
+    tokens: torch.Tensor  # [batch, pos]
+    lengths: torch.Tensor  # [batch]
+    answer_pos: torch.Tensor  # [batch, answer]
+    answer_tokens: torch.Tensor  # [batch, answer]
+    counter_tokens: torch.Tensor | None  # [batch, answer]
+
+
+def _batch_tensors(data: TaskData, b0: int, b1: int, dev: torch.device) -> _BatchTensors:
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a[b0:b1], dtype=np.int64)).to(dev, non_blocking=True)
+
+    return _BatchTensors(put(data.tokens), put(data.lengths), put(data.answer_pos), put(data.answer_tokens),
+                         None if data.counter_tokens is None else put(data.counter_tokens))
+
+
+class _Loop:
+    """The forward loop of one ingest (resuming after the committed chunks)."""
+
+    def __init__(self, out: Path, manifest: Manifest, net: Any, data: TaskData, dev: torch.device,
+                 quiet: bool, background: bool) -> None:
+        self.out, self.manifest, self.net, self.data, self.dev = out, manifest, net, data, dev
+        self.quiet, self.background = quiet, background
+        self.ranges = chunk_ranges(manifest.n, manifest.chunk)
+        self.writer = ChunkWriter(out, manifest)
+        self.pinned = dev.type == "cuda"
+        self.free: queue.Queue = queue.Queue()
+        self.bytes_written = 0
+
+    def run(self) -> None:
+        first = committed_prefix(self.out, len(self.ranges))
+        self.writer.discard_uncommitted(first)
+        if first == len(self.ranges):
+            return
+        m = self.manifest
+        sink = Sink(non_blocking=self.pinned)
+        fwd = bidirectional_mask_hooks(sink, m.model_config["n_layers"]) if m.model_config.get("attention_dir") == "bidirectional" else []
+        fwd += capture_hooks(sink, [(h.name, h.positions, _source_dims(h)) for h in m.hooks])
+        for _ in range(WRITE_QUEUE_DEPTH + 2):
+            self.free.put(self._alloc())
+        bar = _progress(m.n, self.ranges[first][0], self.quiet)
+        started = time.perf_counter()
+        threads = torch.get_num_threads()
+        if self.background and self.dev.type == "cpu" and threads > 1:
+            torch.set_num_threads(threads - 1)  # leave a core to the writer (FACTS.md: else it gains nothing)
+        try:
+            with BackgroundWriter(self._write, depth=WRITE_QUEUE_DEPTH, threaded=self.background) as writer, \
+                    torch.inference_mode(), self.net.hooks(fwd_hooks=fwd):
+                for k in range(first, len(self.ranges)):
+                    start, stop = self.ranges[k]
+                    bufs = self.free.get()
+                    outs = []
+                    for b0 in range(start, stop, m.batch):
+                        b1 = min(b0 + m.batch, stop)
+                        outs.append(self._forward(sink, bufs, start, b0, b1))
+                        bar.update(b1 - b0)
+                        elapsed = time.perf_counter() - started
+                        bar.set_postfix_str(f"{self.bytes_written / 1e6 / max(elapsed, 1e-9):.1f} MB/s", refresh=False)
+                    if self.pinned:
+                        torch.cuda.synchronize(self.dev)
+                    merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
+                    writer.submit((k, bufs, merged))
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
+
+    def _alloc(self) -> dict[str, torch.Tensor]:
+        """One chunk's buffers: {hook: [chunk, ...] tensor in the stored dtype (pinned on CUDA)}."""
+        dt = getattr(torch, self.manifest.dtype)
+        return {h.name: torch.empty((self.manifest.chunk, *h.shape[1:]), dtype=dt, pin_memory=self.pinned)
+                for h in self.manifest.hooks}
+
+    def _forward(self, sink: Sink, bufs: dict[str, torch.Tensor], start: int, b0: int, b1: int) -> dict[str, np.ndarray]:
+        t = _batch_tensors(self.data, b0, b1, self.dev)
+        mask = attention_mask(t.lengths, self.manifest.width)
+        sink.target = {name: buf[b0 - start:b1 - start] for name, buf in bufs.items()}
+        sink.answer_pos, sink.key_mask = t.answer_pos, mask.bool()
+        logits = self.net(t.tokens, attention_mask=mask, return_type="logits")
+        return answer_outputs(answer_logits(logits, t.answer_pos), t.answer_tokens, t.counter_tokens)
+
+    def _write(self, item: tuple[int, dict[str, torch.Tensor], dict[str, np.ndarray]]) -> None:
+        k, bufs, outs = item
+        start, stop = self.ranges[k]
+        part = self.data.slice(start, stop)
+        meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start),
+                "outputs": outputs_frame(part, start, outs)}
+        acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
+        self.bytes_written += self.writer.write_chunk(k, acts, meta)
+        self.free.put(bufs)
+
+
+def _source_dims(h: HookInfo) -> tuple[str, ...]:
+    """Axis names of the hook as the model produces it (pos axis, not answer)."""
+    return tuple("query_pos" if d == "answer" and "key_pos" in h.dims else "pos" if d == "answer" else d
+                 for d in h.dims)
+
+
+def _hook_infos(choices: list, shapes: dict[str, tuple[int, ...]], data: TaskData, dtype: str) -> list[HookInfo]:
+    infos = []
+    for c in choices:
+        shape = shapes.get(c.name)
+        if shape is None:
+            raise InvalidParameterError(f"hook {c.name!r} did not fire in a forward pass; it cannot be stored")
+        dims = hook_dims(c.name, 1 + len(shape))
+        full = [len(data), *shape]
+        if c.positions == "answer":
+            axis = pos_axis(dims)
+            if full[axis] != data.tokens.shape[1]:
+                raise InvalidParameterError(f"hook {c.name!r} has no position axis; store it with ':all'")
+            full[axis] = data.n_answers
+            dims = answer_dims(dims)
+        infos.append(HookInfo(name=c.name, positions=c.positions, dims=dims, shape=tuple(full), dtype=dtype))
+    return infos
+
+
+def _auto_chunk(infos: list[HookInfo], n: int) -> int:
+    per_example = max(1, sum(h.example_bytes for h in infos))
+    chunk = 2 ** max(0, int(math.floor(math.log2(max(1, CHUNK_TARGET_BYTES // per_example)))))
+    return int(max(1, min(chunk, MAX_AUTO_CHUNK, n)))
+
+
+def _check_fits(data: TaskData, cfg: Any) -> None:
+    width = int(data.tokens.shape[1])
+    if width > cfg.n_ctx:
+        raise InvalidParameterError(f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx}")
+    top = int(max(data.tokens.max(), data.answer_tokens.max()))
+    if top >= cfg.d_vocab:
+        raise InvalidParameterError(
+            f"task {data.task}: token id {top} is outside the model's vocabulary (d_vocab={cfg.d_vocab}); "
+            "is this model trained on this task?")
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse early (before any work) an output path whose nearest existing ancestor is not writable."""
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"--out {str(out)!r} is a file, not a store directory")
+    target = out if is_store(out) else out.absolute().parent  # a new store is renamed into its parent
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"cannot write a store at {str(out)!r}: {str(target)!r} is not a writable directory")
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InvalidParameterError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidParameterError("device cuda requested but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def _prepare_out(out: Path, manifest: Manifest, overwrite: bool, params: Callable[[], dict[str, np.ndarray]]) -> Manifest:
+    """Create the store, or return the stored manifest of the same run to resume it."""
+    if out.exists():
+        if is_store(out):
+            try:
+                old = read_manifest(out)
+                diffs = old.differences(manifest)
+            except StoreFormatError as e:
+                if not overwrite:
+                    raise StoreExistsError(f"{out} holds a store this version cannot resume ({e}); "
+                                           "pass --overwrite to replace it or choose another --out") from None
+                diffs = ["format"]
+            if overwrite:
+                shutil.rmtree(out)
+            elif diffs:
+                raise StoreExistsError(
+                    f"{out} holds a store of another run (differs in: {', '.join(diffs)}); pass --overwrite "
+                    "to replace it or choose another --out")
+            else:
+                return old  # same run: resume, keeping the stored manifest byte for byte
+        elif any(out.iterdir()):
+            raise StoreExistsError(f"{out} exists and is not an actstore store; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    create_store(out, manifest, params())
+    return manifest
+
+
+def _progress(total: int, initial: int, quiet: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="ex", desc="ingest", file=sys.stderr, disable=quiet,
+                dynamic_ncols=True, mininterval=0.5)

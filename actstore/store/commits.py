@@ -1,0 +1,105 @@
+"""The commit protocol: a chunk counts only once its commit record exists.
+
+The writer writes a chunk's arrays and its meta parts, then (last) `_commits/<chunk>.json`
+via a temporary file, fsync and `os.replace`, so the record is either absent or complete.
+The record holds the chunk's example range and the size and SHA-256 of every file of the
+chunk, which lets `verify` name a chunk whose bytes changed after the commit. Readers count
+the committed chunks as the contiguous prefix 0, 1, 2, ... of records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actstore.errors import StoreCorruptError
+from actstore.store.layout import COMMITS, commit_path
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """chunk index, its example range [start, stop), and {relative file path: [bytes, sha256]}."""
+
+    chunk: int
+    start: int
+    stop: int
+    files: dict[str, list[Any]]
+
+    def to_json(self) -> str:
+        return json.dumps({"chunk": self.chunk, "start": self.start, "stop": self.stop, "files": self.files},
+                          sort_keys=True, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> "CommitRecord":
+        try:
+            d = json.loads(text)
+            return cls(chunk=int(d["chunk"]), start=int(d["start"]), stop=int(d["stop"]), files=dict(d["files"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreCorruptError(f"commit record {where} is unreadable ({e}); run `actstore verify`") from None
+
+
+def file_digest(path: Path, fsync: bool = False) -> list[Any]:
+    """[size in bytes, sha256 hex] of a file; with fsync, also flush it to disk."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+            size += len(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return [size, h.hexdigest()]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_commit(root: Path, record: CommitRecord) -> None:
+    (root / COMMITS).mkdir(exist_ok=True)
+    atomic_write_bytes(commit_path(root, record.chunk), record.to_json().encode())
+
+
+def read_commit(root: Path, chunk: int) -> CommitRecord | None:
+    """The commit record of a chunk, or None if it has none."""
+    path = commit_path(root, chunk)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return CommitRecord.from_json(text, path)
+
+
+def committed_prefix(root: Path, n_chunks: int) -> int:
+    """How many chunks are committed: the length of the contiguous prefix of commit records."""
+    k = 0
+    while k < n_chunks and commit_path(root, k).exists():
+        k += 1
+    return k
+
+
+def commit_files(root: Path) -> list[int]:
+    """Chunk indices of every commit record present (for verify and cleanup)."""
+    d = root / COMMITS
+    if not d.is_dir():
+        return []
+    return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit())

@@ -1,0 +1,102 @@
+"""The decomposition check: the stored components rebuild the model's logits.
+
+The residual stream at an answer position is the sum of its components (token and position
+embeddings, each head's z @ W_O plus b_O, each MLP's post @ W_out plus b_out). The final
+LayerNorm is linear once its scale is fixed, so with the stored `ln_final.hook_scale`
+
+    logits - b_U = norm(sum of components) @ W_U,  norm(x) = (x - mean(x)) / scale [* w + b]
+
+Ingest checks this on its first batch with full-precision activations and records the max
+error; `verify` repeats it on the stored (possibly float16) values against the stored logits.
+Pure numpy, float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from actstore.errors import InvalidParameterError
+
+
+def required_hooks(config: Mapping[str, Any]) -> list[str]:
+    """Hooks the check needs: every layer's hook_z and MLP hook_post, and the final LN scale."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(config["n_layers"])]
+    if not config.get("attn_only"):
+        names += [f"blocks.{layer}.mlp.hook_post" for layer in range(config["n_layers"])]
+    if config.get("normalization_type") is not None:
+        names.append("ln_final.hook_scale")
+    return names
+
+
+def answer_residual(
+    config: Mapping[str, Any],
+    param: Callable[[str], np.ndarray],
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    act: Callable[[str], np.ndarray],
+) -> np.ndarray:
+    """Final residual stream at the answer positions, as the sum of its components.
+
+    tokens, positions: [example, answer] token ids and positions
+    act(name):         the hook's value at the answer positions, [example, answer, ...]
+    returns            [example, answer, d_model] float64
+    """
+    resid = param("embed.W_E").astype(np.float64)[tokens]  # [e, a, d_model]
+    if config.get("positional_embedding_type", "standard") == "standard":
+        resid = resid + param("pos_embed.W_pos").astype(np.float64)[positions]
+    for layer in range(config["n_layers"]):
+        z = act(f"blocks.{layer}.attn.hook_z").astype(np.float64)  # [e, a, head, d_head]
+        w_o = param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
+        resid = resid + np.einsum("eahd,hdm->eam", z, w_o) + param(f"blocks.{layer}.attn.b_O")
+        if not config.get("attn_only"):
+            post = act(f"blocks.{layer}.mlp.hook_post").astype(np.float64)  # [e, a, d_mlp]
+            resid = resid + post @ param(f"blocks.{layer}.mlp.W_out").astype(np.float64)
+            resid = resid + param(f"blocks.{layer}.mlp.b_out")
+    return resid
+
+
+def normalize_final(
+    config: Mapping[str, Any], param: Callable[[str], np.ndarray], resid: np.ndarray, scale: np.ndarray | None,
+    param_names: list[str],
+) -> np.ndarray:
+    """Apply ln_final with its stored scale ([example, answer, 1]); identity if the model has no LN."""
+    kind = config.get("normalization_type")
+    if kind is None:
+        return resid
+    if scale is None:
+        raise InvalidParameterError("the decomposition needs ln_final.hook_scale for a model with LayerNorm")
+    if kind in ("LN", "LNPre"):
+        resid = resid - resid.mean(-1, keepdims=True)
+    elif kind not in ("RMS", "RMSPre"):
+        raise InvalidParameterError(f"normalization_type {kind!r} is not supported by the decomposition")
+    out = resid / scale.astype(np.float64)
+    if "ln_final.w" in param_names:
+        out = out * param("ln_final.w")
+    if "ln_final.b" in param_names:
+        out = out + param("ln_final.b")
+    return out
+
+
+def decomposed_logits(
+    config: Mapping[str, Any],
+    param: Callable[[str], np.ndarray],
+    param_names: list[str],
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    act: Callable[[str], np.ndarray],
+    vocab: np.ndarray | None = None,
+) -> np.ndarray:
+    """logits - b_U at the answer positions rebuilt from components: [example, answer, vocab].
+
+    vocab: optional [example, answer] token ids; then returns only those logits, [example, answer].
+    """
+    resid = answer_residual(config, param, tokens, positions, act)
+    scale = act("ln_final.hook_scale") if config.get("normalization_type") is not None else None
+    normed = normalize_final(config, param, resid, scale, param_names)  # [e, a, d_model]
+    w_u = param("unembed.W_U").astype(np.float64)  # [d_model, d_vocab_out]
+    if vocab is None:
+        return normed @ w_u
+    return np.einsum("eam,mea->ea", normed, w_u[:, vocab])

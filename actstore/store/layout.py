@@ -1,0 +1,89 @@
+"""Where things live inside a store directory, and how arrays are encoded.
+
+```
+<store>/zarr.json                          root group; attributes["actstore"] = manifest
+<store>/acts/<hook>/                       Zarr v3 arrays [example, ...], chunked along example
+<store>/params/<name>/                     Zarr v3 float32 weights of the processed model
+<store>/meta/<table>/part-<chunk>.parquet  one Parquet part per chunk (examples, tokens, outputs)
+<store>/_commits/<chunk>.json              commit record of a chunk, written last
+<store>/derived/                           cached query results
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from actstore.errors import StoreFormatError
+
+ACTS, PARAMS, META, COMMITS, DERIVED = "acts", "params", "meta", "_commits", "derived"
+META_TABLES = ("examples", "tokens", "outputs")
+
+# Chosen by measurement (benchmarks/ingest.py, see store/README notes in the manifest codec):
+# blosc-lz4 with byte shuffle writes fp16 activations faster than zstd-1 at a similar ratio.
+DEFAULT_CODEC: dict[str, Any] = {"name": "blosc", "cname": "lz4", "clevel": 5, "shuffle": "shuffle",
+                                 "checksum": "crc32c"}
+
+# axis names of the weights a query reads, by the TransformerLens state-dict suffix
+PARAM_DIMS: dict[str, tuple[str, ...]] = {
+    "W_E": ("d_vocab", "d_model"),
+    "W_pos": ("n_ctx", "d_model"),
+    "W_Q": ("head", "d_model", "d_head"), "W_K": ("head", "d_model", "d_head"),
+    "W_V": ("head", "d_model", "d_head"), "W_O": ("head", "d_head", "d_model"),
+    "b_Q": ("head", "d_head"), "b_K": ("head", "d_head"), "b_V": ("head", "d_head"),
+    "b_O": ("d_model",),
+    "W_in": ("d_model", "d_mlp"), "W_gate": ("d_model", "d_mlp"), "b_in": ("d_mlp",),
+    "W_out": ("d_mlp", "d_model"), "b_out": ("d_model",),
+    "W_U": ("d_model", "d_vocab_out"), "b_U": ("d_vocab_out",),
+    "w": ("d_model",), "b": ("d_model",),
+}
+
+
+def acts_path(root: Path, hook: str) -> Path:
+    return root / ACTS / hook
+
+
+def part_path(root: Path, table: str, chunk: int) -> Path:
+    return root / META / table / f"part-{chunk:05d}.parquet"
+
+
+def commit_path(root: Path, chunk: int) -> Path:
+    return root / COMMITS / f"{chunk:05d}.json"
+
+
+def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) example ranges of every chunk; the last may be partial."""
+    return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+
+def chunk_file(root: Path, hook: str, chunk: int, ndim: int) -> Path:
+    """The file holding chunk `chunk` of an activation array (default v3 key encoding)."""
+    return acts_path(root, hook).joinpath("c", str(chunk), *(["0"] * (ndim - 1)))
+
+
+def param_dims(name: str, ndim: int) -> tuple[str, ...]:
+    """Axis names of a weight from its name, or generic ones ('dim0', ...) if unknown."""
+    dims = PARAM_DIMS.get(name.rsplit(".", 1)[-1])
+    if dims is None or len(dims) != ndim:
+        return tuple(f"dim{i}" for i in range(ndim))
+    return dims
+
+
+def compressors(codec: dict[str, Any]) -> list[Any]:
+    """The Zarr codecs after `bytes` for a codec spec such as DEFAULT_CODEC."""
+    name = codec.get("name")
+    if name == "blosc":
+        chain: list[Any] = [BloscCodec(cname=codec.get("cname", "lz4"), clevel=int(codec.get("clevel", 5)),
+                                       shuffle=codec.get("shuffle", "shuffle"))]
+    elif name == "zstd":
+        chain = [ZstdCodec(level=int(codec.get("level", 1)))]
+    elif name == "none":
+        chain = []
+    else:
+        raise StoreFormatError(f"unknown codec {name!r}; use 'blosc', 'zstd' or 'none'")
+    if codec.get("checksum", "crc32c") == "crc32c":
+        chain.append(Crc32cCodec())
+    return chain

@@ -1,0 +1,43 @@
+"""`open_store(path)`: open a store anywhere, with no model and no GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from actstore.errors import StoreFormatError, StoreNotFoundError
+from actstore.store.manifest import MANIFEST_KEY, Manifest
+from actstore.store.reader import Store
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """The validated manifest of the store at `path`."""
+    path = Path(path)
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        if not path.exists():
+            raise StoreNotFoundError(f"no store at {str(path)!r} (the path does not exist)")
+        raise StoreNotFoundError(f"{str(path)!r} is not an actstore store (no zarr.json); "
+                                 f"create one with `actstore ingest --out {path}`")
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (ValueError, AttributeError) as e:
+        raise StoreFormatError(f"{meta} is not valid Zarr group metadata ({e})") from None
+    if MANIFEST_KEY not in attrs:
+        raise StoreFormatError(f"{str(path)!r} is a Zarr group but not an actstore store (no manifest)")
+    return Manifest.from_dict(attrs[MANIFEST_KEY])
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open the store at `path` for reading its committed chunks (StoreNotFoundError, StoreFormatError)."""
+    return Store(Path(path), read_manifest(path))
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether `path` holds an actstore store (of any format version)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        return MANIFEST_KEY in json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -1,0 +1,137 @@
+"""Creating a store and writing its chunks under the commit protocol.
+
+`create_store` builds the whole skeleton (manifest, empty full-shape activation arrays, the
+weights) in a hidden sibling directory and renames it into place, so a store either exists
+with its manifest and weights or not at all. `ChunkWriter.write_chunk` writes one chunk's
+arrays and meta parts, then its commit record (see `commits.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import zarr
+from zarr.codecs import BytesCodec
+from zarr.storage import LocalStore
+
+from actstore.errors import InvalidParameterError, StoreCorruptError
+from actstore.store.commits import CommitRecord, commit_files, commit_path, file_digest, fsync_dir, write_commit
+from actstore.store.layout import ACTS, COMMITS, META_TABLES, PARAMS, acts_path, chunk_file, chunk_ranges, compressors, param_dims, part_path
+from actstore.store.manifest import MANIFEST_KEY, Manifest
+from actstore.store.parts import write_part
+
+# Test hook: "K:PHASE" makes the process SIGKILL itself after chunk K's PHASE
+# ('arrays', 'meta' or 'commit') is written; used by the crash/resume tests only.
+KILL_ENV = "ACTSTORE_TEST_KILL"
+
+_WRITE_CONFIG = {"write_empty_chunks": True}  # every chunk has a file, even an all-zero one
+
+
+def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
+    """Create an empty store at `path` (absent or an empty directory) with its weights.
+
+    params: {TransformerLens state-dict name: array}, stored as float32, one chunk each.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.creating"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a creation that crashed
+    try:
+        root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3,
+                               attributes={MANIFEST_KEY: manifest.to_dict()})
+        acts = root.create_group(ACTS)
+        codecs = compressors(manifest.codec)
+        for h in manifest.hooks:
+            acts.create_array(h.name, shape=h.shape, chunks=(manifest.chunk, *h.shape[1:]), dtype=h.dtype,
+                              serializer=BytesCodec(), compressors=codecs, fill_value=0,
+                              dimension_names=h.dims)
+        group = root.create_group(PARAMS)
+        for name, value in params.items():
+            value = np.ascontiguousarray(value, dtype=np.float32)
+            arr = group.create_array(name, shape=value.shape, chunks=value.shape or (1,), dtype="float32",
+                                     serializer=BytesCodec(), compressors=compressors(manifest.codec),
+                                     fill_value=0, dimension_names=param_dims(name, value.ndim),
+                                     config=_WRITE_CONFIG)
+            arr[...] = value
+        (tmp / COMMITS).mkdir()
+        fsync_dir(tmp)
+        if path.exists():
+            path.rmdir()  # an empty directory the caller made; rename needs it gone
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class ChunkWriter:
+    """Writes chunks of an existing store; not thread-safe (use one writer thread)."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.root = Path(path)
+        self.manifest = manifest
+        group = zarr.open_group(LocalStore(self.root / ACTS), mode="r+", zarr_format=3)
+        self.arrays = {h.name: group[h.name].with_config(_WRITE_CONFIG) for h in manifest.hooks}
+        self.ranges = chunk_ranges(manifest.n, manifest.chunk)
+        self._kill = _parse_kill(os.environ.get(KILL_ENV))
+
+    def write_chunk(self, k: int, acts: Mapping[str, np.ndarray], meta: Mapping[str, pl.DataFrame]) -> int:
+        """Write chunk k (arrays [stop - start, ...] per hook, one frame per meta table), then commit it.
+
+        Returns the bytes written to disk (compressed chunks and parts).
+        """
+        start, stop = self.ranges[k]
+        if set(acts) != set(self.arrays) or set(meta) != set(META_TABLES):
+            raise StoreCorruptError(f"chunk {k}: got arrays {sorted(acts)} and tables {sorted(meta)}, "
+                                    f"expected {sorted(self.arrays)} and {list(META_TABLES)}")
+        files: dict[str, list] = {}
+        for name, arr in self.arrays.items():
+            data = acts[name]
+            if data.shape[0] != stop - start:
+                raise StoreCorruptError(f"chunk {k} of {name}: {data.shape[0]} rows for examples [{start}, {stop})")
+            arr[start:stop] = data
+        self._maybe_die(k, "arrays")
+        for name, arr in self.arrays.items():
+            f = chunk_file(self.root, name, k, arr.ndim)
+            files[str(f.relative_to(self.root))] = file_digest(f, fsync=True)
+        for table in META_TABLES:
+            p = part_path(self.root, table, k)
+            write_part(meta[table], p)
+            files[str(p.relative_to(self.root))] = file_digest(p)
+        self._maybe_die(k, "meta")
+        write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files))
+        self._maybe_die(k, "commit")
+        return sum(int(v[0]) for v in files.values())
+
+    def discard_uncommitted(self, first: int) -> None:
+        """Remove the files of chunks >= first (left by a crash), so a resume rewrites them whole."""
+        for k in commit_files(self.root):
+            if k >= first:
+                commit_path(self.root, k).unlink()
+        for k in range(first, len(self.ranges)):
+            for name, arr in self.arrays.items():
+                chunk_file(self.root, name, k, arr.ndim).unlink(missing_ok=True)
+            for table in META_TABLES:
+                part_path(self.root, table, k).unlink(missing_ok=True)
+
+    def _maybe_die(self, k: int, phase: str) -> None:
+        if self._kill == (k, phase):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parse_kill(value: str | None) -> tuple[int, str] | None:
+    if not value:
+        return None
+    k, _, phase = value.partition(":")
+    if not k.isdigit() or phase not in ("arrays", "meta", "commit"):
+        raise InvalidParameterError(f"{KILL_ENV} must be CHUNK:arrays|meta|commit, got {value!r}")
+    return int(k), phase
+
+
+__all__ = ["create_store", "ChunkWriter", "KILL_ENV"]
