@@ -4,28 +4,37 @@ Builders are pure functions `table (+ options) -> alt.Chart` over the tidy table
 `actstore.query`; they aggregate before charting, so a chart never embeds more than a few
 thousand rows. `actstore.charts.standard` maps a store and a chart kind to (query, builder);
 `actstore.charts.report` assembles a store's standard charts into one offline HTML page.
+
+Names are imported on first use (PEP 562), so `import actstore.charts.kinds` (the CLI's help)
+does not load Altair.
 """
 
 from __future__ import annotations
 
-from actstore.charts.accuracy import accuracy_bars, accuracy_table
-from actstore.charts.attention import attention_heatmap, attention_role_bars
-from actstore.charts.circuits import circuit_heatmap
-from actstore.charts.dla import component_bars, component_bars_by, dla_heatmap
-from actstore.charts.export import save_chart
-from actstore.charts.logit_lens import logit_lens_lines
-from actstore.charts.neurons import neuron_scatter
+import importlib
+from typing import Any
 
-__all__ = [
-    "accuracy_bars",
-    "accuracy_table",
-    "attention_heatmap",
-    "attention_role_bars",
-    "circuit_heatmap",
-    "component_bars",
-    "component_bars_by",
-    "dla_heatmap",
-    "logit_lens_lines",
-    "neuron_scatter",
-    "save_chart",
-]
+_EXPORTS = {
+    "accuracy_bars": "accuracy",
+    "accuracy_table": "accuracy",
+    "attention_heatmap": "attention",
+    "attention_role_bars": "attention",
+    "circuit_heatmap": "circuits",
+    "component_bars": "dla",
+    "component_bars_by": "dla",
+    "dla_heatmap": "dla",
+    "logit_lens_lines": "logit_lens",
+    "neuron_scatter": "neurons",
+    "save_chart": "export",
+    "build_report": "report",
+    "make_chart": "standard",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"actstore.charts.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'actstore.charts' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

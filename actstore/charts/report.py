@@ -1,170 +1,180 @@
-"""One self-contained HTML page per store: manifest summary, accuracy by label, standard charts.
+"""`build_report(store, path)`: the store's summary, accuracy by label and its task's standard charts.
 
-The Vega, Vega-Lite and vega-embed JavaScript (vl-convert's bundle, ~900 KB) is inlined once in
-the page head; each chart is a JSON spec in its own <script type="application/json"> and one
-loader embeds them all as SVG, so the page opens with no network. Each chart container gets
-`data-rendered="1"` (or "error") when done and <body> gets `data-charts-done` when all are, which
-is what the browser test waits for.
+Each query runs once (DLA, attention, logit lens, neurons) and feeds several charts. A section
+whose query cannot run on this store (a hook it did not keep, an attention-only model for
+neurons) is kept with a one-line note saying why, so the page always shows what is missing.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import altair as alt
 import polars as pl
-import vl_convert as vlc
 
-from actstore import __version__
-from actstore.errors import InvalidParameterError
-
-EMBED_OPTIONS = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False}}
-MAX_TABLE_ROWS = 200
+from actstore.charts import accuracy, attention, dla, logit_lens, neurons, standard
+from actstore.charts.page import Section, write_report
+from actstore.errors import ActstoreError
 
 
-@dataclass(frozen=True)
-class Section:
-    """One block of the report: a title, a one-line caption, and a chart and/or a table.
-
-    `note` replaces the content when the section could not be built (e.g. a hook the store lacks).
-    """
-
-    title: str
-    caption: str
-    chart: alt.TopLevelMixin | None = None
-    table: pl.DataFrame | None = None
-    note: str | None = None
+def _hooks_summary(hooks: list[str]) -> str:
+    """'attn.hook_z x2, attn.hook_pattern x2, ln_final.hook_scale': hook names without the block number."""
+    counts = Counter(h.split(".", 2)[2] if h.startswith("blocks.") else h for h in hooks)
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items())
 
 
-def _vl_version() -> str:
-    """Vega-Lite version of the installed Altair as vl-convert names it ('6.4')."""
-    major, minor = alt.SCHEMA_VERSION.lstrip("v").split(".")[:2]
-    return f"{major}.{minor}"
+def store_summary(store: Any) -> dict[str, object]:
+    """Key facts of a store for the report header (model, task, examples, hooks, storage, checks)."""
+    m = store.manifest
+    cfg = store.config
+    shape = ", ".join(f"{k} {cfg[k]}" for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab")
+                      if cfg.get(k) is not None)
+    extras = [k for k in ("attn_only",) if cfg.get(k)] + [
+        f"{k} {cfg[k]}" for k in ("normalization_type", "positional_embedding_type", "act_fn") if cfg.get(k)]
+    processing = ", ".join(k for k, v in (m.processing or {}).items() if v is True) or "none"
+    summary: dict[str, object] = {
+        "store": str(store.path),
+        "model": m.model_spec,
+        "architecture": shape + (f" ({', '.join(extras)})" if extras else ""),
+        "weight processing": processing,
+        "task": f"{m.task} {m.task_params}".strip(),
+        "seed": m.seed,
+        "examples": f"{store.n_examples} committed of {m.n}",
+        "answers per example": m.n_answers,
+        "sequence width": m.width,
+        "hooks": f"{len(m.hooks)}: {_hooks_summary([h.name for h in m.hooks])}",
+        "positions": ", ".join(sorted({h.positions for h in m.hooks})),
+        "stored dtype": m.dtype,
+        "chunk (examples)": m.chunk,
+    }
+    if m.decomposition:
+        d = m.decomposition
+        err = next((d[k] for k in ("max_abs_error", "max_error", "error") if k in d), None)
+        summary["decomposition check"] = (f"max |sum of components - logits| = {err:.3g}" if isinstance(err, float)
+                                          else ", ".join(f"{k} {v}" for k, v in d.items()))
+    if m.package_version:
+        summary["written by"] = f"actstore {m.package_version}"
+    return summary
 
 
-def _script_json(obj: object) -> str:
-    """JSON safe inside a <script> element (no '</' or '<!--' can close or comment it)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
-    return "" if value is None else str(value)
-
-
-def html_table(table: pl.DataFrame, percent: Sequence[str] = ()) -> str:
-    """A DataFrame as an HTML table (at most MAX_TABLE_ROWS rows); `percent` columns as 12.3%."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    rows = []
-    for row in table.head(MAX_TABLE_ROWS).iter_rows():
-        cells = []
-        for col, v in zip(table.columns, row):
-            text = f"{v:.2%}" if col in percent and isinstance(v, float) else _fmt(v)
-            num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            cells.append(f'<td class="{"num" if num else ""}">{html.escape(text)}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    more = "" if table.height <= MAX_TABLE_ROWS else f"<p class='caption'>first {MAX_TABLE_ROWS} of {table.height} rows</p>"
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
-
-
-def summary_table(summary: Mapping[str, object]) -> str:
-    """Two-column key/value table of the store summary."""
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items())
-    return f"<table class='summary'><tbody>{rows}</tbody></table>"
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1500px;
-       padding: 0 1rem; color: #222; }
-h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin: 2rem 0 .2rem; }
-.caption { color: #555; margin: 0 0 .8rem; } .note { color: #a33; font-style: italic; }
-table { border-collapse: collapse; font-size: .85rem; margin-bottom: 1rem; }
-th, td { border: 1px solid #ddd; padding: .2rem .5rem; text-align: left; } td.num { text-align: right; }
-thead th { background: #f3f3f3; } table.summary th { background: #f8f8f8; font-weight: 600; }
-section { border-top: 1px solid #eee; } .chart { overflow-x: auto; }
-nav ul { columns: 2; font-size: .9rem; }
-footer { color: #888; font-size: .8rem; margin-top: 3rem; }
-"""
-
-_LOADER = """
-(function () {
-  const boxes = Array.from(document.querySelectorAll('div.chart[data-spec]'));
-  const options = %s;
-  Promise.allSettled(boxes.map(function (box) {
-    const spec = JSON.parse(document.getElementById(box.dataset.spec).textContent);
-    return vegaEmbed(box, spec, options).then(function () { box.dataset.rendered = '1'; })
-      .catch(function (err) {
-        console.error('chart ' + box.id + ' failed:', err);
-        box.dataset.rendered = 'error';
-        box.textContent = 'This chart failed to render: ' + err;
-      });
-  })).then(function () { document.body.dataset.chartsDone = String(boxes.length); });
-})();
-"""
-
-
-def render_report(title: str, summary: Mapping[str, object], sections: Sequence[Section]) -> str:
-    """The full HTML page: header, summary table, table of contents, then each section."""
-    toc, body, specs = [], [], []
-    for i, s in enumerate(sections):
-        anchor = f"s{i}"
-        toc.append(f"<li><a href='#{anchor}'>{html.escape(s.title)}</a></li>")
-        parts = [f"<section id='{anchor}'><h2>{html.escape(s.title)}</h2><p class='caption'>{html.escape(s.caption)}</p>"]
-        if s.note:
-            parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
-        if s.table is not None:
-            parts.append(html_table(s.table, percent=("accuracy", "exact")))
-        if s.chart is not None and not s.note:
-            n = len(specs)
-            specs.append(f"<script type='application/json' id='spec-{n}'>{_script_json(s.chart.to_dict())}</script>")
-            parts.append(f"<div class='chart' id='chart-{n}' data-spec='spec-{n}'></div>")
-        parts.append("</section>")
-        body.append("".join(parts))
-    bundle = vlc.javascript_bundle(vl_version=_vl_version())
-    return "\n".join([
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style>",
-        f"<script>{bundle}</script>",
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<h2>Store</h2>",
-        summary_table(summary),
-        f"<nav><ul>{''.join(toc)}</ul></nav>",
-        *body,
-        *specs,
-        f"<script>{_LOADER % json.dumps(EMBED_OPTIONS)}</script>",
-        f"<footer>actstore {html.escape(__version__)}; charts by Vega-Lite {html.escape(_vl_version())}, "
-        "embedded for offline viewing</footer>",
-        "</body></html>",
-    ])
-
-
-def write_report(path: str | os.PathLike, title: str, summary: Mapping[str, object],
-                 sections: Sequence[Section]) -> Path:
-    """Render the report and write it atomically to `path` (.html)."""
-    out = Path(path)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise InvalidParameterError(f"report output {str(out)!r} must end in .html")
-    if not out.parent.exists():
-        raise InvalidParameterError(f"output directory {str(out.parent)!r} does not exist")
-    text = render_report(title, summary, sections)
-    tmp = out.with_name(f".{out.name}.tmp")
+def _section(title: str, caption: str, build: Callable[[], Any], table: Callable[[], pl.DataFrame] | None = None) -> Section:
+    """A Section from `build()` (a chart); an ActstoreError becomes the section's note."""
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+        return Section(title, caption, chart=build(), table=table() if table else None)
+    except ActstoreError as e:
+        return Section(title, caption, note=f"Not available for this store: {e}")
 
 
-__all__ = ["Section", "html_table", "render_report", "write_report"]
+class _Once:
+    """Runs a query the first time it is asked for and keeps the table (or the error) for later sections."""
+
+    def __init__(self, fn: Callable[[], pl.DataFrame]) -> None:
+        self.fn, self.value, self.error = fn, None, None
+
+    def __call__(self) -> pl.DataFrame:
+        if self.error is not None:
+            raise self.error
+        if self.value is None:
+            try:
+                self.value = self.fn()
+            except ActstoreError as e:
+                self.error = e
+                raise
+        return self.value
+
+
+def report_sections(store: Any) -> list[Section]:
+    """The standard sections of the store's task (see the module docstring)."""
+    q = standard._query()
+    task = standard.task_of(store)
+    examples = store.examples
+    target = standard.default_target(store)
+    target_text = "logit difference (correct - counterfactual)" if target == "diff" else "correct-token logit"
+    dla_table = _Once(lambda: q.dla(store, by="head", target=target))
+
+    def heads() -> list[tuple[int, int]]:
+        every = standard.all_heads(store)
+        return every if len(every) <= standard.TOP_HEADS else standard.top_heads(dla_table())
+
+    attn_table = _Once(lambda: standard._attention_table(store, heads()))
+    acc = _Once(lambda: accuracy.accuracy_table(store.outputs, examples))
+
+    sections = [
+        _section("Accuracy by label", "Fraction of answers whose correct token has the top logit, overall, "
+                 "per answer position and per label value.", lambda: accuracy.accuracy_bars(acc()), table=acc),
+        _section("Direct logit attribution per head", f"Mean direct contribution of each attention head to the "
+                 f"{target_text}, per answer position.", lambda: dla.dla_heatmap(dla_table())),
+        _section("Direct logit attribution per component", f"Embeddings, heads, MLPs and bias: mean contribution to "
+                 f"the {target_text} with 95% confidence intervals.", lambda: dla.component_bars(dla_table())),
+    ]
+
+    if task == "addition":
+        split, title = standard.default_split(store)
+        sections.append(_section("Carry vs no carry", "Component attributions of each sum digit, split by whether "
+                                 "that digit receives a carry (the seed's carry analysis).",
+                                 lambda: dla.component_bars_by(dla_table(), examples, split, label_title=title)))
+        first_carry = next(iter(split.values())) if isinstance(split, dict) and split else None
+        role = _safe(lambda: standard.default_query_role(store))
+        if role and first_carry:
+            sections.append(_section(f"Attention from '{role}', carry vs no carry",
+                                     f"Attention mass from the first answer position to each token role, split by "
+                                     f"{first_carry}.", lambda: attention.attention_role_bars(
+                                         attn_table(), query_role=role, heads=heads(), examples=examples, by=first_carry)))
+    elif task == "brackets":
+        label = standard.first_label(examples, "failure", "failure_type")
+        if label:
+            sections.append(_section("Attribution by failure type", "Component attributions split by why a string is "
+                                     "unbalanced (or 'balanced').",
+                                     lambda: dla.component_bars_by(dla_table(), examples, label)))
+        x = _safe(lambda: standard.default_x(store))
+        if x:
+            n_layers = int(store.config["n_layers"])
+            for layer in range(n_layers):
+                table = _Once(lambda layer=layer: q.neurons(store, layer=layer, direction="answer"))
+                sections.append(_section(f"MLP {layer} neurons vs {x}",
+                                         f"Output of layer {layer}'s neurons onto the answer direction, per example, "
+                                         f"against {x}, coloured by {label or 'example'}: the layer total and its most "
+                                         "variable neurons.",
+                                         lambda table=table: neurons.neuron_scatter(table(), examples, x=x, color=label,
+                                                                                   which="sum", direction="the answer direction")
+                                         & neurons.neuron_scatter(table(), examples, x=x, color=label, top_k=3,
+                                                                  direction="the answer direction")))
+    elif task == "ioi":
+        roles = set(store.tokens.get_column("role").drop_nulls().to_list())
+        keys = [r for r in ("IO", "S1", "S2") if r in roles]
+        sections.append(_section("END -> IO / S attention", "Attention mass from the END token to the indirect object "
+                                 "and subject names, for the heads with the largest attribution.",
+                                 lambda: attention.attention_role_bars(attn_table(), query_role="END",
+                                                                       key_roles=keys or None, heads=heads())))
+        label = standard.first_label(examples, "abba", "order", "template")
+        if label:
+            sections.append(_section(f"Attribution by {label}", f"Component attributions split by {label}.",
+                                     lambda: dla.component_bars_by(dla_table(), examples, label)))
+
+    sections.append(_section("Average attention by token role", "Attention mass from each query role to each key "
+                             "role, averaged over examples" + (" (heads with the largest attribution)." if
+                                                              len(standard.all_heads(store)) > standard.TOP_HEADS else "."),
+                             lambda: attention.attention_heatmap(attn_table(), heads=heads())))
+    sections.append(_section("Logit lens", f"Mean {target_text} read off the residual stream after each stage.",
+                             lambda: logit_lens.logit_lens_lines(q.logit_lens(store, target=target))))
+    return sections
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ActstoreError:
+        return None
+
+
+def build_report(store: Any, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write the store's report to `path` (.html); returns the path."""
+    m = store.manifest
+    title = title or f"actstore report: {m.task} x {m.model_spec}"
+    return write_report(path, title, store_summary(store), report_sections(store))
+
+
+__all__ = ["build_report", "report_sections", "store_summary"]

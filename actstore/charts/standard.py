@@ -1,0 +1,257 @@
+"""The chart kinds of `actstore chart` and each task's standard charts: store -> (query, builder).
+
+This is the only charts module that reads a store. Each kind runs one `actstore.query`
+function with the options given (or the task's sensible default) and hands the table to a
+pure builder. Defaults per task follow the seed notebooks: addition splits DLA by the carry
+into each digit, brackets by failure type, IOI reads END -> IO / S attention, and tasks with a
+counterfactual token attribute the logit difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import numpy as np
+import polars as pl
+
+from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons
+from actstore.charts.kinds import KIND_HELP
+from actstore.errors import InvalidParameterError
+
+TOP_HEADS = 12         # heads shown where a model has more (chosen by |mean DLA|)
+MAX_VOCAB = 70         # circuits over a bigger vocabulary keep the tokens the task uses
+
+
+# --- task defaults ----------------------------------------------------------------------------
+
+def task_of(store: Any) -> str:
+    return str(store.manifest.task)
+
+
+def default_target(store: Any) -> str:
+    """'diff' (correct minus counterfactual logit) where the task has counterfactuals, else 'correct'."""
+    out = store.outputs
+    if "counter_token" in out.columns and out.get_column("counter_token").null_count() < out.height:
+        return "diff"
+    return "correct"
+
+
+def first_label(examples: pl.DataFrame, *candidates: str) -> str | None:
+    """The first of `candidates` that is a column of `examples`."""
+    return next((c for c in candidates if c in examples.columns), None)
+
+
+def default_split(store: Any) -> tuple[str | dict[int, str], str]:
+    """(by, title) for the component split of the store's task.
+
+    addition: each digit by the carry into it (carry_i); brackets: failure type; IOI: ABBA/BABA
+    or template; otherwise InvalidParameterError asking for --by.
+    """
+    ex = store.examples
+    carries = {i: f"carry_{i}" for i in range(store.n_answers) if f"carry_{i}" in ex.columns}
+    if carries:
+        return carries, "carry into this digit"
+    label = first_label(ex, "failure", "failure_type", "abba", "order", "template")
+    if label is None:
+        raise InvalidParameterError(
+            f"no default label to split {task_of(store)} by; pass --by one of: {', '.join(accuracy.label_columns(ex))}")
+    return label, label
+
+
+def default_query_role(store: Any) -> str:
+    """The query role charted by attention-roles: END for IOI, else the role of the first answer position."""
+    roles = store.tokens.get_column("role").drop_nulls()
+    if "END" in roles.to_list():
+        return "END"
+    first = store.examples.select("example_id", pos=pl.col("answer_positions").list.first())
+    joined = store.tokens.join(first, on=["example_id", "pos"], how="semi").get_column("role").drop_nulls()
+    joined = joined.filter(joined != "")
+    if joined.len() == 0:
+        raise InvalidParameterError("the answer positions have no token role; pass --query-role ROLE")
+    return str(joined.mode().sort()[0])
+
+
+def top_heads(dla_table: pl.DataFrame, k: int = TOP_HEADS) -> list[tuple[int, int]]:
+    """The `k` heads with the largest mean |direct attribution| (ties broken by layer, head)."""
+    heads = dla_table.filter(pl.col("head").is_not_null() & pl.col("component").str.contains(r"^L\d+H\d+$"))
+    size = heads.group_by("layer", "head").agg(pl.col("value").mean().abs().alias("size"))
+    size = size.sort(["size", "layer", "head"], descending=[True, False, False]).head(k).sort("layer", "head")
+    return [(int(a), int(b)) for a, b in size.select("layer", "head").iter_rows()]
+
+
+def all_heads(store: Any) -> list[tuple[int, int]]:
+    return [(layer, h) for layer in range(int(store.config["n_layers"])) for h in range(int(store.config["n_heads"]))]
+
+
+def _query():
+    from actstore import query  # noqa: PLC0415  (imported on use: charts import without the query layer)
+
+    return query
+
+
+# --- kinds ------------------------------------------------------------------------------------
+
+def _dla_table(store: Any, target: str | None) -> pl.DataFrame:
+    return _query().dla(store, by="head", target=target or default_target(store))
+
+
+def chart_dla_heads(store: Any, target: str | None = None, **_: Any) -> alt.TopLevelMixin:
+    return dla.dla_heatmap(_dla_table(store, target))
+
+
+def chart_dla_components(store: Any, target: str | None = None, top: int | None = None, **_: Any) -> alt.TopLevelMixin:
+    return dla.component_bars(_dla_table(store, target), top=top or dla.DEFAULT_TOP)
+
+
+def chart_dla_split(store: Any, target: str | None = None, by: str | None = None, top: int | None = None,
+                    **_: Any) -> alt.TopLevelMixin:
+    split, title = (by, by) if by else default_split(store)
+    return dla.component_bars_by(_dla_table(store, target), store.examples, split, top=top or dla.DEFAULT_TOP,
+                                 label_title=title)
+
+
+def _heads_for(store: Any, heads: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    if heads:
+        return heads
+    every = all_heads(store)
+    if len(every) <= TOP_HEADS:
+        return every
+    return top_heads(_dla_table(store, None))
+
+
+def _attention_table(store: Any, heads: list[tuple[int, int]]) -> pl.DataFrame:
+    layers = sorted({layer for layer, _ in heads})
+    table = _query().attention(store, layers=layers)
+    return table.join(pl.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads]},
+                                   schema={"layer": table.schema["layer"], "head": table.schema["head"]}),
+                      on=["layer", "head"], how="semi")
+
+
+def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, **_: Any) -> alt.TopLevelMixin:
+    chosen = _heads_for(store, heads)
+    return attention.attention_heatmap(_attention_table(store, chosen), heads=chosen)
+
+
+def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
+                          key_roles: list[str] | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
+    chosen = _heads_for(store, heads)
+    role = query_role or default_query_role(store)
+    if key_roles is None and task_of(store) == "ioi":
+        key_roles = [r for r in ("IO", "S1", "S2") if r in set(store.tokens.get_column("role").drop_nulls().to_list())]
+    return attention.attention_role_bars(_attention_table(store, chosen), query_role=role, key_roles=key_roles,
+                                         heads=chosen, examples=store.examples if by else None, by=by)
+
+
+def chart_logit_lens(store: Any, target: str | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
+    table = _query().logit_lens(store, target=target or default_target(store))
+    return logit_lens.logit_lens_lines(table, examples=store.examples if by else None, by=by)
+
+
+def default_x(store: Any) -> str:
+    """Numeric label for the neuron scatter: open proportion for brackets, else the first numeric label."""
+    ex = store.examples
+    label = first_label(ex, "open_proportion")
+    if label:
+        return label
+    numeric = [c for c, t in ex.schema.items() if c not in accuracy.BASE_COLUMNS and t.is_numeric()
+               and t != pl.Boolean and ex.get_column(c).n_unique() > 2]
+    if not numeric:
+        raise InvalidParameterError("this store has no numeric label to plot neurons against; pass --x LABEL")
+    return numeric[0]
+
+
+def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, color: str | None = None,
+                  which: list[int] | str | None = None, top: int | None = None, direction: str | None = None,
+                  **_: Any) -> alt.TopLevelMixin:
+    if store.config.get("attn_only") or not store.config.get("d_mlp"):
+        raise InvalidParameterError(f"model of store {store.path} has no MLP neurons (attention-only)")
+    n_layers = int(store.config["n_layers"])
+    layer = n_layers - 1 if layer is None else layer
+    table = _query().neurons(store, layer=layer, direction=direction or "answer")
+    colour = color if color is not None else first_label(store.examples, "failure", "failure_type")
+    return neurons.neuron_scatter(table, store.examples, x=x or default_x(store), color=colour, which=which,
+                                  top_k=top or 6, direction=f"the {direction or 'answer'} direction")
+
+
+def vocab_labels(store: Any) -> dict[int, str]:
+    """token id -> string for the tokens seen in the store (all of a small task vocabulary)."""
+    pairs = store.tokens.select("token_id", "str_token").unique("token_id").sort("token_id")
+    return {int(t): str(s) for t, s in pairs.iter_rows()}
+
+
+def _circuit_tokens(store: Any) -> tuple[list[int], list[str]]:
+    labels = vocab_labels(store)
+    ids = list(labels)
+    if len(ids) > MAX_VOCAB:  # keep the answer tokens, most frequent first
+        counts = store.outputs.group_by("correct_token").len().sort(["len", "correct_token"], descending=[True, False])
+        ids = sorted(int(t) for t in counts.get_column("correct_token").head(MAX_VOCAB))
+        labels.update({t: labels.get(t, str(t)) for t in ids})
+    return ids, [labels[t] for t in ids]
+
+
+def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, int]:
+    if layer is None or head is None:
+        raise InvalidParameterError("circuit charts need --layer and --head")
+    if not 0 <= layer < int(store.config["n_layers"]) or not 0 <= head < int(store.config["n_heads"]):
+        raise InvalidParameterError(
+            f"head L{layer}H{head} is not in this {store.config['n_layers']}-layer, {store.config['n_heads']}-head model")
+    return layer, head
+
+
+def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
+    layer, head = _layer_head(store, layer, head)
+    ids, names = _circuit_tokens(store)
+    matrix = np.asarray(_query().ov_circuit(store, layer, head))   # [d_vocab, d_vocab_out]
+    return circuits.circuit_heatmap(matrix[np.ix_(ids, ids)], f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
+                                    row_labels=names, col_labels=names, value_title="Logit contribution")
+
+
+def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
+    layer, head = _layer_head(store, layer, head)
+    ids, names = _circuit_tokens(store)
+    matrix = np.asarray(_query().qk_circuit(store, layer, head))   # [query token, key token]
+    return circuits.circuit_heatmap(matrix[np.ix_(ids, ids)], f"QK circuit of L{layer}H{head}: token embeddings",
+                                    row_title="Query token", col_title="Key token", row_labels=names,
+                                    col_labels=names, value_title="Attention score")
+
+
+def chart_accuracy(store: Any, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
+    table = accuracy.accuracy_table(store.outputs, store.examples, by=[by] if by else None)
+    return accuracy.accuracy_bars(table)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One `actstore chart` kind: what it draws and the function building it from a store."""
+
+    name: str
+    help: str
+    build: Callable[..., alt.TopLevelMixin]
+
+
+_BUILDERS: dict[str, Callable[..., alt.TopLevelMixin]] = {
+    "dla-heads": chart_dla_heads,
+    "dla-components": chart_dla_components,
+    "dla-split": chart_dla_split,
+    "attention": chart_attention,
+    "attention-roles": chart_attention_roles,
+    "logit-lens": chart_logit_lens,
+    "neurons": chart_neurons,
+    "ov-circuit": chart_ov_circuit,
+    "qk-circuit": chart_qk_circuit,
+    "accuracy": chart_accuracy,
+}
+KINDS: dict[str, Kind] = {name: Kind(name, KIND_HELP[name], _BUILDERS[name]) for name in KIND_HELP}
+
+
+def make_chart(store: Any, kind: str, **options: Any) -> alt.TopLevelMixin:
+    """Chart `kind` of `store`; unset options take the task's defaults."""
+    if kind not in KINDS:
+        raise InvalidParameterError(f"unknown chart kind {kind!r}; kinds: {', '.join(KINDS)}")
+    return KINDS[kind].build(store, **{k: v for k, v in options.items() if v is not None})
+
+
+__all__ = ["KINDS", "Kind", "make_chart", "default_split", "default_target", "default_query_role", "top_heads"]

@@ -1,0 +1,98 @@
+"""`actstore chart KIND STORE -o FILE` and `actstore report STORE -o report.html`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from actstore.errors import InvalidParameterError
+
+CHART_FORMATS = ".html (Vega inlined, works offline), .png or .svg"
+
+
+def _heads(text: str) -> list[tuple[int, int]]:
+    """'1.0,1.2' or 'L1H0,L1H2' -> [(1, 0), (1, 2)]."""
+    out = []
+    for part in text.split(","):
+        p = part.strip().upper().removeprefix("L").replace("H", ".")
+        layer, sep, head = p.partition(".")
+        if not sep or not layer.isdigit() or not head.isdigit():
+            raise argparse.ArgumentTypeError(f"bad head {part!r}: write LAYER.HEAD or LlayerHhead, e.g. 1.0 or L1H0")
+        out.append((int(layer), int(head)))
+    return out
+
+
+def _neurons(text: str) -> list[int] | str:
+    if text == "sum":
+        return text
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--neurons takes 'sum' or comma-separated ids, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from actstore.charts.kinds import KIND_HELP
+
+    kinds = "\n".join(f"  {name:16s} {text}" for name, text in KIND_HELP.items())
+    p = sub.add_parser("chart", help="draw one chart of a store to HTML / PNG / SVG",
+                       description=f"Draw one chart of a store.\n\nkinds:\n{kinds}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", help="chart kind (listed above)")
+    p.add_argument("store", help="store directory")
+    p.add_argument("-o", "--output", required=True, help=f"output file: {CHART_FORMATS}")
+    p.add_argument("--target", choices=("correct", "diff"), help="DLA / logit lens target (default: diff where the "
+                   "task has counterfactual tokens, else correct)")
+    p.add_argument("--by", help="example label to split by (dla-split, attention-roles, logit-lens, accuracy)")
+    p.add_argument("--heads", type=_heads, help="heads to draw, e.g. 1.0,1.2 (default: all, or the 12 with largest DLA)")
+    p.add_argument("--layer", type=int, help="layer (neurons, circuits)")
+    p.add_argument("--head", type=int, help="head (circuits)")
+    p.add_argument("--query-role", help="query token role (attention-roles; default END for IOI, else the role at the "
+                   "first answer position)")
+    p.add_argument("--key-roles", type=lambda s: s.split(","), help="key roles to show, comma-separated")
+    p.add_argument("--x", help="numeric label on the x axis (neurons)")
+    p.add_argument("--color", help="label to colour points by (neurons)")
+    p.add_argument("--neurons", type=_neurons, help="neuron ids (comma-separated) or 'sum' for the layer total")
+    p.add_argument("--direction", help="neurons: 'answer', 'diff' or a .npy direction file (default answer)")
+    p.add_argument("--top", type=int, help="bars (dla) or neurons to keep, largest first")
+    p.add_argument("--scale", type=float, default=2.0, help="PNG resolution multiplier (default 2)")
+    p.set_defaults(handler=run_chart)
+
+    r = sub.add_parser("report", help="write one self-contained HTML report of a store's standard charts")
+    r.add_argument("store", help="store directory")
+    r.add_argument("-o", "--output", required=True, help="output .html file")
+    r.add_argument("--title", help="page title (default: task x model)")
+    r.set_defaults(handler=run_report)
+
+
+def run_chart(args: argparse.Namespace) -> int:
+    from actstore.charts.export import chart_format, save_chart
+    from actstore.charts.kinds import KIND_HELP
+
+    if args.kind not in KIND_HELP:
+        raise InvalidParameterError(f"unknown chart kind {args.kind!r}; kinds: {', '.join(KIND_HELP)}")
+    from actstore.charts.standard import make_chart
+    from actstore.store import open_store
+
+    chart_format(args.output)  # a bad extension fails before any query runs
+    store = open_store(args.store)
+    start = time.perf_counter()
+    chart = make_chart(store, args.kind, target=args.target, by=args.by, heads=args.heads, layer=args.layer,
+                       head=args.head, query_role=args.query_role, key_roles=args.key_roles, x=args.x,
+                       color=args.color, which=args.neurons, direction=args.direction, top=args.top)
+    out = save_chart(chart, args.output, scale=args.scale)
+    print(f"wrote {args.kind} chart of {store.path} to {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from actstore.charts.report import build_report
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    start = time.perf_counter()
+    out = build_report(store, args.output, title=args.title)
+    print(f"wrote report of {store.path} to {out} ({out.stat().st_size / 1e6:.1f} MB, "
+          f"{time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
