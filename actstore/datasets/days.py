@@ -1,0 +1,150 @@
+"""Days and months successor (seed 001): "Today it is Sunday, tomorrow it is" -> " Monday".
+
+Each template names one day (or month), the subject, and asks for the one `offset` steps from
+it (+1 for "tomorrow"/"next month", -1 for "yesterday"), wrapping around the week or year.
+The counterfactual token is the subject itself (the seed's "wrong answer" is today).
+Day and month words must be one token (with their leading space) for the tokenizer.
+
+Roles: SUBJECT (the named day/month), END (the last token, where the answer is read).
+
+Corrupted variant, `Days(corrupt="previous")`, as in seed 001's activation patching: the same
+examples (same seed draws) with the subject replaced by answer + offset, so the clean answer
+stands in the opposite relation to what the prompt names ("Today it is Tuesday, tomorrow it
+is" keeps the answer " Monday", the day before Tuesday). The answer token is kept and the
+counterfactual becomes the corrupted subject, as the seed does (its `new_wrong_tokens`).
+Labels `today`/`answer`/`index` stay the clean ones; `subject` is the word the prompt names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from actstore.datasets.base import TaskData, check_n_seed
+from actstore.datasets.templated import Segment, prompt_tokenizer, slot_name, split_template
+from actstore.errors import InvalidParameterError
+
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = [
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+]  # fmt: skip
+
+# (kind, template, offset): the answer is the item `offset` steps after the one in [X]
+TEMPLATES: list[tuple[str, str, int]] = [
+    ("day", "Today it is [X], tomorrow it is", 1),
+    ("day", "If today is [X], tomorrow is", 1),
+    ("day", "Yesterday was [X], so today is", 1),
+    ("day", "It is [X] today, and tomorrow it will be", 1),
+    ("day", "Today is [X], so yesterday was", -1),
+    ("month", "This month is [X], next month is", 1),
+    ("month", "If this month is [X], next month will be", 1),
+    ("month", "Last month was [X], so this month is", 1),
+    ("month", "It is [X] now, and last month was", -1),
+]
+ITEMS = {"day": DAYS, "month": MONTHS}
+KINDS = ("both", "day", "month")
+CORRUPTIONS = ("none", "previous")
+
+
+def vocabulary_texts() -> list[str]:
+    """Texts whose pieces cover every word this task can write (for the word tokenizer)."""
+    return [t.replace("[X]", DAYS[0]) for _, t, _ in TEMPLATES] + [" " + w for w in DAYS + MONTHS]
+
+
+class Days:
+    """Successor prompts over days and/or months; `corrupt='previous'` names another day."""
+
+    name: ClassVar[str] = "days"
+
+    def __init__(self, kind: str = "both", corrupt: str = "none") -> None:
+        if kind not in KINDS:
+            raise InvalidParameterError(f"days: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if corrupt not in CORRUPTIONS:
+            raise InvalidParameterError(f"days: corrupt must be one of {', '.join(CORRUPTIONS)}, got {corrupt!r}")
+        self.kind = kind
+        self.corrupt = corrupt
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"kind": self.kind, "corrupt": self.corrupt}
+
+    @property
+    def vocab(self) -> None:
+        return None
+
+    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
+        check_n_seed(n, seed)
+        ptok = prompt_tokenizer(tokenizer, "days")
+        kinds = ["day", "month"] if self.kind == "both" else [self.kind]
+        for kind in kinds:
+            multi = [w for w in ITEMS[kind] if ptok.single(" " + w) is None]
+            if multi:
+                raise InvalidParameterError(
+                    f"days: {', '.join(multi)} are not one token (with a leading space) for this tokenizer; "
+                    f"use kind={'month' if kind == 'day' else 'day'!r} or another tokenizer"
+                )
+        # The same draws whatever the params, so corrupt='previous' lines up with the clean set.
+        rng = np.random.default_rng(seed)
+        is_day = rng.random(n) < 0.5
+        if self.kind != "both":
+            is_day[:] = self.kind == "day"
+        by_kind = {k: [i for i, (kk, _, _) in enumerate(TEMPLATES) if kk == k] for k in ITEMS}
+        pick = rng.random(n)
+        item = rng.random(n)
+        template = np.array(
+            [by_kind["day" if d else "month"][int(p * len(by_kind["day" if d else "month"]))] for d, p in zip(is_day, pick)],
+            dtype=np.int64,
+        )
+        size = np.where(is_day, len(DAYS), len(MONTHS))
+        index = (item * size).astype(np.int64)  # today's index in its list
+        offset = np.array([TEMPLATES[t][2] for t in template], dtype=np.int64)
+        answer_idx = (index + offset) % size
+        subject_idx = (answer_idx + offset) % size if self.corrupt == "previous" else index
+
+        words = [ITEMS["day" if d else "month"] for d in is_day]
+        prompts = [
+            [
+                Segment(part.replace("[X]", w[k]), "SUBJECT") if slot_name(part) else Segment(part)
+                for part in _TEMPLATE_PARTS[t]
+            ]
+            for w, t, k in zip(words, template, subject_idx)
+        ]
+        enc = ptok.encode(prompts)
+        answer = np.array([[ptok.single(" " + w[k])] for w, k in zip(words, answer_idx)], dtype=np.int64)
+        counter = np.array([[ptok.single(" " + w[k])] for w, k in zip(words, subject_idx)], dtype=np.int64)
+        labels = pl.DataFrame(
+            {
+                "kind": np.where(is_day, "day", "month"),
+                "today": [w[k] for w, k in zip(words, index)],
+                "answer": [w[k] for w, k in zip(words, answer_idx)],
+                "template": template,
+                "index": index,
+                "offset": offset,
+                "subject": [w[k] for w, k in zip(words, subject_idx)],
+                "corrupted": np.full(n, self.corrupt != "none"),
+                "subject_pos": enc.role_pos["SUBJECT"],
+                "end_pos": enc.role_pos["END"],
+            }
+        )
+        return TaskData(
+            task=self.name,
+            params=self.params,
+            seed=int(seed),
+            tokens=enc.tokens,
+            lengths=enc.lengths,
+            answer_pos=(enc.lengths - 1)[:, None],
+            answer_tokens=answer,
+            counter_tokens=counter,
+            roles=enc.roles,
+            str_tokens=enc.str_tokens,
+            text=enc.text,
+            labels=labels,
+            pad_id=enc.pad_id,
+        )
+
+
+_TEMPLATE_PARTS = [split_template(t) for _, t, _ in TEMPLATES]
+
