@@ -1,0 +1,49 @@
+"""`actstore ingest`: run a model over a task dataset and store the activations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from actstore.cli import parse_params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest", help="run a model over a task dataset and store its activations (resumable)",
+        description="Run MODEL over N examples of TASK and stream the chosen activations into a store. "
+                    "Rerunning the same command resumes after the last committed chunk.")
+    p.add_argument("--task", required=True, help="task name (addition, list_update, brackets, ioi, days)")
+    p.add_argument("--model", required=True, help="model spec, e.g. zoo:addition")
+    p.add_argument("--n", type=int, required=True, help="number of examples")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--out", required=True, help="store directory (created; resumed if it holds this run)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="task parameter, repeatable")
+    p.add_argument("--hooks", nargs="+", metavar="HOOK",
+                   help="TransformerLens hook names, short forms (z, pattern, post, resid_post, scale) meaning "
+                        "every layer, or 'default'; a ':answer' or ':all' suffix sets that hook's positions "
+                        "(default: hook_z, hook_pattern, mlp hook_post, every LayerNorm hook_scale)")
+    p.add_argument("--positions", choices=("all", "answer"), default="all",
+                   help="positions stored for hooks without a suffix (LayerNorm scales: always all)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored dtype (default float16)")
+    p.add_argument("--chunk", type=int, default=None, help="examples per chunk (default: about 64 MiB per chunk)")
+    p.add_argument("--batch", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store of a different run at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from actstore.ingest import ingest
+
+    store = ingest(args.task, args.model, args.n, args.seed, args.out, hooks=args.hooks, positions=args.positions,
+                   dtype=args.dtype, chunk=args.chunk, batch=args.batch, device=args.device,
+                   task_params=parse_params(args.param), overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        dec = store.manifest.decomposition or {}
+        err = f"{dec['max_abs_error']:.3g}" if "max_abs_error" in dec else dec.get("status", "-")
+        print(f"stored {store.n_examples} examples x {len(store.hooks)} hooks in {store.path} "
+              f"({store.manifest.n_chunks} chunks of {store.chunk_size}); decomposition max error {err}",
+              file=sys.stderr)
+    return 0

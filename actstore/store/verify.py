@@ -1,0 +1,247 @@
+"""`verify(path)`: check a store's committed chunks end to end, naming anything bad.
+
+For every committed chunk: the commit record's range; every array chunk file and meta part
+against the size and SHA-256 in the commit record; every array chunk decoded through Zarr
+(which checks its crc32c); the meta parts' rows against the chunk's examples; and the
+decomposition (stored components rebuild the stored correct-answer logits). Also the arrays'
+metadata against the manifest, the weights' checksums, and stray commit records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.store.commits import commit_files, committed_prefix, file_digest, read_commit
+from actstore.store.decomposition import decomposed_logits, required_hooks
+from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, part_path
+from actstore.store.manifest import Manifest
+from actstore.store.open import open_store
+from actstore.store.reader import Store
+
+# verify's decomposition tolerance: this many units of the stored dtype's precision, relative to
+# 1 + the largest |logit| (float16 rounding of each component adds up over d_model terms)
+ULPS = 8.0
+EPS = {"float16": float(np.finfo(np.float16).eps), "float32": float(np.finfo(np.float32).eps)}
+
+
+@dataclass
+class VerifyReport:
+    """What verify found. `problems` holds one line per bad array chunk, part, record or weight."""
+
+    path: Path
+    n_chunks: int
+    committed_chunks: int
+    n_examples: int
+    problems: list[str] = field(default_factory=list)
+    decomposition: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        head = (f"{self.path}: {self.committed_chunks}/{self.n_chunks} chunks committed, "
+                f"{self.n_examples} examples")
+        d = self.decomposition
+        if d.get("status") == "checked":
+            dec = (f"decomposition: max error {d['max_abs_error']:.3g} over {d['n_answers']} answers "
+                   f"(tolerance {d['tolerance']:.3g})")
+        else:
+            dec = f"decomposition: {d.get('status', 'skipped')} ({d.get('reason', '')})"
+        tail = ["OK"] if self.ok else [f"BAD: {p}" for p in self.problems]
+        return [head, dec, *tail]
+
+
+def verify(path: str | Path) -> VerifyReport:
+    """Check the store at `path`; StoreNotFoundError / StoreFormatError if it is not one."""
+    store = open_store(path)
+    m = store.manifest
+    root = store.path
+    committed = committed_prefix(root, m.n_chunks)
+    report = VerifyReport(root, m.n_chunks, committed, store.n_examples)
+    bad = report.problems.append
+
+    stray = [k for k in commit_files(root) if k >= committed]
+    if stray:
+        bad(f"commit record(s) for chunk(s) {stray} follow uncommitted chunk {committed}: "
+            "the commit order was broken; re-ingest from chunk "
+            f"{committed} (delete _commits/{committed:05d}.json onwards and rerun)")
+    _check_array_metadata(store, bad)
+    _check_params(store, bad)
+
+    dec = _Decomposition(store)
+    for k, (start, stop) in enumerate(chunk_ranges(m.n, m.chunk)[:committed]):
+        _check_chunk(store, k, start, stop, bad, dec)
+    report.decomposition = dec.result()
+    if dec.errors:
+        bad(dec.errors[0] if len(dec.errors) == 1 else f"{dec.errors[0]} (and {len(dec.errors) - 1} more chunks)")
+    return report
+
+
+def _check_array_metadata(store: Store, bad: Any) -> None:
+    m = store.manifest
+    for h in m.hooks:
+        meta_path = acts_path(store.path, h.name) / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            bad(f"array acts/{h.name}: metadata unreadable ({e})")
+            continue
+        chunks = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+        expect = {"shape": list(h.shape), "data_type": h.dtype, "dimension_names": list(h.dims),
+                  "chunk_shape": [m.chunk, *h.shape[1:]]}
+        found = {"shape": meta.get("shape"), "data_type": meta.get("data_type"),
+                 "dimension_names": meta.get("dimension_names"), "chunk_shape": chunks}
+        for key in expect:
+            if expect[key] != found[key]:
+                bad(f"array acts/{h.name}: {key} {found[key]} differs from the manifest's {expect[key]}")
+
+
+def _check_params(store: Store, bad: Any) -> None:
+    for name in store.param_names:
+        try:
+            value = store.param(name)
+        except Exception as e:  # noqa: BLE001 - any decode failure is a finding
+            bad(f"weight params/{name}: unreadable ({_short(e)})")
+            continue
+        if not np.isfinite(value).all():
+            bad(f"weight params/{name}: holds NaN or infinite values")
+
+
+def _check_chunk(store: Store, k: int, start: int, stop: int, bad: Any, dec: "_Decomposition") -> None:
+    m = store.manifest
+    root = store.path
+    record = read_commit(root, k)
+    if record is None or (record.start, record.stop) != (start, stop):
+        got = None if record is None else (record.start, record.stop)
+        bad(f"chunk {k}: commit record range {got} differs from the expected [{start}, {stop})")
+        return
+    files = {f"acts/{h.name}": chunk_file(root, h.name, k, len(h.shape)) for h in m.hooks}
+    files |= {f"meta/{t}": part_path(root, t, k) for t in META_TABLES}
+    intact: set[str] = set()
+    for label, f in files.items():
+        rel = str(f.relative_to(root))
+        if rel not in record.files:
+            bad(f"{label} chunk {k}: not listed in its commit record")
+        elif not f.exists():
+            bad(f"{label} chunk {k}: file {rel} is missing")
+        elif file_digest(f) != list(record.files[rel]):
+            bad(f"{label} chunk {k}: checksum of {rel} differs from its commit record")
+        else:
+            intact.add(label)
+    acts: dict[str, np.ndarray] = {}
+    for h in m.hooks:
+        if f"acts/{h.name}" not in intact:
+            continue
+        try:
+            acts[h.name] = store.read(h.name, start, stop)
+        except Exception as e:  # noqa: BLE001 - crc32c mismatch or a broken chunk
+            bad(f"acts/{h.name} chunk {k}: {_short(e)}")
+    tables: dict[str, pl.DataFrame] = {}
+    for t in META_TABLES:
+        if f"meta/{t}" in intact:
+            try:
+                tables[t] = pl.read_parquet(part_path(root, t, k))
+            except Exception as e:  # noqa: BLE001
+                bad(f"meta/{t} chunk {k}: unreadable ({_short(e)})")
+    _check_meta_rows(m, k, start, stop, tables, bad)
+    if len(tables) == len(META_TABLES):
+        dec.add(k, tables["examples"], tables["outputs"], acts)
+
+
+def _check_meta_rows(m: Manifest, k: int, start: int, stop: int, tables: dict[str, pl.DataFrame], bad: Any) -> None:
+    ids = list(range(start, stop))
+    ex = tables.get("examples")
+    if ex is not None and ex["example_id"].to_list() != ids:
+        bad(f"meta/examples chunk {k}: example_ids are not {start}..{stop - 1}")
+    tok = tables.get("tokens")
+    if ex is not None and tok is not None:
+        if tok.height != int(ex["length"].sum()) or set(tok["example_id"].unique().to_list()) - set(ids):
+            bad(f"meta/tokens chunk {k}: {tok.height} rows do not match the examples' lengths")
+    out = tables.get("outputs")
+    if out is not None:
+        want = [e for e in ids for _ in range(m.n_answers)]
+        if out["example_id"].to_list() != want:
+            bad(f"meta/outputs chunk {k}: rows are not one per (example, answer) for examples {start}..{stop - 1}")
+
+
+class _Decomposition:
+    """Accumulates the decomposition check over chunks from stored values."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.config = store.config
+        self.needed = required_hooks(self.config)
+        self.missing = [h for h in self.needed if h not in store.hooks]
+        self.max_error = 0.0
+        self.max_logit = 0.0
+        self.n_answers = 0
+        self.errors: list[str] = []
+        self._params: dict[str, np.ndarray] = {}
+        m = store.manifest
+        self.tolerance_unit = ULPS * EPS.get(m.dtype, EPS["float32"])
+        recorded = (m.decomposition or {}).get("stored_dtype_max_abs_error")
+        self.recorded = float(recorded) if isinstance(recorded, (int, float)) else 0.0
+
+    def _param(self, name: str) -> np.ndarray:
+        if name not in self._params:
+            self._params[name] = self.store.param(name)
+        return self._params[name]
+
+    def add(self, k: int, examples: pl.DataFrame, outputs: pl.DataFrame, acts: dict[str, np.ndarray]) -> None:
+        if self.missing or any(h not in acts for h in self.needed):
+            return
+        answer_pos = np.array(examples["answer_positions"].to_list(), dtype=np.int64)  # [e, a]
+        tokens = examples["tokens"].to_list()
+        tok_at = np.array([[row[p] for p in ps] for row, ps in zip(tokens, answer_pos.tolist())], dtype=np.int64)
+        n, a = answer_pos.shape
+        correct = outputs["correct_token"].to_numpy().reshape(n, a)
+        stored = outputs["correct_logit"].to_numpy().astype(np.float64).reshape(n, a)
+        stored = stored - self._param("unembed.b_U")[correct]
+
+        def act(name: str) -> np.ndarray:
+            info = self.store.hook_info(name)
+            v = acts[name]
+            if info.positions == "answer":
+                return v
+            return np.take_along_axis(v, answer_pos.reshape(n, a, *([1] * (v.ndim - 2))), axis=1)
+
+        try:
+            rebuilt = decomposed_logits(self.config, self._param, self.store.param_names, tok_at, answer_pos,
+                                        act, vocab=correct)
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            self.errors.append(f"decomposition chunk {k}: cannot rebuild the logits ({_short(e)})")
+            return
+        err = float(np.abs(rebuilt - stored).max()) if stored.size else 0.0
+        logit = float(np.abs(stored).max()) if stored.size else 0.0
+        self.max_error, self.max_logit = max(self.max_error, err), max(self.max_logit, logit)
+        self.n_answers += stored.size
+        tol = self.tolerance(logit)
+        if err > tol:
+            bad = np.unravel_index(np.abs(rebuilt - stored).argmax(), stored.shape)
+            self.errors.append(
+                f"decomposition chunk {k}: components miss the stored logit of example "
+                f"{int(examples['example_id'][int(bad[0])])} answer {int(bad[1])} by {err:.3g} (tolerance {tol:.3g})")
+
+    def tolerance(self, max_logit: float) -> float:
+        return max(4.0 * self.recorded, self.tolerance_unit * (1.0 + max_logit))
+
+    def result(self) -> dict[str, Any]:
+        if self.missing:
+            return {"status": "skipped", "reason": f"needs hook(s) {', '.join(self.missing[:3])}"
+                    f"{' ...' if len(self.missing) > 3 else ''} stored"}
+        if not self.n_answers:
+            return {"status": "skipped", "reason": "no committed examples"}
+        return {"status": "checked", "max_abs_error": self.max_error, "n_answers": self.n_answers,
+                "tolerance": self.tolerance(self.max_logit)}
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
