@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,9 +48,20 @@ def _vl_version() -> str:
     return f"{major}.{minor}"
 
 
+def _finite(obj: object) -> object:
+    """`obj` with NaN / infinite floats as None (JSON has no NaN; JSON.parse would reject it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _script_json(obj: object) -> str:
     """JSON safe inside a <script> element (no '</' or '<!--' can close or comment it)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
 def _fmt(value: object) -> str:

@@ -34,7 +34,7 @@ def store_summary(store: Any) -> dict[str, object]:
                       if cfg.get(k) is not None)
     extras = [k for k in ("attn_only",) if cfg.get(k)] + [
         f"{k} {cfg[k]}" for k in ("normalization_type", "positional_embedding_type", "act_fn") if cfg.get(k)]
-    processing = ", ".join(k for k, v in (m.processing or {}).items() if v is True) or "none"
+    processing = ", ".join(k for k, v in (m.processing or {}).items() if v is True and k != "inferred") or "none"
     summary: dict[str, object] = {
         "store": str(store.path),
         "model": m.model_spec,
