@@ -93,11 +93,12 @@ def ingest(
     _check_writable(out)
     dev = _device(device)
 
+    task_obj = get_task(task, **(task_params or {}))  # a bad task name or parameter fails before the model loads
     net, spec = model_info.load(model, model_spec)
     net.eval()
-    if str(net.cfg.device) != str(dev) or next(net.parameters()).device.type != dev.type:
+    if next(net.parameters()).device != dev:
         net.to(dev)
-    data = get_task(task, **(task_params or {})).generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
+    data = task_obj.generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
     _check_fits(data, net.cfg)
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
@@ -251,11 +252,13 @@ def _check_fits(data: TaskData, cfg: Any) -> None:
     width = int(data.tokens.shape[1])
     if width > cfg.n_ctx:
         raise InvalidParameterError(f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx}")
-    top = int(max(data.tokens.max(), data.answer_tokens.max()))
-    if top >= cfg.d_vocab:
-        raise InvalidParameterError(
-            f"task {data.task}: token id {top} is outside the model's vocabulary (d_vocab={cfg.d_vocab}); "
-            "is this model trained on this task?")
+    answers = [data.answer_tokens] + ([] if data.counter_tokens is None else [data.counter_tokens])
+    for label, top, size in (("token", int(data.tokens.max()), cfg.d_vocab),
+                             ("answer token", int(max(a.max() for a in answers)), cfg.d_vocab_out)):
+        if top >= size:
+            raise InvalidParameterError(
+                f"task {data.task}: {label} id {top} is outside the model's vocabulary ({size}); "
+                "is this model trained on this task?")
 
 
 def _check_writable(out: Path) -> None:

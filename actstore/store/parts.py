@@ -38,12 +38,25 @@ def read_table(root: Path, table: str, n_chunks: int) -> pl.DataFrame:
     return pl.read_parquet(paths)
 
 
+# the columns every store has, for tables with no committed rows and no part to copy a schema from
+BASE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "examples": {"example_id": pl.Int64, "split": pl.String, "text": pl.String, "tokens": pl.List(pl.Int64),
+                 "length": pl.Int64, "answer_positions": pl.List(pl.Int64), "answer_tokens": pl.List(pl.Int64),
+                 "counter_tokens": pl.List(pl.Int64)},
+    "tokens": {"example_id": pl.Int64, "pos": pl.Int64, "token_id": pl.Int64, "str_token": pl.String,
+               "role": pl.String},
+    "outputs": {"example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64, "correct_token": pl.Int64,
+                "counter_token": pl.Int64, "correct_logit": pl.Float32, "counter_logit": pl.Float32,
+                "logit_diff": pl.Float32, "prob": pl.Float32, "rank": pl.Int64, "loss": pl.Float32,
+                "correct": pl.Boolean},
+}
+
+
 def _empty(root: Path, table: str) -> pl.DataFrame:
-    """An empty frame with the table's schema, taken from any part present (none committed yet)."""
-    present = sorted((root / META / table).glob("part-*.parquet"))
-    for p in present:
+    """An empty frame with the table's schema: from any (uncommitted) part present, else the base columns."""
+    for p in sorted((root / META / table).glob("part-*.parquet")):
         try:
             return pl.DataFrame(schema=pl.read_parquet_schema(p))
-        except (OSError, pl.exceptions.ComputeError):
+        except (OSError, pl.exceptions.PolarsError):
             continue
-    return pl.DataFrame()
+    return pl.DataFrame(schema=BASE_SCHEMAS[table])

@@ -1,0 +1,230 @@
+"""actstore.ingest on tiny real TransformerLens models: stored values, tables, manifest, resume, refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from tiny_models import tiny_model
+
+import actstore
+from actstore.datasets import get_task
+from actstore.errors import InvalidParameterError, StoreExistsError, UnknownHookError, UnknownTaskError
+from actstore.store.commits import commit_path
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    return {k: tiny_model(k) for k in ("addition", "list_update", "brackets")}
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def cache_of(model, tokens: np.ndarray, lengths: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    toks = torch.tensor(tokens)
+    mask = (torch.arange(toks.shape[1])[None] < torch.tensor(lengths)[:, None]).long()
+    _, cache = model.run_with_cache(toks, attention_mask=mask, names_filter=names)
+    return {k: v.numpy() for k, v in cache.items()}
+
+
+@pytest.mark.parametrize("kind", ["addition", "list_update"])
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("float16", 2e-3)])
+def test_stored_activations_equal_run_with_cache(tmp_path, models, kind, dtype, tol):
+    model = models[kind]
+    store = actstore.ingest(kind, model, 70, 3, tmp_path / "s", hooks=["default", "resid_post"], dtype=dtype,
+                            chunk=32, batch=16, quiet=True)
+    data = get_task(kind).generate(70, 3)
+    cache = cache_of(model, data.tokens, data.lengths, store.hooks)
+    assert store.n_examples == 70 and len(store.hooks) == len(cache)
+    for name in store.hooks:
+        got = store.read(name)
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got.astype(np.float32), cache[name], atol=tol, rtol=tol, err_msg=name)
+    if kind == "list_update":  # attention-only, no LayerNorm: no MLP or scale hooks
+        assert not any("mlp" in h or "scale" in h for h in store.hooks)
+
+
+def test_bidirectional_padding_is_masked(tmp_path, models):
+    """Brackets (bidirectional, right-padded): real positions equal an unpadded run of each example."""
+    model = models["brackets"]
+    store = actstore.ingest("brackets", model, 12, 0, tmp_path / "s", dtype="float32", chunk=8, batch=4,
+                            quiet=True, task_params={"max_len": 40})
+    data = get_task("brackets", max_len=40).generate(12, 0)
+    assert len(set(data.lengths.tolist())) > 1, "need examples of different lengths"
+    z = store.read("blocks.2.attn.hook_z")
+    pattern = store.read("blocks.1.attn.hook_pattern")
+    for e in range(12):
+        length = int(data.lengths[e])
+        _, cache = model.run_with_cache(torch.tensor(data.tokens[e:e + 1, :length]))
+        np.testing.assert_allclose(z[e, :length], cache["blocks.2.attn.hook_z"][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(pattern[e, :, :length, :length], cache["blocks.1.attn.hook_pattern"][0].numpy(),
+                                   atol=1e-6)
+        assert not pattern[e, :, :length, length:].any()  # nothing attends to padding
+    out = store.outputs
+    logits = torch.stack([model(torch.tensor(data.tokens[e:e + 1, :data.lengths[e]]))[0, 0] for e in range(12)])
+    np.testing.assert_allclose(out["correct_logit"].to_numpy(),
+                               logits.gather(1, torch.tensor(data.answer_tokens[:, :1])).squeeze(1).detach().numpy(),
+                               atol=1e-5)
+
+
+def test_answer_positions_select_the_answer_rows(tmp_path, models):
+    model = models["addition"]
+    store = actstore.ingest("addition", model, 40, 1, tmp_path / "s", hooks=["z", "pattern", "blocks.1.mlp.hook_post:all"],
+                            positions="answer", dtype="float32", chunk=16, batch=8, quiet=True)
+    data = get_task("addition").generate(40, 1)
+    cache = cache_of(model, data.tokens, data.lengths, store.hooks)
+    ap = data.answer_pos  # [example, answer]
+    rows = np.arange(40)[:, None]
+    z = store.hook_info("blocks.0.attn.hook_z")
+    assert z.positions == "answer" and z.dims == ("example", "answer", "head", "d_head") and z.shape == (40, 4, 3, 16)
+    np.testing.assert_allclose(store.read("blocks.0.attn.hook_z"), cache["blocks.0.attn.hook_z"][rows, ap], atol=1e-5)
+    p = store.hook_info("blocks.1.attn.hook_pattern")
+    assert p.dims == ("example", "head", "answer", "key_pos") and p.shape == (40, 3, 4, 14)
+    want = cache["blocks.1.attn.hook_pattern"].transpose(0, 2, 1, 3)[rows, ap].transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(store.read("blocks.1.attn.hook_pattern"), want, atol=1e-6)
+    post = store.hook_info("blocks.1.mlp.hook_post")
+    assert post.positions == "all" and post.shape == (40, 14, 64)
+
+
+def test_outputs_and_meta_tables(tmp_path, models):
+    model = models["addition"]
+    store = actstore.ingest("addition", model, 50, 2, tmp_path / "s", chunk=16, batch=16, quiet=True)
+    data = get_task("addition").generate(50, 2)
+    logits = model(torch.tensor(data.tokens))  # [example, pos, vocab]
+    at = logits[torch.arange(50)[:, None], torch.tensor(data.answer_pos)]  # [example, answer, vocab]
+    correct = torch.tensor(data.answer_tokens)
+    out = store.outputs
+    assert out.height == 200 and out["example_id"].to_list() == [e for e in range(50) for _ in range(4)]
+    assert out["answer_pos"].to_list() == data.answer_pos.reshape(-1).tolist()
+    c_logit = at.gather(-1, correct[..., None])[..., 0]
+    np.testing.assert_allclose(out["correct_logit"].to_numpy(), c_logit.reshape(-1).detach().numpy(), atol=1e-5)
+    logp = at.log_softmax(-1).gather(-1, correct[..., None])[..., 0].reshape(-1).detach().numpy()
+    np.testing.assert_allclose(out["loss"].to_numpy(), -logp, atol=1e-5)
+    np.testing.assert_allclose(out["prob"].to_numpy(), np.exp(logp), atol=1e-6)
+    assert out["rank"].to_list() == (at > c_logit[..., None]).sum(-1).reshape(-1).tolist()
+    assert out["correct"].to_list() == (at.argmax(-1) == correct).reshape(-1).tolist()
+    assert out["counter_token"].null_count() == 200 and out["logit_diff"].null_count() == 200
+
+    ex = store.examples
+    assert ex.columns[:2] == ["example_id", "split"] and ex["example_id"].to_list() == list(range(50))
+    assert ex.drop("split").equals(data.to_frame())
+    tok = store.tokens
+    assert tok.height == int(data.lengths.sum()) and tok.columns == ["example_id", "pos", "token_id", "str_token", "role"]
+    first = tok.filter(pl.col("example_id") == 7).sort("pos")
+    assert first["token_id"].to_list() == data.tokens[7].tolist() and first["role"].to_list() == data.roles[7].tolist()
+
+
+def test_counterfactual_outputs(tmp_path, models):
+    store = actstore.ingest("brackets", models["brackets"], 20, 0, tmp_path / "s", chunk=8, quiet=True)
+    out = store.outputs
+    assert out["counter_token"].null_count() == 0
+    np.testing.assert_allclose(out["logit_diff"].to_numpy(),
+                               (out["correct_logit"] - out["counter_logit"]).to_numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["addition", "list_update", "brackets"])
+def test_manifest_records_the_run_and_an_exact_decomposition(tmp_path, models, kind):
+    store = actstore.ingest(kind, models[kind], 24, 5, tmp_path / "s", chunk=8, batch=8, quiet=True,
+                            model_spec=f"tiny:{kind}")
+    m = store.manifest
+    assert (m.task, m.seed, m.n, m.chunk, m.batch, m.dtype, m.model_spec) == (kind, 5, 24, 8, 8, "float16", f"tiny:{kind}")
+    assert m.decomposition["status"] == "ok" and m.decomposition["max_abs_error"] < 1e-4
+    assert m.model_config["n_layers"] == models[kind].cfg.n_layers
+    assert store.config["attention_dir"] == models[kind].cfg.attention_dir
+    assert m.processing["fold_ln"] is (kind != "list_update")  # no LayerNorm to fold in list_update
+    assert set(store.param_names) == {n for n, _ in models[kind].named_parameters()}
+    np.testing.assert_array_equal(store.param("unembed.W_U"), models[kind].W_U.detach().numpy())
+
+
+def test_resume_rewrites_lost_chunks_byte_identically(tmp_path, models):
+    model = models["addition"]
+    kw = dict(chunk=16, batch=8, quiet=True)
+    ref = actstore.ingest("addition", model, 70, 0, tmp_path / "ref", **kw).path
+    out = tmp_path / "crashed"
+    shutil.copytree(ref, out)
+    # a crash after chunk 2: commits 3-4 gone, chunk 3's z half-written, chunk 4's part missing
+    commit_path(out, 4).unlink()
+    commit_path(out, 3).unlink()
+    z3 = out / "acts/blocks.0.attn.hook_z/c/3/0/0/0"
+    z3.write_bytes(z3.read_bytes()[:50])
+    (out / "meta/examples/part-00004.parquet").unlink()
+    assert actstore.open_store(out).n_examples == 48
+    resumed = actstore.ingest("addition", model, 70, 0, out, **kw)
+    assert resumed.n_examples == 70
+    assert tree_bytes(out) == tree_bytes(ref)
+
+
+def test_inline_writer_gives_the_same_bytes(tmp_path, models):
+    kw = dict(chunk=16, batch=8, quiet=True)
+    a = actstore.ingest("addition", models["addition"], 40, 0, tmp_path / "a", **kw).path
+    b = actstore.ingest("addition", models["addition"], 40, 0, tmp_path / "b", background=False, **kw).path
+    assert tree_bytes(a) == tree_bytes(b)
+
+
+def test_rerun_of_another_run_is_refused_and_overwrite_replaces(tmp_path, models):
+    model = models["addition"]
+    out = tmp_path / "s"
+    actstore.ingest("addition", model, 30, 0, out, chunk=16, quiet=True)
+    before = tree_bytes(out)
+    with pytest.raises(StoreExistsError, match=r"differs in: .*seed.*--overwrite"):
+        actstore.ingest("addition", model, 30, 1, out, chunk=16, quiet=True)
+    with pytest.raises(StoreExistsError, match="chunk"):
+        actstore.ingest("addition", model, 30, 0, out, chunk=8, quiet=True)
+    assert tree_bytes(out) == before
+    again = actstore.ingest("addition", model, 30, 0, out, chunk=16, quiet=True)  # same run: nothing to do
+    assert again.n_examples == 30 and tree_bytes(out) == before
+    replaced = actstore.ingest("addition", model, 30, 1, out, chunk=16, quiet=True, overwrite=True)
+    assert replaced.manifest.seed == 1 and replaced.n_examples == 30
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(n=0), InvalidParameterError, "n must be a positive integer"),
+    (dict(seed=-1), InvalidParameterError, "seed must be a non-negative"),
+    (dict(chunk=0), InvalidParameterError, "chunk must be a positive integer"),
+    (dict(batch=-2), InvalidParameterError, "batch must be a positive integer"),
+    (dict(dtype="bfloat16"), InvalidParameterError, "dtype must be one of"),
+    (dict(positions="some"), InvalidParameterError, "positions must be one of"),
+    (dict(hooks=["blocks.0.attn.hook_zz"]), UnknownHookError, "closest valid: blocks.0.attn.hook_z"),
+    (dict(hooks=["patern"]), UnknownHookError, "hook_pattern"),
+    (dict(hooks=["z:first"]), InvalidParameterError, "':all' or ':answer'"),
+    (dict(task="additon"), UnknownTaskError, "did you mean 'addition'"),
+    (dict(task_params={"digits": 0}), InvalidParameterError, "digits"),
+    (dict(device="tpu"), InvalidParameterError, "device must be"),
+])
+def test_bad_input_fails_cleanly(tmp_path, models, kwargs, error, match):
+    args = dict(task="addition", model=models["addition"], n=10, seed=0, out=tmp_path / "s", quiet=True)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        actstore.ingest(**args)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_bad_output_paths(tmp_path, models):
+    model = models["addition"]
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(InvalidParameterError, match="is a file"):
+        actstore.ingest("addition", model, 10, 0, f, quiet=True)
+    with pytest.raises(InvalidParameterError, match="not a writable directory"):
+        actstore.ingest("addition", model, 10, 0, f / "store", quiet=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.md").write_text("mine")
+    with pytest.raises(StoreExistsError, match="not an actstore store"):
+        actstore.ingest("addition", model, 10, 0, other, quiet=True, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "other"]
+    assert [p.name for p in other.iterdir()] == ["notes.md"]
+
+
+def test_model_that_does_not_fit_the_task(tmp_path, models):
+    with pytest.raises(InvalidParameterError, match="outside the model's vocabulary"):
+        actstore.ingest("list_update", models["addition"], 10, 0, tmp_path / "s", quiet=True)
+    with pytest.raises(InvalidParameterError, match="n_ctx"):
+        actstore.ingest("brackets", models["addition"], 10, 0, tmp_path / "s", quiet=True)
+    assert list(tmp_path.iterdir()) == []
