@@ -22,11 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    if not out.parent.exists():
-        raise InvalidParameterError(f"output directory {str(out.parent)!r} does not exist")
+    if not out.parent.is_dir():
+        raise InvalidParameterError(f"cannot write {str(out)!r}: {str(out.parent)!r} is not an existing directory")
+    if out.is_dir():
+        raise InvalidParameterError(f"cannot write {str(out)!r}: it is a directory; give a .parquet file path")
     data = get_task(args.task, **parse_params(args.param)).generate(args.n, args.seed)
     tmp = out.with_name(out.name + ".tmp")
-    data.to_frame().write_parquet(tmp)
-    tmp.replace(out)  # never leave a half-written file under the real name
+    try:
+        data.to_frame().write_parquet(tmp)
+        tmp.replace(out)  # never leave a half-written file under the real name
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InvalidParameterError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
     print(f"wrote {len(data)} {args.task} examples to {out}")
     return 0

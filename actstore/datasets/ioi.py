@@ -66,7 +66,7 @@ PLACES = [
     "market", "library", "beach", "museum", "church", "cafe", "bank", "airport", "hotel", "farm",
     "lake", "river", "zoo", "gym", "theater", "mall", "shop", "bakery", "pharmacy", "stadium",
     "cinema", "bar", "club", "castle", "harbor", "island", "village", "forest", "mountain",
-    "field", "factory", "bridge", "palace", "party", "concert",
+    "field", "factory", "bridge", "palace", "party", "concert", "shops",
 ]  # fmt: skip
 
 OBJECTS = [
