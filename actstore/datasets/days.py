@@ -91,12 +91,10 @@ class Days:
         is_day = rng.random(n) < 0.5
         if self.kind != "both":
             is_day[:] = self.kind == "day"
-        by_kind = {k: [i for i, (kk, _, _) in enumerate(TEMPLATES) if kk == k] for k in ITEMS}
-        pick = rng.random(n)
-        item = rng.random(n)
-        template = np.array(
-            [by_kind["day" if d else "month"][int(p * len(by_kind["day" if d else "month"]))] for d, p in zip(is_day, pick)],
-            dtype=np.int64,
+        pick, item = rng.random(n), rng.random(n)  # uniform in [0, 1): template and subject
+        day_t, month_t = (np.array([i for i, t in enumerate(TEMPLATES) if t[0] == k]) for k in ("day", "month"))
+        template = np.where(
+            is_day, day_t[(pick * len(day_t)).astype(np.int64)], month_t[(pick * len(month_t)).astype(np.int64)]
         )
         size = np.where(is_day, len(DAYS), len(MONTHS))
         index = (item * size).astype(np.int64)  # today's index in its list

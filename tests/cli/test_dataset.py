@@ -64,7 +64,7 @@ def test_same_seed_same_file_contents(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["dataset", "bracket", "--n", "5"], "actstore dataset: error: unknown task 'bracket'; did you mean 'brackets'?"),
+        (["dataset", "bracket", "--n", "5"], "unknown task 'bracket'; did you mean 'brackets'?"),
         (["dataset", "brackets", "--n", "5", "--param", "max_len=3"], "brackets: max_len must be an even integer"),
         (["dataset", "brackets", "--n", "5", "--param", "maxlen=4"], "brackets: bad parameter"),
         (["dataset", "brackets", "--n", "5", "--param", "max_len"], "--param expects KEY=VALUE, got 'max_len'"),

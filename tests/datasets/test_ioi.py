@@ -58,7 +58,8 @@ def check(data, tokenizer, corrupted: bool = False) -> None:
         assert decode(data.tokens[i, pos[second]]) == " " + b
         assert decode(data.tokens[i, pos["S2"]]) == " " + s2
         assert pos[first] < pos[second] < pos["S2"] < pos["END"] == n - 1
-        assert [row["s1_pos"], row["io_pos"], row["s2_pos"], row["end_pos"]] == [pos[r] for r in ("S1", "IO", "S2", "END")]
+        stored = [row["s1_pos"], row["io_pos"], row["s2_pos"], row["end_pos"]]
+        assert stored == [pos[r] for r in ("S1", "IO", "S2", "END")]
         assert data.answer_pos[i].tolist() == [n - 1]
         assert decode(data.answer_tokens[i, 0]) == " " + row["io"]
         assert decode(data.counter_tokens[i, 0]) == " " + row["s"]
