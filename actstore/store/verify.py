@@ -179,6 +179,8 @@ class _Decomposition:
         self.config = store.config
         self.needed = required_hooks(self.config)
         self.missing = [h for h in self.needed if h not in store.hooks]
+        recorded = store.manifest.decomposition or {}
+        self.skipped = recorded.get("reason", "skipped at ingest") if recorded.get("status") == "skipped" else None
         self.max_error = 0.0
         self.max_logit = 0.0
         self.n_answers = 0
@@ -195,8 +197,14 @@ class _Decomposition:
         return self._params[name]
 
     def add(self, k: int, examples: pl.DataFrame, outputs: pl.DataFrame, acts: dict[str, np.ndarray]) -> None:
-        if self.missing or any(h not in acts for h in self.needed):
+        if self.skipped or self.missing or any(h not in acts for h in self.needed):
             return
+        try:
+            self._add(k, examples, outputs, acts)
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            self.errors.append(f"decomposition chunk {k}: cannot rebuild the logits ({_short(e)})")
+
+    def _add(self, k: int, examples: pl.DataFrame, outputs: pl.DataFrame, acts: dict[str, np.ndarray]) -> None:
         answer_pos = np.array(examples["answer_positions"].to_list(), dtype=np.int64)  # [e, a]
         tokens = examples["tokens"].to_list()
         tok_at = np.array([[row[p] for p in ps] for row, ps in zip(tokens, answer_pos.tolist())], dtype=np.int64)
@@ -212,12 +220,8 @@ class _Decomposition:
                 return v
             return np.take_along_axis(v, answer_pos.reshape(n, a, *([1] * (v.ndim - 2))), axis=1)
 
-        try:
-            rebuilt = decomposed_logits(self.config, self._param, self.store.param_names, tok_at, answer_pos,
-                                        act, vocab=correct)
-        except Exception as e:  # noqa: BLE001 - reported, not raised
-            self.errors.append(f"decomposition chunk {k}: cannot rebuild the logits ({_short(e)})")
-            return
+        rebuilt = decomposed_logits(self.config, self._param, self.store.param_names, tok_at, answer_pos,
+                                    act, vocab=correct)
         err = float(np.abs(rebuilt - stored).max()) if stored.size else 0.0
         logit = float(np.abs(stored).max()) if stored.size else 0.0
         self.max_error, self.max_logit = max(self.max_error, err), max(self.max_logit, logit)
@@ -233,6 +237,8 @@ class _Decomposition:
         return max(4.0 * self.recorded, self.tolerance_unit * (1.0 + max_logit))
 
     def result(self) -> dict[str, Any]:
+        if self.skipped:
+            return {"status": "skipped", "reason": self.skipped}
         if self.missing:
             return {"status": "skipped", "reason": f"needs hook(s) {', '.join(self.missing[:3])}"
                     f"{' ...' if len(self.missing) > 3 else ''} stored"}

@@ -1,0 +1,132 @@
+"""verify: a clean store passes; each kind of damage is found and named by array/table and chunk."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from actstore import open_store
+from actstore.errors import StoreNotFoundError
+from actstore.store.commits import commit_path, file_digest, read_commit
+from actstore.store.verify import verify
+
+Z1 = "acts/blocks.1.attn.hook_z/c/1/0/0/0"
+
+
+def flip_byte(path, at=-20):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_clean_store_passes_with_a_real_decomposition(real_store):
+    report = verify(real_store)
+    assert report.ok, report.problems
+    assert (report.committed_chunks, report.n_chunks, report.n_examples) == (3, 3, 40)
+    d = report.decomposition
+    assert d["status"] == "checked" and d["n_answers"] == 160
+    assert 0 < d["max_abs_error"] < d["tolerance"] < 0.1  # float16 rounding, far below a wrong value
+    assert report.lines()[-1] == "OK"
+
+
+def test_flipped_byte_in_an_array_chunk_is_named(real_store):
+    flip_byte(real_store / Z1)
+    report = verify(real_store)
+    assert report.problems == [f"acts/blocks.1.attn.hook_z chunk 1: checksum of {Z1} differs from its commit record"]
+
+
+def test_zarr_crc32c_catches_damage_even_without_the_commit_record(real_store):
+    flip_byte(real_store / Z1)
+    rec = read_commit(real_store, 1)
+    rec.files[Z1] = file_digest(real_store / Z1)  # a record that agrees with the damaged file
+    commit_path(real_store, 1).write_text(rec.to_json())
+    report = verify(real_store)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("acts/blocks.1.attn.hook_z chunk 1:") and "checksum" in report.problems[0]
+
+
+def test_swapped_chunk_with_valid_crc_is_caught(real_store):
+    src = real_store / "acts/blocks.0.mlp.hook_post/c/0/0/0"
+    shutil.copy(src, real_store / "acts/blocks.0.mlp.hook_post/c/1/0/0")
+    assert verify(real_store).problems == [
+        "acts/blocks.0.mlp.hook_post chunk 1: checksum of acts/blocks.0.mlp.hook_post/c/1/0/0 differs from its commit record"]
+
+
+def test_wrong_values_with_consistent_checksums_fail_the_decomposition(real_store):
+    """Rewrite chunk 2 of an MLP with other values and a matching commit record: only the decomposition can tell."""
+    arr = zarr.open_array(real_store / "acts/blocks.1.mlp.hook_post", mode="r+")
+    arr[32:40] = arr[32:40] * 1.5
+    rel = "acts/blocks.1.mlp.hook_post/c/2/0/0"
+    rec = read_commit(real_store, 2)
+    rec.files[rel] = file_digest(real_store / rel)
+    commit_path(real_store, 2).write_text(rec.to_json())
+    report = verify(real_store)
+    assert len(report.problems) == 1
+    assert re.match(r"decomposition chunk 2: components miss the stored logit of example 3\d answer \d by ",
+                    report.problems[0])
+
+
+def test_missing_and_damaged_meta_parts(real_store):
+    (real_store / "meta/tokens/part-00000.parquet").unlink()
+    flip_byte(real_store / "meta/outputs/part-00002.parquet", at=40)
+    problems = verify(real_store).problems
+    assert "meta/tokens chunk 0: file meta/tokens/part-00000.parquet is missing" in problems
+    assert "meta/outputs chunk 2: checksum of meta/outputs/part-00002.parquet differs from its commit record" in problems
+
+
+def test_commit_records_out_of_order_and_bad_metadata(real_store):
+    commit_path(real_store, 1).unlink()
+    meta = real_store / "acts/blocks.0.attn.hook_z/zarr.json"
+    d = json.loads(meta.read_text())
+    d["dimension_names"] = ["example", "pos", "h", "d_head"]
+    meta.write_text(json.dumps(d))
+    report = verify(real_store)
+    assert report.committed_chunks == 1 and report.n_examples == 16
+    assert any("commit record(s) for chunk(s) [2] follow uncommitted chunk 1" in p for p in report.problems)
+    assert any(p.startswith("array acts/blocks.0.attn.hook_z: dimension_names") for p in report.problems)
+
+
+def test_damaged_weight_is_named(real_store):
+    flip_byte(real_store / "params/unembed.W_U/c/0/0")
+    problems = verify(real_store).problems
+    assert problems and problems[0].startswith("weight params/unembed.W_U: unreadable")
+
+
+def test_partial_store_verifies_committed_chunks_only(real_store):
+    commit_path(real_store, 2).unlink()
+    (real_store / "acts/blocks.0.attn.hook_z/c/2/0/0/0").unlink()  # in flight: not checked
+    report = verify(real_store)
+    assert report.ok and report.committed_chunks == 2 and report.decomposition["n_answers"] == 128
+    assert open_store(real_store).n_examples == 32
+
+
+def test_synthetic_store_skips_the_decomposition(synthetic):
+    report = verify(synthetic)
+    assert report.ok and report.decomposition["status"] == "skipped"
+
+
+def test_not_a_store():
+    with pytest.raises(StoreNotFoundError):
+        verify("/nonexistent/store")
+
+
+def test_info_sizes_and_ratio(real_store):
+    from actstore.store.info import format_info, store_info
+
+    info = store_info(real_store)
+    store = open_store(real_store)
+    assert info["n_examples"] == 40 and info["committed_chunks"] == 3
+    z = next(a for a in info["arrays"] if a.name == "blocks.0.attn.hook_z")
+    assert z.raw_bytes == 40 * 14 * 2 * 16 * 2  # example x pos x head x d_head x float16
+    files = (real_store / "acts/blocks.0.attn.hook_z/c").rglob("*")
+    assert z.disk_bytes == sum(f.stat().st_size for f in files if f.is_file())
+    assert info["acts_raw_bytes"] == sum(h.example_bytes for h in store.manifest.hooks) * 40
+    assert info["compression_ratio"] == pytest.approx(info["acts_raw_bytes"] / info["acts_disk_bytes"])
+    text = format_info(info)
+    assert "40 of 40 committed (3/3 chunks of 16)" in text and "blocks.0.attn.hook_z" in text
+    assert np.isfinite(info["compression_ratio"])
