@@ -1,0 +1,127 @@
+"""`actstore ingest`, `actstore info`, `actstore verify` through the command line entry point."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+import actstore
+from actstore.cli import main
+
+
+def zoo_available() -> bool:
+    try:
+        from actstore.models import load_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_zoo = pytest.mark.skipif(not zoo_available(), reason="actstore.models (the zoo) is not built yet")
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(
+            n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, n_ctx=16, d_vocab=12, act_fn="relu",
+            normalization_type="LN", seed=0, device="cpu"))
+    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    out = tmp_path_factory.mktemp("cli") / "store"
+    actstore.ingest("addition", model, 20, 0, out, chunk=8, quiet=True, model_spec="tiny")
+    return out
+
+
+def one_line_error(capsys, argv: list[str], *fragments: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"actstore {argv[0]}: error: "), err
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--n", "0"], ["n must be a positive integer"]),
+    (["--seed", "-3"], ["seed must be a non-negative integer"]),
+    (["--chunk", "0"], ["chunk must be a positive integer"]),
+    (["--batch", "0"], ["batch must be a positive integer"]),
+    (["--task", "additon"], ["unknown task 'additon'", "did you mean 'addition'"]),
+    (["--param", "digits=0"], ["digits must be an integer"]),
+    (["--device", "tpu"], ["device must be auto, cpu or cuda"]),
+    (["--model", "zoo:nope"], ["nope"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, fragments):
+    out = tmp_path / "s"
+    argv = ["ingest", "--task", "addition", "--model", "zoo:addition", "--n", "10", "--out", str(out), "--quiet"]
+    for i in range(0, len(extra), 2):  # later options override earlier ones
+        argv += extra[i:i + 2]
+    one_line_error(capsys, argv, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_and_missing_arguments(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("")
+    one_line_error(capsys, ["ingest", "--task", "addition", "--model", "zoo:addition", "--n", "5",
+                            "--out", str(f / "s")], "not a writable directory")
+    with pytest.raises(SystemExit) as e:
+        main(["ingest", "--model", "zoo:addition", "--n", "5", "--out", str(tmp_path / "s")])
+    assert e.value.code == 2 and "--task" in capsys.readouterr().err
+
+
+def test_info_prints_manifest_sizes_and_counts(store_path, capsys):
+    assert main(["info", str(store_path)]) == 0
+    out = capsys.readouterr().out
+    assert "examples   20 of 20 committed (3/3 chunks of 8)" in out
+    assert "task       addition digits=4 max_operand=5000 seed=0" in out
+    assert "blocks.0.attn.hook_z" in out and "ln_final.hook_scale" in out and "activations" in out
+    assert main(["info", str(store_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_examples"] == 20 and info["manifest"]["chunk"] == 8
+    assert {a["name"] for a in info["arrays"]} == set(actstore.open_store(store_path).hooks)
+
+
+def test_verify_ok_then_names_the_bad_chunk(store_path, tmp_path, capsys):
+    assert main(["verify", str(store_path)]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(store_path, bad)
+    chunk = bad / "acts/blocks.0.mlp.hook_post/c/2/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[-9] ^= 1
+    chunk.write_bytes(bytes(data))
+    assert main(["verify", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "BAD: acts/blocks.0.mlp.hook_post chunk 2: checksum" in err
+
+
+def test_info_and_verify_of_a_non_store(tmp_path, capsys):
+    one_line_error(capsys, ["info", str(tmp_path / "none")], "no store at", "does not exist")
+    one_line_error(capsys, ["verify", str(tmp_path)], "is not an actstore store")
+
+
+@needs_zoo
+def test_ingest_a_zoo_model_and_resume(tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["ingest", "--task", "addition", "--model", "zoo:addition", "--n", "48", "--seed", "1", "--out", str(out),
+            "--chunk", "16", "--batch", "16", "--hooks", "default", "resid_post:answer"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "stored 48 examples" in err and "decomposition max error" in err
+    store = actstore.open_store(out)
+    assert store.n_examples == 48 and store.hook_info("blocks.0.hook_resid_post").positions == "answer"
+    assert store.manifest.model_spec == "zoo:addition" and store.manifest.decomposition["status"] == "ok"
+    assert main(argv + ["--quiet"]) == 0  # same run: resumes (nothing left), prints nothing
+    assert capsys.readouterr().err == ""
+    one_line_error(capsys, argv[:-3] + ["--seed", "2"], "differs in: seed", "--overwrite")
+    one_line_error(capsys, argv[:-3] + ["--hooks", "blocks.0.attn.hook_zz"], "closest valid: blocks.0.attn.hook_z")
+    assert main(argv[:-3] + ["--seed", "2", "--overwrite", "--quiet"]) == 0
+    assert actstore.open_store(out).manifest.seed == 2
