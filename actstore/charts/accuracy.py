@@ -22,10 +22,11 @@ MAX_GROUPS = 12  # labels with more distinct values (operands, sums) are not gro
 
 
 def label_columns(examples: pl.DataFrame, max_groups: int = MAX_GROUPS) -> list[str]:
-    """Label columns of `examples` worth grouping by: scalar, with 2..max_groups distinct values."""
+    """Label columns of `examples` worth grouping by: scalar, with 2..max_groups distinct values
+    (role positions such as `end_pos` are not labels)."""
     out = []
     for name, dtype in examples.schema.items():
-        if name in BASE_COLUMNS or isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
+        if name in BASE_COLUMNS or name.endswith("_pos") or isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
             continue
         if 2 <= examples.get_column(name).n_unique() <= max_groups:
             out.append(name)

@@ -33,7 +33,8 @@ def store_summary(store: Any) -> dict[str, object]:
     shape = ", ".join(f"{k} {cfg[k]}" for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab")
                       if cfg.get(k) is not None)
     extras = [k for k in ("attn_only",) if cfg.get(k)] + [
-        f"{k} {cfg[k]}" for k in ("normalization_type", "positional_embedding_type", "act_fn") if cfg.get(k)]
+        f"{k} {cfg[k]}" for k in ("normalization_type", "positional_embedding_type", "act_fn")
+        if cfg.get(k) and not (k == "act_fn" and cfg.get("attn_only"))]
     processing = ", ".join(k for k, v in (m.processing or {}).items() if v is True and k != "inferred") or "none"
     summary: dict[str, object] = {
         "store": str(store.path),

@@ -142,3 +142,19 @@ def run() -> Run:
                roles=roles, W_E=model.W_E.detach().numpy(), W_U=W_U, W_V=model.W_V.detach().numpy(), W_O=W_O,
                dla=dla, attention=attention, neurons=neurons, logit_lens=logit_lens, outputs=outputs)
 
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory):
+    """task -> a small real store of that task (built on first use, shared by the session)."""
+    from stores import make_store
+
+    root = tmp_path_factory.mktemp("stores")
+    cache: dict = {}
+
+    def get(task: str):
+        if task not in cache:
+            cache[task] = make_store(task, root)
+        return cache[task]
+
+    return get
