@@ -14,7 +14,7 @@ import altair as alt
 import polars as pl
 
 from actstore.charts import style
-from actstore.charts.tables import join_labels, require_columns, role_label, summarise
+from actstore.charts.tables import Z95, join_labels, require_columns, role_label, summarise
 from actstore.errors import InvalidParameterError
 
 MAX_PANELS = 48  # heads drawn in one chart; pass heads= to choose
@@ -40,19 +40,31 @@ def _select_heads(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | None, w
     return out
 
 
-def role_mass(attn: pl.DataFrame) -> pl.DataFrame:
-    """Attention mass on each key role, per (example, head, query position).
+def role_summary(attn: pl.DataFrame, split: str | None = None) -> pl.DataFrame:
+    """Mean attention mass from each query role to each key role, per head (and `split` value).
 
-    attn: raw attention rows. Returns example_id, layer, head, q_pos, q_role, k_role, mass,
-    with a 0 row for every key role a query gives no attention to, so means are unbiased.
+    attn: raw attention rows (plus a `split` column if given). A query's mass on a key role is
+    the sum of its probabilities on keys of that role; a key role it never attends to (causal
+    mask) counts as 0. Mean and std come from per-group sums and sums of squares over the
+    nonzero masses and the number of queries, so no zero rows are materialised.
+    Returns layer, head, q_role, k_role, [split], mean, std, n, ci_low, ci_high.
     """
-    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "prob"], "role_mass")
-    q_keys = ["example_id", "layer", "head", "q_pos", "q_role"]
+    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "prob"], "role_summary")
+    extra = [split] if split else []
+    groups = ["layer", "head", "q_role", *extra]
     t = attn.with_columns(_role("q_role"), _role("k_role"))
-    mass = t.group_by([*q_keys, "k_role"]).agg(mass=pl.col("prob").sum())
-    roles = t.select("k_role").unique()
-    grid = t.select(q_keys).unique().join(roles, how="cross")
-    return grid.join(mass, on=[*q_keys, "k_role"], how="left").with_columns(pl.col("mass").fill_null(0.0))
+    mass = t.group_by(["example_id", "q_pos", *groups, "k_role"]).agg(mass=pl.col("prob").sum())
+    sums = mass.group_by([*groups, "k_role"]).agg(s1=pl.col("mass").sum(), s2=(pl.col("mass") ** 2).sum())
+    queries = t.select(["example_id", "q_pos", *groups]).unique().group_by(groups).agg(n=pl.len())
+    grid = queries.join(t.select("k_role").unique(), how="cross")
+    out = grid.join(sums, on=[*groups, "k_role"], how="left").with_columns(
+        pl.col("s1").fill_null(0.0), pl.col("s2").fill_null(0.0))
+    n = pl.col("n").cast(pl.Float64)
+    mean = pl.col("s1") / n
+    var = pl.when(n > 1).then(((pl.col("s2") - n * mean**2) / (n - 1)).clip(lower_bound=0.0)).otherwise(None)
+    out = out.with_columns(mean=mean, std=var.sqrt())
+    half = Z95 * pl.col("std").fill_null(0.0) / n.sqrt()
+    return out.with_columns(ci_low=pl.col("mean") - half, ci_high=pl.col("mean") + half).drop("s1", "s2")
 
 
 def role_order(attn: pl.DataFrame) -> list[str]:
@@ -79,7 +91,7 @@ def attention_heatmap(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | Non
     attn = _select_heads(attn, heads, "attention_heatmap")
     order = role_order(attn)
     if "prob" in attn.columns:
-        summary = summarise(role_mass(attn), ["layer", "head", "q_role", "k_role"], value="mass")
+        summary = role_summary(attn)
     else:
         summary = summarise(attn, ["layer", "head", "q_role", "k_role"])
     summary = summary.with_columns(head_label=_head_label())
@@ -128,21 +140,21 @@ def attention_role_bars(
         raise InvalidParameterError(
             f"attention_role_bars: query role {query_role!r} not in the table (roles: {sorted(present)})")
     order = role_order(attn)
-    mass = role_mass(attn.filter(pl.col("q_role") == query_role))
     if key_roles is not None:
         missing = [r for r in key_roles if r not in order]
         if missing:
             raise InvalidParameterError(f"attention_role_bars: key roles {missing} not in the table (roles: {order})")
-        mass = mass.filter(pl.col("k_role").is_in(list(key_roles)))
-        order = list(key_roles)
-    keys = ["layer", "head", "k_role"]
+    rows = attn.filter(pl.col("q_role") == query_role)
     if by is not None:
         if examples is None:
             raise InvalidParameterError("attention_role_bars: by= needs examples= (store.examples)")
-        mass = join_labels(mass, examples, [by], "attention_role_bars")
-        mass = mass.with_columns(pl.col(by).cast(pl.String).fill_null("none").alias("split"))
-        keys.append("split")
-    summary = summarise(mass, keys, value="mass").with_columns(head_label=_head_label())
+        rows = join_labels(rows, examples, [by], "attention_role_bars")
+        rows = rows.with_columns(pl.col(by).cast(pl.String).fill_null("none").alias("split"))
+    summary = role_summary(rows, split="split" if by is not None else None)
+    if key_roles is not None:
+        summary = summary.filter(pl.col("k_role").is_in(list(key_roles)))
+        order = list(key_roles)
+    summary = summary.with_columns(head_label=_head_label())
     head_order = [f"L{l}H{h}" for l, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
     x = alt.X("head_label:N", sort=head_order, title="Head")
     tooltip = [
@@ -168,4 +180,4 @@ def attention_role_bars(
     return layer.properties(title=title)
 
 
-__all__ = ["attention_heatmap", "attention_role_bars", "role_mass", "role_order"]
+__all__ = ["attention_heatmap", "attention_role_bars", "role_order", "role_summary"]

@@ -8,7 +8,7 @@ import pytest
 from chart_spec import chart_rows, find_key
 
 from actstore.charts import attention_heatmap, attention_role_bars
-from actstore.charts.attention import role_mass, role_order
+from actstore.charts.attention import role_order, role_summary
 from actstore.errors import InvalidParameterError
 
 
@@ -16,12 +16,18 @@ def test_roles_are_ordered_by_position(run):
     assert role_order(run.attention) == run.roles  # addition: every position has its own role
 
 
-def test_role_mass_fills_unseen_keys_with_zero(run):
-    mass = role_mass(run.attention.filter((pl.col("layer") == 0) & (pl.col("head") == 0)))
+def test_role_summary_counts_unseen_keys_as_zero(run):
+    summary = role_summary(run.attention.filter((pl.col("layer") == 0) & (pl.col("head") == 0)))
     n_examples, n_pos = run.pattern.shape[0], run.pattern.shape[-1]
-    assert mass.height == n_examples * n_pos * n_pos  # a row for every (query, key role), seen or not
-    sums = mass.group_by("example_id", "q_pos").agg(pl.col("mass").sum()).get_column("mass").to_numpy()
+    assert summary.height == n_pos * n_pos  # every (query role, key role), attended or not
+    assert set(summary.get_column("n").to_list()) == {n_examples}
+    sums = summary.group_by("q_role").agg(pl.col("mean").sum()).get_column("mean").to_numpy()
     np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+    pos = {r: i for i, r in enumerate(run.roles)}
+    for r in summary.iter_rows(named=True):   # std over examples, zeros included (ddof=1)
+        want = run.pattern[:, 0, 0, pos[r["q_role"]], pos[r["k_role"]]]
+        assert r["std"] == pytest.approx(want.std(ddof=1), abs=1e-6)
+        assert r["ci_high"] - r["ci_low"] == pytest.approx(2 * 1.959964 * want.std(ddof=1) / np.sqrt(n_examples), abs=1e-6)
 
 
 def test_heatmap_cells_match_pattern_means(run):
