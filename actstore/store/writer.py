@@ -8,9 +8,11 @@ arrays and meta parts, then its commit record (see `commits.py`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import numpy as np
 import polars as pl
 import zarr
 from zarr.codecs import BytesCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError
@@ -80,6 +83,7 @@ class ChunkWriter:
         self.arrays = {h.name: group[h.name].with_config(_WRITE_CONFIG) for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
         self._kill = _parse_kill(os.environ.get(KILL_ENV))
+        self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="actstore-digest")
 
     def write_chunk(self, k: int, acts: Mapping[str, np.ndarray], meta: Mapping[str, pl.DataFrame]) -> int:
         """Write chunk k (arrays [stop - start, ...] per hook, one frame per meta table), then commit it.
@@ -90,24 +94,29 @@ class ChunkWriter:
         if set(acts) != set(self.arrays) or set(meta) != set(META_TABLES):
             raise StoreCorruptError(f"chunk {k}: got arrays {sorted(acts)} and tables {sorted(meta)}, "
                                     f"expected {sorted(self.arrays)} and {list(META_TABLES)}")
-        files: dict[str, list] = {}
-        for name, arr in self.arrays.items():
-            data = acts[name]
+        for name, data in acts.items():
             if data.shape[0] != stop - start:
                 raise StoreCorruptError(f"chunk {k} of {name}: {data.shape[0]} rows for examples [{start}, {stop})")
-            arr[start:stop] = data
+
+        async def put_all() -> None:  # every array at once: zarr encodes the chunks on its thread pool
+            await asyncio.gather(*(arr.async_array.setitem(slice(start, stop), acts[name])
+                                   for name, arr in self.arrays.items()))
+
+        sync(put_all())
         self._maybe_die(k, "arrays")
-        for name, arr in self.arrays.items():
-            f = chunk_file(self.root, name, k, arr.ndim)
-            files[str(f.relative_to(self.root))] = file_digest(f, fsync=True)
+        paths = [chunk_file(self.root, name, k, arr.ndim) for name, arr in self.arrays.items()]
         for table in META_TABLES:
-            p = part_path(self.root, table, k)
-            write_part(meta[table], p)
-            files[str(p.relative_to(self.root))] = file_digest(p)
+            paths.append(part_path(self.root, table, k))
+            write_part(meta[table], paths[-1])
         self._maybe_die(k, "meta")
+        digests = self._pool.map(lambda f: file_digest(f, fsync=True), paths)  # sha256 releases the GIL
+        files = {str(f.relative_to(self.root)): d for f, d in zip(paths, digests)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files))
         self._maybe_die(k, "commit")
         return sum(int(v[0]) for v in files.values())
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
     def discard_uncommitted(self, first: int) -> None:
         """Remove the files of chunks >= first (left by a crash), so a resume rewrites them whole."""
