@@ -1,0 +1,168 @@
+"""Direct logit attribution of one chunk: the pure math behind `actstore.query.dla`.
+
+At each answer position the final residual stream is a sum of components; with the stored
+final LayerNorm scale, each component's share of the answer logit (minus b_U) is
+`component . u / scale` (see readout.py). Components by granularity:
+
+  layer:  embed, pos_embed, attn{l} (heads + b_O), mlp{l} (neurons + b_out)
+  head:   embed, pos_embed, L{l}H{h}, attn_bias{l}, mlp{l}
+  neuron: embed, pos_embed, L{l}H{h}, attn_bias{l}, L{l}N{n}, mlp_bias{l}
+  path:   as head, but every head of layer >= 1 is split into the earlier components it
+          carries: '{source}>L{l}H{h}' (see paths.py)
+
+plus 'ln_final_bias' for a model whose final LayerNorm bias was not folded. Every granularity
+sums exactly to the logit minus b_U (target 'correct') or to the logit difference minus the
+b_U difference (target 'diff'). pos_embed appears only where positions are added to the
+residual stream ('standard'; a shortformer adds them to queries and keys only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from actstore.errors import InvalidParameterError
+from actstore.query.chunks import Chunk
+from actstore.query.readout import Readout, Target, Weights
+
+GRANULARITIES = ("layer", "head", "neuron", "path")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One term of the decomposition: its name, and the layer / head / neuron / source it belongs to."""
+
+    name: str
+    layer: int | None = None
+    head: int | None = None
+    neuron: int | None = None
+    source: str | None = None
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def post_hook(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def pattern_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def scale_hook(prefix: str) -> str:
+    return f"{prefix}.hook_scale"
+
+
+def required_hooks(weights: Weights, by: str) -> tuple[list[str], list[str]]:
+    """(hooks needed at the answer positions, hooks needed at every position) for granularity `by`."""
+    check_by(by)
+    n = weights.n_layers
+    at_answer = [z_hook(layer) for layer in range(n)]
+    if weights.has_mlp:
+        at_answer += [post_hook(layer) for layer in range(n)]
+    if weights.norm is not None:
+        at_answer.append(scale_hook("ln_final"))
+    full: list[str] = []
+    if by == "path" and n > 1:
+        at_answer += [pattern_hook(layer) for layer in range(1, n)]
+        full += [z_hook(layer) for layer in range(n - 1)]
+        if weights.has_mlp:
+            full += [post_hook(layer) for layer in range(n - 1)]
+        if weights.norm is not None:
+            full += [scale_hook(f"blocks.{layer}.ln1") for layer in range(1, n)]
+    return at_answer, full
+
+
+def check_by(by: str) -> None:
+    if by not in GRANULARITIES:
+        raise InvalidParameterError(f"by must be one of {', '.join(GRANULARITIES)}, got {by!r}")
+
+
+def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
+    """The Target of a chunk's answers (row indices into `readout`)."""
+    counter = None
+    if kind == "diff" and chunk.counter_tokens is not None:
+        if (chunk.counter_tokens < 0).any():
+            bad = int(chunk.example_id[(chunk.counter_tokens < 0).any(axis=1)][0])
+            raise InvalidParameterError(f"target 'diff': example {bad} has no counterfactual token; use target='correct'")
+        counter = readout.rows(chunk.counter_tokens)
+    return Target(kind, readout.rows(chunk.answer_tokens), counter)
+
+
+def final_scale(weights: Weights, chunk: Chunk) -> np.ndarray:
+    """[example, answer] float64 final LayerNorm scale at the answers (ones without LayerNorm)."""
+    if weights.norm is None:
+        return np.ones(chunk.answer_pos.shape)
+    return chunk.at_answer[scale_hook("ln_final")][..., 0].astype(np.float64)
+
+
+def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str = "head",
+                       target: str = "correct") -> tuple[np.ndarray, list[Component]]:
+    """Each component's direct attribution at each answer: ([example, answer, component] float64, components)."""
+    check_by(by)
+    tgt = make_target(readout, chunk, target)
+    u = tgt.take(readout.u)  # [e, a, d_model]
+    blocks: list[np.ndarray] = []  # each [e, a, k], divided by the final scale at the end
+    comps: list[Component] = []
+
+    def add(values: np.ndarray, names: list[Component]) -> None:
+        blocks.append(values if values.ndim == 3 else values[..., None])
+        comps.extend(names)
+
+    w_e = weights.param("embed.W_E")
+    add(np.einsum("eam,eam->ea", w_e[chunk.input_tokens].astype(np.float64), u), [Component("embed")])
+    if weights.pos_in_resid:
+        w_pos = weights.param("pos_embed.W_pos")
+        add(np.einsum("eam,eam->ea", w_pos[chunk.answer_pos].astype(np.float64), u), [Component("pos_embed")])
+
+    n_heads = weights.n_heads
+    for layer in range(weights.n_layers):
+        z = chunk.at_answer[z_hook(layer)].astype(np.float64)  # [e, a, head, d_head]
+        heads = np.einsum("eahd,eahd->eah", z, tgt.take(readout.head(layer)))  # [e, a, head]
+        attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
+        if by == "layer":
+            add(heads.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])
+        elif by == "path" and layer > 0:
+            from actstore.query.paths import path_attribution
+
+            values, sources = path_attribution(weights, readout, chunk, tgt, layer)  # [e, a, head, source]
+            add(values.reshape(*values.shape[:2], -1),
+                [Component(f"{src}>L{layer}H{h}", layer, h, source=src) for h in range(n_heads) for src in sources])
+            add(attn_bias, [Component(f"attn_bias{layer}", layer)])
+        else:
+            add(heads, [Component(f"L{layer}H{h}", layer, h) for h in range(n_heads)])
+            add(attn_bias, [Component(f"attn_bias{layer}", layer)])
+        if not weights.has_mlp:
+            continue
+        post = chunk.at_answer[post_hook(layer)].astype(np.float64)  # [e, a, d_mlp]
+        per_neuron = post * tgt.take(readout.mlp(layer))  # [e, a, d_mlp]
+        mlp_bias = tgt.take(readout.mlp_bias(layer))
+        if by == "neuron":
+            add(per_neuron, [Component(f"L{layer}N{n}", layer, neuron=n) for n in range(per_neuron.shape[-1])])
+            add(mlp_bias, [Component(f"mlp_bias{layer}", layer)])
+        else:
+            add(per_neuron.sum(-1) + mlp_bias, [Component(f"mlp{layer}", layer)])
+
+    values = np.concatenate(blocks, axis=-1) / final_scale(weights, chunk)[..., None]
+    final_bias = readout.final_bias()
+    if final_bias is not None:  # an unfolded ln_final.b adds a constant, not divided by the scale
+        values = np.concatenate([values, tgt.take(final_bias)[..., None]], axis=-1)
+        comps.append(Component("ln_final_bias"))
+    return values, comps
+
+
+def expected_total(weights: Weights, chunk: Chunk, logits: dict[str, Any], target: str) -> np.ndarray:
+    """What the components must sum to: correct_logit - b_U[correct] (or the difference): [example, answer].
+
+    logits: {'correct_logit': [e, a], 'counter_logit': [e, a] (for 'diff')}
+    """
+    b_u = weights.maybe("unembed.b_U")
+    b_u = np.zeros(int(weights.param("unembed.W_U").shape[1])) if b_u is None else b_u
+    total = np.asarray(logits["correct_logit"], dtype=np.float64) - b_u[chunk.answer_tokens]
+    if target == "diff":
+        total = total - (np.asarray(logits["counter_logit"], dtype=np.float64) - b_u[chunk.counter_tokens])
+    return total

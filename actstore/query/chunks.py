@@ -1,0 +1,167 @@
+"""Streaming a store chunk by chunk, with the activations a query needs at the answer positions.
+
+A `Chunk` is a plain container (no store inside), so the attribution math can be tested on
+arrays from a TransformerLens cache exactly as it runs on a store. `stream(store, ...)` reads
+one committed chunk at a time (bounded memory), only the hooks asked for, and gathers the
+answer positions of hooks stored at all positions; fp16 arrays stay fp16 until the math upcasts
+the few values it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
+
+
+@dataclass
+class Chunk:
+    """Examples [start, stop) of a store (or a test batch) and the activations a query reads.
+
+    example_id:     [example]
+    lengths:        [example] real tokens of each example (the rest is padding)
+    tokens:         [example, pos] right-padded token ids, or None if the query does not need them
+    answer_pos:     [example, answer] positions whose logits predict the answers
+    answer_tokens:  [example, answer] correct tokens
+    counter_tokens: [example, answer] counterfactual tokens, or None
+    at_answer:      hook -> its value at the answer positions, the pos axis replaced by `answer`
+                    (hook_z [example, answer, head, d_head], hook_pattern [example, head, answer, key_pos],
+                    hook_scale [example, answer, 1])
+    full:           hook -> its value at every position ([example, pos, ...], TransformerLens order)
+    """
+
+    example_id: np.ndarray
+    lengths: np.ndarray
+    tokens: np.ndarray | None
+    answer_pos: np.ndarray
+    answer_tokens: np.ndarray
+    counter_tokens: np.ndarray | None
+    input_tokens: np.ndarray
+    at_answer: dict[str, np.ndarray] = field(default_factory=dict)
+    full: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.example_id.shape[0])
+
+    @property
+    def n_answers(self) -> int:
+        return int(self.answer_pos.shape[1])
+
+
+def pos_axis(dims: Sequence[str]) -> int:
+    """The axis holding (query) positions or answers: 'answer', 'query_pos' or 'pos'."""
+    for name in ("answer", "query_pos", "pos"):
+        if name in dims:
+            return list(dims).index(name)
+    raise InvalidParameterError(f"array with axes {tuple(dims)} has no position axis")
+
+
+def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray:
+    """A hook's value at each example's answer positions: the pos axis becomes [answer].
+
+    array: [example, ..., pos, ...] with axis names `dims`; returned unchanged if already 'answer'.
+    answer_pos: [example, answer]
+    """
+    axis = pos_axis(dims)
+    if dims[axis] == "answer":
+        return array
+    moved = np.moveaxis(array, axis, 1)  # [example, pos, ...]
+    picked = moved[np.arange(array.shape[0])[:, None], answer_pos]  # [example, answer, ...]
+    return np.moveaxis(picked, 1, axis)
+
+
+@dataclass(frozen=True)
+class ExampleArrays:
+    """Per-example arrays of a whole store, from its examples table (ids 0..n-1 in order)."""
+
+    example_id: np.ndarray      # [example]
+    lengths: np.ndarray         # [example]
+    answer_pos: np.ndarray      # [example, answer]
+    answer_tokens: np.ndarray   # [example, answer]
+    counter_tokens: np.ndarray | None
+    input_tokens: np.ndarray    # [example, answer] token at each answer position
+
+    @classmethod
+    def from_examples(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
+        ids = examples.get_column("example_id").to_numpy().astype(np.int64)
+        if not np.array_equal(ids, np.arange(ids.size)):
+            raise StoreCorruptError("meta/examples: example_id is not 0..n-1 in order; run `actstore verify`")
+
+        def matrix(col: str | pl.Expr) -> np.ndarray:
+            expr = pl.col(col) if isinstance(col, str) else col
+            out = examples.select(expr.list.to_array(n_answers)).to_series().to_numpy()
+            return np.asarray(out, dtype=np.int64).reshape(ids.size, n_answers)
+
+        counter = examples.get_column("counter_tokens")
+        has_counter = counter.null_count() < examples.height
+        return cls(
+            example_id=ids,
+            lengths=examples.get_column("length").to_numpy().astype(np.int64),
+            answer_pos=matrix("answer_positions"),
+            answer_tokens=matrix("answer_tokens"),
+            counter_tokens=matrix(pl.col("counter_tokens").fill_null(pl.lit([-1] * n_answers, dtype=pl.List(pl.Int64))))
+            if has_counter else None,
+            input_tokens=matrix(pl.col("tokens").list.gather(pl.col("answer_positions"))),
+        )
+
+
+def padded_tokens(examples: pl.DataFrame, width: int) -> np.ndarray:
+    """[example, width] token ids of an examples slice, right-padded with 0."""
+    out = np.zeros((examples.height, width), dtype=np.int64)
+    for i, row in enumerate(examples.get_column("tokens").to_list()):
+        out[i, : len(row)] = row
+    return out
+
+
+def check_hooks(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str], what: str) -> None:
+    """Raise a one-line error naming the first hook `what` needs that the store lacks (or lacks at all positions)."""
+    stored = set(store.hooks)
+    for name in [*answer_hooks, *full_hooks]:
+        if name not in stored:
+            raise UnknownHookError(f"{what} needs hook {name!r}, which store {store.path} does not hold; "
+                                   f"re-ingest with --hooks default (or add {name})")
+    for name in full_hooks:
+        if store.hook_info(name).positions != "all":
+            raise InvalidParameterError(f"{what} needs {name!r} at every position, but store {store.path} holds it at "
+                                        f"the answer positions only; re-ingest with --hooks {name}:all")
+
+
+def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
+           examples: ExampleArrays | None = None, workers: int = 2) -> Iterator[Chunk]:
+    """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
+
+    A hook in both lists is read once. Hooks of a chunk are read on `workers` threads (Zarr
+    decompression releases the GIL), so reading two arrays overlaps.
+    """
+    ex = examples or ExampleArrays.from_examples(store.examples, store.n_answers)
+    names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
+    dims = {name: store.hook_info(name).dims for name in names}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) if len(names) > 1 else None
+    try:
+        for start, stop in store.chunks():
+            if pool is not None:
+                arrays = dict(zip(names, pool.map(lambda n: store.read(n, start, stop), names)))
+            else:
+                arrays = {n: store.read(n, start, stop) for n in names}
+            sl = slice(start, stop)
+            chunk = Chunk(
+                example_id=ex.example_id[sl], lengths=ex.lengths[sl],
+                tokens=padded_tokens(store.examples.slice(start, stop - start), store.manifest.width) if tokens else None,
+                answer_pos=ex.answer_pos[sl], answer_tokens=ex.answer_tokens[sl],
+                counter_tokens=None if ex.counter_tokens is None else ex.counter_tokens[sl],
+                input_tokens=ex.input_tokens[sl],
+            )
+            for name in answer_hooks:
+                chunk.at_answer[name] = at_answers(arrays[name], dims[name], chunk.answer_pos)
+            for name in full_hooks:
+                chunk.full[name] = arrays[name]
+            yield chunk
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False)

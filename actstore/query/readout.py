@@ -1,0 +1,228 @@
+"""The processed model's weights as a query reads them, and answer directions folded into them.
+
+Direct attribution is linear once the final LayerNorm scale is fixed (it is stored):
+
+    logit[t] - b_U[t] = sum over components c of  norm(c) . W_U[:, t],   norm(x) = (x - mean x) / scale
+
+so the answer direction u_t = W_U[:, t] (centered over d_model for LN, times ln_final.w if the
+model still has one) can be pushed back through each component's output weights once per token
+(W_O[l, h] @ u_t, W_out[l] @ u_t, ...) and dotted with the stored activations. `Readout` holds
+those folded directions for the distinct answer tokens of a store, so a query over a million
+examples folds each weight once per token, not once per example.
+
+Pure numpy; weights come from a store (`Weights.from_store`) or a plain dict (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from actstore.errors import InvalidParameterError
+
+LAYER_NORMS = ("LN", "LNPre")
+RMS_NORMS = ("RMS", "RMSPre")
+
+
+class Weights:
+    """Config and weights of a processed model, read on first use and kept (float32 as stored).
+
+    param: a callable name -> array (e.g. `store.param`) or a mapping of TransformerLens
+    state-dict names to arrays; names: the available names (default: the mapping's keys).
+    """
+
+    def __init__(self, config: Mapping[str, Any], param: Callable[[str], np.ndarray] | Mapping[str, Any],
+                 names: Iterable[str] | None = None) -> None:
+        self.config = dict(config)
+        if isinstance(param, Mapping):
+            mapping = param
+            self._read: Callable[[str], np.ndarray] = lambda n: np.asarray(_numpy(mapping[n]))
+            self.names = set(mapping.keys() if names is None else names)
+        else:
+            if names is None:
+                raise InvalidParameterError("Weights(param=callable) needs the list of parameter names")
+            self._read = param
+            self.names = set(names)
+        self._cache: dict[str, np.ndarray] = {}
+        norm = self.config.get("normalization_type")
+        if norm not in (None, *LAYER_NORMS, *RMS_NORMS):
+            raise InvalidParameterError(f"normalization_type {norm!r} is not supported by direct attribution "
+                                        f"(supported: None, {', '.join(LAYER_NORMS + RMS_NORMS)})")
+
+    @classmethod
+    def from_store(cls, store: Any) -> "Weights":
+        return cls(store.config, store.param, store.param_names)
+
+    # --- raw access ---------------------------------------------------------------------------
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def param(self, name: str) -> np.ndarray:
+        """A weight as stored (float32), read once."""
+        if name not in self._cache:
+            if name not in self.names:
+                raise InvalidParameterError(f"the model's weights have no {name!r}; the store must hold every "
+                                            f"weight of the processed model (re-ingest to add it)")
+            self._cache[name] = np.asarray(self._read(name), dtype=np.float32)
+        return self._cache[name]
+
+    def f64(self, name: str) -> np.ndarray:
+        """A (small) weight as float64; do not use on W_E / W_U / W_pos of a big vocabulary."""
+        key = name + "#f64"
+        if key not in self._cache:
+            self._cache[key] = self.param(name).astype(np.float64)
+        return self._cache[key]
+
+    def maybe(self, name: str) -> np.ndarray | None:
+        return self.f64(name) if self.has(name) else None
+
+    # --- shape of the model -------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config["n_layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config["n_heads"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config["d_model"])
+
+    @property
+    def has_mlp(self) -> bool:
+        return not self.config.get("attn_only") and self.has("blocks.0.mlp.W_out")
+
+    @property
+    def norm(self) -> str | None:
+        return self.config.get("normalization_type")
+
+    @property
+    def pos_in_resid(self) -> bool:
+        """Whether W_pos is added to the residual stream ('standard'; not shortformer / rotary)."""
+        return self.config.get("positional_embedding_type", "standard") == "standard" and self.has("pos_embed.W_pos")
+
+    def ln_weight(self, prefix: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(w, b) of a LayerNorm that was not folded into the next weights, else (None, None)."""
+        return self.maybe(f"{prefix}.w"), self.maybe(f"{prefix}.b")
+
+    def center(self, x: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Centre read-out vectors along d_model for LN models: (x - mean x) . v == x . centred(v)."""
+        return x - x.mean(axis=axis, keepdims=True) if self.norm in LAYER_NORMS else x
+
+    # --- answer directions --------------------------------------------------------------------
+
+    def unembed_directions(self, tokens: np.ndarray) -> np.ndarray:
+        """[token] ids -> [token, d_model] float64 directions u with logit - b_U = norm(resid) . u."""
+        w_u = self.param("unembed.W_U")  # [d_model, d_vocab_out]
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= w_u.shape[1]):
+            raise InvalidParameterError(f"answer token ids must lie in [0, {w_u.shape[1]}) (the unembedding's "
+                                        f"vocabulary), got {int(tokens.min())}..{int(tokens.max())}")
+        u = w_u[:, tokens].T.astype(np.float64)  # [token, d_model]
+        w, _ = self.ln_weight("ln_final")
+        if w is not None:
+            u = u * w
+        return self.center(u)
+
+    def final_bias_logits(self, tokens: np.ndarray) -> np.ndarray | None:
+        """ln_final.b @ W_U[:, t] for an unfolded final LayerNorm (a constant term), else None."""
+        _, b = self.ln_weight("ln_final")
+        if b is None:
+            return None
+        return self.param("unembed.W_U")[:, np.asarray(tokens, dtype=np.int64)].T.astype(np.float64) @ b
+
+
+class Readout:
+    """Answer directions of a set of tokens folded into every component's output weights.
+
+    tokens: the distinct token ids whose directions a query needs (answers and counterfactuals);
+    `rows(ids)` maps token ids of any shape to row indices into the tables below.
+    Tables (float64, one row per token):
+      u            [token, d_model]          the answer direction itself
+      head(l)      [token, head, d_head]     W_O[l, h] @ u
+      mlp(l)       [token, d_mlp]            W_out[l] @ u
+      attn_bias(l) [token]                   b_O[l] . u
+      mlp_bias(l)  [token]                   b_out[l] . u
+    `table(key, make)` caches further tables (paths through heads add theirs).
+    """
+
+    def __init__(self, weights: Weights, tokens: np.ndarray) -> None:
+        self.weights = weights
+        self.tokens = np.unique(np.asarray(tokens, dtype=np.int64).ravel())
+        self.u = weights.unembed_directions(self.tokens)  # [token, d_model]
+        self._tables: dict[tuple[Any, ...], np.ndarray] = {}
+        self._lookup = np.full(int(self.tokens.max()) + 1 if self.tokens.size else 1, -1, dtype=np.int64)
+        self._lookup[self.tokens] = np.arange(self.tokens.size)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each token id (same shape); InvalidParameterError for a token the readout lacks."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ok = (ids >= 0) & (ids < self._lookup.size)
+        rows = np.where(ok, self._lookup[np.clip(ids, 0, self._lookup.size - 1)], -1)
+        if (rows < 0).any():
+            raise InvalidParameterError(f"token {int(ids[rows < 0].ravel()[0])} is not among this readout's tokens")
+        return rows
+
+    def table(self, key: tuple[Any, ...], make: Callable[[], np.ndarray]) -> np.ndarray:
+        """A per-token table computed once by `make` and kept under `key` (other modules add their own)."""
+        if key not in self._tables:
+            self._tables[key] = make()
+        return self._tables[key]
+
+    def head(self, layer: int) -> np.ndarray:
+        w_o = self.weights.f64(f"blocks.{layer}.attn.W_O")  # [head, d_head, d_model]
+        return self.table(("head", layer), lambda: np.einsum("hdm,tm->thd", w_o, self.u))
+
+    def mlp(self, layer: int) -> np.ndarray:
+        w_out = self.weights.f64(f"blocks.{layer}.mlp.W_out")  # [d_mlp, d_model]
+        return self.table(("mlp", layer), lambda: self.u @ w_out.T)
+
+    def attn_bias(self, layer: int) -> np.ndarray:
+        return self.table(("attn_bias", layer), lambda: self._bias(f"blocks.{layer}.attn.b_O"))
+
+    def mlp_bias(self, layer: int) -> np.ndarray:
+        return self.table(("mlp_bias", layer), lambda: self._bias(f"blocks.{layer}.mlp.b_out"))
+
+    def final_bias(self) -> np.ndarray | None:
+        """[token] ln_final.b @ W_U[:, t] for an unfolded final LayerNorm, else None."""
+        return self.weights.final_bias_logits(self.tokens)
+
+    def _bias(self, name: str) -> np.ndarray:
+        b = self.weights.maybe(name)
+        return np.zeros(self.tokens.size) if b is None else self.u @ b
+
+
+class Target:
+    """Which direction a query reads at each answer: the correct token, or correct minus counterfactual.
+
+    correct, counter: [example, answer] row indices into a Readout (counter None for 'correct').
+    `take(table)` gathers a per-token table for every answer: [example, answer, ...].
+    """
+
+    KINDS = ("correct", "diff")
+
+    def __init__(self, kind: str, correct: np.ndarray, counter: np.ndarray | None) -> None:
+        if kind not in self.KINDS:
+            raise InvalidParameterError(f"target must be one of {', '.join(self.KINDS)}, got {kind!r}")
+        if kind == "diff" and counter is None:
+            raise InvalidParameterError("target 'diff' needs counterfactual tokens, and this task has none; "
+                                        "use target='correct'")
+        self.kind, self.correct, self.counter = kind, correct, counter
+
+    def take(self, table: np.ndarray) -> np.ndarray:
+        out = table[self.correct]
+        if self.kind == "diff":
+            out = out - table[self.counter]
+        return out
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor (tests pass a state dict); no torch import here
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
