@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import synthetic_manifest
+from synthetic_store import synthetic_manifest
 
 from actstore.errors import StoreFormatError
 from actstore.store.manifest import FORMAT_VERSION, Manifest

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CHUNK, N, synthetic_values, write_synthetic
+from synthetic_store import CHUNK, N, synthetic_values, write_synthetic
 
 from actstore import open_store
 from actstore.errors import InvalidParameterError, StoreFormatError, StoreNotFoundError, UnknownHookError
@@ -59,7 +59,7 @@ def test_readers_see_committed_chunks_only(tmp_path):
         store.read("blocks.0.attn.hook_z", 0, 10)
     # chunk 2 written but not committed: still invisible
     values = synthetic_values()
-    from conftest import synthetic_meta
+    from synthetic_store import synthetic_meta
 
     w = ChunkWriter(path, store.manifest)
     for name, arr in w.arrays.items():
