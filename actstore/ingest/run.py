@@ -170,6 +170,7 @@ class _Loop:
         first = committed_prefix(self.out, len(self.ranges))
         self.writer.discard_uncommitted(first)
         if first == len(self.ranges):
+            self.writer.close()
             return 0
         m = self.manifest
         sink = Sink(non_blocking=self.pinned)

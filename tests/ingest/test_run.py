@@ -228,3 +228,34 @@ def test_model_that_does_not_fit_the_task(tmp_path, models):
     with pytest.raises(InvalidParameterError, match="n_ctx"):
         actstore.ingest("brackets", models["addition"], 10, 0, tmp_path / "s", quiet=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_is_bounded_by_chunks_not_n(tmp_path, models, monkeypatch):
+    """However many chunks, the loop allocates the same few chunk buffers and recycles them."""
+    from actstore.ingest import run
+
+    calls = []
+    original = run._Loop._alloc
+    monkeypatch.setattr(run._Loop, "_alloc", lambda self: calls.append(1) or original(self))
+    store = actstore.ingest("addition", models["addition"], 200, 0, tmp_path / "s", chunk=8, batch=8, quiet=True)
+    assert store.n_examples == 200 and store.manifest.n_chunks == 25
+    assert len(calls) == run.WRITE_QUEUE_DEPTH + 2
+
+
+def test_progress_bar_and_quiet(tmp_path, models, capsys):
+    actstore.ingest("addition", models["addition"], 40, 0, tmp_path / "a", chunk=16, quiet=False)
+    err = capsys.readouterr().err
+    assert "ingest" in err and "40/40" in err and "ex/s" in err and "MB/s" in err
+    actstore.ingest("addition", models["addition"], 40, 0, tmp_path / "b", chunk=16, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_chunk_is_a_power_of_two_under_64_mib(tmp_path, models):
+    store = actstore.ingest("addition", models["addition"], 300, 0, tmp_path / "s", quiet=True)
+    per_example = sum(h.example_bytes for h in store.manifest.hooks)
+    assert store.chunk_size == 300  # tiny model: everything fits in one chunk (capped at n)
+    assert store.manifest.batch == 64
+    from actstore.ingest.run import _auto_chunk
+
+    big = _auto_chunk(list(store.manifest.hooks) * 40, 10**6)  # a heavier model's hooks
+    assert big & (big - 1) == 0 and big * per_example * 40 <= 64 << 20 < 2 * big * per_example * 40
