@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actstore.store.layout import META, PARAMS, acts_path
+from actstore.store.layout import META, PARAMS, chunk_file
 from actstore.store.open import open_store
 
 
@@ -35,9 +35,10 @@ def store_info(path: str | Path) -> dict[str, Any]:
     store = open_store(path)
     m = store.manifest
     arrays = []
-    for h in m.hooks:
-        d = acts_path(store.path, h.name)
-        disk = sum(f.stat().st_size for f in (d / "c").rglob("*") if f.is_file()) if (d / "c").exists() else 0
+    committed = sum(1 for _ in store.chunks())
+    for h in m.hooks:  # committed chunks only: an ingest in progress may be writing the next one
+        files = (chunk_file(store.path, h.name, k, len(h.shape)) for k in range(committed))
+        disk = sum(f.stat().st_size for f in files if f.exists())
         arrays.append(ArraySize(h.name, h.dims, h.shape, h.positions, h.example_bytes * store.n_examples, disk))
     raw = sum(a.raw_bytes for a in arrays)
     disk = sum(a.disk_bytes for a in arrays)
@@ -46,7 +47,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "manifest": m.to_dict(),
         "n_examples": store.n_examples,
         "n_total": m.n,
-        "committed_chunks": sum(1 for _ in store.chunks()),
+        "committed_chunks": committed,
         "n_chunks": m.n_chunks,
         "arrays": arrays,
         "acts_raw_bytes": raw,

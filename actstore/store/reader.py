@@ -14,6 +14,7 @@ an ingest see committed chunks only); `refresh()` re-counts. Uncommitted rows ar
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +39,7 @@ class Store:
         self.path = Path(path)
         self.manifest = manifest
         self._n_committed_chunks = committed_prefix(self.path, manifest.n_chunks)
+        self._arrays: dict[str, zarr.Array] = {}
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -114,7 +116,10 @@ class Store:
                                     f"run `actstore verify`") from None
 
     def _array(self, name: str) -> zarr.Array:
-        return self._acts_group[name]
+        arr = self._arrays.get(name)
+        if arr is None:  # opened once: each open reads the array's zarr.json
+            arr = self._arrays[name] = self._acts_group[name]
+        return arr
 
     @cached_property
     def _acts_group(self) -> zarr.Group:
@@ -134,8 +139,6 @@ class Store:
     def param(self, name: str) -> np.ndarray:
         """A weight of the processed model, float32 (e.g. 'blocks.0.attn.W_O' [head, d_head, d_model])."""
         if name not in self.param_names:
-            import difflib
-
             close = difflib.get_close_matches(name, self.param_names, n=3)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise InvalidParameterError(f"no weight {name!r} in store {self.path}{hint}")
@@ -164,8 +167,6 @@ class Store:
 
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:
-    import difflib
-
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = f"closest stored: {', '.join(close)}" if close else f"stored: {', '.join(valid[:8])}{' ...' if len(valid) > 8 else ''}"
     return UnknownHookError(f"hook {name!r} is not stored in this store ({hint})")
