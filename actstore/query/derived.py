@@ -1,0 +1,114 @@
+"""Derived tables cached in `<store>/derived/` as Parquet, keyed by their parameters.
+
+A derived table (dla, logit_lens, attention, neurons) is computed on first use and written
+atomically to `derived/<table>-<param>=<value>-...-n=<examples>-<store hash>.parquet`; the
+example count and a hash of the store's manifest (and of this module's VERSION) are part of
+the key, so a store that grew (a resumed ingest) or was re-ingested never serves stale rows.
+Files of the same table and parameters with an older key are removed when a new one is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError, QueryError
+
+VERSION = 1  # bump when a derived table's contents change for the same parameters
+TABLES = ("dla", "logit_lens", "attention", "neurons")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "dla": {"by": "head", "target": "correct"},
+    "logit_lens": {"target": "correct", "ln": "cached"},
+    "attention": {},
+    "neurons": {"direction": "answer"},
+}
+
+
+def compute(store: Any, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
+    """Run the query behind a derived table."""
+    from actstore import query
+
+    if table == "neurons":
+        return _all_layer_neurons(store, params)
+    fn: Callable[..., pl.DataFrame] | None = getattr(query, table, None)
+    if fn is None:
+        raise QueryError(f"derived table {table!r} is not available in this version of actstore.query")
+    return fn(store, **params)
+
+
+def _all_layer_neurons(store: Any, params: Mapping[str, Any]) -> pl.DataFrame:
+    from actstore import query
+
+    fn = getattr(query, "neurons", None)
+    if fn is None:
+        raise QueryError("derived table 'neurons' is not available in this version of actstore.query")
+    if "layer" in params:
+        return fn(store, **params)
+    cfg = store.config
+    if cfg.get("attn_only") or not cfg.get("d_mlp"):
+        raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
+    frames = [fn(store, layer=layer, **params) for layer in range(int(cfg["n_layers"]))]
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    if table not in TABLES:
+        raise InvalidParameterError(f"no derived table {table!r}; derived tables: {', '.join(TABLES)}")
+    return {**DEFAULTS[table], **(given or {})}
+
+
+def cache_path(store: Any, table: str, params: Mapping[str, Any]) -> Path:
+    """Where the derived table for these parameters lives (whether or not it exists yet)."""
+    return store.derived_dir / f"{_stem(table, params)}-n={store.n_examples}-{store_hash(store)}.parquet"
+
+
+def store_hash(store: Any) -> str:
+    ident = json.dumps({"manifest": store.manifest.identity(), "version": VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(ident.encode()).hexdigest()[:12]
+
+
+def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None) -> Path:
+    """The Parquet file of a derived table, computing and writing it if it is not cached yet."""
+    full = params_for(table, params)
+    path = cache_path(store, table, full)
+    if path.exists():
+        return path
+    df = compute(store, table, full)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
+    os.replace(tmp, path)
+    stem = _stem(table, full)
+    for old in path.parent.glob(f"{stem}-n=*.parquet"):
+        if old != path and old.name[len(stem):].count("-") == 2:  # same table and params, older key
+            old.unlink(missing_ok=True)
+    return path
+
+
+def cached(store: Any, table: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """The derived table as a DataFrame (from the cache when present)."""
+    return pl.read_parquet(materialise(store, table, params))
+
+
+def _stem(table: str, params: Mapping[str, Any]) -> str:
+    return "-".join([table, *(f"{k}={_slug(v)}" for k, v in sorted(params.items()))])
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return "array" + hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:10]
+    if isinstance(value, (list, tuple)):
+        return "_".join(_slug(v) for v in value) or "none"
+    text = str(value)
+    clean = re.sub(r"[^A-Za-z0-9_.+]", "_", text)
+    if clean != text or len(clean) > 40:  # paths and odd strings: keep the key unique and short
+        clean = clean[:24] + "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return clean

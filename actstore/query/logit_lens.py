@@ -1,0 +1,118 @@
+"""Logit lens: the accumulated residual stream after each stage, read on the answer direction.
+
+Stages in residual order: (layer l, 'resid_pre') for every layer, (l, 'resid_mid') where the
+model has MLPs, and (last layer, 'resid_post'), the final stream (TransformerLens's
+`accumulated_resid(incl_mid=True)` labels 0_pre, 0_mid, ..., final_post).
+
+ln='cached' (default, as the seeds do with `apply_ln_to_stack`): every stage is normalised with
+the final LayerNorm scale of the full stream, so stages are running sums of `dla(by='layer')`
+and the last one equals the logit minus b_U exactly. ln='recompute': every stage goes through
+the final LayerNorm with its own statistics (TransformerLens `accumulated_resid(apply_ln=True)`),
+what the model would read if the stream stopped there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError
+from actstore.query.attribution import direct_attribution, make_target, post_hook, required_hooks, z_hook
+from actstore.query.chunks import Chunk, ExampleArrays, check_hooks, stream
+from actstore.query.dla import answer_token_ids
+from actstore.query.readout import LAYER_NORMS, Readout, Target, Weights
+from actstore.query.tables import empty_frame, item_frame, long_frame
+
+LN_MODES = ("cached", "recompute")
+
+
+def stages(weights: Weights) -> list[tuple[int, str]]:
+    """(layer, stage) of every accumulated state, in residual order."""
+    out: list[tuple[int, str]] = []
+    for layer in range(weights.n_layers):
+        out.append((layer, "resid_pre"))
+        if weights.has_mlp:
+            out.append((layer, "resid_mid"))
+    return out + [(weights.n_layers - 1, "resid_post")]
+
+
+def lens_values(weights: Weights, readout: Readout, chunk: Chunk, target: str = "correct",
+                ln: str = "cached") -> np.ndarray:
+    """[example, answer, stage] accumulated-residual read-outs (see `stages` for the order)."""
+    if ln not in LN_MODES:
+        raise InvalidParameterError(f"ln must be one of {', '.join(LN_MODES)}, got {ln!r}")
+    if ln == "cached":
+        return _cached(weights, readout, chunk, target)
+    return _recomputed(weights, readout, chunk, target)
+
+
+def _cached(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np.ndarray:
+    values, comps = direct_attribution(weights, readout, chunk, by="layer", target=target)
+    constant = np.zeros(values.shape[:2])
+    if comps[-1].name == "ln_final_bias":  # read-out constant: part of every stage
+        constant, values, comps = values[..., -1], values[..., :-1], comps[:-1]
+    n_embed = sum(c.layer is None for c in comps)  # embed (+ pos_embed) come first, then attn0, (mlp0,) ...
+    start = values[..., :n_embed].sum(-1) + constant  # [e, a]
+    running = np.cumsum(values[..., n_embed:], axis=-1)
+    return start[..., None] + np.concatenate([np.zeros(start.shape + (1,)), running], axis=-1)
+
+
+def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np.ndarray:
+    tgt = make_target(readout, chunk, target)
+    u = tgt.take(readout.u)  # [e, a, d_model], includes ln_final.w and centring
+    resid = weights.param("embed.W_E")[chunk.input_tokens].astype(np.float64)  # [e, a, d_model]
+    if weights.pos_in_resid:
+        resid = resid + weights.param("pos_embed.W_pos")[chunk.answer_pos]
+    states = [resid]
+    for layer in range(weights.n_layers):
+        z = chunk.at_answer[z_hook(layer)].astype(np.float64)
+        resid = resid + np.einsum("eahd,hdm->eam", z, weights.f64(f"blocks.{layer}.attn.W_O"))
+        b_o = weights.maybe(f"blocks.{layer}.attn.b_O")
+        resid = resid if b_o is None else resid + b_o
+        if weights.has_mlp:
+            states.append(resid)
+            post = chunk.at_answer[post_hook(layer)].astype(np.float64)
+            resid = resid + post @ weights.f64(f"blocks.{layer}.mlp.W_out")
+            b_out = weights.maybe(f"blocks.{layer}.mlp.b_out")
+            resid = resid if b_out is None else resid + b_out
+        states.append(resid)
+    x = np.stack(states, axis=-2)  # [e, a, stage, d_model]
+    eps = float(weights.config.get("eps") or 1e-5)
+    if weights.norm in LAYER_NORMS:
+        x = x - x.mean(-1, keepdims=True)
+        x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    elif weights.norm is not None:  # RMS
+        x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    values = np.einsum("easm,eam->eas", x, u)
+    final_bias = readout.final_bias()
+    if final_bias is not None:
+        values = values + tgt.take(final_bias)[..., None]
+    return values
+
+
+def logit_lens(store: Any, target: str = "correct", ln: str = "cached") -> pl.DataFrame:
+    """Accumulated residual read on the answer direction after each stage, one row per
+    (example, answer, stage): example_id, answer_idx, answer_pos, target, layer, stage, value."""
+    if target not in Target.KINDS:
+        raise InvalidParameterError(f"target must be one of {', '.join(Target.KINDS)}, got {target!r}")
+    if ln not in LN_MODES:
+        raise InvalidParameterError(f"ln must be one of {', '.join(LN_MODES)}, got {ln!r}")
+    weights = Weights.from_store(store)
+    at_answer, _ = required_hooks(weights, "layer")
+    check_hooks(store, at_answer, [], "logit_lens")
+    ex = ExampleArrays.from_examples(store.examples, store.n_answers)
+    if target == "diff" and ex.counter_tokens is None:
+        raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
+                                    f"examples of store {store.path} have none; use --target correct")
+    readout = Readout(weights, answer_token_ids(ex, target))
+    order = stages(weights)
+    items = item_frame({"layer": [s[0] for s in order], "stage": [s[1] for s in order]},
+                       {"layer": pl.Int64, "stage": pl.String})
+    frames = [long_frame(chunk.example_id, chunk.answer_pos, items, lens_values(weights, readout, chunk, target, ln),
+                         {"target": target})
+              for chunk in stream(store, at_answer, examples=ex)]
+    if not frames:
+        return empty_frame(items, {"target": pl.String})
+    return pl.concat(frames, rechunk=False)
