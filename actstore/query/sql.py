@@ -121,7 +121,8 @@ def _list(paths: list[str]) -> str:
 
 def _error(con: duckdb.DuckDBPyConnection, query: str, e: duckdb.Error) -> QueryError:
     """One line: DuckDB's message, the views, and the columns of the views the query uses."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+    first = lines[0] + "".join(f" {ln}" for ln in lines[1:] if ln.startswith("Did you mean"))
     first = re.sub(r"^(Catalog|Binder|Parser|Conversion|Invalid Input) Error: ", "", first)
     if isinstance(e, duckdb.ParserException):
         return QueryError(f"SQL syntax error: {first}")

@@ -1,0 +1,106 @@
+"""sql(store, ...): DuckDB views over meta tables and lazily materialised, cached derived tables."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import CHUNK, N_EXAMPLES
+
+import actstore
+from actstore.errors import QueryError
+from actstore.query import dla, logit_lens, sql
+from actstore.query.sql import mentioned_views
+
+
+@pytest.fixture()
+def store(tiny_store, tmp_path):
+    """A private copy of the addition store (tests here write derived/)."""
+    src = tiny_store("ln_mlp").path
+    shutil.copytree(src, tmp_path / "s")
+    return actstore.open_store(tmp_path / "s")
+
+
+def test_the_issue_query(store):
+    got = sql(store, "SELECT component, avg(value) AS v FROM dla JOIN examples USING (example_id) "
+                     "WHERE carry_2 GROUP BY component ORDER BY component").pl()
+    table = dla(store).join(store.examples.select("example_id", "carry_2"), on="example_id")
+    want = table.filter(pl.col("carry_2")).group_by("component").agg(v=pl.col("value").mean()).sort("component")
+    assert got.height == 17
+    assert got["component"].to_list() == want["component"].to_list()
+    np.testing.assert_allclose(got["v"], want["v"], rtol=1e-12)
+
+
+def test_derived_tables_are_lazy_cached_and_keyed(store):
+    assert sql(store, "SELECT count(*) AS n FROM examples").pl().item() == N_EXAMPLES
+    assert not store.derived_dir.exists()  # nothing derived for a query that names no derived table
+    sql(store, "SELECT * FROM dla LIMIT 1").pl()
+    files = sorted(store.derived_dir.glob("*.parquet"))
+    assert [f.name.split("-n=")[0] for f in files] == ["dla-by=head-target=correct"]
+    stamp = files[0].stat().st_mtime_ns
+    sql(store, "select count(*) from DLA").pl()  # reused, not recomputed
+    assert files[0].stat().st_mtime_ns == stamp and len(list(store.derived_dir.glob("*.parquet"))) == 1
+    n = sql(store, "SELECT count(*) FROM dla", params={"dla": {"by": "layer"}}).fetchall()[0][0]
+    assert n == N_EXAMPLES * store.n_answers * (2 + 2 * 3)
+    assert len(list(store.derived_dir.glob("dla-by=layer-*.parquet"))) == 1
+    lens = sql(store, "SELECT stage, layer, avg(value) AS v FROM logit_lens GROUP BY ALL ORDER BY layer, stage").pl()
+    want = logit_lens(store).group_by("stage", "layer").agg(v=pl.col("value").mean()).sort("layer", "stage")
+    np.testing.assert_allclose(lens["v"], want["v"], rtol=1e-12)
+
+
+def test_uncommitted_chunks_are_invisible_and_change_the_key(store):
+    sql(store, "SELECT 1 FROM dla").pl()
+    (store.path / "_commits" / "00002.json").unlink()  # as if the ingest stopped before the last commit
+    partial = actstore.open_store(store.path)
+    assert partial.n_examples == 2 * CHUNK
+    assert sql(partial, "SELECT count(*) FROM examples").fetchall() == [(2 * CHUNK,)]
+    assert sql(partial, "SELECT max(example_id) FROM outputs").fetchall() == [(2 * CHUNK - 1,)]
+    got = sql(partial, "SELECT count(DISTINCT example_id) FROM dla").fetchall()
+    assert got == [(2 * CHUNK,)]
+    names = [f.name for f in store.derived_dir.glob("dla-*.parquet")]
+    assert len(names) == 1 and f"-n={2 * CHUNK}-" in names[0]  # the stale full-size file was replaced
+
+
+def test_result_formats(store):
+    res = sql(store, "SELECT example_id, carry_2 FROM examples ORDER BY example_id LIMIT 3")
+    assert res.columns == ["example_id", "carry_2"]
+    assert res.arrow().num_rows == 3
+    assert list(res.df()["example_id"]) == [0, 1, 2]
+    assert res.pl()["carry_2"].dtype == pl.Boolean
+
+
+def test_errors_are_one_line_and_name_views_and_columns(store):
+    with pytest.raises(QueryError) as e:
+        sql(store, "SELECT * FROM dlaa").pl()
+    msg = str(e.value)
+    assert "dlaa" in msg and "available views: examples, tokens, outputs, dla, logit_lens, attention, neurons" in msg
+    assert "\n" not in msg
+    with pytest.raises(QueryError) as e:
+        sql(store, "SELECT componentt FROM dla").pl()
+    msg = str(e.value)
+    assert "componentt" in msg and "dla(example_id, answer_idx, answer_pos, target, component, layer, head, value)" in msg
+    assert "\n" not in msg
+    with pytest.raises(QueryError, match="SQL syntax error"):
+        sql(store, "SELEC 1")
+    with pytest.raises(QueryError, match="empty SQL query"):
+        sql(store, "  ")
+    with pytest.raises(QueryError, match="params for unknown derived table 'dlx'"):
+        sql(store, "SELECT 1", params={"dlx": {}})
+
+
+def test_mentioned_views_ignores_strings_and_comments():
+    assert mentioned_views("SELECT 'dla' FROM examples -- neurons\n /* attention */") == ["examples"]
+    assert mentioned_views('SELECT * FROM "logit_lens" JOIN Outputs USING (example_id)') == ["outputs", "logit_lens"]
+
+
+def test_attention_and_neurons_views(store):
+    from actstore import query
+
+    if not hasattr(query, "attention") or not hasattr(query, "neurons"):
+        pytest.skip("attention / neurons queries not built yet")
+    n = sql(store, "SELECT count(*) FROM attention").fetchall()[0][0]
+    assert n == query.attention(store).height
+    layers = sql(store, "SELECT DISTINCT layer FROM neurons ORDER BY layer").fetchall()
+    assert layers == [(0,), (1,), (2,)]
