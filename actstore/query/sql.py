@@ -15,6 +15,7 @@ become one-line QueryErrors naming the available views and the columns of those 
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -121,8 +122,7 @@ def _list(paths: list[str]) -> str:
 
 def _error(con: duckdb.DuckDBPyConnection, query: str, e: duckdb.Error) -> QueryError:
     """One line: DuckDB's message, the views, and the columns of the views the query uses."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
-    first = lines[0] + "".join(f" {ln}" for ln in lines[1:] if ln.startswith("Did you mean"))
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     first = re.sub(r"^(Catalog|Binder|Parser|Conversion|Invalid Input) Error: ", "", first)
     if isinstance(e, duckdb.ParserException):
         return QueryError(f"SQL syntax error: {first}")
@@ -130,6 +130,10 @@ def _error(con: duckdb.DuckDBPyConnection, query: str, e: duckdb.Error) -> Query
     used = [v for v in mentioned_views(query) if v in bound]
     cols = "; ".join(f"{v}({', '.join(_columns(con, v))})" for v in used)
     hint = f"available views: {', '.join(VIEWS)}" + (f"; columns: {cols}" if cols else "")
+    missing = re.search(r"with name (\S+) does not exist", first)
+    if isinstance(e, duckdb.CatalogException) and missing:  # our own hint: DuckDB's may name a system table
+        close = difflib.get_close_matches(missing[1].lower(), VIEWS, n=1)
+        first = first + (f" Did you mean {close[0]!r}?" if close else "")
     if isinstance(e, (duckdb.CatalogException, duckdb.BinderException)):  # unknown view / column
         return QueryError(f"{first}; {hint}")
     return QueryError(f"{first} ({hint})")
