@@ -13,6 +13,7 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import queue
@@ -167,10 +168,21 @@ class _Loop:
 
     def run(self) -> int:
         """Compute and write every uncommitted chunk; returns the number of examples written."""
+        fd = os.open(self.out, os.O_RDONLY)  # an advisory lock on the store directory (no file to leave behind)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreExistsError(f"another ingest is writing {self.out}; wait for it or choose another --out") from None
+            return self._run()
+        finally:
+            self.writer.close()
+            os.close(fd)  # releases the lock
+
+    def _run(self) -> int:
         first = committed_prefix(self.out, len(self.ranges))
         self.writer.discard_uncommitted(first)
         if first == len(self.ranges):
-            self.writer.close()
             return 0
         m = self.manifest
         sink = Sink(non_blocking=self.pinned)
@@ -203,7 +215,6 @@ class _Loop:
             bar.set_postfix_str(f"{self.bytes_written / 1e6 / max(elapsed, 1e-9):.1f} MB/s", refresh=False)
         finally:
             bar.close()
-            self.writer.close()
         return m.n - self.ranges[first][0]
 
     def _alloc(self) -> dict[str, torch.Tensor]:

@@ -259,3 +259,20 @@ def test_auto_chunk_is_a_power_of_two_under_64_mib(tmp_path, models):
 
     big = _auto_chunk(list(store.manifest.hooks) * 40, 10**6)  # a heavier model's hooks
     assert big & (big - 1) == 0 and big * per_example * 40 <= 64 << 20 < 2 * big * per_example * 40
+
+
+def test_a_second_concurrent_ingest_is_refused(tmp_path, models):
+    import fcntl
+    import os
+
+    out = tmp_path / "s"
+    actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True)
+    commit_path(out, 2).unlink()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running ingest holds it
+    try:
+        with pytest.raises(StoreExistsError, match="another ingest is writing"):
+            actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True)
+    finally:
+        os.close(fd)
+    assert actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True).n_examples == 20
