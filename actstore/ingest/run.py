@@ -34,7 +34,8 @@ from actstore.datasets.base import TaskData, check_n_seed
 from actstore.errors import InvalidParameterError, StoreExistsError, StoreFormatError
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
-from actstore.ingest.forward import Sink, answer_logits, answer_outputs, attention_mask, bidirectional_mask_hooks, capture_hooks
+from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, attention_mask, bidirectional_mask_hooks,
+                                     capture_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import examples_frame, outputs_frame, tokens_frame
 from actstore.ingest.probe import probe_batch
@@ -115,7 +116,8 @@ def ingest(
     if chunk is None:
         chunk = _auto_chunk(infos, n)
     manifest = Manifest(
-        model_spec=spec, model_config=model_info.config_dict(net), processing=model_info.processing_dict(net, processing),
+        model_spec=spec, model_config=model_info.config_dict(net),
+        processing=model_info.processing_dict(net, processing),
         model_dtype=str(net.cfg.dtype).removeprefix("torch."), task=data.task, task_params=dict(data.params),
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
@@ -173,7 +175,8 @@ class _Loop:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StoreExistsError(f"another ingest is writing {self.out}; wait for it or choose another --out") from None
+                raise StoreExistsError(
+                    f"another ingest is writing {self.out}; wait for it or choose another --out") from None
             return self._run()
         finally:
             self.writer.close()
@@ -186,7 +189,8 @@ class _Loop:
             return 0
         m = self.manifest
         sink = Sink(non_blocking=self.pinned)
-        fwd = bidirectional_mask_hooks(sink, m.model_config["n_layers"]) if m.model_config.get("attention_dir") == "bidirectional" else []
+        bidirectional = m.model_config.get("attention_dir") == "bidirectional"
+        fwd = bidirectional_mask_hooks(sink, m.model_config["n_layers"]) if bidirectional else []
         fwd += capture_hooks(sink, [(h.name, h.positions, _source_dims(h)) for h in m.hooks])
         for _ in range(WRITE_QUEUE_DEPTH + 2):
             self.free.put(self._alloc())
@@ -223,7 +227,9 @@ class _Loop:
         return {h.name: torch.empty((self.manifest.chunk, *h.shape[1:]), dtype=dt, pin_memory=self.pinned)
                 for h in self.manifest.hooks}
 
-    def _forward(self, sink: Sink, bufs: dict[str, torch.Tensor], start: int, b0: int, b1: int) -> dict[str, np.ndarray]:
+    def _forward(self, sink: Sink, bufs: dict[str, torch.Tensor], start: int, b0: int,
+                 b1: int) -> dict[str, np.ndarray]:
+        """Run examples [b0, b1) (inside the chunk starting at `start`); returns their answer outputs."""
         t = _batch_tensors(self.data, b0, b1, self.dev)
         mask = attention_mask(t.lengths, self.manifest.width)
         sink.target = {name: buf[b0 - start:b1 - start] for name, buf in bufs.items()}
@@ -275,7 +281,8 @@ def _auto_chunk(infos: list[HookInfo], n: int) -> int:
 def _check_fits(data: TaskData, cfg: Any) -> None:
     width = int(data.tokens.shape[1])
     if width > cfg.n_ctx:
-        raise InvalidParameterError(f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx}")
+        raise InvalidParameterError(
+            f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx}")
     answers = [data.answer_tokens] + ([] if data.counter_tokens is None else [data.counter_tokens])
     for label, top, size in (("token", int(data.tokens.max()), cfg.d_vocab),
                              ("answer token", int(max(a.max() for a in answers)), cfg.d_vocab_out)):
@@ -293,7 +300,8 @@ def _check_writable(out: Path) -> None:
     while not target.exists():
         target = target.parent
     if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
-        raise InvalidParameterError(f"cannot write a store at {str(out)!r}: {str(target)!r} is not a writable directory")
+        raise InvalidParameterError(
+            f"cannot write a store at {str(out)!r}: {str(target)!r} is not a writable directory")
 
 
 def _device(device: str) -> torch.device:
@@ -306,7 +314,8 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _prepare_out(out: Path, manifest: Manifest, overwrite: bool, params: Callable[[], dict[str, np.ndarray]]) -> Manifest:
+def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
+                 params: Callable[[], dict[str, np.ndarray]]) -> Manifest:
     """Create the store, or return the stored manifest of the same run to resume it."""
     if out.exists():
         if is_store(out):

@@ -78,7 +78,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"format={m['format_version']} actstore={m.get('package_version', '')}",
         "decomposition " + (
             f"{dec.get('status')}: max |components - logits| = {dec['max_abs_error']:.3g} on the first "
-            f"{dec.get('n_examples')} examples ({m['dtype']}-stored: {dec.get('stored_dtype_max_abs_error', float('nan')):.3g})"
+            f"{dec.get('n_examples')} examples "
+            f"({m['dtype']}-stored: {dec.get('stored_dtype_max_abs_error', float('nan')):.3g})"
             if "max_abs_error" in dec else f"{dec.get('status', 'not run')}: {dec.get('reason', '')}"),
         "",
         f"{'array':<34} {'positions':<9} {'shape':<34} {'raw MB':>9} {'disk MB':>9} {'ratio':>6}",

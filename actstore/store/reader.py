@@ -168,5 +168,6 @@ class Store:
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    hint = f"closest stored: {', '.join(close)}" if close else f"stored: {', '.join(valid[:8])}{' ...' if len(valid) > 8 else ''}"
+    more = " ..." if len(valid) > 8 else ""
+    hint = f"closest stored: {', '.join(close)}" if close else f"stored: {', '.join(valid[:8])}{more}"
     return UnknownHookError(f"hook {name!r} is not stored in this store ({hint})")

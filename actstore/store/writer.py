@@ -25,7 +25,8 @@ from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError
 from actstore.store.commits import CommitRecord, commit_files, commit_path, file_digest, fsync_dir, write_commit
-from actstore.store.layout import ACTS, COMMITS, META_TABLES, PARAMS, acts_path, chunk_file, chunk_ranges, compressors, param_dims, part_path
+from actstore.store.layout import (ACTS, COMMITS, META_TABLES, PARAMS, chunk_file, chunk_ranges, compressors,
+                                   param_dims, part_path)
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.parts import write_part
 
