@@ -34,9 +34,7 @@ def breakdown(table: pl.DataFrame, by: str | Sequence[str], examples: Any = None
     returns:  by..., keys..., mean, std, n, ci_low, ci_high (95%, Student t), in label order and,
               within a label, in the table's item order
     """
-    by = [by] if isinstance(by, str) else list(by)
-    if not by:
-        raise InvalidParameterError("breakdown needs at least one column in by=")
+    by = [by] if isinstance(by, str) else list(by)  # [] summarises each item over all examples
     if value not in table.columns:
         raise UnknownColumnError(f"breakdown: no value column {value!r} in the table (columns: {', '.join(table.columns)})")
     if not table.schema[value].is_numeric():
@@ -48,14 +46,15 @@ def breakdown(table: pl.DataFrame, by: str | Sequence[str], examples: Any = None
             raise UnknownColumnError(f"breakdown: no key column {k!r} in the table (columns: {', '.join(table.columns)})")
     groups = [*by, *keys]
     v = pl.col(value).cast(pl.Float64)
-    out = table.group_by(groups, maintain_order=True).agg(mean=v.mean(), std=v.std(ddof=1), n=v.count())
+    stats = dict(mean=v.mean(), std=v.std(ddof=1), n=v.count())
+    out = table.group_by(groups, maintain_order=True).agg(**stats) if groups else table.select(**stats)
     ns = out.get_column("n").unique().to_list()
     t = pl.DataFrame({"n": ns, "_t": [t975(int(n) - 1) if n and n > 1 else None for n in ns]},
                      schema={"n": out.schema["n"], "_t": pl.Float64})
     half = pl.col("_t") * pl.col("std") / pl.col("n").cast(pl.Float64).sqrt()
     out = out.join(t, on="n", how="left", maintain_order="left").with_columns(
         ci_low=pl.col("mean") - half, ci_high=pl.col("mean") + half).drop("_t")
-    return out.sort(by, maintain_order=True, nulls_last=True)
+    return out.sort(by, maintain_order=True, nulls_last=True) if by else out
 
 
 def _with_labels(table: pl.DataFrame, by: list[str], examples: Any) -> pl.DataFrame:

@@ -1,0 +1,116 @@
+"""`actstore dla`, `actstore logit-lens` and `actstore circuit`: attribution tables and weight circuits."""
+
+from __future__ import annotations
+
+import argparse
+
+from actstore.cli.output import add_output_options, write_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dla", help="direct logit attribution per example, answer and component",
+                       description="Direct logit attribution at the answer positions by component, from the stored "
+                                   "activations (cached under STORE/derived/). Components sum to the logit minus b_U.")
+    p.add_argument("store", help="store directory")
+    p.add_argument("--by", choices=("layer", "head", "neuron", "path"), default="head",
+                   help="granularity: layer, head (default), neuron, or path through later heads")
+    p.add_argument("--target", choices=("correct", "diff"), default="correct",
+                   help="the correct token's logit, or correct minus counterfactual (default correct)")
+    p.add_argument("--mean", action="store_true",
+                   help="one row per component and answer: mean, std, n, 95%% interval over examples")
+    add_output_options(p)
+    p.set_defaults(handler=run_dla)
+
+    p = sub.add_parser("logit-lens", help="accumulated residual after each stage, read on the answer direction")
+    p.add_argument("store", help="store directory")
+    p.add_argument("--target", choices=("correct", "diff"), default="correct")
+    p.add_argument("--ln", choices=("cached", "recompute"), default="cached",
+                   help="final LayerNorm scale of the full stream (cached, default) or recomputed per stage")
+    p.add_argument("--mean", action="store_true", help="one row per stage and answer: mean, std, n, 95%% interval")
+    add_output_options(p)
+    p.set_defaults(handler=run_logit_lens)
+
+    p = sub.add_parser("circuit", help="weight circuits: full OV / QK of a head, virtual OV, composition scores",
+                       description="Circuits from the store's weights as a long table (row, col, value; token "
+                                   "strings where the store has seen the token).")
+    p.add_argument("store", help="store directory")
+    p.add_argument("--kind", choices=("ov", "qk", "virtual-ov", "composition"), default="ov")
+    p.add_argument("--layer", type=int, default=None, help="head's layer (ov, qk, virtual-ov's first head)")
+    p.add_argument("--head", type=int, default=None, help="head index (ov, qk, virtual-ov's first head)")
+    p.add_argument("--to", type=int, nargs=2, metavar=("LAYER", "HEAD"), default=None,
+                   help="virtual-ov: the second (later) head")
+    p.add_argument("--over", choices=("tokens", "positions"), default="tokens", help="qk: over tokens or positions")
+    p.add_argument("--mode", choices=("Q", "K", "V"), default="K", help="composition: Q-, K- or V-composition")
+    p.add_argument("--tokens", default=None, metavar="IDS",
+                   help="comma-separated token ids (or positions) to restrict rows and columns to")
+    add_output_options(p)
+    p.set_defaults(handler=run_circuit)
+
+
+def run_dla(args: argparse.Namespace) -> int:
+    from actstore.query import derived
+    from actstore.query.breakdown import breakdown
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    table = derived.cached(store, "dla", {"by": args.by, "target": args.target})
+    write_table(breakdown(table, by=[]) if args.mean else table, args)
+    return 0
+
+
+def run_logit_lens(args: argparse.Namespace) -> int:
+    from actstore.query import derived
+    from actstore.query.breakdown import breakdown
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    table = derived.cached(store, "logit_lens", {"target": args.target, "ln": args.ln})
+    write_table(breakdown(table, by=[]) if args.mean else table, args)
+    return 0
+
+
+def run_circuit(args: argparse.Namespace) -> int:
+    import numpy as np
+    import polars as pl
+
+    from actstore.errors import InvalidParameterError
+    from actstore.query import circuits
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    if args.kind == "composition":
+        write_table(circuits.composition_scores(store, args.mode), args)
+        return 0
+    if args.layer is None or args.head is None:
+        raise InvalidParameterError(f"circuit --kind {args.kind} needs --layer and --head")
+    ids = _ids(args.tokens)
+    if args.kind == "ov":
+        m = circuits.ov_circuit(store, args.layer, args.head, tokens=ids, outputs=ids)
+    elif args.kind == "qk":
+        m = circuits.qk_circuit(store, args.layer, args.head, over=args.over, queries=ids, keys=ids)
+    else:
+        if args.to is None:
+            raise InvalidParameterError("circuit --kind virtual-ov needs --to LAYER HEAD (the second head)")
+        m = circuits.virtual_ov(store, (args.layer, args.head), tuple(args.to), tokens=ids, outputs=ids)
+    rows = np.asarray(ids) if ids is not None else np.arange(m.shape[0])
+    cols = np.asarray(ids) if ids is not None else np.arange(m.shape[1])
+    table = pl.DataFrame({"row": np.repeat(rows, cols.size), "col": np.tile(cols, rows.size), "value": m.ravel()})
+    if not (args.kind == "qk" and args.over == "positions"):
+        names = store.tokens.select(pl.col("token_id").alias("id"), pl.col("str_token").alias("s")).unique("id")
+        for side in ("row", "col"):
+            table = table.join(names.rename({"id": side, "s": f"{side}_token"}), on=side, how="left",
+                               maintain_order="left")
+        table = table.select("row", "col", "row_token", "col_token", "value")
+    write_table(table, args)
+    return 0
+
+
+def _ids(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    from actstore.errors import InvalidParameterError
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InvalidParameterError(f"--tokens expects comma-separated integers, got {text!r}") from None

@@ -1,0 +1,94 @@
+"""`actstore sql STORE "SELECT ..."` and `actstore breakdown STORE --by LABEL`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from actstore.cli.output import add_output_options, write_table
+
+TABLES = {"dla": "dla", "logit-lens": "logit_lens", "attention": "attention", "neurons": "neurons"}
+
+
+def add_derived_options(p: argparse.ArgumentParser) -> None:
+    """Parameters of the derived tables a command computes (or a query names)."""
+    p.add_argument("--dla-by", choices=("layer", "head", "neuron", "path"), default=None,
+                   help="granularity of the dla table (default head)")
+    p.add_argument("--target", choices=("correct", "diff"), default=None,
+                   help="dla / logit_lens toward the correct logit or correct minus counterfactual (default correct)")
+    p.add_argument("--ln", choices=("cached", "recompute"), default=None,
+                   help="logit_lens: final LayerNorm scale of the full stream (cached) or recomputed per stage")
+
+
+def derived_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    dla: dict[str, Any] = {}
+    lens: dict[str, Any] = {}
+    if args.dla_by:
+        dla["by"] = args.dla_by
+    if args.target:
+        dla["target"] = lens["target"] = args.target
+    if args.ln:
+        lens["ln"] = args.ln
+    return {k: v for k, v in (("dla", dla), ("logit_lens", lens)) if v}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sql", help="run DuckDB SQL over a store: views examples, tokens, outputs, dla, logit_lens, "
+                                   "attention, neurons",
+                       description="Run DuckDB SQL over a store. Views: examples, tokens, outputs (meta tables) and "
+                                   "the derived tables dla, logit_lens, attention, neurons, computed on first use and "
+                                   "cached under STORE/derived/.")
+    p.add_argument("store", help="store directory")
+    p.add_argument("query", help='SQL, e.g. "SELECT component, avg(value) FROM dla GROUP BY component"')
+    add_derived_options(p)
+    add_output_options(p)
+    p.set_defaults(handler=run_sql)
+
+    p = sub.add_parser("breakdown", help="a query table split by example labels: mean, std, n, 95%% interval",
+                       description="Group a query table (dla by default) by example labels and summarise its values: "
+                                   "mean, std, n and a 95%% Student-t interval per label and component.")
+    p.add_argument("store", help="store directory")
+    p.add_argument("--by", action="append", required=True, metavar="LABEL",
+                   help="label column of the examples to split by (repeat for several)")
+    p.add_argument("--of", choices=tuple(TABLES), default="dla", help="which table to split (default dla)")
+    p.add_argument("--input", default=None, metavar="FILE.parquet",
+                   help="split this Parquet table (with example_id) instead of a derived one")
+    p.add_argument("--value", default=None, help="value column (default: value, or projection for neurons)")
+    add_derived_options(p)
+    add_output_options(p)
+    p.set_defaults(handler=run_breakdown)
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    from actstore.query.sql import sql
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    write_table(sql(store, args.query, params=derived_params(args)).pl(), args)
+    return 0
+
+
+def run_breakdown(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from actstore.errors import InvalidParameterError
+    from actstore.query import derived
+    from actstore.query.breakdown import breakdown
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    table_name = TABLES[args.of]
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise InvalidParameterError(f"--input {str(path)!r} is not a file")
+        try:
+            table = pl.read_parquet(path)
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise InvalidParameterError(f"--input {str(path)!r} is not a readable Parquet file ({e})") from None
+    else:
+        table = derived.cached(store, table_name, derived_params(args).get(table_name))
+    value = args.value or ("projection" if table_name == "neurons" and "value" not in table.columns else "value")
+    write_table(breakdown(table, by=args.by, examples=store.examples, value=value), args)
+    return 0
