@@ -66,7 +66,7 @@ def logit_lens_lines(
             f"logit_lens_lines: {n_lines} lines (max {MAX_LINES}); split by a label with fewer values")
     summary = summarise(table, ["line", "point"])
     y_title = "Logit difference" if tname == "diff" else "Correct-token logit"
-    x = alt.X("point:N", sort=order, title="Residual stream after", axis=alt.Axis(labelAngle=-45))
+    x = alt.X("point:N", sort=order, title="Residual stream stage", axis=alt.Axis(labelAngle=-45))
     colour = alt.Color("line:N", title=line_title)
     band = alt.Chart().mark_area(opacity=0.2).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=colour)
     line = alt.Chart().mark_line(point=True).encode(

@@ -183,13 +183,23 @@ def vocab_labels(store: Any) -> dict[int, str]:
 
 
 def _circuit_tokens(store: Any) -> tuple[list[int], list[str]]:
+    """Token ids (and strings) a circuit chart shows: every token seen in the store for a small
+    vocabulary, else the MAX_VOCAB most frequent answer tokens."""
     labels = vocab_labels(store)
     ids = list(labels)
-    if len(ids) > MAX_VOCAB:  # keep the answer tokens, most frequent first
+    if len(ids) > MAX_VOCAB:
         counts = store.outputs.group_by("correct_token").len().sort(["len", "correct_token"], descending=[True, False])
         ids = sorted(int(t) for t in counts.get_column("correct_token").head(MAX_VOCAB))
-        labels.update({t: labels.get(t, str(t)) for t in ids})
-    return ids, [labels[t] for t in ids]
+    return ids, [labels.get(t, str(t)) for t in ids]
+
+
+def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[int], list[str]]:
+    """Output ids of an OV circuit: the same tokens, or every class of a classifier head (brackets)."""
+    d_vocab_out = int(store.config.get("d_vocab_out") or store.config["d_vocab"])
+    if d_vocab_out == int(store.config["d_vocab"]):
+        return ids, names
+    classes = list(range(min(d_vocab_out, MAX_VOCAB)))
+    return classes, [f"class {c}" for c in classes]
 
 
 def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, int]:
@@ -204,16 +214,17 @@ def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, i
 def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
-    matrix = np.asarray(_query().ov_circuit(store, layer, head))   # [d_vocab, d_vocab_out]
-    return circuits.circuit_heatmap(matrix[np.ix_(ids, ids)], f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
-                                    row_labels=names, col_labels=names, value_title="Logit contribution")
+    out_ids, out_names = _output_tokens(store, ids, names)
+    matrix = _query().ov_circuit(store, layer, head, tokens=ids, outputs=out_ids)   # [source token, output token]
+    return circuits.circuit_heatmap(matrix, f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
+                                    row_labels=names, col_labels=out_names, value_title="Logit contribution")
 
 
 def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
-    matrix = np.asarray(_query().qk_circuit(store, layer, head))   # [query token, key token]
-    return circuits.circuit_heatmap(matrix[np.ix_(ids, ids)], f"QK circuit of L{layer}H{head}: token embeddings",
+    matrix = _query().qk_circuit(store, layer, head, queries=ids, keys=ids)   # [query token, key token]
+    return circuits.circuit_heatmap(matrix, f"QK circuit of L{layer}H{head}: token embeddings",
                                     row_title="Query token", col_title="Key token", row_labels=names,
                                     col_labels=names, value_title="Attention score")
 
