@@ -89,12 +89,11 @@ class _Once:
 
 def report_sections(store: Any) -> list[Section]:
     """The standard sections of the store's task (see the module docstring)."""
-    q = standard._query()
     task = standard.task_of(store)
     examples = store.examples
     target = standard.default_target(store)
     target_text = "logit difference (correct - counterfactual)" if target == "diff" else "correct-token logit"
-    dla_table = _Once(lambda: q.dla(store, by="head", target=target))
+    dla_table = _Once(lambda: standard.query_fn("dla")(store, by="head", target=target))
 
     def heads() -> list[tuple[int, int]]:
         every = standard.all_heads(store)
@@ -134,7 +133,7 @@ def report_sections(store: Any) -> list[Section]:
         if x:
             n_layers = int(store.config["n_layers"])
             for layer in range(n_layers):
-                table = _Once(lambda layer=layer: q.neurons(store, layer=layer, direction="answer"))
+                table = _Once(lambda layer=layer: standard.query_fn("neurons")(store, layer=layer, direction="answer"))
                 sections.append(_section(f"MLP {layer} neurons vs {x}",
                                          f"Output of layer {layer}'s neurons onto the answer direction, per example, "
                                          f"against {x}, coloured by {label or 'example'}: the layer total and its most "
@@ -160,7 +159,7 @@ def report_sections(store: Any) -> list[Section]:
                                                               len(standard.all_heads(store)) > standard.TOP_HEADS else "."),
                              lambda: attention.attention_heatmap(attn_table(), heads=heads())))
     sections.append(_section("Logit lens", f"Mean {target_text} read off the residual stream after each stage.",
-                             lambda: logit_lens.logit_lens_lines(q.logit_lens(store, target=target))))
+                             lambda: logit_lens.logit_lens_lines(standard.query_fn("logit_lens")(store, target=target))))
     return sections
 
 

@@ -19,7 +19,7 @@ import polars as pl
 
 from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons
 from actstore.charts.kinds import KIND_HELP
-from actstore.errors import InvalidParameterError
+from actstore.errors import InvalidParameterError, QueryError
 
 TOP_HEADS = 12         # heads shown where a model has more (chosen by |mean DLA|)
 MAX_VOCAB = 70         # circuits over a bigger vocabulary keep the tokens the task uses
@@ -86,16 +86,20 @@ def all_heads(store: Any) -> list[tuple[int, int]]:
     return [(layer, h) for layer in range(int(store.config["n_layers"])) for h in range(int(store.config["n_heads"]))]
 
 
-def _query():
-    from actstore import query  # noqa: PLC0415  (imported on use: charts import without the query layer)
+def query_fn(name: str) -> Callable[..., Any]:
+    """The actstore.query function `name` (imported on use, so charts import without the query layer)."""
+    from actstore import query  # noqa: PLC0415
 
-    return query
+    fn = getattr(query, name, None)
+    if fn is None:
+        raise QueryError(f"actstore.query.{name} is not available in this installation of actstore")
+    return fn
 
 
 # --- kinds ------------------------------------------------------------------------------------
 
 def _dla_table(store: Any, target: str | None) -> pl.DataFrame:
-    return _query().dla(store, by="head", target=target or default_target(store))
+    return query_fn("dla")(store, by="head", target=target or default_target(store))
 
 
 def chart_dla_heads(store: Any, target: str | None = None, **_: Any) -> alt.TopLevelMixin:
@@ -124,7 +128,7 @@ def _heads_for(store: Any, heads: list[tuple[int, int]] | None) -> list[tuple[in
 
 def _attention_table(store: Any, heads: list[tuple[int, int]]) -> pl.DataFrame:
     layers = sorted({layer for layer, _ in heads})
-    table = _query().attention(store, layers=layers)
+    table = query_fn("attention")(store, layers=layers)
     return table.join(pl.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads]},
                                    schema={"layer": table.schema["layer"], "head": table.schema["head"]}),
                       on=["layer", "head"], how="semi")
@@ -146,7 +150,7 @@ def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None
 
 
 def chart_logit_lens(store: Any, target: str | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
-    table = _query().logit_lens(store, target=target or default_target(store))
+    table = query_fn("logit_lens")(store, target=target or default_target(store))
     return logit_lens.logit_lens_lines(table, examples=store.examples if by else None, by=by)
 
 
@@ -170,7 +174,7 @@ def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, co
         raise InvalidParameterError(f"model of store {store.path} has no MLP neurons (attention-only)")
     n_layers = int(store.config["n_layers"])
     layer = n_layers - 1 if layer is None else layer
-    table = _query().neurons(store, layer=layer, direction=direction or "answer")
+    table = query_fn("neurons")(store, layer=layer, direction=direction or "answer")
     colour = color if color is not None else first_label(store.examples, "failure", "failure_type")
     return neurons.neuron_scatter(table, store.examples, x=x or default_x(store), color=colour, which=which,
                                   top_k=top or 6, direction=f"the {direction or 'answer'} direction")
@@ -215,7 +219,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
     out_ids, out_names = _output_tokens(store, ids, names)
-    matrix = _query().ov_circuit(store, layer, head, tokens=ids, outputs=out_ids)   # [source token, output token]
+    matrix = query_fn("ov_circuit")(store, layer, head, tokens=ids, outputs=out_ids)   # [source token, output token]
     return circuits.circuit_heatmap(matrix, f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
                                     row_labels=names, col_labels=out_names, value_title="Logit contribution")
 
@@ -223,7 +227,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
 def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
-    matrix = _query().qk_circuit(store, layer, head, queries=ids, keys=ids)   # [query token, key token]
+    matrix = query_fn("qk_circuit")(store, layer, head, queries=ids, keys=ids)   # [query token, key token]
     return circuits.circuit_heatmap(matrix, f"QK circuit of L{layer}H{head}: token embeddings",
                                     row_title="Query token", col_title="Key token", row_labels=names,
                                     col_labels=names, value_title="Attention score")
