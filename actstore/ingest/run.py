@@ -76,13 +76,15 @@ def ingest(
     """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
 
     model:      a model spec ('zoo:addition', ...) or a HookedTransformer (then `model_spec` labels it
-                and `processing` says how its weights were processed; moved to `device`)
+                and `processing` says how its weights were processed; it runs where it is unless
+                `device` names another device)
     hooks:      TransformerLens hook names, short forms ('z', 'pattern'), 'default', optionally with a
                 ':all' / ':answer' suffix (see actstore.ingest.hooks); default: the default set
     positions:  'all' or 'answer': the positions stored for hooks without a suffix
     dtype:      stored dtype of activations, independent of the model's dtype
     chunk:      examples per chunk (default: the largest power of two under 64 MiB of activations)
     batch:      examples per forward pass (capped at chunk; batches never straddle chunks)
+    device:     'auto' (CUDA when available; a model object stays on its device), 'cpu' or 'cuda'
     overwrite:  replace a store of a different run at `out` instead of refusing
     background: write chunks on a background thread (False: write inline, for comparison)
     stats:      if given, filled with timings: setup_s (model, data, probe, store creation), loop_s
@@ -102,7 +104,9 @@ def ingest(
     task_obj = get_task(task, **(task_params or {}))  # a bad task name or parameter fails before the model loads
     net, spec = model_info.load(model, model_spec)
     net.eval()
-    if next(net.parameters()).device != dev:
+    if device == "auto" and not isinstance(model, str):
+        dev = next(net.parameters()).device  # a model object given: run it where it is
+    elif next(net.parameters()).device != dev:
         net.to(dev)
     data = task_obj.generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
     _check_fits(data, net.cfg)
