@@ -3,6 +3,8 @@
 Builders receive the tidy tables of `actstore.query` (one row per example and component, or
 already aggregated) and must never embed millions of rows in a chart: they check the columns,
 pick one target, join labels and reduce to group means with 95% confidence intervals here.
+Altair's default data transformer (inline data, MaxRowsError above 5000 rows) is kept on
+purpose as a guard: every builder stays under it (cells, bars, or at most 4500 sampled points).
 """
 
 from __future__ import annotations
