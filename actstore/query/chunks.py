@@ -159,19 +159,37 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
            examples: ExampleArrays | None = None, workers: int = 2) -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
-    A hook in both lists is read once. Hooks of a chunk are read on `workers` threads (Zarr
-    decompression releases the GIL), so reading two arrays overlaps.
+    A hook in both lists is read once. Hooks are read on `workers` threads (Zarr decompression
+    releases the GIL), the next chunk's while the caller works on this one; answer positions
+    are gathered as each array arrives, so only hooks wanted at every position stay in memory.
     """
     ex = examples or ExampleArrays.from_examples(store.examples, store.n_answers)
     names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
     dims = {name: store.hook_info(name).dims for name in names}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) if len(names) > 1 else None
+    answers, fulls = set(answer_hooks), set(full_hooks)
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(names))) if workers > 1 and len(names) > 1 else None
+
+    def load(name: str, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        # gather the answers at once, so that a big all-position array is dropped right away
+        # and the next read reuses its memory (keeping a chunk's arrays alive costs page faults)
+        arr = store.read(name, start, stop)
+        picked = at_answers(arr, dims[name], ex.answer_pos[start:stop]) if name in answers else None  # a copy
+        return picked, (arr if name in fulls else None)
+
+    def submit(start: int, stop: int) -> list[Any]:
+        return [pool.submit(load, name, start, stop) for name in names]  # type: ignore[union-attr]
+
+    ranges = list(store.chunks())
     try:
-        for start, stop in store.chunks():
-            if pool is not None:
-                arrays = dict(zip(names, pool.map(lambda n: store.read(n, start, stop), names)))
+        pending = submit(*ranges[0]) if pool is not None and ranges else None
+        for k, (start, stop) in enumerate(ranges):
+            if pending is not None:  # this chunk's reads are in flight; start the next one's
+                results = [f.result() for f in pending]
+                pending = submit(*ranges[k + 1]) if k + 1 < len(ranges) else None
             else:
-                arrays = {n: store.read(n, start, stop) for n in names}
+                results = [load(name, start, stop) for name in names]
+            loaded = dict(zip(names, results))
+            del results
             sl = slice(start, stop)
             chunk = Chunk(
                 example_id=ex.example_id[sl], lengths=ex.lengths[sl],
@@ -179,14 +197,12 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
                 answer_pos=ex.answer_pos[sl], answer_tokens=ex.answer_tokens[sl],
                 counter_tokens=None if ex.counter_tokens is None else ex.counter_tokens[sl],
                 input_tokens=ex.input_tokens[sl],
+                at_answer={n: a for n, (a, _) in loaded.items() if a is not None},
+                full={n: f for n, (_, f) in loaded.items() if f is not None},
             )
-            for name in answer_hooks:
-                chunk.at_answer[name] = at_answers(arrays[name], dims[name], chunk.answer_pos)
-            for name in full_hooks:
-                chunk.full[name] = arrays[name]
-            del arrays
+            del loaded
             yield chunk
             release_freed_memory()
     finally:
         if pool is not None:
-            pool.shutdown(wait=False)
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -41,7 +41,7 @@ def dla(store: Any, by: str = "head", target: str = "correct") -> pl.DataFrame:
     if target == "diff" and ex.counter_tokens is None:
         raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
                                     f"examples of store {store.path} have none; use --target correct")
-    readout = Readout(weights, answer_token_ids(ex, target))
+    readout = Readout.of(weights, answer_token_ids(ex, target))
     frames: list[pl.DataFrame] = []
     items: pl.DataFrame | None = None
     for chunk in stream(store, at_answer, full, tokens=by == "path", examples=ex):

@@ -15,8 +15,9 @@ Pure numpy; weights come from a store (`Weights.from_store`) or a plain dict (te
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from actstore.errors import InvalidParameterError
 
 LAYER_NORMS = ("LN", "LNPre")
+STORE_WEIGHTS_KEPT = 2  # stores whose weights stay in memory between queries
 RMS_NORMS = ("RMS", "RMSPre")
 
 
@@ -47,6 +49,7 @@ class Weights:
             self._read = param
             self.names = set(names)
         self._cache: dict[str, np.ndarray] = {}
+        self.readouts: OrderedDict[bytes, Readout] = OrderedDict()  # see Readout.of
         norm = self.config.get("normalization_type")
         if norm not in (None, *LAYER_NORMS, *RMS_NORMS):
             raise InvalidParameterError(f"normalization_type {norm!r} is not supported by direct attribution "
@@ -54,7 +57,22 @@ class Weights:
 
     @classmethod
     def from_store(cls, store: Any) -> "Weights":
-        return cls(store.config, store.param, store.param_names)
+        """The weights of a store, shared by the queries of this process (see `_STORE_WEIGHTS`).
+
+        Reading GPT-2 small's W_E and W_U alone decompresses 300 MB, as much as a per-head DLA
+        over a few hundred examples reads; a session's later queries reuse what earlier ones read.
+        """
+        root = Path(store.path) / "zarr.json"
+        try:
+            st = root.stat()
+            key: tuple[Any, ...] = (str(root.resolve()), st.st_ino, st.st_mtime_ns)
+        except OSError:
+            return cls(store.config, store.param, store.param_names)
+        weights = _STORE_WEIGHTS.pop(key, None) or cls(store.config, store.param, store.param_names)
+        _STORE_WEIGHTS[key] = weights  # most recent last
+        while len(_STORE_WEIGHTS) > STORE_WEIGHTS_KEPT:
+            _STORE_WEIGHTS.pop(next(iter(_STORE_WEIGHTS)))
+        return weights
 
     # --- raw access ---------------------------------------------------------------------------
 
@@ -71,7 +89,7 @@ class Weights:
         return self._cache[name]
 
     def f64(self, name: str) -> np.ndarray:
-        """A (small) weight as float64; do not use on W_E / W_U / W_pos of a big vocabulary."""
+        """A small weight as float64, kept (big ones: `param(name).astype(np.float64)` where used)."""
         key = name + "#f64"
         if key not in self._cache:
             self._cache[key] = self.param(name).astype(np.float64)
@@ -138,6 +156,10 @@ class Weights:
         return self.param("unembed.W_U")[:, np.asarray(tokens, dtype=np.int64)].T.astype(np.float64) @ b
 
 
+# (store root path, inode, mtime of its zarr.json) -> Weights; a re-created store gets a new key
+_STORE_WEIGHTS: OrderedDict[tuple[Any, ...], Weights] = OrderedDict()
+
+
 class Readout:
     """Answer directions of a set of tokens folded into every component's output weights.
 
@@ -151,6 +173,18 @@ class Readout:
       mlp_bias(l)  [token]                   b_out[l] . u
     `table(key, make)` caches further tables (paths through heads add theirs).
     """
+
+    KEPT = 4  # readouts (token sets) a Weights keeps for later queries
+
+    @classmethod
+    def of(cls, weights: Weights, tokens: np.ndarray) -> "Readout":
+        """The Readout of these tokens, shared with earlier queries on the same weights."""
+        key = np.unique(np.asarray(tokens, dtype=np.int64).ravel()).tobytes()
+        readout = weights.readouts.pop(key, None) or cls(weights, tokens)
+        weights.readouts[key] = readout
+        while len(weights.readouts) > cls.KEPT:
+            weights.readouts.pop(next(iter(weights.readouts)))
+        return readout
 
     def __init__(self, weights: Weights, tokens: np.ndarray) -> None:
         self.weights = weights
@@ -176,12 +210,16 @@ class Readout:
         return self._tables[key]
 
     def head(self, layer: int) -> np.ndarray:
-        w_o = self.weights.f64(f"blocks.{layer}.attn.W_O")  # [head, d_head, d_model]
-        return self.table(("head", layer), lambda: np.einsum("hdm,tm->thd", w_o, self.u))
+        def make() -> np.ndarray:
+            w_o = self.weights.param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
+            return (w_o.reshape(-1, w_o.shape[-1]) @ self.u.T).T.reshape(-1, *w_o.shape[:2])  # a matmul, not einsum
+        return self.table(("head", layer), make)
 
     def mlp(self, layer: int) -> np.ndarray:
-        w_out = self.weights.f64(f"blocks.{layer}.mlp.W_out")  # [d_mlp, d_model]
-        return self.table(("mlp", layer), lambda: self.u @ w_out.T)
+        def make() -> np.ndarray:
+            w_out = self.weights.param(f"blocks.{layer}.mlp.W_out").astype(np.float64)  # [d_mlp, d_model]
+            return self.u @ w_out.T
+        return self.table(("mlp", layer), make)
 
     def attn_bias(self, layer: int) -> np.ndarray:
         return self.table(("attn_bias", layer), lambda: self._bias(f"blocks.{layer}.attn.b_O"))

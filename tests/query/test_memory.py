@@ -6,9 +6,9 @@ memory (VmHWM) after the imports and opening the store, and again after `dla`, s
 what the query itself adds (the streamed chunks, the meta tables, the result).
 
 Most of what it adds is glibc keeping freed chunk buffers in the arenas of the threads that
-decompressed them (Zarr's and ours); that is bounded by threads x chunk size, not by the store:
-measured +97 MB on a 330 MB store, +165 MB at 617 MB, +185 MB at 1.2 GB, +206 MB at 1.36 GB
-(of which ~30 MB is the result table). MALLOC_ARENA_MAX=1 in the environment gives about +60 MB.
+decompressed them (Zarr's and ours); that is bounded by threads x chunk size, not by the store
+(measured +193 MB here at 1.36 GB, of which ~30 MB is the result table; +165 MB at 0.6 GB).
+MALLOC_ARENA_MAX=1 in the environment brings it to about +60 MB.
 """
 
 from __future__ import annotations

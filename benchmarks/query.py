@@ -1,0 +1,196 @@
+"""Per-head DLA from a store against recomputing it with TransformerLens, one line per model.
+
+For a GPT-2-small-shaped model with random weights (on the ioi task) and each zoo model (on its
+own task): ingests n examples (default hooks, float16), then measures, best of --repeats:
+- raw_s:   reading and decompressing every array the query touches (store.read, chunk by chunk,
+           one array after another), and raw_MB/s over their uncompressed bytes;
+- dla_s:   actstore.query.dla(store, by='head') end to end (reads, math, the tidy table), its
+           MB/s over the same bytes, and read_ratio = dla MB/s / raw MB/s; raw and dla runs are
+           interleaved. dla_cold_s: the first call, which also reads the weights (GPT-2: W_E and
+           W_U alone are 300 MB) and folds the answer directions into them; later queries on
+           the store in the same process reuse both;
+- tl_s:    TransformerLens over the same examples and batches: run_with_cache (names_filter: hook_z
+           and ln_final.hook_scale) + stack_head_results + logit_attrs, as the seeds do (at every
+           position; the answer positions are picked afterwards);
+- max_err: the largest |store head DLA - TransformerLens head DLA| (float16 activations),
+  sum_err: the largest |sum of all components - (stored logit - b_U)| over the answers;
+  speedup = tl_s / dla_s, speedup_cold = tl_s / dla_cold_s.
+Page cache is warm for both reads (the store was just written).
+
+    python benchmarks/query.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--tl-repeats 1]
+
+Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+import actstore  # noqa: E402
+from actstore.datasets import get_task  # noqa: E402
+from actstore.query import dla  # noqa: E402
+from actstore.query.attribution import required_hooks  # noqa: E402
+from actstore.query.readout import Weights  # noqa: E402
+
+ZOO_TASKS = {"zoo:addition": "addition", "zoo:list_update": "list_update", "zoo:brackets": "brackets", "zoo:lm": "ioi"}
+
+
+def gpt2_small_shape():
+    """A GPT-2-small-shaped HookedTransformer with random weights, processed like the zoo."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
+                                  n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0, device="cpu")
+    model = HookedTransformer(cfg)
+    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    return model
+
+
+def best(fn, repeats: int):  # type: ignore[no-untyped-def]
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def raw_read(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """Read and decompress every touched array chunk by chunk; returns the uncompressed bytes."""
+    total = 0
+    for start, stop in store.chunks():
+        for name in hooks:
+            total += store.read(name, start, stop).nbytes
+    return total
+
+
+def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """[example, answer, layer*head] per-head DLA recomputed with TransformerLens, batch by batch."""
+    ex = store.examples
+    width = store.manifest.width
+    tokens = np.zeros((ex.height, width), dtype=np.int64)
+    for i, row in enumerate(ex.get_column("tokens").to_list()):
+        tokens[i, : len(row)] = row
+    lengths = ex.get_column("length").to_numpy()
+    pos = np.array(ex.get_column("answer_positions").to_list(), dtype=np.int64)
+    ans = np.array(ex.get_column("answer_tokens").to_list(), dtype=np.int64)
+    ctr = np.array(ex.get_column("counter_tokens").to_list(), dtype=np.int64) if target == "diff" else None
+    bidirectional = model.cfg.attention_dir != "causal"
+    keep = lambda name: name.endswith("hook_z") or name == "ln_final.hook_scale"  # noqa: E731
+    out = []
+    batch = store.manifest.batch
+    with torch.inference_mode():
+        for b0 in range(0, ex.height, batch):
+            sl = slice(b0, b0 + batch)
+            toks = torch.from_numpy(tokens[sl])
+            real = torch.arange(width)[None] < torch.from_numpy(lengths[sl])[:, None]
+            hooks = [(f"blocks.{layer}.attn.hook_attn_scores",
+                      lambda s, hook: s.masked_fill(~real[:, None, None, :], float("-inf")))
+                     for layer in range(model.cfg.n_layers)] if bidirectional else []
+            with model.hooks(fwd_hooks=hooks):
+                _, cache = model.run_with_cache(toks, attention_mask=real.long(), names_filter=keep)
+            stack = cache.stack_head_results(layer=-1)  # [component, batch, pos, d_model]
+            rows = np.arange(toks.shape[0])[:, None]
+            tok_full = torch.zeros(toks.shape, dtype=torch.long)
+            tok_full[rows, pos[sl]] = torch.from_numpy(ans[sl])
+            ctr_full = None
+            if ctr is not None:
+                ctr_full = torch.zeros(toks.shape, dtype=torch.long)
+                ctr_full[rows, pos[sl]] = torch.from_numpy(ctr[sl])
+            attrs = cache.logit_attrs(stack, tok_full, incorrect_tokens=ctr_full)  # [component, batch, pos]
+            out.append(attrs[:, rows, pos[sl]].permute(1, 2, 0).double().numpy())
+    return np.concatenate(out)
+
+
+def measure(label: str, model, task: str, n: int, repeats: int, tl_repeats: int,  # type: ignore[no-untyped-def]
+            tmp: Path) -> str:
+    out = tmp / label.replace(":", "_")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    store = actstore.ingest(task, model, n, 0, out, quiet=True, model_spec=label,
+                            task_params={"max_len": 40} if task == "brackets" else None)
+    ingest_s = time.perf_counter() - t0
+    target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
+    cold_s, table = best(lambda: dla(store, by="head", target=target), 1)  # reads the weights, folds them
+    hooks, _ = required_hooks(Weights.from_store(store), "head")
+    raw, warm = [], []
+    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits both
+        t, nbytes = best(lambda: raw_read(store, hooks), 1)
+        raw.append(t)
+        warm.append(best(lambda: dla(store, by="head", target=target), 1)[0])
+    raw_s, dla_s = min(raw), min(warm)
+    tl_s, tl = best(lambda: tl_head_dla(model, store, target), tl_repeats)
+    heads = table.filter(pl.col("component").str.contains(r"^L\d+H\d+$")).sort(
+        "example_id", "answer_idx", "layer", "head", maintain_order=True)
+    ours = heads.get_column("value").to_numpy().reshape(tl.shape)
+    max_err = float(np.abs(ours - tl).max())
+    sums = table.group_by("example_id", "answer_idx").agg(pl.col("value").sum()).join(
+        store.outputs, on=["example_id", "answer_idx"])
+    b_u = store.param("unembed.b_U").astype(np.float64)
+    want = sums.get_column("correct_logit").to_numpy().astype(np.float64) - b_u[sums.get_column("correct_token")]
+    if target == "diff":
+        want = (sums.get_column("logit_diff").to_numpy().astype(np.float64) - b_u[sums.get_column("correct_token")]
+                + b_u[sums.get_column("counter_token")])
+    sum_err = float(np.abs(sums.get_column("value").to_numpy() - want).max())
+    mb = nbytes / 1e6
+    line = (f"{label:<16} task={task:<11} n={n} answers={store.n_answers} chunk={store.chunk_size} "
+            f"threads={torch.get_num_threads()} target={target} touched_MB={mb:.1f} "
+            f"raw_s={raw_s:.3f} raw_MB/s={mb / raw_s:.0f} dla_s={dla_s:.3f} dla_MB/s={mb / dla_s:.0f} "
+            f"read_ratio={raw_s / dla_s:.2f} dla_cold_s={cold_s:.3f} tl_s={tl_s:.2f} speedup={tl_s / dla_s:.1f} "
+            f"speedup_cold={tl_s / cold_s:.1f} "
+            f"rows={table.height} max_err={max_err:.2g} sum_err={sum_err:.2g} ingest_s={ingest_s:.1f}")
+    shutil.rmtree(out, ignore_errors=True)
+    return line
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=256, help="examples for the GPT-2-small shape (default 256)")
+    p.add_argument("--n-zoo", type=int, default=4096, help="examples per zoo model (default 4096)")
+    p.add_argument("--models", default="gpt2,zoo", help="comma list: gpt2, zoo (every zoo model) or zoo:NAME")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved raw-read / dla runs; the best of each is shown")
+    p.add_argument("--tl-repeats", type=int, default=1, help="TransformerLens runs (the best is shown)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--dir", default=None, help="where to write the stores (default: a temporary directory)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wanted = args.models.split(",")
+    zoo = [s for s in ZOO_TASKS if "zoo" in wanted or s in wanted]
+    tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="actstore-qbench-"))
+    print(f"# torch={torch.__version__} cores={os.cpu_count()} threads={torch.get_num_threads()}; "
+          "per-head DLA from the store vs recomputed with TransformerLens (CPU)")
+    for spec in (["gpt2"] if "gpt2" in wanted else []) + zoo:
+        try:
+            if spec == "gpt2":
+                model, task, label, n = gpt2_small_shape(), "ioi", "gpt2-small-shape", args.n
+            else:
+                from actstore.models import load_model
+
+                model, task, label, n = load_model(spec), ZOO_TASKS[spec], spec, args.n_zoo
+        except Exception as e:  # noqa: BLE001 - a missing zoo model skips its line
+            print(f"{spec:<16} skipped: {type(e).__name__}: {e}")
+            continue
+        model.to("cpu").eval()
+        print(measure(label, model, task, n, args.repeats, args.tl_repeats, tmp), flush=True)
+    if not args.dir:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
