@@ -165,6 +165,12 @@ class Store:
     def derived_dir(self) -> Path:
         return self.path / DERIVED
 
+    def sql(self, query: str, params: dict[str, dict[str, Any]] | None = None) -> Any:
+        """DuckDB SQL over this store's views; `.pl()` / `.arrow()` / `.df()` (see actstore.query.sql)."""
+        from actstore.query.sql import sql  # noqa: PLC0415 (the query layer is imported on use)
+
+        return sql(self, query, params)
+
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)

@@ -104,3 +104,10 @@ def test_attention_and_neurons_views(store):
     assert n == query.attention(store).height
     layers = sql(store, "SELECT DISTINCT layer FROM neurons ORDER BY layer").fetchall()
     assert layers == [(0,), (1,), (2,)]
+
+
+def test_store_sql_method(store):
+    q = "SELECT component, avg(value) AS v FROM dla JOIN examples USING (example_id) WHERE carry_2 GROUP BY component"
+    assert store.sql(q).pl().sort("component").equals(sql(store, q).pl().sort("component"))
+    assert store.sql("SELECT count(*) FROM dla", {"dla": {"by": "layer"}}).fetchall() == [
+        (N_EXAMPLES * store.n_answers * 8,)]
