@@ -116,3 +116,18 @@ def at_answer_positions(x: torch.Tensor, answer_pos: np.ndarray) -> np.ndarray:
     """[component, example, pos, ...] -> [component, example, answer, ...] (float64)."""
     x = x.detach().double().numpy()
     return x[:, np.arange(x.shape[1])[:, None], answer_pos]
+
+
+def tl_logit_attrs(b: Batch, stack: torch.Tensor, target: str) -> np.ndarray:
+    """TransformerLens logit_attrs of a [component, example, pos, d_model] stack, at the answers:
+    [component, example, answer] (tokens placed at the answer positions, read off there)."""
+    e, a = b.data.answer_pos.shape
+    width = b.data.tokens.shape[1]
+    tok = np.zeros((e, width), dtype=np.int64)
+    ctr = np.zeros((e, width), dtype=np.int64)
+    rows = np.arange(e)[:, None]
+    tok[rows, b.data.answer_pos] = b.data.answer_tokens
+    ctr[rows, b.data.answer_pos] = b.counter
+    attrs = b.cache.logit_attrs(stack, torch.tensor(tok),
+                                incorrect_tokens=torch.tensor(ctr) if target == "diff" else None)
+    return at_answer_positions(attrs[..., None], b.data.answer_pos)[..., 0]

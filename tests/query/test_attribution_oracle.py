@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from query_models import SHAPES, at_answer_positions, run_batch, task_data, tiny_model
+from query_models import SHAPES, run_batch, task_data, tiny_model, tl_logit_attrs
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import GRANULARITIES, direct_attribution, expected_total
@@ -31,17 +31,7 @@ def ours(b, by: str, target: str) -> tuple[np.ndarray, list[str]]:
 
 
 def tl_attrs(b, stack: torch.Tensor, target: str) -> np.ndarray:
-    """TransformerLens logit_attrs of a [component, example, pos, d_model] stack at the answers: [component, e, a]."""
-    e, a = b.data.answer_pos.shape
-    width = b.data.tokens.shape[1]
-    tok = np.zeros((e, width), dtype=np.int64)
-    ctr = np.zeros((e, width), dtype=np.int64)
-    rows = np.arange(e)[:, None]
-    tok[rows, b.data.answer_pos] = b.data.answer_tokens
-    ctr[rows, b.data.answer_pos] = b.counter
-    attrs = b.cache.logit_attrs(stack, torch.tensor(tok),
-                                incorrect_tokens=torch.tensor(ctr) if target == "diff" else None)
-    return at_answer_positions(attrs[..., None], b.data.answer_pos)[..., 0]
+    return tl_logit_attrs(b, stack, target)
 
 
 def by_name(values: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
