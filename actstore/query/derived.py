@@ -75,17 +75,28 @@ def store_hash(store: Any) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None) -> Path:
-    """The Parquet file of a derived table, computing and writing it if it is not cached yet."""
+def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None) -> Path | pl.DataFrame:
+    """The Parquet file of a derived table, computing and writing it if it is not cached yet.
+
+    Returns the computed DataFrame itself where the store's derived/ cannot be written (a
+    read-only store): the query still runs, it just is not cached.
+    """
     full = params_for(table, params)
     path = cache_path(store, table, full)
     if path.exists():
         return path
     df = compute(store, table, full)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return df
     stem = _stem(table, full)
     for old in path.parent.glob(f"{stem}-n=*.parquet"):
         if old != path and old.name[len(stem):].count("-") == 2:  # same table and params, older key
@@ -95,7 +106,8 @@ def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None)
 
 def cached(store: Any, table: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """The derived table as a DataFrame (from the cache when present)."""
-    return pl.read_parquet(materialise(store, table, params))
+    got = materialise(store, table, params)
+    return got if isinstance(got, pl.DataFrame) else pl.read_parquet(got)
 
 
 def _stem(table: str, params: Mapping[str, Any]) -> str:

@@ -92,8 +92,12 @@ def connect(store: Any, query: str = "", params: Mapping[str, Mapping[str, Any]]
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
     for table in mentioned_views(query):
         if table in derived.TABLES:
-            path = derived.materialise(store, table, (params or {}).get(table))
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_list([str(path)])})")
+            got = derived.materialise(store, table, (params or {}).get(table))
+            if isinstance(got, pl.DataFrame):  # not cached (read-only store): query the frame itself
+                con.register(f"_{table}_frame", got)
+                con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_frame")
+            else:
+                con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_list([str(got)])})")
     return con
 
 

@@ -111,3 +111,11 @@ def test_store_sql_method(store):
     assert store.sql(q).pl().sort("component").equals(sql(store, q).pl().sort("component"))
     assert store.sql("SELECT count(*) FROM dla", {"dla": {"by": "layer"}}).fetchall() == [
         (N_EXAMPLES * store.n_answers * 8,)]
+
+
+def test_unwritable_derived_dir_still_answers(store):
+    """derived/ cannot be created (here a file is in its way, as a read-only store would refuse it):
+    the derived table is computed and queried, just not cached."""
+    store.derived_dir.write_text("not a directory")
+    n = sql(store, "SELECT count(*) FROM dla").fetchall()[0][0]
+    assert n == N_EXAMPLES * store.n_answers * 17 and store.derived_dir.is_file()
