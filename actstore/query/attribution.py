@@ -28,6 +28,10 @@ from actstore.query.chunks import Chunk
 from actstore.query.readout import Readout, Target, Weights
 
 GRANULARITIES = ("layer", "head", "neuron", "path")
+# dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
+# keeps them exact to ~1e-7 relative at half the memory traffic of float64; the folded tables are
+# computed in float64, and biases, embeddings and the final scale stay float64.
+COMPUTE = np.float32
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,11 @@ def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
     return Target(kind, readout.rows(chunk.answer_tokens), counter)
 
 
+def compute_table(readout: Readout, kind: str, layer: int) -> np.ndarray:
+    """A folded per-token table ('head' | 'mlp') in the COMPUTE dtype, kept on the readout."""
+    return readout.table(("compute", kind, layer), lambda: getattr(readout, kind)(layer).astype(COMPUTE))
+
+
 def final_scale(weights: Weights, chunk: Chunk) -> np.ndarray:
     """[example, answer] float64 final LayerNorm scale at the answers (ones without LayerNorm)."""
     if weights.norm is None:
@@ -121,8 +130,9 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
 
     n_heads = weights.n_heads
     for layer in range(weights.n_layers):
-        z = chunk.at_answer[z_hook(layer)].astype(np.float64)  # [e, a, head, d_head]
-        heads = np.einsum("eahd,eahd->eah", z, tgt.take(readout.head(layer)))  # [e, a, head]
+        z = chunk.at_answer[z_hook(layer)].astype(COMPUTE, copy=False)  # [e, a, head, d_head]
+        heads = np.einsum("eahd,eahd->eah", z, tgt.take(compute_table(readout, "head", layer)))  # [e, a, head]
+        heads = heads.astype(np.float64)
         attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
         if by == "layer":
             add(heads.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])
@@ -138,14 +148,15 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
             add(attn_bias, [Component(f"attn_bias{layer}", layer)])
         if not weights.has_mlp:
             continue
-        post = chunk.at_answer[post_hook(layer)].astype(np.float64)  # [e, a, d_mlp]
-        per_neuron = post * tgt.take(readout.mlp(layer))  # [e, a, d_mlp]
+        post = chunk.at_answer[post_hook(layer)].astype(COMPUTE, copy=False)  # [e, a, d_mlp]
+        fold = tgt.take(compute_table(readout, "mlp", layer))  # [e, a, d_mlp]
         mlp_bias = tgt.take(readout.mlp_bias(layer))
         if by == "neuron":
+            per_neuron = (post * fold).astype(np.float64)
             add(per_neuron, [Component(f"L{layer}N{n}", layer, neuron=n) for n in range(per_neuron.shape[-1])])
             add(mlp_bias, [Component(f"mlp_bias{layer}", layer)])
         else:
-            add(per_neuron.sum(-1) + mlp_bias, [Component(f"mlp{layer}", layer)])
+            add(np.einsum("ean,ean->ea", post, fold).astype(np.float64) + mlp_bias, [Component(f"mlp{layer}", layer)])
 
     values = np.concatenate(blocks, axis=-1) / final_scale(weights, chunk)[..., None]
     final_bias = readout.final_bias()

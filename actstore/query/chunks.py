@@ -156,12 +156,15 @@ def check_hooks(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[st
 
 
 def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
-           examples: ExampleArrays | None = None, workers: int = 2) -> Iterator[Chunk]:
+           examples: ExampleArrays | None = None, workers: int = 2,
+           answer_dtype: Any = None) -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
     A hook in both lists is read once. Hooks are read on `workers` threads (Zarr decompression
     releases the GIL), the next chunk's while the caller works on this one; answer positions
     are gathered as each array arrives, so only hooks wanted at every position stay in memory.
+    answer_dtype: cast the answer-position values to this dtype on the reading threads (e.g.
+    float32, so that the float16 -> float32 conversion overlaps the reads).
     """
     ex = examples or ExampleArrays.from_examples(store.examples, store.n_answers)
     names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
@@ -174,6 +177,8 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
         # and the next read reuses its memory (keeping a chunk's arrays alive costs page faults)
         arr = store.read(name, start, stop)
         picked = at_answers(arr, dims[name], ex.answer_pos[start:stop]) if name in answers else None  # a copy
+        if picked is not None and answer_dtype is not None:
+            picked = picked.astype(answer_dtype, copy=False)
         return picked, (arr if name in fulls else None)
 
     def submit(start: int, stop: int) -> list[Any]:

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.attribution import Component, check_by, direct_attribution, required_hooks
+from actstore.query.attribution import COMPUTE, Component, check_by, direct_attribution, required_hooks
 from actstore.query.chunks import ExampleArrays, check_hooks, stream
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import empty_frame, item_frame, long_frame
@@ -44,7 +44,7 @@ def dla(store: Any, by: str = "head", target: str = "correct") -> pl.DataFrame:
     readout = Readout.of(weights, answer_token_ids(ex, target))
     frames: list[pl.DataFrame] = []
     items: pl.DataFrame | None = None
-    for chunk in stream(store, at_answer, full, tokens=by == "path", examples=ex):
+    for chunk in stream(store, at_answer, full, tokens=by == "path", examples=ex, answer_dtype=COMPUTE):
         values, comps = direct_attribution(weights, readout, chunk, by=by, target=target)
         if items is None:
             items = component_items(comps, by)

@@ -59,7 +59,7 @@ def test_recompute_equals_accumulated_resid_with_ln(batch):
     np.testing.assert_allclose(np.moveaxis(got, -1, 0), want, rtol=1e-6, atol=5e-5)
     if batch.model.cfg.normalization_type is None:  # no LayerNorm: both modes are the same numbers
         cached = lens_values(batch.weights, Readout(batch.weights, batch.data.answer_tokens), batch.chunk)
-        np.testing.assert_allclose(got, cached, rtol=1e-12)
+        np.testing.assert_allclose(got, cached, rtol=1e-6, atol=1e-6)  # cached: float32 products
 
 
 @pytest.mark.parametrize("kind", ["ln_mlp", "noln_attn", "bidir"])
