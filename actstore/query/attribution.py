@@ -92,7 +92,8 @@ def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
     if kind == "diff" and chunk.counter_tokens is not None:
         if (chunk.counter_tokens < 0).any():
             bad = int(chunk.example_id[(chunk.counter_tokens < 0).any(axis=1)][0])
-            raise InvalidParameterError(f"target 'diff': example {bad} has no counterfactual token; use target='correct'")
+            raise InvalidParameterError(
+                f"target 'diff': example {bad} has no counterfactual token; use target='correct'")
         counter = readout.rows(chunk.counter_tokens)
     return Target(kind, readout.rows(chunk.answer_tokens), counter)
 

@@ -36,14 +36,16 @@ def breakdown(table: pl.DataFrame, by: str | Sequence[str], examples: Any = None
     """
     by = [by] if isinstance(by, str) else list(by)  # [] summarises each item over all examples
     if value not in table.columns:
-        raise UnknownColumnError(f"breakdown: no value column {value!r} in the table (columns: {', '.join(table.columns)})")
+        raise UnknownColumnError(
+            f"breakdown: no value column {value!r} in the table (columns: {', '.join(table.columns)})")
     if not table.schema[value].is_numeric():
         raise InvalidParameterError(f"breakdown: value column {value!r} is {table.schema[value]}, not numeric")
     table = _with_labels(table, by, examples)
     keys = [k for k in KEY_COLUMNS if k in table.columns and k not in by] if keys is None else list(keys)
     for k in keys:
         if k not in table.columns:
-            raise UnknownColumnError(f"breakdown: no key column {k!r} in the table (columns: {', '.join(table.columns)})")
+            raise UnknownColumnError(
+                f"breakdown: no key column {k!r} in the table (columns: {', '.join(table.columns)})")
     groups = [*by, *keys]
     v = pl.col(value).cast(pl.Float64)
     stats = dict(mean=v.mean(), std=v.std(ddof=1), n=v.count())
@@ -66,10 +68,12 @@ def _with_labels(table: pl.DataFrame, by: list[str], examples: Any) -> pl.DataFr
                                  f"(store.examples) to join labels by example_id")
     labels = examples.examples if hasattr(examples, "examples") else examples
     if not isinstance(labels, pl.DataFrame):
-        raise InvalidParameterError(f"breakdown: examples must be a store or a Polars DataFrame, got {type(labels).__name__}")
+        raise InvalidParameterError(
+            f"breakdown: examples must be a store or a Polars DataFrame, got {type(labels).__name__}")
     absent = [c for c in missing if c not in labels.columns]
     if absent:
-        base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens", "counter_tokens"}
+        base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens",
+                "counter_tokens"}
         label_cols = [c for c in labels.columns if c not in base] or labels.columns
         raise UnknownColumnError(f"breakdown: no label column {absent[0]!r} (labels of these examples: "
                                  f"{', '.join(label_cols)})")

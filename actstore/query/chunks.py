@@ -198,7 +198,8 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
             sl = slice(start, stop)
             chunk = Chunk(
                 example_id=ex.example_id[sl], lengths=ex.lengths[sl],
-                tokens=padded_tokens(store.examples.slice(start, stop - start), store.manifest.width) if tokens else None,
+                tokens=(padded_tokens(store.examples.slice(start, stop - start), store.manifest.width)
+                        if tokens else None),
                 answer_pos=ex.answer_pos[sl], answer_tokens=ex.answer_tokens[sl],
                 counter_tokens=None if ex.counter_tokens is None else ex.counter_tokens[sl],
                 input_tokens=ex.input_tokens[sl],

@@ -15,6 +15,8 @@ pattern sum to one). The terms of a head sum exactly to its direct attribution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from actstore.query.attribution import pattern_hook, post_hook, scale_hook, z_hook
@@ -56,7 +58,9 @@ def _read_in(weights: Weights, readout: Readout, layer: int) -> np.ndarray:
     return readout.table(("path_read_in", layer), make)
 
 
-def _through(weights: Weights, readout: Readout, layer: int, name: str, make_from_d) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _through(weights: Weights, readout: Readout, layer: int, name: str,
+             make_from_d: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A per-token table made from the read-in directions d of `layer` (cached on the readout)."""
     return readout.table(("path", layer, name), lambda: make_from_d(_read_in(weights, readout, layer)))
 
 

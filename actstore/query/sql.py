@@ -79,7 +79,8 @@ def mentioned_views(query: str) -> list[str]:
     return [v for v in VIEWS if v in words]
 
 
-def connect(store: Any, query: str = "", params: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(store: Any, query: str = "",
+            params: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the store's views (derived ones only if `query` names them)."""
     con = duckdb.connect()
     n_chunks = sum(1 for _ in store.chunks())
@@ -107,7 +108,8 @@ def sql(store: Any, query: str, params: Mapping[str, Mapping[str, Any]] | None =
         raise QueryError("empty SQL query; try: SELECT * FROM examples LIMIT 5")
     unknown = sorted(set(params or {}) - set(derived.TABLES))
     if unknown:
-        raise QueryError(f"params for unknown derived table {unknown[0]!r}; derived tables: {', '.join(derived.TABLES)}")
+        raise QueryError(
+            f"params for unknown derived table {unknown[0]!r}; derived tables: {', '.join(derived.TABLES)}")
     con = connect(store, query, params)
 
     def describe(e: duckdb.Error) -> QueryError:

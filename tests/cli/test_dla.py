@@ -80,4 +80,5 @@ def test_circuits(capsys, store_path):
                    "needs --to LAYER HEAD")
     one_line_error(capsys, ["circuit", str(store_path), "--layer", "0", "--head", "0", "--tokens", "1,x"],
                    "--tokens expects comma-separated integers")
-    one_line_error(capsys, ["circuit", str(store_path), "--layer", "5", "--head", "0"], "layer must be an integer in [0, 2)")
+    one_line_error(capsys, ["circuit", str(store_path), "--layer", "5", "--head", "0"],
+                   "layer must be an integer in [0, 2)")

@@ -104,8 +104,8 @@ def test_components_sum_to_the_logits(batch, by, target):
     assert len(set(names)) == len(names)
     logits = batch.logits[np.arange(len(batch.data))[:, None], batch.data.answer_pos]  # [e, a, vocab]
     pick = lambda tok: np.take_along_axis(logits, tok[..., None], axis=-1)[..., 0]  # noqa: E731
-    want = expected_total(batch.weights, batch.chunk,
-                          {"correct_logit": pick(batch.data.answer_tokens), "counter_logit": pick(batch.counter)}, target)
+    logit = {"correct_logit": pick(batch.data.answer_tokens), "counter_logit": pick(batch.counter)}
+    want = expected_total(batch.weights, batch.chunk, logit, target)
     np.testing.assert_allclose(values.sum(-1), want, rtol=1e-6, atol=5e-5)
     assert np.abs(want).max() > 0.1  # a test of something
 

@@ -46,7 +46,8 @@ def test_cached_scale_equals_logit_attrs_of_accumulated_resid(batch):
     e, width = batch.data.tokens.shape
     tok = np.zeros((e, width), dtype=np.int64)
     tok[np.arange(e)[:, None], batch.data.answer_pos] = batch.data.answer_tokens
-    want = at_answer_positions(batch.cache.logit_attrs(stack, torch.tensor(tok))[..., None], batch.data.answer_pos)[..., 0]
+    attrs = batch.cache.logit_attrs(stack, torch.tensor(tok))
+    want = at_answer_positions(attrs[..., None], batch.data.answer_pos)[..., 0]
     got = lens_values(batch.weights, Readout(batch.weights, batch.data.answer_tokens), batch.chunk, "correct", "cached")
     np.testing.assert_allclose(np.moveaxis(got, -1, 0), want, rtol=1e-7, atol=2e-5)
 

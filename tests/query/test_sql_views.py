@@ -80,7 +80,8 @@ def test_errors_are_one_line_and_name_views_and_columns(store):
     with pytest.raises(QueryError) as e:
         sql(store, "SELECT componentt FROM dla").pl()
     msg = str(e.value)
-    assert "componentt" in msg and "dla(example_id, answer_idx, answer_pos, target, component, layer, head, value)" in msg
+    assert "componentt" in msg
+    assert "dla(example_id, answer_idx, answer_pos, target, component, layer, head, value)" in msg
     assert "\n" not in msg
     with pytest.raises(QueryError, match="SQL syntax error"):
         sql(store, "SELEC 1")
