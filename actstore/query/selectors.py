@@ -139,7 +139,7 @@ def example_filter(examples: pl.DataFrame, where: pl.Expr | Mapping[str, Any] | 
         expr = pl.lit(True)
         for name, value in where.items():
             values = list(value) if isinstance(value, (list, tuple, set)) else [value]
-            expr = expr & pl.col(name).is_in(pl.Series(values, dtype=examples.schema[name], strict=False))
+            expr = expr & pl.col(name).is_in(pl.Series(values, dtype=examples.schema[name], strict=False).implode())
         where = expr
     if not isinstance(where, pl.Expr):
         raise InvalidParameterError(f"where: expected a Polars expression or a mapping label -> value, got "
