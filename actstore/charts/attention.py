@@ -3,7 +3,9 @@
 Input rows (raw): example_id, layer, head, q_pos, k_pos, q_role, k_role, prob. Key positions
 that share a role are summed (attention *mass* on that role), then averaged over the query
 positions of each query role, counting keys a query never sees (causal mask) as 0. An
-aggregated table (q_role, k_role, mean per head) is charted as given.
+aggregated table (q_role, k_role, mean per head, as `attention(store, by=[...])` streams it) is
+charted as given: there a query row counts only where it sees a key of that role, so masked
+cells are absent rather than 0 (the total mass per cell is the same).
 """
 
 from __future__ import annotations
@@ -68,32 +70,55 @@ def role_summary(attn: pl.DataFrame, split: str | None = None) -> pl.DataFrame:
 
 
 def role_order(attn: pl.DataFrame) -> list[str]:
-    """Token roles in order of their mean position (keys and queries together); 'other' last."""
-    if "k_pos" not in attn.columns:
-        roles = set(attn.get_column("q_role").to_list()) | set(attn.get_column("k_role").to_list())
-        return sorted((role_label(r) for r in roles), key=lambda r: (r == "other", r))
-    both = pl.concat([
-        attn.select(role=pl.col("q_role"), pos=pl.col("q_pos")),
-        attn.select(role=pl.col("k_role"), pos=pl.col("k_pos")),
-    ]).with_columns(_role("role"))
-    means = both.group_by("role").agg(pl.col("pos").mean()).sort("pos")
+    """Token roles in order of their mean position (keys and queries together); 'other' last.
+
+    `attn` is raw attention rows (q_pos, k_pos), or any table with `role` and `pos` columns
+    such as `store.tokens`; without positions the roles are sorted by name.
+    """
+    if {"role", "pos"} <= set(attn.columns):
+        both = attn.select(pl.col("role"), pl.col("pos"))
+    elif "k_pos" in attn.columns:
+        both = pl.concat([
+            attn.select(role=pl.col("q_role"), pos=pl.col("q_pos")),
+            attn.select(role=pl.col("k_role"), pos=pl.col("k_pos")),
+        ])
+    else:
+        roles = {role_label(r) for c in ("q_role", "k_role") if c in attn.columns for r in attn.get_column(c).to_list()}
+        return sorted(roles, key=lambda r: (r == "other", r))
+    means = both.with_columns(_role("role")).group_by("role").agg(pl.col("pos").mean()).sort("pos", "role")
     names = means.get_column("role").to_list()
     return [r for r in names if r != "other"] + (["other"] if "other" in names else [])
 
 
-def attention_heatmap(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | None = None) -> alt.FacetChart:
+def _aggregated(attn: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """An aggregated attention table (from attention(..., by=[...])) with roles named and 95% CIs."""
+    out = attn.with_columns([_role(c) for c in ("q_role", "k_role") if c in attn.columns])
+    return summarise(out, keys)
+
+
+def _sorted_order(order: list[str], present: set[str]) -> list[str]:
+    """`order` restricted to the roles present, with any role it misses appended."""
+    return [r for r in order if r in present] + sorted(present - set(order))
+
+
+def attention_heatmap(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | None = None,
+                      roles: Sequence[str] | None = None) -> alt.FacetChart:
     """Average attention pattern of each head as a query-role x key-role heatmap (one panel per head).
 
+    attn: raw rows, or the aggregated table of attention(store, by=['q_role', 'k_role']).
     Cell = mean over examples and query positions of that role of the attention mass on keys
-    of the key role; rows sum to 1 for a softmax head.
+    of the key role; rows sum to 1 for a softmax head. `roles` orders the axes (default: by
+    mean position in raw rows, else by name).
     """
     require_columns(attn, ["layer", "head", "q_role", "k_role"], "attention_heatmap")
     attn = _select_heads(attn, heads, "attention_heatmap")
-    order = role_order(attn)
     if "prob" in attn.columns:
         summary = role_summary(attn)
     else:
-        summary = summarise(attn, ["layer", "head", "q_role", "k_role"])
+        require_columns(attn, ["mean"], "attention_heatmap")
+        summary = _aggregated(attn, ["layer", "head", "q_role", "k_role"])
+    present = set(summary.get_column("q_role").to_list()) | set(summary.get_column("k_role").to_list())
+    order = _sorted_order(list(roles) if roles is not None else role_order(attn), present)
     summary = summary.with_columns(head_label=_head_label())
     n_panels = summary.select("layer", "head").unique().height
     if n_panels > MAX_PANELS:
@@ -127,31 +152,46 @@ def attention_role_bars(
     heads: Sequence[tuple[int, int]] | None = None,
     examples: pl.DataFrame | None = None,
     by: str | None = None,
+    roles: Sequence[str] | None = None,
 ) -> alt.LayerChart | alt.FacetChart:
     """Attention mass from the `query_role` token to each key role, per head, as grouped bars.
 
-    `key_roles` restricts the bars (e.g. IOI END -> IO, S1, S2); `by` splits by a label column of
-    `examples` (one row of panels per label value).
+    attn: raw rows, or the aggregated table of attention(store, query=query_role, by=['k_role'
+    (, label)]). `key_roles` restricts the bars (e.g. IOI END -> IO, S1, S2); `by` splits by a
+    label column (joined from `examples` for raw rows), one row of panels per label value.
     """
-    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "prob"], "attention_role_bars")
+    require_columns(attn, ["layer", "head", "k_role"], "attention_role_bars")
     attn = _select_heads(attn, heads, "attention_role_bars")
-    present = set(attn.get_column("q_role").drop_nulls().to_list())
-    if query_role not in present:
-        raise InvalidParameterError(
-            f"attention_role_bars: query role {query_role!r} not in the table (roles: {sorted(present)})")
-    order = role_order(attn)
-    if key_roles is not None:
-        missing = [r for r in key_roles if r not in order]
-        if missing:
-            raise InvalidParameterError(f"attention_role_bars: key roles {missing} not in the table (roles: {order})")
-    rows = attn.filter(pl.col("q_role") == query_role)
+    raw = "prob" in attn.columns
+    if raw or "q_role" in attn.columns:
+        present = set(attn.get_column("q_role").drop_nulls().to_list())
+        if query_role not in present:
+            raise InvalidParameterError(
+                f"attention_role_bars: query role {query_role!r} not in the table (roles: {sorted(present)})")
+        rows = attn.filter(pl.col("q_role") == query_role)
+    else:
+        rows = attn
     if by is not None:
-        if examples is None:
-            raise InvalidParameterError("attention_role_bars: by= needs examples= (store.examples)")
-        rows = join_labels(rows, examples, [by], "attention_role_bars")
+        if raw:
+            if examples is None:
+                raise InvalidParameterError("attention_role_bars: by= needs examples= (store.examples)")
+            rows = join_labels(rows, examples, [by], "attention_role_bars")
+        else:
+            require_columns(rows, [by], "attention_role_bars")
         rows = rows.with_columns(pl.col(by).cast(pl.String).fill_null("none").alias("split"))
-    summary = role_summary(rows, split="split" if by is not None else None)
+    split = ["split"] if by is not None else []
+    if raw:
+        summary = role_summary(rows, split=split[0] if split else None)
+    else:
+        require_columns(rows, ["mean"], "attention_role_bars")
+        summary = _aggregated(rows, ["layer", "head", "k_role", *split])
+    present = set(summary.get_column("k_role").to_list())
+    order = _sorted_order(list(roles) if roles is not None else role_order(attn), present)
     if key_roles is not None:
+        missing = [r for r in key_roles if r not in present]
+        if missing:
+            raise InvalidParameterError(
+                f"attention_role_bars: key roles {missing} not in the table (roles: {order})")
         summary = summary.filter(pl.col("k_role").is_in(list(key_roles)))
         order = list(key_roles)
     summary = summary.with_columns(head_label=_head_label())

@@ -99,7 +99,8 @@ def report_sections(store: Any) -> list[Section]:
         every = standard.all_heads(store)
         return every if len(every) <= standard.TOP_HEADS else standard.top_heads(dla_table())
 
-    attn_table = _Once(lambda: standard._attention_table(store, heads()))
+    attn_table = _Once(lambda: standard.attention_pattern_table(store, heads()))
+    roles = standard.token_roles(store)
     acc = _Once(lambda: accuracy.accuracy_table(store.outputs, examples))
 
     sections = [
@@ -122,7 +123,8 @@ def report_sections(store: Any) -> list[Section]:
             sections.append(_section(f"Attention from '{role}', carry vs no carry",
                                      f"Attention mass from the first answer position to each token role, split by "
                                      f"{first_carry}.", lambda: attention.attention_role_bars(
-                                         attn_table(), query_role=role, heads=heads(), examples=examples, by=first_carry)))
+                                         standard.attention_roles_table(store, heads(), role, by=first_carry),
+                                         query_role=role, by=first_carry, roles=roles)))
     elif task == "brackets":
         label = standard.first_label(examples, "failure", "failure_type")
         if label:
@@ -143,12 +145,12 @@ def report_sections(store: Any) -> list[Section]:
                                          & neurons.neuron_scatter(table(), examples, x=x, color=label, top_k=3,
                                                                   direction="the answer direction")))
     elif task == "ioi":
-        roles = set(store.tokens.get_column("role").drop_nulls().to_list())
-        keys = [r for r in ("IO", "S1", "S2") if r in roles]
+        keys = standard.ioi_key_roles(store)
         sections.append(_section("END -> IO / S attention", "Attention mass from the END token to the indirect object "
                                  "and subject names, for the heads with the largest attribution.",
-                                 lambda: attention.attention_role_bars(attn_table(), query_role="END",
-                                                                       key_roles=keys or None, heads=heads())))
+                                 lambda: attention.attention_role_bars(
+                                     standard.attention_roles_table(store, heads(), "END", keys), query_role="END",
+                                     key_roles=keys, roles=roles)))
         label = standard.first_label(examples, "abba", "order", "template")
         if label:
             sections.append(_section(f"Attribution by {label}", f"Component attributions split by {label}.",
@@ -157,7 +159,7 @@ def report_sections(store: Any) -> list[Section]:
     sections.append(_section("Average attention by token role", "Attention mass from each query role to each key "
                              "role, averaged over examples" + (" (heads with the largest attribution)." if
                                                               len(standard.all_heads(store)) > standard.TOP_HEADS else "."),
-                             lambda: attention.attention_heatmap(attn_table(), heads=heads())))
+                             lambda: attention.attention_heatmap(attn_table(), roles=roles)))
     sections.append(_section("Logit lens", f"Mean {target_text} read off the residual stream after each stage.",
                              lambda: logit_lens.logit_lens_lines(standard.query_fn("logit_lens")(store, target=target))))
     return sections

@@ -126,17 +126,46 @@ def _heads_for(store: Any, heads: list[tuple[int, int]] | None) -> list[tuple[in
     return top_heads(_dla_table(store, None))
 
 
-def _attention_table(store: Any, heads: list[tuple[int, int]]) -> pl.DataFrame:
+def _keep_heads(table: pl.DataFrame, heads: list[tuple[int, int]]) -> pl.DataFrame:
+    keep = pl.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads]},
+                        schema={"layer": table.schema["layer"], "head": table.schema["head"]})
+    return table.join(keep, on=["layer", "head"], how="semi")
+
+
+def attention_pattern_table(store: Any, heads: list[tuple[int, int]]) -> pl.DataFrame:
+    """Mean attention mass per (head, query role, key role) of `heads`, aggregated by the query
+    layer while streaming (no raw rows): layer, head, q_role, k_role, mean, std, n, entropy."""
     layers = sorted({layer for layer, _ in heads})
-    table = query_fn("attention")(store, layers=layers)
-    return table.join(pl.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads]},
-                                   schema={"layer": table.schema["layer"], "head": table.schema["head"]}),
-                      on=["layer", "head"], how="semi")
+    head_ids = sorted({head for _, head in heads})
+    table = query_fn("attention")(store, layers=layers, heads=head_ids, by=["q_role", "k_role"])
+    return _keep_heads(table, heads)
+
+
+def attention_roles_table(store: Any, heads: list[tuple[int, int]], query_role: str,
+                          key_roles: list[str] | None = None, by: str | None = None) -> pl.DataFrame:
+    """Mean attention mass from `query_role` to each key role (and `by` label value), per head."""
+    layers = sorted({layer for layer, _ in heads})
+    head_ids = sorted({head for _, head in heads})
+    table = query_fn("attention")(store, layers=layers, heads=head_ids, query=query_role, key=key_roles,
+                                  by=["k_role", *([by] if by else [])])
+    return _keep_heads(table, heads)
+
+
+def token_roles(store: Any) -> list[str]:
+    """The store's token roles in order of mean position ('other' last)."""
+    return attention.role_order(store.tokens.select("pos", "role"))
 
 
 def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, **_: Any) -> alt.TopLevelMixin:
     chosen = _heads_for(store, heads)
-    return attention.attention_heatmap(_attention_table(store, chosen), heads=chosen)
+    return attention.attention_heatmap(attention_pattern_table(store, chosen), roles=token_roles(store))
+
+
+def ioi_key_roles(store: Any) -> list[str] | None:
+    """IO, S1, S2 where the store has them (the END -> IO / S attention of the IOI seed)."""
+    present = set(store.tokens.get_column("role").drop_nulls().to_list())
+    keys = [r for r in ("IO", "S1", "S2") if r in present]
+    return keys or None
 
 
 def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
@@ -144,9 +173,9 @@ def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None
     chosen = _heads_for(store, heads)
     role = query_role or default_query_role(store)
     if key_roles is None and task_of(store) == "ioi":
-        key_roles = [r for r in ("IO", "S1", "S2") if r in set(store.tokens.get_column("role").drop_nulls().to_list())]
-    return attention.attention_role_bars(_attention_table(store, chosen), query_role=role, key_roles=key_roles,
-                                         heads=chosen, examples=store.examples if by else None, by=by)
+        key_roles = ioi_key_roles(store)
+    table = attention_roles_table(store, chosen, role, key_roles, by)
+    return attention.attention_role_bars(table, query_role=role, key_roles=key_roles, by=by, roles=token_roles(store))
 
 
 def chart_logit_lens(store: Any, target: str | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
@@ -169,15 +198,18 @@ def default_x(store: Any) -> str:
 
 def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, color: str | None = None,
                   which: list[int] | str | None = None, top: int | None = None, direction: str | None = None,
-                  **_: Any) -> alt.TopLevelMixin:
+                  through_head: str | None = None, pos: int | str | None = None, **_: Any) -> alt.TopLevelMixin:
+    """Neuron projections of `layer` (default: the last) vs a numeric label; `through_head` pulls the
+    direction back through a head's OV (brackets seed: '2.0' with pos=1)."""
     if store.config.get("attn_only") or not store.config.get("d_mlp"):
         raise InvalidParameterError(f"model of store {store.path} has no MLP neurons (attention-only)")
     n_layers = int(store.config["n_layers"])
     layer = n_layers - 1 if layer is None else layer
-    table = query_fn("neurons")(store, layer=layer, direction=direction or "answer")
+    table = query_fn("neurons")(store, layer=layer, direction=direction or "answer", through_head=through_head, pos=pos)
     colour = color if color is not None else first_label(store.examples, "failure", "failure_type")
+    name = f"the {direction or 'answer'} direction" + (f" through head {through_head}" if through_head else "")
     return neurons.neuron_scatter(table, store.examples, x=x or default_x(store), color=colour, which=which,
-                                  top_k=top or 6, direction=f"the {direction or 'answer'} direction")
+                                  top_k=top or 6, direction=name)
 
 
 def vocab_labels(store: Any) -> dict[int, str]:

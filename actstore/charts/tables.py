@@ -58,14 +58,19 @@ def join_labels(table: pl.DataFrame, examples: pl.DataFrame, labels: Sequence[st
 def summarise(table: pl.DataFrame, keys: Sequence[str], value: str = "value") -> pl.DataFrame:
     """Group means of `value` by `keys`: keys + mean, std, n, ci_low, ci_high (95%, normal approx).
 
-    A table that is already aggregated (has a `mean` column and no `value`) passes through.
+    A table that is already aggregated (has a `mean` column and no `value`) passes through,
+    gaining ci_low / ci_high from its std and n when it has no interval of its own.
     """
     if value not in table.columns and "mean" in table.columns:
         out = table
         if "n" not in out.columns:
             out = out.with_columns(n=pl.lit(None, dtype=pl.Int64))
         if "ci_low" not in out.columns:
-            out = out.with_columns(ci_low=pl.col("mean"), ci_high=pl.col("mean"))
+            if "std" in out.columns:  # normal 95% interval from the table's own std and n
+                half = Z95 * pl.col("std").fill_null(0.0) / pl.col("n").cast(pl.Float64).sqrt()
+                out = out.with_columns(ci_low=pl.col("mean") - half, ci_high=pl.col("mean") + half)
+            else:
+                out = out.with_columns(ci_low=pl.col("mean"), ci_high=pl.col("mean"))
         return out
     require_columns(table, [*keys, value], "summarise")
     out = table.group_by(list(keys), maintain_order=True).agg(

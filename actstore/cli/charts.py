@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color", help="label to colour points by (neurons)")
     p.add_argument("--neurons", type=_neurons, help="neuron ids (comma-separated) or 'sum' for the layer total")
     p.add_argument("--direction", help="neurons: 'answer', 'diff' or a .npy direction file (default answer)")
+    p.add_argument("--through-head", help="neurons: pull the direction back through this head's OV, e.g. 2.0")
+    p.add_argument("--pos", type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
+                   help="neurons: position or token role to read (default: the answer positions)")
     p.add_argument("--top", type=int, help="bars (dla) or neurons to keep, largest first")
     p.add_argument("--scale", type=float, default=2.0, help="PNG resolution multiplier (default 2)")
     p.set_defaults(handler=run_chart)
@@ -80,7 +83,8 @@ def run_chart(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     chart = make_chart(store, args.kind, target=args.target, by=args.by, heads=args.heads, layer=args.layer,
                        head=args.head, query_role=args.query_role, key_roles=args.key_roles, x=args.x,
-                       color=args.color, which=args.neurons, direction=args.direction, top=args.top)
+                       color=args.color, which=args.neurons, direction=args.direction, top=args.top,
+                       through_head=args.through_head, pos=args.pos)
     out = save_chart(chart, args.output, scale=args.scale)
     print(f"wrote {args.kind} chart of {store.path} to {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0

@@ -56,3 +56,29 @@ def test_accuracy_kind_on_a_store(stores):
     assert overall["accuracy"] == pytest.approx(store.outputs.get_column("correct").mean())
     with pytest.raises(InvalidParameterError, match="kinds: dla-heads"):
         standard.make_chart(store, "pie")
+
+
+def test_streamed_role_means_equal_the_raw_rows(stores):
+    """The report's aggregated attention query and the builders' own raw-row reduction agree."""
+    from actstore.charts.attention import role_summary
+    from actstore.query import attention
+
+    store = stores("ioi")
+    heads = [(0, 1), (1, 3)]
+    agg = standard.attention_pattern_table(store, heads)
+    raw = role_summary(attention(store, layers=[0, 1], heads=[1, 3]).filter(
+        ((pl.col("layer") == 0) & (pl.col("head") == 1)) | ((pl.col("layer") == 1) & (pl.col("head") == 3))))
+    agg = agg.with_columns(pl.col("q_role").fill_null("other"), pl.col("k_role").fill_null("other"))
+    both = raw.join(agg, on=["layer", "head", "q_role", "k_role"], how="inner", suffix="_agg")
+    assert both.height == agg.height > 20
+    # the query counts a query row only where it can see a key of that role; the raw reduction counts
+    # every query row of the role (unseen keys as 0): same total mass, more rows on the raw side
+    n_raw, n_agg = both["n"].cast(pl.Int64), both["n_agg"]
+    assert (n_raw >= n_agg).all() and (n_raw == n_agg).sum() > 20
+    total_raw, total_agg = both["mean"] * n_raw, both["mean_agg"] * n_agg
+    assert (total_raw - total_agg).abs().max() < 1e-4
+    same = both.filter(n_raw == n_agg)
+    assert (same["mean"] - same["mean_agg"]).abs().max() < 1e-6
+    # cells the query leaves out are exactly those no query can see (0 in the raw reduction)
+    assert raw.join(agg, on=["layer", "head", "q_role", "k_role"], how="anti")["mean"].abs().max() == 0
+    assert standard.token_roles(store) == ["S1", "IO", "S2", "END", "other"]

@@ -53,9 +53,10 @@ def test_neurons_png_and_html(store_dirs, tmp_path):
     png, html = tmp_path / "n.png", tmp_path / "n.html"
     assert main(["chart", "neurons", str(store_dirs["brackets"]), "-o", str(png), "--layer", "1", "--top", "4"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert main(["chart", "neurons", str(store_dirs["brackets"]), "-o", str(html), "--neurons", "sum"]) == 0
+    assert main(["chart", "neurons", str(store_dirs["brackets"]), "-o", str(html), "--neurons", "sum",
+                 "--layer", "0", "--through-head", "2.0", "--pos", "1"]) == 0
     text = html.read_text()
-    assert "vegaEmbed" in text and "cdn.jsdelivr" not in text
+    assert "vegaEmbed" in text and "cdn.jsdelivr" not in text and "through head 2.0" in text
 
 
 def test_report_command(store_dirs, tmp_path, capsys):
