@@ -1,0 +1,136 @@
+"""Streaming reductions of neuron values: top-k rows per neuron, and Pearson r with a label.
+
+Both keep a fixed amount of state per neuron and merge one chunk of rows at a time, so they run
+over a store of any size in bounded memory:
+
+- `TopK`: the k rows with the largest (or smallest) value per neuron; ties go to the earlier
+  row (smaller example_id, then position), as a stable sort over all rows would give.
+- `Comoments`: n, means, sums of squared deviations and the co-moment per neuron, merged with
+  Chan et al.'s pairwise update, so r does not suffer from the cancellation of raw sums.
+- `neuron_correlation(store, layer, label, value=...)`: r per neuron between a neuron value
+  (activation or projection) and a numeric label, e.g. the brackets `open_proportion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError
+from actstore.query.directions import DirectionSpec
+from actstore.query.neurons import SCHEMA, NeuronPlan, NeuronRows
+from actstore.query.selectors import Selector, check_labels
+
+VALUES = ("activation", "projection")
+CORRELATION_SCHEMA: dict[str, pl.DataType] = {"layer": pl.Int64, "neuron": pl.Int64, "r": pl.Float64, "n": pl.Int64}
+
+
+class TopK:
+    """The k rows per neuron with the largest `rank_by` value ('-name': the smallest)."""
+
+    def __init__(self, k: int, rank_by: str = "projection") -> None:
+        self.k = k
+        self.sign = -1.0 if rank_by.startswith("-") else 1.0
+        self.value = rank_by.lstrip("-")
+        self.best: NeuronRows | None = None  # arrays [k' <= k, d_mlp]; example_id / pos per (slot, neuron)
+
+    def add(self, rows: NeuronRows) -> None:
+        """Merge one chunk's rows (example_id, pos: [row]; values [row, d_mlp])."""
+        d_mlp = rows.activation.shape[1]
+        ids = np.broadcast_to(rows.example_id[:, None], (rows.example_id.size, d_mlp))
+        pos = np.broadcast_to(rows.pos[:, None], ids.shape)
+        cand = (ids, pos, rows.activation, rows.projection)
+        if self.best is not None:  # earlier rows first: a stable sort keeps them ahead on ties
+            cand = tuple(np.concatenate([old, new]) for old, new in zip(
+                (self.best.example_id, self.best.pos, self.best.activation, self.best.projection), cand))
+        key = cand[2] if self.value == "activation" else cand[3]
+        order = np.argsort(-self.sign * key.astype(np.float64), axis=0, kind="stable")[: self.k]  # [k', d_mlp]
+        picked = [np.take_along_axis(a, order, axis=0) for a in cand]
+        self.best = NeuronRows(*picked)
+
+    def frame(self, layer: int) -> pl.DataFrame:
+        """Rows sorted by neuron then rank (1 = best): the neurons table's columns plus rank."""
+        schema = SCHEMA | {"rank": pl.Int64}
+        if self.best is None:
+            return pl.DataFrame(schema=schema)
+        k, d_mlp = self.best.activation.shape
+        t = lambda a: a.T.reshape(-1)  # noqa: E731  [slot, neuron] -> neuron-major
+        return pl.DataFrame({
+            "example_id": t(self.best.example_id).astype(np.int64), "pos": t(self.best.pos).astype(np.int64),
+            "layer": np.full(k * d_mlp, layer, dtype=np.int64), "neuron": np.repeat(np.arange(d_mlp), k),
+            "activation": t(self.best.activation), "projection": t(self.best.projection),
+            "rank": np.tile(np.arange(1, k + 1), d_mlp),
+        }, schema=schema)
+
+
+class Comoments:
+    """Running per-neuron moments of (x, y) pairs for Pearson r."""
+
+    def __init__(self, d: int) -> None:
+        self.n = 0
+        self.mx = np.zeros(d)
+        self.my = 0.0
+        self.m2x = np.zeros(d)
+        self.m2y = 0.0
+        self.cxy = np.zeros(d)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """x: [row, d] neuron values; y: [row] label values (rows with NaN y dropped)."""
+        ok = np.isfinite(y)
+        x, y = x[ok].astype(np.float64), y[ok].astype(np.float64)
+        nb = y.size
+        if nb == 0:
+            return
+        mxb, myb = x.mean(axis=0), y.mean()
+        dx, dy = x - mxb, y - myb
+        m2xb, m2yb, cxyb = (dx * dx).sum(axis=0), float(dy @ dy), dy @ dx
+        n = self.n + nb
+        deltax, deltay = mxb - self.mx, myb - self.my
+        f = self.n * nb / n
+        self.m2x += m2xb + deltax * deltax * f
+        self.m2y += m2yb + deltay * deltay * f
+        self.cxy += cxyb + deltax * deltay * f
+        self.mx += deltax * nb / n
+        self.my += deltay * nb / n
+        self.n = n
+
+    def r(self) -> np.ndarray:
+        """[d] Pearson r (NaN where a variance is 0 or n < 2)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            denom = np.sqrt(self.m2x * self.m2y)
+            return np.where(denom > 0, self.cxy / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def neuron_correlation(store: Any, layer: int, label: str, value: str = "activation",
+                       direction: DirectionSpec = "answer", through_head: Any = None, pos: Selector = None, *,
+                       answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
+                       where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Pearson r between each neuron's `value` and the numeric example label `label`.
+
+    Rows are the neuron query's rows (same pos/direction/through_head parameters as `neurons`);
+    examples whose label is null are left out. Returns layer, neuron, r, n.
+    """
+    if value not in VALUES:
+        raise InvalidParameterError(f"value must be one of {', '.join(VALUES)}, got {value!r}")
+    examples = store.examples
+    check_labels(examples, [label], "neuron_correlation label")
+    dtype = examples.schema[label]
+    if not (dtype.is_numeric() or dtype == pl.Boolean):
+        raise InvalidParameterError(f"neuron_correlation: label {label!r} is {dtype}, not numeric")
+    y_all = examples.get_column(label).cast(pl.Float64).fill_null(np.nan).to_numpy()
+    plan = NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
+                            attention_weighted=attention_weighted, where=where)
+    moments: Comoments | None = None
+    for rows in plan.stream():
+        x = rows.activation if value == "activation" else rows.projection
+        if moments is None:
+            moments = Comoments(x.shape[1])
+        moments.add(x, y_all[rows.example_id])
+    if moments is None:
+        return pl.DataFrame(schema=CORRELATION_SCHEMA)
+    d = moments.mx.size
+    return pl.DataFrame({"layer": np.full(d, layer, dtype=np.int64), "neuron": np.arange(d, dtype=np.int64),
+                         "r": moments.r(), "n": np.full(d, moments.n, dtype=np.int64)}, schema=CORRELATION_SCHEMA)

@@ -1,0 +1,268 @@
+"""`neurons(store, layer, ...)`: each MLP neuron's activation and its output projected on a direction.
+
+    neurons(store, layer, direction='answer', through_head=None, pos=None, top_k=None,
+            answer=0, final_ln=None, attention_weighted=False, rank_by='projection', where=None)
+
+One row per (example, position, neuron): example_id, pos, layer, neuron, activation (the
+stored blocks.L.mlp.hook_post, float32) and projection (float64):
+
+    projection = post[e, p, n] * (W_out[L, n] . d) * scale[e, p]
+
+with d and the scale as directions.py documents: for 'answer'/'diff' d is the answer's
+(centred) unembedding direction and scale = 1 / ln_final scale at p; through head (l, h), d is
+pulled back through the head's OV, scale = 1 / ln1 scale of layer l at p (the key position)
+times 1 / ln_final scale at the query position q the head writes to (x pattern[e, h, q, p] if
+attention_weighted). Summed over a layer's neurons (plus b_out), the direct projection is the
+MLP's direct logit attribution at p.
+
+Rows: pos=None takes each answer position and that answer's tokens (q = p); otherwise `pos` is a
+position selector (int, role, list; see selectors.py) and every row reads answer `answer`'s
+tokens, with q = that answer's position. top_k keeps, per neuron, the k rows with the largest
+`rank_by` value ('projection', 'activation', or with a leading '-' the smallest), adding `rank`.
+
+Streams one chunk at a time; top_k keeps only k rows per neuron. See neuron_stats.py for the
+correlation of neuron values with a numeric label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError, UnknownHookError
+from actstore.query.directions import (
+    Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
+from actstore.query.readout import Weights
+from actstore.query.selectors import Roles, Selector, example_filter, select_positions
+
+SCHEMA: dict[str, pl.DataType] = {"example_id": pl.Int64, "pos": pl.Int64, "layer": pl.Int64, "neuron": pl.Int64,
+                                  "activation": pl.Float32, "projection": pl.Float64}
+RANK_BY = ("projection", "activation", "-projection", "-activation")
+
+
+def neurons(store: Any, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
+            pos: Selector = None, top_k: int | None = None, *, answer: int = 0, final_ln: bool | None = None,
+            attention_weighted: bool = False, rank_by: str = "projection",
+            where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Activation and projection of every neuron of `layer` at the chosen positions (see module doc)."""
+    if rank_by not in RANK_BY:
+        raise InvalidParameterError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise InvalidParameterError(f"top_k must be a positive int or None, got {top_k!r}")
+    plan = NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
+                            attention_weighted=attention_weighted, where=where)
+    if top_k is not None:
+        from actstore.query.neuron_stats import TopK
+
+        best = TopK(int(top_k), rank_by)
+        for rows in plan.stream():
+            best.add(rows)
+        return best.frame(layer)
+    frames = [rows.frame(layer) for rows in plan.stream()]
+    return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=SCHEMA)
+
+
+@dataclass
+class NeuronRows:
+    """The neuron values of one chunk's selected rows.
+
+    example_id, pos: [row]; activation: [row, d_mlp] float32; projection: [row, d_mlp] float64
+    """
+
+    example_id: np.ndarray
+    pos: np.ndarray
+    activation: np.ndarray
+    projection: np.ndarray
+
+    def frame(self, layer: int) -> pl.DataFrame:
+        """Long rows (example, pos, neuron) in that order."""
+        rows, d_mlp = self.activation.shape
+        return pl.DataFrame({
+            "example_id": np.repeat(self.example_id.astype(np.int64), d_mlp),
+            "pos": np.repeat(self.pos.astype(np.int64), d_mlp),
+            "layer": np.full(rows * d_mlp, layer, dtype=np.int64),
+            "neuron": np.tile(np.arange(d_mlp, dtype=np.int64), rows),
+            "activation": self.activation.reshape(-1),
+            "projection": self.projection.reshape(-1),
+        }, schema=SCHEMA)
+
+
+def projections(post: np.ndarray, readout: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """[row, d_mlp] float64 projections: post * readout * scale.
+
+    post: [row, d_mlp] activations; readout: [row, d_mlp] W_out[L, n] . d of each row's direction;
+    scale: [row] the LayerNorm (and attention) factors of each row.
+    """
+    return post.astype(np.float64) * readout * np.asarray(scale, dtype=np.float64)[:, None]
+
+
+class NeuronPlan:
+    """Everything a neuron query reads, resolved once; `stream()` yields a NeuronRows per chunk."""
+
+    def __init__(self, store: Any, layer: int, direction: Direction, head: tuple[int, int] | None,
+                 pos: Selector, answer: int, attention_weighted: bool, keep: np.ndarray | None) -> None:
+        self.store, self.layer, self.direction, self.head = store, layer, direction, head
+        self.pos, self.answer, self.attention_weighted, self.keep = pos, answer, attention_weighted, keep
+        self.weights = Weights.from_store(store)
+        ex = store.examples
+        n, a = ex.height, store.n_answers
+        self.ids = ex.get_column("example_id").to_numpy().astype(np.int64)
+        self.lengths = ex.get_column("length").to_numpy().astype(np.int64)
+
+        def matrix(col: str) -> np.ndarray:
+            return np.asarray(ex.select(pl.col(col).list.to_array(a)).to_series().to_numpy(),
+                              dtype=np.int64).reshape(n, a)
+
+        self.answer_pos = matrix("answer_positions")
+        self.width = int(store.manifest.width)
+        self.roles = Roles.from_tokens(store.tokens, n, self.width) if pos is not None else None
+        self.post_hook = f"blocks.{layer}.mlp.hook_post"
+        self.norm = self.weights.norm is not None
+        self.readout, self.target_of = self._readout(ex, n, a)
+
+    @classmethod
+    def build(cls, store: Any, layer: int, direction: DirectionSpec, through_head: Any, pos: Selector, *,
+              answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
+              where: pl.Expr | Mapping[str, Any] | None = None) -> "NeuronPlan":
+        """Validate the parameters against the store (one-line errors) and resolve them."""
+        cfg = store.config
+        n_layers, n_heads = int(cfg["n_layers"]), int(cfg["n_heads"])
+        if cfg.get("attn_only") or not cfg.get("d_mlp"):
+            raise InvalidParameterError(f"store {store.path}'s model is attention-only: it has no MLP neurons "
+                                        f"(stored hooks: {', '.join(store.hooks)})")
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
+            raise InvalidParameterError(f"neurons layer={layer!r}: expected an int in [0, {n_layers})")
+        layer = int(layer)
+        hook = f"blocks.{layer}.mlp.hook_post"
+        if hook not in store.hooks:
+            raise UnknownHookError(f"neurons needs {hook!r}, which store {store.path} does not hold (stored "
+                                   f"hooks: {', '.join(store.hooks)}); re-ingest with --hooks default")
+        if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < store.n_answers:
+            raise InvalidParameterError(f"neurons answer={answer!r}: expected an answer index in "
+                                        f"[0, {store.n_answers})")
+        dirn = parse_direction(direction, int(cfg["d_model"]), final_ln)
+        if dirn.kind == "diff" and store.examples.get_column("counter_tokens").null_count() == store.examples.height:
+            raise InvalidParameterError(f"direction 'diff' needs counterfactual tokens, and the examples of store "
+                                        f"{store.path} have none; use direction='answer' or a vector")
+        head = None
+        if through_head is not None:
+            head = parse_head(through_head, n_layers, n_heads)
+            if head[0] <= layer:
+                raise InvalidParameterError(f"through_head {head[0]}.{head[1]} must be in a later layer than the "
+                                            f"neurons (layer {layer}): a head reads only earlier layers' outputs")
+        elif attention_weighted:
+            raise InvalidParameterError("attention_weighted needs through_head (the head whose pattern weights)")
+        keep = example_filter(store.examples, where)
+        plan = cls(store, layer, dirn, head, pos, int(answer), bool(attention_weighted), keep)
+        plan._check_hooks()
+        return plan
+
+    def needed_hooks(self) -> list[str]:
+        hooks = [self.post_hook]
+        if self.norm and (self.direction.final_ln or self.head is not None):
+            if self.direction.final_ln:
+                hooks.append("ln_final.hook_scale")
+            if self.head is not None:
+                hooks.append(f"blocks.{self.head[0]}.ln1.hook_scale")
+        if self.attention_weighted and self.head is not None:
+            hooks.append(f"blocks.{self.head[0]}.attn.hook_pattern")
+        return hooks
+
+    def _check_hooks(self) -> None:
+        for name in self.needed_hooks():
+            if name not in self.store.hooks:
+                raise UnknownHookError(f"neurons needs {name!r}, which store {self.store.path} does not hold "
+                                       f"(stored hooks: {', '.join(self.store.hooks)})")
+
+    def _readout(self, ex: pl.DataFrame, n: int, a: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """[target, d_mlp] folded readouts and [example, answer] -> target index (None for a vector)."""
+        d = self.direction
+        if d.kind == "vector":
+            correct = counter = None
+            target_of = None
+        else:
+            tokens = np.asarray(ex.select(pl.col("answer_tokens").list.to_array(a)).to_series().to_numpy(),
+                                dtype=np.int64).reshape(n, a)
+            pairs = tokens[..., None]
+            if d.kind == "diff":
+                counter_m = np.asarray(ex.select(pl.col("counter_tokens").fill_null([-1] * a).list.to_array(a))
+                                       .to_series().to_numpy(), dtype=np.int64).reshape(n, a)
+                pairs = np.stack([tokens, counter_m], axis=-1)
+            uniq, inverse = np.unique(pairs.reshape(-1, pairs.shape[-1]), axis=0, return_inverse=True)
+            target_of = inverse.reshape(n, a)
+            correct = uniq[:, 0]
+            counter = uniq[:, 1] if d.kind == "diff" else None
+            if counter is not None and (counter < 0).any():
+                raise InvalidParameterError(f"direction 'diff': some examples of store {self.store.path} have no "
+                                            f"counterfactual token")
+        dirs = target_directions(self.weights, d, correct if correct is not None else np.zeros(0, np.int64), counter)
+        if self.head is not None:
+            dirs = pull_back(self.weights, dirs, *self.head)
+        return neuron_readout(self.weights, self.layer, dirs), target_of
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Selected rows of examples [start, stop): local example index, position, answer index [row]."""
+        if self.pos is None:
+            e, j = np.nonzero(np.ones((stop - start, self.answer_pos.shape[1]), dtype=bool))
+            p = self.answer_pos[start:stop][e, j]
+        else:
+            assert self.roles is not None
+            mask = select_positions(self.pos, self.lengths[start:stop], self.roles.codes[start:stop], self.roles,
+                                    self.width, "pos")
+            e, p = np.nonzero(mask)
+            j = np.full(e.size, self.answer)
+        if self.keep is not None:
+            ok = self.keep[start:stop][e]
+            e, p, j = e[ok], p[ok], j[ok]
+        return e, p, j
+
+    def stream(self) -> Iterator[NeuronRows]:
+        """NeuronRows of each committed chunk with selected rows, in example order."""
+        for start, stop in self.store.chunks():
+            e, p, j = self.rows(start, stop)
+            if e.size == 0:
+                continue
+            yield self.chunk_rows(start, stop, e, p, j)
+
+    def chunk_rows(self, start: int, stop: int, e: np.ndarray, p: np.ndarray, j: np.ndarray) -> NeuronRows:
+        post = self._at(self.post_hook, start, stop, e, p)  # [row, d_mlp]
+        q = self.answer_pos[start:stop][e, j]  # the position the direction is read at (through a head)
+        scale = np.ones(e.size)
+        if self.norm and self.head is not None:
+            scale /= self._at(f"blocks.{self.head[0]}.ln1.hook_scale", start, stop, e, p)[:, 0]
+        if self.norm and self.direction.final_ln:
+            scale /= self._at("ln_final.hook_scale", start, stop, e, q if self.head is not None else p)[:, 0]
+        if self.attention_weighted and self.head is not None:
+            scale *= self._pattern(start, stop, e, p, q, j)
+        readout = self.readout[0][None, :] if self.target_of is None else self.readout[self.target_of[start:stop][e, j]]
+        return NeuronRows(self.ids[start:stop][e], p, post.astype(np.float32, copy=False),
+                          projections(post, readout, scale))
+
+    def _at(self, hook: str, start: int, stop: int, e: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """A [example, pos, ...] hook's values at rows (e, p): [row, ...], mapping p to answers if needed."""
+        info = self.store.hook_info(hook)
+        arr = self.store.read(hook, start, stop)
+        if info.positions == "answer":
+            return arr[e, self._answer_index(hook, start, e, p)]
+        return arr[e, p]
+
+    def _pattern(self, start: int, stop: int, e: np.ndarray, p: np.ndarray, q: np.ndarray,
+                 j: np.ndarray) -> np.ndarray:
+        hook = f"blocks.{self.head[0]}.attn.hook_pattern"  # type: ignore[index]
+        arr = self.store.read(hook, start, stop)  # [example, head, query|answer, key]
+        qi = j if self.store.hook_info(hook).dims[2] == "answer" else q
+        return arr[e, self.head[1], qi, p].astype(np.float64)  # type: ignore[index]
+
+    def _answer_index(self, hook: str, start: int, e: np.ndarray, p: np.ndarray) -> np.ndarray:
+        ans = self.answer_pos[start:][e]  # [row, answer]
+        hit = ans == p[:, None]
+        if not hit.any(axis=1).all():
+            r = int(np.argmin(hit.any(axis=1)))
+            raise InvalidParameterError(f"neurons pos={self.pos!r}: store {self.store.path} holds {hook} at the "
+                                        f"answer positions only, and example {start + int(e[r])}'s position "
+                                        f"{int(p[r])} is not one; use pos=None or re-ingest with --hooks {hook}:all")
+        return np.argmax(hit, axis=1)
