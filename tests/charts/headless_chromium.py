@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -38,16 +39,29 @@ class Chromium:
         self.proc = subprocess.Popen(
             [str(CHROMIUM), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        port = self._devtools_port()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            target = json.load(r)
-        self.ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
+        self.ws = None
         self._id = 0
         self.errors: list[str] = []
         self.requests: list[str] = []
-        for domain in ("Runtime", "Log", "Page", "Network"):
-            self.call(f"{domain}.enable")
+        try:
+            port = self._devtools_port()
+            # keep draining chromium's stderr so a chatty browser never blocks on a full pipe
+            threading.Thread(target=self._drain, daemon=True).start()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                target = json.load(r)
+            self.ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout,
+                                                  suppress_origin=True)
+            for domain in ("Runtime", "Log", "Page", "Network"):
+                self.call(f"{domain}.enable")
+        except BaseException:
+            self.close()
+            raise
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for _ in self.proc.stderr:
+            pass
 
     def _devtools_port(self) -> int:
         deadline = time.monotonic() + self.timeout
@@ -110,7 +124,8 @@ class Chromium:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            if self.ws is not None:
+                self.ws.close()
         finally:
             self.proc.terminate()
             try:
