@@ -12,13 +12,14 @@ import altair as alt
 import polars as pl
 
 from actstore.charts import style
-from actstore.charts.tables import require_columns
+from actstore.charts.tables import check_split, require_columns
 
 # columns of meta/examples that are not labels
 BASE_COLUMNS = frozenset({
     "example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens", "counter_tokens",
 })
-MAX_GROUPS = 12  # labels with more distinct values (operands, sums) are not grouped by
+MAX_GROUPS = 12  # labels with more distinct values (operands, sums) are not grouped by by default
+MAX_BARS = 60    # bars of one label in the chart (an explicit by= may ask for more than MAX_GROUPS)
 
 
 def label_columns(examples: pl.DataFrame, max_groups: int = MAX_GROUPS) -> list[str]:
@@ -73,6 +74,8 @@ def accuracy_table(outputs: pl.DataFrame, examples: pl.DataFrame, by: Sequence[s
 def accuracy_bars(table: pl.DataFrame) -> alt.FacetChart:
     """Accuracy per value of each label (one panel per label), from `accuracy_table`."""
     require_columns(table, ["label", "value", "accuracy", "examples"], "accuracy_bars")
+    for label, part in table.group_by("label"):
+        check_split(part, "value", str(label[0]), "accuracy_bars", limit=MAX_BARS)
     order = table.get_column("label").unique(maintain_order=True).to_list()
     base = alt.Chart(table).mark_bar().encode(
         x=alt.X("value:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30)),

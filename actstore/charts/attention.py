@@ -16,7 +16,7 @@ import altair as alt
 import polars as pl
 
 from actstore.charts import style
-from actstore.charts.tables import Z95, join_labels, require_columns, role_label, summarise
+from actstore.charts.tables import Z95, check_split, join_labels, require_columns, role_label, summarise
 from actstore.errors import InvalidParameterError
 
 MAX_PANELS = 48  # heads drawn in one chart; pass heads= to choose
@@ -179,6 +179,7 @@ def attention_role_bars(
         else:
             require_columns(rows, [by], "attention_role_bars")
         rows = rows.with_columns(pl.col(by).cast(pl.String).fill_null("none").alias("split"))
+        check_split(rows, "split", by, "attention_role_bars")
     split = ["split"] if by is not None else []
     if raw:
         summary = role_summary(rows, split=split[0] if split else None)

@@ -14,6 +14,7 @@ import polars as pl
 
 from actstore.charts import style
 from actstore.charts.tables import (
+    check_split,
     component_order,
     join_labels,
     pick_target,
@@ -171,6 +172,7 @@ def component_bars_by(
             split = pl.when(pl.col("answer_idx") == idx).then(_label_text(table, col, generic=True)).otherwise(split)
         table = table.with_columns(split=split)
         split_title = label_title or "label"
+    check_split(table, "split", by if isinstance(by, str) else split_title, "component_bars_by")
     table, facet = _with_answer(table, True)
     summary = summarise(table, [*facet, "split", "component"])
     order = _top_components(summary, top)

@@ -11,10 +11,9 @@ import altair as alt
 import polars as pl
 
 from actstore.charts import style
-from actstore.charts.tables import join_labels, pick_target, require_columns, summarise
+from actstore.charts.tables import check_split, join_labels, pick_target, require_columns, summarise
 from actstore.errors import InvalidParameterError
 
-MAX_LINES = 12
 
 
 def stage_label() -> pl.Expr:
@@ -60,10 +59,7 @@ def logit_lens_lines(
     else:
         table = table.with_columns(line=pl.lit("all examples"))
         line_title = "Examples"
-    n_lines = table.get_column("line").n_unique()
-    if n_lines > MAX_LINES:
-        raise InvalidParameterError(
-            f"logit_lens_lines: {n_lines} lines (max {MAX_LINES}); split by a label with fewer values")
+    check_split(table, "line", by or "answer_idx", "logit_lens_lines")
     summary = summarise(table, ["line", "point"])
     y_title = "Logit difference" if tname == "diff" else "Correct-token logit"
     x = alt.X("point:N", sort=order, title="Residual stream stage", axis=alt.Axis(labelAngle=-45))

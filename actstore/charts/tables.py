@@ -55,6 +55,18 @@ def join_labels(table: pl.DataFrame, examples: pl.DataFrame, labels: Sequence[st
     return table.join(examples.select("example_id", *wanted), on="example_id", how="left")
 
 
+MAX_SPLITS = 12  # label values one chart splits by (bars side by side, panels, lines)
+
+
+def check_split(table: pl.DataFrame, column: str, label: str, what: str, limit: int = MAX_SPLITS) -> None:
+    """Raise InvalidParameterError if `column` (the values of label `label`) has more than `limit` values."""
+    n = table.get_column(column).n_unique()
+    if n > limit:
+        raise InvalidParameterError(
+            f"{what}: label {label!r} has {n} values, too many to split a chart by (max {limit}); "
+            f"pick a label with fewer values")
+
+
 def summarise(table: pl.DataFrame, keys: Sequence[str], value: str = "value") -> pl.DataFrame:
     """Group means of `value` by `keys`: keys + mean, std, n, ci_low, ci_high (95%, normal approx).
 

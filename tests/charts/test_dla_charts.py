@@ -103,3 +103,8 @@ def test_errors_name_the_problem(run):
         component_bars_by(run.dla, run.examples, "no_such_label")
     with pytest.raises(InvalidParameterError, match="by='head'"):
         dla_heatmap(run.dla.filter(pl.col("head").is_null()))
+
+
+def test_split_by_a_label_with_too_many_values(run):
+    with pytest.raises(InvalidParameterError, match="label 'sum' has .* values, too many"):
+        component_bars_by(run.dla, run.examples, "sum")

@@ -83,3 +83,8 @@ def test_errors_are_one_line(store_dirs, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_accuracy_by_a_label_with_too_many_values(store_dirs, tmp_path, capsys):
+    assert main(["chart", "accuracy", str(store_dirs["addition"]), "-o", str(tmp_path / "a.svg"), "--by", "a"]) == 2
+    assert "label 'a' has 64 values, too many" in capsys.readouterr().err
