@@ -53,3 +53,18 @@ def test_report_of_each_task_renders(stores, task, tmp_path):
     r = render(path, f"report-{task}")
     assert r.sections == len(titles)
     assert_all_rendered(r, min_charts=len(titles) - len(notes))
+
+
+def test_report_needs_no_model(stores, tmp_path):
+    """Building a report imports neither transformer_lens nor torch (a fresh interpreter checks)."""
+    import subprocess
+    import sys
+
+    store = stores("ioi")
+    code = ("import sys; from actstore import open_store; from actstore.charts.report import build_report; "
+            f"build_report(open_store({str(store.path)!r}), {str(tmp_path / 'r.html')!r}); "
+            "print(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "r.html").stat().st_size > 500_000
