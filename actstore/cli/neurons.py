@@ -1,0 +1,77 @@
+"""`actstore neurons`: MLP neuron activations and their outputs projected on a direction."""
+
+from __future__ import annotations
+
+import argparse
+
+from actstore.cli.attention import add_where_option, int_list, parse_where
+from actstore.cli.output import add_output_options, write_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "neurons", help="per-neuron activation and output projected on the answer, diff or a vector direction",
+        description="Each MLP neuron's activation (hook_post) and its output written onto a direction: the "
+                    "answer's unembedding (answer), correct minus counterfactual (diff) or a .npy vector of "
+                    "shape [d_model], with the stored LayerNorm scales; --through-head pulls the direction back "
+                    "through a later head's OV circuit (as in the brackets seed). Default rows: the answer "
+                    "positions. --top-k keeps the best rows per neuron; --correlate LABEL prints Pearson r per "
+                    "neuron against a numeric label instead.")
+    p.add_argument("store", help="store directory")
+    p.add_argument("--layer", default=None, metavar="L[,L...]", help="MLP layers (default: all)")
+    p.add_argument("--direction", default="answer", metavar="answer|diff|FILE.npy",
+                   help="direction to project on (default answer)")
+    p.add_argument("--through-head", default=None, metavar="LAYER.HEAD",
+                   help="pull the direction back through this head's OV (e.g. 2.0)")
+    p.add_argument("--attention-weighted", action="store_true",
+                   help="with --through-head: weight by the head's attention from the answer position to the row")
+    p.add_argument("--pos", default=None, metavar="SEL",
+                   help="positions or roles of the rows (default: the answer positions)")
+    p.add_argument("--answer", type=int, default=0, help="with --pos: which answer's tokens/position to read (0)")
+    p.add_argument("--final-ln", action="store_true", help="a vector direction reads the final LayerNorm scale too")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K best rows per neuron")
+    p.add_argument("--rank-by", choices=("projection", "activation", "-projection", "-activation"),
+                   default="projection", help="what --top-k ranks by ('-': smallest first)")
+    p.add_argument("--correlate", default=None, metavar="LABEL",
+                   help="print layer, neuron, r, n: Pearson r of each neuron's --value with this numeric label")
+    p.add_argument("--value", choices=("activation", "projection"), default="activation",
+                   help="what --correlate correlates (default activation)")
+    add_where_option(p)
+    add_output_options(p)
+    p.set_defaults(handler=run_neurons)
+
+
+def run_neurons(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from actstore.errors import InvalidParameterError
+    from actstore.query.directions import parse_head
+    from actstore.query.neuron_stats import neuron_correlation
+    from actstore.query.neurons import neurons
+    from actstore.query.selectors import parse_selector
+    from actstore.store import open_store
+
+    store = open_store(args.store)
+    cfg = store.config
+    if cfg.get("attn_only") or not cfg.get("d_mlp"):
+        raise InvalidParameterError(f"store {args.store}'s model is attention-only: it has no MLP neurons "
+                                    f"(stored hooks: {', '.join(store.hooks)})")
+    layers = int_list(args.layer, "--layer")
+    if not layers:  # every layer (before the head, with --through-head)
+        last = int(cfg["n_layers"])
+        if args.through_head is not None:
+            last = parse_head(args.through_head, last, int(cfg["n_heads"]))[0]
+        layers = list(range(last))
+    if args.correlate is None and args.value != "activation":
+        raise InvalidParameterError("--value applies to --correlate only")
+    common = dict(direction=args.direction, through_head=args.through_head, pos=parse_selector(args.pos),
+                  answer=args.answer, final_ln=True if args.final_ln else None,
+                  attention_weighted=args.attention_weighted, where=parse_where(args.where))
+    if args.correlate is not None:
+        if args.top_k is not None:
+            raise InvalidParameterError("--top-k and --correlate do not combine; pick one")
+        frames = [neuron_correlation(store, layer, args.correlate, value=args.value, **common) for layer in layers]
+    else:
+        frames = [neurons(store, layer, top_k=args.top_k, rank_by=args.rank_by, **common) for layer in layers]
+    write_table(pl.concat(frames), args)
+    return 0
