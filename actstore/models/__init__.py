@@ -1,0 +1,30 @@
+"""The model zoo and model loading: the only part of actstore (with ingest) that imports TransformerLens.
+
+- `load_model(spec)`: a processed HookedTransformer from `zoo:NAME`, a local GPT-2 checkpoint
+  directory, an `actstore train` output, or a TransformerLens pretrained name (cached only).
+- `processing_of(model)`, `model_config_dict(model)`: what a store's manifest records.
+- `evaluate(model, task, n, seed)`: accuracy on fresh examples, overall and by label.
+- `train(name)`: rebuild a zoo model's weights (`actstore train NAME`).
+"""
+
+from __future__ import annotations
+
+from actstore.models.backend import model_config_dict, processing_of
+from actstore.models.evaluate import evaluate
+from actstore.models.load import load_model
+from actstore.models.zoo import TRAIN_SEED_BASE, ZOO, zoo_names
+
+
+def train(name: str, **kwargs):  # noqa: ANN201 - see actstore.models.train.train
+    """Train zoo model `name` (see actstore.models.train.train for the options)."""
+    from actstore.models.train import train as _train
+
+    return _train(name, **kwargs)
+
+
+# the names ingest looks for
+config_dict = model_config_dict
+describe_processing = processing_of
+
+__all__ = ["TRAIN_SEED_BASE", "ZOO", "config_dict", "describe_processing", "evaluate", "load_model",
+           "model_config_dict", "processing_of", "train", "zoo_names"]
