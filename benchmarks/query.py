@@ -41,12 +41,11 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 import actstore  # noqa: E402
-from actstore.datasets import get_task  # noqa: E402
 from actstore.query import dla  # noqa: E402
 from actstore.query.attribution import required_hooks  # noqa: E402
 from actstore.query.readout import Weights  # noqa: E402
 
-ZOO_TASKS = {"zoo:addition": "addition", "zoo:list_update": "list_update", "zoo:brackets": "brackets", "zoo:lm": "ioi"}
+ZOO_MODELS = ("zoo:addition", "zoo:list_update", "zoo:brackets", "zoo:lm")  # each on its (first) training task
 
 
 def gpt2_small_shape():
@@ -116,13 +115,12 @@ def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-unt
     return np.concatenate(out)
 
 
-def measure(label: str, model, task: str, n: int, repeats: int, tl_repeats: int,  # type: ignore[no-untyped-def]
-            tmp: Path) -> str:
+def measure(label: str, model, task: str, params: dict | None, n: int, repeats: int,  # type: ignore[no-untyped-def]
+            tl_repeats: int, tmp: Path) -> str:
     out = tmp / label.replace(":", "_")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    store = actstore.ingest(task, model, n, 0, out, quiet=True, model_spec=label,
-                            task_params={"max_len": 40} if task == "brackets" else None)
+    store = actstore.ingest(task, model, n, 0, out, quiet=True, model_spec=label, task_params=params)
     ingest_s = time.perf_counter() - t0
     target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
     cold_s, table = best(lambda: dla(store, by="head", target=target), 1)  # reads the weights, folds them
@@ -170,23 +168,24 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = args.models.split(",")
-    zoo = [s for s in ZOO_TASKS if "zoo" in wanted or s in wanted]
+    zoo = [s for s in ZOO_MODELS if "zoo" in wanted or s in wanted]
     tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="actstore-qbench-"))
     print(f"# torch={torch.__version__} cores={os.cpu_count()} threads={torch.get_num_threads()}; "
           "per-head DLA from the store vs recomputed with TransformerLens (CPU)")
     for spec in (["gpt2"] if "gpt2" in wanted else []) + zoo:
         try:
             if spec == "gpt2":
-                model, task, label, n = gpt2_small_shape(), "ioi", "gpt2-small-shape", args.n
+                model, task, params, label, n = gpt2_small_shape(), "ioi", None, "gpt2-small-shape", args.n
             else:
-                from actstore.models import load_model
+                from actstore.models import ZOO, load_model
 
-                model, task, label, n = load_model(spec), ZOO_TASKS[spec], spec, args.n_zoo
+                task, params = ZOO[spec.removeprefix("zoo:")].tasks[0]
+                model, label, n = load_model(spec), spec, args.n_zoo
         except Exception as e:  # noqa: BLE001 - a missing zoo model skips its line
             print(f"{spec:<16} skipped: {type(e).__name__}: {e}")
             continue
         model.to("cpu").eval()
-        print(measure(label, model, task, n, args.repeats, args.tl_repeats, tmp), flush=True)
+        print(measure(label, model, task, params, n, args.repeats, args.tl_repeats, tmp), flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

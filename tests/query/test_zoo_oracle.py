@@ -13,29 +13,31 @@ import actstore
 from actstore.datasets import get_task
 from actstore.query import breakdown, dla
 
-ZOO = {"zoo:addition": ("addition", "carry_2"), "zoo:list_update": ("list_update", "idx"),
-       "zoo:brackets": ("brackets", "failure"), "zoo:lm": ("ioi", "order")}
+LABELS = {"zoo:addition": "carry_2", "zoo:list_update": "idx", "zoo:brackets": "failure", "zoo:lm": "order"}
 N = 48
 
 
 def load(spec: str):  # type: ignore[no-untyped-def]
+    """(model, task, task params) of a zoo model on its first task; skips while the zoo is not built."""
     try:
-        from actstore.models import load_model
+        from actstore.models import ZOO, load_model
     except ImportError:
         pytest.skip("actstore.models (the zoo) is not built yet")
     try:
-        return load_model(spec)
+        model = load_model(spec)
     except Exception as e:  # noqa: BLE001 - a zoo model not shipped yet
         pytest.skip(f"{spec} not available: {type(e).__name__}: {e}")
+    task, params = ZOO[spec.removeprefix("zoo:")].tasks[0]
+    return model, task, params
 
 
-@pytest.fixture(scope="module", params=list(ZOO))
+@pytest.fixture(scope="module", params=list(LABELS))
 def zoo(request, tmp_path_factory):
     spec = request.param
-    model = load(spec)
-    task, label = ZOO[spec]
+    model, task, params = load(spec)
+    label = LABELS[spec]
     store = actstore.ingest(task, model, N, 5, tmp_path_factory.mktemp(spec.replace(":", "_")) / "s",
-                            dtype="float32", chunk=32, quiet=True, model_spec=spec)
+                            dtype="float32", chunk=32, quiet=True, model_spec=spec, task_params=params)
     data = get_task(task, **store.manifest.task_params).generate(N, 5, tokenizer=getattr(model, "tokenizer", None))
     return spec, model, store, run_batch(model, data), label
 
