@@ -29,13 +29,13 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.attention_stats import (
-    candidate_keys, merge_moments, partial_moments, raw_indices, row_entropy, selected_pairs, unit_masses)
+    GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
     "example_id": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "q_pos": pl.Int64, "k_pos": pl.Int64,
     "q_role": pl.String, "k_role": pl.String, "prob": pl.Float32}
-UNIT_COLUMNS = ("example_id", "q_pos", "q_role", "k_pos", "k_role")
+UNIT_COLUMNS = ("example_id", "q_pos", "q_role", "k_pos", "k_role")  # group columns that are not labels
 AGGREGATES = ("mean",)
 
 
@@ -72,23 +72,56 @@ def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int 
         frames = [f for f in frames if f.height]
         return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=RAW_SCHEMA)
     key_group = "pos" if "k_pos" in by_ else "role" if "k_role" in by_ else "all"
-    label_frame = store.examples.select("example_id", *labels) if labels else None
-    partials = []
+    groups = _Grouping(plan, layers_, heads_, by_)
+    parts = []
     for start, stop in plan.chunks():
-        for layer, hook in zip(layers_, hooks):
-            units = plan.units(layer, heads_, hook, start, stop, key_group, by_)
-            if units.height == 0:
-                continue
-            if label_frame is not None:
-                units = units.join(label_frame, on="example_id", how="left")
-            partials.append(partial_moments(units, ["layer", "head", *by_]))
-    groups = ["layer", "head", *by_]
-    if not partials:
-        schema = {"layer": pl.Int64, "head": pl.Int64}
-        schema |= {c: (RAW_SCHEMA[c] if c in RAW_SCHEMA else store.examples.schema[c]) for c in by_}
-        return pl.DataFrame(schema=schema | {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64,
-                                             "entropy": pl.Float64})
-    return merge_moments(pl.concat(partials), groups).sort(groups, nulls_last=True)
+        for li, hook in enumerate(hooks):
+            codes, values, entropy = plan.units(li, heads_, hook, start, stop, key_group, by_, groups.label_codes)
+            if values.size:
+                parts.append(Moments.of(groups.keys.encode([codes[c] for c in groups.columns]), values, entropy))
+    return groups.frame(Moments.merge(parts) if parts else None)
+
+
+class _Grouping:
+    """The group columns (layer, head, *by) as integer codes, and the values each code stands for.
+
+    Codes follow the sort order of the values (nulls last), so the packed keys sort the groups.
+    """
+
+    def __init__(self, plan: "_Plan", layers: list[int], heads: list[int], by: list[str]) -> None:
+        self.columns = ["layer", "head", *by]
+        roles = pl.Series([*plan.roles.names, None], dtype=pl.String)
+        positions = pl.Series(np.arange(plan.width), dtype=pl.Int64)
+        self.values: dict[str, pl.Series] = {"layer": pl.Series(layers, dtype=pl.Int64),
+                                             "head": pl.Series(heads, dtype=pl.Int64)}
+        self.label_codes: dict[str, np.ndarray] = {}
+        examples = plan.store.examples
+        for c in by:
+            if c in ("q_pos", "k_pos"):
+                self.values[c] = positions
+            elif c in ("q_role", "k_role"):
+                self.values[c] = roles
+            elif c == "example_id":
+                self.values[c] = pl.Series(plan.ids, dtype=pl.Int64)
+            else:  # a label: dense rank codes, nulls last
+                series = examples.get_column(c)
+                uniq = series.drop_nulls().unique().sort()
+                code = series.rank("dense").cast(pl.Int64) - 1
+                self.label_codes[c] = code.fill_null(uniq.len()).to_numpy()
+                self.values[c] = pl.concat([uniq, pl.Series([None], dtype=series.dtype)]) if series.null_count() \
+                    else uniq
+        self.keys = GroupKeys([self.values[c].len() for c in self.columns], f"attention by={by}")
+
+    def frame(self, moments: Moments | None) -> pl.DataFrame:
+        """group columns, mean, std, n, entropy: one row per group, sorted by the group columns."""
+        stats = {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64, "entropy": pl.Float64}
+        if moments is None:
+            return pl.DataFrame(schema={c: self.values[c].dtype for c in self.columns} | stats)
+        cols = {c: self.values[c].gather(code).alias(c) for c, code in zip(self.columns,
+                                                                           self.keys.decode(moments.keys))}
+        std = pl.Series("std", moments.std()).fill_nan(None)
+        return pl.DataFrame([*cols.values(), pl.Series("mean", moments.mean), std,
+                             pl.Series("n", moments.n, dtype=pl.Int64), pl.Series("entropy", moments.entropy())])
 
 
 class _Plan:
@@ -149,7 +182,7 @@ class _Plan:
             patterns.append(pattern)
         stacked = np.stack(patterns, axis=1)  # [example, layer, head, query, key]
         del patterns
-        cand = candidate_keys(q_pos, self.lengths[start:stop], self.width, self.causal)
+        cand = candidate_keys(q_pos, self.lengths[start:stop][:, None], self.width, self.causal)
         pairs = selected_pairs(q_sel, self.k_mask[start:stop], cand)
         e, li, hi, qi, k = raw_indices(pairs, len(layers), len(heads))
         qp = q_pos[e, qi]
@@ -161,34 +194,40 @@ class _Plan:
             "prob": stacked[e, li, hi, qi, k].astype(np.float32),
         }, schema=RAW_SCHEMA)
 
-    def units(self, layer: int, heads: list[int], hook: str, start: int, stop: int, key_group: str,
-              by: list[str]) -> pl.DataFrame:
-        """One row per unit of one chunk and layer: layer, head, the unit columns `by` needs, value, entropy."""
+    def units(self, li: int, heads: list[int], hook: str, start: int, stop: int, key_group: str, by: list[str],
+              label_codes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The units of one chunk and layer: group column codes (see _Grouping), value, entropy [unit].
+
+        li: the layer's index among the queried layers (its code).
+        """
         pattern, q_pos, q_sel = self._read(hook, start, stop, heads)
-        lengths = self.lengths[start:stop]
-        cand = candidate_keys(q_pos, lengths, self.width, self.causal)
-        pairs = selected_pairs(q_sel, self.k_mask[start:stop], cand)
-        codes = self.roles.codes[start:stop]
-        mass, exists = unit_masses(pattern, pairs, key_group, key_roles=codes, n_roles=len(self.roles.names))
-        entropy = row_entropy(pattern, cand)  # [example, head, query]
-        e, h, qi, g = np.nonzero(np.broadcast_to(exists[:, None], mass.shape))
-        cols: dict[str, Any] = {"layer": np.full(e.size, layer, dtype=np.int64),
-                                "head": np.asarray(heads, dtype=np.int64)[h]}
+        e, qi = np.nonzero(q_sel)  # the selected query rows only, converted once
+        rows = np.moveaxis(pattern, 2, 1)[q_sel].astype(np.float64)  # [row, head, key], rows in (e, qi) order
+        del pattern
         qp = q_pos[e, qi]
-        if "example_id" in by or any(c not in ("q_pos", "q_role", "k_pos", "k_role") for c in by):
-            cols["example_id"] = self.ids[start:stop][e]
-        if "q_pos" in by:
-            cols["q_pos"] = qp.astype(np.int64)
-        if "q_role" in by:
-            cols["q_role"] = self.roles.strings(codes[e, qp])
-        if "k_pos" in by:
-            cols["k_pos"] = g.astype(np.int64)
-        if "k_role" in by:
-            role_code = codes[e, g] if key_group == "pos" else np.where(g == len(self.roles.names), -1, g)
-            cols["k_role"] = self.roles.strings(role_code)
-        cols["value"] = mass[e, h, qi, g]
-        cols["entropy"] = entropy[e, h, qi]
-        return pl.DataFrame(cols)
+        cand = candidate_keys(qp, self.lengths[start:stop][e], self.width, self.causal)  # [row, key]
+        pairs = cand & self.k_mask[start:stop][e]
+        codes = self.roles.codes[start:stop][e]  # [row, key]
+        n_roles = len(self.roles.names)
+        mass, exists = unit_masses(rows, pairs, key_group, key_roles=codes, n_roles=n_roles)
+        entropy = row_entropy(rows, cand)  # [row, head]
+        r, h, g = np.nonzero(np.broadcast_to(exists[:, None], mass.shape))
+        idx = start + e[r]  # row of the examples table
+        out: dict[str, np.ndarray] = {"layer": np.full(r.size, li), "head": h}
+        for c in by:
+            if c == "q_pos":
+                out[c] = qp[r]
+            elif c == "q_role":
+                out[c] = np.where(codes[r, qp[r]] < 0, n_roles, codes[r, qp[r]])
+            elif c == "k_pos":
+                out[c] = g
+            elif c == "k_role":
+                out[c] = np.where(codes[r, g] < 0, n_roles, codes[r, g]) if key_group == "pos" else g
+            elif c == "example_id":
+                out[c] = idx
+            else:
+                out[c] = label_codes[c][idx]
+        return out, mass[r, h, g], entropy[r, h]
 
 
 def _indices(value: int | Sequence[int] | None, count: int, what: str) -> list[int]:
