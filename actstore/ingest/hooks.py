@@ -36,10 +36,16 @@ _D_MODEL = ("pos", "d_model")  # resid_*, attn_out, mlp_out, embed, pos_embed, n
 
 @dataclass(frozen=True)
 class HookChoice:
-    """A hook to store and its positions ('all' | 'answer')."""
+    """A hook to store and its positions ('all' | 'answer').
+
+    explicit: named in full by the user (an error if it never fires), rather than picked by
+    'default' or a short form (then dropped if the model never runs it, e.g. ln2 of an
+    attention-only model).
+    """
 
     name: str
     positions: str
+    explicit: bool = False
 
 
 def default_hooks(hook_names: Iterable[str]) -> list[str]:
@@ -56,16 +62,20 @@ def resolve_hooks(requested: Iterable[str] | None, hook_names: list[str], positi
     if positions not in POSITIONS:
         raise InvalidParameterError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     chosen: dict[str, str] = {}
+    explicit: set[str] = set()
     for item in (list(requested) if requested is not None else ["default"]):
         name, sep, pos = str(item).strip().partition(":")
         if sep and pos not in POSITIONS:
             raise InvalidParameterError(f"hook {item!r}: position suffix must be ':all' or ':answer'")
         for hook in _expand(name, hook_names):
             chosen[hook] = pos or chosen.get(hook, positions)
+        if name in hook_names:
+            explicit.add(name)
     if not chosen:
         raise InvalidParameterError("no hooks selected; pass --hooks NAME ... or leave it out for the defaults")
     order = {h: i for i, h in enumerate(hook_names)}
-    return [HookChoice(h, "all" if h.endswith("hook_scale") else chosen[h]) for h in sorted(chosen, key=order.get)]
+    return [HookChoice(h, "all" if h.endswith("hook_scale") else chosen[h], h in explicit)
+            for h in sorted(chosen, key=order.get)]
 
 
 def _expand(name: str, hook_names: list[str]) -> list[str]:

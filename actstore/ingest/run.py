@@ -117,6 +117,8 @@ def ingest(
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
                                         [c.name for c in choices], dtype)
     infos = _hook_infos(choices, shapes, data, dtype)
+    if not infos:
+        raise InvalidParameterError(f"none of the hooks {', '.join(hooks or ['default'])} runs in this model")
     if chunk is None:
         chunk = _auto_chunk(infos, n)
     manifest = Manifest(
@@ -262,6 +264,8 @@ def _hook_infos(choices: list, shapes: dict[str, tuple[int, ...]], data: TaskDat
     infos = []
     for c in choices:
         shape = shapes.get(c.name)
+        if shape is None and not c.explicit:
+            continue  # picked by 'default' or a short form, but this model never runs it
         if shape is None:
             raise InvalidParameterError(f"hook {c.name!r} did not fire in a forward pass; it cannot be stored")
         dims = hook_dims(c.name, 1 + len(shape))

@@ -276,3 +276,14 @@ def test_a_second_concurrent_ingest_is_refused(tmp_path, models):
     finally:
         os.close(fd)
     assert actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True).n_examples == 20
+
+
+def test_hooks_a_model_never_runs(tmp_path):
+    model = tiny_model("attn_only_ln")
+    assert "blocks.0.ln2.hook_scale" in model.hook_dict
+    store = actstore.ingest("addition", model, 10, 0, tmp_path / "s", quiet=True)  # default set: ln2 dropped
+    assert "blocks.0.ln2.hook_scale" not in store.hooks and "blocks.0.ln1.hook_scale" in store.hooks
+    assert store.manifest.decomposition["status"] == "ok"
+    with pytest.raises(InvalidParameterError, match="'blocks.0.ln2.hook_scale' did not fire"):
+        actstore.ingest("addition", model, 10, 0, tmp_path / "t", hooks=["z", "blocks.0.ln2.hook_scale"], quiet=True)
+    assert not (tmp_path / "t").exists()

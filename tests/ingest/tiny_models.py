@@ -20,6 +20,9 @@ SHAPES = {
     # list_update-like: attention-only, no LayerNorm, shortformer positions
     "list_update": dict(n_layers=2, n_heads=1, d_model=32, d_head=32, n_ctx=16, d_vocab=52, attn_only=True,
                         normalization_type=None, positional_embedding_type="shortformer"),
+    # the zoo's addition: attention-only with LayerNorm (TransformerLens keeps an ln2 that never runs)
+    "attn_only_ln": dict(n_layers=2, n_heads=3, d_model=48, d_head=16, n_ctx=14, d_vocab=12, d_vocab_out=10,
+                         attn_only=True, normalization_type="LN"),
     # brackets-like: bidirectional, LayerNorm, 2 output classes, right-padded inputs
     "brackets": dict(n_layers=3, n_heads=2, d_model=24, d_head=12, d_mlp=24, n_ctx=42, d_vocab=5, d_vocab_out=2,
                      act_fn="relu", normalization_type="LN", attention_dir="bidirectional"),
