@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from typing import Any
+
+import polars as pl
 
 from actstore.cli.output import add_output_options, write_table
 
@@ -61,14 +64,78 @@ def int_list(text: str | None, what: str) -> list[int] | None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from actstore.query.attention import attention
+    from actstore.query.attention import RAW_SCHEMA, attention, attention_frames
     from actstore.query.selectors import parse_selector
     from actstore.store import open_store
 
     store = open_store(args.store)
     by = [c.strip() for c in args.by.split(",") if c.strip()] if args.by else None
-    table = attention(store, layers=int_list(args.layers, "--layers"), heads=int_list(args.heads, "--heads"),
-                      query=parse_selector(args.query), key=parse_selector(args.key), aggregate=args.aggregate,
-                      by=by, where=parse_where(args.where))
-    write_table(table, args)
+    common = dict(layers=int_list(args.layers, "--layers"), heads=int_list(args.heads, "--heads"),
+                  query=parse_selector(args.query), key=parse_selector(args.key), where=parse_where(args.where))
+    if args.aggregate is None and not by:  # raw rows: streamed, the table may not fit in memory
+        write_frames(attention_frames(store, **common), pl.DataFrame(schema=RAW_SCHEMA), args)
+    else:
+        write_table(attention(store, aggregate=args.aggregate, by=by, **common), args)
     return 0
+
+
+def write_frames(frames: Iterable[pl.DataFrame], empty: pl.DataFrame, args: argparse.Namespace) -> None:
+    """Write a table that arrives chunk by chunk, as write_table would write it whole.
+
+    CSV, JSON lines and Parquet are written as the chunks come (memory holds one chunk), to -o
+    FILE through a temporary file, or to stdout; 'table' and --limit collect (up to --limit rows).
+    """
+    import sys
+    from pathlib import Path
+
+    from actstore.errors import InvalidParameterError
+
+    out = Path(args.output) if args.output else None
+    fmt = args.format or ({".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(out.suffix, "csv") if out
+                          else "table" if sys.stdout.isatty() else "csv")
+    if fmt == "table" or args.limit is not None:
+        got, n = [], 0
+        for frame in frames:
+            got.append(frame)
+            n += frame.height
+            if args.limit is not None and n >= args.limit:
+                break
+        write_table(pl.concat(got) if got else empty, args)
+        return
+    if fmt == "parquet" and out is None:
+        raise InvalidParameterError("--format parquet needs -o FILE (Parquet is binary)")
+    if out is not None and not out.parent.exists():
+        raise InvalidParameterError(f"output directory {str(out.parent)!r} does not exist")
+    tmp = out.with_name(out.name + ".tmp") if out is not None else None
+    rows = 0
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        writer = None
+        try:
+            for frame in frames:
+                table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+                rows += frame.height
+            if writer is None:
+                empty.write_parquet(tmp)
+        finally:
+            if writer is not None:
+                writer.close()
+    else:
+        sink = open(tmp, "w", encoding="utf-8") if tmp is not None else sys.stdout
+        try:
+            first = True
+            for frame in frames:
+                sink.write(frame.write_csv(include_header=first) if fmt == "csv" else frame.write_ndjson())
+                first = False
+                rows += frame.height
+            if first and fmt == "csv":
+                sink.write(empty.write_csv())
+        finally:
+            if tmp is not None:
+                sink.close()
+    if out is not None and tmp is not None:
+        tmp.replace(out)
+        print(f"wrote {rows} rows to {out}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from actstore.cli.attention import add_where_option, int_list, parse_where
+from actstore.cli.attention import add_where_option, int_list, parse_where, write_frames
 from actstore.cli.output import add_output_options, write_table
 
 
@@ -47,7 +47,7 @@ def run_neurons(args: argparse.Namespace) -> int:
     from actstore.errors import InvalidParameterError
     from actstore.query.directions import parse_head
     from actstore.query.neuron_stats import neuron_correlation
-    from actstore.query.neurons import neurons
+    from actstore.query.neurons import SCHEMA, NeuronPlan, neuron_frames, neurons
     from actstore.query.selectors import parse_selector
     from actstore.store import open_store
 
@@ -71,7 +71,13 @@ def run_neurons(args: argparse.Namespace) -> int:
         if args.top_k is not None:
             raise InvalidParameterError("--top-k and --correlate do not combine; pick one")
         frames = [neuron_correlation(store, layer, args.correlate, value=args.value, **common) for layer in layers]
-    else:
+    elif args.top_k is not None:
         frames = [neurons(store, layer, top_k=args.top_k, rank_by=args.rank_by, **common) for layer in layers]
+    else:  # every row: streamed, the table may not fit in memory
+        for layer in layers:  # validate every layer before writing anything
+            NeuronPlan.build(store, layer, **common)
+        write_frames((f for layer in layers for f in neuron_frames(store, layer, **common)),
+                     pl.DataFrame(schema=SCHEMA), args)
+        return 0
     write_table(pl.concat(frames), args)
     return 0

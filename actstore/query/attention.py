@@ -21,7 +21,7 @@ Streams one chunk and one layer at a time; aggregation keeps only per-group mome
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,41 @@ def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int 
     by:            group columns besides layer and head (see the module docstring).
     where:         keep only examples matching this (Polars expression or {label: value(s)}).
     """
+    layers_, heads_, by_, hooks = _check(store, layers, heads, aggregate, by)
+    plan = _Plan(store, query, key, where)
+    if aggregate is None and not by_:
+        frames = list(_raw_frames(plan, layers_, heads_, hooks))
+        return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=RAW_SCHEMA)
+    key_group = "pos" if "k_pos" in by_ else "role" if "k_role" in by_ else "all"
+    groups = _Grouping(plan, layers_, heads_, by_)
+    parts = []
+    for start, stop in plan.chunks():
+        for li, hook in enumerate(hooks):
+            codes, values, entropy = plan.units(li, heads_, hook, start, stop, key_group, by_, groups.label_codes)
+            if values.size:
+                parts.append(Moments.of(groups.keys.encode([codes[c] for c in groups.columns]), values, entropy))
+    return groups.frame(Moments.merge(parts) if parts else None)
+
+
+def attention_frames(store: Any, layers: int | Sequence[int] | None = None,
+                     heads: int | Sequence[int] | None = None, query: Selector = None, key: Selector = None,
+                     where: pl.Expr | Mapping[str, Any] | None = None) -> Iterator[pl.DataFrame]:
+    """The raw rows of `attention(...)` one chunk at a time (bounded memory: for writing a table
+    too big to hold, e.g. to Parquet); concatenated they equal attention(store, ...)."""
+    layers_, heads_, _, hooks = _check(store, layers, heads, None, None)
+    yield from _raw_frames(_Plan(store, query, key, where), layers_, heads_, hooks)
+
+
+def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[str]) -> Iterator[pl.DataFrame]:
+    for start, stop in plan.chunks():
+        frame = plan.raw_chunk(layers, heads, hooks, start, stop)
+        if frame.height:
+            yield frame
+
+
+def _check(store: Any, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
+           aggregate: str | None, by: str | Sequence[str] | None) -> tuple[list[int], list[int], list[str], list[str]]:
+    """Validated layers, heads, by columns and the pattern hooks to read (one-line errors)."""
     cfg = store.config
     layers_ = _indices(layers, int(cfg["n_layers"]), "layers")
     heads_ = _indices(heads, int(cfg["n_heads"]), "heads")
@@ -66,20 +101,7 @@ def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int 
         if name not in store.hooks:
             raise UnknownHookError(f"attention needs {name!r}, which store {store.path} does not hold; "
                                    f"re-ingest with --hooks default (or add pattern)")
-    plan = _Plan(store, query, key, where)
-    if aggregate is None and not by_:
-        frames = [plan.raw_chunk(layers_, heads_, hooks, start, stop) for start, stop in plan.chunks()]
-        frames = [f for f in frames if f.height]
-        return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=RAW_SCHEMA)
-    key_group = "pos" if "k_pos" in by_ else "role" if "k_role" in by_ else "all"
-    groups = _Grouping(plan, layers_, heads_, by_)
-    parts = []
-    for start, stop in plan.chunks():
-        for li, hook in enumerate(hooks):
-            codes, values, entropy = plan.units(li, heads_, hook, start, stop, key_group, by_, groups.label_codes)
-            if values.size:
-                parts.append(Moments.of(groups.keys.encode([codes[c] for c in groups.columns]), values, entropy))
-    return groups.frame(Moments.merge(parts) if parts else None)
+    return layers_, heads_, by_, hooks
 
 
 class _Grouping:

@@ -61,9 +61,18 @@ def neurons(store: Any, layer: int, direction: DirectionSpec = "answer", through
         best = TopK(int(top_k), rank_by)
         for rows in plan.stream():
             best.add(rows)
-        return best.frame(layer)
-    frames = [rows.frame(layer) for rows in plan.stream()]
+        return best.frame(plan.layer)
+    frames = [rows.frame(plan.layer) for rows in plan.stream()]
     return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=SCHEMA)
+
+
+def neuron_frames(store: Any, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
+                  pos: Selector = None, **options: Any) -> Iterator[pl.DataFrame]:
+    """The rows of `neurons(...)` (without top_k) one chunk at a time, for tables too big to hold;
+    options: answer, final_ln, attention_weighted, where."""
+    plan = NeuronPlan.build(store, layer, direction, through_head, pos, **options)
+    for rows in plan.stream():
+        yield rows.frame(plan.layer)
 
 
 @dataclass

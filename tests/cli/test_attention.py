@@ -54,3 +54,24 @@ def test_errors_are_one_line(capsys, store_path):
     one_line_error(capsys, ["attention", str(store_path), "--layers", "one"], "--layers expects comma-separated")
     one_line_error(capsys, ["attention", str(store_path), "--by", "carry"], "'carry' is not a label")
     one_line_error(capsys, ["attention", str(store_path / "nope")], "nope")
+
+
+def test_streamed_outputs_and_limit(capsys, store_path, tmp_path):
+    """Raw rows are written chunk by chunk (three chunks here): CSV and JSON files hold the whole
+    table, --limit stops early, and an empty selection still writes a header."""
+    store = actstore.open_store(store_path)
+    want = attention(store, heads=[1], key="=")
+    assert len(list(store.chunks())) == 3
+    out = tmp_path / "a.csv"
+    assert main(["attention", str(store_path), "--heads", "1", "--key", "=", "-o", str(out)]) == 0
+    assert f"wrote {want.height} rows" in capsys.readouterr().err
+    got = pl.read_csv(out, schema_overrides={"prob": pl.Float32})
+    assert got.drop("prob").equals(want.drop("prob"))
+    np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-6)
+    js = tmp_path / "a.json"
+    assert main(["attention", str(store_path), "--heads", "1", "--key", "=", "-o", str(js)]) == 0
+    assert pl.read_ndjson(js).height == want.height
+    head = csv_out(capsys, ["attention", str(store_path), "--limit", "7", "--format", "csv"])
+    assert head.height == 7 and head["example_id"].to_list() == [0] * 7
+    empty = csv_out(capsys, ["attention", str(store_path), "--where", "sum=-1", "--format", "csv"])
+    assert empty.height == 0 and empty.columns == want.columns

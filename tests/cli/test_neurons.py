@@ -11,6 +11,7 @@ import pytest
 from test_sql import csv_out, one_line_error, tiny_addition_store
 
 import actstore
+from actstore.cli import main
 from actstore.query import neurons
 from actstore.query.neuron_stats import neuron_correlation
 
@@ -63,3 +64,13 @@ def test_errors_are_one_line(capsys, store_path, tmp_path):
                                                           d_vocab=12, attn_only=True, seed=0, device="cpu"))
     attn_only = actstore.ingest("addition", model, 4, 0, tmp_path / "attn", quiet=True, model_spec="tiny")
     one_line_error(capsys, ["neurons", str(attn_only.path)], "attention-only", "blocks.0.attn.hook_z")
+
+
+def test_streamed_parquet_equals_the_api(capsys, store_path, tmp_path):
+    store = actstore.open_store(store_path)
+    out = tmp_path / "n.parquet"
+    assert main(["neurons", str(store_path), "--pos", "=,c0", "--answer", "3", "-o", str(out)]) == 0
+    want = pl.concat([neurons(store, 0, pos=["=", "c0"], answer=3), neurons(store, 1, pos=["=", "c0"], answer=3)])
+    assert f"wrote {want.height} rows" in capsys.readouterr().err
+    assert pl.read_parquet(out).equals(want)
+    one_line_error(capsys, ["neurons", str(store_path), "--layer", "0,7"], "layer=7")
