@@ -42,13 +42,15 @@ def test_group_keys_refuse_overflow():
 
 def test_candidates_masses_and_entropy_by_hand():
     # one example of length 3 in a width-4 store, one head; query rows at positions 0..3
-    p = np.array([[1.0, 0, 0, 0], [0.25, 0.75, 0, 0], [0.5, 0.25, 0.25, 0], [0.9, 0.1, 0, 0]])[:, None]  # [row, head, key]
+    # [row, head, key]
+    p = np.array([[1.0, 0, 0, 0], [0.25, 0.75, 0, 0], [0.5, 0.25, 0.25, 0], [0.9, 0.1, 0, 0]])[:, None]
     q_pos = np.arange(4)
     cand = candidate_keys(q_pos, np.full(4, 3), 4, causal=True)  # [row, key]
     assert cand.astype(int).tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]]
     assert candidate_keys(q_pos, np.full(4, 3), 4, causal=False).sum() == 12
-    np.testing.assert_allclose(row_entropy(p, cand)[:3, 0],
-                               [0, -(0.25 * np.log(0.25) + 0.75 * np.log(0.75)), -(0.5 * np.log(0.5) + 0.5 * np.log(0.25))])
+    h1 = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    h2 = -(0.5 * np.log(0.5) + 0.5 * np.log(0.25))
+    np.testing.assert_allclose(row_entropy(p, cand)[:3, 0], [0, h1, h2])
     # selected_pairs on the [example, query, key] layout, then rows 1 and 2 (queries at positions 1, 2)
     q_sel = np.array([[False, True, True, False]])
     k_sel = np.array([[False, True, True, False]])  # keys 1 and 2

@@ -30,7 +30,8 @@ def batch(kind: str):  # type: ignore[no-untyped-def]
     return run_batch(tiny_model(kind), task_data(kind, N_EXAMPLES, seed=3))
 
 
-def neuron_stack(cache, layer: int, apply_ln: bool = False, ln_layer: int | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def neuron_stack(cache, layer: int, apply_ln: bool = False,  # type: ignore[no-untyped-def]
+                 ln_layer: int | None = None) -> torch.Tensor:
     """[neuron, example, pos, d_model] float64: TL's per-neuron outputs of one layer
     (get_neuron_results), optionally through a cached LayerNorm (apply_ln_to_stack: the final
     one, or layer `ln_layer`'s ln1)."""
@@ -45,7 +46,8 @@ def table_array(table: pl.DataFrame, column: str, rows: int, d_mlp: int) -> np.n
     return table[column].to_numpy().reshape(rows, d_mlp)
 
 
-def unembed_dirs(model, tokens: np.ndarray, counter: np.ndarray | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def unembed_dirs(model, tokens: np.ndarray,  # type: ignore[no-untyped-def]
+                 counter: np.ndarray | None = None) -> torch.Tensor:
     """[example, d_model] W_U columns (minus the counterfactual's)."""
     w_u = model.W_U.detach().double()
     d = w_u[:, torch.tensor(tokens)].T
@@ -128,7 +130,8 @@ def test_vector_direction_from_a_file(tiny_store, tmp_path):
                                atol=1e-5)
 
 
-def through_head_oracle(b, layer: int, head: tuple[int, int], p: int, q: int, d: torch.Tensor) -> np.ndarray:  # type: ignore[no-untyped-def]
+def through_head_oracle(b, layer: int, head: tuple[int, int], p: int, q: int,  # type: ignore[no-untyped-def]
+                        d: torch.Tensor) -> np.ndarray:
     """[example, neuron]: neuron outputs at key p, through head's ln1 (TL's apply_ln_to_stack at
     the head's layer) and OV, landing at query q, then the final LayerNorm, read on d [example, d_model]."""
     model, cache = b.model, b.cache
