@@ -16,7 +16,9 @@ carry. n counts units (a row with no selected key in a group makes no unit); ent
 entropy (nats) of the units' query rows over all their keys. by may also hold 'q_pos',
 'q_role', 'example_id' and any label column of the store's examples.
 
-Streams one chunk and one layer at a time; aggregation keeps only per-group moments.
+Aggregation reads one chunk and one layer at a time, only the selected query rows, and keeps
+only per-group moments. Raw rows (about 45 bytes each in memory) are built a chunk at a time;
+`attention_frames` yields them without holding the whole table (the CLI streams them to a file).
 """
 
 from __future__ import annotations

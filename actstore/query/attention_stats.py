@@ -2,14 +2,16 @@
 
 The pattern of a layer is [example, head, query, key_pos]; its query axis holds either every
 position (query entry i is position i) or the answer positions only (entry j is position
-answer_pos[e, j]), so every function takes `q_pos` [example, query], the position of each entry.
+answer_pos[e, j]), so callers pass `q_pos`, the position of each query entry. Aggregation works
+on the selected query *rows* gathered as [row, head, key_pos].
 
 A query row's candidate keys are its example's real positions (k < length) and, for a causal
 model, k <= q (later keys have probability 0 anyway). Selections of queries and keys are boolean
-masks (see selectors.py). Aggregation works on *units*: one per (example, head, query row, key
-group), its value the attention mass the row puts on the selected keys of that group (a single
-key position, all keys of one role, or all selected keys). Units reduce per chunk to mergeable
-moments (n, mean, M2, entropy sum) so a store of any size aggregates in one pass.
+masks (see selectors.py). Aggregation works on *units*: one per (query row, head, key group),
+its value the attention mass the row puts on the selected keys of that group (a single key
+position, all keys of one role, or all selected keys). Units reduce per chunk to mergeable
+moments per group key (n, mean, M2, entropy sum; `Moments`), so a store of any size aggregates
+in one pass; `GroupKeys` packs a group's column codes into one int64.
 """
 
 from __future__ import annotations
