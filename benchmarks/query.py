@@ -18,6 +18,7 @@ own task): ingests n examples (default hooks, float16), then measures, best of -
 Page cache is warm for both reads (the store was just written).
 
     python benchmarks/query.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--tl-repeats 1]
+                               [--untrained]   (zoo architectures with random weights until trained)
 
 Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.5.
 """
@@ -56,6 +57,22 @@ def gpt2_small_shape():
                                   n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0, device="cpu")
     model = HookedTransformer(cfg)
     model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    return model
+
+
+def untrained_zoo(name: str):  # type: ignore[no-untyped-def]
+    """A zoo architecture with random weights, processed as the zoo is (for timings before training)."""
+    from actstore.models import ZOO
+    from actstore.models.backend import build_model, load_weights
+    from actstore.models.zoo import tokenizer_for
+
+    spec = ZOO[name]
+    tok = tokenizer_for(spec)
+    cfg = dict(spec.config)
+    if tok is not None:
+        cfg["d_vocab"] = len(tok.get_vocab())
+    model = build_model(cfg, tokenizer=tok)
+    load_weights(model, {k: v.clone() for k, v in model.state_dict().items()}, process=True)
     return model
 
 
@@ -163,6 +180,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="interleaved raw-read / dla runs; the best of each is shown")
     p.add_argument("--tl-repeats", type=int, default=1, help="TransformerLens runs (the best is shown)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--untrained", action="store_true",
+                   help="zoo architectures with random weights where trained ones are not installed")
     p.add_argument("--dir", default=None, help="where to write the stores (default: a temporary directory)")
     args = p.parse_args()
     if args.threads:
@@ -180,7 +199,13 @@ def main() -> int:
                 from actstore.models import ZOO, load_model
 
                 task, params = ZOO[spec.removeprefix("zoo:")].tasks[0]
-                model, label, n = load_model(spec), spec, args.n_zoo
+                label, n = spec, args.n_zoo
+                try:
+                    model = load_model(spec)
+                except Exception:
+                    if not args.untrained:
+                        raise
+                    model, label = untrained_zoo(spec.removeprefix("zoo:")), f"{spec}(untrained)"
         except Exception as e:  # noqa: BLE001 - a missing zoo model skips its line
             print(f"{spec:<16} skipped: {type(e).__name__}: {e}")
             continue

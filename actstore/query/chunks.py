@@ -208,7 +208,8 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
             )
             del loaded
             yield chunk
-            release_freed_memory()
+            if k + 1 < len(ranges):  # (after the last chunk the query is about done with memory)
+                release_freed_memory()
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
