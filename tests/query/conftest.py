@@ -16,16 +16,6 @@ from query_models import SHAPES, tiny_model
 N_EXAMPLES, CHUNK = 40, 16
 
 
-def hooks_of(model) -> list[str]:  # type: ignore[no-untyped-def]
-    """The default hooks and resid_post (an attention-only model's ln2 hook never fires: not asked for)."""
-    from actstore.ingest.hooks import default_hooks
-
-    names = default_hooks(list(model.hook_dict))
-    if model.cfg.attn_only:
-        names = [n for n in names if ".ln2." not in n]
-    return [*names, "resid_post"]
-
-
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Callable[..., object]:
     import actstore
@@ -37,8 +27,7 @@ def tiny_store(tmp_path_factory) -> Callable[..., object]:
         if key not in made:
             task = SHAPES[kind][0]
             path = tmp_path_factory.mktemp(f"{kind}-{dtype}") / "store"
-            model = tiny_model(kind)
-            actstore.ingest(task, model, N_EXAMPLES, 3, path, hooks=hooks_of(model),
+            actstore.ingest(task, tiny_model(kind), N_EXAMPLES, 3, path, hooks=["default", "resid_post"],
                             dtype=dtype, chunk=CHUNK, batch=8, quiet=True,
                             task_params={"max_len": 40} if task == "brackets" else None)
             made[key] = path
