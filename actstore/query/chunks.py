@@ -68,14 +68,22 @@ def pos_axis(dims: Sequence[str]) -> int:
 def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray:
     """A hook's value at each example's answer positions: the pos axis becomes [answer].
 
-    array: [example, ..., pos, ...] with axis names `dims`; returned unchanged if already 'answer'.
+    array: [example, ..., pos, ...] with axis names `dims`; returned unchanged if already 'answer',
+           else as a new array (never a view of `array`, so that a big chunk can be freed)
     answer_pos: [example, answer]
     """
     axis = pos_axis(dims)
     if dims[axis] == "answer":
         return array
     moved = np.moveaxis(array, axis, 1)  # [example, pos, ...]
-    picked = moved[np.arange(array.shape[0])[:, None], answer_pos]  # [example, answer, ...]
+    if answer_pos.shape[0] and (answer_pos == answer_pos[:1]).all():  # the same positions in every example
+        cols = answer_pos[0]
+        if (np.diff(cols) == 1).all():  # a contiguous run (a slice copies much faster than fancy indexing)
+            picked = moved[:, int(cols[0]):int(cols[-1]) + 1].copy()
+        else:
+            picked = moved[:, cols]
+    else:
+        picked = moved[np.arange(array.shape[0])[:, None], answer_pos]  # [example, answer, ...]
     return np.moveaxis(picked, 1, axis)
 
 
