@@ -5,7 +5,7 @@ its own task), prints: bare forward time over the same batches, ingest time (the
 plus writing, until the last commit; setup is reported apart), their ratio, MB/s written, and
 bytes on disk per stored activation value.
 
-    python benchmarks/ingest.py [--n 256] [--device auto] [--models gpt2,zoo:addition] [--repeats 2]
+    python benchmarks/ingest.py [--n 256] [--zoo-n 16384] [--device auto] [--models gpt2,zoo:addition]
 
 Targets: ratio <= 1.10 on a GPU, <= 1.5 on a CPU.
 """
@@ -46,6 +46,25 @@ def gpt2_small_shape(device: str):
     return model
 
 
+def zoo_model(spec: str):
+    """The zoo model, or (while its trained weights are not installed) its architecture with random weights."""
+    from actstore.errors import ModelUnavailableError
+    from actstore.models import load_model
+
+    try:
+        return load_model(spec)
+    except ModelUnavailableError:
+        from actstore.models.backend import build_model, load_weights
+        from actstore.models.zoo import model_config, tokenizer_for, zoo_spec
+
+        zs = zoo_spec(spec.removeprefix("zoo:"))
+        tok = tokenizer_for(zs)
+        model = build_model(model_config(zs, tok), tokenizer=tok)
+        load_weights(model, model.state_dict())
+        print(f"# {spec}: trained weights not installed; random weights, same architecture")
+        return model
+
+
 def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, device: torch.device) -> float:
     """Seconds for model forward over the batches ingest runs (same tokens, mask and batch edges)."""
     data = get_task(task).generate(n, seed, tokenizer=getattr(model, "tokenizer", None))
@@ -65,23 +84,25 @@ def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, de
         return time.perf_counter() - t
 
 
-def ingest_once(label: str, model, task: str, n: int, batch: int, device: torch.device, inline: bool, out: Path):
+def ingest_once(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device,
+                inline: bool, out: Path):
     shutil.rmtree(out, ignore_errors=True)
     stats: dict[str, float] = {}
-    store = actstore.ingest(task, model, n, 0, out, batch=batch, device=str(device), quiet=True,
+    store = actstore.ingest(task, model, n, 0, out, chunk=chunk, batch=batch, device=str(device), quiet=True,
                             model_spec=label, background=not inline, stats=stats)
     return store, stats
 
 
-def measure(label: str, model, task: str, n: int, batch: int, device: torch.device, repeats: int, tmp: Path) -> str:
+def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device, repeats: int,
+            tmp: Path) -> str:
     """Bare forward, threaded-writer ingest and inline ingest, interleaved `repeats` times; the best of each."""
     out = tmp / label.replace(":", "_")
     bare, thread, inline = [], [], []
     for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all three
-        store, stats = ingest_once(label, model, task, n, batch, device, False, out)
+        store, stats = ingest_once(label, model, task, n, chunk, batch, device, False, out)
         thread.append(stats)
         bare.append(bare_forward(model, task, n, 0, store.chunk_size, store.manifest.batch, device))
-        inline.append(ingest_once(label, model, task, n, batch, device, True, out)[1])
+        inline.append(ingest_once(label, model, task, n, chunk, batch, device, True, out)[1])
     best_bare = min(bare)
     t = min(thread, key=lambda s: s["loop_s"])
     i = min(inline, key=lambda s: s["loop_s"])
@@ -100,8 +121,12 @@ def measure(label: str, model, task: str, n: int, batch: int, device: torch.devi
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=256, help="examples per model (default 256)")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--n", type=int, default=256, help="examples for the GPT-2-small shape (default 256)")
+    p.add_argument("--zoo-n", type=int, default=16384, help="examples for each zoo model (default 16384)")
+    p.add_argument("--zoo-chunk", type=int, default=2048,
+                   help="chunk for the zoo models (default 2048: several chunks, so writing can overlap compute; "
+                        "their auto chunk would hold 8192 examples)")
+    p.add_argument("--batch", type=int, default=32, help="batch for the GPT-2-small shape (zoo models: 512)")
     p.add_argument("--device", default="auto")
     p.add_argument("--models", default="gpt2,zoo", help="comma list: gpt2, zoo (every zoo model) or zoo:NAME")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time of each is shown")
@@ -122,14 +147,14 @@ def main() -> int:
             if spec == "gpt2":
                 model, task, label = gpt2_small_shape(str(device)), "ioi", "gpt2-small-shape"
             else:
-                from actstore.models import load_model
-
-                model, task, label = load_model(spec), ZOO_TASKS[spec], spec
+                model, task, label = zoo_model(spec), ZOO_TASKS[spec], spec
         except Exception as e:  # noqa: BLE001 - a missing zoo model skips its line
             print(f"{spec:<16} skipped: {type(e).__name__}: {e}")
             continue
         model.to(device)
-        print(measure(label, model, task, args.n, args.batch, device, args.repeats, tmp), flush=True)
+        big = spec == "gpt2"
+        print(measure(label, model, task, args.n if big else args.zoo_n, None if big else args.zoo_chunk,
+                      args.batch if big else 512, device, args.repeats, tmp), flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
