@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,10 @@ class Rendered:
 
 
 def need_chromium() -> None:
+    """Skip the browser checks where chromium is absent, except in CI (ACTSTORE_REQUIRE_BROWSER=1)."""
     if not CHROMIUM.exists():
+        if os.environ.get("ACTSTORE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} not installed and ACTSTORE_REQUIRE_BROWSER=1 (run .ci/install-browser)")
         pytest.skip(f"{CHROMIUM} not installed (run .ci/install-browser, as .ci/run does)")
     pytest.importorskip("websocket", reason="websocket-client not installed (pip install -e '.[dev]')")
 
