@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("breakdown", help="a query table split by example labels: mean, std, n, 95%% interval",
                        description="Group a query table (dla by default) by example labels and summarise its values: "
-                                   "mean, std, n and a 95%% Student-t interval per label and component.")
+                                   "mean, std, n and a 95% Student-t interval per label and component.")
     p.add_argument("store", help="store directory")
     p.add_argument("--by", action="append", required=True, metavar="LABEL",
                    help="label column of the examples to split by (repeat for several)")
