@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
-import numpy as np
 import polars as pl
 
 from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons

@@ -12,8 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_n_seed
-from actstore.errors import InvalidParameterError
+from actstore.datasets.base import TaskData, check_int, check_n_seed
 
 PLUS, EQUALS = 10, 11
 
@@ -22,18 +21,10 @@ class Addition:
     name: ClassVar[str] = "addition"
 
     def __init__(self, digits: int = 4, max_operand: int | None = None) -> None:
-        if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
-            raise InvalidParameterError(f"addition: digits must be an integer in 1..9, got {digits!r}")
-        limit = 10**digits // 2
-        if max_operand is None:
-            max_operand = limit
-        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or not 1 <= max_operand <= limit:
-            raise InvalidParameterError(
-                f"addition: max_operand must be an integer in 1..{limit} so that the sum of two "
-                f"operands fits in {digits} digits, got {max_operand!r}"
-            )
-        self.digits = digits
-        self.max_operand = max_operand
+        self.digits = check_int("addition", "digits", digits, 1, 9)
+        limit = 10**self.digits // 2
+        self.max_operand = check_int("addition", "max_operand", limit if max_operand is None else max_operand,
+                                     1, limit, f" so that the sum of two operands fits in {digits} digits")
 
     @property
     def params(self) -> dict[str, Any]:

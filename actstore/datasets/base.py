@@ -119,10 +119,29 @@ class Task(Protocol):
 
 def check_n_seed(n: Any, seed: Any) -> None:
     """Raise InvalidParameterError unless n is a positive int and seed a non-negative int."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_int(n) or n < 1:
         raise InvalidParameterError(f"n must be a positive integer, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers, False for bools (which Python counts as ints)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def check_int(task: str, param: str, value: Any, low: int, high: int, why: str = "") -> int:
+    """`value` as an int if it is an integer in low..high, else one InvalidParameterError line."""
+    if not is_int(value) or not low <= value <= high:
+        raise InvalidParameterError(f"{task}: {param} must be an integer in {low}..{high}{why}, got {value!r}")
+    return int(value)
+
+
+def check_choice(task: str, param: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else one InvalidParameterError line listing them."""
+    if value not in choices:
+        raise InvalidParameterError(f"{task}: {param} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def pad_ragged(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_n_seed
+from actstore.datasets.base import TaskData, check_choice, check_n_seed
 from actstore.datasets.templated import Segment, prompt_tokenizer, slot_name, split_template
 from actstore.errors import InvalidParameterError
 
@@ -60,12 +60,8 @@ class Days:
     name: ClassVar[str] = "days"
 
     def __init__(self, kind: str = "both", corrupt: str = "none") -> None:
-        if kind not in KINDS:
-            raise InvalidParameterError(f"days: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if corrupt not in CORRUPTIONS:
-            raise InvalidParameterError(f"days: corrupt must be one of {', '.join(CORRUPTIONS)}, got {corrupt!r}")
-        self.kind = kind
-        self.corrupt = corrupt
+        self.kind = check_choice("days", "kind", kind, tuple(KINDS))
+        self.corrupt = check_choice("days", "corrupt", corrupt, tuple(CORRUPTIONS))
 
     @property
     def params(self) -> dict[str, Any]:

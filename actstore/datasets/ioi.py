@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_n_seed
+from actstore.datasets.base import TaskData, check_choice, check_n_seed
 from actstore.datasets.templated import PromptTokenizer, Segment, prompt_tokenizer, slot_name, split_template
 from actstore.errors import InvalidParameterError
 
@@ -98,12 +98,8 @@ class IOI:
     name: ClassVar[str] = "ioi"
 
     def __init__(self, order: str = "both", corrupt: str = "none") -> None:
-        if order not in ORDERS:
-            raise InvalidParameterError(f"ioi: order must be one of {', '.join(ORDERS)}, got {order!r}")
-        if corrupt not in CORRUPTIONS:
-            raise InvalidParameterError(f"ioi: corrupt must be one of {', '.join(CORRUPTIONS)}, got {corrupt!r}")
-        self.order = order
-        self.corrupt = corrupt
+        self.order = check_choice("ioi", "order", order, tuple(ORDERS))
+        self.corrupt = check_choice("ioi", "corrupt", corrupt, tuple(CORRUPTIONS))
 
     @property
     def params(self) -> dict[str, Any]:

@@ -12,23 +12,16 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_n_seed
-from actstore.errors import InvalidParameterError
+from actstore.datasets.base import TaskData, check_int, check_n_seed
 
 
 class ListUpdate:
     name: ClassVar[str] = "list_update"
 
     def __init__(self, list_len: int = 3, max_num: int = 50) -> None:
-        if isinstance(list_len, bool) or not isinstance(list_len, int) or not 1 <= list_len <= 32:
-            raise InvalidParameterError(f"list_update: list_len must be an integer in 1..32, got {list_len!r}")
-        if isinstance(max_num, bool) or not isinstance(max_num, int) or not max(2, list_len) <= max_num <= 100_000:
-            raise InvalidParameterError(
-                f"list_update: max_num must be an integer in {max(2, list_len)}..100000 "
-                f"(indices 0..list_len-1 are number tokens), got {max_num!r}"
-            )
-        self.list_len = list_len
-        self.max_num = max_num
+        self.list_len = check_int("list_update", "list_len", list_len, 1, 32)
+        self.max_num = check_int("list_update", "max_num", max_num, max(2, self.list_len), 100_000,
+                                 " (indices 0..list_len-1 are number tokens)")
 
     @property
     def params(self) -> dict[str, Any]:
