@@ -1,0 +1,140 @@
+"""Seed 003 through a store: 4-digit addition `a0a1a2a3+b0b1b2b3=c0c1c2c3` on zoo:addition.
+
+Ingests the zoo model on the addition task (digits most significant first; answer i is sum
+digit c_i, read one position before it; carry_i says digit i receives a carry), then redoes the
+seed's analysis from the store: accuracy per digit and carry, per-head direct logit attribution
+by digit, the carry vs no-carry split of that attribution per digit, layer-1 attention from each
+answer's query position to the a/b digits split by carry, and the path (virtual head) DLA.
+
+    .venv/bin/python examples/seed003_addition.py --n 4000 --charts charts/seed003
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from _common import Example, run
+
+import actstore.charts as ch
+from actstore.query import attention, breakdown, dla
+
+
+def main() -> None:
+    ex = Example("seed003_addition", __doc__, default_n=4000)
+    store = ex.store("addition", "zoo:addition")
+    examples = store.examples
+    cfg = store.config
+    n_layers, n_heads, n_digits = int(cfg["n_layers"]), int(cfg["n_heads"]), store.n_answers
+    carry_cols = sorted(c for c in examples.columns if c.startswith("carry_"))
+    carry_of = {int(c.split("_")[1]): c for c in carry_cols}  # answer_idx -> its carry label
+    print(f"model: {n_layers} layers x {n_heads} heads; {store.n_examples} examples, {n_digits} sum digits; "
+          f"carry labels: {', '.join(carry_cols)}")
+
+    # one 'carry' column per answer row: does this digit receive a carry? (null: the last digit never does)
+    def with_carry(t: pl.DataFrame) -> pl.DataFrame:
+        t = t.join(examples.select("example_id", *carry_cols), on="example_id", how="left")
+        carry = pl.lit(None, dtype=pl.Boolean)
+        for i, col in carry_of.items():
+            carry = pl.when(pl.col("answer_idx") == i).then(pl.col(col)).otherwise(carry)
+        return t.with_columns(carry=carry).drop(carry_cols)
+
+    ex.section("Accuracy per digit, by carry into that digit")
+    out = with_carry(store.outputs)
+    ex.table(out.group_by("answer_idx", "carry").agg(answers=pl.len(), accuracy=pl.col("correct").mean(),
+                                                     mean_loss=pl.col("loss").mean())
+             .sort("answer_idx", "carry", nulls_last=True))
+    ex.key("accuracy", float(out.get_column("correct").mean()))
+
+    ex.section("Direct logit attribution per head (correct digit), mean by digit")
+    d = dla(store, by="head")
+    heads = d.filter(pl.col("head").is_not_null())
+    by_digit = breakdown(heads, by=[], keys=["answer_idx", "component"])
+    ex.table(by_digit.with_columns(digit=pl.format("c{}", "answer_idx"))
+             .pivot(on="digit", index="component", values="mean"))
+    top = by_digit.sort("mean", descending=True).group_by("answer_idx", maintain_order=True).first().sort("answer_idx")
+    for r in top.iter_rows(named=True):
+        ex.say(f"{r['component']} carries the most direct attribution for digit c{r['answer_idx']} "
+               f"(mean {r['mean']:.2f})")
+        ex.key(f"top_head_c{r['answer_idx']}", r["component"])
+        ex.key(f"top_head_c{r['answer_idx']}_dla", float(r["mean"]))
+    per_answer = d.group_by("example_id", "answer_idx").agg(pl.col("value").sum())
+    ex.key("dla_sum_mean", float(per_answer.get_column("value").mean()))
+
+    ex.section("breakdown(dla, by='carry_i'): carry vs no carry, per digit and head")
+    rows = []
+    for i, col in carry_of.items():
+        b = breakdown(heads.filter(pl.col("answer_idx") == i), by=col, examples=store)
+        rows.append(b.rename({col: "carry"}).with_columns(digit=pl.lit(f"c{i}")))
+    split = pl.concat(rows).select("digit", "component", "carry", "mean", "n")
+    wide = split.pivot(on="carry", index=["digit", "component"], values="mean").rename(
+        {"true": "carry", "false": "no_carry"}).with_columns(delta=pl.col("carry") - pl.col("no_carry"))
+    ex.table(wide)
+    for digit, part in wide.group_by("digit", maintain_order=True):
+        r = part.sort(pl.col("delta").abs(), descending=True).row(0, named=True)
+        ex.say(f"digit {digit[0]}: a carry changes {r['component']}'s DLA most "
+               f"({r['no_carry']:.2f} -> {r['carry']:.2f}, delta {r['delta']:+.2f})")
+        ex.key(f"carry_delta_head_{digit[0]}", r["component"])
+        ex.key(f"carry_delta_{digit[0]}", float(r["delta"]))
+
+    ex.section("Layer 1 attention from each answer's query position to the a/b digits, by carry")
+    query_role = _query_roles(store)  # answer_idx -> role of the position its logit is read at
+    digit_roles = [f"{x}{j}" for x in "ab" for j in range(n_digits)]
+    parts = []
+    for i, col in carry_of.items():
+        a = attention(store, layers=n_layers - 1, query=query_role[i], key=digit_roles, by=["k_role", col])
+        parts.append(a.rename({col: "carry"}).with_columns(digit=pl.lit(f"c{i}")))
+    att = pl.concat(parts)
+    # the digit pair that makes c_i (same place) and the next lower pair (where c_i's carry comes from)
+    att = att.with_columns(place=pl.col("k_role").str.slice(1).cast(pl.Int64))
+    att = att.with_columns(
+        which=pl.when(pl.col("place") == pl.col("digit").str.slice(1).cast(pl.Int64)).then(pl.lit("same"))
+        .when(pl.col("place") == pl.col("digit").str.slice(1).cast(pl.Int64) + 1).then(pl.lit("next_lower"))
+        .otherwise(pl.lit("other")))
+    mass = (att.group_by("digit", "layer", "head", "carry", "which").agg(pl.col("mean").sum())
+            .pivot(on="which", index=["digit", "layer", "head", "carry"], values="mean")
+            .sort("digit", "head", "carry"))
+    ex.table(mass.select("digit", "head", "carry", "same", "next_lower", "other"),
+             f"L{n_layers - 1} attention mass on the a/b digits of the same place / the next lower place / others")
+    # which head's attention to the next lower pair moves most with a carry (over the digits that have one)
+    nl = (mass.group_by("layer", "head", "carry").agg(pl.col("next_lower").mean())
+          .pivot(on="carry", index=["layer", "head"], values="next_lower")
+          .with_columns(delta=pl.col("true") - pl.col("false")).sort(pl.col("delta").abs(), descending=True))
+    r = nl.row(0, named=True)
+    ex.say(f"with a carry, L{r['layer']}H{r['head']}'s attention to the next lower digit pair changes most: "
+           f"{r['false']:.3f} -> {r['true']:.3f} (mean over digits c0..c{n_digits - 2})")
+    ex.key("carry_attention_head", f"L{r['layer']}H{r['head']}")
+    ex.key("carry_attention_delta", float(r["delta"]))
+
+    ex.section("Path DLA (virtual heads): top paths per digit")
+    paths = dla(store, by="path")
+    pm = breakdown(paths, by=[], keys=["answer_idx", "component"])
+    top_paths = (pm.with_columns(size=pl.col("mean").abs()).sort("size", descending=True)
+                 .group_by("answer_idx", maintain_order=True).head(4).sort("answer_idx", "size", descending=[False, True]))
+    ex.table(top_paths.select("answer_idx", "component", "mean", "ci_low", "ci_high"))
+    comp = (pm.filter(pl.col("component").str.contains(">")).with_columns(
+        via=pl.col("component").str.split(">").list.first())
+        .group_by("via").agg(pl.col("mean").sum() / n_digits).sort("mean", descending=True))
+    ex.table(comp.rename({"mean": "mean_dla_through_L1"}), "what layer-1 heads read, summed over L1 heads")
+    ex.key("top_path_c0", top_paths.filter(pl.col("answer_idx") == 0).get_column("component")[0])
+    path_sum = paths.group_by("example_id", "answer_idx").agg(pl.col("value").sum())
+    ex.key("path_sum_mean", float(path_sum.get_column("value").mean()))
+
+    ex.chart("dla_heads", lambda: ch.dla_heatmap(d))
+    ex.chart("dla_carry_split", lambda: ch.component_bars_by(d, examples, carry_of, top=8,
+                                                             label_title="carry into digit"))
+    ex.chart("attention_L1_from_eq", lambda: ch.attention_role_bars(
+        attention(store, layers=n_layers - 1, query=query_role[0], key=digit_roles, by=["k_role", carry_of[0]]),
+        query_role[0], by=carry_of[0]))
+    ex.chart("path_dla", lambda: ch.component_bars(paths, top=12))
+    ex.finish()
+
+
+def _query_roles(store) -> dict[int, str]:  # noqa: ANN001
+    """answer_idx -> the token role at that answer's read position (from the stored tables)."""
+    pos = store.outputs.filter(pl.col("example_id") == 0).select("answer_idx", "answer_pos")
+    roles = store.tokens.filter(pl.col("example_id") == 0).select(pl.col("pos").alias("answer_pos"), "role")
+    return dict(pos.join(roles, on="answer_pos").select("answer_idx", "role").iter_rows())
+
+
+if __name__ == "__main__":
+    run(main)
