@@ -1,0 +1,171 @@
+"""The seed examples (examples/seed*.py) run end to end, and the numbers they print agree with an
+independent computation from the store they wrote (raw activations and weights, plain numpy).
+
+Each script runs as a subprocess with a small --n, a tmp --out and --charts. A script whose zoo
+weights are not installed is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import actstore
+from actstore.models.zoo import weight_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def needs_zoo(name: str) -> pytest.MarkDecorator:
+    missing = [p for p in weight_paths(name) if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"zoo:{name} weights not installed ({missing[0].name if missing else ''})")
+
+
+def run_example(script: str, tmp_path: Path, n: int, *extra: str) -> tuple[str, dict[str, str], object, Path]:
+    """Run examples/<script> with --n/--out/--charts in tmp_path; returns stdout, key numbers, the
+    store and the charts directory."""
+    out, charts = tmp_path / "store", tmp_path / "charts"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--n", str(n), "--out", str(out),
+                           "--charts", str(charts), *extra], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout, key_numbers(proc.stdout), actstore.open_store(out), charts
+
+
+def key_numbers(stdout: str) -> dict[str, str]:
+    assert "== Key numbers" in stdout, stdout
+    tail = stdout.split("== Key numbers", 1)[1]
+    return dict(re.findall(r"^  (\S+) = (.+)$", tail, flags=re.M))
+
+
+def assert_charts(charts: Path, names: list[str]) -> None:
+    for name in names:
+        for ext in (".png", ".html"):
+            p = charts / f"{name}{ext}"
+            assert p.exists() and p.stat().st_size > 0, f"chart {p} missing or empty"
+    assert (charts / f"{names[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def answer_rows(store) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(example_id, answer_pos, correct_token) of every answer, in example then answer order."""
+    o = store.outputs.sort("example_id", "answer_idx")
+    return (o.get_column("example_id").to_numpy(), o.get_column("answer_pos").to_numpy(),
+            o.get_column("correct_token").to_numpy())
+
+
+def head_dla(store, layer: int) -> np.ndarray:  # noqa: ANN001
+    """[answer row, head] direct attribution of each head of `layer` to the correct token, from the
+    stored hook_z, W_O, W_U and (if the model has LayerNorm) the final LN scale."""
+    e, p, t = answer_rows(store)
+    z = store.read(f"blocks.{layer}.attn.hook_z").astype(np.float64)[e, p]  # [row, head, d_head]
+    w_o = store.param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
+    w_u = store.param("unembed.W_U").astype(np.float64)[:, t]  # [d_model, row]
+    out = np.einsum("rhd,hdm,mr->rh", z, w_o, w_u)
+    if "ln_final.hook_scale" in store.hooks:
+        out /= store.read("ln_final.hook_scale").astype(np.float64)[e, p, 0][:, None]
+    return out
+
+
+def logit_minus_bias(store) -> np.ndarray:  # noqa: ANN001
+    o = store.outputs.sort("example_id", "answer_idx")
+    b_u = store.param("unembed.b_U").astype(np.float64)
+    return o.get_column("correct_logit").to_numpy().astype(np.float64) - b_u[o.get_column("correct_token").to_numpy()]
+
+
+def close(printed: str, expected: float, rel: float = 2e-3, abs_: float = 2e-3) -> None:
+    assert float(printed) == pytest.approx(expected, rel=rel, abs=abs_), (printed, expected)
+
+
+@needs_zoo("list_update")
+def test_seed000_list_update(tmp_path: Path) -> None:
+    stdout, keys, store, charts = run_example("seed000_list_update.py", tmp_path, 200)
+    assert store.complete and store.n_examples == 200 and store.manifest.task == "list_update"
+    close(keys["accuracy"], store.outputs.get_column("correct").mean())
+    # the components sum to the stored logits minus b_U (fp16 activations: loose tolerance)
+    target = logit_minus_bias(store).mean()
+    close(keys["dla_sum_mean"], target, rel=1e-2)
+    close(keys["logit_lens_final_mean"], target, rel=1e-2)
+    # per-head DLA recomputed from hook_z and the weights (no LayerNorm in this model)
+    n_layers = int(store.config["n_layers"])
+    per_head = {f"L{layer}H{h}": v.mean() for layer in range(n_layers)
+                for h, v in enumerate(head_dla(store, layer).T)}
+    best = max(per_head, key=per_head.get)
+    assert keys["top_head"] == best
+    close(keys["top_head_dla_mean"], per_head[best], rel=1e-2)
+    # attention on the answer's source token (a_i, or elt at the updated slot) from the raw patterns
+    e, p, _ = answer_rows(store)
+    ex = store.examples.sort("example_id")
+    idx = ex.get_column("idx").to_numpy()[e]
+    slot = p - p.min()
+    roles = store.tokens.filter(pl.col("example_id") == 0).sort("pos").get_column("role").to_list()
+    src = np.where(slot == idx, roles.index("elt"), np.array([roles.index(f"a{i}") for i in slot]))
+    masses = {}
+    for layer in range(n_layers):
+        pat = store.read(f"blocks.{layer}.attn.hook_pattern").astype(np.float64)  # [e, head, q, k]
+        for h in range(pat.shape[1]):
+            masses[f"L{layer}H{h}"] = pat[e, h, p, src].mean()
+    best = max(masses, key=masses.get)
+    assert keys["source_attention_head"] == best
+    close(keys["source_attention_mass"], masses[best], rel=5e-3)
+    # OV circuit of the last layer's head 0, from the stored weights
+    last = n_layers - 1
+    w_e, w_u = store.param("embed.W_E").astype(np.float64), store.param("unembed.W_U").astype(np.float64)
+    ov = (w_e[:50] @ store.param(f"blocks.{last}.attn.W_V")[0] @ store.param(f"blocks.{last}.attn.W_O")[0]
+          @ w_u[:, :50])
+    close(keys[f"ov_L{last}H0_top1_diagonal"], float((ov.argmax(1) == np.arange(50)).mean()))
+    assert "Logit lens" in stdout and "Full OV circuits" in stdout
+    assert_charts(charts, ["logit_lens", "dla_by_head_changed", "attention", "ov_L1H0"])
+
+
+@needs_zoo("list_update")
+def test_seed000_reuses_then_replaces_store(tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    args = [sys.executable, str(EXAMPLES / "seed000_list_update.py"), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run([*args, "--n", "64"], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0 and "store: ingested 64" in first.stdout, first.stderr
+    again = subprocess.run([*args, "--n", "64"], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "store: reusing" in again.stdout
+    other = subprocess.run([*args, "--n", "96"], capture_output=True, text=True, env=env, timeout=600)
+    assert other.returncode == 0 and "holds another run; replacing it" in other.stdout
+    assert actstore.open_store(out).n_examples == 96
+
+
+@needs_zoo("addition")
+def test_seed003_addition(tmp_path: Path) -> None:
+    stdout, keys, store, charts = run_example("seed003_addition.py", tmp_path, 300)
+    assert store.complete and store.n_examples == 300 and store.manifest.task == "addition"
+    close(keys["accuracy"], store.outputs.get_column("correct").mean())
+    target = logit_minus_bias(store).mean()
+    close(keys["dla_sum_mean"], target, rel=1e-2)
+    close(keys["path_sum_mean"], target, rel=1e-2)
+    # per-head DLA per digit recomputed from hook_z, W_O, W_U and the final LN scale
+    o = store.outputs.sort("example_id", "answer_idx")
+    digit = o.get_column("answer_idx").to_numpy()
+    n_layers = int(store.config["n_layers"])
+    vals = {f"L{layer}H{h}": v for layer in range(n_layers) for h, v in enumerate(head_dla(store, layer).T)}
+    for i in range(store.n_answers):
+        means = {k: v[digit == i].mean() for k, v in vals.items()}
+        best = max(means, key=means.get)
+        assert keys[f"top_head_c{i}"] == best
+        close(keys[f"top_head_c{i}_dla"], means[best], rel=1e-2)
+    # carry split: the head whose mean DLA moves most between carry and no carry, per digit
+    ex = store.examples.sort("example_id")
+    e = o.get_column("example_id").to_numpy()
+    for i in range(store.n_answers - 1):
+        carry = ex.get_column(f"carry_{i}").to_numpy()[e]
+        rows = digit == i
+        deltas = {k: v[rows & carry].mean() - v[rows & ~carry].mean() for k, v in vals.items()}
+        best = max(deltas, key=lambda k: abs(deltas[k]))
+        assert keys[f"carry_delta_head_c{i}"] == best
+        close(keys[f"carry_delta_c{i}"], deltas[best], rel=2e-2, abs_=2e-2)
+    assert "Path DLA" in stdout and "breakdown(dla, by='carry_i')" in stdout
+    assert_charts(charts, ["dla_heads", "dla_carry_split", "attention_L1_from_eq", "path_dla"])
