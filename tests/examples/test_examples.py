@@ -169,3 +169,77 @@ def test_seed003_addition(tmp_path: Path) -> None:
         close(keys[f"carry_delta_c{i}"], deltas[best], rel=2e-2, abs_=2e-2)
     assert "Path DLA" in stdout and "breakdown(dla, by='carry_i')" in stdout
     assert_charts(charts, ["dla_heads", "dla_carry_split", "attention_L1_from_eq", "path_dla"])
+
+
+@needs_zoo("brackets")
+def test_seed002_brackets(tmp_path: Path) -> None:
+    stdout, keys, store, charts = run_example("seed002_brackets.py", tmp_path, 300)
+    assert store.complete and store.n_examples == 300 and store.manifest.task == "brackets"
+    ex = store.examples.sort("example_id")
+    o = store.outputs.sort("example_id").join(ex.select("example_id", "balanced", "failure"), on="example_id")
+    close(keys["accuracy"], o.get_column("correct").mean())
+    for failure, part in o.group_by("failure"):
+        close(keys[f"accuracy_{failure[0]}"], part.get_column("correct").mean())
+    # logit(unbalanced) - logit(balanced) minus the b_U difference, from the stored outputs
+    balanced = o.get_column("balanced").to_numpy()
+    unb = int(o.filter(~pl.col("balanced")).get_column("correct_token")[0])
+    bal = int(o.filter(pl.col("balanced")).get_column("correct_token")[0])
+    b_u = store.param("unembed.b_U").astype(np.float64)
+    sign = np.where(balanced, -1.0, 1.0)
+    unb_dir = sign * o.get_column("logit_diff").to_numpy() - (b_u[unb] - b_u[bal])
+    close(keys["unbalanced_dir_sum_mean_unbalanced"], unb_dir[~balanced].mean(), rel=1e-2)
+    close(keys["unbalanced_dir_sum_mean_balanced"], unb_dir[balanced].mean(), rel=1e-2)
+    # each head's and MLP's direct write at position 0 onto W_U[:, unb] - W_U[:, bal], over the final LN scale
+    w_u = store.param("unembed.W_U").astype(np.float64)
+    d = w_u[:, unb] - w_u[:, bal]
+    s = store.read("ln_final.hook_scale").astype(np.float64)[:, 0, 0]
+    n_layers = int(store.config["n_layers"])
+    values: dict[str, np.ndarray] = {}
+    for layer in range(n_layers):
+        z = store.read(f"blocks.{layer}.attn.hook_z").astype(np.float64)[:, 0]  # [e, head, d_head]
+        w_o = store.param(f"blocks.{layer}.attn.W_O").astype(np.float64)
+        for h, v in enumerate(np.einsum("ehd,hdm,m->he", z, w_o, d)):
+            values[f"L{layer}H{h}"] = v / s
+        post = store.read(f"blocks.{layer}.mlp.hook_post").astype(np.float64)[:, 0]  # [e, d_mlp]
+        values[f"mlp{layer}"] = post @ store.param(f"blocks.{layer}.mlp.W_out").astype(np.float64) @ d / s
+    sep = {k: v[~balanced].mean() - v[balanced].mean() for k, v in values.items()}
+    heads = {k: v for k, v in sep.items() if k.startswith("L")}
+    assert keys["top_head"] == max(heads, key=heads.get)
+    close(keys["top_head_separation"], max(heads.values()), rel=1e-2)
+    assert keys["top_component"] == max(sep, key=sep.get)
+    # attention to '(' keys from position 0: the head whose mean mass varies most across failure types
+    roles = store.tokens.sort("example_id", "pos")
+    width = store.hook_info("blocks.0.attn.hook_pattern").shape[-1]
+    is_open = np.zeros((store.n_examples, width), dtype=bool)
+    sel = roles.filter(pl.col("role") == "open")
+    is_open[sel.get_column("example_id").to_numpy(), sel.get_column("pos").to_numpy()] = True
+    failure = ex.get_column("failure").to_numpy()
+    ranges = {}
+    for layer in range(n_layers):
+        pat = store.read(f"blocks.{layer}.attn.hook_pattern").astype(np.float64)[:, :, 0, :]  # [e, head, k]
+        mass = (pat * is_open[:, None, :]).sum(-1)  # [e, head]
+        for h in range(mass.shape[1]):
+            means = [mass[failure == f, h].mean() for f in np.unique(failure)]
+            ranges[f"L{layer}H{h}"] = max(means) - min(means)
+    assert keys["failure_sensitive_head"] == max(ranges, key=ranges.get)
+    # neurons at position 0: Pearson r of their projection onto the unbalanced direction with open_proportion
+    y = ex.get_column("open_proportion").to_numpy()
+    best_direct = 0.0
+    for layer in range(n_layers):
+        post = store.read(f"blocks.{layer}.mlp.hook_post").astype(np.float64)[:, 0]
+        proj = post * (store.param(f"blocks.{layer}.mlp.W_out").astype(np.float64) @ d)[None, :] / s[:, None]
+        for n_ in range(proj.shape[1]):
+            if proj[:, n_].std() > 0:
+                r = np.corrcoef(proj[:, n_], y)[0, 1]
+                if abs(r) > abs(best_direct):
+                    best_direct, best_name = r, f"L{layer}N{n_}"
+    if keys["top_neuron_read"].startswith("direct"):
+        assert keys["top_neuron"] == best_name
+        close(keys["top_neuron_r"], best_direct, rel=1e-2)
+    else:
+        assert abs(float(keys["top_neuron_r"])) >= abs(best_direct) - 1e-6
+    assert "Attention from position 0" in stdout
+    names = ["dla_diff_by_failure", "attention_from_0"]
+    if keys["top_neuron_read"].startswith("direct"):
+        names.append("neurons_vs_open_proportion")
+    assert_charts(charts, names)

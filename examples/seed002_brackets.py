@@ -1,0 +1,150 @@
+"""Seed 002 through a store: the balanced-brackets classifier (bidirectional, read at position 0) on zoo:brackets.
+
+Ingests the zoo model on the brackets task, then redoes the seed's analysis from the store:
+accuracy by failure type; the "unbalanced direction" (logit of class unbalanced minus class
+balanced) read by every component, per head, per MLP and per neuron, split by failure type;
+which head carries information into position 0 from which positions (attention from position
+0 by head, grouped by failure); and which MLP neurons' projections track the open-bracket
+proportion (Pearson r), directly at position 0 and through the head that carries the most.
+Findings are computed from the queries, not assumed from the seed's model.
+
+    .venv/bin/python examples/seed002_brackets.py --n 2000 --charts charts/seed002
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from _common import Example, head_label, run
+
+import actstore.charts as ch
+from actstore.query import attention, breakdown, dla, neurons
+from actstore.query.neurons import neuron_frames
+from actstore.query.neuron_stats import neuron_correlation
+
+
+def main() -> None:
+    ex = Example("seed002_brackets", __doc__, default_n=2000)
+    store = ex.store("brackets", "zoo:brackets")
+    examples = store.examples
+    cfg = store.config
+    n_layers, n_heads, n = int(cfg["n_layers"]), int(cfg["n_heads"]), store.n_examples
+    labels = examples.select("example_id", "balanced", "failure", "open_proportion", "starts_open")
+    outputs = store.outputs.join(labels, on="example_id")
+    # class token ids, from the stored answers: the correct token of unbalanced / balanced examples
+    unb_tok = int(outputs.filter(~pl.col("balanced")).get_column("correct_token")[0])
+    bal_tok = int(outputs.filter(pl.col("balanced")).get_column("correct_token")[0])
+    print(f"model: {n_layers} layers x {n_heads} heads, d_mlp {cfg.get('d_mlp')}; {n} examples; "
+          f"class tokens: unbalanced={unb_tok}, balanced={bal_tok}")
+
+    ex.section("Accuracy by failure type")
+    acc = (outputs.group_by("failure").agg(examples=pl.len(), accuracy=pl.col("correct").mean(),
+                                            mean_logit_diff=pl.col("logit_diff").mean())
+           .sort("failure"))
+    ex.table(acc)
+    ex.key("accuracy", float(outputs.get_column("correct").mean()))
+    for r in acc.iter_rows(named=True):
+        ex.key(f"accuracy_{r['failure']}", float(r["accuracy"]))
+
+    # 'diff' = correct minus the other class; the unbalanced direction is that, sign-flipped on balanced examples
+    def unbalanced_dir(t: pl.DataFrame) -> pl.DataFrame:
+        t = t.join(labels.select("example_id", "balanced", "failure"), on="example_id", how="left")
+        return t.with_columns(value=pl.when(pl.col("balanced")).then(-pl.col("value")).otherwise(pl.col("value")))
+
+    ex.section("Direct attribution to the unbalanced direction (logit unbalanced - balanced), by failure type")
+    diff = dla(store, by="head", target="diff")
+    comp = unbalanced_dir(diff)
+    by_fail = breakdown(comp, by="failure", keys=["component"])
+    ex.table(by_fail.pivot(on="failure", index="component", values="mean"))
+    total = comp.group_by("example_id").agg(pl.col("value").sum(), pl.col("balanced").first())
+    ex.key("unbalanced_dir_sum_mean_unbalanced", float(total.filter(~pl.col("balanced")).get_column("value").mean()))
+    ex.key("unbalanced_dir_sum_mean_balanced", float(total.filter(pl.col("balanced")).get_column("value").mean()))
+    # separation: mean on unbalanced examples minus mean on balanced ones, per component
+    sep = (comp.group_by("component", "layer", "head").agg(
+        sep=pl.col("value").filter(~pl.col("balanced")).mean() - pl.col("value").filter(pl.col("balanced")).mean())
+        .sort("sep", descending=True))
+    top = sep.row(0, named=True)
+    ex.say(f"{top['component']} separates unbalanced from balanced strings most in the unbalanced direction "
+           f"(mean difference {top['sep']:.2f})")
+    ex.key("top_component", top["component"])
+    ex.key("top_component_separation", float(top["sep"]))
+    heads = sep.filter(pl.col("head").is_not_null())
+    carrier = heads.row(0, named=True)
+    ex.say(f"among attention heads, {carrier['component']} separates most (mean difference {carrier['sep']:.2f})")
+    ex.key("top_head", carrier["component"])
+    ex.key("top_head_separation", float(carrier["sep"]))
+    for failure, part in by_fail.filter(pl.col("failure") != "none").group_by("failure", maintain_order=True):
+        r = part.sort("mean", descending=True).row(0, named=True)
+        ex.say(f"failure {failure[0]}: largest push toward 'unbalanced' from {r['component']} (mean {r['mean']:.2f})")
+
+    ex.section("Attention from position 0 (the classifier position) by head and failure type")
+    roles = attention(store, query=0, by=["k_role", "failure"])
+    ex.table(roles.pivot(on="k_role", index=["layer", "head", "failure"], values="mean").sort("layer", "head", "failure"),
+             "mean attention mass on all keys of each role")
+    pos = attention(store, query=0, by=["k_pos"]).with_columns(expected=pl.col("mean") * pl.col("n") / n)
+    top_pos = (pos.sort("expected", descending=True).group_by("layer", "head", maintain_order=True).head(3)
+               .sort("layer", "head", "expected", descending=[False, False, True]))
+    ex.table(top_pos.select("layer", "head", "k_pos", "expected", "mean", "n"),
+             "the 3 key positions each head reads most from position 0 (expected mass per example)")
+    spread = (roles.filter(pl.col("k_role") == "open").group_by("layer", "head")
+              .agg(open_range=pl.col("mean").max() - pl.col("mean").min()).sort("open_range", descending=True))
+    r = spread.row(0, named=True)
+    ex.say(f"{head_label(r['layer'], r['head'])}'s attention to '(' tokens from position 0 varies most with the "
+           f"failure type (range {r['open_range']:.3f})")
+    ex.key("failure_sensitive_head", head_label(r["layer"], r["head"]))
+    cl, chd = int(carrier["layer"]), int(carrier["head"])
+
+    ex.section("MLP neurons: direct attribution to the unbalanced direction (top 8 by mean |value|)")
+    nd = unbalanced_dir(dla(store, by="neuron", target="diff")).filter(pl.col("neuron").is_not_null())
+    nsum = breakdown(nd, by="failure", keys=["component"]).pivot(on="failure", index="component", values="mean")
+    size = nd.group_by("component").agg(size=pl.col("value").abs().mean())
+    ex.table(nsum.join(size, on="component").sort("size", descending=True).head(8))
+
+    ex.section("Neurons whose projection onto the unbalanced direction tracks open_proportion (Pearson r)")
+    w_u = store.param("unembed.W_U").astype(np.float64)
+    direction = w_u[:, unb_tok] - w_u[:, bal_tok]
+    rows = []
+    for layer in range(n_layers):
+        r_ = neuron_correlation(store, layer, "open_proportion", value="projection", direction=direction,
+                                final_ln=True, pos=0)
+        rows.append(r_.with_columns(read=pl.lit("direct at pos 0")))
+    # neurons before the carrier head, read through it: each neuron's output at every position, pulled
+    # back through the head's OV and weighted by the head's attention from position 0, summed per example
+    y = examples.select("example_id", "open_proportion")
+    for layer in range(cl):
+        per_ex = []
+        for part in neuron_frames(store, layer, direction=direction, final_ln=True, through_head=(cl, chd),
+                                  pos=["start", "open", "close", "end"], attention_weighted=True):
+            per_ex.append(part.group_by("example_id", "neuron").agg(pl.col("projection").sum()))
+        t = pl.concat(per_ex).join(y, on="example_id")
+        r_ = (t.group_by("neuron").agg(r=pl.corr("projection", "open_proportion"), n=pl.len().cast(pl.Int64))
+              .with_columns(layer=pl.lit(layer, dtype=pl.Int64)).select("layer", "neuron", "r", "n"))
+        rows.append(r_.with_columns(read=pl.lit(f"through {carrier['component']}, all positions")))
+    corr = pl.concat(rows).filter(pl.col("r").is_finite())
+    best = (corr.with_columns(abs_r=pl.col("r").abs()).sort("abs_r", descending=True)
+            .group_by("read", "layer", maintain_order=True).head(3).sort("read", "layer", "abs_r",
+                                                                           descending=[False, False, True]))
+    ex.table(best.select("read", "layer", "neuron", "r", "n"))
+    b = corr.with_columns(abs_r=pl.col("r").abs()).sort("abs_r", descending=True).row(0, named=True)
+    ex.say(f"neuron L{b['layer']}N{b['neuron']} ({b['read']}) tracks open_proportion most: r = {b['r']:.3f} "
+           f"over {b['n']} rows")
+    ex.key("top_neuron", f"L{b['layer']}N{b['neuron']}")
+    ex.key("top_neuron_r", float(b["r"]))
+    ex.key("top_neuron_read", b["read"])
+
+    # the chart shows the logit difference correct - other class (= the unbalanced direction except on
+    # balanced strings, failure 'none', where it is its negative)
+    ex.chart("dla_diff_by_failure", lambda: ch.component_bars_by(diff, examples, "failure", top=10))
+    ex.chart("attention_from_0", lambda: ch.attention_role_bars(roles, "start", by="failure"))
+    top_neurons = best.filter((pl.col("layer") == b["layer"]) & (pl.col("read") == b["read"]))
+    if b["read"].startswith("direct"):  # the scatter shows per-row projections: only for the direct read
+        ex.chart("neurons_vs_open_proportion", lambda: ch.neuron_scatter(
+            neurons(store, int(b["layer"]), direction=direction, final_ln=True, pos=0), examples,
+            x="open_proportion", color="failure", which=top_neurons.get_column("neuron").to_list(),
+            direction="the unbalanced direction"))
+    ex.finish()
+
+
+if __name__ == "__main__":
+    run(main)
