@@ -61,23 +61,46 @@ def answer_rows(store) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: AN
             o.get_column("correct_token").to_numpy())
 
 
-def head_dla(store, layer: int) -> np.ndarray:  # noqa: ANN001
-    """[answer row, head] direct attribution of each head of `layer` to the correct token, from the
-    stored hook_z, W_O, W_U and (if the model has LayerNorm) the final LN scale."""
+def head_dla(store, layer: int, diff: bool = False) -> np.ndarray:  # noqa: ANN001
+    """[answer row, head] direct attribution of each head of `layer` to the correct token (diff: correct
+    minus counterfactual), from the stored hook_z, W_O, W_U and (if the model has LayerNorm) the final
+    LN scale."""
     e, p, t = answer_rows(store)
     z = store.read(f"blocks.{layer}.attn.hook_z").astype(np.float64)[e, p]  # [row, head, d_head]
     w_o = store.param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
     w_u = store.param("unembed.W_U").astype(np.float64)[:, t]  # [d_model, row]
+    if diff:
+        cf = store.outputs.sort("example_id", "answer_idx").get_column("counter_token").to_numpy()
+        w_u = w_u - store.param("unembed.W_U").astype(np.float64)[:, cf]
     out = np.einsum("rhd,hdm,mr->rh", z, w_o, w_u)
     if "ln_final.hook_scale" in store.hooks:
         out /= store.read("ln_final.hook_scale").astype(np.float64)[e, p, 0][:, None]
     return out
 
 
-def logit_minus_bias(store) -> np.ndarray:  # noqa: ANN001
+def logit_minus_bias(store, diff: bool = False) -> np.ndarray:  # noqa: ANN001
+    """Stored correct logit (diff: logit difference) minus its b_U part, per answer row."""
     o = store.outputs.sort("example_id", "answer_idx")
     b_u = store.param("unembed.b_U").astype(np.float64)
-    return o.get_column("correct_logit").to_numpy().astype(np.float64) - b_u[o.get_column("correct_token").to_numpy()]
+    correct = o.get_column("correct_token").to_numpy()
+    if diff:
+        counter = o.get_column("counter_token").to_numpy()
+        return o.get_column("logit_diff").to_numpy().astype(np.float64) - (b_u[correct] - b_u[counter])
+    return o.get_column("correct_logit").to_numpy().astype(np.float64) - b_u[correct]
+
+
+def all_heads(store, diff: bool = False) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """'LxHy' -> [answer row] direct attribution of every head."""
+    return {f"L{layer}H{h}": v for layer in range(int(store.config["n_layers"]))
+            for h, v in enumerate(head_dla(store, layer, diff).T)}
+
+
+def role_attention(store, layer: int, head: int, q_col: str, k_col: str) -> np.ndarray:  # noqa: ANN001
+    """[example] attention prob of head (layer, head) from position examples[q_col] to examples[k_col]."""
+    ex = store.examples.sort("example_id")
+    q, k = ex.get_column(q_col).to_numpy(), ex.get_column(k_col).to_numpy()
+    pat = store.read(f"blocks.{layer}.attn.hook_pattern")  # [e, head, q, k]
+    return pat[np.arange(len(q)), head, q, k].astype(np.float64)
 
 
 def close(printed: str, expected: float, rel: float = 2e-3, abs_: float = 2e-3) -> None:
@@ -243,3 +266,52 @@ def test_seed002_brackets(tmp_path: Path) -> None:
     if keys["top_neuron_read"].startswith("direct"):
         names.append("neurons_vs_open_proportion")
     assert_charts(charts, names)
+
+
+@needs_zoo("lm")
+def test_seed001_days(tmp_path: Path) -> None:
+    stdout, keys, store, charts = run_example("seed001_days.py", tmp_path, 300)
+    assert store.complete and store.n_examples == 300 and store.manifest.task == "days"
+    o = store.outputs
+    close(keys["accuracy"], o.get_column("correct").mean())
+    close(keys["mean_logit_diff"], o.get_column("logit_diff").mean(), rel=1e-4)
+    target = logit_minus_bias(store, diff=True).mean()
+    close(keys["dla_sum_mean"], target, rel=1e-2, abs_=1e-2)
+    close(keys["logit_lens_final_mean"], target, rel=1e-2, abs_=1e-2)
+    means = {k: v.mean() for k, v in all_heads(store, diff=True).items()}
+    ranked = sorted(means, key=means.get, reverse=True)
+    assert keys["top_head_1"] == ranked[0]
+    close(keys["top_head_1_dla"], means[ranked[0]], rel=1e-2, abs_=1e-3)
+    layer, head = (int(x) for x in re.fullmatch(r"L(\d+)H(\d+)", ranked[0]).groups())
+    close(keys["top_head_end_to_today"], role_attention(store, layer, head, "end_pos", "subject_pos").mean(), rel=5e-3)
+    assert "Logit lens" in stdout
+    assert_charts(charts, ["dla_heads", "logit_lens", "attention_end"])
+
+
+@needs_zoo("lm")
+def test_seed004_ioi(tmp_path: Path) -> None:
+    stdout, keys, store, charts = run_example("seed004_ioi.py", tmp_path, 300)
+    assert store.complete and store.n_examples == 300 and store.manifest.task == "ioi"
+    o = store.outputs.sort("example_id").join(store.examples.select("example_id", "order"), on="example_id")
+    close(keys["accuracy"], o.get_column("correct").mean())
+    close(keys["mean_logit_diff"], o.get_column("logit_diff").mean(), rel=1e-4)
+    for order, part in o.group_by("order"):
+        close(keys[f"mean_logit_diff_{order[0]}"], part.get_column("logit_diff").mean(), rel=1e-4)
+    close(keys["dla_sum_mean"], logit_minus_bias(store, diff=True).mean(), rel=1e-2, abs_=1e-2)
+    heads = all_heads(store, diff=True)
+    means = {k: v.mean() for k, v in heads.items()}
+    ranked = sorted(means, key=means.get, reverse=True)
+    assert [keys[f"top_head_{i}"] for i in (1, 2, 3)] == ranked[:3]
+    assert keys["most_negative_head"] == ranked[-1]
+    for name in ranked[:3]:
+        layer, head = (int(x) for x in re.fullmatch(r"L(\d+)H(\d+)", name).groups())
+        close(keys[f"end_to_io_{name}"], role_attention(store, layer, head, "end_pos", "io_pos").mean(), rel=5e-3)
+        close(keys[f"end_to_s1_{name}"], role_attention(store, layer, head, "end_pos", "s1_pos").mean(), rel=5e-3)
+    # the SQL answer: the (head, order) with the largest mean DLA
+    order = o.get_column("order").to_numpy()
+    cells = {(k, g): v[order == g].mean() for k, v in heads.items() for g in np.unique(order)}
+    (comp, grp), best = max(cells.items(), key=lambda kv: kv[1])
+    assert (keys["sql_top_component"], keys["sql_top_order"]) == (comp, grp)
+    close(keys["sql_top_mean_dla"], best, rel=1e-2, abs_=1e-3)
+    assert "SELECT" in stdout
+    assert_charts(charts, ["dla_heads", "attention_end", "dla_by_order"])
