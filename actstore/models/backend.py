@@ -62,7 +62,11 @@ def place(model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32) -
     """Move a (processed, float32) model to `device` and `dtype`, keeping its config in step."""
     if str(device) == str(model.cfg.device) and dtype == model.cfg.dtype:
         return model
-    model = model.to(device=device, dtype=dtype)
+    # HookedTransformer.to takes one device-or-dtype argument at a time
+    if str(device) != str(model.cfg.device):
+        model = model.to(device)
+    if dtype != model.cfg.dtype:
+        model = model.to(dtype)
     model.cfg.device, model.cfg.dtype = str(device), dtype
     return model
 
@@ -90,6 +94,8 @@ def load_weights(model: Any, state_dict: dict[str, torch.Tensor], process: bool 
     """
     if process:
         flags = processing_flags(model)
+        if flags["fold_ln"]:
+            state_dict = fold_square_mlp_ln(state_dict, model.cfg)
         with quiet_transformer_lens():
             model.load_and_process_state_dict(dict(state_dict), **flags)
     else:
@@ -98,6 +104,29 @@ def load_weights(model: Any, state_dict: dict[str, torch.Tensor], process: bool 
     record = {**flags, "processed": bool(process)}
     model.actstore_processing = record
     return record
+
+
+def fold_square_mlp_ln(state_dict: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """Fold each ln2 into its MLP's W_in / b_in ourselves when W_in is square (d_mlp == d_model).
+
+    TransformerLens 3.9's fold_ln guesses W_in's orientation from its shape and, for a square
+    W_in [d_model, d_mlp], scales the wrong axis by ln2.w and folds ln2.b along the wrong one:
+    the processed model's outputs change (by up to 2 nats on zoo:brackets, d_mlp = d_model = 56).
+    Folded here, ln2 becomes the identity (w = 1, b = 0), which TransformerLens's fold leaves
+    exact; its W_in centering (along d_model for a square matrix) is right.
+    """
+    if cfg.attn_only or cfg.d_mlp != cfg.d_model or cfg.normalization_type != "LN":
+        return state_dict
+    out = dict(state_dict)
+    for layer in range(cfg.n_layers):
+        w_key, b_key = f"blocks.{layer}.ln2.w", f"blocks.{layer}.ln2.b"
+        if w_key not in out:
+            continue
+        w_in = out[f"blocks.{layer}.mlp.W_in"]  # [d_model, d_mlp]
+        out[f"blocks.{layer}.mlp.b_in"] = out[f"blocks.{layer}.mlp.b_in"] + out[b_key] @ w_in
+        out[f"blocks.{layer}.mlp.W_in"] = out[w_key][:, None] * w_in
+        out[w_key], out[b_key] = torch.ones_like(out[w_key]), torch.zeros_like(out[b_key])
+    return out
 
 
 def processing_of(model: Any) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from query_models import SHAPES, tiny_model
+from query_models import CHUNK, N_EXAMPLES, SHAPES, tiny_model
 
-N_EXAMPLES, CHUNK = 40, 16
 
 
 @pytest.fixture(scope="session")

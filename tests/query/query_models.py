@@ -22,6 +22,8 @@ from actstore.ingest.model_info import config_dict  # noqa: E402
 from actstore.query.chunks import Chunk, at_answers  # noqa: E402
 from actstore.query.readout import Weights  # noqa: E402
 
+N_EXAMPLES, CHUNK = 40, 16  # the shared tiny stores of conftest.py: examples, examples per chunk
+
 SHAPES = {
     # LayerNorm + MLPs, standard positions (addition-like but with MLPs); 3 layers so paths go 2 deep
     "ln_mlp": ("addition", dict(n_layers=3, n_heads=3, d_model=48, d_head=16, d_mlp=64, n_ctx=16, d_vocab=12,

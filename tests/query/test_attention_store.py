@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 import pytest
-from conftest import CHUNK, N_EXAMPLES
+from query_models import CHUNK, N_EXAMPLES
 from query_models import run_batch, task_data, tiny_model
 
 import actstore

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from conftest import N_EXAMPLES
+from query_models import N_EXAMPLES
 
 from actstore.errors import InvalidParameterError, UnknownColumnError
 from actstore.query import breakdown, dla, logit_lens

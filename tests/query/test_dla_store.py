@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from conftest import N_EXAMPLES
+from query_models import N_EXAMPLES
 from query_models import SHAPES, run_batch, tiny_model
 
 import actstore

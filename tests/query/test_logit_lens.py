@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import N_EXAMPLES
+from query_models import N_EXAMPLES
 from query_models import SHAPES, at_answer_positions, run_batch, task_data, tiny_model
 
 from actstore.errors import InvalidParameterError

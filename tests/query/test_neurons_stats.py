@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from conftest import N_EXAMPLES
+from query_models import N_EXAMPLES
 from hypothesis import given
 from hypothesis import strategies as st
 

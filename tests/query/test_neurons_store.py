@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import CHUNK, N_EXAMPLES
+from query_models import CHUNK, N_EXAMPLES
 from query_models import run_batch, task_data, tiny_model
 
 import actstore

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from conftest import CHUNK, N_EXAMPLES
+from query_models import CHUNK, N_EXAMPLES
 
 import actstore
 from actstore.errors import QueryError
