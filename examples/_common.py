@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ class Example:
                             help=f"store directory (default stores/examples/{name}); reused when it holds "
                                  "the same complete run, replaced when it holds another")
         parser.add_argument("--charts", type=Path, default=None, help="write PNG + HTML charts to this directory")
+        parser.add_argument("--chart-scale", type=float, default=2.0,
+                            help="PNG resolution multiplier (default 2; 1.25 keeps most charts under 200 KB)")
         parser.add_argument("--fresh", action="store_true",
                             help="re-ingest even if --out holds the same run (e.g. after retraining the weights)")
         self.args = parser.parse_args()
@@ -64,7 +67,7 @@ class Example:
                 old = actstore.open_store(out)
                 m = old.manifest
                 if (old.complete and m.task == task and m.model_spec == model and m.n == a.n and m.seed == a.seed):
-                    print(f"store: reusing {out} ({m.task} x {m.model_spec}, {m.n} examples, seed {m.seed})")
+                    print(f"store: reusing {_show(out)} ({m.task} x {m.model_spec}, {m.n} examples, seed {m.seed})")
                     return old
             except ActstoreError:
                 pass  # not a store (ingest refuses a non-empty non-store directory) or an unreadable one
@@ -75,9 +78,9 @@ class Example:
         except StoreExistsError as e:
             if "another run" not in str(e) and "cannot resume" not in str(e):
                 raise
-            print(f"store: {out} holds another run; replacing it")
+            print(f"store: {_show(out)} holds another run; replacing it")
             st = actstore.ingest(task, model, overwrite=True, **kw)
-        print(f"store: ingested {st.n_examples} {task} examples through {model} into {out} "
+        print(f"store: ingested {st.n_examples} {task} examples through {model} into {_show(out)} "
               f"in {time.perf_counter() - t:.1f} s")
         return st
 
@@ -112,16 +115,22 @@ class Example:
         chart = build()
         for ext, wanted in ((".png", png), (".html", html)):
             if wanted:
-                self.charts.append(save_chart(chart, self.args.charts / f"{name}{ext}"))
+                self.charts.append(save_chart(chart, self.args.charts / f"{name}{ext}", scale=self.args.chart_scale))
 
     def finish(self) -> None:
         self.section("Key numbers")
         for k, v in self.keys.items():
             print(f"  {k} = {_fmt(v)}")
         if self.charts:
-            print(f"\ncharts: {len(self.charts)} files in {self.args.charts}: "
+            print(f"\ncharts: {len(self.charts)} files in {_show(self.args.charts)}: "
                   + ", ".join(p.name for p in self.charts))
         print(f"wall time: {time.perf_counter() - self.t0:.1f} s")
+
+
+def _show(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (shorter, and the same on every machine)."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _fmt(v: float | int | str) -> str:

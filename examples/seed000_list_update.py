@@ -6,7 +6,7 @@ of each head from the answer positions, and the full OV circuits (L0H0, L1H0 and
 head L0H0 -> L1H0), each split by `changed` (elt differs from a[idx]) and by whether the answer
 slot is the updated one (answer_idx == idx).
 
-    .venv/bin/python examples/seed000_list_update.py --n 2000 --charts charts/seed000
+    .venv/bin/python examples/seed000_list_update.py --n 4000 --charts charts/seed000
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from actstore.query import attention, breakdown, dla, logit_lens, ov_circuit, vi
 
 
 def main() -> None:
-    ex = Example("seed000_list_update", __doc__, default_n=2000)
+    ex = Example("seed000_list_update", __doc__, default_n=4000)
     store = ex.store("list_update", "zoo:list_update")
     examples = store.examples
     cfg = store.config
@@ -124,14 +124,15 @@ def main() -> None:
                      "positive_eigenvalue_share": _pos_eig_share(m)})
     ov = pl.DataFrame(rows)
     ex.table(ov)
-    l1 = ov.filter(pl.col("circuit") == head_label(n_layers - 1, 0)).row(0, named=True)
-    ex.key("ov_L1H0_top1_diagonal", l1["top1_on_diagonal"])
-    ex.key("ov_L1H0_copy_score_z", l1["copy_score_z"])
+    last = head_label(n_layers - 1, 0)
+    l1 = ov.filter(pl.col("circuit") == last).row(0, named=True)
+    ex.key(f"ov_{last}_top1_diagonal", l1["top1_on_diagonal"])
+    ex.key(f"ov_{last}_copy_score_z", l1["copy_score_z"])
 
     ex.chart("logit_lens", lambda: ch.logit_lens_lines(lens_raw))
     ex.chart("dla_by_head_changed", lambda: ch.component_bars_by(head_raw, examples, "changed"))
     ex.chart("attention", lambda: ch.attention_heatmap(attention(store, query=answer_pos, by=["q_role", "k_role"])))
-    ex.chart("ov_L1H0", lambda: ch.circuit_heatmap(circuits[head_label(n_layers - 1, 0)], "Full OV circuit of L1H0",
+    ex.chart(f"ov_{last}", lambda: ch.circuit_heatmap(circuits[last], f"Full OV circuit of {last}",
                                                    row_labels=[str(i) for i in nums],
                                                    col_labels=[str(i) for i in nums]))
     ex.finish()
