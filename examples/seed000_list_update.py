@@ -6,7 +6,7 @@ of each head from the answer positions, and the full OV circuits (L0H0, L1H0 and
 head L0H0 -> L1H0), each split by `changed` (elt differs from a[idx]) and by whether the answer
 slot is the updated one (answer_idx == idx).
 
-    .venv/bin/python examples/seed000_list_update.py --n 4000 --charts charts/seed000
+    .venv/bin/python examples/seed000_list_update.py --n 4000 --charts stores/charts/seed000
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ mean logit difference correct - today (overall, by kind and offset), the logit l
 difference, per-head direct logit attribution with the top heads, and the attention of those
 heads from END to the today token (role SUBJECT).
 
-    .venv/bin/python examples/seed001_days.py --n 2000 --charts charts/seed001
+    .venv/bin/python examples/seed001_days.py --n 2000 --charts stores/charts/seed001
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ which head carries information into position 0 from which positions (attention f
 proportion (Pearson r), directly at position 0 and through the head that carries the most.
 Findings are computed from the queries, not assumed from the seed's model.
 
-    .venv/bin/python examples/seed002_brackets.py --n 2000 --charts charts/seed002
+    .venv/bin/python examples/seed002_brackets.py --n 2000 --charts stores/charts/seed002
 """
 
 from __future__ import annotations

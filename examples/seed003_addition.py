@@ -6,7 +6,7 @@ seed's analysis from the store: accuracy per digit and carry, per-head direct lo
 by digit, the carry vs no-carry split of that attribution per digit, layer-1 attention from each
 answer's query position to the a/b digits split by carry, and the path (virtual head) DLA.
 
-    .venv/bin/python examples/seed003_addition.py --n 4000 --charts charts/seed003
+    .venv/bin/python examples/seed003_addition.py --n 4000 --charts stores/charts/seed003
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and by order ABBA / BABA), the heads with the largest direct logit attribution t
 difference, the attention of those heads from END to IO vs to S1 (and S2), and one SQL query
 through store.sql (per-head DLA by order, answered by DuckDB from the derived dla table).
 
-    .venv/bin/python examples/seed004_ioi.py --n 2000 --charts charts/seed004
+    .venv/bin/python examples/seed004_ioi.py --n 2000 --charts stores/charts/seed004
 """
 
 from __future__ import annotations
