@@ -96,7 +96,7 @@ class Example:
             print(f"-- {title}")
         print(df)
 
-    def key(self, name: str, value: float | int | str) -> float | int | str:
+    def key(self, name: str, value: float | str) -> float | str:
         """Record a key number (printed again, parseable, at the end as `  name = value`)."""
         self.keys[name] = value
         return value
@@ -133,7 +133,7 @@ def _show(path: Path) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
-def _fmt(v: float | int | str) -> str:
+def _fmt(v: float | str) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.6g}"
     return str(v)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-
 from _common import Example, head_label, run
 
 import actstore.charts as ch

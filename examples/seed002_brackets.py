@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-
 from _common import Example, head_label, run
 
 import actstore.charts as ch
 from actstore.query import attention, breakdown, dla, neurons
-from actstore.query.neurons import neuron_frames
 from actstore.query.neuron_stats import neuron_correlation
+from actstore.query.neurons import neuron_frames
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ answer's query position to the a/b digits split by carry, and the path (virtual 
 from __future__ import annotations
 
 import polars as pl
-
 from _common import Example, run
 
 import actstore.charts as ch
@@ -129,7 +128,7 @@ def main() -> None:
     ex.finish()
 
 
-def _query_roles(store) -> dict[int, str]:  # noqa: ANN001
+def _query_roles(store) -> dict[int, str]:
     """answer_idx -> the token role at that answer's read position (from the stored tables)."""
     pos = store.outputs.filter(pl.col("example_id") == 0).select("answer_idx", "answer_pos")
     roles = store.tokens.filter(pl.col("example_id") == 0).select(pl.col("pos").alias("answer_pos"), "role")

@@ -35,7 +35,8 @@ def run_example(script: str, tmp_path: Path, n: int, *extra: str) -> tuple[str, 
     out, charts = tmp_path / "store", tmp_path / "charts"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--n", str(n), "--out", str(out),
-                           "--charts", str(charts), *extra], capture_output=True, text=True, env=env, timeout=600)
+                           "--charts", str(charts), *extra], check=False, capture_output=True, text=True, env=env,
+                          timeout=600)
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout, key_numbers(proc.stdout), actstore.open_store(out), charts
 
@@ -43,7 +44,7 @@ def run_example(script: str, tmp_path: Path, n: int, *extra: str) -> tuple[str, 
 def key_numbers(stdout: str) -> dict[str, str]:
     assert "== Key numbers" in stdout, stdout
     tail = stdout.split("== Key numbers", 1)[1]
-    return dict(re.findall(r"^  (\S+) = (.+)$", tail, flags=re.M))
+    return dict(re.findall(r"^  (\S+) = (.+)$", tail, flags=re.MULTILINE))
 
 
 def assert_charts(charts: Path, names: list[str]) -> None:
@@ -54,14 +55,14 @@ def assert_charts(charts: Path, names: list[str]) -> None:
     assert (charts / f"{names[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def answer_rows(store) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+def answer_rows(store) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(example_id, answer_pos, correct_token) of every answer, in example then answer order."""
     o = store.outputs.sort("example_id", "answer_idx")
     return (o.get_column("example_id").to_numpy(), o.get_column("answer_pos").to_numpy(),
             o.get_column("correct_token").to_numpy())
 
 
-def head_dla(store, layer: int, diff: bool = False) -> np.ndarray:  # noqa: ANN001
+def head_dla(store, layer: int, diff: bool = False) -> np.ndarray:
     """[answer row, head] direct attribution of each head of `layer` to the correct token (diff: correct
     minus counterfactual), from the stored hook_z, W_O, W_U and (if the model has LayerNorm) the final
     LN scale."""
@@ -78,7 +79,7 @@ def head_dla(store, layer: int, diff: bool = False) -> np.ndarray:  # noqa: ANN0
     return out
 
 
-def logit_minus_bias(store, diff: bool = False) -> np.ndarray:  # noqa: ANN001
+def logit_minus_bias(store, diff: bool = False) -> np.ndarray:
     """Stored correct logit (diff: logit difference) minus its b_U part, per answer row."""
     o = store.outputs.sort("example_id", "answer_idx")
     b_u = store.param("unembed.b_U").astype(np.float64)
@@ -89,13 +90,13 @@ def logit_minus_bias(store, diff: bool = False) -> np.ndarray:  # noqa: ANN001
     return o.get_column("correct_logit").to_numpy().astype(np.float64) - b_u[correct]
 
 
-def all_heads(store, diff: bool = False) -> dict[str, np.ndarray]:  # noqa: ANN001
+def all_heads(store, diff: bool = False) -> dict[str, np.ndarray]:
     """'LxHy' -> [answer row] direct attribution of every head."""
     return {f"L{layer}H{h}": v for layer in range(int(store.config["n_layers"]))
             for h, v in enumerate(head_dla(store, layer, diff).T)}
 
 
-def role_attention(store, layer: int, head: int, q_col: str, k_col: str) -> np.ndarray:  # noqa: ANN001
+def role_attention(store, layer: int, head: int, q_col: str, k_col: str) -> np.ndarray:
     """[example] attention prob of head (layer, head) from position examples[q_col] to examples[k_col]."""
     ex = store.examples.sort("example_id")
     q, k = ex.get_column(q_col).to_numpy(), ex.get_column(k_col).to_numpy()
@@ -153,11 +154,11 @@ def test_seed000_reuses_then_replaces_store(tmp_path: Path) -> None:
     out = tmp_path / "store"
     args = [sys.executable, str(EXAMPLES / "seed000_list_update.py"), "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.run([*args, "--n", "64"], capture_output=True, text=True, env=env, timeout=600)
+    first = subprocess.run([*args, "--n", "64"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0 and "store: ingested 64" in first.stdout, first.stderr
-    again = subprocess.run([*args, "--n", "64"], capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run([*args, "--n", "64"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "store: reusing" in again.stdout
-    other = subprocess.run([*args, "--n", "96"], capture_output=True, text=True, env=env, timeout=600)
+    other = subprocess.run([*args, "--n", "96"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert other.returncode == 0 and "holds another run; replacing it" in other.stdout
     assert actstore.open_store(out).n_examples == 96
 
