@@ -130,8 +130,8 @@ ZOO: dict[str, ZooSpec] = {
             model_name="zoo:lm", seed=0, default_prepend_bos=True,
         ),  # fmt: skip
         tasks=(("ioi", {"order": "both", "corrupt": "none"}), ("days", {"kind": "both", "corrupt": "none"})),
-        train=TrainSettings(steps=3000, loss="lm", batch=128, lr=1e-3, warmup=100, answer_weight=4.0,
-                            mix=(0.75, 0.25)),
+        train=TrainSettings(steps=3000, loss="lm", batch=128, lr=3e-3, warmup=100, answer_weight=8.0,
+                            mix=(0.85, 0.15)),
         targets=(Target("ioi", 0.95, logit_diff=2.0), Target("days", 0.90)),
         tokenizer="word",
     ),
