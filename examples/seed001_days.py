@@ -58,6 +58,12 @@ def main() -> None:
     for i, r in enumerate(top.iter_rows(named=True)):
         ex.key(f"top_head_{i + 1}", r["component"])
         ex.key(f"top_head_{i + 1}_dla", float(r["mean"]))
+    big = comp.filter(pl.col("component").str.contains(r"^(L\d+H\d+|mlp\d+)$")).sort("mean", descending=True)
+    r = big.row(0, named=True)
+    ex.say(f"the largest direct contributor to correct - today is {r['component']} (mean {r['mean']:.2f}); "
+           f"the top head {top['component'][0]} gives {top['mean'][0]:.2f}")
+    ex.key("top_component", r["component"])
+    ex.key("top_component_dla", float(r["mean"]))
     ex.key("dla_sum_mean", float(d.group_by("example_id").agg(pl.col("value").sum()).get_column("value").mean()))
 
     ex.section(f"Attention of the top {TOP} heads from END to the today token (SUBJECT), by kind")
@@ -72,8 +78,13 @@ def main() -> None:
                                entropy=pl.col("entropy")), on="head_name"))
     best = allk.sort("mean", descending=True).row(0, named=True)
     first = float(allk.filter((pl.col("layer") == pairs[0][0]) & (pl.col("head") == pairs[0][1]))["mean"][0])
-    ex.say(f"of the top DLA heads, {head_label(best['layer'], best['head'])} attends most from END to the today "
-           f"token (mean {best['mean']:.3f}); the top DLA head {top['component'][0]} puts {first:.3f} there")
+    name = head_label(best["layer"], best["head"])
+    if name == top["component"][0]:
+        ex.say(f"the top DLA head {name} is also the top heads' strongest reader of the today token: "
+               f"{first:.3f} of its attention from END")
+    else:
+        ex.say(f"of the top DLA heads, {name} attends most from END to the today token (mean {best['mean']:.3f}); "
+               f"the top DLA head {top['component'][0]} puts {first:.3f} there")
     ex.key("top_head_end_to_today", first)
 
     ex.chart("dla_heads", lambda: ch.dla_heatmap(d))

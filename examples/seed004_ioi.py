@@ -68,6 +68,10 @@ def main() -> None:
         ex.key(f"top_head_{i + 1}", r["component"])
         ex.key(f"top_head_{i + 1}_dla", float(r["mean"]))
     ex.key("most_negative_head", neg["component"])
+    big = comp.filter(pl.col("component").str.contains(r"^(L\d+H\d+|mlp\d+)$")).sort("mean", descending=True)
+    ex.say(f"the largest direct contributor overall is {big['component'][0]} (mean {big['mean'][0]:.2f})")
+    ex.key("top_component", big["component"][0])
+    ex.key("top_component_dla", float(big["mean"][0]))
     ex.key("dla_sum_mean", float(d.group_by("example_id").agg(pl.col("value").sum()).get_column("value").mean()))
 
     ex.section(f"Attention of the top {TOP} heads from END to IO, S1 and S2, by order")
@@ -86,9 +90,10 @@ def main() -> None:
     for r in both.sort("head_name").iter_rows(named=True):
         ex.key(f"end_to_io_{r['head_name']}", float(r["IO"]))
         ex.key(f"end_to_s1_{r['head_name']}", float(r["S1"]))
-    first = both.filter(pl.col("head_name") == top["component"][0]).row(0, named=True)
-    ex.say(f"{top['component'][0]} attends END -> IO {first['IO']:.3f} vs END -> S1 {first['S1']:.3f} "
-           f"(END -> S2 {first['S2']:.3f})")
+    for r in both.sort("head_name").iter_rows(named=True):
+        role = max(("IO", "S1", "S2"), key=lambda k: r[k])
+        ex.say(f"{r['head_name']}: END -> IO {r['IO']:.3f}, END -> S1 {r['S1']:.3f}, END -> S2 {r['S2']:.3f}; "
+               f"of the three names it reads {role} most")
 
     ex.section("SQL through store.sql (DuckDB over the derived dla table, target 'diff')")
     print(SQL.strip())

@@ -96,6 +96,22 @@ def all_heads(store, diff: bool = False) -> dict[str, np.ndarray]:
             for h, v in enumerate(head_dla(store, layer, diff).T)}
 
 
+def mlp_dla(store, diff: bool = False) -> dict[str, np.ndarray]:
+    """'mlpL' -> [answer row] direct attribution of each MLP (post @ W_out, without b_out) over the final LN scale."""
+    e, p, t = answer_rows(store)
+    w_u = store.param("unembed.W_U").astype(np.float64)
+    d = w_u[:, t]
+    if diff:
+        d = d - w_u[:, store.outputs.sort("example_id", "answer_idx").get_column("counter_token").to_numpy()]
+    s = store.read("ln_final.hook_scale").astype(np.float64)[e, p, 0]
+    out = {}
+    for layer in range(int(store.config["n_layers"])):
+        post = store.read(f"blocks.{layer}.mlp.hook_post").astype(np.float64)[e, p]  # [row, d_mlp]
+        w_out = store.param(f"blocks.{layer}.mlp.W_out").astype(np.float64)  # [d_mlp, d_model]
+        out[f"mlp{layer}"] = np.einsum("rn,nm,mr->r", post, w_out, d) / s
+    return out
+
+
 def role_attention(store, layer: int, head: int, q_col: str, k_col: str) -> np.ndarray:
     """[example] attention prob of head (layer, head) from position examples[q_col] to examples[k_col]."""
     ex = store.examples.sort("example_id")
@@ -285,6 +301,9 @@ def test_seed001_days(tmp_path: Path) -> None:
     close(keys["top_head_1_dla"], means[ranked[0]], rel=1e-2, abs_=1e-3)
     layer, head = (int(x) for x in re.fullmatch(r"L(\d+)H(\d+)", ranked[0]).groups())
     close(keys["top_head_end_to_today"], role_attention(store, layer, head, "end_pos", "subject_pos").mean(), rel=5e-3)
+    comps = {k: v.mean() for k, v in (all_heads(store, diff=True) | mlp_dla(store, diff=True)).items()}
+    assert keys["top_component"] == max(comps, key=comps.get)
+    close(keys["top_component_dla"], max(comps.values()), rel=1e-2, abs_=1e-3)
     assert "Logit lens" in stdout
     assert_charts(charts, ["dla_heads", "logit_lens", "attention_end"])
 
@@ -304,6 +323,9 @@ def test_seed004_ioi(tmp_path: Path) -> None:
     ranked = sorted(means, key=means.get, reverse=True)
     assert [keys[f"top_head_{i}"] for i in (1, 2, 3)] == ranked[:3]
     assert keys["most_negative_head"] == ranked[-1]
+    comps = {k: v.mean() for k, v in (heads | mlp_dla(store, diff=True)).items()}
+    assert keys["top_component"] == max(comps, key=comps.get)
+    close(keys["top_component_dla"], max(comps.values()), rel=1e-2, abs_=1e-3)
     for name in ranked[:3]:
         layer, head = (int(x) for x in re.fullmatch(r"L(\d+)H(\d+)", name).groups())
         close(keys[f"end_to_io_{name}"], role_attention(store, layer, head, "end_pos", "io_pos").mean(), rel=5e-3)
