@@ -62,7 +62,7 @@ def circuit_heatmap(
     return alt.Chart(table).mark_rect().encode(
         x=alt.X("col:N", sort=cols, title=col_title),
         y=alt.Y("row:N", sort=rows, title=row_title),
-        color=style.diverging("value", value_title),
+        color=style.diverging("value", value_title, table.get_column("value")),
         tooltip=[alt.Tooltip("row:N", title=row_title), alt.Tooltip("col:N", title=col_title),
                  style.value_tooltip("value", value_title)],
     ).properties(width=cell * len(cols), height=cell * len(rows), title=style.chart_title(title))

@@ -81,7 +81,7 @@ def dla_heatmap(dla: pl.DataFrame, target: str | None = None, facet_answers: boo
     base = alt.Chart(summary).mark_rect().encode(
         x=alt.X("head:O", title="Head"),
         y=alt.Y("layer:O", title="Layer"),
-        color=style.diverging("mean", title),
+        color=style.diverging("mean", title, summary.get_column("mean")),
         tooltip=[
             alt.Tooltip("component:N", title="Head"),
             style.value_tooltip("mean", f"mean {title}"),
@@ -111,7 +111,7 @@ def _bars(summary: pl.DataFrame, order: list[str], group: str | None, group_titl
         enc["color"] = alt.Color(f"{group}:N", title=group_title)
         tooltip.insert(1, alt.Tooltip(f"{group}:N", title=group_title))
     elif signed_colour:
-        enc["color"] = style.diverging("mean", title)
+        enc["color"] = style.diverging("mean", title, summary.get_column("mean"))
     bars = alt.Chart().mark_bar().encode(**enc)
     err_enc: dict = {"x": x, "y": alt.Y("ci_low:Q", title=f"mean {title}"), "y2": alt.Y2("ci_high:Q")}
     if group:

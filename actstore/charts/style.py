@@ -7,7 +7,10 @@ a sequential scale starting at 0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
+import numpy as np
 
 # sizes in pixels of one facet cell / one plot
 CELL = 22                 # one rect of a heatmap
@@ -40,9 +43,19 @@ def title_of(column: str) -> str:
     return TITLES.get(column, column.replace("_", " "))
 
 
-def diverging(field: str, title: str) -> alt.Color:
-    """Colour for a signed value: red below 0, white at 0, blue above (domainMid=0)."""
-    return alt.Color(f"{field}:Q", title=title, scale=alt.Scale(scheme="redblue", domainMid=0))
+def diverging(field: str, title: str, values: Any = None) -> alt.Color:
+    """Colour for a signed value: red below 0, white at 0, blue above.
+
+    With `values` (the plotted column) the domain is symmetric, [-max|v|, max|v|], so equal
+    colours mean equal magnitudes; with domainMid alone a small negative cell would be drawn
+    as dark as the largest positive one.
+    """
+    scale = alt.Scale(scheme="redblue", domainMid=0)
+    if values is not None:
+        top = float(np.nanmax(np.abs(np.asarray(values, dtype=np.float64)))) if len(values) else 0.0
+        if np.isfinite(top) and top > 0:
+            scale = alt.Scale(scheme="redblue", domain=[-top, top])
+    return alt.Color(f"{field}:Q", title=title, scale=scale)
 
 
 def sequential(field: str, title: str) -> alt.Color:

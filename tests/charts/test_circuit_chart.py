@@ -21,7 +21,8 @@ def test_ov_circuit_cells_and_scale(run):
     cell = {(r["row"], r["col"]): r["value"] for r in rows}
     assert cell[("7", "=")] == pytest.approx(float(ov[7, 11]), rel=1e-6)
     spec = chart.to_dict()
-    assert spec["encoding"]["color"]["scale"] == {"domainMid": 0, "scheme": "redblue"}
+    top = float(abs(ov).max())
+    assert spec["encoding"]["color"]["scale"]["domain"] == pytest.approx([-top, top], rel=1e-6)
     assert spec["encoding"]["y"]["sort"] == VOCAB and spec["encoding"]["x"]["sort"] == VOCAB
     assert spec["title"]["text"] == "OV circuit L0H1"
 

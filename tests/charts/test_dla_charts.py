@@ -28,7 +28,9 @@ def test_heatmap_cells_are_head_means_per_answer(run):
     assert inner["mark"]["type"] == "rect"
     assert inner["encoding"]["x"]["field"] == "head" and inner["encoding"]["y"]["field"] == "layer"
     colour = inner["encoding"]["color"]
-    assert colour["scale"] == {"domainMid": 0, "scheme": "redblue"}
+    top = max(abs(r["mean"]) for r in rows)  # symmetric domain: equal colours, equal magnitudes
+    assert colour["scale"]["scheme"] == "redblue"
+    assert colour["scale"]["domain"] == pytest.approx([-top, top], rel=1e-12)
     assert {t["field"] for t in inner["encoding"]["tooltip"]} >= {"component", "mean", "n"}
     assert spec["facet"]["column"]["field"] == "answer"
     assert "per attention head" in spec["title"]["text"]
@@ -60,8 +62,10 @@ def test_component_bars_order_values_and_top(run):
 
 
 def test_single_answer_bars_use_a_diverging_scale(run):
-    spec = component_bars(run.dla.filter(pl.col("answer_idx") == 0)).to_dict()
-    assert spec["layer"][0]["encoding"]["color"]["scale"]["domainMid"] == 0
+    chart = component_bars(run.dla.filter(pl.col("answer_idx") == 0))
+    scale = chart.to_dict()["layer"][0]["encoding"]["color"]["scale"]
+    top = max(abs(r["mean"]) for r in chart_rows(chart) if "mean" in r)
+    assert scale["scheme"] == "redblue" and scale["domain"] == pytest.approx([-top, top], rel=1e-12)
 
 
 def test_carry_split_per_digit_matches_numpy(run):
