@@ -18,9 +18,7 @@ import polars as pl
 from _common import Example, head_label, run
 
 import actstore.charts as ch
-from actstore.query import attention, breakdown, dla, neurons
-from actstore.query.neuron_stats import neuron_correlation
-from actstore.query.neurons import neuron_frames
+from actstore.query import attention, breakdown, dla, neuron_correlation, neuron_frames, neurons
 
 
 def main() -> None:
