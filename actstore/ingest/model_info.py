@@ -5,6 +5,8 @@ Uses `actstore.models` (the zoo) when it provides the helpers, else reads the co
 
 from __future__ import annotations
 
+import hashlib
+
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,19 @@ def processing_dict(model: Any, processing: dict[str, Any] | None) -> dict[str, 
 def params_dict(model: Any) -> dict[str, np.ndarray]:
     """{state-dict name: float32 array} of the model's parameters (not its buffers)."""
     return {name: p.detach().float().cpu().numpy() for name, p in model.named_parameters()}
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 of the model's parameters (names and float32 values, in name order).
+
+    Part of a store's identity: the same spec with other weights (retrained, processed
+    differently) is another run, never resumed into the same store.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(p.detach().float().cpu().numpy()).tobytes())
+    return h.hexdigest()
 
 
 def _plain(v: Any) -> Any:

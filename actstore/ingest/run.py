@@ -127,7 +127,7 @@ def ingest(
         model_dtype=str(net.cfg.dtype).removeprefix("torch."), task=data.task, task_params=dict(data.params),
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
-        decomposition=decomposition, package_version=__version__,
+        decomposition=decomposition, package_version=__version__, weights_sha256=model_info.weights_digest(net),
     )
     manifest.validate()
     if decomposition.get("status") == "failed" and not quiet:

@@ -72,7 +72,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"answers/example={m['n_answers']} width={m['width']}",
         f"model      {m['model_spec']}: {cfg.get('n_layers')} layers x {cfg.get('n_heads')} heads, "
         f"d_model={cfg.get('d_model')}, d_mlp={cfg.get('d_mlp')}, norm={cfg.get('normalization_type')}, "
-        f"pos={cfg.get('positional_embedding_type')}, {cfg.get('attention_dir')}, dtype={m['model_dtype']}",
+        f"pos={cfg.get('positional_embedding_type')}, {cfg.get('attention_dir')}, dtype={m['model_dtype']}, "
+        f"weights sha256 {(m.get('weights_sha256') or 'not recorded')[:16]}",
         f"processing {_kv(m['processing'])}",
         f"storage    dtype={m['dtype']} batch={m['batch']} codec={_kv(m['codec'])} "
         f"format={m['format_version']} actstore={m.get('package_version', '')}",

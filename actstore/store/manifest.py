@@ -63,6 +63,7 @@ class Manifest:
     chunk, batch:  examples per Zarr chunk along axis 0; examples per forward pass
     codec:         the Zarr codec chain of the activation arrays (as recorded in the manifest)
     decomposition: result of the first-batch check that the components sum to the logits
+    weights_sha256: digest of the model's parameters (same spec, other weights: another run)
     """
 
     model_spec: str
@@ -83,6 +84,7 @@ class Manifest:
     decomposition: dict[str, Any] | None = None
     package_version: str = ""
     format_version: int = FORMAT_VERSION
+    weights_sha256: str = ""
 
     # fields recorded but not compared when deciding whether a rerun may resume
     NON_IDENTITY = ("decomposition", "package_version")
@@ -111,7 +113,7 @@ class Manifest:
                 f"{FORMAT_VERSION}); re-ingest with this version"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in d and n not in ("decomposition", "package_version"))
+        missing = sorted(n for n in names if n not in d and n not in ("decomposition", "package_version", "weights_sha256"))
         if missing:
             raise StoreFormatError(f"manifest lacks field(s) {', '.join(missing)}")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -181,6 +182,17 @@ def test_rerun_of_another_run_is_refused_and_overwrite_replaces(tmp_path, models
     assert again.n_examples == 30 and tree_bytes(out) == before
     replaced = actstore.ingest("addition", model, 30, 1, out, chunk=16, quiet=True, overwrite=True)
     assert replaced.manifest.seed == 1 and replaced.n_examples == 30
+
+
+def test_same_spec_with_other_weights_is_another_run(tmp_path, models):
+    model = copy.deepcopy(models["addition"])
+    out = tmp_path / "s"
+    first = actstore.ingest("addition", model, 20, 0, out, chunk=8, quiet=True, model_spec="mine")
+    assert len(first.manifest.weights_sha256) == 64
+    with torch.no_grad():
+        model.blocks[0].attn.W_O[0, 0, 0] += 1e-3  # retrained or reprocessed: same spec, other weights
+    with pytest.raises(StoreExistsError, match=r"differs in: .*weights_sha256"):
+        actstore.ingest("addition", model, 20, 0, out, chunk=8, quiet=True, model_spec="mine")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
