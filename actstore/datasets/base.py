@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from actstore.errors import InvalidParameterError
 
@@ -77,25 +78,36 @@ class TaskData:
         counter = (
             pl.Series("counter_tokens", [None] * n, dtype=pl.List(pl.Int64))
             if self.counter_tokens is None
-            else pl.Series("counter_tokens", self.counter_tokens.tolist(), dtype=pl.List(pl.Int64))
+            else list_series("counter_tokens", self.counter_tokens)
         )
         base = pl.DataFrame(
             [
                 pl.Series("example_id", np.arange(n, dtype=np.int64)),
                 pl.Series("text", self.text, dtype=pl.String),
-                pl.Series(
-                    "tokens",
-                    [row[:length].tolist() for row, length in zip(self.tokens, self.lengths)],
-                    dtype=pl.List(pl.Int64),
-                ),
+                list_series("tokens", self.tokens, self.lengths),
                 pl.Series("length", self.lengths.astype(np.int64)),
-                pl.Series("answer_positions", self.answer_pos.tolist(), dtype=pl.List(pl.Int64)),
-                pl.Series("answer_tokens", self.answer_tokens.tolist(), dtype=pl.List(pl.Int64)),
+                list_series("answer_positions", self.answer_pos),
+                list_series("answer_tokens", self.answer_tokens),
                 counter,
             ]
         )
         labels = self.labels.drop([c for c in self.labels.columns if c in base.columns])
         return pl.concat([base, labels], how="horizontal")
+
+
+def list_series(name: str, rows: np.ndarray, lengths: np.ndarray | None = None) -> pl.Series:
+    """A List(Int64) Series from a [row, width] array, row i cut to lengths[i] (default: whole rows).
+
+    Built from one flat value buffer and offsets (Arrow), not per-row Python lists: ~20x faster.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n, width = rows.shape
+    lengths = np.full(n, width, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = rows[np.arange(width)[None, :] < lengths[:, None]]  # row-major: row by row
+    arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64()))
+    return pl.Series(name, arr).cast(pl.List(pl.Int64))
 
 
 @runtime_checkable
