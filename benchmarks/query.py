@@ -113,7 +113,7 @@ def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-unt
         for b0 in range(0, ex.height, batch):
             sl = slice(b0, b0 + batch)
             toks = torch.from_numpy(tokens[sl])
-            real = torch.arange(width)[None] < torch.from_numpy(lengths[sl])[:, None]
+            real = torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]
             hooks = [(f"blocks.{layer}.attn.hook_attn_scores",
                       lambda s, hook: s.masked_fill(~real[:, None, None, :], float("-inf")))
                      for layer in range(model.cfg.n_layers)] if bidirectional else []
