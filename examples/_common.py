@@ -57,31 +57,27 @@ class Example:
     # --- the store ------------------------------------------------------------------------------
 
     def store(self, task: str, model: str, **ingest_kw: Any) -> Any:
-        """The store of `model` on `task` with --n/--seed at --out: reused when --out already holds
-        that complete run, otherwise ingested (resuming a partial run of the same parameters,
-        replacing a store of another run)."""
+        """The store of `model` on `task` with --n/--seed at --out. actstore.ingest decides: the
+        same complete run (same task, parameters, model spec and weights digest) is reused as it
+        is, a partial one resumed; a store of another run is replaced."""
         a = self.args
         out: Path = a.out
-        if not a.fresh and out.exists():
-            try:
-                old = actstore.open_store(out)
-                m = old.manifest
-                if (old.complete and m.task == task and m.model_spec == model and m.n == a.n and m.seed == a.seed):
-                    print(f"store: reusing {_show(out)} ({m.task} x {m.model_spec}, {m.n} examples, seed {m.seed})")
-                    return old
-            except ActstoreError:
-                pass  # not a store (ingest refuses a non-empty non-store directory) or an unreadable one
         t = time.perf_counter()
         kw = dict(n=a.n, seed=a.seed, out=out, quiet=True, **ingest_kw)
+        before = _committed(out)
         try:
             st = actstore.ingest(task, model, overwrite=a.fresh, **kw)
         except StoreExistsError as e:
             if "another run" not in str(e) and "cannot resume" not in str(e):
                 raise
             print(f"store: {_show(out)} holds another run; replacing it")
+            before = 0
             st = actstore.ingest(task, model, overwrite=True, **kw)
-        print(f"store: ingested {st.n_examples} {task} examples through {model} into {_show(out)} "
-              f"in {time.perf_counter() - t:.1f} s")
+        if not a.fresh and before == st.n_examples:
+            print(f"store: reusing {_show(out)} ({task} x {model}, {st.n_examples} examples, seed {a.seed})")
+        else:
+            print(f"store: ingested {st.n_examples} {task} examples through {model} into {_show(out)} "
+                  f"in {time.perf_counter() - t:.1f} s")
         return st
 
     # --- output ---------------------------------------------------------------------------------
@@ -125,6 +121,14 @@ class Example:
             print(f"\ncharts: {len(self.charts)} files in {_show(self.args.charts)}: "
                   + ", ".join(p.name for p in self.charts))
         print(f"wall time: {time.perf_counter() - self.t0:.1f} s")
+
+
+def _committed(out: Path) -> int:
+    """Examples committed in the store at `out` (0 when there is none or it cannot be read)."""
+    try:
+        return actstore.open_store(out).n_examples
+    except ActstoreError:
+        return 0
 
 
 def _show(path: Path) -> str:
