@@ -5,6 +5,7 @@ atomically to `derived/<table>-<param>=<value>-...-n=<examples>-<store hash>.par
 example count and a hash of the store's manifest (and of this module's VERSION) are part of
 the key, so a store that grew (a resumed ingest) or was re-ingested never serves stale rows.
 Files of the same table and parameters with an older key are removed when a new one is written.
+Raw attention and neuron rows are written chunk by chunk, so memory holds one chunk's rows.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from actstore.errors import InvalidParameterError, QueryError
 
@@ -59,6 +61,39 @@ def _all_layer_neurons(store: Any, params: Mapping[str, Any]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical_relaxed")
 
 
+def stream(store: Any, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:
+    """The table's rows chunk by chunk, for the raw tables that can be far bigger than memory
+    (attention rows, neuron rows); None for tables computed whole (dla, logit_lens, aggregates)."""
+    from actstore import query
+
+    if table == "attention" and not params.get("aggregate") and not params.get("by"):
+        return query.attention_frames(store, **params)
+    if table == "neurons" and params.get("top_k") is None:
+        rest = {k: v for k, v in params.items() if k != "top_k"}
+        if "layer" in rest:
+            return query.neuron_frames(store, **rest)
+        cfg = store.config
+        if cfg.get("attn_only") or not cfg.get("d_mlp"):
+            raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
+        return (f for layer in range(int(cfg["n_layers"])) for f in query.neuron_frames(store, layer=layer, **rest))
+    return None
+
+
+def write_frames(frames: Iterator[pl.DataFrame], path: Path) -> bool:
+    """Write the frames one by one into one Parquet file; False when there was no frame."""
+    writer = None
+    try:
+        for frame in frames:
+            arrow = frame.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, arrow.schema, compression="zstd", compression_level=1)
+            writer.write_table(arrow.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    return writer is not None
+
+
 def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
     if table not in TABLES:
         raise InvalidParameterError(f"no derived table {table!r}; derived tables: {', '.join(TABLES)}")
@@ -85,18 +120,20 @@ def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None)
     path = cache_path(store, table, full)
     if path.exists():
         return path
-    df = compute(store, table, full)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frames = stream(store, table, full)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        df.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
+        if frames is None or not write_frames(frames, tmp):  # whole tables, and empty streamed ones
+            compute(store, table, full).write_parquet(tmp, compression="zstd", compression_level=1,
+                                                      statistics=True)
         os.replace(tmp, path)
     except OSError:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        return df
+        return compute(store, table, full)  # derived/ not writable: computed in memory, not cached
     stem = _stem(table, full)
     for old in path.parent.glob(f"{stem}-n=*.parquet"):
         if old != path and old.name[len(stem):].count("-") == 2:  # same table and params, older key
