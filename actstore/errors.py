@@ -40,6 +40,10 @@ class StoreExistsError(ActstoreError, FileExistsError):
     """A store of a different run already exists at that path."""
 
 
+class StoreWriteError(ActstoreError, OSError):
+    """The operating system refused to write a store (read-only or special filesystem, disk full)."""
+
+
 class StoreFormatError(ActstoreError, ValueError):
     """A store whose manifest or layout this version cannot read."""
 

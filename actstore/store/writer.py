@@ -23,7 +23,7 @@ from zarr.codecs import BytesCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from actstore.errors import InvalidParameterError, StoreCorruptError
+from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
 from actstore.store.commits import CommitRecord, commit_files, commit_path, file_digest, fsync_dir, write_commit
 from actstore.store.layout import (ACTS, COMMITS, META_TABLES, PARAMS, chunk_file, chunk_ranges, compressors,
                                    param_dims, part_path)
@@ -69,6 +69,9 @@ def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray
             path.rmdir()  # an empty directory the caller made; rename needs it gone
         os.rename(tmp, path)
         fsync_dir(path.parent)
+    except OSError as e:  # a path the OS refuses (read-only or special filesystem, disk full)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreWriteError(f"cannot create a store at {str(path)!r}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

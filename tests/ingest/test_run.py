@@ -14,7 +14,8 @@ from tiny_models import tiny_model
 
 import actstore
 from actstore.datasets import get_task
-from actstore.errors import InvalidParameterError, StoreExistsError, UnknownHookError, UnknownTaskError
+from actstore.errors import (InvalidParameterError, StoreExistsError, StoreWriteError, UnknownHookError,
+                             UnknownTaskError)
 from actstore.store.commits import commit_path
 
 
@@ -232,6 +233,9 @@ def test_bad_output_paths(tmp_path, models):
         actstore.ingest("addition", model, 10, 0, other, quiet=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "other"]
     assert [p.name for p in other.iterdir()] == ["notes.md"]
+    if Path("/proc/self").is_dir():  # a directory the OS refuses to create anything in, even for root
+        with pytest.raises(StoreWriteError, match="cannot create a store at '/proc/actstore-test'"):
+            actstore.ingest("addition", model, 10, 0, "/proc/actstore-test", quiet=True)
 
 
 def test_model_that_does_not_fit_the_task(tmp_path, models):
