@@ -46,7 +46,9 @@ def synthetic_meta(start: int, stop: int) -> dict[str, pl.DataFrame]:
                            "token_id": [i % 3 for i in ids for _ in range(WIDTH)],
                            "str_token": ["t"] * (WIDTH * len(ids)), "role": [None, "a", "b", None, "c"] * len(ids)})
     outputs = pl.DataFrame({"example_id": [i for i in ids for _ in range(N_ANSWERS)],
-                            "answer_idx": [0, 1] * len(ids), "correct_logit": [float(i) for i in ids for _ in range(2)]})
+                            "answer_idx": [0, 1] * len(ids), "answer_pos": [3, 4] * len(ids),
+                            "correct_token": [1, 2] * len(ids),
+                            "correct_logit": [float(i) for i in ids for _ in range(2)]})
     return {"examples": examples, "tokens": tokens, "outputs": outputs}
 
 
