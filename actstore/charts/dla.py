@@ -50,7 +50,12 @@ def _target_name(table: pl.DataFrame, target: str | None) -> str:
 
 
 def _value_title(target: str) -> str:
-    return "DLA to logit difference" if target == "diff" else "DLA to correct logit"
+    """Axis title for a target: the two built-in ones by name, any other (a custom direction) as given."""
+    if target == "diff":
+        return "DLA to logit difference"
+    if target == "correct":
+        return "DLA to correct logit"
+    return f"DLA to {target}"
 
 
 def _top_components(summary: pl.DataFrame, top: int | None) -> list[str]:
