@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank-by", choices=("projection", "activation", "-projection", "-activation"),
                    default="projection", help="what --top-k ranks by ('-': smallest first)")
     p.add_argument("--correlate", default=None, metavar="LABEL",
-                   help="print layer, neuron, r, n: Pearson r of each neuron's --value with this numeric label")
+                   help="print layer, neuron, r, n: Pearson r of each neuron's --value with this numeric label, "
+                        "strongest |r| first")
     p.add_argument("--value", choices=("activation", "projection"), default="activation",
                    help="what --correlate correlates (default activation)")
     add_where_option(p)
@@ -71,6 +72,9 @@ def run_neurons(args: argparse.Namespace) -> int:
         if args.top_k is not None:
             raise InvalidParameterError("--top-k and --correlate do not combine; pick one")
         frames = [neuron_correlation(store, layer, args.correlate, value=args.value, **common) for layer in layers]
+        table = pl.concat(frames)
+        write_table(table.sort(table["r"].abs().fill_nan(None), descending=True, nulls_last=True), args)
+        return 0
     elif args.top_k is not None:
         frames = [neurons(store, layer, top_k=args.top_k, rank_by=args.rank_by, **common) for layer in layers]
     else:  # every row: streamed, the table may not fit in memory

@@ -49,6 +49,9 @@ def test_correlate(capsys, store_path):
                            "projection", "--format", "csv"])
     want = neuron_correlation(store, 1, "sum", value="projection")
     assert got.columns == ["layer", "neuron", "r", "n"] and got["n"].unique().to_list() == [24 * 4]
+    strength = got["r"].abs().fill_nan(-1).to_numpy()
+    assert (np.diff(strength) <= 1e-12).all()  # strongest |r| first, undefined r last
+    got = got.sort("neuron")
     np.testing.assert_allclose(got["r"].fill_nan(9), want["r"].fill_nan(9), rtol=1e-6)
 
 
