@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         dec = store.manifest.decomposition or {}
         err = f"{dec['max_abs_error']:.3g}" if "max_abs_error" in dec else dec.get("status", "-")
+        chunks = store.manifest.n_chunks
         print(f"stored {store.n_examples} examples x {len(store.hooks)} hooks in {store.path} "
-              f"({store.manifest.n_chunks} chunks of {store.chunk_size}); decomposition max error {err}",
+              f"({chunks} chunk{'s' if chunks != 1 else ''} of {store.chunk_size}); decomposition max error {err}",
               file=sys.stderr)
     return 0
