@@ -8,6 +8,7 @@ stderr and exit code 2 here, in one place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.handler(args) or 0)
+        with _query_progress():
+            return int(args.handler(args) or 0)
     except ActstoreError as e:
         print(f"actstore {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -54,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `actstore sql ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _query_progress() -> contextlib.AbstractContextManager[None]:
+    """Progress bars for streamed queries when stderr is a terminal (scripts and pipes stay quiet)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from actstore.query.progress import progress
+
+    return progress()
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, object]:

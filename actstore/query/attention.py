@@ -32,6 +32,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
+from actstore.query.progress import tracked
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
@@ -61,7 +62,7 @@ def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int 
     key_group = "pos" if "k_pos" in by_ else "role" if "k_role" in by_ else "all"
     groups = _Grouping(plan, layers_, heads_, by_)
     parts = []
-    for start, stop in plan.chunks():
+    for start, stop in tracked(plan.chunks(), "attention"):
         for li, hook in enumerate(hooks):
             codes, values, entropy = plan.units(li, heads_, hook, start, stop, key_group, by_, groups.label_codes)
             if values.size:
@@ -79,7 +80,7 @@ def attention_frames(store: Any, layers: int | Sequence[int] | None = None,
 
 
 def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[str]) -> Iterator[pl.DataFrame]:
-    for start, stop in plan.chunks():
+    for start, stop in tracked(plan.chunks(), "attention"):
         frame = plan.raw_chunk(layers, heads, hooks, start, stop)
         if frame.height:
             yield frame

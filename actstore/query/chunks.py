@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
+from actstore.query.progress import tracked
 
 
 @dataclass
@@ -195,7 +196,7 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
     ranges = list(store.chunks())
     try:
         pending = submit(*ranges[0]) if pool is not None and ranges else None
-        for k, (start, stop) in enumerate(ranges):
+        for k, (start, stop) in enumerate(tracked(ranges, "chunks")):
             if pending is not None:  # this chunk's reads are in flight; start the next one's
                 results = [f.result() for f in pending]
                 pending = submit(*ranges[k + 1]) if k + 1 < len(ranges) else None

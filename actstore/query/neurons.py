@@ -36,6 +36,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
+from actstore.query.progress import tracked
 from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
 
@@ -231,7 +232,7 @@ class NeuronPlan:
 
     def stream(self) -> Iterator[NeuronRows]:
         """NeuronRows of each committed chunk with selected rows, in example order."""
-        for start, stop in self.store.chunks():
+        for start, stop in tracked(list(self.store.chunks()), f"neurons L{self.layer}"):
             e, p, j = self.rows(start, stop)
             if e.size == 0:
                 continue
