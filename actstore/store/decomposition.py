@@ -100,3 +100,40 @@ def decomposed_logits(
     if vocab is None:
         return normed @ w_u
     return np.einsum("eam,mea->ea", normed, w_u[:, vocab])
+
+
+def rounding_bound(
+    config: Mapping[str, Any],
+    param: Callable[[str], np.ndarray],
+    param_names: list[str],
+    act: Callable[[str], np.ndarray],
+    vocab: np.ndarray,
+    logits: np.ndarray,
+    unit: float,
+) -> np.ndarray:
+    """[example, answer] first-order bound on how far rounding every stored activation (relative
+    error <= `unit` each: 2**-11 for float16) can move each answer's rebuilt logit.
+
+    The rebuilt logit is linear in hook_z and hook_post once the final scale is fixed, so the bound
+    is unit * sum over stored values |x| * |d logit / d x|, plus unit * |logit| for the rounding
+    of the final LayerNorm scale itself. vocab: [example, answer] token ids; logits: the rebuilt
+    [example, answer] values.
+    """
+    g = param("unembed.W_U").astype(np.float64)[:, vocab].transpose(1, 2, 0)  # [e, a, d_model]
+    kind = config.get("normalization_type")
+    if "ln_final.w" in param_names:
+        g = g * param("ln_final.w")
+    if kind in ("LN", "LNPre"):
+        g = g - g.mean(-1, keepdims=True)  # the LayerNorm centres the residual stream first
+    if kind is not None:
+        g = g / act("ln_final.hook_scale").astype(np.float64)
+    total = np.abs(logits).astype(np.float64)
+    for layer in range(config["n_layers"]):
+        z = act(f"blocks.{layer}.attn.hook_z").astype(np.float64)  # [e, a, head, d_head]
+        w_o = param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
+        total += np.einsum("eahd,eahd->ea", np.abs(z), np.abs(np.einsum("hdm,eam->eahd", w_o, g)))
+        if not config.get("attn_only"):
+            post = act(f"blocks.{layer}.mlp.hook_post").astype(np.float64)  # [e, a, d_mlp]
+            w_out = param(f"blocks.{layer}.mlp.W_out").astype(np.float64)  # [d_mlp, d_model]
+            total += np.einsum("ean,ean->ea", np.abs(post), np.abs(np.einsum("nm,eam->ean", w_out, g)))
+    return unit * total

@@ -18,16 +18,20 @@ import numpy as np
 import polars as pl
 
 from actstore.store.commits import commit_files, committed_prefix, file_digest, read_commit
-from actstore.store.decomposition import decomposed_logits, required_hooks
+from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
 from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, part_path
 from actstore.store.manifest import Manifest
 from actstore.store.open import open_store
 from actstore.store.reader import Store
 
-# verify's decomposition tolerance: this many units of the stored dtype's precision, relative to
-# 1 + the largest |logit| (float16 rounding of each component adds up over d_model terms)
-ULPS = 8.0
-EPS = {"float16": float(np.finfo(np.float16).eps), "float32": float(np.finfo(np.float32).eps)}
+# verify's decomposition tolerance, per answer: twice the first-order bound on what rounding the
+# stored activations to their dtype can do to the rebuilt logit (decomposition.rounding_bound),
+# plus the float32 model's own error (4 x the error ingest measured at full precision, and
+# F32_ULPS float32 units of 1 + |logit|).
+UNIT = {"float16": 2.0**-11, "float32": 2.0**-24}  # unit roundoff of the stored dtype
+BOUND_SAFETY = 2.0
+F32_ULPS = 64.0
+F32_EPS = float(np.finfo(np.float32).eps)
 
 
 @dataclass
@@ -50,8 +54,9 @@ class VerifyReport:
                 f"{self.n_examples} examples")
         d = self.decomposition
         if d.get("status") == "checked":
-            dec = (f"decomposition: max error {d['max_abs_error']:.3g} over {d['n_answers']} answers "
-                   f"(tolerance {d['tolerance']:.3g})")
+            dec = (f"decomposition: max error {d['max_abs_error']:.3g} over {d['n_answers']} answers; "
+                   f"tightest answer {d['worst_error']:.3g} of its tolerance {d['tolerance']:.3g} "
+                   f"({d['worst_ratio']:.0%})")
         else:
             dec = f"decomposition: {d.get('status', 'skipped')} ({d.get('reason', '')})"
         tail = ["OK"] if self.ok else [f"BAD: {p}" for p in self.problems]
@@ -182,14 +187,14 @@ class _Decomposition:
         recorded = store.manifest.decomposition or {}
         self.skipped = recorded.get("reason", "skipped at ingest") if recorded.get("status") == "skipped" else None
         self.max_error = 0.0
-        self.max_logit = 0.0
+        self.worst = (0.0, 0.0, 0.0)  # (error / tolerance, error, tolerance) of the tightest answer
         self.n_answers = 0
         self.errors: list[str] = []
         self._params: dict[str, np.ndarray] = {}
         m = store.manifest
-        self.tolerance_unit = ULPS * EPS.get(m.dtype, EPS["float32"])
-        recorded = (m.decomposition or {}).get("stored_dtype_max_abs_error")
-        self.recorded = float(recorded) if isinstance(recorded, (int, float)) else 0.0
+        self.unit = UNIT.get(m.dtype, UNIT["float32"])
+        full = (m.decomposition or {}).get("max_abs_error")  # float32 model vs float64 rebuild, first batch
+        self.full_precision = float(full) if isinstance(full, (int, float)) else 0.0
 
     def _param(self, name: str) -> np.ndarray:
         if name not in self._params:
@@ -220,21 +225,24 @@ class _Decomposition:
                 return v
             return np.take_along_axis(v, answer_pos.reshape(n, a, *([1] * (v.ndim - 2))), axis=1)
 
-        rebuilt = decomposed_logits(self.config, self._param, self.store.param_names, tok_at, answer_pos,
-                                    act, vocab=correct)
-        err = float(np.abs(rebuilt - stored).max()) if stored.size else 0.0
-        logit = float(np.abs(stored).max()) if stored.size else 0.0
-        self.max_error, self.max_logit = max(self.max_error, err), max(self.max_logit, logit)
+        names = self.store.param_names
+        rebuilt = decomposed_logits(self.config, self._param, names, tok_at, answer_pos, act, vocab=correct)
+        if not stored.size:
+            return
+        tol = (BOUND_SAFETY * rounding_bound(self.config, self._param, names, act, correct, rebuilt, self.unit)
+               + 4.0 * self.full_precision + F32_ULPS * F32_EPS * (1.0 + np.abs(stored)))  # [e, a]
+        err = np.abs(rebuilt - stored)
+        ratio = err / tol
+        i = np.unravel_index(ratio.argmax(), ratio.shape)
+        self.max_error = max(self.max_error, float(err.max()))
         self.n_answers += stored.size
-        tol = self.tolerance(logit)
-        if err > tol:
-            bad = np.unravel_index(np.abs(rebuilt - stored).argmax(), stored.shape)
+        if ratio[i] > self.worst[0]:
+            self.worst = (float(ratio[i]), float(err[i]), float(tol[i]))
+        if ratio[i] > 1.0:
             self.errors.append(
                 f"decomposition chunk {k}: components miss the stored logit of example "
-                f"{int(examples['example_id'][int(bad[0])])} answer {int(bad[1])} by {err:.3g} (tolerance {tol:.3g})")
-
-    def tolerance(self, max_logit: float) -> float:
-        return max(4.0 * self.recorded, self.tolerance_unit * (1.0 + max_logit))
+                f"{int(examples['example_id'][int(i[0])])} answer {int(i[1])} by {err[i]:.3g} "
+                f"(tolerance {tol[i]:.3g})")
 
     def result(self) -> dict[str, Any]:
         if self.skipped:
@@ -244,8 +252,9 @@ class _Decomposition:
                     f"{' ...' if len(self.missing) > 3 else ''} stored"}
         if not self.n_answers:
             return {"status": "skipped", "reason": "no committed examples"}
+        ratio, err, tol = self.worst
         return {"status": "checked", "max_abs_error": self.max_error, "n_answers": self.n_answers,
-                "tolerance": self.tolerance(self.max_logit)}
+                "worst_ratio": ratio, "worst_error": err, "tolerance": tol}
 
 
 def _short(e: BaseException) -> str:
