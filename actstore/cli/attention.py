@@ -109,20 +109,12 @@ def write_frames(frames: Iterable[pl.DataFrame], empty: pl.DataFrame, args: argp
     tmp = out.with_name(out.name + ".tmp") if out is not None else None
     rows = 0
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        from actstore.query.tables import write_parquet_frames
 
-        writer = None
-        try:
-            for frame in frames:
-                table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                writer.write_table(table)
-                rows += frame.height
-            if writer is None:
-                empty.write_parquet(tmp)
-        finally:
-            if writer is not None:
-                writer.close()
+        written = write_parquet_frames(frames, tmp)
+        if written is None:  # no frame came: an empty table with the query's columns
+            empty.write_parquet(tmp)
+        rows = written or 0
     else:
         sink = open(tmp, "w", encoding="utf-8") if tmp is not None else sys.stdout
         try:

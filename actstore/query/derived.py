@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from actstore.errors import InvalidParameterError, QueryError
+from actstore.query.tables import write_parquet_frames
 
 VERSION = 1  # bump when a derived table's contents change for the same parameters
 TABLES = ("dla", "logit_lens", "attention", "neurons")
@@ -38,27 +38,19 @@ def compute(store: Any, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
     """Run the query behind a derived table."""
     from actstore import query
 
-    if table == "neurons":
-        return _all_layer_neurons(store, params)
-    fn: Callable[..., pl.DataFrame] | None = getattr(query, table, None)
-    if fn is None:
-        raise QueryError(f"derived table {table!r} is not available in this version of actstore.query")
+    if table == "neurons" and "layer" not in params:
+        frames = [query.neurons(store, layer=layer, **params) for layer in _neuron_layers(store)]
+        return pl.concat(frames, how="vertical_relaxed")
+    fn: Callable[..., pl.DataFrame] = getattr(query, table)  # every name in TABLES is a query function
     return fn(store, **params)
 
 
-def _all_layer_neurons(store: Any, params: Mapping[str, Any]) -> pl.DataFrame:
-    from actstore import query
-
-    fn = getattr(query, "neurons", None)
-    if fn is None:
-        raise QueryError("derived table 'neurons' is not available in this version of actstore.query")
-    if "layer" in params:
-        return fn(store, **params)
+def _neuron_layers(store: Any) -> list[int]:
+    """Every MLP layer of the store's model: what the neurons view spans when no layer is given."""
     cfg = store.config
     if cfg.get("attn_only") or not cfg.get("d_mlp"):
         raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
-    frames = [fn(store, layer=layer, **params) for layer in range(int(cfg["n_layers"]))]
-    return pl.concat(frames, how="vertical_relaxed")
+    return list(range(int(cfg["n_layers"])))
 
 
 def stream(store: Any, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:
@@ -70,28 +62,9 @@ def stream(store: Any, table: str, params: Mapping[str, Any]) -> Iterator[pl.Dat
         return query.attention_frames(store, **params)
     if table == "neurons" and params.get("top_k") is None:
         rest = {k: v for k, v in params.items() if k != "top_k"}
-        if "layer" in rest:
-            return query.neuron_frames(store, **rest)
-        cfg = store.config
-        if cfg.get("attn_only") or not cfg.get("d_mlp"):
-            raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
-        return (f for layer in range(int(cfg["n_layers"])) for f in query.neuron_frames(store, layer=layer, **rest))
+        layers = [rest.pop("layer")] if "layer" in rest else _neuron_layers(store)
+        return (f for layer in layers for f in query.neuron_frames(store, layer=layer, **rest))
     return None
-
-
-def write_frames(frames: Iterator[pl.DataFrame], path: Path) -> bool:
-    """Write the frames one by one into one Parquet file; False when there was no frame."""
-    writer = None
-    try:
-        for frame in frames:
-            arrow = frame.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(path, arrow.schema, compression="zstd", compression_level=1)
-            writer.write_table(arrow.cast(writer.schema))
-    finally:
-        if writer is not None:
-            writer.close()
-    return writer is not None
 
 
 def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -124,7 +97,7 @@ def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None)
     frames = stream(store, table, full)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if frames is None or not write_frames(frames, tmp):  # whole tables, and empty streamed ones
+        if frames is None or write_parquet_frames(frames, tmp) is None:  # whole tables, empty streamed ones
             compute(store, table, full).write_parquet(tmp, compression="zstd", compression_level=1,
                                                       statistics=True)
         os.replace(tmp, path)

@@ -6,10 +6,12 @@ gathered per chunk, so building a long table costs a gather, not a Python loop p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 ANSWER_KEYS: dict[str, pl.DataType] = {"example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64}
 
@@ -44,3 +46,21 @@ def empty_frame(items: pl.DataFrame, constants: Mapping[str, pl.DataType], value
     """A typed empty table with the same columns as `long_frame` would give."""
     schema = dict(ANSWER_KEYS) | dict(constants) | dict(items.schema) | {value_name: pl.Float64}
     return pl.DataFrame(schema=schema)
+
+
+def write_parquet_frames(frames: Iterable[pl.DataFrame], path: Path) -> int | None:
+    """Write frames that arrive one by one (e.g. a raw table, chunk by chunk) into one Parquet
+    file, memory holding one frame; each is cast to the first frame's schema. Returns the rows
+    written, or None when no frame came (then nothing is written)."""
+    writer, rows = None, 0
+    try:
+        for frame in frames:
+            arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+            if writer is None:
+                writer = pq.ParquetWriter(path, arrow.schema, compression="zstd", compression_level=1)
+            writer.write_table(arrow.cast(writer.schema))
+            rows += frame.height
+    finally:
+        if writer is not None:
+            writer.close()
+    return None if writer is None else rows
