@@ -218,12 +218,15 @@ class _Decomposition:
         stored = outputs["correct_logit"].to_numpy().astype(np.float64).reshape(n, a)
         stored = stored - self._param("unembed.b_U")[correct]
 
+        at_answers: dict[str, np.ndarray] = {}  # the rebuild and the rounding bound read the same hooks
+
         def act(name: str) -> np.ndarray:
-            info = self.store.hook_info(name)
-            v = acts[name]
-            if info.positions == "answer":
-                return v
-            return np.take_along_axis(v, answer_pos.reshape(n, a, *([1] * (v.ndim - 2))), axis=1)
+            if name not in at_answers:
+                v = acts[name]
+                if self.store.hook_info(name).positions != "answer":
+                    v = np.take_along_axis(v, answer_pos.reshape(n, a, *([1] * (v.ndim - 2))), axis=1)
+                at_answers[name] = v
+            return at_answers[name]
 
         names = self.store.param_names
         rebuilt = decomposed_logits(self.config, self._param, names, tok_at, answer_pos, act, vocab=correct)
