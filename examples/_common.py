@@ -63,17 +63,16 @@ class Example:
         a = self.args
         out: Path = a.out
         t = time.perf_counter()
-        kw = dict(n=a.n, seed=a.seed, out=out, quiet=True, **ingest_kw)
-        before = _committed(out)
+        stats: dict[str, float] = {}  # ingest fills in how many examples this call ingested
+        kw = dict(n=a.n, seed=a.seed, out=out, quiet=True, stats=stats, **ingest_kw)
         try:
             st = actstore.ingest(task, model, overwrite=a.fresh, **kw)
         except StoreExistsError as e:
             if "another run" not in str(e) and "cannot resume" not in str(e):
                 raise
             print(f"store: {_show(out)} holds another run; replacing it")
-            before = 0
             st = actstore.ingest(task, model, overwrite=True, **kw)
-        if not a.fresh and before == st.n_examples:
+        if stats["examples"] == 0:
             print(f"store: reusing {_show(out)} ({task} x {model}, {st.n_examples} examples, seed {a.seed})")
         else:
             print(f"store: ingested {st.n_examples} {task} examples through {model} into {_show(out)} "
@@ -123,14 +122,6 @@ class Example:
         print(f"wall time: {time.perf_counter() - self.t0:.1f} s")
 
 
-def _committed(out: Path) -> int:
-    """Examples committed in the store at `out` (0 when there is none or it cannot be read)."""
-    try:
-        return actstore.open_store(out).n_examples
-    except ActstoreError:
-        return 0
-
-
 def _show(path: Path) -> str:
     """`path` relative to the working directory when it lies below it (shorter, and the same on every machine)."""
     rel = os.path.relpath(path)
@@ -150,6 +141,13 @@ def run(main: Callable[[], None]) -> None:
     except ActstoreError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def answer_stats() -> dict[str, pl.Expr]:
+    """Aggregations of an outputs table, overall or per group: examples, accuracy, mean logit
+    difference (correct - counterfactual) and the share of answers where it is positive."""
+    return {"examples": pl.len(), "accuracy": pl.col("correct").mean(),
+            "mean_logit_diff": pl.col("logit_diff").mean(), "diff_positive": (pl.col("logit_diff") > 0).mean()}
 
 
 def head_label(layer: int, head: int) -> str:

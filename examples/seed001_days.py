@@ -12,7 +12,7 @@ heads from END to the today token (role SUBJECT).
 from __future__ import annotations
 
 import polars as pl
-from _common import Example, head_label, run
+from _common import Example, answer_stats, head_label, run
 
 import actstore.charts as ch
 from actstore.query import attention, breakdown, dla, logit_lens
@@ -30,8 +30,7 @@ def main() -> None:
 
     ex.section("Accuracy and logit difference correct - today")
     out = store.outputs.join(examples.select("example_id", "kind", "offset"), on="example_id")
-    stats = {"examples": pl.len(), "accuracy": pl.col("correct").mean(),
-             "mean_logit_diff": pl.col("logit_diff").mean(), "diff_positive": (pl.col("logit_diff") > 0).mean()}
+    stats = answer_stats()
     overall = out.select(**stats).with_columns(group=pl.lit("all"))
     by_kind = out.group_by("kind", "offset").agg(**stats).sort("kind", "offset").with_columns(
         group=pl.format("{} offset {}", "kind", "offset")).drop("kind", "offset")

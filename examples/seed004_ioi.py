@@ -13,7 +13,7 @@ through store.sql (per-head DLA by order, answered by DuckDB from the derived dl
 from __future__ import annotations
 
 import polars as pl
-from _common import Example, run
+from _common import Example, answer_stats, run
 
 import actstore.charts as ch
 from actstore.query import attention, breakdown, dla
@@ -40,8 +40,7 @@ def main() -> None:
 
     ex.section("Logit difference IO - S")
     out = store.outputs.join(examples.select("example_id", "order", "io", "s", "text"), on="example_id")
-    stats = {"examples": pl.len(), "accuracy": pl.col("correct").mean(),
-             "mean_logit_diff": pl.col("logit_diff").mean(), "diff_positive": (pl.col("logit_diff") > 0).mean()}
+    stats = answer_stats()
     table = pl.concat([out.select(order=pl.lit("all"), **stats),
                        out.group_by("order").agg(**stats).sort("order")], how="vertical_relaxed")
     ex.table(table)
