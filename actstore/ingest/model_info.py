@@ -1,17 +1,14 @@
-"""What the manifest records about a model: its spec, config fields, processing and weights.
-
-Uses `actstore.models` (the zoo) when it provides the helpers, else reads the config directly.
-"""
+"""What the manifest records about a model: its spec, config fields, processing and weights."""
 
 from __future__ import annotations
 
 import hashlib
-
 from typing import Any
 
 import numpy as np
 
-from actstore.errors import InvalidParameterError, UnknownModelError
+from actstore.errors import InvalidParameterError
+from actstore.models import load_model, model_config_dict, processing_of
 
 # the TransformerLens config fields a store records (the read API's `store.config`)
 CONFIG_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "attn_only", "normalization_type",
@@ -23,11 +20,6 @@ CONFIG_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "attn_only
 def load(model: Any, model_spec: str | None) -> tuple[Any, str]:
     """(HookedTransformer, spec label) from a spec string or a model object."""
     if isinstance(model, str):
-        try:
-            from actstore.models import load_model
-        except ImportError:
-            raise UnknownModelError(f"cannot load model {model!r}: the model zoo (actstore.models) is not "
-                                    "available; pass a HookedTransformer to actstore.ingest") from None
         return load_model(model), model_spec or model
     if not hasattr(model, "cfg") or not hasattr(model, "hook_dict"):
         raise InvalidParameterError(f"model must be a spec string or a HookedTransformer, got {type(model).__name__}")
@@ -36,37 +28,17 @@ def load(model: Any, model_spec: str | None) -> tuple[Any, str]:
 
 def config_dict(model: Any) -> dict[str, Any]:
     """JSON-ready config fields (d_mlp is None for attention-only models)."""
-    try:
-        from actstore.models import config_dict as zoo_config_dict  # type: ignore[attr-defined]
-    except ImportError:
-        zoo_config_dict = None
     cfg = model.cfg
     out = {k: _plain(getattr(cfg, k, None)) for k in CONFIG_FIELDS}
-    if zoo_config_dict is not None:
-        out.update({k: _plain(v) for k, v in zoo_config_dict(model).items()})
+    out.update({k: _plain(v) for k, v in model_config_dict(model).items()})
     if out.get("attn_only"):
         out["d_mlp"] = None
     return out
 
 
 def processing_dict(model: Any, processing: dict[str, Any] | None) -> dict[str, Any]:
-    """The weight processing applied: given, from the zoo, or inferred as far as the weights tell."""
-    if processing is not None:
-        return {str(k): _plain(v) for k, v in processing.items()}
-    try:
-        from actstore.models import describe_processing  # type: ignore[attr-defined]
-    except ImportError:
-        describe_processing = None
-    if describe_processing is not None:
-        return {str(k): _plain(v) for k, v in describe_processing(model).items()}
-    cfg = model.cfg
-    w_o = model.blocks[0].attn.W_O.detach().float()
-    return {
-        "fold_ln": cfg.normalization_type in ("LNPre", "RMSPre"),
-        "center_writing_weights": bool(w_o.mean(-1).abs().max() < 1e-5),
-        "center_unembed": bool(model.unembed.W_U.detach().float().mean(-1).abs().max() < 1e-5),
-        "inferred": True,
-    }
+    """The weight processing applied: as given, else as load_model recorded it or the weights tell."""
+    return {str(k): _plain(v) for k, v in (processing if processing is not None else processing_of(model)).items()}
 
 
 def params_dict(model: Any) -> dict[str, np.ndarray]:

@@ -22,9 +22,5 @@ def train(name: str, **kwargs):  # noqa: ANN201 - see actstore.models.train.trai
     return _train(name, **kwargs)
 
 
-# the names ingest looks for
-config_dict = model_config_dict
-describe_processing = processing_of
-
-__all__ = ["TRAIN_SEED_BASE", "ZOO", "config_dict", "describe_processing", "evaluate", "load_model",
-           "model_config_dict", "processing_of", "train", "zoo_names"]
+__all__ = ["TRAIN_SEED_BASE", "ZOO", "evaluate", "load_model", "model_config_dict", "processing_of", "train",
+           "zoo_names"]
