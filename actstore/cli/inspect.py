@@ -35,5 +35,5 @@ def run_verify(args: argparse.Namespace) -> int:
 
     report = verify(args.store)
     for line in report.lines():
-        print(line, file=sys.stdout if report.ok or not line.startswith("BAD") else sys.stderr)
-    return 0 if report.ok else 1
+        print(line, file=sys.stderr if line.startswith(("BAD", "INCOMPLETE")) else sys.stdout)
+    return 0 if report.passed else 1

@@ -13,7 +13,7 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
 
 from __future__ import annotations
 
-import fcntl
+import glob
 import math
 import os
 import queue
@@ -31,7 +31,8 @@ import torch
 from actstore import __version__
 from actstore.datasets import get_task
 from actstore.datasets.base import TaskData, check_n_seed
-from actstore.errors import InvalidParameterError, StoreExistsError, StoreFormatError
+from actstore.errors import (InvalidParameterError, StoreCorruptError, StoreExistsError, StoreFormatError,
+                             StoreWriteError)
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
 from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, attention_mask, bidirectional_mask_hooks,
@@ -41,6 +42,7 @@ from actstore.ingest.meta import examples_frame, outputs_frame, tokens_frame
 from actstore.ingest.probe import probe_batch
 from actstore.store.commits import committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, chunk_ranges
+from actstore.store.lock import store_lock
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest
 from actstore.store.reader import Store
@@ -134,10 +136,15 @@ def ingest(
         print(f"actstore ingest: warning: components do not sum to the logits (max error "
               f"{decomposition['max_abs_error']:.3g}); direct attributions will not be exact", file=sys.stderr)
 
-    manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net))
-    t1 = time.perf_counter()
-    loop = _Loop(out, manifest, net, data, dev, quiet=quiet, background=background)
-    done = loop.run()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreWriteError(f"cannot create the directory of --out {str(out)!r}: {e.strerror or e}") from None
+    with store_lock(out):  # before the path is inspected: never replace or create a store another ingest holds
+        manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net))
+        t1 = time.perf_counter()
+        loop = _Loop(out, manifest, net, data, dev, quiet=quiet, background=background)
+        done = loop.run()
     if stats is not None:
         stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, examples=float(done),
                      bytes_written=float(loop.bytes_written))
@@ -175,22 +182,22 @@ class _Loop:
         self.bytes_written = 0
 
     def run(self) -> int:
-        """Compute and write every uncommitted chunk; returns the number of examples written."""
-        fd = os.open(self.out, os.O_RDONLY)  # an advisory lock on the store directory (no file to leave behind)
+        """Compute and write every uncommitted chunk (the caller holds the store's lock); returns the
+        number of examples written. A failed write leaves the committed chunks as they were."""
+        first = committed_prefix(self.out, len(self.ranges))
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreExistsError(
-                    f"another ingest is writing {self.out}; wait for it or choose another --out") from None
-            return self._run()
+            self.writer.discard_uncommitted(first)
+            done = self._run(first)
+            self.writer.finish()
+            return done
+        except OSError as e:  # disk full, a filesystem gone read-only: the committed prefix stays valid
+            self.writer.discard_uncommitted(committed_prefix(self.out, len(self.ranges)), best_effort=True)
+            raise StoreWriteError(f"writing store {str(self.out)!r} failed: {e.strerror or e}; the chunks "
+                                  "committed so far are kept, rerun the same ingest to resume") from None
         finally:
             self.writer.close()
-            os.close(fd)  # releases the lock
 
-    def _run(self) -> int:
-        first = committed_prefix(self.out, len(self.ranges))
-        self.writer.discard_uncommitted(first)
+    def _run(self, first: int) -> int:
         if first == len(self.ranges):
             return 0
         m = self.manifest
@@ -326,19 +333,22 @@ def _device(device: str) -> torch.device:
 
 def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
                  params: Callable[[], dict[str, np.ndarray]]) -> Manifest:
-    """Create the store, or return the stored manifest of the same run to resume it."""
+    """Create the store, or return the stored manifest of the same run to resume it (lock held)."""
+    _remove_leftovers(out)
     if out.exists():
         if is_store(out):
             try:
                 old = read_manifest(out)
                 diffs = old.differences(manifest)
-            except StoreFormatError as e:
+                if not diffs and not overwrite:
+                    open_store(out)  # the records agree with the manifest: safe to resume into
+            except (StoreFormatError, StoreCorruptError) as e:
                 if not overwrite:
-                    raise StoreExistsError(f"{out} holds a store this version cannot resume ({e}); "
+                    raise StoreExistsError(f"{out} holds a store this ingest cannot resume ({e}); "
                                            "pass --overwrite to replace it or choose another --out") from None
                 diffs = ["format"]
             if overwrite:
-                shutil.rmtree(out)
+                _remove_store(out)
             elif diffs:
                 raise StoreExistsError(
                     f"{out} holds a store of another run (differs in: {', '.join(diffs)}); pass --overwrite "
@@ -347,9 +357,25 @@ def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
                 return old  # same run: resume, keeping the stored manifest byte for byte
         elif any(out.iterdir()):
             raise StoreExistsError(f"{out} exists and is not an actstore store; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
     create_store(out, manifest, params())
     return manifest
+
+
+def _remove_store(out: Path) -> None:
+    """Move the old store out of the way in one rename, then delete it (lock held)."""
+    trash = out.parent / f".{out.name}.deleting-{os.getpid()}"
+    try:
+        os.rename(out, trash)
+    except OSError as e:
+        raise StoreWriteError(f"cannot replace the store at {str(out)!r}: {e.strerror or e}") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete what a crashed creation or overwrite left beside the store (lock held: nobody else's)."""
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if p.is_dir() and p.name.rsplit(".", 1)[-1].startswith(("creating-", "deleting-")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _progress(total: int, initial: int, quiet: bool) -> Any:

@@ -22,23 +22,27 @@ from actstore.store.layout import COMMITS, commit_path
 
 @dataclass(frozen=True)
 class CommitRecord:
-    """chunk index, its example range [start, stop), and {relative file path: [bytes, sha256]}."""
+    """chunk index, its example range [start, stop), {relative file path: [bytes, sha256]}, and the
+    sha256 of the store record (integrity.py) it was committed against."""
 
     chunk: int
     start: int
     stop: int
     files: dict[str, list[Any]]
+    store: str
 
     def to_json(self) -> str:
-        return json.dumps({"chunk": self.chunk, "start": self.start, "stop": self.stop, "files": self.files},
-                          sort_keys=True, indent=1) + "\n"
+        return json.dumps({"chunk": self.chunk, "start": self.start, "stop": self.stop, "files": self.files,
+                           "store": self.store}, sort_keys=True, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: Path) -> "CommitRecord":
         try:
             d = json.loads(text)
-            return cls(chunk=int(d["chunk"]), start=int(d["start"]), stop=int(d["stop"]), files=dict(d["files"]))
-        except (ValueError, KeyError, TypeError) as e:
+            files = {str(k): [int(v[0]), str(v[1])] for k, v in dict(d["files"]).items()}
+            return cls(chunk=int(d["chunk"]), start=int(d["start"]), stop=int(d["stop"]), files=files,
+                       store=str(d["store"]))
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StoreCorruptError(f"commit record {where} is unreadable ({e}); run `actstore verify`") from None
 
 
@@ -58,11 +62,15 @@ def file_digest(path: Path, fsync: bool = False) -> list[Any]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

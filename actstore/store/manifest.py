@@ -12,7 +12,7 @@ from typing import Any
 
 from actstore.errors import StoreFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: store record, manifest digest and completion record in _commits/
 POSITIONS = ("all", "answer")
 DTYPES = ("float16", "float32")
 MANIFEST_KEY = "actstore"  # key of the manifest in the root group's attributes

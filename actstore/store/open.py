@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
-from actstore.errors import StoreFormatError, StoreNotFoundError
+from actstore.errors import IncompleteStoreWarning, StoreFormatError, StoreNotFoundError
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.reader import Store
 
@@ -30,8 +31,20 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def open_store(path: str | os.PathLike) -> Store:
-    """Open the store at `path` for reading its committed chunks (StoreNotFoundError, StoreFormatError)."""
-    return Store(Path(path), read_manifest(path))
+    """Open the store at `path` for reading its committed chunks.
+
+    Raises StoreNotFoundError, StoreFormatError, or StoreCorruptError where the manifest or the
+    commit records disagree with what was recorded. Warns (IncompleteStoreWarning) when the
+    ingest has not committed every chunk, so results cover fewer examples than planned.
+    """
+    store = Store(Path(path), read_manifest(path))
+    if not store.ledger.complete:
+        m = store.manifest
+        warnings.warn(IncompleteStoreWarning(
+            f"store {str(store.path)!r} holds {store.n_examples} of {m.n} examples ({len(store.ledger.commits)}/"
+            f"{m.n_chunks} chunks committed): its ingest is running or was interrupted; results cover only "
+            "the committed examples"), stacklevel=2)
+    return store
 
 
 def is_store(path: str | os.PathLike) -> bool:

@@ -6,36 +6,57 @@ same bytes: no timestamps), so a resumed ingest rewrites a lost part byte for by
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from actstore.errors import StoreCorruptError
 from actstore.store.layout import META, META_TABLES, part_path
 
+if TYPE_CHECKING:
+    from actstore.store.integrity import Ledger
+
 
 def write_part(df: pl.DataFrame, path: Path) -> None:
     """Write one part atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    df.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        df.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def read_table(root: Path, table: str, n_chunks: int) -> pl.DataFrame:
-    """Rows of the first `n_chunks` (committed) parts of a meta table, in example order."""
+def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
+    """Rows of the first `n_chunks` (committed) parts of a meta table, in example order.
+
+    Each part's bytes are read once, checked against its commit record (size and sha256), and
+    only then decoded, so a damaged part never reaches the Parquet reader.
+    """
     if table not in META_TABLES:
         raise ValueError(f"unknown meta table {table!r}")
-    paths = [part_path(root, table, k) for k in range(n_chunks)]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise StoreCorruptError(f"committed meta part {missing[0]} is missing; run `actstore verify {root}`")
-    if not paths:
+    root = ledger.root
+    frames = []
+    for k in range(n_chunks):
+        path = part_path(root, table, k)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        ledger.check_bytes(str(path.relative_to(root)), data, "meta part")
+        if data is None:  # a committed part always has a record; this only guards the decoder
+            raise StoreCorruptError(f"committed meta part {path} is missing; run `actstore verify {root}`")
+        frames.append(pl.read_parquet(io.BytesIO(data)))
+    if not frames:
         return _empty(root, table)
-    return pl.read_parquet(paths)
+    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
 
 
 # the columns every store has, for tables with no committed rows and no part to copy a schema from

@@ -23,23 +23,26 @@ from typing import Any
 import numpy as np
 import polars as pl
 import zarr
-from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
-from actstore.store.commits import committed_prefix
-from actstore.store.layout import ACTS, DERIVED, PARAMS, chunk_ranges
+from actstore.store.checked import CheckedStore
+from actstore.store.integrity import Ledger
+from actstore.store.layout import ACTS, DERIVED, META_TABLES, PARAMS, chunk_ranges, part_path
 from actstore.store.manifest import HookInfo, Manifest
-from actstore.store.parts import read_table
+from actstore.store.parts import read_parts
 
 
 class Store:
     """Committed contents of the store at `path` (open one with `actstore.open_store`)."""
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest, ledger: Ledger | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
-        self._n_committed_chunks = committed_prefix(self.path, manifest.n_chunks)
+        # what every read is checked against; StoreCorruptError here if the records disagree
+        self.ledger = ledger if ledger is not None else Ledger.load(self.path, manifest)
+        self._n_committed_chunks = len(self.ledger.commits)
         self._arrays: dict[str, zarr.Array] = {}
+        self._checked_parts: dict[str, list[Path]] = {}
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -67,6 +70,11 @@ class Store:
     @property
     def complete(self) -> bool:
         return self.n_examples == self.manifest.n
+
+    @property
+    def finished(self) -> bool:
+        """Whether the ingest that writes this store finished (its completion record exists)."""
+        return self.ledger.complete
 
     @property
     def n_answers(self) -> int:
@@ -123,18 +131,21 @@ class Store:
 
     @cached_property
     def _acts_group(self) -> zarr.Group:
-        return zarr.open_group(LocalStore(self.path / ACTS, read_only=True), mode="r", zarr_format=3)
+        return zarr.open_group(CheckedStore(self.ledger, ACTS), mode="r", zarr_format=3)
 
     # --- weights ------------------------------------------------------------------------------
 
     @cached_property
     def _params_group(self) -> zarr.Group:
-        return zarr.open_group(LocalStore(self.path / PARAMS, read_only=True), mode="r", zarr_format=3)
+        return zarr.open_group(CheckedStore(self.ledger, PARAMS), mode="r", zarr_format=3)
 
     @cached_property
     def param_names(self) -> list[str]:
-        """TransformerLens state-dict names of the processed model's weights."""
-        return sorted(name for name, _ in self._params_group.arrays())
+        """TransformerLens state-dict names of the processed model's weights (as recorded at creation,
+        so a deleted weight is an error on use, not a missing name)."""
+        head, tail = f"{PARAMS}/", "/zarr.json"
+        return sorted(rel[len(head):-len(tail)] for rel in self.ledger.metadata
+                      if rel.startswith(head) and rel.endswith(tail) and rel != f"{PARAMS}{tail}")
 
     def param(self, name: str) -> np.ndarray:
         """A weight of the processed model, float32 (e.g. 'blocks.0.attn.W_O' [head, d_head, d_model])."""
@@ -142,24 +153,48 @@ class Store:
             close = difflib.get_close_matches(name, self.param_names, n=3)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise InvalidParameterError(f"no weight {name!r} in store {self.path}{hint}")
-        return np.asarray(self._params_group[name][...])
+        try:
+            return np.asarray(self._params_group[name][...])
+        except ValueError as e:  # zarr's crc32c mismatch
+            raise StoreCorruptError(f"{self.path}: weight params/{name}: {e}; run `actstore verify`") from None
 
     # --- meta tables --------------------------------------------------------------------------
 
     @cached_property
     def examples(self) -> pl.DataFrame:
         """One row per committed example: example_id, split, text, tokens, length, answers, labels."""
-        return read_table(self.path, "examples", self._n_committed_chunks)
+        return self.meta_table("examples")
 
     @cached_property
     def tokens(self) -> pl.DataFrame:
         """One row per (example_id, pos) of real tokens: token_id, str_token, role (null where none)."""
-        return read_table(self.path, "tokens", self._n_committed_chunks)
+        return self.meta_table("tokens")
 
     @cached_property
     def outputs(self) -> pl.DataFrame:
         """One row per (example_id, answer_idx): the model's logits, prob, rank, loss at that answer."""
-        return read_table(self.path, "outputs", self._n_committed_chunks)
+        return self.meta_table("outputs")
+
+    def meta_table(self, table: str) -> pl.DataFrame:
+        """A meta table's committed rows, each part checked against its commit record as it is read."""
+        return read_parts(self.ledger, table, self._n_committed_chunks)
+
+    def meta_paths(self, table: str) -> list[Path]:
+        """The committed Parquet parts of a meta table, each checked against its commit record once
+        per Store (for readers such as DuckDB that open the files themselves)."""
+        if table not in META_TABLES:
+            raise InvalidParameterError(f"no meta table {table!r}; meta tables: {', '.join(META_TABLES)}")
+        if table not in self._checked_parts:
+            paths = [part_path(self.path, table, k) for k in range(self._n_committed_chunks)]
+            for p in paths:
+                rel = str(p.relative_to(self.path))
+                try:
+                    data = p.read_bytes()
+                except FileNotFoundError:
+                    data = None
+                self.ledger.check_bytes(rel, data, "meta part")
+            self._checked_parts[table] = paths
+        return list(self._checked_parts[table])
 
     @property
     def derived_dir(self) -> Path:

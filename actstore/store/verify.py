@@ -3,12 +3,17 @@
 For every committed chunk: the commit record's range; every array chunk file and meta part
 against the size and SHA-256 in the commit record; every array chunk decoded through Zarr
 (which checks its crc32c); the meta parts' rows against the chunk's examples; and the
-decomposition (stored components rebuild the stored correct-answer logits). Also the arrays'
-metadata against the manifest, the weights' checksums, and stray commit records.
+decomposition (stored components rebuild the stored correct-answer logits). Also: the records
+themselves (the manifest's digest, each commit record against the store record and the
+completion record, see integrity.py), every array's metadata against its recorded digest and
+the manifest, every weight file against its record, the weights' sha256 recomputed against the
+manifest's `weights_sha256`, the derived cache's records, and stray commit records. A store
+whose ingest has not finished is reported as INCOMPLETE, never as OK.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +22,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from actstore.store.commits import commit_files, committed_prefix, file_digest, read_commit
+from actstore.store.commits import commit_files, file_digest, read_commit
 from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
+from actstore.store.integrity import Ledger, bytes_digest
 from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, part_path
 from actstore.store.manifest import Manifest
-from actstore.store.open import open_store
+from actstore.store.open import read_manifest
 from actstore.store.reader import Store
 
 # verify's decomposition tolerance, per answer: twice the first-order bound on what rounding the
@@ -42,12 +48,19 @@ class VerifyReport:
     n_chunks: int
     committed_chunks: int
     n_examples: int
+    finished: bool = True
     problems: list[str] = field(default_factory=list)
     decomposition: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
+        """No damage found (an unfinished ingest's committed chunks can be ok: see `finished`)."""
         return not self.problems
+
+    @property
+    def passed(self) -> bool:
+        """The store is whole and intact: what `actstore verify` exits 0 for."""
+        return self.ok and self.finished
 
     def lines(self) -> list[str]:
         head = (f"{self.path}: {self.committed_chunks}/{self.n_chunks} chunks committed, "
@@ -59,26 +72,37 @@ class VerifyReport:
                    f"({d['worst_ratio']:.0%})")
         else:
             dec = f"decomposition: {d.get('status', 'skipped')} ({d.get('reason', '')})"
-        tail = ["OK"] if self.ok else [f"BAD: {p}" for p in self.problems]
+        if not self.ok:
+            tail = [f"BAD: {p}" for p in self.problems]
+        elif not self.finished:
+            tail = [f"INCOMPLETE: {self.committed_chunks}/{self.n_chunks} chunks committed, all intact; the "
+                    "ingest is still running or was interrupted (rerun it to finish)"]
+        else:
+            tail = ["OK"]
         return [head, dec, *tail]
 
 
 def verify(path: str | Path) -> VerifyReport:
     """Check the store at `path`; StoreNotFoundError / StoreFormatError if it is not one."""
-    store = open_store(path)
-    m = store.manifest
-    root = store.path
-    committed = committed_prefix(root, m.n_chunks)
-    report = VerifyReport(root, m.n_chunks, committed, store.n_examples)
+    m = read_manifest(path)
+    root = Path(path)
+    problems: list[str] = []
+    ledger = Ledger.load(root, m, problems)
+    store = Store(root, m, ledger=ledger)
+    committed = len(ledger.commits)
+    report = VerifyReport(root, m.n_chunks, committed, store.n_examples, finished=ledger.complete,
+                          problems=problems)
     bad = report.problems.append
 
-    stray = [k for k in commit_files(root) if k >= committed]
+    stray = [k for k in commit_files(root) if committed <= k < m.n_chunks]
     if stray:
         bad(f"commit record(s) for chunk(s) {stray} follow uncommitted chunk {committed}: "
             "the commit order was broken; re-ingest from chunk "
             f"{committed} (delete _commits/{committed:05d}.json onwards and rerun)")
+    _check_recorded_metadata(ledger, bad)
     _check_array_metadata(store, bad)
     _check_params(store, bad)
+    _check_derived(root, bad)
 
     dec = _Decomposition(store)
     for k, (start, stop) in enumerate(chunk_ranges(m.n, m.chunk)[:committed]):
@@ -108,15 +132,47 @@ def _check_array_metadata(store: Store, bad: Any) -> None:
                 bad(f"array acts/{h.name}: {key} {found[key]} differs from the manifest's {expect[key]}")
 
 
+def _check_recorded_metadata(ledger: Ledger, bad: Any) -> None:
+    """Every zarr.json under acts/ and params/ is the one recorded at creation (codecs, fill value, shape)."""
+    for rel, digest in sorted(ledger.metadata.items()):
+        try:
+            data = (ledger.root / rel).read_bytes()
+        except OSError:
+            bad(f"array metadata {rel} is missing")
+            continue
+        if bytes_digest(data) != digest:
+            bad(f"array metadata {rel} differs from its record (edited after the store was created)")
+
+
 def _check_params(store: Store, bad: Any) -> None:
+    """Each weight decodes and matches its record; their sha256 recomputed equals the manifest's."""
+    h = hashlib.sha256()  # as ingest.model_info.weights_digest: names in order, float32 bytes
+    whole = True
     for name in store.param_names:
         try:
             value = store.param(name)
         except Exception as e:  # noqa: BLE001 - any decode failure is a finding
             bad(f"weight params/{name}: unreadable ({_short(e)})")
+            whole = False
             continue
         if not np.isfinite(value).all():
             bad(f"weight params/{name}: holds NaN or infinite values")
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+    want = store.manifest.weights_sha256
+    if whole and want and h.hexdigest() != want:
+        bad(f"weights in params/ do not hash to the manifest's weights_sha256 ({want[:12]}...): "
+            "a weight was changed or removed")
+
+
+def _check_derived(root: Path, bad: Any) -> None:
+    """Cached query results whose record is missing or disagrees (they would be recomputed on use)."""
+    try:
+        from actstore.store.cache import cache_problems  # noqa: PLC0415
+    except ImportError:
+        return
+    for problem in cache_problems(root):
+        bad(problem)
 
 
 def _check_chunk(store: Store, k: int, start: int, stop: int, bad: Any, dec: "_Decomposition") -> None:

@@ -24,7 +24,10 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
-from actstore.store.commits import CommitRecord, commit_files, commit_path, file_digest, fsync_dir, write_commit
+from actstore.store.commits import (CommitRecord, commit_files, commit_path, committed_prefix, file_digest, fsync_dir,
+                                    write_commit)
+from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
+                                      write_store_record)
 from actstore.store.layout import (ACTS, COMMITS, META_TABLES, PARAMS, chunk_file, chunk_ranges, compressors,
                                    param_dims, part_path)
 from actstore.store.manifest import MANIFEST_KEY, Manifest
@@ -41,11 +44,10 @@ def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray
     """Create an empty store at `path` (absent or an empty directory) with its weights.
 
     params: {TransformerLens state-dict name: array}, stored as float32, one chunk each.
+    The caller holds the store's lock (lock.py), so no other process creates or writes it.
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.creating"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a creation that crashed
+    tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
     try:
         root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3,
                                attributes={MANIFEST_KEY: manifest.to_dict()})
@@ -63,7 +65,7 @@ def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray
                                      fill_value=0, dimension_names=param_dims(name, value.ndim),
                                      config=_WRITE_CONFIG)
             arr[...] = value
-        (tmp / COMMITS).mkdir()
+        write_store_record(tmp, manifest)
         fsync_dir(tmp)
         if path.exists():
             path.rmdir()  # an empty directory the caller made; rename needs it gone
@@ -86,6 +88,7 @@ class ChunkWriter:
         group = zarr.open_group(LocalStore(self.root / ACTS), mode="r+", zarr_format=3)
         self.arrays = {h.name: group[h.name].with_config(_WRITE_CONFIG) for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
+        self.store_sha256 = file_digest(self.root / COMMITS / STORE_RECORD)[1]
         self._kill = _parse_kill(os.environ.get(KILL_ENV))
         self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="actstore-digest")
 
@@ -115,15 +118,33 @@ class ChunkWriter:
         self._maybe_die(k, "meta")
         digests = self._pool.map(lambda f: file_digest(f, fsync=True), paths)  # sha256 releases the GIL
         files = {str(f.relative_to(self.root)): d for f, d in zip(paths, digests)}
-        write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files))
+        write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
+        if k == len(self.ranges) - 1 and committed_prefix(self.root, len(self.ranges)) == len(self.ranges):
+            self.finish()
         return sum(int(v[0]) for v in files.values())
+
+    def finish(self) -> None:
+        """Write the completion record once every chunk is committed (idempotent)."""
+        if not (self.root / COMMITS / COMPLETE_RECORD).exists():
+            write_complete_record(self.root, len(self.ranges))
 
     def close(self) -> None:
         self._pool.shutdown()
 
-    def discard_uncommitted(self, first: int) -> None:
-        """Remove the files of chunks >= first (left by a crash), so a resume rewrites them whole."""
+    def discard_uncommitted(self, first: int, best_effort: bool = False) -> None:
+        """Remove the files of chunks >= first (left by a crash), so a resume rewrites them whole.
+
+        best_effort: after a failed write, errors removing files are ignored.
+        """
+        if best_effort:
+            try:
+                self.discard_uncommitted(first)
+            except OSError:
+                pass
+            return
+        if first < len(self.ranges):
+            (self.root / COMMITS / COMPLETE_RECORD).unlink(missing_ok=True)
         for k in commit_files(self.root):
             if k >= first:
                 commit_path(self.root, k).unlink()

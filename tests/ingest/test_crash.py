@@ -93,7 +93,7 @@ def test_timed_kill_then_resume(tmp_path, reference, delay):
 def test_kill_during_creation_leaves_nothing(tmp_path, reference):
     """A crash while the store is being created leaves only a hidden temp dir, removed by the rerun."""
     out = tmp_path / "store"
-    hidden = tmp_path / ".store.creating"
+    hidden = tmp_path / ".store.creating-99999999"  # left by a process that died
     hidden.mkdir()
     (hidden / "zarr.json").write_text("{}")  # a half-made skeleton
     store = actstore.ingest(model=tiny_model("addition"), out=out, **ARGS)

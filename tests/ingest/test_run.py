@@ -150,7 +150,9 @@ def test_resume_rewrites_lost_chunks_byte_identically(tmp_path, models):
     ref = actstore.ingest("addition", model, 70, 0, tmp_path / "ref", **kw).path
     out = tmp_path / "crashed"
     shutil.copytree(ref, out)
-    # a crash after chunk 2: commits 3-4 gone, chunk 3's z half-written, chunk 4's part missing
+    # a crash after chunk 2: commits 3-4 and the completion record gone, chunk 3's z half-written,
+    # chunk 4's part missing
+    (out / "_commits/complete.json").unlink()
     commit_path(out, 4).unlink()
     commit_path(out, 3).unlink()
     z3 = out / "acts/blocks.0.attn.hook_z/c/3/0/0/0"
@@ -278,19 +280,15 @@ def test_auto_chunk_is_a_power_of_two_under_64_mib(tmp_path, models):
 
 
 def test_a_second_concurrent_ingest_is_refused(tmp_path, models):
-    import fcntl
-    import os
+    from actstore.store.lock import store_lock
 
     out = tmp_path / "s"
     actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True)
+    (out / "_commits/complete.json").unlink()  # as if interrupted before its last commit
     commit_path(out, 2).unlink()
-    fd = os.open(out, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running ingest holds it
-    try:
+    with store_lock(out):  # as a running ingest holds it
         with pytest.raises(StoreExistsError, match="another ingest is writing"):
             actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True)
-    finally:
-        os.close(fd)
     assert actstore.ingest("addition", models["addition"], 20, 0, out, chunk=8, quiet=True).n_examples == 20
 
 

@@ -11,8 +11,9 @@ import pytest
 import zarr
 
 from actstore import open_store
-from actstore.errors import StoreNotFoundError
+from actstore.errors import IncompleteStoreWarning, StoreCorruptError, StoreNotFoundError
 from actstore.store.commits import commit_path, file_digest, read_commit
+from actstore.store.integrity import write_complete_record
 from actstore.store.verify import verify
 
 Z1 = "acts/blocks.1.attn.hook_z/c/1/0/0/0"
@@ -44,8 +45,9 @@ def test_flipped_byte_in_an_array_chunk_is_named(real_store):
 def test_zarr_crc32c_catches_damage_even_without_the_commit_record(real_store):
     flip_byte(real_store / Z1)
     rec = read_commit(real_store, 1)
-    rec.files[Z1] = file_digest(real_store / Z1)  # a record that agrees with the damaged file
+    rec.files[Z1] = file_digest(real_store / Z1)  # records that agree with the damaged file
     commit_path(real_store, 1).write_text(rec.to_json())
+    write_complete_record(real_store, 3)
     report = verify(real_store)
     assert len(report.problems) == 1
     assert report.problems[0].startswith("acts/blocks.1.attn.hook_z chunk 1:") and "checksum" in report.problems[0]
@@ -66,6 +68,7 @@ def test_wrong_values_with_consistent_checksums_fail_the_decomposition(real_stor
     rec = read_commit(real_store, 2)
     rec.files[rel] = file_digest(real_store / rel)
     commit_path(real_store, 2).write_text(rec.to_json())
+    write_complete_record(real_store, 3)
     report = verify(real_store)
     assert len(report.problems) == 1
     assert re.match(r"decomposition chunk 2: components miss the stored logit of example 3\d answer \d by ",
@@ -99,11 +102,23 @@ def test_damaged_weight_is_named(real_store):
 
 
 def test_partial_store_verifies_committed_chunks_only(real_store):
+    (real_store / "_commits/complete.json").unlink()  # an ingest stopped before its last commit
     commit_path(real_store, 2).unlink()
     (real_store / "acts/blocks.0.attn.hook_z/c/2/0/0/0").unlink()  # in flight: not checked
     report = verify(real_store)
     assert report.ok and report.committed_chunks == 2 and report.decomposition["n_answers"] == 128
-    assert open_store(real_store).n_examples == 32
+    assert not report.passed and report.lines()[-1].startswith("INCOMPLETE: 2/3 chunks committed, all intact")
+    with pytest.warns(IncompleteStoreWarning, match="holds 32 of 40 examples"):
+        assert open_store(real_store).n_examples == 32
+
+
+def test_deleted_last_commit_record_of_a_finished_store_is_bad(real_store):
+    commit_path(real_store, 2).unlink()
+    report = verify(real_store)
+    assert not report.passed
+    assert "the ingest finished, but commit record _commits/00002.json is missing" in report.problems
+    with pytest.raises(StoreCorruptError, match="commit record _commits/00002.json is missing"):
+        open_store(real_store)
 
 
 def test_synthetic_store_skips_the_decomposition(synthetic):

@@ -1,0 +1,43 @@
+"""A read-only Zarr store that checks every document and chunk it hands to Zarr against the ledger.
+
+Zarr alone reads a missing chunk as its fill value (zeros) and trusts whatever zarr.json says
+(codecs, fill value, shape). Through `CheckedStore` a recorded file that is absent, or whose
+size or sha256 differs from its record, raises StoreCorruptError instead; crc32c inside the
+chunk stays as a second check. Hashing runs on Zarr's worker threads (hashlib releases the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import LocalStore
+
+from actstore.store.integrity import Ledger
+
+
+class CheckedStore(LocalStore):
+    """LocalStore over `root / prefix`, read-only, whose reads are checked against `ledger`."""
+
+    def __init__(self, ledger: Ledger, prefix: str) -> None:
+        super().__init__(Path(ledger.root) / prefix, read_only=True)
+        self.ledger = ledger
+        self.prefix = prefix
+
+    async def get(self, key: str, prototype: BufferPrototype | None = None,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        buf = await super().get(key, prototype, None)  # whole files only: a partial read cannot be checked
+        rel = f"{self.prefix}/{key}"
+        what = "metadata" if key.endswith("zarr.json") else "weight" if self.prefix == "params" else "chunk"
+        data = None if buf is None else buf.as_numpy_array().data
+        await asyncio.to_thread(self.ledger.check_bytes, rel, data, what)
+        if buf is not None and byte_range is not None:
+            return await super().get(key, prototype, byte_range)
+        return buf
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CheckedStore) and other.ledger is self.ledger and other.prefix == self.prefix
+
+    __hash__ = object.__hash__

@@ -1,0 +1,193 @@
+"""What every read is checked against: the store record, the commit records and the completion record.
+
+```
+_commits/store.json     written at creation, inside the store before it is renamed into place:
+                        sha256 of the manifest (canonical JSON), of every zarr.json under acts/ and
+                        params/, and [size, sha256] of every weight chunk file
+_commits/<chunk>.json   one per committed chunk (commits.py): [size, sha256] of each of its files and
+                        the sha256 of store.json, so neither the manifest nor store.json can be
+                        edited without every commit record disagreeing
+_commits/complete.json  written after the last chunk's commit: the chunk count and the sha256 of
+                        every commit record, so a deleted record of a finished store is an error
+                        rather than an unfinished ingest
+```
+
+`Ledger.load(root, manifest)` reads and cross-checks them once when a store is opened, then
+answers "what must this file be" for every array chunk, metadata document, weight and meta
+part a reader touches. A store that fails a check raises StoreCorruptError naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actstore.errors import StoreCorruptError
+from actstore.store.commits import CommitRecord, atomic_write_bytes, commit_files, committed_prefix, file_digest
+from actstore.store.layout import ACTS, COMMITS, PARAMS, chunk_ranges, commit_path
+from actstore.store.manifest import Manifest
+
+STORE_RECORD = "store.json"
+COMPLETE_RECORD = "complete.json"
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest's canonical JSON (key order and whitespace do not count)."""
+    text = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bytes_digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_store_record(root: Path, manifest: Manifest) -> None:
+    """Record the manifest digest and every metadata document and weight chunk under `root`."""
+    metadata = {str(p.relative_to(root)): file_digest(p)[1]
+                for sub in (ACTS, PARAMS) for p in sorted((root / sub).rglob("zarr.json"))}
+    params = {str(p.relative_to(root)): file_digest(p, fsync=True)
+              for p in sorted((root / PARAMS).rglob("*")) if p.is_file() and p.name != "zarr.json"}
+    record = {"manifest_sha256": manifest_digest(manifest), "metadata": metadata, "params": params}
+    (root / COMMITS).mkdir(exist_ok=True)
+    atomic_write_bytes(root / COMMITS / STORE_RECORD, _dump(record))
+
+
+def write_complete_record(root: Path, n_chunks: int) -> None:
+    """Mark a finished ingest: every chunk committed, and the digests of their commit records."""
+    records = {f"{k:05d}": file_digest(commit_path(root, k))[1] for k in range(n_chunks)}
+    atomic_write_bytes(root / COMMITS / COMPLETE_RECORD, _dump({"n_chunks": n_chunks, "records": records}))
+
+
+def _dump(d: dict[str, Any]) -> bytes:
+    return (json.dumps(d, sort_keys=True, indent=1) + "\n").encode()
+
+
+@dataclass
+class Ledger:
+    """The checked records of an open store: expected [size, sha256] per file, relative to the root."""
+
+    root: Path
+    store_sha256: str
+    metadata: dict[str, str]
+    params: dict[str, list[Any]]
+    commits: list[CommitRecord]
+    complete: bool
+    files: dict[str, list[Any]] = field(default_factory=dict)  # chunk files of the committed chunks
+
+    @classmethod
+    def load(cls, root: Path, manifest: Manifest, problems: list[str] | None = None) -> "Ledger":
+        """Read and cross-check the records.
+
+        Raises StoreCorruptError at the first disagreement, unless `problems` is given: then each
+        disagreement is appended to it (one line, as `verify` reports it) and the records that
+        could be read are used.
+        """
+        def bad(what: str) -> None:
+            if problems is None:
+                raise _corrupt(root, what)
+            problems.append(what)
+
+        path = root / COMMITS / STORE_RECORD
+        metadata: dict[str, str] = {}
+        params: dict[str, list[Any]] = {}
+        store_sha = ""
+        try:
+            raw = path.read_bytes()
+            rec = json.loads(raw)
+            metadata = {str(k): str(v) for k, v in dict(rec["metadata"]).items()}
+            params = {str(k): [int(v[0]), str(v[1])] for k, v in dict(rec["params"]).items()}
+            store_sha = bytes_digest(raw)
+            if str(rec["manifest_sha256"]) != manifest_digest(manifest):
+                bad("the manifest (zarr.json) was changed after the store was created")
+        except FileNotFoundError:
+            bad(f"its store record {COMMITS}/{STORE_RECORD} is missing")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            bad(f"its store record {COMMITS}/{STORE_RECORD} is unreadable ({_short(e)})")
+        n = committed_prefix(root, manifest.n_chunks)
+        ranges = chunk_ranges(manifest.n, manifest.chunk)
+        commits, digests = [], []
+        for k in range(n):
+            where = commit_path(root, k)
+            raw_commit = where.read_bytes()
+            try:
+                record = CommitRecord.from_json(raw_commit.decode(errors="replace"), where)
+            except StoreCorruptError:
+                bad(f"commit record {COMMITS}/{k:05d}.json is unreadable")
+                break
+            if (record.chunk, record.start, record.stop) != (k, *ranges[k]):
+                bad(f"commit record {COMMITS}/{k:05d}.json describes chunk {record.chunk} "
+                    f"[{record.start}, {record.stop}), not chunk {k} {list(ranges[k])}")
+                break
+            if store_sha and record.store != store_sha:
+                bad(f"commit record {COMMITS}/{k:05d}.json belongs to another store record "
+                    "(the manifest, weights or array metadata were replaced)")
+            commits.append(record)
+            digests.append(bytes_digest(raw_commit))
+        complete = _check_complete(root, manifest.n_chunks, digests, bad)
+        ledger = cls(root, store_sha, metadata, params, commits, complete)
+        for record in commits:
+            ledger.files.update(record.files)
+        return ledger
+
+    def expected(self, rel: str) -> list[Any] | str | None:
+        """[size, sha256] of a chunk, weight or part file; sha256 of a zarr.json; None if unrecorded."""
+        if rel in self.files:
+            return self.files[rel]
+        if rel in self.params:
+            return self.params[rel]
+        return self.metadata.get(rel)
+
+    def check_bytes(self, rel: str, data: bytes | memoryview | None, what: str) -> None:
+        """StoreCorruptError unless `data` (None: the file is absent) is what the records say `rel` holds."""
+        want = self.expected(rel)
+        if want is None:
+            return
+        if data is None:
+            raise _corrupt(self.root, f"{what} file {rel} is missing")
+        if isinstance(want, str):
+            ok = bytes_digest(data) == want
+        else:
+            ok = len(data) == int(want[0]) and bytes_digest(data) == want[1]
+        if not ok:
+            raise _corrupt(self.root, f"{what} file {rel} differs from its record (checksum mismatch)")
+
+
+def _check_complete(root: Path, n_chunks: int, digests: list[str], bad: Callable[[str], None]) -> bool:
+    """Whether the completion record exists (and agrees with the commit records' digests)."""
+    path = root / COMMITS / COMPLETE_RECORD
+    try:
+        rec = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return False
+    except ValueError as e:
+        bad(f"its completion record {COMMITS}/{COMPLETE_RECORD} is unreadable ({_short(e)})")
+        return False
+    if not isinstance(rec, dict) or rec.get("n_chunks") != n_chunks or not isinstance(rec.get("records"), dict):
+        bad(f"its completion record {COMMITS}/{COMPLETE_RECORD} does not describe {n_chunks} chunks")
+        return False
+    if len(digests) < n_chunks:
+        bad(f"the ingest finished, but commit record {COMMITS}/{len(digests):05d}.json is missing")
+    stray = [k for k in commit_files(root) if k >= n_chunks]
+    if stray:
+        bad(f"commit record {COMMITS}/{stray[0]:05d}.json is beyond its {n_chunks} chunks")
+    for k, digest in enumerate(digests):
+        if digest != rec["records"].get(f"{k:05d}"):
+            bad(f"commit record {COMMITS}/{k:05d}.json differs from the completion record")
+            break
+    return True
+
+
+def _short(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+
+
+def _corrupt(root: Path, what: str) -> StoreCorruptError:
+    return StoreCorruptError(f"store {str(root)!r} is corrupt: {what}; run `actstore verify {root}`")
+
+
+__all__ = ["Ledger", "manifest_digest", "write_store_record", "write_complete_record", "STORE_RECORD",
+           "COMPLETE_RECORD"]
