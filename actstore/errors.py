@@ -58,3 +58,11 @@ class QueryError(ActstoreError, ValueError):
 
 class UnknownColumnError(QueryError):
     """A column name that the table does not have."""
+
+
+class StoreLockedError(StoreExistsError):
+    """Another process holds the store's write lock (an ingest is writing it)."""
+
+
+class IncompleteStoreWarning(UserWarning):
+    """A store opened for reading holds fewer committed chunks than its ingest planned."""
