@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "attention, neurons",
                        description="Run DuckDB SQL over a store. Views: examples, tokens, outputs (meta tables) and "
                                    "the derived tables dla, logit_lens, attention, neurons, computed on first use and "
-                                   "cached under STORE/derived/.")
+                                   "cached under STORE/derived/. Read-only and confined to the store: one SELECT "
+                                   "(or DESCRIBE/SUMMARIZE) over these views; files, extensions, ATTACH, SET and "
+                                   "writes are refused. Write a result with -o FILE.")
     p.add_argument("store", help="store directory")
     p.add_argument("query", help='SQL, e.g. "SELECT component, avg(value) FROM dla GROUP BY component"')
     add_derived_options(p)

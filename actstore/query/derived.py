@@ -6,13 +6,18 @@ example count and a hash of the store's manifest (and of this module's VERSION) 
 the key, so a store that grew (a resumed ingest) or was re-ingested never serves stale rows.
 Files of the same table and parameters with an older key are removed when a new one is written.
 Raw attention and neuron rows are written chunk by chunk, so memory holds one chunk's rows.
+
+Every cached file has a digest record written after it (actstore.store.cache); a file is used
+only through its checked bytes, so a replaced, truncated or bit-flipped file (or one whose
+record is missing) is recomputed and rewritten, never served. Where derived/ cannot be written
+(a read-only store, a full disk) the table is computed in memory and nothing is left behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -21,8 +26,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from actstore.errors import InvalidParameterError, QueryError
+from actstore.errors import ActstoreError, InvalidParameterError, QueryError
 from actstore.query.tables import write_parquet_frames
+from actstore.store.cache import read_checked, record_path, write_checked
 
 VERSION = 1  # bump when a derived table's contents change for the same parameters
 TABLES = ("dla", "logit_lens", "attention", "neurons")
@@ -83,41 +89,52 @@ def store_hash(store: Any) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None) -> Path | pl.DataFrame:
-    """The Parquet file of a derived table, computing and writing it if it is not cached yet.
+def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None) -> bytes | pl.DataFrame:
+    """The checked Parquet bytes of a derived table, computing and caching it if the cache holds
+    no file its digest record vouches for.
 
-    Returns the computed DataFrame itself where the store's derived/ cannot be written (a
-    read-only store): the query still runs, it just is not cached.
+    Returns the computed DataFrame itself where derived/ cannot be written (a read-only store, a
+    full disk): the query still runs, it just is not cached.
     """
     full = params_for(table, params)
     path = cache_path(store, table, full)
-    if path.exists():
-        return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frames = stream(store, table, full)
+    data = read_checked(path)
+    if data is not None:
+        return data
+
+    def write(tmp: Path) -> None:
+        frames = stream(store, table, full)
+        if frames is None or write_parquet_frames(frames, tmp) is None:  # whole tables, empty streamed ones
+            write_parquet_frames([compute(store, table, full)], tmp)
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if frames is None or write_parquet_frames(frames, tmp) is None:  # whole tables, empty streamed ones
-            compute(store, table, full).write_parquet(tmp, compression="zstd", compression_level=1,
-                                                      statistics=True)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        write_checked(path, write)
+    except OSError as e:
+        if isinstance(e, ActstoreError):  # the query itself failed (e.g. a missing store file): not a cache problem
+            raise
         return compute(store, table, full)  # derived/ not writable: computed in memory, not cached
-    stem = _stem(table, full)
+    _remove_older_keys(path, _stem(table, full))
+    data = read_checked(path)
+    # None only if the file was replaced between writing and reading it back: do not trust it
+    return data if data is not None else compute(store, table, full)
+
+
+def _remove_older_keys(path: Path, stem: str) -> None:
+    """Files (and their records) of the same table and parameters under an older store key."""
     for old in path.parent.glob(f"{stem}-n=*.parquet"):
         if old != path and old.name[len(stem):].count("-") == 2:  # same table and params, older key
-            old.unlink(missing_ok=True)
-    return path
+            for f in (record_path(old), old):
+                try:
+                    f.unlink(missing_ok=True)
+                except OSError:
+                    pass
 
 
 def cached(store: Any, table: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
-    """The derived table as a DataFrame (from the cache when present)."""
+    """The derived table as a DataFrame (from the checked cache when present)."""
     got = materialise(store, table, params)
-    return got if isinstance(got, pl.DataFrame) else pl.read_parquet(got)
+    return got if isinstance(got, pl.DataFrame) else pl.read_parquet(io.BytesIO(got))
 
 
 def _stem(table: str, params: Mapping[str, Any]) -> str:

@@ -1,8 +1,9 @@
-"""`sql(store, query)`: DuckDB over a store's tables.
+"""`sql(store, query)`: DuckDB over a store's tables, read-only and confined to the store.
 
-Views: `examples`, `tokens`, `outputs` (the committed Parquet parts of meta/, read in place) and
-the derived tables `dla`, `logit_lens`, `attention`, `neurons`, each materialised on first use
-into `<store>/derived/` (see derived.py) and only when the query names it. So
+Views: `examples`, `tokens`, `outputs` (the committed Parquet parts of meta/, each checked
+against its commit record by `Store.meta_paths`) and the derived tables `dla`, `logit_lens`,
+`attention`, `neurons`, each materialised on first use into `<store>/derived/` (see derived.py)
+and only when the query names it. So
 
     SELECT component, avg(value) FROM dla JOIN examples USING (example_id)
     WHERE carry_2 GROUP BY component
@@ -11,21 +12,37 @@ computes per-head DLA once, then answers from Parquet. Derived tables use their 
 parameters (dla: by='head', target='correct'; logit_lens: target='correct', ln='cached'; ...);
 pass `params={'dla': {'by': 'layer'}}` for others. Errors (syntax, unknown view or column)
 become one-line QueryErrors naming the available views and the columns of those the query uses.
+
+The sandbox: a query is exactly one SELECT (also DESCRIBE, SHOW, SUMMARIZE, which parse as one)
+whose table functions are on a short allow-list (range, unnest, catalog listings); anything
+else (COPY, ATTACH, INSTALL/LOAD, SET/RESET, PRAGMA, CALL, CREATE/DROP/INSERT/UPDATE/DELETE,
+EXPORT, several statements, read_csv/read_text/glob/query(), ...) is refused with one line
+before anything runs. Behind that check DuckDB itself is locked down: the views read Arrow
+datasets registered by actstore (DuckDB opens no file itself), then external access and the
+local file system are switched off, extension autoload/autoinstall, community extensions,
+persistent secrets, Python replacement scans and spilling to a temp directory are off, and the
+configuration is locked, so no statement can write anything or read a file. Results are
+written by actstore itself (the CLI's -o), never by SQL.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from actstore.errors import QueryError
 from actstore.query import derived
-from actstore.store.layout import META_TABLES, part_path
+from actstore.store.layout import META_TABLES
 
 VIEWS = (*META_TABLES, *derived.TABLES)
 
@@ -79,27 +96,120 @@ def mentioned_views(query: str) -> list[str]:
     return [v for v in VIEWS if v in words]
 
 
-def connect(store: Any, query: str = "",
-            params: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the store's views (derived ones only if `query` names them)."""
-    con = duckdb.connect()
-    n_chunks = sum(1 for _ in store.chunks())
+READ_ONLY = "SQL over a store is read-only and confined to the store"
+
+# table functions a query may call: generators and catalog listings (no file, no setting, no dynamic SQL)
+TABLE_FUNCTIONS = frozenset({
+    "range", "generate_series", "unnest", "repeat", "json_each", "json_tree",
+    "duckdb_columns", "duckdb_tables", "duckdb_views", "duckdb_types", "duckdb_functions", "duckdb_keywords",
+    "pragma_table_info",
+})
+
+# set when the connection is opened (some cannot change later); the rest by _LOCK, after the views exist
+_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_persistent_secrets": False,
+    "allow_unredacted_secrets": False,
+    "python_enable_replacements": False,  # no scans of the caller's Python variables by name
+    "temp_directory": "",  # never spill to disk (DuckDB's default is ./.tmp in the working directory)
+}
+_LOCK = (
+    "SET enable_external_access = false",  # no file, network, extension or ATTACH access from SQL
+    "SET disabled_filesystems = 'LocalFileSystem'",
+    "SET allow_extension_repositories = 'forbidden'",
+    "SET lock_configuration = true",  # last: no SET/RESET/PRAGMA can undo the above
+)
+
+
+def refused(what: str) -> QueryError:
+    """The one line for anything the sandbox does not run."""
+    return QueryError(f"{what} refused: {READ_ONLY} (one SELECT over its views {', '.join(VIEWS)}; "
+                      f"write a result with -o FILE)")
+
+
+def check_query(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Raise QueryError unless `query` is exactly one SELECT calling only allowed table functions."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.ParserException as e:
+        raise QueryError(f"SQL syntax error: {_first_line(e)}") from None
+    except duckdb.Error:
+        raise refused("this statement") from None
+    if not statements:
+        raise QueryError("empty SQL query; try: SELECT * FROM examples LIMIT 5")
+    if len(statements) > 1:
+        raise refused(f"{len(statements)} statements in one query")
+    try:
+        kind = statements[0].type
+    except ValueError:  # a statement kind this duckdb module cannot even name (e.g. UPDATE EXTENSIONS)
+        raise refused("this statement") from None
+    if kind == duckdb.StatementType.MULTI:  # e.g. a PIVOT that first creates a type for its values
+        raise refused("a statement that runs several (a PIVOT without an IN (...) list of values is one)")
+    if kind != duckdb.StatementType.SELECT:
+        raise refused(f"a {kind.name} statement")
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    except (duckdb.Error, TypeError, ValueError):
+        raise refused("a SELECT that cannot be inspected") from None
+    if tree.get("error"):
+        raise refused(f"a SELECT that cannot be inspected ({tree.get('error_message', '')})")
+    for name in _table_functions(tree):
+        if name.lower() not in TABLE_FUNCTIONS:
+            raise refused(f"table function {name}()")
+
+
+def _table_functions(node: Any) -> Iterator[str]:
+    """Names of every table function in a json_serialize_sql parse tree (subqueries, CTEs included)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == "TABLE_FUNCTION":
+                fn = item.get("function")
+                yield str(fn.get("function_name", "?")) if isinstance(fn, dict) else "?"
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def sources(store: Any, query: str = "",
+            params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The store's views as objects DuckDB scans without opening a file itself: checked meta parts
+    as pyarrow datasets, derived tables (only those `query` names) over their checked bytes."""
+    out: dict[str, Any] = {}
     for table in META_TABLES:
-        paths = [str(part_path(store.path, table, k)) for k in range(n_chunks)]
-        if paths:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_list(paths)}, union_by_name = true)")
-        else:  # nothing committed yet: an empty view with the table's columns
-            con.register(f"_{table}_empty", getattr(store, table))
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+        paths = store.meta_paths(table)
+        out[table] = _parquet_dataset(paths) if paths else getattr(store, table)  # nothing committed: empty
     for table in mentioned_views(query):
         if table in derived.TABLES:
             got = derived.materialise(store, table, (params or {}).get(table))
-            if isinstance(got, pl.DataFrame):  # not cached (read-only store): query the frame itself
-                con.register(f"_{table}_frame", got)
-                con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_frame")
-            else:
-                con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_list([str(got)])})")
+            out[table] = got if isinstance(got, pl.DataFrame) else _buffer_dataset(got)  # frame: not cached
+    return out
+
+
+def sandbox(views: Mapping[str, Any], con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """A locked, read-only in-memory DuckDB connection with one view per entry of `views`
+    (name -> a pyarrow Dataset/Table or a Polars/pandas frame). Everything a query can read is
+    registered here, before the lock; explicitly attached stores would add their views here."""
+    con = con if con is not None else _open()
+    for name, source in views.items():
+        con.register(f"_src_{name}", source)
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_src_{name}"')
+    for statement in _LOCK:
+        con.execute(statement)
     return con
+
+
+def connect(store: Any, query: str = "",
+            params: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
+    """A locked in-memory DuckDB connection with the store's views (derived ones only if `query`
+    names them); `query`, if given, is checked first, so a refused one computes nothing."""
+    con = _open()
+    if query:
+        check_query(con, query)
+    return sandbox(sources(store, query, params), con)
 
 
 def sql(store: Any, query: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> QueryResult:
@@ -122,14 +232,39 @@ def sql(store: Any, query: str, params: Mapping[str, Mapping[str, Any]] | None =
     return QueryResult(con, rel, describe)
 
 
-def _list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+def _open() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:", config=dict(_CONFIG))
+
+
+def _parquet_dataset(paths: list[Path]) -> ds.Dataset:
+    """The parts as one dataset; columns are unified by name across parts (a label that is all
+    null in one part and typed in another)."""
+    files = [str(p) for p in paths]
+    try:
+        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        schema = None
+    return ds.dataset(files, schema=schema, format="parquet")
+
+
+def _buffer_dataset(data: bytes) -> ds.Dataset:
+    """A dataset over checked Parquet bytes held in memory (scanned batch by batch, as often as
+    a query needs; the file is never reopened)."""
+    fmt = ds.ParquetFileFormat()
+    fragment = fmt.make_fragment(pa.BufferReader(pa.py_buffer(data)))
+    return ds.FileSystemDataset([fragment], fragment.physical_schema, fmt)
+
+
+def _first_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^(Catalog|Binder|Parser|Conversion|Invalid Input|Permission) Error: ", "", first)
 
 
 def _error(con: duckdb.DuckDBPyConnection, query: str, e: duckdb.Error) -> QueryError:
     """One line: DuckDB's message, the views, and the columns of the views the query uses."""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    first = re.sub(r"^(Catalog|Binder|Parser|Conversion|Invalid Input) Error: ", "", first)
+    first = _first_line(e)
+    if isinstance(e, duckdb.PermissionException) or "configuration has been locked" in first:
+        return refused(f"access outside the store's views ({first})")
     if isinstance(e, duckdb.ParserException):
         return QueryError(f"SQL syntax error: {first}")
     bound = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}

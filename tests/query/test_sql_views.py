@@ -10,7 +10,7 @@ import pytest
 from query_models import CHUNK, N_EXAMPLES
 
 import actstore
-from actstore.errors import QueryError
+from actstore.errors import IncompleteStoreWarning, QueryError
 from actstore.query import dla, logit_lens, sql
 from actstore.query.sql import mentioned_views
 
@@ -52,8 +52,11 @@ def test_derived_tables_are_lazy_cached_and_keyed(store):
 
 def test_uncommitted_chunks_are_invisible_and_change_the_key(store):
     sql(store, "SELECT 1 FROM dla").pl()
-    (store.path / "_commits" / "00002.json").unlink()  # as if the ingest stopped before the last commit
-    partial = actstore.open_store(store.path)
+    # as if the ingest stopped before the last commit (so it never wrote its completion record either)
+    (store.path / "_commits" / "00002.json").unlink()
+    (store.path / "_commits" / "complete.json").unlink(missing_ok=True)
+    with pytest.warns(IncompleteStoreWarning, match="2/3 chunks committed"):
+        partial = actstore.open_store(store.path)
     assert partial.n_examples == 2 * CHUNK
     assert sql(partial, "SELECT count(*) FROM examples").fetchall() == [(2 * CHUNK,)]
     assert sql(partial, "SELECT max(example_id) FROM outputs").fetchall() == [(2 * CHUNK - 1,)]

@@ -1,0 +1,155 @@
+"""Checked cache files: the `derived/` tables, each with a digest record written after it.
+
+A cached file `derived/NAME.parquet` counts only while its record `derived/NAME.parquet.sha256`
+(JSON: {"sha256": ..., "size": ...}) matches its bytes. Anything else (no record, another size
+or digest: a truncated, bit-flipped or replaced file) is a cache miss: the reader recomputes.
+
+    write_checked(path, write)   write(tmp) fills a temporary file; it becomes `path`, then the record
+    read_checked(path)           the file's bytes if its record matches, else None
+    cache_problems(root)         one line per cached file of a store that its record does not vouch for
+
+Both files are written under unique temporary names and renamed into place, and a failed write
+(a full disk, a read-only directory) leaves no temporary file behind. The record is removed
+before the file is replaced and written after it, so no reader ever pairs a new file with an
+old record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from actstore.store.layout import DERIVED
+
+RECORD_SUFFIX = ".sha256"
+CACHED_GLOB = "*.parquet"  # the cached tables of derived/ (records and temporary files do not match)
+
+
+def record_path(path: Path) -> Path:
+    """Where the digest record of cache file `path` lives."""
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def digest(data: bytes) -> dict[str, object]:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def write_checked(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a cache file through `write(tmp)` and record its digest; any failure (OSError from a
+    full disk or a read-only directory, or whatever `write` raises) propagates after the
+    temporary files are removed. A failure after the file was renamed into place leaves it
+    without a record: a cache miss, never a wrong hit."""
+    path = Path(path)
+    record = record_path(path)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        entry = _file_digest(tmp)
+        record.unlink(missing_ok=True)
+        os.replace(tmp, path)
+        _atomic_write(record, (json.dumps(entry, sort_keys=True) + "\n").encode())
+    finally:
+        _remove(tmp)
+
+
+def read_checked(path: Path) -> bytes | None:
+    """The bytes of cache file `path` if its record vouches for them; None if either is absent,
+    unreadable, or they disagree."""
+    path = Path(path)
+    try:
+        expected = _read_record(record_path(path))
+        if expected is None:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) != expected["size"]:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == expected["sha256"] else None
+
+
+def check_file(path: Path) -> str | None:
+    """Why the record of cache file `path` does not vouch for it (None when it does)."""
+    path = Path(path)
+    record = record_path(path)
+    try:
+        expected = _read_record(record)
+    except OSError as e:
+        return f"its digest record {record.name} cannot be read ({e.strerror or e})"
+    if expected is None:
+        return f"no valid digest record {record.name}" if not record.exists() else (
+            f"its digest record {record.name} is not a valid record")
+    try:
+        got = _file_digest(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if got["size"] != expected["size"]:
+        return f"is {got['size']} bytes, its record says {expected['size']}"
+    if got["sha256"] != expected["sha256"]:
+        return "sha256 differs from its digest record"
+    return None
+
+
+def cache_problems(root: Path) -> list[str]:
+    """One line per cached table in `root/derived/` whose digest record is missing, unreadable or
+    disagrees with it (such a table is recomputed when next used, never served). Empty when
+    every cached table is vouched for, or there is no derived/ at all."""
+    folder = Path(root) / DERIVED
+    try:
+        files = sorted(p for p in folder.glob(CACHED_GLOB) if p.is_file())
+    except OSError:
+        return []
+    out = []
+    for p in files:
+        why = check_file(p)
+        if why is not None:
+            out.append(f"cached table {DERIVED}/{p.name}: {why} (it is recomputed on next use)")
+    return out
+
+
+def _read_record(record: Path) -> dict[str, object] | None:
+    """The record's {"sha256", "size"}, or None if it is absent or malformed."""
+    try:
+        rec = json.loads(record.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+    if (not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str)
+            or not isinstance(rec.get("size"), int) or isinstance(rec.get("size"), bool)):
+        return None
+    return {"sha256": rec["sha256"], "size": rec["size"]}
+
+
+def _file_digest(path: Path) -> dict[str, object]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return {"sha256": h.hexdigest(), "size": size}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
