@@ -12,6 +12,10 @@ own task): ingests n examples (default hooks, float16), then measures, best of -
 - tl_s:    TransformerLens over the same examples and batches: run_with_cache (names_filter: hook_z
            and ln_final.hook_scale) + stack_head_results + logit_attrs, as the seeds do (at every
            position; the answer positions are picked afterwards);
+- check_cost: raw_s over the same reads through plain Zarr (no record checks: no sha256 of each
+           chunk against its commit record, no missing-chunk detection), i.e. what checking every
+           read costs; meta_check_cost: opening the store and reading its three meta tables
+           (records cross-checked, every part's sha256) over plain Parquet reads of the same parts;
 - max_err: the largest |store head DLA - TransformerLens head DLA| (float16 activations),
   sum_err: the largest |sum of all components - (stored logit - b_U)| over the answers;
   speedup = tl_s / dla_s, speedup_cold = tl_s / dla_cold_s.
@@ -40,11 +44,15 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+import zarr  # noqa: E402
+from zarr.storage import LocalStore  # noqa: E402
 
 import actstore  # noqa: E402
 from actstore.query import dla  # noqa: E402
 from actstore.query.attribution import required_hooks  # noqa: E402
 from actstore.query.readout import Weights  # noqa: E402
+from actstore.store.layout import part_path  # noqa: E402
+from actstore.store.open import read_manifest  # noqa: E402
 
 ZOO_MODELS = ("zoo:addition", "zoo:list_update", "zoo:brackets", "zoo:lm")  # each on its (first) training task
 
@@ -92,6 +100,28 @@ def raw_read(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
         for name in hooks:
             total += store.read(name, start, stop).nbytes
     return total
+
+
+def raw_read_unchecked(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """raw_read through a plain Zarr LocalStore: no record checks (the floor the checks add to)."""
+    group = zarr.open_group(LocalStore(store.path / "acts", read_only=True), mode="r", zarr_format=3)
+    arrays = {name: group[name] for name in hooks}
+    total = 0
+    for start, stop in store.chunks():
+        for name in hooks:
+            total += np.asarray(arrays[name][start:stop]).nbytes
+    return total
+
+
+def meta_checked(path: Path) -> int:
+    s = actstore.open_store(path)
+    return s.examples.height + s.tokens.height + s.outputs.height
+
+
+def meta_unchecked(path: Path, n_chunks: int) -> int:
+    read_manifest(path)
+    return sum(pl.read_parquet([part_path(path, t, k) for k in range(n_chunks)]).height
+               for t in ("examples", "tokens", "outputs"))
 
 
 def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -142,11 +172,15 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
     target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
     cold_s, table = best(lambda: dla(store, by="head", target=target), 1)  # reads the weights, folds them
     hooks, _ = required_hooks(Weights.from_store(store), "head")
-    raw, warm = [], []
-    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits both
+    raw, warm, plain, meta, meta_plain = [], [], [], [], []
+    n_chunks = sum(1 for _ in store.chunks())
+    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all
         t, nbytes = best(lambda: raw_read(store, hooks), 1)
         raw.append(t)
+        plain.append(best(lambda: raw_read_unchecked(store, hooks), 1)[0])
         warm.append(best(lambda: dla(store, by="head", target=target), 1)[0])
+        meta.append(best(lambda: meta_checked(out), 1)[0])
+        meta_plain.append(best(lambda: meta_unchecked(out, n_chunks), 1)[0])
     raw_s, dla_s = min(raw), min(warm)
     tl_s, tl = best(lambda: tl_head_dla(model, store, target), tl_repeats)
     heads = table.filter(pl.col("component").str.contains(r"^L\d+H\d+$")).sort(
@@ -165,7 +199,8 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
     line = (f"{label:<16} task={task:<11} n={n} answers={store.n_answers} chunk={store.chunk_size} "
             f"threads={torch.get_num_threads()} target={target} touched_MB={mb:.1f} "
             f"raw_s={raw_s:.3f} raw_MB/s={mb / raw_s:.0f} dla_s={dla_s:.3f} dla_MB/s={mb / dla_s:.0f} "
-            f"read_ratio={raw_s / dla_s:.2f} dla_cold_s={cold_s:.3f} tl_s={tl_s:.2f} speedup={tl_s / dla_s:.1f} "
+            f"read_ratio={raw_s / dla_s:.2f} check_cost={raw_s / min(plain):.2f} "
+            f"meta_s={min(meta):.3f} meta_check_cost={min(meta) / min(meta_plain):.2f} dla_cold_s={cold_s:.3f} tl_s={tl_s:.2f} speedup={tl_s / dla_s:.1f} "
             f"speedup_cold={tl_s / cold_s:.1f} "
             f"rows={table.height} max_err={max_err:.2g} sum_err={sum_err:.2g} ingest_s={ingest_s:.1f}")
     shutil.rmtree(out, ignore_errors=True)

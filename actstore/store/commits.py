@@ -22,7 +22,8 @@ from actstore.store.layout import COMMITS, commit_path
 
 @dataclass(frozen=True)
 class CommitRecord:
-    """chunk index, its example range [start, stop), {relative file path: [bytes, sha256]}, and the
+    """chunk index, its example range [start, stop), {relative file path: [bytes, sha256] or, for
+    array chunks ending in crc32c, [bytes, sha256, crc32c tail]}, and the
     sha256 of the store record (integrity.py) it was committed against."""
 
     chunk: int
@@ -39,24 +40,32 @@ class CommitRecord:
     def from_json(cls, text: str, where: Path) -> "CommitRecord":
         try:
             d = json.loads(text)
-            files = {str(k): [int(v[0]), str(v[1])] for k, v in dict(d["files"]).items()}
+            files = {str(k): [int(v[0]), *(str(x) for x in v[1:3])] for k, v in dict(d["files"]).items()}
             return cls(chunk=int(d["chunk"]), start=int(d["start"]), stop=int(d["stop"]), files=files,
                        store=str(d["store"]))
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StoreCorruptError(f"commit record {where} is unreadable ({e}); run `actstore verify`") from None
 
 
-def file_digest(path: Path, fsync: bool = False) -> list[Any]:
-    """[size in bytes, sha256 hex] of a file; with fsync, also flush it to disk."""
+def file_digest(path: Path, fsync: bool = False, tail: bool = False) -> list[Any]:
+    """[size in bytes, sha256 hex] of a file; with tail, also its last 4 bytes (hex); with fsync,
+    also flush it to disk.
+
+    The tail of a Zarr chunk whose codecs end in crc32c is that checksum of the rest of the file:
+    recorded, it lets a reader tie a chunk to its record from its size and tail alone (Zarr then
+    checks the rest against the tail), with no hashing on the read path.
+    """
     h = hashlib.sha256()
     size = 0
+    last = b""
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
             size += len(block)
+            last = (last + block)[-4:]
         if fsync:
             os.fsync(f.fileno())
-    return [size, h.hexdigest()]
+    return [size, h.hexdigest(), last.hex()] if tail else [size, h.hexdigest()]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -89,6 +89,7 @@ class ChunkWriter:
         self.arrays = {h.name: group[h.name].with_config(_WRITE_CONFIG) for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
         self.store_sha256 = file_digest(self.root / COMMITS / STORE_RECORD)[1]
+        self._crc32c_tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
         self._kill = _parse_kill(os.environ.get(KILL_ENV))
         self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="actstore-digest")
 
@@ -116,7 +117,9 @@ class ChunkWriter:
             paths.append(part_path(self.root, table, k))
             write_part(meta[table], paths[-1])
         self._maybe_die(k, "meta")
-        digests = self._pool.map(lambda f: file_digest(f, fsync=True), paths)  # sha256 releases the GIL
+        n_arrays = len(self.arrays)
+        tails = [self._crc32c_tail] * n_arrays + [False] * len(META_TABLES)
+        digests = self._pool.map(lambda f, t: file_digest(f, fsync=True, tail=t), paths, tails)  # sha256 drops the GIL
         files = {str(f.relative_to(self.root)): d for f, d in zip(paths, digests)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
