@@ -100,7 +100,7 @@ def read_commit(root: Path, chunk: int) -> CommitRecord | None:
     """The commit record of a chunk, or None if it has none."""
     path = commit_path(root, chunk)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode(errors="replace")  # damaged bytes fail as JSON, not as UTF-8
     except FileNotFoundError:
         return None
     return CommitRecord.from_json(text, path)

@@ -146,3 +146,66 @@ def test_info_sizes_and_ratio(real_store):
     text = format_info(info)
     assert "40 of 40 committed (3/3 chunks of 16)" in text and "blocks.0.attn.hook_z" in text
     assert np.isfinite(info["compression_ratio"])
+
+
+def test_damaged_cached_table_is_a_note_not_a_failure(real_store):
+    open_store(real_store).sql("SELECT count(*) FROM dla").fetchall()  # caches dla in derived/
+    cached = next((real_store / "derived").glob("dla-*.parquet"))
+    flip_byte(cached, at=len(cached.read_bytes()) // 2)
+    report = verify(real_store)
+    assert report.passed  # never used as it is: the next query recomputes it
+    notes = [ln for ln in report.lines() if ln.startswith("NOTE: ")]
+    assert len(notes) == 1 and f"derived/{cached.name}" in notes[0] and report.lines()[-1] == "OK"
+
+
+def test_edited_manifest_and_array_metadata_are_bad(real_store):
+    root = json.loads((real_store / "zarr.json").read_text())
+    root["attributes"]["actstore"]["width"] += 1  # queries would read a wrong pos axis
+    (real_store / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(StoreCorruptError, match="manifest .* was changed after the store was created"):
+        open_store(real_store)
+    assert "the manifest (zarr.json) was changed after the store was created" in verify(real_store).problems
+
+
+def test_dropped_crc32c_codec_is_bad(real_store):
+    meta = real_store / "acts/blocks.0.mlp.hook_post/zarr.json"
+    d = json.loads(meta.read_text())
+    d["codecs"] = [c for c in d["codecs"] if c["name"] != "crc32c"]
+    d["fill_value"] = 1.0
+    meta.write_text(json.dumps(d))
+    problems = verify(real_store).problems
+    assert any(p.startswith("array metadata acts/blocks.0.mlp.hook_post/zarr.json differs from its record")
+               for p in problems)
+    with pytest.raises(StoreCorruptError, match="metadata file acts/blocks.0.mlp.hook_post/zarr.json differs"):
+        open_store(real_store).read("blocks.0.mlp.hook_post")
+
+
+def test_deleted_chunks_and_weights_are_errors_on_read_and_in_verify(real_store):
+    (real_store / "acts/blocks.0.mlp.hook_post/c/1/0/0").unlink()
+    (real_store / "params/blocks.0.attn.W_Q/c/0/0/0").unlink()
+    store = open_store(real_store)
+    with pytest.raises(StoreCorruptError, match="chunk file acts/blocks.0.mlp.hook_post/c/1/0/0 is missing"):
+        store.read("blocks.0.mlp.hook_post", 16, 32)
+    assert store.read("blocks.0.mlp.hook_post", 0, 16).shape[0] == 16  # other chunks still read
+    with pytest.raises(StoreCorruptError, match="weight file params/blocks.0.attn.W_Q/c/0/0/0 is missing"):
+        store.param("blocks.0.attn.W_Q")
+    problems = verify(real_store).problems
+    assert "acts/blocks.0.mlp.hook_post chunk 1: file acts/blocks.0.mlp.hook_post/c/1/0/0 is missing" in problems
+    assert any(p.startswith("weight params/blocks.0.attn.W_Q: unreadable") for p in problems)
+
+
+def test_weights_are_rehashed_against_the_manifest(real_store):
+    """A weight rewritten with its records updated to match still fails the recomputed weights_sha256."""
+    from actstore.store.integrity import write_store_record
+
+    arr = zarr.open_array(real_store / "params/blocks.1.attn.W_O", mode="r+")
+    arr[...] = arr[...] * 2
+    m = open_store(real_store).manifest
+    write_store_record(real_store, m)  # consistent records: only the recomputed digest can tell
+    store_sha = file_digest(real_store / "_commits/store.json")[1]
+    for k in range(3):
+        rec = read_commit(real_store, k)
+        commit_path(real_store, k).write_text(rec.to_json().replace(rec.store, store_sha))
+    write_complete_record(real_store, 3)
+    problems = verify(real_store).problems
+    assert any("do not hash to the manifest's weights_sha256" in p for p in problems), problems
