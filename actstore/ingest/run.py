@@ -44,7 +44,7 @@ from actstore.store.commits import committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, chunk_ranges
 from actstore.store.lock import store_lock
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
-from actstore.store.open import is_store, open_store, read_manifest
+from actstore.store.open import is_store, open_store, read_manifest, utf8_path
 from actstore.store.reader import Store
 from actstore.store.writer import ChunkWriter, create_store
 
@@ -99,7 +99,7 @@ def ingest(
     for label, v in (("chunk", chunk), ("batch", batch)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
             raise InvalidParameterError(f"{label} must be a positive integer, got {v!r}")
-    out = Path(out)
+    out = utf8_path(out, "--out")
     _check_writable(out)
     dev = _device(device)
 

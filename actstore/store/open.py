@@ -7,14 +7,14 @@ import os
 import warnings
 from pathlib import Path
 
-from actstore.errors import IncompleteStoreWarning, StoreFormatError, StoreNotFoundError
+from actstore.errors import IncompleteStoreWarning, InvalidParameterError, StoreFormatError, StoreNotFoundError
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.reader import Store
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """The validated manifest of the store at `path`."""
-    path = Path(path)
+    path = utf8_path(path, "store")
     meta = path / "zarr.json"
     if not meta.is_file():
         if not path.exists():
@@ -28,6 +28,17 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if MANIFEST_KEY not in attrs:
         raise StoreFormatError(f"{str(path)!r} is a Zarr group but not an actstore store (no manifest)")
     return Manifest.from_dict(attrs[MANIFEST_KEY])
+
+
+def utf8_path(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path, or InvalidParameterError if it is not valid UTF-8 (Arrow and DuckDB, which
+    read the store's tables, cannot open such a path)."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameterError(f"{what} path {os.fsdecode(path)!r} is not valid UTF-8; rename it or choose "
+                                    "another") from None
+    return Path(path)
 
 
 def open_store(path: str | os.PathLike) -> Store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
@@ -301,3 +302,12 @@ def test_hooks_a_model_never_runs(tmp_path):
     with pytest.raises(InvalidParameterError, match="'blocks.0.ln2.hook_scale' did not fire"):
         actstore.ingest("addition", model, 10, 0, tmp_path / "t", hooks=["z", "blocks.0.ln2.hook_scale"], quiet=True)
     assert not (tmp_path / "t").exists()
+
+
+def test_non_utf8_paths_are_refused_before_anything_is_written(tmp_path, models):
+    out = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xffore"))
+    with pytest.raises(InvalidParameterError, match="is not valid UTF-8"):
+        actstore.ingest("addition", models["addition"], 10, 0, out, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InvalidParameterError, match="store path .* is not valid UTF-8"):
+        actstore.open_store(out)
