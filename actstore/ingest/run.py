@@ -17,6 +17,7 @@ import glob
 import math
 import os
 import queue
+import re
 import shutil
 import sys
 import time
@@ -341,7 +342,7 @@ def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
                 old = read_manifest(out)
                 diffs = old.differences(manifest)
                 if not diffs and not overwrite:
-                    open_store(out)  # the records agree with the manifest: safe to resume into
+                    Store(out, old)  # its records agree with the manifest: safe to resume into
             except (StoreFormatError, StoreCorruptError) as e:
                 if not overwrite:
                     raise StoreExistsError(f"{out} holds a store this ingest cannot resume ({e}); "
@@ -372,9 +373,11 @@ def _remove_store(out: Path) -> None:
 
 
 def _remove_leftovers(out: Path) -> None:
-    """Delete what a crashed creation or overwrite left beside the store (lock held: nobody else's)."""
+    """Delete what a crashed creation or overwrite of this store left beside it (the lock is held, so
+    they are nobody else's; those of other stores whose names share a prefix are left alone)."""
+    own = re.compile(re.escape(f".{out.name}.") + r"(creating|deleting)-\d+")
     for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
-        if p.is_dir() and p.name.rsplit(".", 1)[-1].startswith(("creating-", "deleting-")):
+        if own.fullmatch(p.name) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -165,3 +165,10 @@ def test_racing_processes_leave_one_complete_store(tmp_path, n_writers):
     subprocess.run([*cmd[:-1], str(ref)], check=True, capture_output=True)
     assert tree_bytes(out) == tree_bytes(ref) and verify(out).passed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "store"]
+
+
+def test_leftovers_of_other_stores_are_not_touched(tmp_path):
+    other = tmp_path / ".store.b.creating-12345"  # a creation of the store "store.b" in progress
+    other.mkdir()
+    actstore.ingest(model=tiny_model("addition"), out=tmp_path / "store", **dict(ARGS, n=20))
+    assert other.is_dir()
