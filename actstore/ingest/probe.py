@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from actstore.ingest.forward import Sink, answer_logits, bidirectional_mask_hooks, attention_mask, select_answers
+from actstore.errors import StoreFormatError
+from actstore.ingest import model_info
+from actstore.ingest.forward import Sink, answer_logits, attention_mask, bidirectional_mask_hooks, select_answers
+from actstore.store.arch import Arch
 from actstore.store.decomposition import decomposed_logits, required_hooks
 
 # above this max error (relative to 1 + max |logit|) the check is recorded as failed
@@ -33,9 +36,11 @@ def probe_batch(
     tokens [batch, pos], lengths [batch], answer_pos / answer_tokens [batch, answer], on the model's device.
     """
     cfg = model.cfg
-    config = {"n_layers": cfg.n_layers, "attn_only": cfg.attn_only, "normalization_type": cfg.normalization_type,
-              "positional_embedding_type": cfg.positional_embedding_type}
-    needed = required_hooks(config)
+    try:
+        arch = Arch.from_config(model_info.config_dict(model))
+    except StoreFormatError as e:  # an architecture direct attribution does not cover: record, do not fail
+        arch, unsupported = None, str(e)
+    needed = required_hooks(arch) if arch is not None else []
     missing = [h for h in needed if h not in model.hook_dict]
     shapes: dict[str, tuple[int, ...]] = {}
     captured: dict[str, np.ndarray] = {}
@@ -53,6 +58,8 @@ def probe_batch(
         fwd += [(h, keep_hook) for h in needed]
     with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens, attention_mask=sink.key_mask.long(), return_type="logits")
+    if arch is None:
+        return shapes, {"status": "skipped", "reason": unsupported}
     if missing:
         return shapes, {"status": "skipped", "reason": f"model lacks hook(s) {', '.join(missing)}"}
 
@@ -62,14 +69,10 @@ def probe_batch(
               - state.get("unembed.b_U", np.zeros(logits.shape[-1]))[None, None, :])  # [batch, answer, vocab]
     toks = tokens.gather(1, answer_pos).cpu().numpy()
     pos = answer_pos.cpu().numpy()
-    try:
-        rebuilt = decomposed_logits(config, state.__getitem__, names, toks, pos, captured.__getitem__)
-        np_dtype = np.dtype(stored_dtype)
-        stored = decomposed_logits(config, state.__getitem__, names, toks, pos,
-                                   lambda h: captured[h].astype(np_dtype),
-                                   vocab=answer_tokens.cpu().numpy())
-    except Exception as e:  # an architecture the check does not cover: record, do not fail the ingest
-        return shapes, {"status": "skipped", "reason": f"{type(e).__name__}: {e}"}
+    rebuilt = decomposed_logits(arch, state.__getitem__, names, toks, pos, captured.__getitem__)
+    np_dtype = np.dtype(stored_dtype)
+    stored = decomposed_logits(arch, state.__getitem__, names, toks, pos, lambda h: captured[h].astype(np_dtype),
+                               vocab=answer_tokens.cpu().numpy())
     correct = np.take_along_axis(target, answer_tokens.cpu().numpy()[..., None], -1)[..., 0]
     error = float(np.abs(rebuilt - target).max())
     scale = float(np.abs(target).max())
@@ -81,14 +84,14 @@ def probe_batch(
         "max_abs_logit": scale,
         "stored_dtype_max_abs_error": float(np.abs(stored - correct).max()),
         "n_examples": int(tokens.shape[0]),
-        "components": _components(config),
+        "components": _components(arch),
     }
 
 
-def _components(config: dict[str, Any]) -> list[str]:
-    names = ["embed"] + (["pos_embed"] if config["positional_embedding_type"] == "standard" else [])
-    for layer in range(config["n_layers"]):
+def _components(arch: Arch) -> list[str]:
+    names = ["embed"] + (["pos_embed"] if arch.pos_in_resid else [])
+    for layer in arch.layers:
         names += [f"L{layer} heads (z @ W_O)", f"L{layer} b_O"]
-        if not config["attn_only"]:
+        if arch.has_mlp:
             names += [f"mlp{layer} (post @ W_out)", f"mlp{layer} b_out"]
     return names

@@ -13,26 +13,26 @@ Pure numpy, float64.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
 from actstore.errors import InvalidParameterError
+from actstore.store.arch import Arch
 
 
-def required_hooks(config: Mapping[str, Any]) -> list[str]:
+def required_hooks(arch: Arch) -> list[str]:
     """Hooks the check needs: every layer's hook_z and MLP hook_post, and the final LN scale."""
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(config["n_layers"])]
-    if not config.get("attn_only"):
-        names += [f"blocks.{layer}.mlp.hook_post" for layer in range(config["n_layers"])]
-    if config.get("normalization_type") is not None:
-        names.append("ln_final.hook_scale")
+    names = [arch.z(layer) for layer in arch.layers]
+    if arch.has_mlp:
+        names += [arch.mlp_post(layer) for layer in arch.layers]
+    if arch.norm is not None:
+        names.append(arch.final_scale)
     return names
 
 
 def answer_residual(
-    config: Mapping[str, Any],
+    arch: Arch,
     param: Callable[[str], np.ndarray],
     tokens: np.ndarray,
     positions: np.ndarray,
@@ -44,44 +44,42 @@ def answer_residual(
     act(name):         the hook's value at the answer positions, [example, answer, ...]
     returns            [example, answer, d_model] float64
     """
-    resid = param("embed.W_E").astype(np.float64)[tokens]  # [e, a, d_model]
-    if config.get("positional_embedding_type", "standard") == "standard":
-        resid = resid + param("pos_embed.W_pos").astype(np.float64)[positions]
-    for layer in range(config["n_layers"]):
-        z = act(f"blocks.{layer}.attn.hook_z").astype(np.float64)  # [e, a, head, d_head]
-        w_o = param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
-        resid = resid + np.einsum("eahd,hdm->eam", z, w_o) + param(f"blocks.{layer}.attn.b_O")
-        if not config.get("attn_only"):
-            post = act(f"blocks.{layer}.mlp.hook_post").astype(np.float64)  # [e, a, d_mlp]
-            resid = resid + post @ param(f"blocks.{layer}.mlp.W_out").astype(np.float64)
-            resid = resid + param(f"blocks.{layer}.mlp.b_out")
+    resid = param(arch.W_E).astype(np.float64)[tokens]  # [e, a, d_model]
+    if arch.pos_in_resid:
+        resid = resid + param(arch.W_pos).astype(np.float64)[positions]
+    for layer in arch.layers:
+        z = act(arch.z(layer)).astype(np.float64)  # [e, a, head, d_head]
+        w_o = param(arch.attn_weight(layer, "W_O")).astype(np.float64)  # [head, d_head, d_model]
+        resid = resid + np.einsum("eahd,hdm->eam", z, w_o) + param(arch.attn_weight(layer, "b_O"))
+        if arch.has_mlp:
+            post = act(arch.mlp_post(layer)).astype(np.float64)  # [e, a, d_mlp]
+            resid = resid + post @ param(arch.mlp_weight(layer, "W_out")).astype(np.float64)
+            resid = resid + param(arch.mlp_weight(layer, "b_out"))
     return resid
 
 
 def normalize_final(
-    config: Mapping[str, Any], param: Callable[[str], np.ndarray], resid: np.ndarray, scale: np.ndarray | None,
+    arch: Arch, param: Callable[[str], np.ndarray], resid: np.ndarray, scale: np.ndarray | None,
     param_names: list[str],
 ) -> np.ndarray:
     """Apply ln_final with its stored scale ([example, answer, 1]); identity if the model has no LN."""
-    kind = config.get("normalization_type")
-    if kind is None:
+    if arch.norm is None:
         return resid
     if scale is None:
-        raise InvalidParameterError("the decomposition needs ln_final.hook_scale for a model with LayerNorm")
-    if kind in ("LN", "LNPre"):
+        raise InvalidParameterError(f"the decomposition needs {arch.final_scale} for a model with LayerNorm")
+    if arch.layer_norm:
         resid = resid - resid.mean(-1, keepdims=True)
-    elif kind not in ("RMS", "RMSPre"):
-        raise InvalidParameterError(f"normalization_type {kind!r} is not supported by the decomposition")
     out = resid / scale.astype(np.float64)
-    if "ln_final.w" in param_names:
-        out = out * param("ln_final.w")
-    if "ln_final.b" in param_names:
-        out = out + param("ln_final.b")
+    w, b = arch.ln_weight(None, "ln_final", "w"), arch.ln_weight(None, "ln_final", "b")
+    if w in param_names:
+        out = out * param(w)
+    if b in param_names:
+        out = out + param(b)
     return out
 
 
 def decomposed_logits(
-    config: Mapping[str, Any],
+    arch: Arch,
     param: Callable[[str], np.ndarray],
     param_names: list[str],
     tokens: np.ndarray,
@@ -93,17 +91,17 @@ def decomposed_logits(
 
     vocab: optional [example, answer] token ids; then returns only those logits, [example, answer].
     """
-    resid = answer_residual(config, param, tokens, positions, act)
-    scale = act("ln_final.hook_scale") if config.get("normalization_type") is not None else None
-    normed = normalize_final(config, param, resid, scale, param_names)  # [e, a, d_model]
-    w_u = param("unembed.W_U").astype(np.float64)  # [d_model, d_vocab_out]
+    resid = answer_residual(arch, param, tokens, positions, act)
+    scale = act(arch.final_scale) if arch.norm is not None else None
+    normed = normalize_final(arch, param, resid, scale, param_names)  # [e, a, d_model]
+    w_u = param(arch.W_U).astype(np.float64)  # [d_model, d_vocab_out]
     if vocab is None:
         return normed @ w_u
     return np.einsum("eam,mea->ea", normed, w_u[:, vocab])
 
 
 def rounding_bound(
-    config: Mapping[str, Any],
+    arch: Arch,
     param: Callable[[str], np.ndarray],
     param_names: list[str],
     act: Callable[[str], np.ndarray],
@@ -119,21 +117,21 @@ def rounding_bound(
     of the final LayerNorm scale itself. vocab: [example, answer] token ids; logits: the rebuilt
     [example, answer] values.
     """
-    g = param("unembed.W_U").astype(np.float64)[:, vocab].transpose(1, 2, 0)  # [e, a, d_model]
-    kind = config.get("normalization_type")
-    if "ln_final.w" in param_names:
-        g = g * param("ln_final.w")
-    if kind in ("LN", "LNPre"):
+    g = param(arch.W_U).astype(np.float64)[:, vocab].transpose(1, 2, 0)  # [e, a, d_model]
+    w = arch.ln_weight(None, "ln_final", "w")
+    if w in param_names:
+        g = g * param(w)
+    if arch.layer_norm:
         g = g - g.mean(-1, keepdims=True)  # the LayerNorm centres the residual stream first
-    if kind is not None:
-        g = g / act("ln_final.hook_scale").astype(np.float64)
+    if arch.norm is not None:
+        g = g / act(arch.final_scale).astype(np.float64)
     total = np.abs(logits).astype(np.float64)
-    for layer in range(config["n_layers"]):
-        z = act(f"blocks.{layer}.attn.hook_z").astype(np.float64)  # [e, a, head, d_head]
-        w_o = param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
+    for layer in arch.layers:
+        z = act(arch.z(layer)).astype(np.float64)  # [e, a, head, d_head]
+        w_o = param(arch.attn_weight(layer, "W_O")).astype(np.float64)  # [head, d_head, d_model]
         total += np.einsum("eahd,eahd->ea", np.abs(z), np.abs(np.einsum("hdm,eam->eahd", w_o, g)))
-        if not config.get("attn_only"):
-            post = act(f"blocks.{layer}.mlp.hook_post").astype(np.float64)  # [e, a, d_mlp]
-            w_out = param(f"blocks.{layer}.mlp.W_out").astype(np.float64)  # [d_mlp, d_model]
+        if arch.has_mlp:
+            post = act(arch.mlp_post(layer)).astype(np.float64)  # [e, a, d_mlp]
+            w_out = param(arch.mlp_weight(layer, "W_out")).astype(np.float64)  # [d_mlp, d_model]
             total += np.einsum("ean,ean->ea", np.abs(post), np.abs(np.einsum("nm,eam->ean", w_out, g)))
     return unit * total

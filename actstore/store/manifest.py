@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from actstore.errors import StoreFormatError
+from actstore.store.arch import Arch
 
 FORMAT_VERSION = 2  # 2: store record, manifest digest and completion record in _commits/
 POSITIONS = ("all", "answer")
@@ -136,6 +137,9 @@ class Manifest:
                 raise bad(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} integer, got {v!r}")
         if self.dtype not in DTYPES:
             raise bad(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.model_config, dict):
+            raise bad(f"model_config must be a mapping, got {type(self.model_config).__name__}")
+        Arch.from_config(self.model_config)  # StoreFormatError naming the malformed field
         seen: set[str] = set()
         for h in self.hooks:
             if h.name in seen:

@@ -25,6 +25,7 @@ import polars as pl
 import zarr
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
+from actstore.store.arch import Arch
 from actstore.store.checked import CheckedStore
 from actstore.store.integrity import Ledger
 from actstore.store.layout import ACTS, DERIVED, META_TABLES, PARAMS, chunk_ranges, part_path
@@ -57,8 +58,13 @@ class Store:
 
     @property
     def config(self) -> dict[str, Any]:
-        """TransformerLens config fields of the model (n_layers, n_heads, d_model, ...)."""
+        """TransformerLens config fields of the model as recorded (for display; queries use `arch`)."""
         return self.manifest.model_config
+
+    @cached_property
+    def arch(self) -> Arch:
+        """The model's architecture facts and hook/weight names."""
+        return Arch.from_config(self.manifest.model_config)
 
     @property
     def n_examples(self) -> int:

@@ -229,8 +229,7 @@ class _Decomposition:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.config = store.config
-        self.needed = required_hooks(self.config)
+        self.needed = required_hooks(store.arch)
         self.missing = [h for h in self.needed if h not in store.hooks]
         recorded = store.manifest.decomposition or {}
         self.skipped = recorded.get("reason", "skipped at ingest") if recorded.get("status") == "skipped" else None
@@ -277,10 +276,10 @@ class _Decomposition:
             return at_answers[name]
 
         names = self.store.param_names
-        rebuilt = decomposed_logits(self.config, self._param, names, tok_at, answer_pos, act, vocab=correct)
+        rebuilt = decomposed_logits(self.store.arch, self._param, names, tok_at, answer_pos, act, vocab=correct)
         if not stored.size:
             return
-        tol = (BOUND_SAFETY * rounding_bound(self.config, self._param, names, act, correct, rebuilt, self.unit)
+        tol = (BOUND_SAFETY * rounding_bound(self.store.arch, self._param, names, act, correct, rebuilt, self.unit)
                + 4.0 * self.full_precision + F32_ULPS * F32_EPS * (1.0 + np.abs(stored)))  # [e, a]
         err = np.abs(rebuilt - stored)
         ratio = err / tol

@@ -17,7 +17,8 @@ N, CHUNK, WIDTH, N_ANSWERS = 10, 4, 5, 2
 def synthetic_manifest(**changes) -> Manifest:
     fields = dict(
         model_spec="synthetic", model_config={"n_layers": 1, "n_heads": 2, "d_model": 6, "d_head": 3, "d_mlp": None,
-                                              "attn_only": True, "normalization_type": None},
+                                              "attn_only": True, "normalization_type": None, "d_vocab": 3,
+                                              "n_ctx": WIDTH},
         processing={}, model_dtype="float32", task="addition", task_params={"digits": 1}, seed=0, n=N,
         n_answers=N_ANSWERS, width=WIDTH,
         hooks=(HookInfo("blocks.0.attn.hook_z", "all", ("example", "pos", "head", "d_head"), (N, WIDTH, 2, 3), "float16"),
