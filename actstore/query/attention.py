@@ -89,9 +89,8 @@ def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[
 def _check(store: Any, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
            aggregate: str | None, by: str | Sequence[str] | None) -> tuple[list[int], list[int], list[str], list[str]]:
     """Validated layers, heads, by columns and the pattern hooks to read (one-line errors)."""
-    cfg = store.config
-    layers_ = _indices(layers, int(cfg["n_layers"]), "layers")
-    heads_ = _indices(heads, int(cfg["n_heads"]), "heads")
+    layers_ = _indices(layers, store.arch.n_layers, "layers")
+    heads_ = _indices(heads, store.arch.n_heads, "heads")
     by_ = [by] if isinstance(by, str) else list(by or [])
     if aggregate is not None and aggregate not in AGGREGATES:
         raise InvalidParameterError(f"aggregate must be None or one of {', '.join(AGGREGATES)}, got {aggregate!r}")
@@ -99,7 +98,7 @@ def _check(store: Any, layers: int | Sequence[int] | None, heads: int | Sequence
     check_labels(store.examples, labels, "attention by")
     if len(set(by_)) != len(by_) or {"layer", "head"} & set(by_):
         raise InvalidParameterError(f"attention by={by_}: give each column once (layer and head are always groups)")
-    hooks = [f"blocks.{layer}.attn.hook_pattern" for layer in layers_]
+    hooks = [store.arch.pattern(layer) for layer in layers_]
     for name in hooks:
         if name not in store.hooks:
             raise UnknownHookError(f"attention needs {name!r}, which store {store.path} does not hold; "
@@ -167,7 +166,7 @@ class _Plan:
         keep = example_filter(ex, where)
         if keep is not None:
             self.q_mask &= keep[:, None]
-        self.causal = store.config.get("attention_dir", "causal") != "bidirectional"
+        self.causal = store.arch.causal
         self.query = query
 
     def chunks(self) -> list[tuple[int, int]]:

@@ -26,6 +26,7 @@ import numpy as np
 from actstore.errors import InvalidParameterError
 from actstore.query.chunks import Chunk
 from actstore.query.readout import Readout, Target, Weights
+from actstore.store.arch import Arch
 
 GRANULARITIES = ("layer", "head", "neuron", "path")
 # dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
@@ -45,39 +46,23 @@ class Component:
     source: str | None = None
 
 
-def z_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
-def post_hook(layer: int) -> str:
-    return f"blocks.{layer}.mlp.hook_post"
-
-
-def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
-
-
-def scale_hook(prefix: str) -> str:
-    return f"{prefix}.hook_scale"
-
-
 def required_hooks(weights: Weights, by: str) -> tuple[list[str], list[str]]:
     """(hooks needed at the answer positions, hooks needed at every position) for granularity `by`."""
     check_by(by)
-    n = weights.n_layers
-    at_answer = [z_hook(layer) for layer in range(n)]
-    if weights.has_mlp:
-        at_answer += [post_hook(layer) for layer in range(n)]
-    if weights.norm is not None:
-        at_answer.append(scale_hook("ln_final"))
+    n = weights.arch.n_layers
+    at_answer = [Arch.z(layer) for layer in range(n)]
+    if weights.arch.has_mlp:
+        at_answer += [Arch.mlp_post(layer) for layer in range(n)]
+    if weights.arch.norm is not None:
+        at_answer.append(Arch.final_scale)
     full: list[str] = []
     if by == "path" and n > 1:
-        at_answer += [pattern_hook(layer) for layer in range(1, n)]
-        full += [z_hook(layer) for layer in range(n - 1)]
-        if weights.has_mlp:
-            full += [post_hook(layer) for layer in range(n - 1)]
-        if weights.norm is not None:
-            full += [scale_hook(f"blocks.{layer}.ln1") for layer in range(1, n)]
+        at_answer += [Arch.pattern(layer) for layer in range(1, n)]
+        full += [Arch.z(layer) for layer in range(n - 1)]
+        if weights.arch.has_mlp:
+            full += [Arch.mlp_post(layer) for layer in range(n - 1)]
+        if weights.arch.norm is not None:
+            full += [Arch.ln_scale(layer, "ln1") for layer in range(1, n)]
     return at_answer, full
 
 
@@ -105,9 +90,9 @@ def compute_table(readout: Readout, kind: str, layer: int) -> np.ndarray:
 
 def final_scale(weights: Weights, chunk: Chunk) -> np.ndarray:
     """[example, answer] float64 final LayerNorm scale at the answers (ones without LayerNorm)."""
-    if weights.norm is None:
+    if weights.arch.norm is None:
         return np.ones(chunk.answer_pos.shape)
-    return chunk.at_answer[scale_hook("ln_final")][..., 0].astype(np.float64)
+    return chunk.at_answer[Arch.final_scale][..., 0].astype(np.float64)
 
 
 def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str = "head",
@@ -123,15 +108,15 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
         blocks.append(values if values.ndim == 3 else values[..., None])
         comps.extend(names)
 
-    w_e = weights.param("embed.W_E")
+    w_e = weights.param(Arch.W_E)
     add(np.einsum("eam,eam->ea", w_e[chunk.input_tokens].astype(np.float64), u), [Component("embed")])
-    if weights.pos_in_resid:
-        w_pos = weights.param("pos_embed.W_pos")
+    if weights.arch.pos_in_resid:
+        w_pos = weights.param(Arch.W_pos)
         add(np.einsum("eam,eam->ea", w_pos[chunk.answer_pos].astype(np.float64), u), [Component("pos_embed")])
 
-    n_heads = weights.n_heads
-    for layer in range(weights.n_layers):
-        z = chunk.at_answer[z_hook(layer)].astype(COMPUTE, copy=False)  # [e, a, head, d_head]
+    n_heads = weights.arch.n_heads
+    for layer in range(weights.arch.n_layers):
+        z = chunk.at_answer[Arch.z(layer)].astype(COMPUTE, copy=False)  # [e, a, head, d_head]
         heads = np.einsum("eahd,eahd->eah", z, tgt.take(compute_table(readout, "head", layer)))  # [e, a, head]
         heads = heads.astype(np.float64)
         attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
@@ -147,9 +132,9 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
         else:
             add(heads, [Component(f"L{layer}H{h}", layer, h) for h in range(n_heads)])
             add(attn_bias, [Component(f"attn_bias{layer}", layer)])
-        if not weights.has_mlp:
+        if not weights.arch.has_mlp:
             continue
-        post = chunk.at_answer[post_hook(layer)].astype(COMPUTE, copy=False)  # [e, a, d_mlp]
+        post = chunk.at_answer[Arch.mlp_post(layer)].astype(COMPUTE, copy=False)  # [e, a, d_mlp]
         fold = tgt.take(compute_table(readout, "mlp", layer))  # [e, a, d_mlp]
         mlp_bias = tgt.take(readout.mlp_bias(layer))
         if by == "neuron":
@@ -172,8 +157,8 @@ def expected_total(weights: Weights, chunk: Chunk, logits: dict[str, Any], targe
 
     logits: {'correct_logit': [e, a], 'counter_logit': [e, a] (for 'diff')}
     """
-    b_u = weights.maybe("unembed.b_U")
-    b_u = np.zeros(int(weights.param("unembed.W_U").shape[1])) if b_u is None else b_u
+    b_u = weights.maybe(Arch.b_U)
+    b_u = np.zeros(int(weights.param(Arch.W_U).shape[1])) if b_u is None else b_u
     total = np.asarray(logits["correct_logit"], dtype=np.float64) - b_u[chunk.answer_tokens]
     if target == "diff":
         total = total - (np.asarray(logits["counter_logit"], dtype=np.float64) - b_u[chunk.counter_tokens])

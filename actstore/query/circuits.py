@@ -25,6 +25,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.readout import Weights
+from actstore.store.arch import Arch
 
 MAX_CELLS = 50_000_000  # refuse to build a bigger matrix without a token subset (400 MB of float64)
 KINDS = ("Q", "K", "V")
@@ -40,10 +41,10 @@ def as_weights(source: Any) -> Weights:
 
 
 def _head(w: Weights, layer: int, head: int) -> None:
-    for label, v, n in (("layer", layer, w.n_layers), ("head", head, w.n_heads)):
+    for label, v, n in (("layer", layer, w.arch.n_layers), ("head", head, w.arch.n_heads)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
             raise InvalidParameterError(f"{label} must be an integer in [0, {n}), got {v!r} "
-                                        f"(model has {w.n_layers} layers x {w.n_heads} heads)")
+                                        f"(model has {w.arch.n_layers} layers x {w.arch.n_heads} heads)")
 
 
 def _ids(ids: Sequence[int] | np.ndarray | None, size: int, what: str) -> np.ndarray:
@@ -62,7 +63,7 @@ def _check_size(rows: int, cols: int, hint: str) -> None:
 
 def _ov(w: Weights, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
     """(W_V [d_model, d_head], W_O [d_head, d_model]) float64 of one head."""
-    return w.f64(f"blocks.{layer}.attn.W_V")[head], w.f64(f"blocks.{layer}.attn.W_O")[head]
+    return w.f64(Arch.attn_weight(layer, "W_V"))[head], w.f64(Arch.attn_weight(layer, "W_O"))[head]
 
 
 def ov_circuit(source: Any, layer: int, head: int, tokens: Sequence[int] | None = None,
@@ -70,7 +71,7 @@ def ov_circuit(source: Any, layer: int, head: int, tokens: Sequence[int] | None 
     """Full OV circuit of head L{layer}H{head}: [source token, output token] float64."""
     w = as_weights(source)
     _head(w, layer, head)
-    w_e, w_u = w.param("embed.W_E"), w.param("unembed.W_U")
+    w_e, w_u = w.param(Arch.W_E), w.param(Arch.W_U)
     rows = _ids(tokens, w_e.shape[0], "token")
     cols = _ids(outputs, w_u.shape[1], "output token")
     _check_size(rows.size, cols.size, "pass tokens= / outputs= (token ids) to restrict it")
@@ -87,18 +88,18 @@ def qk_circuit(source: Any, layer: int, head: int, over: str = "tokens", queries
     w = as_weights(source)
     _head(w, layer, head)
     if over == "tokens":
-        emb = w.param("embed.W_E")
+        emb = w.param(Arch.W_E)
     elif over == "positions":
-        if not w.has("pos_embed.W_pos"):
+        if not w.has(Arch.W_pos):
             raise InvalidParameterError("this model has no positional embedding matrix (rotary?); use over='tokens'")
-        emb = w.param("pos_embed.W_pos")
+        emb = w.param(Arch.W_pos)
     else:
         raise InvalidParameterError(f"over must be 'tokens' or 'positions', got {over!r}")
     q_ids = _ids(queries, emb.shape[0], "query")
     k_ids = _ids(keys, emb.shape[0], "key")
     _check_size(q_ids.size, k_ids.size, "pass queries= / keys= to restrict it")
-    w_q = w.f64(f"blocks.{layer}.attn.W_Q")[head]  # [d_model, d_head]
-    w_k = w.f64(f"blocks.{layer}.attn.W_K")[head]
+    w_q = w.f64(Arch.attn_weight(layer, "W_Q"))[head]  # [d_model, d_head]
+    w_k = w.f64(Arch.attn_weight(layer, "W_K"))[head]
     return (emb[q_ids].astype(np.float64) @ w_q) @ (emb[k_ids].astype(np.float64) @ w_k).T
 
 
@@ -111,7 +112,7 @@ def virtual_ov(source: Any, first: tuple[int, int], second: tuple[int, int], tok
     _head(w, l2, h2)
     if l1 >= l2:
         raise InvalidParameterError(f"virtual_ov: the first head (layer {l1}) must come before the second (layer {l2})")
-    w_e, w_u = w.param("embed.W_E"), w.param("unembed.W_U")
+    w_e, w_u = w.param(Arch.W_E), w.param(Arch.W_U)
     rows = _ids(tokens, w_e.shape[0], "token")
     cols = _ids(outputs, w_u.shape[1], "output token")
     _check_size(rows.size, cols.size, "pass tokens= / outputs= (token ids) to restrict it")
@@ -129,7 +130,7 @@ def composition_scores(source: Any, kind: str = "K") -> pl.DataFrame:
     if kind not in KINDS:
         raise InvalidParameterError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     w = as_weights(source)
-    n, h = w.n_layers, w.n_heads
+    n, h = w.arch.n_layers, w.arch.n_heads
     stack = lambda s: np.stack([w.f64(f"blocks.{layer}.attn.{s}") for layer in range(n)])  # noqa: E731
     w_q, w_k, w_v, w_o = stack("W_Q"), stack("W_K"), stack("W_V"), stack("W_O")  # [layer, head, ...]
     # left: W_V1 W_O1; right: Ra Rb with Ra [d_model, d_head], Rb [d_head, d_model]

@@ -53,10 +53,9 @@ def compute(store: Any, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
 
 def _neuron_layers(store: Any) -> list[int]:
     """Every MLP layer of the store's model: what the neurons view spans when no layer is given."""
-    cfg = store.config
-    if cfg.get("attn_only") or not cfg.get("d_mlp"):
+    if not store.arch.has_mlp:
         raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
-    return list(range(int(cfg["n_layers"])))
+    return list(store.arch.layers)
 
 
 def stream(store: Any, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:

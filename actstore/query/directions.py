@@ -37,6 +37,7 @@ import numpy as np
 
 from actstore.errors import InvalidParameterError
 from actstore.query.readout import Weights
+from actstore.store.arch import Arch
 
 DirectionSpec = Union[str, os.PathLike, np.ndarray]
 NAMED = ("answer", "diff")
@@ -115,7 +116,7 @@ def target_directions(weights: Weights, direction: Direction, correct: np.ndarra
     if direction.kind == "vector":
         v = direction.vector[None, :]  # type: ignore[index]
         if direction.final_ln:
-            w, _ = weights.ln_weight("ln_final")
+            w, _ = weights.ln_weight(None, "ln_final")
             v = weights.center(v * w if w is not None else v)
         return v
     u = weights.unembed_directions(correct)
@@ -129,10 +130,10 @@ def target_directions(weights: Weights, direction: Direction, correct: np.ndarra
 def through_head(weights: Weights, dirs: np.ndarray, layer: int, head: int) -> np.ndarray:
     """[target, d_model]: directions at head (layer, head)'s output pulled back to its input
     (before its ln1 scale): centre(w1 * (W_V[h] @ (W_O[h] @ d)))."""
-    w_v = weights.param(f"blocks.{layer}.attn.W_V")[head].astype(np.float64)  # [d_model, d_head]
-    w_o = weights.param(f"blocks.{layer}.attn.W_O")[head].astype(np.float64)  # [d_head, d_model]
+    w_v = weights.param(Arch.attn_weight(layer, "W_V"))[head].astype(np.float64)  # [d_model, d_head]
+    w_o = weights.param(Arch.attn_weight(layer, "W_O"))[head].astype(np.float64)  # [d_head, d_model]
     pulled = (dirs @ w_o.T) @ w_v.T  # [target, d_model]
-    w1, _ = weights.ln_weight(f"blocks.{layer}.ln1")
+    w1, _ = weights.ln_weight(layer, "ln1")
     if w1 is not None:
         pulled = pulled * w1
     return weights.center(pulled)
@@ -140,5 +141,5 @@ def through_head(weights: Weights, dirs: np.ndarray, layer: int, head: int) -> n
 
 def neuron_readout(weights: Weights, layer: int, dirs: np.ndarray) -> np.ndarray:
     """[target, d_mlp]: W_out[layer, n] . d for every neuron n and target direction d."""
-    w_out = weights.param(f"blocks.{layer}.mlp.W_out").astype(np.float64)  # [d_mlp, d_model]
+    w_out = weights.param(Arch.mlp_weight(layer, "W_out")).astype(np.float64)  # [d_mlp, d_model]
     return dirs @ w_out.T

@@ -19,11 +19,12 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.attribution import direct_attribution, make_target, post_hook, required_hooks, z_hook
+from actstore.query.attribution import direct_attribution, make_target, required_hooks
 from actstore.query.chunks import Chunk, ExampleArrays, check_hooks, stream
 from actstore.query.dla import answer_token_ids
-from actstore.query.readout import LAYER_NORMS, Readout, Target, Weights
+from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import empty_frame, item_frame, long_frame
+from actstore.store.arch import Arch
 
 LN_MODES = ("cached", "recompute")
 
@@ -31,11 +32,11 @@ LN_MODES = ("cached", "recompute")
 def stages(weights: Weights) -> list[tuple[int, str]]:
     """(layer, stage) of every accumulated state, in residual order."""
     out: list[tuple[int, str]] = []
-    for layer in range(weights.n_layers):
+    for layer in range(weights.arch.n_layers):
         out.append((layer, "resid_pre"))
-        if weights.has_mlp:
+        if weights.arch.has_mlp:
             out.append((layer, "resid_mid"))
-    return out + [(weights.n_layers - 1, "resid_post")]
+    return out + [(weights.arch.n_layers - 1, "resid_post")]
 
 
 def lens_values(weights: Weights, readout: Readout, chunk: Chunk, target: str = "correct",
@@ -62,28 +63,28 @@ def _cached(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np
 def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np.ndarray:
     tgt = make_target(readout, chunk, target)
     u = tgt.take(readout.u)  # [e, a, d_model], includes ln_final.w and centring
-    resid = weights.param("embed.W_E")[chunk.input_tokens].astype(np.float64)  # [e, a, d_model]
-    if weights.pos_in_resid:
-        resid = resid + weights.param("pos_embed.W_pos")[chunk.answer_pos]
+    resid = weights.param(Arch.W_E)[chunk.input_tokens].astype(np.float64)  # [e, a, d_model]
+    if weights.arch.pos_in_resid:
+        resid = resid + weights.param(Arch.W_pos)[chunk.answer_pos]
     states = [resid]
-    for layer in range(weights.n_layers):
-        z = chunk.at_answer[z_hook(layer)].astype(np.float64)
-        resid = resid + np.einsum("eahd,hdm->eam", z, weights.f64(f"blocks.{layer}.attn.W_O"))
-        b_o = weights.maybe(f"blocks.{layer}.attn.b_O")
+    for layer in range(weights.arch.n_layers):
+        z = chunk.at_answer[Arch.z(layer)].astype(np.float64)
+        resid = resid + np.einsum("eahd,hdm->eam", z, weights.f64(Arch.attn_weight(layer, "W_O")))
+        b_o = weights.maybe(Arch.attn_weight(layer, "b_O"))
         resid = resid if b_o is None else resid + b_o
-        if weights.has_mlp:
+        if weights.arch.has_mlp:
             states.append(resid)
-            post = chunk.at_answer[post_hook(layer)].astype(np.float64)
-            resid = resid + post @ weights.f64(f"blocks.{layer}.mlp.W_out")
-            b_out = weights.maybe(f"blocks.{layer}.mlp.b_out")
+            post = chunk.at_answer[Arch.mlp_post(layer)].astype(np.float64)
+            resid = resid + post @ weights.f64(Arch.mlp_weight(layer, "W_out"))
+            b_out = weights.maybe(Arch.mlp_weight(layer, "b_out"))
             resid = resid if b_out is None else resid + b_out
         states.append(resid)
     x = np.stack(states, axis=-2)  # [e, a, stage, d_model]
-    eps = float(weights.config.get("eps") or 1e-5)
-    if weights.norm in LAYER_NORMS:
+    eps = weights.arch.eps
+    if weights.arch.layer_norm:
         x = x - x.mean(-1, keepdims=True)
         x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
-    elif weights.norm is not None:  # RMS
+    elif weights.arch.norm is not None:  # RMS
         x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
     values = np.einsum("easm,eam->eas", x, u)
     final_bias = readout.final_bias()

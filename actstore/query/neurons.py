@@ -39,6 +39,7 @@ from actstore.query.directions import (
 from actstore.query.progress import tracked
 from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
+from actstore.store.arch import Arch
 
 SCHEMA: dict[str, pl.DataType] = {"example_id": pl.Int64, "pos": pl.Int64, "layer": pl.Int64, "neuron": pl.Int64,
                                   "activation": pl.Float32, "projection": pl.Float64}
@@ -130,8 +131,8 @@ class NeuronPlan:
         self.answer_pos = matrix("answer_positions")
         self.width = int(store.manifest.width)
         self.roles = Roles.from_tokens(store.tokens, n, self.width) if pos is not None else None
-        self.post_hook = f"blocks.{layer}.mlp.hook_post"
-        self.norm = self.weights.norm is not None
+        self.post_hook = store.arch.mlp_post(layer)
+        self.norm = self.weights.arch.norm is not None
         self.readout, self.target_of = self._readout(ex, n, a)
 
     @classmethod
@@ -139,22 +140,22 @@ class NeuronPlan:
               answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
               where: pl.Expr | Mapping[str, Any] | None = None) -> "NeuronPlan":
         """Validate the parameters against the store (one-line errors) and resolve them."""
-        cfg = store.config
-        n_layers, n_heads = int(cfg["n_layers"]), int(cfg["n_heads"])
-        if cfg.get("attn_only") or not cfg.get("d_mlp"):
+        arch = store.arch
+        n_layers, n_heads = arch.n_layers, arch.n_heads
+        if not arch.has_mlp:
             raise InvalidParameterError(f"store {store.path}'s model is attention-only: it has no MLP neurons "
                                         f"(stored hooks: {', '.join(store.hooks)})")
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
             raise InvalidParameterError(f"neurons layer={layer!r}: expected an int in [0, {n_layers})")
         layer = int(layer)
-        hook = f"blocks.{layer}.mlp.hook_post"
+        hook = arch.mlp_post(layer)
         if hook not in store.hooks:
             raise UnknownHookError(f"neurons needs {hook!r}, which store {store.path} does not hold (stored "
                                    f"hooks: {', '.join(store.hooks)}); re-ingest with --hooks default")
         if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < store.n_answers:
             raise InvalidParameterError(f"neurons answer={answer!r}: expected an answer index in "
                                         f"[0, {store.n_answers})")
-        dirn = parse_direction(direction, int(cfg["d_model"]), final_ln)
+        dirn = parse_direction(direction, arch.d_model, final_ln)
         if dirn.kind == "diff" and store.examples.get_column("counter_tokens").null_count() == store.examples.height:
             raise InvalidParameterError(f"direction 'diff' needs counterfactual tokens, and the examples of store "
                                         f"{store.path} have none; use direction='answer' or a vector")
@@ -175,11 +176,11 @@ class NeuronPlan:
         hooks = [self.post_hook]
         if self.norm and (self.direction.final_ln or self.head is not None):
             if self.direction.final_ln:
-                hooks.append("ln_final.hook_scale")
+                hooks.append(Arch.final_scale)
             if self.head is not None:
-                hooks.append(f"blocks.{self.head[0]}.ln1.hook_scale")
+                hooks.append(Arch.ln_scale(self.head[0], "ln1"))
         if self.attention_weighted and self.head is not None:
-            hooks.append(f"blocks.{self.head[0]}.attn.hook_pattern")
+            hooks.append(Arch.pattern(self.head[0]))
         return hooks
 
     def _check_hooks(self) -> None:
@@ -243,9 +244,9 @@ class NeuronPlan:
         q = self.answer_pos[start:stop][e, j]  # the position the direction is read at (through a head)
         scale = np.ones(e.size)
         if self.norm and self.head is not None:
-            scale /= self._at(f"blocks.{self.head[0]}.ln1.hook_scale", start, stop, e, p)[:, 0]
+            scale /= self._at(Arch.ln_scale(self.head[0], "ln1"), start, stop, e, p)[:, 0]
         if self.norm and self.direction.final_ln:
-            scale /= self._at("ln_final.hook_scale", start, stop, e, q if self.head is not None else p)[:, 0]
+            scale /= self._at(Arch.final_scale, start, stop, e, q if self.head is not None else p)[:, 0]
         if self.attention_weighted and self.head is not None:
             scale *= self._pattern(start, stop, e, p, q, j)
         readout = self.readout[0][None, :] if self.target_of is None else self.readout[self.target_of[start:stop][e, j]]
@@ -262,7 +263,7 @@ class NeuronPlan:
 
     def _pattern(self, start: int, stop: int, e: np.ndarray, p: np.ndarray, q: np.ndarray,
                  j: np.ndarray) -> np.ndarray:
-        hook = f"blocks.{self.head[0]}.attn.hook_pattern"  # type: ignore[index]
+        hook = Arch.pattern(self.head[0])  # type: ignore[index]
         arr = self.store.read(hook, start, stop)  # [example, head, query|answer, key]
         qi = j if self.store.hook_info(hook).dims[2] == "answer" else q
         return arr[e, self.head[1], qi, p].astype(np.float64)  # type: ignore[index]

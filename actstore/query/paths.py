@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from actstore.query.attribution import pattern_hook, post_hook, scale_hook, z_hook
+
 from actstore.query.chunks import Chunk
 from actstore.query.readout import Readout, Target, Weights
+from actstore.store.arch import Arch
 
 
 def value_weights(weights: Weights, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,10 +30,10 @@ def value_weights(weights: Weights, layer: int) -> tuple[np.ndarray, np.ndarray]
 
     centring the read-in over d_model makes x @ W_V equal (x - mean x) @ W_V, LayerNorm's centring.
     """
-    w_v = weights.f64(f"blocks.{layer}.attn.W_V")
-    b_v = weights.maybe(f"blocks.{layer}.attn.b_V")
+    w_v = weights.f64(Arch.attn_weight(layer, "W_V"))
+    b_v = weights.maybe(Arch.attn_weight(layer, "b_V"))
     b_v = np.zeros(w_v.shape[::2]) if b_v is None else b_v
-    ln_w, ln_b = weights.ln_weight(f"blocks.{layer}.ln1")
+    ln_w, ln_b = weights.ln_weight(layer, "ln1")
     if ln_b is not None:
         b_v = b_v + np.einsum("m,hmd->hd", ln_b, w_v)
     if ln_w is not None:
@@ -42,10 +43,10 @@ def value_weights(weights: Weights, layer: int) -> tuple[np.ndarray, np.ndarray]
 
 def sources(weights: Weights, layer: int) -> list[str]:
     """Names of the components a head of `layer` can carry, in residual order, then 'b_V'."""
-    out = ["embed"] + (["pos_embed"] if weights.pos_in_resid else [])
+    out = ["embed"] + (["pos_embed"] if weights.arch.pos_in_resid else [])
     for earlier in range(layer):
-        out += [f"L{earlier}H{h}" for h in range(weights.n_heads)] + [f"attn_bias{earlier}"]
-        if weights.has_mlp:
+        out += [f"L{earlier}H{h}" for h in range(weights.arch.n_heads)] + [f"attn_bias{earlier}"]
+        if weights.arch.has_mlp:
             out.append(f"mlp{earlier}")
     return out + ["b_V"]
 
@@ -66,13 +67,13 @@ def _through(weights: Weights, readout: Readout, layer: int, name: str,
 
 def key_weights(weights: Weights, chunk: Chunk, layer: int) -> tuple[np.ndarray, np.ndarray]:
     """(pattern [e, head, answer, key] float64 with padding keys zeroed, pattern / ln1 scale at each key)."""
-    pattern = chunk.at_answer[pattern_hook(layer)].astype(np.float64)
+    pattern = chunk.at_answer[Arch.pattern(layer)].astype(np.float64)
     width = pattern.shape[-1]
     real = np.arange(width)[None, :] < chunk.lengths[:, None]  # [e, key]
     pattern = np.where(real[:, None, None, :], pattern, 0.0)
-    if weights.norm is None:
+    if weights.arch.norm is None:
         return pattern, pattern
-    scale = chunk.full[scale_hook(f"blocks.{layer}.ln1")][:, :width, 0].astype(np.float64)  # [e, key]
+    scale = chunk.full[Arch.ln_scale(layer, "ln1")][:, :width, 0].astype(np.float64)  # [e, key]
     return pattern, pattern / np.where(real, scale, 1.0)[:, None, None, :]
 
 
@@ -94,26 +95,26 @@ def path_attribution(weights: Weights, readout: Readout, chunk: Chunk, target: T
     tokens = chunk.tokens[:, :width] if chunk.tokens is not None else None
     if tokens is None:
         raise ValueError("path attribution needs the chunk's tokens (stream with tokens=True)")
-    terms.append(through_vectors(weights.param("embed.W_E")[tokens].astype(np.float64)))
-    if weights.pos_in_resid:
-        terms.append(through_vectors(weights.param("pos_embed.W_pos")[:width].astype(np.float64)))
+    terms.append(through_vectors(weights.param(Arch.W_E)[tokens].astype(np.float64)))
+    if weights.arch.pos_in_resid:
+        terms.append(through_vectors(weights.param(Arch.W_pos)[:width].astype(np.float64)))
     attn_sum = attn.sum(-1).transpose(0, 2, 1)  # [e, a, head]: sum_k pattern / scale1
     for earlier in range(layer):
-        w_o = weights.f64(f"blocks.{earlier}.attn.W_O")  # [head', d_head, d_model]
+        w_o = weights.f64(Arch.attn_weight(earlier, "W_O"))  # [head', d_head, d_model]
         fold = target.take(_through(weights, readout, layer, f"L{earlier}",
                                     lambda dd: np.einsum("thm,gdm->thgd", dd, w_o)))  # [e, a, head, head', d_head]
-        z = chunk.full[z_hook(earlier)][:, :width].astype(np.float64)  # [e, key, head', d_head]
+        z = chunk.full[Arch.z(earlier)][:, :width].astype(np.float64)  # [e, key, head', d_head]
         zbar = np.einsum("ehak,ekgd->eahgd", attn, z)
         terms.extend(np.moveaxis(np.einsum("eahgd,eahgd->eahg", zbar, fold), -1, 0))
-        b_o = weights.maybe(f"blocks.{earlier}.attn.b_O")
+        b_o = weights.maybe(Arch.attn_weight(earlier, "b_O"))
         terms.append(attn_sum * _bias_through(weights, readout, target, layer, f"b_O{earlier}", b_o))
-        if weights.has_mlp:
-            w_out = weights.f64(f"blocks.{earlier}.mlp.W_out")  # [d_mlp, d_model]
+        if weights.arch.has_mlp:
+            w_out = weights.f64(Arch.mlp_weight(earlier, "W_out"))  # [d_mlp, d_model]
             fold = target.take(_through(weights, readout, layer, f"mlp{earlier}",
                                         lambda dd: np.einsum("thm,nm->thn", dd, w_out)))  # [e, a, head, d_mlp]
-            post = chunk.full[post_hook(earlier)][:, :width].astype(np.float64)  # [e, key, d_mlp]
+            post = chunk.full[Arch.mlp_post(earlier)][:, :width].astype(np.float64)  # [e, key, d_mlp]
             pbar = np.einsum("ehak,ekn->eahn", attn, post)
-            b_out = weights.maybe(f"blocks.{earlier}.mlp.b_out")
+            b_out = weights.maybe(Arch.mlp_weight(earlier, "b_out"))
             terms.append(np.einsum("eahn,eahn->eah", pbar, fold)
                          + attn_sum * _bias_through(weights, readout, target, layer, f"b_out{earlier}", b_out))
     _, b_v = value_weights(weights, layer)
@@ -127,5 +128,5 @@ def _bias_through(weights: Weights, readout: Readout, target: Target, layer: int
                   bias: np.ndarray | None) -> np.ndarray:
     """[e, a, head]: a constant residual vector `bias` read through each head's d (0 if absent)."""
     if bias is None:
-        return np.zeros(target.correct.shape + (weights.n_heads,))
+        return np.zeros(target.correct.shape + (weights.arch.n_heads,))
     return target.take(_through(weights, readout, layer, name, lambda dd: dd @ bias))

@@ -18,27 +18,27 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from actstore.errors import InvalidParameterError
+from actstore.store.arch import Arch
 
-LAYER_NORMS = ("LN", "LNPre")
 STORE_WEIGHTS_KEPT = 2  # stores whose weights stay in memory between queries
-RMS_NORMS = ("RMS", "RMSPre")
 
 
 class Weights:
-    """Config and weights of a processed model, read on first use and kept (float32 as stored).
+    """Architecture and weights of a processed model, read on first use and kept (float32 as stored).
 
-    param: a callable name -> array (e.g. `store.param`) or a mapping of TransformerLens
-    state-dict names to arrays; names: the available names (default: the mapping's keys).
+    arch: the model's Arch (or TransformerLens config fields to build one from); param: a callable
+    name -> array (e.g. `store.param`) or a mapping of TransformerLens state-dict names to arrays;
+    names: the available names (default: the mapping's keys).
     """
 
-    def __init__(self, config: Mapping[str, Any], param: Callable[[str], np.ndarray] | Mapping[str, Any],
+    def __init__(self, arch: Arch | Mapping[str, Any], param: Callable[[str], np.ndarray] | Mapping[str, Any],
                  names: Iterable[str] | None = None) -> None:
-        self.config = dict(config)
+        self.arch = arch if isinstance(arch, Arch) else Arch.from_config(arch)
         if isinstance(param, Mapping):
             mapping = param
             self._read: Callable[[str], np.ndarray] = lambda n: np.asarray(_numpy(mapping[n]))
@@ -50,10 +50,6 @@ class Weights:
             self.names = set(names)
         self._cache: dict[str, np.ndarray] = {}
         self.readouts: OrderedDict[bytes, Readout] = OrderedDict()  # see Readout.of
-        norm = self.config.get("normalization_type")
-        if norm not in (None, *LAYER_NORMS, *RMS_NORMS):
-            raise InvalidParameterError(f"normalization_type {norm!r} is not supported by direct attribution "
-                                        f"(supported: None, {', '.join(LAYER_NORMS + RMS_NORMS)})")
 
     @classmethod
     def from_store(cls, store: Any) -> "Weights":
@@ -67,8 +63,8 @@ class Weights:
             st = root.stat()
             key: tuple[Any, ...] = (str(root.resolve()), st.st_ino, st.st_mtime_ns)
         except OSError:
-            return cls(store.config, store.param, store.param_names)
-        weights = _STORE_WEIGHTS.pop(key, None) or cls(store.config, store.param, store.param_names)
+            return cls(store.arch, store.param, store.param_names)
+        weights = _STORE_WEIGHTS.pop(key, None) or cls(store.arch, store.param, store.param_names)
         _STORE_WEIGHTS[key] = weights  # most recent last
         while len(_STORE_WEIGHTS) > STORE_WEIGHTS_KEPT:
             _STORE_WEIGHTS.pop(next(iter(_STORE_WEIGHTS)))
@@ -98,62 +94,38 @@ class Weights:
     def maybe(self, name: str) -> np.ndarray | None:
         return self.f64(name) if self.has(name) else None
 
-    # --- shape of the model -------------------------------------------------------------------
+    # --- LayerNorms ---------------------------------------------------------------------------
 
-    @property
-    def n_layers(self) -> int:
-        return int(self.config["n_layers"])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.config["n_heads"])
-
-    @property
-    def d_model(self) -> int:
-        return int(self.config["d_model"])
-
-    @property
-    def has_mlp(self) -> bool:
-        return not self.config.get("attn_only") and self.has("blocks.0.mlp.W_out")
-
-    @property
-    def norm(self) -> str | None:
-        return self.config.get("normalization_type")
-
-    @property
-    def pos_in_resid(self) -> bool:
-        """Whether W_pos is added to the residual stream ('standard'; not shortformer / rotary)."""
-        return self.config.get("positional_embedding_type", "standard") == "standard" and self.has("pos_embed.W_pos")
-
-    def ln_weight(self, prefix: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def ln_weight(self, layer: int | None, ln: Literal["ln1", "ln2", "ln_final"]
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(w, b) of a LayerNorm that was not folded into the next weights, else (None, None)."""
-        return self.maybe(f"{prefix}.w"), self.maybe(f"{prefix}.b")
+        return self.maybe(Arch.ln_weight(layer, ln, "w")), self.maybe(Arch.ln_weight(layer, ln, "b"))
 
     def center(self, x: np.ndarray, axis: int = -1) -> np.ndarray:
         """Centre read-out vectors along d_model for LN models: (x - mean x) . v == x . centred(v)."""
-        return x - x.mean(axis=axis, keepdims=True) if self.norm in LAYER_NORMS else x
+        return x - x.mean(axis=axis, keepdims=True) if self.arch.layer_norm else x
 
     # --- answer directions --------------------------------------------------------------------
 
     def unembed_directions(self, tokens: np.ndarray) -> np.ndarray:
         """[token] ids -> [token, d_model] float64 directions u with logit - b_U = norm(resid) . u."""
-        w_u = self.param("unembed.W_U")  # [d_model, d_vocab_out]
+        w_u = self.param(Arch.W_U)  # [d_model, d_vocab_out]
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= w_u.shape[1]):
             raise InvalidParameterError(f"answer token ids must lie in [0, {w_u.shape[1]}) (the unembedding's "
                                         f"vocabulary), got {int(tokens.min())}..{int(tokens.max())}")
         u = w_u[:, tokens].T.astype(np.float64)  # [token, d_model]
-        w, _ = self.ln_weight("ln_final")
+        w, _ = self.ln_weight(None, "ln_final")
         if w is not None:
             u = u * w
         return self.center(u)
 
     def final_bias_logits(self, tokens: np.ndarray) -> np.ndarray | None:
         """ln_final.b @ W_U[:, t] for an unfolded final LayerNorm (a constant term), else None."""
-        _, b = self.ln_weight("ln_final")
+        _, b = self.ln_weight(None, "ln_final")
         if b is None:
             return None
-        return self.param("unembed.W_U")[:, np.asarray(tokens, dtype=np.int64)].T.astype(np.float64) @ b
+        return self.param(Arch.W_U)[:, np.asarray(tokens, dtype=np.int64)].T.astype(np.float64) @ b
 
 
 # (store root path, inode, mtime of its zarr.json) -> Weights; a re-created store gets a new key
@@ -211,21 +183,21 @@ class Readout:
 
     def head(self, layer: int) -> np.ndarray:
         def make() -> np.ndarray:
-            w_o = self.weights.param(f"blocks.{layer}.attn.W_O").astype(np.float64)  # [head, d_head, d_model]
+            w_o = self.weights.param(Arch.attn_weight(layer, "W_O")).astype(np.float64)  # [head, d_head, d_model]
             return (w_o.reshape(-1, w_o.shape[-1]) @ self.u.T).T.reshape(-1, *w_o.shape[:2])  # a matmul, not einsum
         return self.table(("head", layer), make)
 
     def mlp(self, layer: int) -> np.ndarray:
         def make() -> np.ndarray:
-            w_out = self.weights.param(f"blocks.{layer}.mlp.W_out").astype(np.float64)  # [d_mlp, d_model]
+            w_out = self.weights.param(Arch.mlp_weight(layer, "W_out")).astype(np.float64)  # [d_mlp, d_model]
             return self.u @ w_out.T
         return self.table(("mlp", layer), make)
 
     def attn_bias(self, layer: int) -> np.ndarray:
-        return self.table(("attn_bias", layer), lambda: self._bias(f"blocks.{layer}.attn.b_O"))
+        return self.table(("attn_bias", layer), lambda: self._bias(Arch.attn_weight(layer, "b_O")))
 
     def mlp_bias(self, layer: int) -> np.ndarray:
-        return self.table(("mlp_bias", layer), lambda: self._bias(f"blocks.{layer}.mlp.b_out"))
+        return self.table(("mlp_bias", layer), lambda: self._bias(Arch.mlp_weight(layer, "b_out")))
 
     def final_bias(self) -> np.ndarray | None:
         """[token] ln_final.b @ W_U[:, t] for an unfolded final LayerNorm, else None."""
