@@ -24,7 +24,7 @@ from test_crash import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
-from actstore.errors import StoreExistsError, StoreLockedError, StoreWriteError
+from actstore.errors import StoreExistsError, StoreLockedError
 from actstore.store.lock import lock_path, store_lock
 from actstore.store.verify import verify
 
