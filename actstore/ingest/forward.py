@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from actstore.ingest.hooks import pos_axis
+from actstore.store.arch import Arch
 
 
 def attention_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -72,7 +73,7 @@ def bidirectional_mask_hooks(sink: Sink, n_layers: int) -> list[tuple[str, Calla
     def hook(scores: torch.Tensor, hook: Any) -> torch.Tensor:
         return scores.masked_fill(~sink.key_mask[:, None, None, :], float("-inf"))
 
-    return [(f"blocks.{layer}.attn.hook_attn_scores", hook) for layer in range(n_layers)]
+    return [(Arch.attn_scores(layer), hook) for layer in range(n_layers)]
 
 
 def answer_logits(logits: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tensor:

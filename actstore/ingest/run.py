@@ -41,6 +41,7 @@ from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, attent
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import examples_frame, outputs_frame, tokens_frame
 from actstore.ingest.probe import probe_batch
+from actstore.store.arch import Arch
 from actstore.store.commits import committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, chunk_ranges
 from actstore.store.lock import store_lock
@@ -203,8 +204,8 @@ class _Loop:
             return 0
         m = self.manifest
         sink = Sink(non_blocking=self.pinned)
-        bidirectional = m.model_config.get("attention_dir") == "bidirectional"
-        fwd = bidirectional_mask_hooks(sink, m.model_config["n_layers"]) if bidirectional else []
+        arch = Arch.from_config(m.model_config)
+        fwd = [] if arch.causal else bidirectional_mask_hooks(sink, arch.n_layers)
         fwd += capture_hooks(sink, [(h.name, h.positions, _source_dims(h)) for h in m.hooks])
         for _ in range(WRITE_QUEUE_DEPTH + 2):
             self.free.put(self._alloc())
