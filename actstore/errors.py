@@ -66,3 +66,7 @@ class StoreLockedError(StoreExistsError):
 
 class IncompleteStoreWarning(UserWarning):
     """A store opened for reading holds fewer committed chunks than its ingest planned."""
+
+
+class OutputWriteError(ActstoreError, OSError):
+    """A file the user named (-o, a report, a dataset, training output) could not be written."""

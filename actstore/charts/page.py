@@ -23,6 +23,7 @@ import vl_convert as vlc
 
 from actstore import __version__
 from actstore.errors import InvalidParameterError
+from actstore.outputs import atomic_output, check_output_path
 
 EMBED_OPTIONS = {"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False, "editor": False}}
 MAX_TABLE_ROWS = 200
@@ -164,19 +165,19 @@ def render_report(title: str, summary: Mapping[str, object], sections: Sequence[
 def write_report(path: str | os.PathLike, title: str, summary: Mapping[str, object],
                  sections: Sequence[Section]) -> Path:
     """Render the report and write it atomically to `path` (.html)."""
-    out = Path(path)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise InvalidParameterError(f"report output {str(out)!r} must end in .html")
-    if not out.parent.exists():
-        raise InvalidParameterError(f"output directory {str(out.parent)!r} does not exist")
+    out = check_report_path(path)
     text = render_report(title, summary, sections)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(out) as f:
+        f.write(text.encode("utf-8"))
     return out
 
 
-__all__ = ["Section", "html_table", "render_report", "write_report"]
+def check_report_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path if a report can be written there (an .html file in an existing directory)."""
+    out = check_output_path(path)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InvalidParameterError(f"report output {os.fspath(path)!r} must end in .html")
+    return out
+
+
+__all__ = ["Section", "check_report_path", "html_table", "render_report", "write_report"]

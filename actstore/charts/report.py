@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from actstore.charts import accuracy, attention, dla, logit_lens, neurons, standard
-from actstore.charts.page import Section, write_report
+from actstore.charts.page import Section, check_report_path, write_report
 from actstore.errors import ActstoreError
 
 
@@ -174,6 +174,7 @@ def _safe(fn: Callable[[], Any]) -> Any:
 
 def build_report(store: Any, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write the store's report to `path` (.html); returns the path."""
+    check_report_path(path)  # before the queries run
     m = store.manifest
     title = title or f"actstore report: {m.task} x {m.model_spec}"
     return write_report(path, title, store_summary(store), report_sections(store))

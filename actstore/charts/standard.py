@@ -9,6 +9,7 @@ counterfactual token attribute the logit difference.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,8 +117,19 @@ def chart_dla_split(store: Any, target: str | None = None, by: str | None = None
                                  label_title=title)
 
 
-def _heads_for(store: Any, heads: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+def _heads_for(store: Any, heads: list[tuple[int, int]] | None, layer: int | None = None) -> list[tuple[int, int]]:
+    """`heads` (checked against the model), every head of `layer`, or the default set of heads."""
+    n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
+    if heads is not None and layer is not None:
+        raise InvalidParameterError("give --heads or --layer, not both")
+    if layer is not None:
+        if not 0 <= layer < n_layers:
+            raise InvalidParameterError(f"layer {layer} is not in this {n_layers}-layer model (layers 0..{n_layers - 1})")
+        return [(layer, h) for h in range(n_heads)]
     if heads:
+        for lay, head in heads:
+            if not (0 <= lay < n_layers and 0 <= head < n_heads):
+                raise InvalidParameterError(f"head L{lay}H{head} is not in this {n_layers}-layer, {n_heads}-head model")
         return heads
     every = all_heads(store)
     if len(every) <= TOP_HEADS:
@@ -155,8 +167,9 @@ def token_roles(store: Any) -> list[str]:
     return attention.role_order(store.tokens.select("pos", "role"))
 
 
-def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, **_: Any) -> alt.TopLevelMixin:
-    chosen = _heads_for(store, heads)
+def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, layer: int | None = None,
+                    **_: Any) -> alt.TopLevelMixin:
+    chosen = _heads_for(store, heads, layer)
     return attention.attention_heatmap(attention_pattern_table(store, chosen), roles=token_roles(store))
 
 
@@ -168,8 +181,9 @@ def ioi_key_roles(store: Any) -> list[str] | None:
 
 
 def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
-                          key_roles: list[str] | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
-    chosen = _heads_for(store, heads)
+                          key_roles: list[str] | None = None, by: str | None = None, layer: int | None = None,
+                          **_: Any) -> alt.TopLevelMixin:
+    chosen = _heads_for(store, heads, layer)
     role = query_role or default_query_role(store)
     if key_roles is None and task_of(store) == "ioi":
         key_roles = ioi_key_roles(store)
@@ -293,11 +307,22 @@ _BUILDERS: dict[str, Callable[..., alt.TopLevelMixin]] = {
 KINDS: dict[str, Kind] = {name: Kind(name, KIND_HELP[name], _BUILDERS[name]) for name in KIND_HELP}
 
 
-def make_chart(store: Any, kind: str, **options: Any) -> alt.TopLevelMixin:
-    """Chart `kind` of `store`; unset options take the task's defaults."""
+def kind_options(kind: str) -> tuple[str, ...]:
+    """The options chart `kind` uses (its builder's keyword parameters)."""
     if kind not in KINDS:
         raise InvalidParameterError(f"unknown chart kind {kind!r}; kinds: {', '.join(KINDS)}")
-    return KINDS[kind].build(store, **{k: v for k, v in options.items() if v is not None})
+    params = inspect.signature(KINDS[kind].build).parameters.values()
+    return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY or (p.default is not p.empty))
 
 
-__all__ = ["KINDS", "Kind", "make_chart", "default_split", "default_target", "default_query_role", "top_heads"]
+def make_chart(store: Any, kind: str, **options: Any) -> alt.TopLevelMixin:
+    """Chart `kind` of `store`; unset options take the task's defaults, options `kind` does not use are refused."""
+    used = kind_options(kind)
+    given = {k: v for k, v in options.items() if v is not None}
+    unused = [k for k in given if k not in used]
+    if unused:
+        raise InvalidParameterError(f"chart {kind} does not use option {unused[0]!r} (it uses: {', '.join(used)})")
+    return KINDS[kind].build(store, **given)
+
+
+__all__ = ["KINDS", "Kind", "kind_options", "make_chart", "default_split", "default_target", "default_query_role", "top_heads"]

@@ -14,6 +14,7 @@ import os
 import sys
 
 from actstore import __version__
+from actstore.cli.args import OneLineParser, tolerate_undecodable_paths
 from actstore.errors import ActstoreError
 
 # modules under actstore.cli that register commands, in help order
@@ -21,7 +22,7 @@ COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "atte
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="actstore",
         description="Run a model once over a task dataset, store the activations, query them offline.",
     )
@@ -39,23 +40,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_undecodable_paths()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, printed) or --help / --version
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1
     try:
         with _query_progress():
             return int(args.handler(args) or 0)
-    except ActstoreError as e:
-        print(f"actstore {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"actstore {args.command}: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # e.g. `actstore sql ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ActstoreError as e:
+        return _fail(args.command, str(e))
+    except MemoryError:
+        return _fail(args.command, "out of memory; ask for fewer examples or rows (--n, --limit, --where)")
+    except OSError as e:  # an OS refusal no command anticipated: still one line, naming the file
+        where = f" ({e.filename!r})" if e.filename else ""
+        return _fail(args.command, f"{e.strerror or e}{where}")
+    except KeyboardInterrupt:
+        print(f"actstore {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(command: str, message: str) -> int:
+    """Print `message` as the one error line of `command` and return its exit status, 2."""
+    text = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"actstore {command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 def _query_progress() -> contextlib.AbstractContextManager[None]:

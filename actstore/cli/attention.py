@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from typing import Any
 
 import polars as pl
 
-from actstore.cli.output import add_output_options, write_table
+from actstore.cli.output import add_output_options, output_format, write_frames, write_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,28 +38,76 @@ def add_where_option(p: argparse.ArgumentParser) -> None:
                         "of the values)")
 
 
-def parse_where(pairs: list[str] | None) -> dict[str, Any] | None:
-    """['carry_2=true', 'failure=both', 'failure=none'] -> {'carry_2': [True], 'failure': ['both', 'none']}."""
+def parse_where(pairs: list[str] | None, store: Any) -> dict[str, list[Any]] | None:
+    """['carry_2=true', 'failure=both', 'failure=none'] -> {'carry_2': [True], 'failure': ['both', 'none']}.
+
+    Each value is parsed as its column's type in the store's examples; a value that is not of that
+    type, or a text value no example has, is an InvalidParameterError naming the column.
+    """
     if not pairs:
         return None
-    from actstore.cli import parse_params
+    from actstore.errors import InvalidParameterError
 
+    examples = store.examples
     out: dict[str, list[Any]] = {}
     for pair in pairs:
-        for key, value in parse_params([pair]).items():
-            out.setdefault(key, []).append(value)
-    return dict(out)
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InvalidParameterError(f"--where expects LABEL=VALUE, got {pair!r}")
+        value = where_value(key, raw, examples) if key in examples.columns else raw
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def where_value(column: str, raw: str, examples: pl.DataFrame) -> Any:
+    """`raw` parsed as the type of `examples[column]`, else InvalidParameterError saying the type."""
+    from actstore.errors import InvalidParameterError
+
+    dtype = examples.schema[column]
+    bad = f"--where {column}={raw!r}: {column} is a {dtype} label"
+    if dtype == pl.Boolean:
+        if raw.lower() not in ("true", "false"):
+            raise InvalidParameterError(f"{bad}; give true or false")
+        return raw.lower() == "true"
+    if dtype.is_integer() or dtype.is_float():
+        try:
+            return int(raw) if dtype.is_integer() else float(raw)
+        except ValueError:
+            raise InvalidParameterError(f"{bad}; give {'an integer' if dtype.is_integer() else 'a number'}") from None
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        values = examples[column].cast(pl.String).unique().sort().to_list()
+        if raw not in values:
+            shown = ", ".join(map(str, values[:12])) + (", ..." if len(values) > 12 else "")
+            raise InvalidParameterError(f"--where {column}={raw!r}: no example has that value; values: {shown}")
+        return raw
+    raise InvalidParameterError(f"{bad}; --where filters boolean, number and text labels only")
 
 
 def int_list(text: str | None, what: str) -> list[int] | None:
+    """'0,2' -> [0, 2]; None stays None (all); empty or non-integer text is an InvalidParameterError."""
     if text is None:
         return None
     from actstore.errors import InvalidParameterError
 
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise InvalidParameterError(f"{what} expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise InvalidParameterError(f"{what} is empty; give comma-separated integers, or leave it out for all")
+    return values
+
+
+def name_list(text: str | None, what: str) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; None stays None; an empty list is an InvalidParameterError."""
+    if text is None:
+        return None
+    from actstore.errors import InvalidParameterError
+
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise InvalidParameterError(f"{what} is empty; give comma-separated names, or leave it out")
+    return names
 
 
 def run_attention(args: argparse.Namespace) -> int:
@@ -68,66 +115,14 @@ def run_attention(args: argparse.Namespace) -> int:
     from actstore.query.selectors import parse_selector
     from actstore.store import open_store
 
+    output_format(args)  # a bad -o fails before the query runs
+    by = name_list(args.by, "--by")
+    layers, heads = int_list(args.layers, "--layers"), int_list(args.heads, "--heads")
     store = open_store(args.store)
-    by = [c.strip() for c in args.by.split(",") if c.strip()] if args.by else None
-    common = dict(layers=int_list(args.layers, "--layers"), heads=int_list(args.heads, "--heads"),
-                  query=parse_selector(args.query), key=parse_selector(args.key), where=parse_where(args.where))
+    common = dict(layers=layers, heads=heads, query=parse_selector(args.query), key=parse_selector(args.key),
+                  where=parse_where(args.where, store))
     if args.aggregate is None and not by:  # raw rows: streamed, the table may not fit in memory
         write_frames(attention_frames(store, **common), pl.DataFrame(schema=RAW_SCHEMA), args)
     else:
         write_table(attention(store, aggregate=args.aggregate, by=by, **common), args)
     return 0
-
-
-def write_frames(frames: Iterable[pl.DataFrame], empty: pl.DataFrame, args: argparse.Namespace) -> None:
-    """Write a table that arrives chunk by chunk, as write_table would write it whole.
-
-    CSV, JSON lines and Parquet are written as the chunks come (memory holds one chunk), to -o
-    FILE through a temporary file, or to stdout; 'table' and --limit collect (up to --limit rows).
-    """
-    import sys
-    from pathlib import Path
-
-    from actstore.errors import InvalidParameterError
-
-    out = Path(args.output) if args.output else None
-    fmt = args.format or ({".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(out.suffix, "csv") if out
-                          else "table" if sys.stdout.isatty() else "csv")
-    if fmt == "table" or args.limit is not None:
-        got, n = [], 0
-        for frame in frames:
-            got.append(frame)
-            n += frame.height
-            if args.limit is not None and n >= args.limit:
-                break
-        write_table(pl.concat(got) if got else empty, args)
-        return
-    if fmt == "parquet" and out is None:
-        raise InvalidParameterError("--format parquet needs -o FILE (Parquet is binary)")
-    if out is not None and not out.parent.exists():
-        raise InvalidParameterError(f"output directory {str(out.parent)!r} does not exist")
-    tmp = out.with_name(out.name + ".tmp") if out is not None else None
-    rows = 0
-    if fmt == "parquet":
-        from actstore.query.tables import write_parquet_frames
-
-        written = write_parquet_frames(frames, tmp)
-        if written is None:  # no frame came: an empty table with the query's columns
-            empty.write_parquet(tmp)
-        rows = written or 0
-    else:
-        sink = open(tmp, "w", encoding="utf-8") if tmp is not None else sys.stdout
-        try:
-            first = True
-            for frame in frames:
-                sink.write(frame.write_csv(include_header=first) if fmt == "csv" else frame.write_ndjson())
-                first = False
-                rows += frame.height
-            if first and fmt == "csv":
-                sink.write(empty.write_csv())
-        finally:
-            if tmp is not None:
-                sink.close()
-    if out is not None and tmp is not None:
-        tmp.replace(out)
-        print(f"wrote {rows} rows to {out}", file=sys.stderr)

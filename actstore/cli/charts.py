@@ -6,8 +6,14 @@ import argparse
 import sys
 import time
 
+from actstore.cli.args import float_in, positive_int
 from actstore.errors import InvalidParameterError
 
+# make_chart option -> the flag that sets it
+FLAGS = {"target": "--target", "by": "--by", "heads": "--heads", "layer": "--layer", "head": "--head",
+         "query_role": "--query-role", "key_roles": "--key-roles", "x": "--x", "color": "--color",
+         "which": "--neurons", "direction": "--direction", "through_head": "--through-head", "pos": "--pos",
+         "top": "--top"}
 CHART_FORMATS = ".html (Vega inlined, works offline), .png or .svg"
 
 
@@ -46,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "task has counterfactual tokens, else correct)")
     p.add_argument("--by", help="example label to split by (dla-split, attention-roles, logit-lens, accuracy)")
     p.add_argument("--heads", type=_heads, help="heads to draw, e.g. 1.0,1.2 (default: all, or the 12 with largest DLA)")
-    p.add_argument("--layer", type=int, help="layer (neurons, circuits)")
+    p.add_argument("--layer", type=int, help="layer (neurons, circuits; attention, attention-roles: its heads)")
     p.add_argument("--head", type=int, help="head (circuits)")
     p.add_argument("--query-role", help="query token role (attention-roles; default END for IOI, else the role at the "
                    "first answer position)")
@@ -58,8 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--through-head", help="neurons: pull the direction back through this head's OV, e.g. 2.0")
     p.add_argument("--pos", type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
                    help="neurons: position or token role to read (default: the answer positions)")
-    p.add_argument("--top", type=int, help="bars (dla) or neurons to keep, largest first")
-    p.add_argument("--scale", type=float, default=2.0, help="PNG resolution multiplier (default 2)")
+    p.add_argument("--top", type=positive_int, help="bars (dla) or neurons to keep, largest first")
+    p.add_argument("--scale", type=float_in(0, 10), default=None, help="PNG resolution multiplier, up to 10 "
+                   "(default 2)")
     p.set_defaults(handler=run_chart)
 
     r = sub.add_parser("report", help="write one self-contained HTML report of a store's standard charts")
@@ -71,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_chart(args: argparse.Namespace) -> int:
     from actstore.charts.export import chart_format, save_chart
+    from actstore.outputs import check_output_path
     from actstore.charts.kinds import KIND_HELP
 
     if args.kind not in KIND_HELP:
@@ -78,22 +86,46 @@ def run_chart(args: argparse.Namespace) -> int:
     from actstore.charts.standard import make_chart
     from actstore.store import open_store
 
-    chart_format(args.output)  # a bad extension fails before any query runs
+    fmt = chart_format(args.output)  # a bad -o fails before any query runs
+    check_output_path(args.output)
+    if args.scale is not None and fmt != "png":
+        raise InvalidParameterError(f"--scale applies to .png output only, not {args.output!r}")
+    options = chart_options(args)
     store = open_store(args.store)
     start = time.perf_counter()
-    chart = make_chart(store, args.kind, target=args.target, by=args.by, heads=args.heads, layer=args.layer,
-                       head=args.head, query_role=args.query_role, key_roles=args.key_roles, x=args.x,
-                       color=args.color, which=args.neurons, direction=args.direction, top=args.top,
-                       through_head=args.through_head, pos=args.pos)
-    out = save_chart(chart, args.output, scale=args.scale)
+    chart = make_chart(store, args.kind, **options)
+    out = save_chart(chart, args.output, scale=args.scale or 2.0)
     print(f"wrote {args.kind} chart of {store.path} to {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
 
 
+def chart_options(args: argparse.Namespace) -> dict[str, object]:
+    """make_chart's options from the flags; a flag the kind does not use, or an empty one, is an error."""
+    from actstore.charts.standard import kind_options
+
+    from actstore.cli.neurons import check_direction
+
+    options = {name: getattr(args, flag.removeprefix("--").replace("-", "_")) for name, flag in FLAGS.items()}
+    used = kind_options(args.kind)
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in used:
+            flags = " ".join(FLAGS[u] for u in used) or "none"
+            raise InvalidParameterError(f"{FLAGS[name]} does not apply to chart {args.kind} (its options: {flags})")
+        if value == "" or value == [""]:
+            raise InvalidParameterError(f"{FLAGS[name]} is empty")
+    if options["direction"] is not None:
+        check_direction(options["direction"])
+    return options
+
+
 def run_report(args: argparse.Namespace) -> int:
+    from actstore.charts.page import check_report_path
     from actstore.charts.report import build_report
     from actstore.store import open_store
 
+    check_report_path(args.output)
     store = open_store(args.store)
     start = time.perf_counter()
     out = build_report(store, args.output, title=args.title)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from actstore.cli import parse_params
 from actstore.datasets import TASKS, get_task
 from actstore.errors import InvalidParameterError
+from actstore.outputs import atomic_output, check_output_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,18 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise InvalidParameterError(f"cannot write {str(out)!r}: {str(out.parent)!r} is not an existing directory")
-    if out.is_dir():
-        raise InvalidParameterError(f"cannot write {str(out)!r}: it is a directory; give a .parquet file path")
+    out = check_output_path(args.output)
+    if out.suffix.lower() != ".parquet":
+        raise InvalidParameterError(f"-o {args.output!r} must end in .parquet (the dataset is written as Parquet)")
     data = get_task(args.task, **parse_params(args.param)).generate(args.n, args.seed)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        data.to_frame().write_parquet(tmp)
-        tmp.replace(out)  # never leave a half-written file under the real name
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InvalidParameterError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
-    print(f"wrote {len(data)} {args.task} examples to {out}")
+    with atomic_output(out) as f:  # never a half-written file under the real name
+        data.to_frame().write_parquet(f)
+    print(f"wrote {len(data)} {args.task} examples to {args.output}")
     return 0

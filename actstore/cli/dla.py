@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from actstore.cli.output import add_output_options, write_table
+from actstore.cli.attention import int_list
+from actstore.cli.output import add_output_options, output_format, write_table
+
+# circuit flags and the kinds that use them (others would silently ignore them)
+CIRCUIT_FLAGS = {"layer": ("ov", "qk", "virtual-ov"), "head": ("ov", "qk", "virtual-ov"), "to": ("virtual-ov",),
+                 "over": ("qk",), "mode": ("composition",), "tokens": ("ov", "qk", "virtual-ov")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head", type=int, default=None, help="head index (ov, qk, virtual-ov's first head)")
     p.add_argument("--to", type=int, nargs=2, metavar=("LAYER", "HEAD"), default=None,
                    help="virtual-ov: the second (later) head")
-    p.add_argument("--over", choices=("tokens", "positions"), default="tokens", help="qk: over tokens or positions")
-    p.add_argument("--mode", choices=("Q", "K", "V"), default="K", help="composition: Q-, K- or V-composition")
+    p.add_argument("--over", choices=("tokens", "positions"), default=None,
+                   help="qk: over tokens (default) or positions")
+    p.add_argument("--mode", choices=("Q", "K", "V"), default=None, help="composition: Q-, K- (default) or V-composition")
     p.add_argument("--tokens", default=None, metavar="IDS",
                    help="comma-separated token ids (or positions) to restrict rows and columns to")
     add_output_options(p)
@@ -52,6 +58,7 @@ def run_dla(args: argparse.Namespace) -> int:
     from actstore.query.breakdown import breakdown
     from actstore.store import open_store
 
+    output_format(args)  # a bad -o fails before the query runs
     store = open_store(args.store)
     table = derived.cached(store, "dla", {"by": args.by, "target": args.target})
     write_table(breakdown(table, by=[]) if args.mean else table, args)
@@ -63,6 +70,7 @@ def run_logit_lens(args: argparse.Namespace) -> int:
     from actstore.query.breakdown import breakdown
     from actstore.store import open_store
 
+    output_format(args)
     store = open_store(args.store)
     table = derived.cached(store, "logit_lens", {"target": args.target, "ln": args.ln})
     write_table(breakdown(table, by=[]) if args.mean else table, args)
@@ -77,17 +85,20 @@ def run_circuit(args: argparse.Namespace) -> int:
     from actstore.query import circuits
     from actstore.store import open_store
 
+    output_format(args)
+    check_circuit_flags(args)
+    ids = int_list(args.tokens, "--tokens")
     store = open_store(args.store)
     if args.kind == "composition":
-        write_table(circuits.composition_scores(store, args.mode), args)
+        write_table(circuits.composition_scores(store, args.mode or "K"), args)
         return 0
     if args.layer is None or args.head is None:
         raise InvalidParameterError(f"circuit --kind {args.kind} needs --layer and --head")
-    ids = _ids(args.tokens)
+    over = args.over or "tokens"
     if args.kind == "ov":
         m = circuits.ov_circuit(store, args.layer, args.head, tokens=ids, outputs=ids)
     elif args.kind == "qk":
-        m = circuits.qk_circuit(store, args.layer, args.head, over=args.over, queries=ids, keys=ids)
+        m = circuits.qk_circuit(store, args.layer, args.head, over=over, queries=ids, keys=ids)
     else:
         if args.to is None:
             raise InvalidParameterError("circuit --kind virtual-ov needs --to LAYER HEAD (the second head)")
@@ -95,7 +106,7 @@ def run_circuit(args: argparse.Namespace) -> int:
     rows = np.asarray(ids) if ids is not None else np.arange(m.shape[0])
     cols = np.asarray(ids) if ids is not None else np.arange(m.shape[1])
     table = pl.DataFrame({"row": np.repeat(rows, cols.size), "col": np.tile(cols, rows.size), "value": m.ravel()})
-    if not (args.kind == "qk" and args.over == "positions"):
+    if not (args.kind == "qk" and over == "positions"):
         names = store.tokens.select(pl.col("token_id").alias("id"), pl.col("str_token").alias("s")).unique("id")
         for side in ("row", "col"):
             table = table.join(names.rename({"id": side, "s": f"{side}_token"}), on=side, how="left",
@@ -105,12 +116,11 @@ def run_circuit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ids(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
+def check_circuit_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag that --kind does not use (it would be silently ignored)."""
     from actstore.errors import InvalidParameterError
 
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise InvalidParameterError(f"--tokens expects comma-separated integers, got {text!r}") from None
+    for flag, kinds in CIRCUIT_FLAGS.items():
+        if getattr(args, flag) is not None and args.kind not in kinds:
+            raise InvalidParameterError(f"--{flag} does not apply to circuit --kind {args.kind} (only to "
+                                        f"{', '.join(kinds)}); drop it")

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from actstore.cli import parse_params
-from actstore.cli.output import add_output_options, write_table
+from actstore.cli.args import non_negative_int, positive_int, thread_count
+from actstore.cli.output import add_output_options, output_format, write_table
 
 ZOO_NAMES = ("addition", "brackets", "list_update", "lm")  # kept in step with actstore.models.zoo (tested)
 
@@ -14,14 +15,15 @@ ZOO_NAMES = ("addition", "brackets", "list_update", "lm")  # kept in step with a
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a zoo model from scratch (seeded, CPU-friendly)")
     p.add_argument("name", metavar="NAME", help=f"zoo model: {', '.join(ZOO_NAMES)}")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the zoo's setting)")
-    p.add_argument("--seed", type=int, default=None, help="initialisation seed (default: the zoo's, 0)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the zoo's setting)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="initialisation seed (default: the zoo's, 0)")
     p.add_argument("-o", "--output", default=None,
                    help="output directory (default zoo-runs/NAME-seedS-stepsN); existing weights are not replaced")
     p.add_argument("--install", action="store_true",
                    help="also replace the shipped zoo weights, if every accuracy target is met")
-    p.add_argument("--eval-n", type=int, default=4000, help="fresh examples per accuracy target (default 4000)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the zoo's setting, 1)")
+    p.add_argument("--eval-n", type=positive_int, default=4000, help="fresh examples per accuracy target (default 4000)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="torch threads, at most the machine's CPUs (default: the zoo's setting, 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_train)
 
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=1, help="data seed, below 10000 (training uses >= 10000; default 1)")
     e.add_argument("--param", action="append", metavar="KEY=VALUE", help="task parameter, repeatable")
     e.add_argument("--by", action="append", metavar="LABEL", help="label column to split by (default: the task's)")
-    e.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     add_output_options(e)
     e.set_defaults(handler=run_eval)
 
@@ -60,6 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from actstore.models import evaluate, load_model
 
+    output_format(args)  # a bad -o fails before the model loads
     model = load_model(args.model, device=args.device)
     table = evaluate(model, args.task, n=args.n, seed=args.seed, params=parse_params(args.param), by=args.by)
     write_table(table, args)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from actstore.cli.attention import add_where_option, int_list, parse_where, write_frames
-from actstore.cli.output import add_output_options, write_table
+from actstore.cli.args import positive_int
+from actstore.cli.attention import add_where_option, int_list, parse_where
+from actstore.cli.output import add_output_options, output_format, write_frames, write_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="positions or roles of the rows (default: the answer positions)")
     p.add_argument("--answer", type=int, default=0, help="with --pos: which answer's tokens/position to read (0)")
     p.add_argument("--final-ln", action="store_true", help="a vector direction reads the final LayerNorm scale too")
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K best rows per neuron")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K", help="keep the K best rows per neuron")
     p.add_argument("--rank-by", choices=("projection", "activation", "-projection", "-activation"),
-                   default="projection", help="what --top-k ranks by ('-': smallest first)")
+                   default=None, help="what --top-k ranks by ('-': smallest first; default projection)")
     p.add_argument("--correlate", default=None, metavar="LABEL",
                    help="print layer, neuron, r, n: Pearson r of each neuron's --value with this numeric label, "
                         "strongest |r| first")
@@ -52,31 +53,34 @@ def run_neurons(args: argparse.Namespace) -> int:
     from actstore.query.selectors import parse_selector
     from actstore.store import open_store
 
+    output_format(args)  # a bad -o fails before the query runs
+    check_flags(args)
+    requested = int_list(args.layer, "--layer")
     store = open_store(args.store)
     cfg = store.config
     if cfg.get("attn_only") or not cfg.get("d_mlp"):
         raise InvalidParameterError(f"store {args.store}'s model is attention-only: it has no MLP neurons "
                                     f"(stored hooks: {', '.join(store.hooks)})")
-    layers = int_list(args.layer, "--layer")
+    layers = requested
     if not layers:  # every layer (before the head, with --through-head)
         last = int(cfg["n_layers"])
         if args.through_head is not None:
             last = parse_head(args.through_head, last, int(cfg["n_heads"]))[0]
         layers = list(range(last))
-    if args.correlate is None and args.value != "activation":
-        raise InvalidParameterError("--value applies to --correlate only")
-    common = dict(direction=args.direction, through_head=args.through_head, pos=parse_selector(args.pos),
-                  answer=args.answer, final_ln=True if args.final_ln else None,
-                  attention_weighted=args.attention_weighted, where=parse_where(args.where))
+        if not layers:
+            raise InvalidParameterError(f"no MLP layer comes before --through-head {args.through_head}; "
+                                        "pick a head in a later layer")
+    common = dict(direction=check_direction(args.direction), through_head=args.through_head,
+                  pos=parse_selector(args.pos), answer=args.answer, final_ln=True if args.final_ln else None,
+                  attention_weighted=args.attention_weighted, where=parse_where(args.where, store))
     if args.correlate is not None:
-        if args.top_k is not None:
-            raise InvalidParameterError("--top-k and --correlate do not combine; pick one")
         frames = [neuron_correlation(store, layer, args.correlate, value=args.value, **common) for layer in layers]
         table = pl.concat(frames)
         write_table(table.sort(table["r"].abs().fill_nan(None), descending=True, nulls_last=True), args)
         return 0
     elif args.top_k is not None:
-        frames = [neurons(store, layer, top_k=args.top_k, rank_by=args.rank_by, **common) for layer in layers]
+        rank_by = args.rank_by or "projection"
+        frames = [neurons(store, layer, top_k=args.top_k, rank_by=rank_by, **common) for layer in layers]
     else:  # every row: streamed, the table may not fit in memory
         for layer in layers:  # validate every layer before writing anything
             NeuronPlan.build(store, layer, **common)
@@ -85,3 +89,33 @@ def run_neurons(args: argparse.Namespace) -> int:
         return 0
     write_table(pl.concat(frames), args)
     return 0
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that the chosen mode would silently ignore."""
+    from actstore.errors import InvalidParameterError
+
+    if args.correlate is None and args.value != "activation":
+        raise InvalidParameterError("--value applies to --correlate only")
+    if args.correlate is not None and args.top_k is not None:
+        raise InvalidParameterError("--top-k and --correlate do not combine; pick one")
+    if args.rank_by is not None and args.top_k is None:
+        raise InvalidParameterError("--rank-by applies to --top-k only; add --top-k K")
+
+
+def check_direction(direction: str) -> str:
+    """`direction` unchanged; a file that exists but is not a readable .npy array is an error naming it."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from actstore.errors import InvalidParameterError
+
+    if direction in ("answer", "diff") or not Path(direction).is_file():
+        return direction  # the query names unknown directions itself
+    try:
+        np.load(direction, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise InvalidParameterError(f"--direction {direction!r} is not a readable .npy array ({e}); save one with "
+                                    "numpy.save") from None
+    return direction

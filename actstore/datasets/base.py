@@ -129,10 +129,16 @@ class Task(Protocol):
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData: ...
 
 
+MAX_N = 1_000_000  # examples per call: a task's examples are generated in memory (a few KB each)
+
+
 def check_n_seed(n: Any, seed: Any) -> None:
-    """Raise InvalidParameterError unless n is a positive int and seed a non-negative int."""
+    """Raise InvalidParameterError unless n is a positive int up to MAX_N and seed a non-negative int."""
     if not is_int(n) or n < 1:
         raise InvalidParameterError(f"n must be a positive integer, got {n!r}")
+    if n > MAX_N:
+        raise InvalidParameterError(f"n must be at most {MAX_N:,} examples (they are generated in memory), "
+                                    f"got {n:,}")
     if not is_int(seed) or seed < 0:
         raise InvalidParameterError(f"seed must be a non-negative integer, got {seed!r}")
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from actstore.errors import InvalidParameterError
+
 # DeprecationWarnings TransformerLens 3.9 emits on construction / import (TransformerBridge hints)
 _TL_DEPRECATIONS = (
     r"HookedTransformer is deprecated.*",
@@ -56,6 +58,22 @@ def build_model(config: dict[str, Any], device: str = "cpu", dtype: torch.dtype 
     with quiet_transformer_lens():
         cfg = lens.HookedTransformerConfig(**config, device=device, dtype=dtype)
         return lens.HookedTransformer(cfg, tokenizer=tokenizer)
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' checked against this machine: 'auto' picks CUDA when there is
+    one; anything else, or CUDA where there is none, is an InvalidParameterError."""
+    text = str(device)
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = text.partition(":")
+    if text == "cpu" or (kind == "cuda" and (not index or index.isdigit())):
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise InvalidParameterError(f"device {text} requested but this machine has no CUDA device; use --device cpu")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise InvalidParameterError(f"device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return text
+    raise InvalidParameterError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def place(model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:

@@ -20,16 +20,21 @@ from typing import Any
 import torch
 
 from actstore.errors import ModelUnavailableError, UnknownModelError
-from actstore.models.backend import build_model, load_weights, place, quiet_transformer_lens, tl
+from actstore.models.backend import build_model, load_weights, place, quiet_transformer_lens, resolve_device, tl
 from actstore.models.checkpoint import is_hf_checkpoint, load_gpt2_checkpoint
 from actstore.models.hub import hub_offline, is_cached
 from actstore.models.zoo import FORMAT_VERSION, read_record, tokenizer_fingerprint, tokenizer_for, zoo_names, zoo_spec
+from actstore.outputs import is_utf8
 
 
 def load_model(spec: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
                process: bool = True) -> Any:
     """The HookedTransformer named by `spec` (see the module docstring), on `device` in `dtype`."""
-    if isinstance(spec, Path) or (isinstance(spec, str) and spec and Path(spec).exists()):
+    device = resolve_device(device)
+    if isinstance(spec, Path) or (isinstance(spec, str) and spec and _exists(spec)):
+        if not is_utf8(spec):
+            raise UnknownModelError(f"model path {str(spec)!r} is not valid UTF-8 (safetensors cannot read it); "
+                                    "rename it")
         return _load_path(Path(spec), device, dtype, process)
     if not isinstance(spec, str) or not spec:
         raise UnknownModelError(f"model spec must be a non-empty string or path, got {spec!r}")
@@ -44,6 +49,14 @@ def load_model(spec: str | Path, device: str = "cpu", dtype: torch.dtype = torch
             "not an existing checkpoint directory and not a TransformerLens pretrained name"
         )
     return _load_pretrained(spec, official, device, dtype, process)
+
+
+def _exists(spec: str) -> bool:
+    """Whether path `spec` exists; a path the OS refuses (too long, ...) is an UnknownModelError."""
+    try:
+        return Path(spec).exists()
+    except OSError as e:
+        raise UnknownModelError(f"model path {spec!r}: {e.strerror or e}") from None
 
 
 def load_zoo(name: str, directory: Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,

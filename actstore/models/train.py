@@ -14,9 +14,10 @@ Losses (zoo.TrainSettings.loss):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from actstore.datasets import get_task
+from actstore.datasets.base import check_n_seed, is_int
 from actstore.errors import InvalidParameterError
 from actstore.models.backend import build_model, raw_config
 from actstore.models.evaluate import check_target
 from actstore.models.forward import Batch, as_batch, concat_batches, gather_answers, masked_logits
 from actstore.models.zoo import (EVAL_SEED, FORMAT_VERSION, TRAIN_SEED_BASE, ZOO_DIR, ZooSpec, model_config,
                                  tokenizer_fingerprint, tokenizer_for, weight_paths, zoo_spec)
+from actstore.outputs import atomic_output, is_utf8, write_error
 
 EVAL_N = 4000  # fresh examples per target when training finishes
 
@@ -100,46 +103,118 @@ def train(name: str, steps: int | None = None, seed: int | None = None, out: str
     out:     output directory (default `zoo-runs/NAME-seedS-stepsN`); existing weights there are not
              replaced unless `overwrite`.
     install: also copy the files over the shipped zoo weights, only if every target is met.
+    Every argument is checked before training starts; a run that fails leaves no files behind.
     """
     spec = zoo_spec(name)
     settings = replace(spec.train, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
-    if settings.steps < 1:
-        raise InvalidParameterError(f"--steps must be a positive integer, got {settings.steps}")
-    out = Path(out) if out is not None else Path("zoo-runs") / f"{name}-seed{settings.seed}-steps{settings.steps}"
+    used_threads = settings.threads if threads is None else threads
+    check_run(settings, eval_n, used_threads)
+    out = train_dir(name, settings, out, install)
     weights, record_path = weight_paths(name, out)
-    if out.resolve() == ZOO_DIR.resolve() and not install:
-        raise InvalidParameterError(f"{out} is the shipped zoo; use --install to replace the shipped weights")
     if (weights.exists() or record_path.exists()) and not overwrite:
         raise InvalidParameterError(f"{weights} already exists; choose another -o directory or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    kept = [p for p in (weights, record_path) if p.exists()]  # with overwrite: not ours to remove
+    made = _make_dirs(out)
+    try:
+        result = _train_into(spec, settings, out, weights, record_path, progress, eval_n, used_threads)
+    except BaseException:
+        _remove_run([p for p in (weights, record_path) if p not in kept], made)
+        raise
+    if install and result.ok:
+        ZOO_DIR.mkdir(exist_ok=True)
+        for path in (weights, record_path):
+            if path.parent.resolve() != ZOO_DIR.resolve():
+                with atomic_output(ZOO_DIR / path.name, "the zoo file") as f:
+                    f.write(path.read_bytes())
+        result.installed = True
+    return result
 
-    saved_threads, used_threads = torch.get_num_threads(), threads or settings.threads
-    torch.set_num_threads(used_threads)
+
+def check_run(settings: Any, eval_n: Any, threads: Any) -> None:
+    """InvalidParameterError naming the flag unless steps, seed, eval_n and threads are usable."""
+    if not is_int(settings.steps) or settings.steps < 1:
+        raise InvalidParameterError(f"--steps must be a positive integer, got {settings.steps}")
+    if not is_int(settings.seed) or not 0 <= settings.seed < 2**32:
+        raise InvalidParameterError(f"--seed must be an integer in 0..{2**32 - 1}, got {settings.seed}")
+    try:
+        check_n_seed(eval_n, EVAL_SEED)
+    except InvalidParameterError as e:
+        raise InvalidParameterError(f"--eval-n: {e}") from None
+    cpus = os.cpu_count() or 1
+    if not is_int(threads) or not 1 <= threads <= cpus:
+        raise InvalidParameterError(f"--threads must be an integer in 1..{cpus} (this machine's CPUs), got {threads}")
+
+
+def train_dir(name: str, settings: Any, out: str | Path | None, install: bool) -> Path:
+    """The directory a run writes into, checked: not empty, not a file, not the shipped zoo without `install`."""
+    if out is None:
+        return Path("zoo-runs") / f"{name}-seed{settings.seed}-steps{settings.steps}"
+    if not os.fspath(out):
+        raise InvalidParameterError("-o is empty; give the directory to write the weights into")
+    if not is_utf8(out):
+        raise InvalidParameterError(f"-o {os.fspath(out)!r} is not valid UTF-8 (safetensors cannot read the weights "
+                                    "back); choose another directory name")
+    path = Path(out)
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:
+        raise write_error(path, "-o", e) from None
+    if is_file:
+        raise InvalidParameterError(f"-o {os.fspath(out)!r} is a file; give a directory to write "
+                                    f"{name}.safetensors and {name}.json into")
+    if path.resolve() == ZOO_DIR.resolve() and not install:
+        raise InvalidParameterError(f"{out} is the shipped zoo; use --install to replace the shipped weights")
+    return path
+
+
+def _train_into(spec: ZooSpec, settings: Any, out: Path, weights: Path, record_path: Path, progress: bool,
+                eval_n: int, threads: int) -> TrainResult:
+    """Fit, write the weights and record atomically, evaluate as users load the model."""
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         model, losses, wall = _fit(spec, settings, progress)
     finally:
         torch.set_num_threads(saved_threads)
     record = _record(spec, settings, model, losses, wall)
-    record["training"]["threads"] = used_threads
-    from safetensors.torch import save_file
+    record["training"]["threads"] = threads
+    from safetensors.torch import save
 
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    with atomic_output(weights, "-o") as f:
+        f.write(save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
+    _write_json(record_path, record)
 
     from actstore.models.load import load_model
 
     processed = load_model(out)  # evaluate the model as users load it (processed weights)
     params = dict(spec.tasks)
     record["eval"] = [check_target(processed, t, params.get(t.task), n=eval_n, seed=EVAL_SEED) for t in spec.targets]
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
-    result = TrainResult(weights, record_path, record, installed=False)
-    if install and result.ok:
-        ZOO_DIR.mkdir(exist_ok=True)
-        for path in (weights, record_path):
-            if path.parent.resolve() != ZOO_DIR.resolve():
-                shutil.copyfile(path, ZOO_DIR / path.name)
-        result.installed = True
-    return result
+    _write_json(record_path, record)
+    return TrainResult(weights, record_path, record, installed=False)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    with atomic_output(path, "-o") as f:
+        f.write((json.dumps(record, indent=1) + "\n").encode())
+
+
+def _make_dirs(out: Path) -> list[Path]:
+    """Create `out` and missing parents; returns the directories created (deepest first)."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, "-o", e) from None
+    return missing
+
+
+def _remove_run(files: list[Path], made: list[Path]) -> None:
+    """Undo a failed run: the files it wrote, then the directories it created if they are empty."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for d in made:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _fit(spec: ZooSpec, settings: Any, progress: bool) -> tuple[Any, list[float], float]:
