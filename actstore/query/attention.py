@@ -32,7 +32,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
-from actstore.query.progress import tracked
+from actstore.query.chunks import Chunk, ExampleArrays, stream
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
@@ -62,9 +62,9 @@ def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int 
     key_group = "pos" if "k_pos" in by_ else "role" if "k_role" in by_ else "all"
     groups = _Grouping(plan, layers_, heads_, by_)
     parts = []
-    for start, stop in tracked(plan.chunks(), "attention"):
+    for chunk in plan.scan(hooks):
         for li, hook in enumerate(hooks):
-            codes, values, entropy = plan.units(li, heads_, hook, start, stop, key_group, by_, groups.label_codes)
+            codes, values, entropy = plan.units(li, heads_, hook, chunk, key_group, by_, groups.label_codes)
             if values.size:
                 parts.append(Moments.of(groups.keys.encode([codes[c] for c in groups.columns]), values, entropy))
     return groups.frame(Moments.merge(parts) if parts else None)
@@ -80,8 +80,8 @@ def attention_frames(store: Any, layers: int | Sequence[int] | None = None,
 
 
 def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[str]) -> Iterator[pl.DataFrame]:
-    for start, stop in tracked(plan.chunks(), "attention"):
-        frame = plan.raw_chunk(layers, heads, hooks, start, stop)
+    for chunk in plan.scan(hooks):
+        frame = plan.raw_chunk(layers, heads, hooks, chunk)
         if frame.height:
             yield frame
 
@@ -154,11 +154,8 @@ class _Plan:
     def __init__(self, store: Any, query: Selector, key: Selector, where: pl.Expr | Mapping[str, Any] | None):
         self.store = store
         ex = store.examples
-        self.ids = ex.get_column("example_id").to_numpy().astype(np.int64)
-        self.lengths = ex.get_column("length").to_numpy().astype(np.int64)
-        n_answers = store.n_answers
-        self.answer_pos = np.asarray(ex.select(pl.col("answer_positions").list.to_array(n_answers)).to_series()
-                                     .to_numpy(), dtype=np.int64).reshape(len(self.ids), n_answers)
+        self.arrays = ExampleArrays.from_examples(ex, store.n_answers)
+        self.ids, self.lengths, self.answer_pos = self.arrays.example_id, self.arrays.lengths, self.arrays.answer_pos
         self.width = int(store.manifest.width)
         self.roles = Roles.from_tokens(store.tokens, len(self.ids), self.width)
         self.q_mask = select_positions(query, self.lengths, self.roles.codes, self.roles, self.width, "query")
@@ -169,14 +166,16 @@ class _Plan:
         self.causal = store.arch.causal
         self.query = query
 
-    def chunks(self) -> list[tuple[int, int]]:
-        """Committed chunks holding at least one selected query row."""
-        return [(a, b) for a, b in self.store.chunks() if self.q_mask[a:b].any()]
+    def scan(self, hooks: list[str]) -> Iterator[Chunk]:
+        """The committed chunks holding at least one selected query row, with these pattern hooks."""
+        ranges = [(a, b) for a, b in self.store.chunks() if self.q_mask[a:b].any()]
+        return stream(self.store, [], hooks, examples=self.arrays, ranges=ranges, label="attention")
 
-    def _read(self, hook: str, start: int, stop: int, heads: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read(self, hook: str, chunk: Chunk, heads: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """pattern [example, head, query, key], q_pos [example, query], q_sel [example, query] of a chunk."""
         info = self.store.hook_info(hook)
-        pattern = self.store.read(hook, start, stop)
+        start, stop = chunk.start, chunk.stop
+        pattern = chunk.full[hook]
         if heads != list(range(pattern.shape[1])):
             pattern = pattern[:, heads]
         sel = self.q_mask[start:stop]
@@ -197,12 +196,12 @@ class _Plan:
             q_sel = sel
         return pattern, q_pos, q_sel
 
-    def raw_chunk(self, layers: list[int], heads: list[int], hooks: list[str], start: int,
-                  stop: int) -> pl.DataFrame:
+    def raw_chunk(self, layers: list[int], heads: list[int], hooks: list[str], chunk: Chunk) -> pl.DataFrame:
         """Raw rows of one chunk, every chosen layer, in (example, layer, head, q_pos, k_pos) order."""
+        start, stop = chunk.start, chunk.stop
         patterns = []
         for hook in hooks:
-            pattern, q_pos, q_sel = self._read(hook, start, stop, heads)
+            pattern, q_pos, q_sel = self._read(hook, chunk, heads)
             patterns.append(pattern)
         stacked = np.stack(patterns, axis=1)  # [example, layer, head, query, key]
         del patterns
@@ -218,13 +217,14 @@ class _Plan:
             "prob": stacked[e, li, hi, qi, k].astype(np.float32),
         }, schema=RAW_SCHEMA)
 
-    def units(self, li: int, heads: list[int], hook: str, start: int, stop: int, key_group: str, by: list[str],
+    def units(self, li: int, heads: list[int], hook: str, chunk: Chunk, key_group: str, by: list[str],
               label_codes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """The units of one chunk and layer: group column codes (see _Grouping), value, entropy [unit].
 
         li: the layer's index among the queried layers (its code).
         """
-        pattern, q_pos, q_sel = self._read(hook, start, stop, heads)
+        start, stop = chunk.start, chunk.stop
+        pattern, q_pos, q_sel = self._read(hook, chunk, heads)
         e, qi = np.nonzero(q_sel)  # the selected query rows only, converted once
         rows = np.moveaxis(pattern, 2, 1)[q_sel].astype(np.float64)  # [row, head, key], rows in (e, qi) order
         del pattern

@@ -1,10 +1,13 @@
-"""Streaming a store chunk by chunk, with the activations a query needs at the answer positions.
+"""The scan: a store chunk by chunk, with the activations a query needs.
+
+Every streamed query (dla, logit lens, attention, neurons) reads through `stream(store, ...)`,
+so a query is per-chunk math plus a combine step, and every I/O improvement (prefetch on
+threads, gathering answer positions as arrays arrive, handing freed memory back) reaches all
+of them. It reads one committed chunk at a time (bounded memory), only the hooks asked for;
+fp16 arrays stay fp16 until the math upcasts the few values it uses.
 
 A `Chunk` is a plain container (no store inside), so the attribution math can be tested on
-arrays from a TransformerLens cache exactly as it runs on a store. `stream(store, ...)` reads
-one committed chunk at a time (bounded memory), only the hooks asked for, and gathers the
-answer positions of hooks stored at all positions; fp16 arrays stay fp16 until the math upcasts
-the few values it uses.
+arrays from a TransformerLens cache exactly as it runs on a store.
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ class Chunk:
     input_tokens: np.ndarray
     at_answer: dict[str, np.ndarray] = field(default_factory=dict)
     full: dict[str, np.ndarray] = field(default_factory=dict)
+    start: int = 0  # row of the store's first example in this chunk
 
     def __len__(self) -> int:
         return int(self.example_id.shape[0])
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self)
 
     @property
     def n_answers(self) -> int:
@@ -165,15 +173,18 @@ def check_hooks(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[st
 
 
 def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
-           examples: ExampleArrays | None = None, workers: int = 2,
-           answer_dtype: Any = None) -> Iterator[Chunk]:
+           examples: ExampleArrays | None = None, workers: int = 2, answer_dtype: Any = None,
+           ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks") -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
-    A hook in both lists is read once. Hooks are read on `workers` threads (Zarr decompression
-    releases the GIL), the next chunk's while the caller works on this one; answer positions
-    are gathered as each array arrives, so only hooks wanted at every position stay in memory.
+    answer_hooks: gathered at the answer positions (`Chunk.at_answer`); full_hooks: as stored
+    (`Chunk.full`). A hook in both lists is read once. Hooks are read on `workers` threads (Zarr
+    decompression releases the GIL), the next chunk's while the caller works on this one; answer
+    positions are gathered as each array arrives, so only hooks wanted in full stay in memory.
     answer_dtype: cast the answer-position values to this dtype on the reading threads (e.g.
     float32, so that the float16 -> float32 conversion overlaps the reads).
+    ranges: only these committed [start, stop) chunks (a query that selects no row of a chunk
+    skips it); label: what the progress bar calls the work.
     """
     ex = examples or ExampleArrays.from_examples(store.examples, store.n_answers)
     names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
@@ -193,10 +204,10 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
     def submit(start: int, stop: int) -> list[Any]:
         return [pool.submit(load, name, start, stop) for name in names]  # type: ignore[union-attr]
 
-    ranges = list(store.chunks())
+    ranges = list(store.chunks()) if ranges is None else list(ranges)
     try:
         pending = submit(*ranges[0]) if pool is not None and ranges else None
-        for k, (start, stop) in enumerate(tracked(ranges, "chunks")):
+        for k, (start, stop) in enumerate(tracked(ranges, label)):
             if pending is not None:  # this chunk's reads are in flight; start the next one's
                 results = [f.result() for f in pending]
                 pending = submit(*ranges[k + 1]) if k + 1 < len(ranges) else None
@@ -214,6 +225,7 @@ def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = 
                 input_tokens=ex.input_tokens[sl],
                 at_answer={n: a for n, (a, _) in loaded.items() if a is not None},
                 full={n: f for n, (_, f) in loaded.items() if f is not None},
+                start=start,
             )
             del loaded
             yield chunk

@@ -36,7 +36,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
-from actstore.query.progress import tracked
+from actstore.query.chunks import Chunk, ExampleArrays, stream
 from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
 from actstore.store.arch import Arch
@@ -121,19 +121,13 @@ class NeuronPlan:
         self.weights = Weights.from_store(store)
         ex = store.examples
         n, a = ex.height, store.n_answers
-        self.ids = ex.get_column("example_id").to_numpy().astype(np.int64)
-        self.lengths = ex.get_column("length").to_numpy().astype(np.int64)
-
-        def matrix(col: str) -> np.ndarray:
-            return np.asarray(ex.select(pl.col(col).list.to_array(a)).to_series().to_numpy(),
-                              dtype=np.int64).reshape(n, a)
-
-        self.answer_pos = matrix("answer_positions")
+        self.arrays = ExampleArrays.from_examples(ex, a)
+        self.ids, self.lengths, self.answer_pos = self.arrays.example_id, self.arrays.lengths, self.arrays.answer_pos
         self.width = int(store.manifest.width)
         self.roles = Roles.from_tokens(store.tokens, n, self.width) if pos is not None else None
         self.post_hook = store.arch.mlp_post(layer)
         self.norm = self.weights.arch.norm is not None
-        self.readout, self.target_of = self._readout(ex, n, a)
+        self.readout, self.target_of = self._readout(n, a)
 
     @classmethod
     def build(cls, store: Any, layer: int, direction: DirectionSpec, through_head: Any, pos: Selector, *,
@@ -189,19 +183,19 @@ class NeuronPlan:
                 raise UnknownHookError(f"neurons needs {name!r}, which store {self.store.path} does not hold "
                                        f"(stored hooks: {', '.join(self.store.hooks)})")
 
-    def _readout(self, ex: pl.DataFrame, n: int, a: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _readout(self, n: int, a: int) -> tuple[np.ndarray, np.ndarray | None]:
         """[target, d_mlp] folded readouts and [example, answer] -> target index (None for a vector)."""
         d = self.direction
         if d.kind == "vector":
             correct = counter = None
             target_of = None
         else:
-            tokens = np.asarray(ex.select(pl.col("answer_tokens").list.to_array(a)).to_series().to_numpy(),
-                                dtype=np.int64).reshape(n, a)
+            tokens = self.arrays.answer_tokens
             pairs = tokens[..., None]
             if d.kind == "diff":
-                counter_m = np.asarray(ex.select(pl.col("counter_tokens").fill_null([-1] * a).list.to_array(a))
-                                       .to_series().to_numpy(), dtype=np.int64).reshape(n, a)
+                counter_m = self.arrays.counter_tokens
+                if counter_m is None:
+                    counter_m = np.full((n, a), -1, dtype=np.int64)
                 pairs = np.stack([tokens, counter_m], axis=-1)
             uniq, inverse = np.unique(pairs.reshape(-1, pairs.shape[-1]), axis=0, return_inverse=True)
             target_of = inverse.reshape(n, a)
@@ -233,38 +227,37 @@ class NeuronPlan:
 
     def stream(self) -> Iterator[NeuronRows]:
         """NeuronRows of each committed chunk with selected rows, in example order."""
-        for start, stop in tracked(list(self.store.chunks()), f"neurons L{self.layer}"):
-            e, p, j = self.rows(start, stop)
-            if e.size == 0:
-                continue
-            yield self.chunk_rows(start, stop, e, p, j)
+        rows = {start: self.rows(start, stop) for start, stop in self.store.chunks()}
+        ranges = [(start, stop) for start, stop in self.store.chunks() if rows[start][0].size]
+        for chunk in stream(self.store, [], self.needed_hooks(), examples=self.arrays, ranges=ranges,
+                            label=f"neurons L{self.layer}"):
+            yield self.chunk_rows(chunk, *rows.pop(chunk.start))
 
-    def chunk_rows(self, start: int, stop: int, e: np.ndarray, p: np.ndarray, j: np.ndarray) -> NeuronRows:
-        post = self._at(self.post_hook, start, stop, e, p)  # [row, d_mlp]
+    def chunk_rows(self, chunk: Chunk, e: np.ndarray, p: np.ndarray, j: np.ndarray) -> NeuronRows:
+        start, stop = chunk.start, chunk.stop
+        post = self._at(chunk, self.post_hook, e, p)  # [row, d_mlp]
         q = self.answer_pos[start:stop][e, j]  # the position the direction is read at (through a head)
         scale = np.ones(e.size)
         if self.norm and self.head is not None:
-            scale /= self._at(Arch.ln_scale(self.head[0], "ln1"), start, stop, e, p)[:, 0]
+            scale /= self._at(chunk, Arch.ln_scale(self.head[0], "ln1"), e, p)[:, 0]
         if self.norm and self.direction.final_ln:
-            scale /= self._at(Arch.final_scale, start, stop, e, q if self.head is not None else p)[:, 0]
+            scale /= self._at(chunk, Arch.final_scale, e, q if self.head is not None else p)[:, 0]
         if self.attention_weighted and self.head is not None:
-            scale *= self._pattern(start, stop, e, p, q, j)
+            scale *= self._pattern(chunk, e, p, q, j)
         readout = self.readout[0][None, :] if self.target_of is None else self.readout[self.target_of[start:stop][e, j]]
         return NeuronRows(self.ids[start:stop][e], p, post.astype(np.float32, copy=False),
                           projections(post, readout, scale))
 
-    def _at(self, hook: str, start: int, stop: int, e: np.ndarray, p: np.ndarray) -> np.ndarray:
+    def _at(self, chunk: Chunk, hook: str, e: np.ndarray, p: np.ndarray) -> np.ndarray:
         """A [example, pos, ...] hook's values at rows (e, p): [row, ...], mapping p to answers if needed."""
-        info = self.store.hook_info(hook)
-        arr = self.store.read(hook, start, stop)
-        if info.positions == "answer":
-            return arr[e, self._answer_index(hook, start, e, p)]
+        arr = chunk.full[hook]
+        if self.store.hook_info(hook).positions == "answer":
+            return arr[e, self._answer_index(hook, chunk.start, e, p)]
         return arr[e, p]
 
-    def _pattern(self, start: int, stop: int, e: np.ndarray, p: np.ndarray, q: np.ndarray,
-                 j: np.ndarray) -> np.ndarray:
+    def _pattern(self, chunk: Chunk, e: np.ndarray, p: np.ndarray, q: np.ndarray, j: np.ndarray) -> np.ndarray:
         hook = Arch.pattern(self.head[0])  # type: ignore[index]
-        arr = self.store.read(hook, start, stop)  # [example, head, query|answer, key]
+        arr = chunk.full[hook]  # [example, head, query|answer, key]
         qi = j if self.store.hook_info(hook).dims[2] == "answer" else q
         return arr[e, self.head[1], qi, p].astype(np.float64)  # type: ignore[index]
 
