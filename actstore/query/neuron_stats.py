@@ -21,49 +21,11 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.directions import DirectionSpec
-from actstore.query.neurons import SCHEMA, NeuronPlan, NeuronRows
+from actstore.query.neurons import NeuronPlan
 from actstore.query.selectors import Selector, check_labels
 
 VALUES = ("activation", "projection")
 CORRELATION_SCHEMA: dict[str, pl.DataType] = {"layer": pl.Int64, "neuron": pl.Int64, "r": pl.Float64, "n": pl.Int64}
-
-
-class TopK:
-    """The k rows per neuron with the largest `rank_by` value ('-name': the smallest)."""
-
-    def __init__(self, k: int, rank_by: str = "projection") -> None:
-        self.k = k
-        self.sign = -1.0 if rank_by.startswith("-") else 1.0
-        self.value = rank_by.lstrip("-")
-        self.best: NeuronRows | None = None  # arrays [k' <= k, d_mlp]; example_id / pos per (slot, neuron)
-
-    def add(self, rows: NeuronRows) -> None:
-        """Merge one chunk's rows (example_id, pos: [row]; values [row, d_mlp])."""
-        d_mlp = rows.activation.shape[1]
-        ids = np.broadcast_to(rows.example_id[:, None], (rows.example_id.size, d_mlp))
-        pos = np.broadcast_to(rows.pos[:, None], ids.shape)
-        cand = (ids, pos, rows.activation, rows.projection)
-        if self.best is not None:  # earlier rows first: a stable sort keeps them ahead on ties
-            cand = tuple(np.concatenate([old, new]) for old, new in zip(
-                (self.best.example_id, self.best.pos, self.best.activation, self.best.projection), cand))
-        key = cand[2] if self.value == "activation" else cand[3]
-        order = np.argsort(-self.sign * key.astype(np.float64), axis=0, kind="stable")[: self.k]  # [k', d_mlp]
-        picked = [np.take_along_axis(a, order, axis=0) for a in cand]
-        self.best = NeuronRows(*picked)
-
-    def frame(self, layer: int) -> pl.DataFrame:
-        """Rows sorted by neuron then rank (1 = best): the neurons table's columns plus rank."""
-        schema = SCHEMA | {"rank": pl.Int64}
-        if self.best is None:
-            return pl.DataFrame(schema=schema)
-        k, d_mlp = self.best.activation.shape
-        t = lambda a: a.T.reshape(-1)  # noqa: E731  [slot, neuron] -> neuron-major
-        return pl.DataFrame({
-            "example_id": t(self.best.example_id).astype(np.int64), "pos": t(self.best.pos).astype(np.int64),
-            "layer": np.full(k * d_mlp, layer, dtype=np.int64), "neuron": np.repeat(np.arange(d_mlp), k),
-            "activation": t(self.best.activation), "projection": t(self.best.projection),
-            "rank": np.tile(np.arange(1, k + 1), d_mlp),
-        }, schema=schema)
 
 
 class Comoments:

@@ -27,7 +27,6 @@ correlation of neuron values with a numeric label.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,12 +36,11 @@ from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
 from actstore.query.chunks import Chunk, ExampleArrays, stream
+from actstore.query.neuron_rows import SCHEMA, NeuronRows, TopK
 from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
 from actstore.store.arch import Arch
 
-SCHEMA: dict[str, pl.DataType] = {"example_id": pl.Int64, "pos": pl.Int64, "layer": pl.Int64, "neuron": pl.Int64,
-                                  "activation": pl.Float32, "projection": pl.Float64}
 RANK_BY = ("projection", "activation", "-projection", "-activation")
 
 
@@ -58,8 +56,6 @@ def neurons(store: Any, layer: int, direction: DirectionSpec = "answer", through
     plan = NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
                             attention_weighted=attention_weighted, where=where)
     if top_k is not None:
-        from actstore.query.neuron_stats import TopK
-
         best = TopK(int(top_k), rank_by)
         for rows in plan.stream():
             best.add(rows)
@@ -75,31 +71,6 @@ def neuron_frames(store: Any, layer: int, direction: DirectionSpec = "answer", t
     plan = NeuronPlan.build(store, layer, direction, through_head, pos, **options)
     for rows in plan.stream():
         yield rows.frame(plan.layer)
-
-
-@dataclass
-class NeuronRows:
-    """The neuron values of one chunk's selected rows.
-
-    example_id, pos: [row]; activation: [row, d_mlp] float32; projection: [row, d_mlp] float64
-    """
-
-    example_id: np.ndarray
-    pos: np.ndarray
-    activation: np.ndarray
-    projection: np.ndarray
-
-    def frame(self, layer: int) -> pl.DataFrame:
-        """Long rows (example, pos, neuron) in that order."""
-        rows, d_mlp = self.activation.shape
-        return pl.DataFrame({
-            "example_id": np.repeat(self.example_id.astype(np.int64), d_mlp),
-            "pos": np.repeat(self.pos.astype(np.int64), d_mlp),
-            "layer": np.full(rows * d_mlp, layer, dtype=np.int64),
-            "neuron": np.tile(np.arange(d_mlp, dtype=np.int64), rows),
-            "activation": self.activation.reshape(-1),
-            "projection": self.projection.reshape(-1),
-        }, schema=SCHEMA)
 
 
 def projections(post: np.ndarray, readout: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from actstore.errors import InvalidParameterError, UnknownColumnError
 from actstore.query import neurons
-from actstore.query.neuron_stats import Comoments, TopK, neuron_correlation
-from actstore.query.neurons import NeuronRows
+from actstore.query.neuron_rows import NeuronRows, TopK
+from actstore.query.neuron_stats import Comoments, neuron_correlation
 
 
 def full_top(table: pl.DataFrame, k: int, by: str) -> pl.DataFrame:
