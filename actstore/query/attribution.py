@@ -25,6 +25,7 @@ import numpy as np
 
 from actstore.errors import InvalidParameterError
 from actstore.query.chunks import Chunk
+from actstore.query.paths import path_attribution
 from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
 
@@ -123,8 +124,6 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
         if by == "layer":
             add(heads.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])
         elif by == "path" and layer > 0:
-            from actstore.query.paths import path_attribution
-
             values, sources = path_attribution(weights, readout, chunk, tgt, layer)  # [e, a, head, source]
             add(values.reshape(*values.shape[:2], -1),
                 [Component(f"{src}>L{layer}H{h}", layer, h, source=src) for h in range(n_heads) for src in sources])

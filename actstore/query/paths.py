@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-
 from actstore.query.chunks import Chunk
 from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
