@@ -4,9 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actstore.errors import ActstoreError
+
+if TYPE_CHECKING:  # what a type checker sees; at run time both are imported on first use (below)
+    from actstore.ingest.run import ingest as ingest
+    from actstore.store.open import open_store as open_store
 
 __all__ = ["ActstoreError", "__version__", "ingest", "open_store"]
 
