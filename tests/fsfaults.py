@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 
 PLACEHOLDER = "{fs}"
+BALLAST = ".fsfaults-ballast"
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,10 @@ def cli_argv(args: Sequence[str]) -> list[str]:
 
 
 def run_cli_on_small_fs(args: Sequence[str], size_kb: int, copy_in: Sequence[str | os.PathLike] = (),
-                        timeout: float = 300) -> FsRun:
-    """`actstore ARGS` where "{fs}" is a tmpfs of `size_kb` KiB (after `copy_in` is copied onto it)."""
-    return run_on_fs([cli_argv(args)], size_kb=size_kb, copy_in=copy_in, timeout=timeout)[0]
+                        free_kb: int | None = None, timeout: float = 300) -> FsRun:
+    """`actstore ARGS` where "{fs}" is a tmpfs of `size_kb` KiB holding copies of `copy_in`;
+    with `free_kb`, a ballast file then fills it up to `free_kb` KiB of free space."""
+    return run_on_fs([cli_argv(args)], size_kb=size_kb, copy_in=copy_in, free_kb=free_kb, timeout=timeout)[0]
 
 
 def run_cli_on_readonly_dir(args: Sequence[str], copy_in: Sequence[str | os.PathLike] = (),
@@ -101,9 +103,12 @@ def run_cli_on_readonly_dir(args: Sequence[str], copy_in: Sequence[str | os.Path
 
 
 def run_on_fs(steps: Sequence[Sequence[str] | Remount], size_kb: int = 64 * 1024, readonly: bool = False,
-              copy_in: Sequence[str | os.PathLike] = (), timeout: float = 300) -> list[FsRun]:
+              copy_in: Sequence[str | os.PathLike] = (), free_kb: int | None = None,
+              timeout: float = 300) -> list[FsRun]:
     """Run each argv of `steps` in turn with "{fs}" on one tmpfs; `Remount` steps change the mount.
 
+    `copy_in` is copied onto the tmpfs first; then, with `free_kb`, a ballast file (not listed in
+    `files`) fills it so that only `free_kb` KiB stay free: a store of any size on a nearly full disk.
     Returns one FsRun per command. Skips the calling test if namespaces are unavailable here.
     """
     if UNSHARE_SKIP_REASON is not None:
@@ -112,7 +117,7 @@ def run_on_fs(steps: Sequence[Sequence[str] | Remount], size_kb: int = 64 * 1024
         mount = Path(work) / "fs"
         mount.mkdir()
         spec = {"mount": str(mount), "size_kb": size_kb, "readonly": readonly, "timeout": timeout,
-                "copy_in": [os.fspath(p) for p in copy_in],
+                "copy_in": [os.fspath(p) for p in copy_in], "free_kb": free_kb,
                 "steps": [_step(s, str(mount)) for s in steps]}
         spec_path = Path(work) / "spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -143,6 +148,8 @@ def _files(mount: str) -> dict[str, int]:
     for root, _, names in os.walk(mount):
         for name in names:
             path = os.path.join(root, name)
+            if path == os.path.join(mount, BALLAST):
+                continue
             out[os.path.relpath(path, mount)] = os.lstat(path).st_size
     return out
 
@@ -153,11 +160,22 @@ def _copy_in(paths: list[str], mount: str) -> None:
         (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
 
 
+def _fill(mount: str, free_kb: int) -> None:
+    """Write a ballast file leaving about `free_kb` KiB free on the mount."""
+    st = os.statvfs(mount)
+    extra = st.f_bavail * st.f_frsize - free_kb * 1024
+    if extra > 0:
+        with open(os.path.join(mount, BALLAST), "wb") as f:
+            f.write(b"\0" * extra)
+
+
 def _drive(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     mount = spec["mount"]
     _mount(mount, spec["size_kb"], readonly=False, remount=False)
     _copy_in(spec["copy_in"], mount)
+    if spec["free_kb"] is not None:
+        _fill(mount, spec["free_kb"])
     if spec["readonly"]:
         _mount(mount, None, readonly=True, remount=True)
     results = []

@@ -17,7 +17,7 @@ import polars as pl
 
 from actstore.charts import accuracy, attention, dla, logit_lens, neurons, standard
 from actstore.charts.page import Section, check_report_path, write_report
-from actstore.errors import ActstoreError
+from actstore.errors import ActstoreError, StoreCorruptError
 
 
 def _hooks_summary(hooks: list[str]) -> str:
@@ -62,9 +62,12 @@ def store_summary(store: Any) -> dict[str, object]:
 
 
 def _section(title: str, caption: str, build: Callable[[], Any], table: Callable[[], pl.DataFrame] | None = None) -> Section:
-    """A Section from `build()` (a chart); an ActstoreError becomes the section's note."""
+    """A Section from `build()` (a chart); an ActstoreError becomes the section's note, except a
+    corrupt store, which fails the whole report (a page of notes would pass for a report)."""
     try:
         return Section(title, caption, chart=build(), table=table() if table else None)
+    except StoreCorruptError:
+        raise
     except ActstoreError as e:
         return Section(title, caption, note=f"Not available for this store: {e}")
 
@@ -168,6 +171,8 @@ def report_sections(store: Any) -> list[Section]:
 def _safe(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
+    except StoreCorruptError:
+        raise
     except ActstoreError:
         return None
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     tolerate_undecodable_paths()
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as e:  # a usage error (one line, printed) or --help / --version
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "handler", None):
@@ -65,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"actstore {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; stray arguments are reported by the command's own parser (`actstore CMD: error:`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = getattr(args, "command", None)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        target = subparsers.choices.get(command, parser) if command else parser
+        target.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _fail(command: str, message: str) -> int:

@@ -64,7 +64,7 @@ def where_value(column: str, raw: str, examples: pl.DataFrame) -> Any:
     from actstore.errors import InvalidParameterError
 
     dtype = examples.schema[column]
-    bad = f"--where {column}={raw!r}: {column} is a {dtype} label"
+    bad = f"--where {column}={raw!r}: label {column} is of type {dtype}"
     if dtype == pl.Boolean:
         if raw.lower() not in ("true", "false"):
             raise InvalidParameterError(f"{bad}; give true or false")

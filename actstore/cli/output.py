@@ -51,6 +51,8 @@ def output_format(args: argparse.Namespace) -> str:
 def write_table(df: pl.DataFrame, args: argparse.Namespace) -> None:
     """Write `df` as the user asked: to stdout or a file, as a table, CSV, JSON or Parquet."""
     fmt = output_format(args)
+    if fmt == "csv":
+        check_csv_columns(df)
     if args.limit is not None:
         df = df.head(args.limit)
     if args.output is None:
@@ -78,6 +80,14 @@ def write_frames(frames: Iterable[pl.DataFrame], empty: pl.DataFrame, args: argp
     with atomic_output(args.output) as f:
         rows = _stream(frames, empty, fmt, lambda text: f.write(text.encode()), f)
     print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
+
+
+def check_csv_columns(df: pl.DataFrame) -> None:
+    """InvalidParameterError naming the columns CSV cannot hold (lists, arrays, structs)."""
+    nested = [name for name, dtype in df.schema.items() if dtype.is_nested()]
+    if nested:
+        raise InvalidParameterError(f"CSV cannot hold the nested column(s) {', '.join(nested)}; use --format json "
+                                    "or parquet, or select other columns")
 
 
 def _collect(frames: Iterable[pl.DataFrame], empty: pl.DataFrame, limit: int | None) -> pl.DataFrame:

@@ -47,15 +47,16 @@ def evaluate(model: Any, task: str | Task, n: int = 2000, seed: int = EVAL_SEED,
     task_obj = get_task(task, **(params or {})) if isinstance(task, str) else task
     data = task_obj.generate(n, seed, tokenizer=getattr(model, "tokenizer", None))
     _check_vocab(model, data)
-    table = answer_table(model, data, batch_size)
-    labels = data.labels.with_row_index("example_id").with_columns(pl.col("example_id").cast(pl.Int64))
-    table = table.join(labels, on="example_id", how="left")
+    _check_width(model, data)
     splits = by if by is not None else _default_splits(data)
     missing = [c for c in splits if c not in data.labels.columns]
     if missing:
         raise InvalidParameterError(
             f"{data.task}: no label column {missing[0]!r} to split by; labels: {', '.join(data.labels.columns)}"
         )
+    table = answer_table(model, data, batch_size)
+    labels = data.labels.with_row_index("example_id").with_columns(pl.col("example_id").cast(pl.Int64))
+    table = table.join(labels, on="example_id", how="left")
     groups = [_summary(table, None)]
     if data.n_answers > 1:
         groups.append(_summary(table, "answer"))
@@ -63,6 +64,15 @@ def evaluate(model: Any, task: str | Task, n: int = 2000, seed: int = EVAL_SEED,
     return pl.concat(groups, how="vertical").with_columns(pl.lit(data.task).alias("task")).select(
         "task", "split", "value", *METRICS
     )
+
+
+def _check_width(model: Any, data: TaskData) -> None:
+    """InvalidParameterError if the examples are longer than the model's context."""
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    width = int(data.tokens.shape[1])
+    if n_ctx and width > n_ctx:
+        raise InvalidParameterError(f"{data.task}: examples are {width} tokens long but the model's n_ctx is {n_ctx}; "
+                                    "use task parameters the model was trained on")
 
 
 def answer_table(model: Any, data: TaskData, batch_size: int = 512) -> pl.DataFrame:
