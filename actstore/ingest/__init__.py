@@ -13,7 +13,7 @@ from actstore.ingest.run import ingest
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def __call__(self, *args, **kwargs):
         return ingest(*args, **kwargs)
 
 

@@ -60,18 +60,25 @@ def capture_hooks(sink: Sink, choices: list[tuple[str, str, tuple[str, ...]]]) -
         def hook(act: torch.Tensor, hook: Any, name: str = name, positions: str = positions,
                  axis: int = axis) -> None:
             if positions == "answer":
-                act = select_answers(act, axis, sink.answer_pos)
+                act = select_answers(act, axis, _set(sink.answer_pos, "answer_pos"))
             sink.target[name].copy_(act.detach(), non_blocking=sink.non_blocking)
 
         hooks.append((name, hook))
     return hooks
 
 
+def _set(value: torch.Tensor | None, what: str) -> torch.Tensor:
+    """A Sink field the forward loop sets before each batch (a programming error if it did not)."""
+    if value is None:
+        raise RuntimeError(f"Sink.{what} is not set for this batch")
+    return value
+
+
 def bidirectional_mask_hooks(sink: Sink, n_layers: int) -> list[tuple[str, Callable]]:
     """Hooks that stop every query attending to pad keys: [batch, head, query_pos, key_pos] scores."""
 
     def hook(scores: torch.Tensor, hook: Any) -> torch.Tensor:
-        return scores.masked_fill(~sink.key_mask[:, None, None, :], float("-inf"))
+        return scores.masked_fill(~_set(sink.key_mask, "key_mask")[:, None, None, :], float("-inf"))
 
     return [(Arch.attn_scores(layer), hook) for layer in range(n_layers)]
 

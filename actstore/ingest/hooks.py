@@ -75,7 +75,7 @@ def resolve_hooks(requested: Iterable[str] | None, hook_names: list[str], positi
         raise InvalidParameterError("no hooks selected; pass --hooks NAME ... or leave it out for the defaults")
     order = {h: i for i, h in enumerate(hook_names)}
     return [HookChoice(h, "all" if h.endswith("hook_scale") else chosen[h], h in explicit)
-            for h in sorted(chosen, key=order.get)]
+            for h in sorted(chosen, key=order.__getitem__)]
 
 
 def _expand(name: str, hook_names: list[str]) -> list[str]:

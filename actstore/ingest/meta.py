@@ -49,7 +49,7 @@ def outputs_frame(data: TaskData, start: int, out: dict[str, np.ndarray]) -> pl.
     def flat(a: np.ndarray) -> np.ndarray:
         return np.asarray(a).reshape(n * n_ans)
 
-    def nullable(key: str, dtype: pl.DataType) -> pl.Series:
+    def nullable(key: str, dtype: type[pl.DataType]) -> pl.Series:
         if key in out:
             return pl.Series(key, flat(out[key]), dtype=dtype)
         return pl.Series(key, [None] * (n * n_ans), dtype=dtype)

@@ -44,7 +44,8 @@ def probe_batch(
     missing = [h for h in needed if h not in model.hook_dict]
     shapes: dict[str, tuple[int, ...]] = {}
     captured: dict[str, np.ndarray] = {}
-    sink = Sink(answer_pos=answer_pos, key_mask=attention_mask(lengths, tokens.shape[1]).bool())
+    key_mask = attention_mask(lengths, tokens.shape[1]).bool()
+    sink = Sink(answer_pos=answer_pos, key_mask=key_mask)
 
     def shape_hook(act: torch.Tensor, hook: Any) -> None:
         shapes[hook.name] = tuple(act.shape[1:])
@@ -57,7 +58,7 @@ def probe_batch(
     if not missing:
         fwd += [(h, keep_hook) for h in needed]
     with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
-        logits = model(tokens, attention_mask=sink.key_mask.long(), return_type="logits")
+        logits = model(tokens, attention_mask=key_mask.long(), return_type="logits")
     if arch is None:
         return shapes, {"status": "skipped", "reason": unsupported}
     if missing:

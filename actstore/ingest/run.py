@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from actstore import __version__
 from actstore.datasets import get_task
@@ -229,7 +230,8 @@ class _Loop:
                         bar.update(b1 - b0)
                         done += b1 - b0
                         elapsed = time.perf_counter() - started
-                        bar.set_postfix_str(f"{done * example_bytes / 1e6 / max(elapsed, 1e-9):.1f} MB/s", refresh=False)
+                        rate = done * example_bytes / 1e6 / max(elapsed, 1e-9)
+                        bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
                     if self.pinned:
                         torch.cuda.synchronize(self.dev)
                     merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
@@ -383,7 +385,5 @@ def _remove_leftovers(out: Path) -> None:
 
 
 def _progress(total: int, initial: int, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, unit="ex", desc="ingest", file=sys.stderr, disable=quiet,
                 dynamic_ncols=True, mininterval=0.5)

@@ -34,15 +34,17 @@ from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
 from actstore.query.chunks import Chunk, ExampleArrays, stream
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
+from actstore.query.tables import ColumnType
+from actstore.store.reader import Store
 
-RAW_SCHEMA: dict[str, pl.DataType] = {
+RAW_SCHEMA: dict[str, ColumnType] = {
     "example_id": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "q_pos": pl.Int64, "k_pos": pl.Int64,
     "q_role": pl.String, "k_role": pl.String, "prob": pl.Float32}
 UNIT_COLUMNS = ("example_id", "q_pos", "q_role", "k_pos", "k_role")  # group columns that are not labels
 AGGREGATES = ("mean",)
 
 
-def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
+def attention(store: Store, layers: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
               query: Selector = None, key: Selector = None, aggregate: str | None = None,
               by: str | Sequence[str] | None = None,
               where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
@@ -70,7 +72,7 @@ def attention(store: Any, layers: int | Sequence[int] | None = None, heads: int 
     return groups.frame(Moments.merge(parts) if parts else None)
 
 
-def attention_frames(store: Any, layers: int | Sequence[int] | None = None,
+def attention_frames(store: Store, layers: int | Sequence[int] | None = None,
                      heads: int | Sequence[int] | None = None, query: Selector = None, key: Selector = None,
                      where: pl.Expr | Mapping[str, Any] | None = None) -> Iterator[pl.DataFrame]:
     """The raw rows of `attention(...)` one chunk at a time (bounded memory: for writing a table
@@ -86,7 +88,7 @@ def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[
             yield frame
 
 
-def _check(store: Any, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
+def _check(store: Store, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
            aggregate: str | None, by: str | Sequence[str] | None) -> tuple[list[int], list[int], list[str], list[str]]:
     """Validated layers, heads, by columns and the pattern hooks to read (one-line errors)."""
     layers_ = _indices(layers, store.arch.n_layers, "layers")
@@ -138,9 +140,10 @@ class _Grouping:
 
     def frame(self, moments: Moments | None) -> pl.DataFrame:
         """group columns, mean, std, n, entropy: one row per group, sorted by the group columns."""
-        stats = {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64, "entropy": pl.Float64}
+        stats: dict[str, ColumnType] = {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64, "entropy": pl.Float64}
         if moments is None:
-            return pl.DataFrame(schema={c: self.values[c].dtype for c in self.columns} | stats)
+            columns: dict[str, ColumnType] = {c: self.values[c].dtype for c in self.columns}
+            return pl.DataFrame(schema=columns | stats)
         cols = {c: self.values[c].gather(code).alias(c) for c, code in zip(self.columns,
                                                                            self.keys.decode(moments.keys))}
         std = pl.Series("std", moments.std()).fill_nan(None)
@@ -151,7 +154,7 @@ class _Grouping:
 class _Plan:
     """What a query reads: examples kept, query and key masks over positions, roles; per chunk."""
 
-    def __init__(self, store: Any, query: Selector, key: Selector, where: pl.Expr | Mapping[str, Any] | None):
+    def __init__(self, store: Store, query: Selector, key: Selector, where: pl.Expr | Mapping[str, Any] | None):
         self.store = store
         ex = store.examples
         self.arrays = ExampleArrays.from_examples(ex, store.n_answers)

@@ -78,7 +78,7 @@ def unit_masses(rows: np.ndarray, pairs: np.ndarray, key_group: str, key_roles: 
     """
     p = np.asarray(rows, dtype=np.float64) * pairs[:, None]  # [row, head, key]
     if key_group == "all":
-        return p.sum(axis=-1, keepdims=True), pairs.any(axis=-1, keepdims=True)
+        return p.sum(axis=-1, keepdims=True), np.asarray(pairs.any(axis=-1, keepdims=True))
     if key_group == "pos":
         return p, pairs.copy()
     if key_group != "role" or key_roles is None:
@@ -88,7 +88,7 @@ def unit_masses(rows: np.ndarray, pairs: np.ndarray, key_group: str, key_roles: 
     np.put_along_axis(onehot, group[..., None], 1.0, axis=-1)  # [row, key, group]
     onehot *= pairs[..., None]
     mass = np.matmul(p, onehot)  # [row, head, group]
-    exists = onehot.any(axis=1)
+    exists = np.asarray(onehot.any(axis=1))
     return mass, exists
 
 

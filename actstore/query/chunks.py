@@ -25,6 +25,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.query.progress import tracked
+from actstore.store.reader import Store
 
 
 @dataclass
@@ -159,7 +160,7 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def check_hooks(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str], what: str) -> None:
+def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str], what: str) -> None:
     """Raise a one-line error naming the first hook `what` needs that the store lacks (or lacks at all positions)."""
     stored = set(store.hooks)
     for name in [*answer_hooks, *full_hooks]:
@@ -172,7 +173,7 @@ def check_hooks(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[st
                                         f"the answer positions only; re-ingest with --hooks {name}:all")
 
 
-def stream(store: Any, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
+def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
            examples: ExampleArrays | None = None, workers: int = 2, answer_dtype: Any = None,
            ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks") -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).

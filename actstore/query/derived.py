@@ -27,8 +27,13 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import ActstoreError, InvalidParameterError, QueryError
+from actstore.query.attention import attention, attention_frames
+from actstore.query.dla import dla
+from actstore.query.logit_lens import logit_lens
+from actstore.query.neurons import neuron_frames, neurons
 from actstore.query.tables import write_parquet_frames
 from actstore.store.cache import read_checked, record_path, write_checked
+from actstore.store.reader import Store
 
 VERSION = 1  # bump when a derived table's contents change for the same parameters
 TABLES = ("dla", "logit_lens", "attention", "neurons")
@@ -38,37 +43,34 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "attention": {},
     "neurons": {"direction": "answer"},
 }
+QUERIES: dict[str, Callable[..., pl.DataFrame]] = {"dla": dla, "logit_lens": logit_lens, "attention": attention,
+                                                   "neurons": neurons}
 
 
-def compute(store: Any, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
+def compute(store: Store, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
     """Run the query behind a derived table."""
-    from actstore import query
-
     if table == "neurons" and "layer" not in params:
-        frames = [query.neurons(store, layer=layer, **params) for layer in _neuron_layers(store)]
+        frames = [neurons(store, layer=layer, **params) for layer in _neuron_layers(store)]
         return pl.concat(frames, how="vertical_relaxed")
-    fn: Callable[..., pl.DataFrame] = getattr(query, table)  # every name in TABLES is a query function
-    return fn(store, **params)
+    return QUERIES[table](store, **params)
 
 
-def _neuron_layers(store: Any) -> list[int]:
+def _neuron_layers(store: Store) -> list[int]:
     """Every MLP layer of the store's model: what the neurons view spans when no layer is given."""
     if not store.arch.has_mlp:
         raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
     return list(store.arch.layers)
 
 
-def stream(store: Any, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:
+def stream(store: Store, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:
     """The table's rows chunk by chunk, for the raw tables that can be far bigger than memory
     (attention rows, neuron rows); None for tables computed whole (dla, logit_lens, aggregates)."""
-    from actstore import query
-
     if table == "attention" and not params.get("aggregate") and not params.get("by"):
-        return query.attention_frames(store, **params)
+        return attention_frames(store, **params)
     if table == "neurons" and params.get("top_k") is None:
         rest = {k: v for k, v in params.items() if k != "top_k"}
         layers = [rest.pop("layer")] if "layer" in rest else _neuron_layers(store)
-        return (f for layer in layers for f in query.neuron_frames(store, layer=layer, **rest))
+        return (f for layer in layers for f in neuron_frames(store, layer=layer, **rest))
     return None
 
 
@@ -78,17 +80,17 @@ def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**DEFAULTS[table], **(given or {})}
 
 
-def cache_path(store: Any, table: str, params: Mapping[str, Any]) -> Path:
+def cache_path(store: Store, table: str, params: Mapping[str, Any]) -> Path:
     """Where the derived table for these parameters lives (whether or not it exists yet)."""
     return store.derived_dir / f"{_stem(table, params)}-n={store.n_examples}-{store_hash(store)}.parquet"
 
 
-def store_hash(store: Any) -> str:
+def store_hash(store: Store) -> str:
     ident = json.dumps({"manifest": store.manifest.identity(), "version": VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def materialise(store: Any, table: str, params: Mapping[str, Any] | None = None) -> bytes | pl.DataFrame:
+def materialise(store: Store, table: str, params: Mapping[str, Any] | None = None) -> bytes | pl.DataFrame:
     """The checked Parquet bytes of a derived table, computing and caching it if the cache holds
     no file its digest record vouches for.
 
@@ -130,7 +132,7 @@ def _remove_older_keys(path: Path, stem: str) -> None:
                     pass
 
 
-def cached(store: Any, table: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
+def cached(store: Store, table: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """The derived table as a DataFrame (from the checked cache when present)."""
     got = materialise(store, table, params)
     return got if isinstance(got, pl.DataFrame) else pl.read_parquet(io.BytesIO(got))

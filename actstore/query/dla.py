@@ -13,7 +13,6 @@ b_U difference); see attribution.py for the component names.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,12 +21,13 @@ from actstore.errors import InvalidParameterError
 from actstore.query.attribution import COMPUTE, Component, check_by, direct_attribution, required_hooks
 from actstore.query.chunks import ExampleArrays, check_hooks, stream
 from actstore.query.readout import Readout, Target, Weights
-from actstore.query.tables import empty_frame, item_frame, long_frame
+from actstore.query.tables import ColumnType, empty_frame, item_frame, long_frame
+from actstore.store.reader import Store
 
-ITEM_SCHEMA: dict[str, pl.DataType] = {"component": pl.String, "layer": pl.Int64, "head": pl.Int64}
+ITEM_SCHEMA: dict[str, ColumnType] = {"component": pl.String, "layer": pl.Int64, "head": pl.Int64}
 
 
-def dla(store: Any, by: str = "head", target: str = "correct") -> pl.DataFrame:
+def dla(store: Store, by: str = "head", target: str = "correct") -> pl.DataFrame:
     """Direct logit attribution by `by` ('layer' | 'head' | 'neuron' | 'path') toward `target`
     ('correct': the answer's logit; 'diff': correct minus counterfactual), one row per
     (example, answer, component), float64."""

@@ -13,7 +13,6 @@ what the model would read if the stream stopped there.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,6 +24,7 @@ from actstore.query.dla import answer_token_ids
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import empty_frame, item_frame, long_frame
 from actstore.store.arch import Arch
+from actstore.store.reader import Store
 
 LN_MODES = ("cached", "recompute")
 
@@ -93,7 +93,7 @@ def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -
     return values
 
 
-def logit_lens(store: Any, target: str = "correct", ln: str = "cached") -> pl.DataFrame:
+def logit_lens(store: Store, target: str = "correct", ln: str = "cached") -> pl.DataFrame:
     """Accumulated residual read on the answer direction after each stage, one row per
     (example, answer, stage): example_id, answer_idx, answer_pos, target, layer, stage, value."""
     if target not in Target.KINDS:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-SCHEMA: dict[str, pl.DataType] = {"example_id": pl.Int64, "pos": pl.Int64, "layer": pl.Int64, "neuron": pl.Int64,
+from actstore.query.tables import ColumnType
+
+SCHEMA: dict[str, ColumnType] = {"example_id": pl.Int64, "pos": pl.Int64, "layer": pl.Int64, "neuron": pl.Int64,
                                   "activation": pl.Float32, "projection": pl.Float64}
 
 
@@ -54,7 +56,7 @@ class TopK:
         d_mlp = rows.activation.shape[1]
         ids = np.broadcast_to(rows.example_id[:, None], (rows.example_id.size, d_mlp))
         pos = np.broadcast_to(rows.pos[:, None], ids.shape)
-        cand = (ids, pos, rows.activation, rows.projection)
+        cand: tuple[np.ndarray, ...] = (ids, pos, rows.activation, rows.projection)
         if self.best is not None:  # earlier rows first: a stable sort keeps them ahead on ties
             cand = tuple(np.concatenate([old, new]) for old, new in zip(
                 (self.best.example_id, self.best.pos, self.best.activation, self.best.projection), cand))

@@ -23,9 +23,11 @@ from actstore.errors import InvalidParameterError
 from actstore.query.directions import DirectionSpec
 from actstore.query.neurons import NeuronPlan
 from actstore.query.selectors import Selector, check_labels
+from actstore.query.tables import ColumnType
+from actstore.store.reader import Store
 
 VALUES = ("activation", "projection")
-CORRELATION_SCHEMA: dict[str, pl.DataType] = {"layer": pl.Int64, "neuron": pl.Int64, "r": pl.Float64, "n": pl.Int64}
+CORRELATION_SCHEMA: dict[str, ColumnType] = {"layer": pl.Int64, "neuron": pl.Int64, "r": pl.Float64, "n": pl.Int64}
 
 
 class Comoments:
@@ -66,7 +68,7 @@ class Comoments:
             return np.where(denom > 0, self.cxy / np.where(denom > 0, denom, 1.0), np.nan)
 
 
-def neuron_correlation(store: Any, layer: int, label: str, value: str = "activation",
+def neuron_correlation(store: Store, layer: int, label: str, value: str = "activation",
                        direction: DirectionSpec = "answer", through_head: Any = None, pos: Selector = None, *,
                        answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
                        where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:

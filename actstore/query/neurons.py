@@ -40,11 +40,12 @@ from actstore.query.neuron_rows import SCHEMA, NeuronRows, TopK
 from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
 from actstore.store.arch import Arch
+from actstore.store.reader import Store
 
 RANK_BY = ("projection", "activation", "-projection", "-activation")
 
 
-def neurons(store: Any, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
+def neurons(store: Store, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
             pos: Selector = None, top_k: int | None = None, *, answer: int = 0, final_ln: bool | None = None,
             attention_weighted: bool = False, rank_by: str = "projection",
             where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
@@ -64,7 +65,7 @@ def neurons(store: Any, layer: int, direction: DirectionSpec = "answer", through
     return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=SCHEMA)
 
 
-def neuron_frames(store: Any, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
+def neuron_frames(store: Store, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
                   pos: Selector = None, **options: Any) -> Iterator[pl.DataFrame]:
     """The rows of `neurons(...)` (without top_k) one chunk at a time, for tables too big to hold;
     options: answer, final_ln, attention_weighted, where."""
@@ -85,7 +86,7 @@ def projections(post: np.ndarray, readout: np.ndarray, scale: np.ndarray) -> np.
 class NeuronPlan:
     """Everything a neuron query reads, resolved once; `stream()` yields a NeuronRows per chunk."""
 
-    def __init__(self, store: Any, layer: int, direction: Direction, head: tuple[int, int] | None,
+    def __init__(self, store: Store, layer: int, direction: Direction, head: tuple[int, int] | None,
                  pos: Selector, answer: int, attention_weighted: bool, keep: np.ndarray | None) -> None:
         self.store, self.layer, self.direction, self.head = store, layer, direction, head
         self.pos, self.answer, self.attention_weighted, self.keep = pos, answer, attention_weighted, keep
@@ -101,7 +102,7 @@ class NeuronPlan:
         self.readout, self.target_of = self._readout(n, a)
 
     @classmethod
-    def build(cls, store: Any, layer: int, direction: DirectionSpec, through_head: Any, pos: Selector, *,
+    def build(cls, store: Store, layer: int, direction: DirectionSpec, through_head: Any, pos: Selector, *,
               answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
               where: pl.Expr | Mapping[str, Any] | None = None) -> "NeuronPlan":
         """Validate the parameters against the store (one-line errors) and resolve them."""

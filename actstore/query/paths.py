@@ -15,7 +15,6 @@ pattern sum to one). The terms of a head sum exactly to its direct attribution.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 
@@ -58,10 +57,9 @@ def _read_in(weights: Weights, readout: Readout, layer: int) -> np.ndarray:
     return readout.table(("path_read_in", layer), make)
 
 
-def _through(weights: Weights, readout: Readout, layer: int, name: str,
-             make_from_d: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """A per-token table made from the read-in directions d of `layer` (cached on the readout)."""
-    return readout.table(("path", layer, name), lambda: make_from_d(_read_in(weights, readout, layer)))
+def _through(weights: Weights, readout: Readout, layer: int, name: str, spec: str, w: np.ndarray) -> np.ndarray:
+    """A per-token table np.einsum(spec, d, w) of the read-in directions d of `layer` (cached on the readout)."""
+    return readout.table(("path", layer, name), lambda: np.einsum(spec, _read_in(weights, readout, layer), w))
 
 
 def key_weights(weights: Weights, chunk: Chunk, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +98,8 @@ def path_attribution(weights: Weights, readout: Readout, chunk: Chunk, target: T
     attn_sum = attn.sum(-1).transpose(0, 2, 1)  # [e, a, head]: sum_k pattern / scale1
     for earlier in range(layer):
         w_o = weights.f64(Arch.attn_weight(earlier, "W_O"))  # [head', d_head, d_model]
-        fold = target.take(_through(weights, readout, layer, f"L{earlier}",
-                                    lambda dd: np.einsum("thm,gdm->thgd", dd, w_o)))  # [e, a, head, head', d_head]
+        fold = target.take(_through(weights, readout, layer, f"L{earlier}", "thm,gdm->thgd", w_o))
+        # fold: [e, a, head, head', d_head]
         z = chunk.full[Arch.z(earlier)][:, :width].astype(np.float64)  # [e, key, head', d_head]
         zbar = np.einsum("ehak,ekgd->eahgd", attn, z)
         terms.extend(np.moveaxis(np.einsum("eahgd,eahgd->eahg", zbar, fold), -1, 0))
@@ -109,8 +107,8 @@ def path_attribution(weights: Weights, readout: Readout, chunk: Chunk, target: T
         terms.append(attn_sum * _bias_through(weights, readout, target, layer, f"b_O{earlier}", b_o))
         if weights.arch.has_mlp:
             w_out = weights.f64(Arch.mlp_weight(earlier, "W_out"))  # [d_mlp, d_model]
-            fold = target.take(_through(weights, readout, layer, f"mlp{earlier}",
-                                        lambda dd: np.einsum("thm,nm->thn", dd, w_out)))  # [e, a, head, d_mlp]
+            fold = target.take(_through(weights, readout, layer, f"mlp{earlier}", "thm,nm->thn", w_out))
+            # fold: [e, a, head, d_mlp]
             post = chunk.full[Arch.mlp_post(earlier)][:, :width].astype(np.float64)  # [e, key, d_mlp]
             pbar = np.einsum("ehak,ekn->eahn", attn, post)
             b_out = weights.maybe(Arch.mlp_weight(earlier, "b_out"))
@@ -128,4 +126,4 @@ def _bias_through(weights: Weights, readout: Readout, target: Target, layer: int
     """[e, a, head]: a constant residual vector `bias` read through each head's d (0 if absent)."""
     if bias is None:
         return np.zeros(target.correct.shape + (weights.arch.n_heads,))
-    return target.take(_through(weights, readout, layer, name, lambda dd: dd @ bias))
+    return target.take(_through(weights, readout, layer, name, "thm,m->th", bias))

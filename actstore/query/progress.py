@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import IO, Any
 
+from tqdm.auto import tqdm
+
 _reporter: ContextVar[Callable[[str, int], Any] | None] = ContextVar("actstore_query_progress", default=None)
 
 
 @contextmanager
 def progress(file: IO[str] | None = None, leave: bool = False) -> Iterator[None]:
     """Within this block, every streamed query draws a bar of its chunks on `file` (stderr)."""
-    from tqdm.auto import tqdm
 
     def make(what: str, total: int) -> Any:
         return tqdm(total=total, desc=what, unit="chunk", file=file or sys.stderr, leave=leave,

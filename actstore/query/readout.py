@@ -24,6 +24,7 @@ import numpy as np
 
 from actstore.errors import InvalidParameterError
 from actstore.store.arch import Arch
+from actstore.store.reader import Store
 
 STORE_WEIGHTS_KEPT = 2  # stores whose weights stay in memory between queries
 
@@ -52,7 +53,7 @@ class Weights:
         self.readouts: OrderedDict[bytes, Readout] = OrderedDict()  # see Readout.of
 
     @classmethod
-    def from_store(cls, store: Any) -> "Weights":
+    def from_store(cls, store: Store) -> "Weights":
         """The weights of a store, shared by the queries of this process (see `_STORE_WEIGHTS`).
 
         Reading GPT-2 small's W_E and W_U alone decompresses 300 MB, as much as a per-head DLA

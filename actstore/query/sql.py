@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from actstore.errors import QueryError
 from actstore.query import derived
 from actstore.store.layout import META_TABLES
+from actstore.store.reader import Store
 
 VIEWS = (*META_TABLES, *derived.TABLES)
 
@@ -174,7 +175,7 @@ def _table_functions(node: Any) -> Iterator[str]:
             stack.extend(item)
 
 
-def sources(store: Any, query: str = "",
+def sources(store: Store, query: str = "",
             params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The store's views as objects DuckDB scans without opening a file itself: checked meta parts
     as pyarrow datasets, derived tables (only those `query` names) over their checked bytes."""
@@ -202,7 +203,7 @@ def sandbox(views: Mapping[str, Any], con: duckdb.DuckDBPyConnection | None = No
     return con
 
 
-def connect(store: Any, query: str = "",
+def connect(store: Store, query: str = "",
             params: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
     """A locked in-memory DuckDB connection with the store's views (derived ones only if `query`
     names them); `query`, if given, is checked first, so a refused one computes nothing."""
@@ -212,7 +213,7 @@ def connect(store: Any, query: str = "",
     return sandbox(sources(store, query, params), con)
 
 
-def sql(store: Any, query: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> QueryResult:
+def sql(store: Store, query: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> QueryResult:
     """Run `query` against the store's views; `.pl()` / `.arrow()` / `.df()` on the result."""
     if not isinstance(query, str) or not query.strip():
         raise QueryError("empty SQL query; try: SELECT * FROM examples LIMIT 5")
@@ -233,7 +234,7 @@ def sql(store: Any, query: str, params: Mapping[str, Mapping[str, Any]] | None =
 
 
 def _open() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(":memory:", config=dict(_CONFIG))
+    return duckdb.connect(":memory:", config=dict(_CONFIG))  # type: ignore[arg-type]  # values are str/bool
 
 
 def _parquet_dataset(paths: list[Path]) -> ds.Dataset:

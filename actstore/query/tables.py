@@ -13,10 +13,11 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-ANSWER_KEYS: dict[str, pl.DataType] = {"example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64}
+ColumnType = pl.DataType | type[pl.DataType]  # pl.Int64 or pl.Int64(): what a schema takes
+ANSWER_KEYS: dict[str, ColumnType] = {"example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64}
 
 
-def item_frame(columns: Mapping[str, Sequence[object]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+def item_frame(columns: Mapping[str, Sequence[object]], schema: Mapping[str, ColumnType]) -> pl.DataFrame:
     """The per-item columns (e.g. component, layer, head), one row per item, typed by `schema`."""
     return pl.DataFrame({k: list(v) for k, v in columns.items()}, schema=dict(schema))
 
@@ -42,7 +43,7 @@ def long_frame(example_id: np.ndarray, answer_pos: np.ndarray, items: pl.DataFra
                      how="horizontal")
 
 
-def empty_frame(items: pl.DataFrame, constants: Mapping[str, pl.DataType], value_name: str = "value") -> pl.DataFrame:
+def empty_frame(items: pl.DataFrame, constants: Mapping[str, ColumnType], value_name: str = "value") -> pl.DataFrame:
     """A typed empty table with the same columns as `long_frame` would give."""
     schema = dict(ANSWER_KEYS) | dict(constants) | dict(items.schema) | {value_name: pl.Float64}
     return pl.DataFrame(schema=schema)

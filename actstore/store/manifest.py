@@ -114,7 +114,8 @@ class Manifest:
                 f"{FORMAT_VERSION}); re-ingest with this version"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in d and n not in ("decomposition", "package_version", "weights_sha256"))
+        optional = ("decomposition", "package_version", "weights_sha256")
+        missing = sorted(n for n in names if n not in d and n not in optional)
         if missing:
             raise StoreFormatError(f"manifest lacks field(s) {', '.join(missing)}")
         try:

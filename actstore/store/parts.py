@@ -60,7 +60,7 @@ def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
 
 
 # the columns every store has, for tables with no committed rows and no part to copy a schema from
-BASE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+BASE_SCHEMAS: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {
     "examples": {"example_id": pl.Int64, "split": pl.String, "text": pl.String, "tokens": pl.List(pl.Int64),
                  "length": pl.Int64, "answer_positions": pl.List(pl.Int64), "answer_tokens": pl.List(pl.Int64),
                  "counter_tokens": pl.List(pl.Int64)},

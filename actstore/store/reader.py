@@ -132,7 +132,7 @@ class Store:
     def _array(self, name: str) -> zarr.Array:
         arr = self._arrays.get(name)
         if arr is None:  # opened once: each open reads the array's zarr.json
-            arr = self._arrays[name] = self._acts_group[name]
+            arr = self._arrays[name] = _as_array(self._acts_group[name], f"acts/{name}", self.path)
         return arr
 
     @cached_property
@@ -160,7 +160,7 @@ class Store:
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise InvalidParameterError(f"no weight {name!r} in store {self.path}{hint}")
         try:
-            return np.asarray(self._params_group[name][...])
+            return np.asarray(_as_array(self._params_group[name], f"params/{name}", self.path)[...])
         except ValueError as e:  # zarr's crc32c mismatch
             raise StoreCorruptError(f"{self.path}: weight params/{name}: {e}; run `actstore verify`") from None
 
@@ -211,6 +211,13 @@ class Store:
         from actstore.query.sql import sql  # noqa: PLC0415 (the query layer is imported on use)
 
         return sql(self, query, params)
+
+
+def _as_array(node: zarr.Array | zarr.Group, rel: str, root: Path) -> zarr.Array:
+    if not isinstance(node, zarr.Array):
+        raise StoreCorruptError(f"store {str(root)!r} is corrupt: {rel} is a group, not an array; "
+                                f"run `actstore verify {root}`")
+    return node
 
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:

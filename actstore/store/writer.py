@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import zarr
 from zarr.codecs import BytesCodec
+from zarr.core.array_spec import ArrayConfigParams
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
@@ -37,7 +38,7 @@ from actstore.store.parts import write_part
 # ('arrays', 'meta' or 'commit') is written; used by the crash/resume tests only.
 KILL_ENV = "ACTSTORE_TEST_KILL"
 
-_WRITE_CONFIG = {"write_empty_chunks": True}  # every chunk has a file, even an all-zero one
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}  # every chunk has a file, even an all-zero one
 
 
 def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
@@ -86,7 +87,7 @@ class ChunkWriter:
         self.root = Path(path)
         self.manifest = manifest
         group = zarr.open_group(LocalStore(self.root / ACTS), mode="r+", zarr_format=3)
-        self.arrays = {h.name: group[h.name].with_config(_WRITE_CONFIG) for h in manifest.hooks}
+        self.arrays = {h.name: _array(group, h.name).with_config(_WRITE_CONFIG) for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
         self.store_sha256 = file_digest(self.root / COMMITS / STORE_RECORD)[1]
         self._crc32c_tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
@@ -160,6 +161,13 @@ class ChunkWriter:
     def _maybe_die(self, k: int, phase: str) -> None:
         if self._kill == (k, phase):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreCorruptError(f"acts/{name} of store {group.store} is a group, not an array; run `actstore verify`")
+    return node
 
 
 def _parse_kill(value: str | None) -> tuple[int, str] | None:
