@@ -125,7 +125,8 @@ def run_on_fs(steps: Sequence[Sequence[str] | Remount], size_kb: int = 64 * 1024
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * max(1, len(steps)) + 60)
         if done.returncode != 0:
             raise RuntimeError(f"fsfaults driver failed ({done.returncode}): {done.stderr[-2000:]}")
-        return [FsRun(r["args"], r["returncode"], r["stdout"], r["stderr"], r["files"]) for r in json.loads(done.stdout)]
+        results = json.loads(done.stdout)
+        return [FsRun(r["args"], r["returncode"], r["stdout"], r["stderr"], r["files"]) for r in results]
 
 
 def _step(step: Sequence[str] | Remount, mount: str) -> dict[str, object]:

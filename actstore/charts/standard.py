@@ -124,7 +124,8 @@ def _heads_for(store: Any, heads: list[tuple[int, int]] | None, layer: int | Non
         raise InvalidParameterError("give --heads or --layer, not both")
     if layer is not None:
         if not 0 <= layer < n_layers:
-            raise InvalidParameterError(f"layer {layer} is not in this {n_layers}-layer model (layers 0..{n_layers - 1})")
+            raise InvalidParameterError(
+                f"layer {layer} is not in this {n_layers}-layer model (layers 0..{n_layers - 1})")
         return [(layer, h) for h in range(n_heads)]
     if heads:
         for lay, head in heads:
@@ -325,4 +326,5 @@ def make_chart(store: Any, kind: str, **options: Any) -> alt.TopLevelMixin:
     return KINDS[kind].build(store, **given)
 
 
-__all__ = ["KINDS", "Kind", "kind_options", "make_chart", "default_split", "default_target", "default_query_role", "top_heads"]
+__all__ = ["KINDS", "Kind", "kind_options", "make_chart", "default_split", "default_target", "default_query_role",
+           "top_heads"]

@@ -64,8 +64,9 @@ def tolerate_undecodable_paths() -> None:
     """Let the real stdout and stderr print paths that are not UTF-8 (they arrive as surrogate
     escapes): stdout writes their original bytes back, stderr shows them backslash-escaped."""
     for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
-        if stream in (sys.__stdout__, sys.__stderr__) and hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors=errors)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if stream in (sys.__stdout__, sys.__stderr__) and reconfigure is not None:
+            reconfigure(errors=errors)
 
 
 def _int(text: str) -> int:

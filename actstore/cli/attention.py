@@ -119,8 +119,8 @@ def run_attention(args: argparse.Namespace) -> int:
     by = name_list(args.by, "--by")
     layers, heads = int_list(args.layers, "--layers"), int_list(args.heads, "--heads")
     store = open_store(args.store)
-    common = dict(layers=layers, heads=heads, query=parse_selector(args.query), key=parse_selector(args.key),
-                  where=parse_where(args.where, store))
+    common: dict[str, Any] = dict(layers=layers, heads=heads, query=parse_selector(args.query),
+                                  key=parse_selector(args.key), where=parse_where(args.where, store))
     if args.aggregate is None and not by:  # raw rows: streamed, the table may not fit in memory
         write_frames(attention_frames(store, **common), pl.DataFrame(schema=RAW_SCHEMA), args)
     else:

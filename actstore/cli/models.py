@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output directory (default zoo-runs/NAME-seedS-stepsN); existing weights are not replaced")
     p.add_argument("--install", action="store_true",
                    help="also replace the shipped zoo weights, if every accuracy target is met")
-    p.add_argument("--eval-n", type=positive_int, default=4000, help="fresh examples per accuracy target (default 4000)")
+    p.add_argument("--eval-n", type=positive_int, default=4000,
+                   help="fresh examples per accuracy target (default 4000)")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="torch threads, at most the machine's CPUs (default: the zoo's setting, 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -69,7 +69,8 @@ def resolve_device(device: str | torch.device) -> str:
     kind, _, index = text.partition(":")
     if text == "cpu" or (kind == "cuda" and (not index or index.isdigit())):
         if kind == "cuda" and not torch.cuda.is_available():
-            raise InvalidParameterError(f"device {text} requested but this machine has no CUDA device; use --device cpu")
+            raise InvalidParameterError(f"device {text} requested but this machine has no CUDA device; "
+                                        "use --device cpu")
         if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
             raise InvalidParameterError(f"device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return text
