@@ -12,6 +12,8 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 from actstore import __version__
 from actstore.cli.args import OneLineParser, tolerate_undecodable_paths
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        with _query_progress():
+        with _query_progress(), _warnings_as_lines(args.command):
             return int(args.handler(args) or 0)
     except BrokenPipeError:  # e.g. `actstore sql ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -83,6 +85,20 @@ def _fail(command: str, message: str) -> int:
     text = "; ".join(line.strip() for line in message.splitlines() if line.strip())
     print(f"actstore {command}: error: {text}", file=sys.stderr)
     return 2
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Library warnings (a store whose ingest has not finished, ...) as one `warning:` line each on stderr."""
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        print(f"actstore {command}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.showwarning = show
+        yield
 
 
 def _query_progress() -> contextlib.AbstractContextManager[None]:

@@ -91,6 +91,8 @@ def run_breakdown(args: argparse.Namespace) -> int:
             raise InvalidParameterError(f"--input {str(path)!r} is not a readable Parquet file ({e})") from None
     else:
         table = derived.cached(store, table_name, derived_params(args).get(table_name))
+    if args.value is not None and not args.value.strip():
+        raise InvalidParameterError("--value is empty; name a numeric column of the table (default: value)")
     value = args.value or ("projection" if table_name == "neurons" and "value" not in table.columns else "value")
     write_table(breakdown(table, by=args.by, examples=store.examples, value=value), args)
     return 0

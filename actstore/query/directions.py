@@ -71,7 +71,7 @@ def parse_direction(spec: DirectionSpec, d_model: int, final_ln: bool | None = N
                                         f".npy file")
         try:
             vector = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
             raise InvalidParameterError(f"direction file {str(path)!r} is not a readable .npy array: {e}") from None
         where = f"direction file {str(path)!r}"
     elif isinstance(spec, np.ndarray) or hasattr(spec, "__array__"):

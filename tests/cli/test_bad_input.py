@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,7 @@ ROWS = [
     row("report", "{missing_weights}", "-o", "{out}/r.html", says="is corrupt"),
     row("report", "{add}", "-o", "{fs}/r.html", says="No space left on device", fs=64, marks=slow),
     row("report", "{add}", "-o", "{fs}/r.html", says="Read-only file system", fs="ro", marks=slow),
+    row("breakdown", "{add}", "--by", "carry_2", "--value", "", says="--value is empty"),
     # no such command
     row("nosuch", says="invalid choice: 'nosuch'"),
 ]
@@ -301,3 +303,18 @@ def test_derived_cache_on_a_full_disk_is_skipped_not_half_written(stores, tmp_pa
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("\n") == 4
     assert not [f for f in run.files if f.startswith("store/derived/")], sorted(run.files)
+
+
+def test_a_query_on_an_unfinished_store_warns_in_one_line(tmp_path, stores):
+    store = tmp_path / "partial"
+    shutil.copytree(stores["add"], store)
+    (store / "_commits/complete.json").unlink()
+    last = max((store / "_commits").glob("0*.json"))
+    last.unlink()  # as an ingest interrupted before its last commit
+    proc = subprocess.run([sys.executable, "-m", "actstore.cli", "dla", str(store), "--by", "layer", "--mean"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("actstore dla: warning: store ") and "chunks committed" in lines[0]
+    verify = subprocess.run([sys.executable, "-m", "actstore.cli", "verify", str(store)], capture_output=True, text=True)
+    assert verify.returncode == 1 and "INCOMPLETE:" in verify.stderr
