@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("correct", "diff"), help="DLA / logit lens target (default: diff where the "
                    "task has counterfactual tokens, else correct)")
     p.add_argument("--by", help="example label to split by (dla-split, attention-roles, logit-lens, accuracy)")
-    p.add_argument("--heads", type=_heads, help="heads to draw, e.g. 1.0,1.2 (default: all, or the 12 with largest DLA)")
+    p.add_argument("--heads", type=_heads,
+                   help="heads to draw, e.g. 1.0,1.2 (default: all, or the 12 with largest DLA)")
     p.add_argument("--layer", type=int, help="layer (neurons, circuits; attention, attention-roles: its heads)")
     p.add_argument("--head", type=int, help="head (circuits)")
     p.add_argument("--query-role", help="query token role (attention-roles; default END for IOI, else the role at the "

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.set_defaults(handler=run_dla)
 
-    p = sub.add_parser("logit-lens", help="accumulated residual after each stage, read on the answer direction")
+    p = sub.add_parser("logit-lens", help="accumulated residual after each stage, read on the answer direction",
+                       description="Accumulated residual per stage on the answer direction; values leave out b_U.")
     p.add_argument("store", help="store directory")
     p.add_argument("--target", choices=("correct", "diff"), default="correct")
     p.add_argument("--ln", choices=("cached", "recompute"), default="cached",
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="virtual-ov: the second (later) head")
     p.add_argument("--over", choices=("tokens", "positions"), default=None,
                    help="qk: over tokens (default) or positions")
-    p.add_argument("--mode", choices=("Q", "K", "V"), default=None, help="composition: Q-, K- (default) or V-composition")
+    p.add_argument("--mode", choices=("Q", "K", "V"), default=None,
+                   help="composition: Q-, K- (default) or V-composition")
     p.add_argument("--tokens", default=None, metavar="IDS",
                    help="comma-separated token ids (or positions) to restrict rows and columns to")
     add_output_options(p)

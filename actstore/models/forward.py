@@ -38,9 +38,9 @@ class Batch:
     counter_tokens: torch.Tensor | None = None
 
     def to(self, device: str | torch.device) -> "Batch":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch(move(self.tokens), move(self.lengths), move(self.answer_pos), move(self.answer_tokens),
-                     move(self.counter_tokens))
+        return Batch(self.tokens.to(device), self.lengths.to(device), self.answer_pos.to(device),
+                     self.answer_tokens.to(device),
+                     None if self.counter_tokens is None else self.counter_tokens.to(device))
 
 
 def as_batch(data: TaskData) -> Batch:

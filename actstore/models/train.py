@@ -106,7 +106,8 @@ def train(name: str, steps: int | None = None, seed: int | None = None, out: str
     Every argument is checked before training starts; a run that fails leaves no files behind.
     """
     spec = zoo_spec(name)
-    settings = replace(spec.train, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+    settings = replace(spec.train, steps=spec.train.steps if steps is None else steps,
+                       seed=spec.train.seed if seed is None else seed)
     used_threads = settings.threads if threads is None else threads
     check_run(settings, eval_n, used_threads)
     out = train_dir(name, settings, out, install)
