@@ -30,14 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"actstore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"actstore.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"actstore.cli.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(sub)
+    for name in COMMAND_MODULES:  # a missing module is an ImportError, never a command silently dropped
+        importlib.import_module(f"actstore.cli.{name}").register(sub)
     return parser
 
 

@@ -10,13 +10,14 @@ import pytest
 from safetensors.torch import load_file
 
 from actstore.cli import main
-from actstore.cli.models import ZOO_NAMES
 from actstore.models import zoo_names
 from actstore.models.train import train
 
 
-def test_cli_zoo_names_in_step():
-    assert list(ZOO_NAMES) == zoo_names()
+def test_train_of_an_unknown_name_lists_the_zoo(capsys):
+    assert main(["train", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and all(name in err for name in zoo_names()), err
 
 
 def test_eval_prints_accuracy_by_label(capsys):
