@@ -1,8 +1,11 @@
 """`build_report(store, path)`: the store's summary, accuracy by label and its task's standard charts.
 
-Each query runs once (DLA, attention, logit lens, neurons) and feeds several charts. A section
-whose query cannot run on this store (a hook it did not keep, an attention-only model for
-neurons) is kept with a one-line note saying why, so the page always shows what is missing.
+Every store gets the common sections (accuracy, DLA per head and per component, attention by
+token role, logit lens); its task's `ReportSpec` adds label splits, role attention and neuron
+scatters, each left out where the store lacks its label or role. Each query runs once (DLA,
+attention, logit lens, neurons) and feeds several charts. A section whose query cannot run on
+this store (a hook it did not keep, an attention-only model for neurons) is kept with a one-line
+note saying why, so the page always shows what is missing.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Any
 
 import polars as pl
 
-from actstore.charts import accuracy, attention, dla, logit_lens, neurons, standard
+from actstore import query
+from actstore.charts import accuracy, attention, defaults, dla, logit_lens, neurons, standard
 from actstore.charts.page import Section, check_report_path, write_report
-from actstore.errors import ActstoreError, StoreCorruptError
+from actstore.datasets.report_spec import LabelSplit, RoleAttention
+from actstore.errors import ActstoreError, InvalidParameterError, StoreCorruptError
+from actstore.store import Store
 
 
 def _hooks_summary(hooks: list[str]) -> str:
@@ -26,7 +32,7 @@ def _hooks_summary(hooks: list[str]) -> str:
     return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items())
 
 
-def store_summary(store: Any) -> dict[str, object]:
+def store_summary(store: Store) -> dict[str, object]:
     """Key facts of a store for the report header (model, task, examples, hooks, storage, checks)."""
     m = store.manifest
     cfg = store.config
@@ -61,7 +67,8 @@ def store_summary(store: Any) -> dict[str, object]:
     return summary
 
 
-def _section(title: str, caption: str, build: Callable[[], Any], table: Callable[[], pl.DataFrame] | None = None) -> Section:
+def _section(title: str, caption: str, build: Callable[[], Any],
+             table: Callable[[], pl.DataFrame] | None = None) -> Section:
     """A Section from `build()` (a chart); an ActstoreError becomes the section's note, except a
     corrupt store, which fails the whole report (a page of notes would pass for a report)."""
     try:
@@ -76,7 +83,9 @@ class _Once:
     """Runs a query the first time it is asked for and keeps the table (or the error) for later sections."""
 
     def __init__(self, fn: Callable[[], pl.DataFrame]) -> None:
-        self.fn, self.value, self.error = fn, None, None
+        self.fn = fn
+        self.value: pl.DataFrame | None = None
+        self.error: ActstoreError | None = None
 
     def __call__(self) -> pl.DataFrame:
         if self.error is not None:
@@ -90,94 +99,94 @@ class _Once:
         return self.value
 
 
-def report_sections(store: Any) -> list[Section]:
-    """The standard sections of the store's task (see the module docstring)."""
-    task = standard.task_of(store)
+class _Tables:
+    """The store's shared query tables, each run once: DLA per head, the heads to chart, token roles."""
+
+    def __init__(self, store: Store, target: str) -> None:
+        self.store = store
+        self.dla = _Once(lambda: query.dla(store, "head", target=target))
+        self.pattern = _Once(lambda: standard.attention_pattern_table(store, self.heads()))
+        self.roles = standard.token_roles(store)
+
+    def heads(self) -> list[tuple[int, int]]:
+        every = standard.all_heads(self.store)
+        return every if len(every) <= standard.TOP_HEADS else standard.top_heads(self.dla())
+
+
+def report_sections(store: Store) -> list[Section]:
+    """The common sections, then those its task's `ReportSpec` declares (see the module docstring)."""
+    spec = defaults.task_spec(store)
     examples = store.examples
-    target = standard.default_target(store)
+    target = defaults.default_target(store)
     target_text = "logit difference (correct - counterfactual)" if target == "diff" else "correct-token logit"
-    dla_table = _Once(lambda: standard.query_fn("dla")(store, by="head", target=target))
-
-    def heads() -> list[tuple[int, int]]:
-        every = standard.all_heads(store)
-        return every if len(every) <= standard.TOP_HEADS else standard.top_heads(dla_table())
-
-    attn_table = _Once(lambda: standard.attention_pattern_table(store, heads()))
-    roles = standard.token_roles(store)
+    t = _Tables(store, target)
     acc = _Once(lambda: accuracy.accuracy_table(store.outputs, examples))
 
     sections = [
         _section("Accuracy by label", "Fraction of answers whose correct token has the top logit, overall, "
                  "per answer position and per label value.", lambda: accuracy.accuracy_bars(acc()), table=acc),
         _section("Direct logit attribution per head", f"Mean direct contribution of each attention head to the "
-                 f"{target_text}, per answer position.", lambda: dla.dla_heatmap(dla_table())),
+                 f"{target_text}, per answer position.", lambda: dla.dla_heatmap(t.dla())),
         _section("Direct logit attribution per component", f"Embeddings, heads, MLPs and bias: mean contribution to "
-                 f"the {target_text} with 95% confidence intervals.", lambda: dla.component_bars(dla_table())),
+                 f"the {target_text} with 95% confidence intervals.", lambda: dla.component_bars(t.dla())),
     ]
-
-    if task == "addition":
-        split, title = standard.default_split(store)
-        sections.append(_section("Carry vs no carry", "Component attributions of each sum digit, split by whether "
-                                 "that digit receives a carry (the seed's carry analysis).",
-                                 lambda: dla.component_bars_by(dla_table(), examples, split, label_title=title)))
-        first_carry = next(iter(split.values())) if isinstance(split, dict) and split else None
-        role = _safe(lambda: standard.default_query_role(store))
-        if role and first_carry:
-            sections.append(_section(f"Attention from '{role}', carry vs no carry",
-                                     f"Attention mass from the first answer position to each token role, split by "
-                                     f"{first_carry}.", lambda: attention.attention_role_bars(
-                                         standard.attention_roles_table(store, heads(), role, by=first_carry),
-                                         query_role=role, by=first_carry, roles=roles)))
-    elif task == "brackets":
-        label = standard.first_label(examples, "failure", "failure_type")
-        if label:
-            sections.append(_section("Attribution by failure type", "Component attributions split by why a string is "
-                                     "unbalanced (or 'balanced').",
-                                     lambda: dla.component_bars_by(dla_table(), examples, label)))
-        x = _safe(lambda: standard.default_x(store))
-        if x:
-            n_layers = int(store.config["n_layers"])
-            for layer in range(n_layers):
-                table = _Once(lambda layer=layer: standard.query_fn("neurons")(store, layer=layer, direction="answer"))
-                sections.append(_section(f"MLP {layer} neurons vs {x}",
-                                         f"Output of layer {layer}'s neurons onto the answer direction, per example, "
-                                         f"against {x}, coloured by {label or 'example'}: the layer total and its most "
-                                         "variable neurons.",
-                                         lambda table=table: neurons.neuron_scatter(table(), examples, x=x, color=label,
-                                                                                   which="sum", direction="the answer direction")
-                                         & neurons.neuron_scatter(table(), examples, x=x, color=label, top_k=3,
-                                                                  direction="the answer direction")))
-    elif task == "ioi":
-        keys = standard.ioi_key_roles(store)
-        sections.append(_section("END -> IO / S attention", "Attention mass from the END token to the indirect object "
-                                 "and subject names, for the heads with the largest attribution.",
-                                 lambda: attention.attention_role_bars(
-                                     standard.attention_roles_table(store, heads(), "END", keys), query_role="END",
-                                     key_roles=keys, roles=roles)))
-        label = standard.first_label(examples, "abba", "order", "template")
-        if label:
-            sections.append(_section(f"Attribution by {label}", f"Component attributions split by {label}.",
-                                     lambda: dla.component_bars_by(dla_table(), examples, label)))
-
+    sections += [s for split in spec.splits if (s := _split_section(store, t, split))]
+    sections += [s for att in spec.attention if (s := _attention_section(store, t, att))]
+    if spec.neurons is not None:
+        sections += _neuron_sections(store)
+    top = " (heads with the largest attribution)." if len(standard.all_heads(store)) > standard.TOP_HEADS else "."
     sections.append(_section("Average attention by token role", "Attention mass from each query role to each key "
-                             "role, averaged over examples" + (" (heads with the largest attribution)." if
-                                                              len(standard.all_heads(store)) > standard.TOP_HEADS else "."),
-                             lambda: attention.attention_heatmap(attn_table(), roles=roles)))
+                             "role, averaged over examples" + top,
+                             lambda: attention.attention_heatmap(t.pattern(), roles=t.roles)))
     sections.append(_section("Logit lens", f"Mean {target_text} read off the residual stream after each stage.",
-                             lambda: logit_lens.logit_lens_lines(standard.query_fn("logit_lens")(store, target=target))))
+                             lambda: logit_lens.logit_lens_lines(query.logit_lens(store, target=target))))
     return sections
 
 
-def _safe(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except StoreCorruptError:
-        raise
-    except ActstoreError:
+def _split_section(store: Store, t: _Tables, split: LabelSplit) -> Section | None:
+    """Component attributions split by the task's label (None where the store lacks the label)."""
+    by = split.columns(store.examples.columns, store.n_answers)
+    if by is None:
         return None
+    return _section(split.title, split.caption,
+                    lambda: dla.component_bars_by(t.dla(), store.examples, by, label_title=split.legend))
 
 
-def build_report(store: Any, path: str | os.PathLike, title: str | None = None) -> Path:
+def _attention_section(store: Store, t: _Tables, att: RoleAttention) -> Section | None:
+    """Attention from the task's query role to its key roles (None where the store lacks the role or label)."""
+    if att.query_role not in defaults.present_roles(store) or (
+            att.split_by is not None and att.split_by not in store.examples.columns):
+        return None
+    keys = defaults.default_key_roles(store, att.query_role)
+    return _section(att.title, att.caption, lambda: attention.attention_role_bars(
+        standard.attention_roles_table(store, t.heads(), att.query_role, keys, by=att.split_by),
+        query_role=att.query_role, key_roles=keys, by=att.split_by, roles=t.roles))
+
+
+def _neuron_sections(store: Store) -> list[Section]:
+    """One section per MLP layer: its neurons' output onto the answer direction against a numeric label."""
+    try:
+        x = defaults.default_x(store)
+    except InvalidParameterError:
+        return []
+    color = defaults.default_color(store)
+    return [_neuron_section(store, layer, x, color) for layer in range(int(store.config["n_layers"]))]
+
+
+def _neuron_section(store: Store, layer: int, x: str, color: str | None) -> Section:
+    table = _Once(lambda: query.neurons(store, layer=layer, direction="answer"))
+    direction = "the answer direction"
+
+    def build() -> Any:
+        return (neurons.neuron_scatter(table(), store.examples, x=x, color=color, which="sum", direction=direction)
+                & neurons.neuron_scatter(table(), store.examples, x=x, color=color, top_k=3, direction=direction))
+
+    return _section(f"MLP {layer} neurons vs {x}", f"Output of layer {layer}'s neurons onto the answer direction, "
+                    f"per example, against {x}, coloured by {color or 'example'}: the layer total and its most "
+                    "variable neurons.", build)
+
+
+def build_report(store: Store, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write the store's report to `path` (.html); returns the path."""
     check_report_path(path)  # before the queries run
     m = store.manifest

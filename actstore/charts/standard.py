@@ -1,10 +1,8 @@
-"""The chart kinds of `actstore chart` and each task's standard charts: store -> (query, builder).
+"""The chart kinds of `actstore chart`: store -> (query, builder).
 
-This is the only charts module that reads a store. Each kind runs one `actstore.query`
-function with the options given (or the task's sensible default) and hands the table to a
-pure builder. Defaults per task follow the seed notebooks: addition splits DLA by the carry
-into each digit, brackets by failure type, IOI reads END -> IO / S attention, and tasks with a
-counterfactual token attribute the logit difference.
+Each kind runs one `actstore.query` function with the options given (or the store's default,
+from its task's `ReportSpec`, see `actstore.charts.defaults`) and hands the table to a pure
+builder. Stores with counterfactual tokens attribute the logit difference by default.
 """
 
 from __future__ import annotations
@@ -17,62 +15,24 @@ from typing import Any
 import altair as alt
 import polars as pl
 
+from actstore import query
 from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons
+from actstore.charts.defaults import (
+    default_color,
+    default_key_roles,
+    default_query_role,
+    default_split,
+    default_target,
+    default_x,
+)
 from actstore.charts.kinds import KIND_HELP
-from actstore.errors import InvalidParameterError, QueryError
+from actstore.errors import InvalidParameterError
 
 TOP_HEADS = 12         # heads shown where a model has more (chosen by |mean DLA|)
 MAX_VOCAB = 70         # circuits over a bigger vocabulary keep the tokens the task uses
 
 
-# --- task defaults ----------------------------------------------------------------------------
-
-def task_of(store: Any) -> str:
-    return str(store.manifest.task)
-
-
-def default_target(store: Any) -> str:
-    """'diff' (correct minus counterfactual logit) where the task has counterfactuals, else 'correct'."""
-    out = store.outputs
-    if "counter_token" in out.columns and out.get_column("counter_token").null_count() < out.height:
-        return "diff"
-    return "correct"
-
-
-def first_label(examples: pl.DataFrame, *candidates: str) -> str | None:
-    """The first of `candidates` that is a column of `examples`."""
-    return next((c for c in candidates if c in examples.columns), None)
-
-
-def default_split(store: Any) -> tuple[str | dict[int, str], str]:
-    """(by, title) for the component split of the store's task.
-
-    addition: each digit by the carry into it (carry_i); brackets: failure type; IOI: ABBA/BABA
-    or template; otherwise InvalidParameterError asking for --by.
-    """
-    ex = store.examples
-    carries = {i: f"carry_{i}" for i in range(store.n_answers) if f"carry_{i}" in ex.columns}
-    if carries:
-        return carries, "carry into this digit"
-    label = first_label(ex, "failure", "failure_type", "abba", "order", "template")
-    if label is None:
-        raise InvalidParameterError(
-            f"no default label to split {task_of(store)} by; pass --by one of: {', '.join(accuracy.label_columns(ex))}")
-    return label, label
-
-
-def default_query_role(store: Any) -> str:
-    """The query role charted by attention-roles: END for IOI, else the role of the first answer position."""
-    roles = store.tokens.get_column("role").drop_nulls()
-    if "END" in roles.to_list():
-        return "END"
-    first = store.examples.select("example_id", pos=pl.col("answer_positions").list.first())
-    joined = store.tokens.join(first, on=["example_id", "pos"], how="semi").get_column("role").drop_nulls()
-    joined = joined.filter(joined != "")
-    if joined.len() == 0:
-        raise InvalidParameterError("the answer positions have no token role; pass --query-role ROLE")
-    return str(joined.mode().sort()[0])
-
+# --- heads ------------------------------------------------------------------------------------
 
 def top_heads(dla_table: pl.DataFrame, k: int = TOP_HEADS) -> list[tuple[int, int]]:
     """The `k` heads with the largest mean |direct attribution| (ties broken by layer, head)."""
@@ -86,20 +46,10 @@ def all_heads(store: Any) -> list[tuple[int, int]]:
     return [(layer, h) for layer in range(int(store.config["n_layers"])) for h in range(int(store.config["n_heads"]))]
 
 
-def query_fn(name: str) -> Callable[..., Any]:
-    """The actstore.query function `name` (imported on use, so charts import without the query layer)."""
-    from actstore import query  # noqa: PLC0415
-
-    fn = getattr(query, name, None)
-    if fn is None:
-        raise QueryError(f"actstore.query.{name} is not available in this installation of actstore")
-    return fn
-
-
 # --- kinds ------------------------------------------------------------------------------------
 
 def _dla_table(store: Any, target: str | None) -> pl.DataFrame:
-    return query_fn("dla")(store, by="head", target=target or default_target(store))
+    return query.dla(store, "head", target=target or default_target(store))
 
 
 def chart_dla_heads(store: Any, target: str | None = None, **_: Any) -> alt.TopLevelMixin:
@@ -149,7 +99,7 @@ def attention_pattern_table(store: Any, heads: list[tuple[int, int]]) -> pl.Data
     layer while streaming (no raw rows): layer, head, q_role, k_role, mean, std, n, entropy."""
     layers = sorted({layer for layer, _ in heads})
     head_ids = sorted({head for _, head in heads})
-    table = query_fn("attention")(store, layers=layers, heads=head_ids, by=["q_role", "k_role"])
+    table = query.attention(store, layers=layers, heads=head_ids, by=["q_role", "k_role"])
     return _keep_heads(table, heads)
 
 
@@ -158,8 +108,8 @@ def attention_roles_table(store: Any, heads: list[tuple[int, int]], query_role: 
     """Mean attention mass from `query_role` to each key role (and `by` label value), per head."""
     layers = sorted({layer for layer, _ in heads})
     head_ids = sorted({head for _, head in heads})
-    table = query_fn("attention")(store, layers=layers, heads=head_ids, query=query_role, key=key_roles,
-                                  by=["k_role", *([by] if by else [])])
+    table = query.attention(store, layers=layers, heads=head_ids, query=query_role, key=key_roles,
+                            by=["k_role", *([by] if by else [])])
     return _keep_heads(table, heads)
 
 
@@ -174,40 +124,20 @@ def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, laye
     return attention.attention_heatmap(attention_pattern_table(store, chosen), roles=token_roles(store))
 
 
-def ioi_key_roles(store: Any) -> list[str] | None:
-    """IO, S1, S2 where the store has them (the END -> IO / S attention of the IOI seed)."""
-    present = set(store.tokens.get_column("role").drop_nulls().to_list())
-    keys = [r for r in ("IO", "S1", "S2") if r in present]
-    return keys or None
-
-
 def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
                           key_roles: list[str] | None = None, by: str | None = None, layer: int | None = None,
                           **_: Any) -> alt.TopLevelMixin:
     chosen = _heads_for(store, heads, layer)
     role = query_role or default_query_role(store)
-    if key_roles is None and task_of(store) == "ioi":
-        key_roles = ioi_key_roles(store)
+    if key_roles is None:
+        key_roles = default_key_roles(store, role)
     table = attention_roles_table(store, chosen, role, key_roles, by)
     return attention.attention_role_bars(table, query_role=role, key_roles=key_roles, by=by, roles=token_roles(store))
 
 
 def chart_logit_lens(store: Any, target: str | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
-    table = query_fn("logit_lens")(store, target=target or default_target(store))
+    table = query.logit_lens(store, target=target or default_target(store))
     return logit_lens.logit_lens_lines(table, examples=store.examples if by else None, by=by)
-
-
-def default_x(store: Any) -> str:
-    """Numeric label for the neuron scatter: open proportion for brackets, else the first numeric label."""
-    ex = store.examples
-    label = first_label(ex, "open_proportion")
-    if label:
-        return label
-    numeric = [c for c, t in ex.schema.items() if c not in accuracy.BASE_COLUMNS and t.is_numeric()
-               and t != pl.Boolean and ex.get_column(c).n_unique() > 2]
-    if not numeric:
-        raise InvalidParameterError("this store has no numeric label to plot neurons against; pass --x LABEL")
-    return numeric[0]
 
 
 def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, color: str | None = None,
@@ -219,8 +149,8 @@ def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, co
         raise InvalidParameterError(f"model of store {store.path} has no MLP neurons (attention-only)")
     n_layers = int(store.config["n_layers"])
     layer = n_layers - 1 if layer is None else layer
-    table = query_fn("neurons")(store, layer=layer, direction=direction or "answer", through_head=through_head, pos=pos)
-    colour = color if color is not None else first_label(store.examples, "failure", "failure_type")
+    table = query.neurons(store, layer=layer, direction=direction or "answer", through_head=through_head, pos=pos)
+    colour = color if color is not None else default_color(store)
     name = f"the {direction or 'answer'} direction" + (f" through head {through_head}" if through_head else "")
     return neurons.neuron_scatter(table, store.examples, x=x or default_x(store), color=colour, which=which,
                                   top_k=top or 6, direction=name)
@@ -255,9 +185,9 @@ def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[i
 def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, int]:
     if layer is None or head is None:
         raise InvalidParameterError("circuit charts need --layer and --head")
-    if not 0 <= layer < int(store.config["n_layers"]) or not 0 <= head < int(store.config["n_heads"]):
-        raise InvalidParameterError(
-            f"head L{layer}H{head} is not in this {store.config['n_layers']}-layer, {store.config['n_heads']}-head model")
+    n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
+    if not 0 <= layer < n_layers or not 0 <= head < n_heads:
+        raise InvalidParameterError(f"head L{layer}H{head} is not in this {n_layers}-layer, {n_heads}-head model")
     return layer, head
 
 
@@ -265,7 +195,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
     out_ids, out_names = _output_tokens(store, ids, names)
-    matrix = query_fn("ov_circuit")(store, layer, head, tokens=ids, outputs=out_ids)   # [source token, output token]
+    matrix = query.ov_circuit(store, layer, head, tokens=ids, outputs=out_ids)   # [source token, output token]
     return circuits.circuit_heatmap(matrix, f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
                                     row_labels=names, col_labels=out_names, value_title="Logit contribution")
 
@@ -273,7 +203,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
 def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
-    matrix = query_fn("qk_circuit")(store, layer, head, queries=ids, keys=ids)   # [query token, key token]
+    matrix = query.qk_circuit(store, layer, head, queries=ids, keys=ids)   # [query token, key token]
     return circuits.circuit_heatmap(matrix, f"QK circuit of L{layer}H{head}: token embeddings",
                                     row_title="Query token", col_title="Key token", row_labels=names,
                                     col_labels=names, value_title="Attention score")
@@ -326,5 +256,5 @@ def make_chart(store: Any, kind: str, **options: Any) -> alt.TopLevelMixin:
     return KINDS[kind].build(store, **given)
 
 
-__all__ = ["KINDS", "Kind", "kind_options", "make_chart", "default_split", "default_target", "default_query_role",
-           "top_heads"]
+__all__ = ["KINDS", "Kind", "all_heads", "attention_pattern_table", "attention_roles_table", "default_query_role",
+           "default_split", "default_target", "default_x", "kind_options", "make_chart", "token_roles", "top_heads"]

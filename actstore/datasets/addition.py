@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from actstore.datasets.base import TaskData, check_int, check_n_seed
+from actstore.datasets.report_spec import LabelSplit, ReportSpec, RoleAttention
 
 PLUS, EQUALS = 10, 11
 
@@ -33,6 +34,18 @@ class Addition:
     @property
     def vocab(self) -> list[str]:
         return [str(d) for d in range(10)] + ["+", "="]
+
+    @property
+    def report(self) -> ReportSpec:
+        """The seed's carry analysis: each sum digit split by the carry into it, and the attention from '='
+        (where the first digit is read) split by the carry into that digit."""
+        return ReportSpec(
+            splits=(LabelSplit("carry_{answer}", "Carry vs no carry", "Component attributions of each sum digit, "
+                               "split by whether that digit receives a carry (the seed's carry analysis).",
+                               legend="carry into this digit"),),
+            attention=(RoleAttention("=", "Attention from '=', carry vs no carry", "Attention mass from the first "
+                                     "answer position to each token role, split by carry_0.", split_by="carry_0"),),
+        )
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
         check_n_seed(n, seed)
@@ -56,9 +69,9 @@ class Addition:
         roles = np.array(
             [f"a{i}" for i in range(d)] + ["+"] + [f"b{i}" for i in range(d)] + ["="] + [f"c{i}" for i in range(d)]
         )
-        labels = {"a": a, "b": b, "sum": s}
+        labels: dict[str, np.ndarray] = {"a": a, "b": b, "sum": s}
         labels.update({f"carry_{i}": carries[:, i] for i in range(d - 1)})
-        labels["any_carry"] = carries.any(axis=1) if d > 1 else np.zeros(n, dtype=bool)
+        labels["any_carry"] = np.asarray(carries.any(axis=1))  # all False for one digit (no carries)
         str_tokens = [[vocab[t] for t in row] for row in tokens.tolist()]
         return TaskData(
             task=self.name,

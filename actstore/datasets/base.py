@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from actstore.datasets.report_spec import ReportSpec
 from actstore.errors import InvalidParameterError
 
 
@@ -115,7 +116,8 @@ class Task(Protocol):
     """A deterministic generator of examples.
 
     `vocab` is the list of token strings for tasks with their own token ids (None for text
-    tasks, which tokenize with the model's tokenizer, passed to `generate`).
+    tasks, which tokenize with the model's tokenizer, passed to `generate`). `report` declares
+    what the task's report shows beyond the common sections (label splits, roles of interest).
     """
 
     name: ClassVar[str]
@@ -125,6 +127,9 @@ class Task(Protocol):
 
     @property
     def vocab(self) -> list[str] | None: ...
+
+    @property
+    def report(self) -> ReportSpec: ...
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData: ...
 

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from actstore.datasets.base import TaskData, check_n_seed
+from actstore.datasets.report_spec import LabelSplit, NeuronScatter, ReportSpec
 from actstore.errors import InvalidParameterError
 
 START, PAD, END, OPEN, CLOSE = 0, 1, 2, 3, 4
@@ -67,6 +68,15 @@ class Brackets:
     @property
     def vocab(self) -> list[str]:
         return list(VOCAB)
+
+    @property
+    def report(self) -> ReportSpec:
+        """The seed's failure-type split, and each MLP layer's neurons against the open proportion."""
+        return ReportSpec(
+            splits=(LabelSplit("failure", "Attribution by failure type", "Component attributions split by why a "
+                               "string is unbalanced (or 'balanced')."),),
+            neurons=NeuronScatter("open_proportion", color="failure"),
+        )
 
     @property
     def n_classes(self) -> int:

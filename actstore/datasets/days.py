@@ -23,35 +23,13 @@ import numpy as np
 import polars as pl
 
 from actstore.datasets.base import TaskData, check_choice, check_n_seed
+from actstore.datasets.days_words import DAYS, ITEMS, MONTHS, TEMPLATES
+from actstore.datasets.report_spec import ReportSpec
 from actstore.datasets.templated import Segment, prompt_tokenizer, slot_name, split_template
 from actstore.errors import InvalidParameterError
 
-DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = [
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-]  # fmt: skip
-
-# (kind, template, offset): the answer is the item `offset` steps after the one in [X]
-TEMPLATES: list[tuple[str, str, int]] = [
-    ("day", "Today it is [X], tomorrow it is", 1),
-    ("day", "If today is [X], tomorrow is", 1),
-    ("day", "Yesterday was [X], so today is", 1),
-    ("day", "It is [X] today, and tomorrow it will be", 1),
-    ("day", "Today is [X], so yesterday was", -1),
-    ("month", "This month is [X], next month is", 1),
-    ("month", "If this month is [X], next month will be", 1),
-    ("month", "Last month was [X], so this month is", 1),
-    ("month", "It is [X] now, and last month was", -1),
-]
-ITEMS = {"day": DAYS, "month": MONTHS}
 KINDS = ("both", "day", "month")
 CORRUPTIONS = ("none", "previous")
-
-
-def vocabulary_texts() -> list[str]:
-    """Texts whose pieces cover every word this task can write (for the word tokenizer)."""
-    return [t.replace("[X]", DAYS[0]) for _, t, _ in TEMPLATES] + [" " + w for w in DAYS + MONTHS]
 
 
 class Days:
@@ -70,6 +48,11 @@ class Days:
     @property
     def vocab(self) -> None:
         return None
+
+    @property
+    def report(self) -> ReportSpec:
+        """The common sections only."""
+        return ReportSpec()
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
         check_n_seed(n, seed)
@@ -142,3 +125,5 @@ class Days:
 
 _TEMPLATE_PARTS = [split_template(t) for _, t, _ in TEMPLATES]
 
+
+__all__ = ["DAYS", "MONTHS", "TEMPLATES", "Days"]

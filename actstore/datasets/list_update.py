@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from actstore.datasets.base import TaskData, check_int, check_n_seed
+from actstore.datasets.report_spec import ReportSpec
 
 
 class ListUpdate:
@@ -39,6 +40,11 @@ class ListUpdate:
     def vocab(self) -> list[str]:
         return [str(i) for i in range(self.max_num)] + ["BOS", "NL"]
 
+    @property
+    def report(self) -> ReportSpec:
+        """The common sections only."""
+        return ReportSpec()
+
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
         check_n_seed(n, seed)
         k = self.list_len
@@ -52,7 +58,9 @@ class ListUpdate:
         tokens = np.concatenate(
             [col(self.bos), a, col(self.newline), col(idx), col(elt), col(self.newline), b], axis=1
         ).astype(np.int64)
-        roles = np.array(["BOS"] + [f"a{i}" for i in range(k)] + ["NL", "idx", "elt", "NL"] + [f"b{i}" for i in range(k)])
+        roles = np.array(
+            ["BOS"] + [f"a{i}" for i in range(k)] + ["NL", "idx", "elt", "NL"] + [f"b{i}" for i in range(k)]
+        )
         first_b = k + 5
         vocab = self.vocab
         str_tokens = [[vocab[t] for t in row] for row in tokens.tolist()]

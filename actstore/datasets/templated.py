@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from actstore.datasets.base import pad_ragged
+from actstore.datasets.wordtok import word_tokenizer
 from actstore.errors import InvalidParameterError
 
 _SLOT = re.compile(r"( ?\[[A-Z_]+\])")
@@ -137,8 +138,4 @@ class PromptTokenizer:
 
 def prompt_tokenizer(tokenizer: Any, task: str) -> PromptTokenizer:
     """`tokenizer` (any Hugging Face tokenizer) for `task`'s prompts; None means the word tokenizer."""
-    if tokenizer is None:
-        from actstore.datasets.wordtok import word_tokenizer
-
-        tokenizer = word_tokenizer()
-    return PromptTokenizer(tokenizer, task)
+    return PromptTokenizer(word_tokenizer() if tokenizer is None else tokenizer, task)

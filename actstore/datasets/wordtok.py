@@ -18,6 +18,8 @@ from functools import lru_cache
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from actstore.datasets import days_words, ioi_words
+
 BOS, UNK = "<|bos|>", "<|unk|>"
 NAME = "actstore-word"
 # GPT-2-like pieces: an optional space then letters, digits, or other non-space characters
@@ -35,10 +37,8 @@ def pieces(text: str) -> list[str]:
 
 def vocabulary() -> list[str]:
     """Every token string, in id order: specials, then the sorted pieces of all task texts."""
-    from actstore.datasets import days, ioi
-
     found: set[str] = set()
-    for text in ioi.vocabulary_texts() + days.vocabulary_texts():
+    for text in ioi_words.vocabulary_texts() + days_words.vocabulary_texts():
         found.update(pieces(text))
     return [BOS, UNK, *sorted(found - {BOS, UNK})]
 

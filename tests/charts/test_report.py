@@ -9,11 +9,7 @@ import pytest
 from browser_check import assert_all_rendered, need_chromium, render
 from stores import TASKS
 
-import actstore.query
 from actstore.charts.report import build_report, store_summary
-
-# queries of the other query module; until they land their sections carry a note instead of a chart
-MISSING = [name for name in ("attention", "neurons") if not hasattr(actstore.query, name)]
 
 COMMON = ["Accuracy by label", "Direct logit attribution per head", "Direct logit attribution per component",
           "Average attention by token role", "Logit lens"]
@@ -46,13 +42,12 @@ def test_report_of_each_task_renders(stores, task, tmp_path):
     titles = COMMON + EXTRA[task]
     for title in titles:
         assert f"<h2>{title}</h2>" in page, title
-    notes = re.findall(r"<p class='note'>([^<]*)</p>", page)
-    assert all(any(f"actstore.query.{m} is not available" in n for m in MISSING) for n in notes), notes
+    assert re.findall(r"<p class='note'>([^<]*)</p>", page) == []   # every section has its chart
     assert page.count("window.vegaEmbed=") == 1
     need_chromium()
     r = render(path, f"report-{task}")
     assert r.sections == len(titles)
-    assert_all_rendered(r, min_charts=len(titles) - len(notes))
+    assert_all_rendered(r, min_charts=len(titles))
 
 
 def test_report_needs_no_model(stores, tmp_path):
