@@ -4,7 +4,7 @@ For a GPT-2-small-shaped model with random weights (on the ioi task) and each zo
 own task): ingests n examples (default hooks, float16), then measures, best of --repeats:
 - raw_s:   reading and decompressing every array the query touches (store.read, chunk by chunk,
            one array after another), and raw_MB/s over their uncompressed bytes;
-- dla_s:   actstore.query.dla(store, by='head') end to end (reads, math, the tidy table), its
+- dla_s:   actstore.query.dla(store, level='head') end to end (reads, math, the tidy table), its
            MB/s over the same bytes, and read_ratio = dla MB/s / raw MB/s; raw and dla runs are
            interleaved. dla_cold_s: the first call, which also reads the weights (GPT-2: W_E and
            W_U alone are 300 MB) and folds the answer directions into them; later queries on
@@ -170,7 +170,7 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
     store = actstore.ingest(task, model, n, 0, out, quiet=True, model_spec=label, task_params=params)
     ingest_s = time.perf_counter() - t0
     target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
-    cold_s, table = best(lambda: dla(store, by="head", target=target), 1)  # reads the weights, folds them
+    cold_s, table = best(lambda: dla(store, level="head", target=target), 1)  # reads the weights, folds them
     hooks, _ = required_hooks(Weights.from_store(store), "head")
     raw, warm, plain, meta, meta_plain = [], [], [], [], []
     n_chunks = sum(1 for _ in store.chunks())
@@ -178,7 +178,7 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
         t, nbytes = best(lambda: raw_read(store, hooks), 1)
         raw.append(t)
         plain.append(best(lambda: raw_read_unchecked(store, hooks), 1)[0])
-        warm.append(best(lambda: dla(store, by="head", target=target), 1)[0])
+        warm.append(best(lambda: dla(store, level="head", target=target), 1)[0])
         meta.append(best(lambda: meta_checked(out), 1)[0])
         meta_plain.append(best(lambda: meta_unchecked(out, n_chunks), 1)[0])
     raw_s, dla_s = min(raw), min(warm)

@@ -40,13 +40,13 @@ def main() -> None:
 
     ex.section("Logit lens: accumulated residual read on correct - today, by kind")
     lens = logit_lens(store, target="diff")
-    ex.table(breakdown(lens, by="kind", examples=store, keys=["layer", "stage"])
+    ex.table(breakdown(lens, group_by="kind", examples=store, keys=["layer", "stage"])
              .pivot(on="kind", index=["layer", "stage"], values="mean"))
     ex.key("logit_lens_final_mean", float(lens.filter(pl.col("stage") == "resid_post").get_column("value").mean()))
 
     ex.section("Direct logit attribution (correct - today) by component")
-    d = dla(store, by="head", target="diff")
-    comp = breakdown(d, by=[], keys=["component", "layer", "head"])
+    d = dla(store, level="head", target="diff")
+    comp = breakdown(d, group_by=[], keys=["component", "layer", "head"])
     heads = comp.filter(pl.col("head").is_not_null())
     ex.table(heads.pivot(on="head", index="layer", values="mean").sort("layer")
              .rename({str(h): f"H{h}" for h in range(n_heads)}), "mean per head (rows: layer)")
@@ -67,7 +67,7 @@ def main() -> None:
 
     ex.section(f"Attention of the top {TOP} heads from END to the today token (SUBJECT), by kind")
     pairs = [(int(r["layer"]), int(r["head"])) for r in top.iter_rows(named=True)]
-    att = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key="SUBJECT", by=["kind"])
+    att = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key="SUBJECT", group_by=["kind"])
     att = att.filter(pl.struct("layer", "head").is_in([{"layer": l, "head": h} for l, h in pairs]))
     allk = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key="SUBJECT", aggregate="mean")
     allk = allk.filter(pl.struct("layer", "head").is_in([{"layer": l, "head": h} for l, h in pairs]))
@@ -87,9 +87,9 @@ def main() -> None:
     ex.key("top_head_end_to_today", first)
 
     ex.chart("dla_heads", lambda: ch.dla_heatmap(d))
-    ex.chart("logit_lens", lambda: ch.logit_lens_lines(lens, examples=examples, by="kind"))
+    ex.chart("logit_lens", lambda: ch.logit_lens_lines(lens, examples=examples, group_by="kind"))
     ex.chart("attention_end", lambda: ch.attention_role_bars(
-        attention(store, query="END", by=["k_role"]), "END", heads=pairs))
+        attention(store, query="END", group_by=["k_role"]), "END", heads=pairs))
     ex.finish()
 
 

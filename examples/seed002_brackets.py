@@ -50,9 +50,9 @@ def main() -> None:
         return t.with_columns(value=pl.when(pl.col("balanced")).then(-pl.col("value")).otherwise(pl.col("value")))
 
     ex.section("Direct attribution to the unbalanced direction (logit unbalanced - balanced), by failure type")
-    diff = dla(store, by="head", target="diff")
+    diff = dla(store, level="head", target="diff")
     comp = unbalanced_dir(diff)
-    by_fail = breakdown(comp, by="failure", keys=["component"])
+    by_fail = breakdown(comp, group_by="failure", keys=["component"])
     ex.table(by_fail.pivot(on="failure", index="component", values="mean"))
     total = comp.group_by("example_id").agg(pl.col("value").sum(), pl.col("balanced").first())
     ex.key("unbalanced_dir_sum_mean_unbalanced", float(total.filter(~pl.col("balanced")).get_column("value").mean()))
@@ -76,10 +76,10 @@ def main() -> None:
         ex.say(f"failure {failure[0]}: largest push toward 'unbalanced' from {r['component']} (mean {r['mean']:.2f})")
 
     ex.section("Attention from position 0 (the classifier position) by head and failure type")
-    roles = attention(store, query=0, by=["k_role", "failure"])
+    roles = attention(store, query=0, group_by=["k_role", "failure"])
     ex.table(roles.pivot(on="k_role", index=["layer", "head", "failure"], values="mean").sort("layer", "head", "failure"),
              "mean attention mass on all keys of each role")
-    pos = attention(store, query=0, by=["k_pos"]).with_columns(expected=pl.col("mean") * pl.col("n") / n)
+    pos = attention(store, query=0, group_by=["k_pos"]).with_columns(expected=pl.col("mean") * pl.col("n") / n)
     top_pos = (pos.sort("expected", descending=True).group_by("layer", "head", maintain_order=True).head(3)
                .sort("layer", "head", "expected", descending=[False, False, True]))
     ex.table(top_pos.select("layer", "head", "k_pos", "expected", "mean", "n"),
@@ -93,8 +93,8 @@ def main() -> None:
     cl, chd = int(carrier["layer"]), int(carrier["head"])
 
     ex.section("MLP neurons: direct attribution to the unbalanced direction (top 8 by mean |value|)")
-    nd = unbalanced_dir(dla(store, by="neuron", target="diff")).filter(pl.col("neuron").is_not_null())
-    nsum = breakdown(nd, by="failure", keys=["component"]).pivot(on="failure", index="component", values="mean")
+    nd = unbalanced_dir(dla(store, level="neuron", target="diff")).filter(pl.col("neuron").is_not_null())
+    nsum = breakdown(nd, group_by="failure", keys=["component"]).pivot(on="failure", index="component", values="mean")
     size = nd.group_by("component").agg(size=pl.col("value").abs().mean())
     ex.table(nsum.join(size, on="component").sort("size", descending=True).head(8))
 
@@ -133,7 +133,7 @@ def main() -> None:
     # the chart shows the logit difference correct - other class (= the unbalanced direction except on
     # balanced strings, failure 'none', where it is its negative)
     ex.chart("dla_diff_by_failure", lambda: ch.component_bars_by(diff, examples, "failure", top=10))
-    ex.chart("attention_from_0", lambda: ch.attention_role_bars(roles, "start", by="failure"))
+    ex.chart("attention_from_0", lambda: ch.attention_role_bars(roles, "start", group_by="failure"))
     top_neurons = best.filter((pl.col("layer") == b["layer"]) & (pl.col("read") == b["read"]))
     if b["read"].startswith("direct"):  # the scatter shows per-row projections: only for the direct read
         ex.chart("neurons_vs_open_proportion", lambda: ch.neuron_scatter(

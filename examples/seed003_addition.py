@@ -45,9 +45,9 @@ def main() -> None:
     ex.key("accuracy", float(out.get_column("correct").mean()))
 
     ex.section("Direct logit attribution per head (correct digit), mean by digit")
-    d = dla(store, by="head")
+    d = dla(store, level="head")
     heads = d.filter(pl.col("head").is_not_null())
-    by_digit = breakdown(heads, by=[], keys=["answer_idx", "component"])
+    by_digit = breakdown(heads, group_by=[], keys=["answer_idx", "component"])
     ex.table(by_digit.with_columns(digit=pl.format("c{}", "answer_idx"))
              .pivot(on="digit", index="component", values="mean"))
     top = by_digit.sort("mean", descending=True).group_by("answer_idx", maintain_order=True).first().sort("answer_idx")
@@ -59,10 +59,10 @@ def main() -> None:
     per_answer = d.group_by("example_id", "answer_idx").agg(pl.col("value").sum())
     ex.key("dla_sum_mean", float(per_answer.get_column("value").mean()))
 
-    ex.section("breakdown(dla, by='carry_i'): carry vs no carry, per digit and head")
+    ex.section("breakdown(dla, group_by='carry_i'): carry vs no carry, per digit and head")
     rows = []
     for i, col in carry_of.items():
-        b = breakdown(heads.filter(pl.col("answer_idx") == i), by=col, examples=store)
+        b = breakdown(heads.filter(pl.col("answer_idx") == i), group_by=col, examples=store)
         rows.append(b.rename({col: "carry"}).with_columns(digit=pl.lit(f"c{i}")))
     split = pl.concat(rows).select("digit", "component", "carry", "mean", "n")
     wide = split.pivot(on="carry", index=["digit", "component"], values="mean").rename(
@@ -80,7 +80,7 @@ def main() -> None:
     digit_roles = [f"{x}{j}" for x in "ab" for j in range(n_digits)]
     parts = []
     for i, col in carry_of.items():
-        a = attention(store, layers=n_layers - 1, query=query_role[i], key=digit_roles, by=["k_role", col])
+        a = attention(store, layers=n_layers - 1, query=query_role[i], key=digit_roles, group_by=["k_role", col])
         parts.append(a.rename({col: "carry"}).with_columns(digit=pl.lit(f"c{i}")))
     att = pl.concat(parts)
     # the digit pair that makes c_i (same place) and the next lower pair (where c_i's carry comes from)
@@ -105,8 +105,8 @@ def main() -> None:
     ex.key("carry_attention_delta", float(r["delta"]))
 
     ex.section("Path DLA (virtual heads): top paths per digit")
-    paths = dla(store, by="path")
-    pm = breakdown(paths, by=[], keys=["answer_idx", "component"])
+    paths = dla(store, level="path")
+    pm = breakdown(paths, group_by=[], keys=["answer_idx", "component"])
     top_paths = (pm.with_columns(size=pl.col("mean").abs()).sort("size", descending=True)
                  .group_by("answer_idx", maintain_order=True).head(4).sort("answer_idx", "size", descending=[False, True]))
     ex.table(top_paths.select("answer_idx", "component", "mean", "ci_low", "ci_high"))
@@ -122,8 +122,8 @@ def main() -> None:
     ex.chart("dla_carry_split", lambda: ch.component_bars_by(d, examples, carry_of, top=8,
                                                              label_title="carry into digit"))
     ex.chart("attention_L1_from_eq", lambda: ch.attention_role_bars(
-        attention(store, layers=n_layers - 1, query=query_role[0], key=digit_roles, by=["k_role", carry_of[0]]),
-        query_role[0], by=carry_of[0]))
+        attention(store, layers=n_layers - 1, query=query_role[0], key=digit_roles, group_by=["k_role", carry_of[0]]),
+        query_role[0], group_by=carry_of[0]))
     ex.chart("path_dla", lambda: ch.component_bars(paths, top=12))
     ex.finish()
 

@@ -51,8 +51,8 @@ def main() -> None:
         ex.key(f"mean_logit_diff_{r['order']}", float(r["mean_logit_diff"]))
 
     ex.section("Direct logit attribution to IO - S per head (rows: layer)")
-    d = dla(store, by="head", target="diff")
-    comp = breakdown(d, by=[], keys=["component", "layer", "head"])
+    d = dla(store, level="head", target="diff")
+    comp = breakdown(d, group_by=[], keys=["component", "layer", "head"])
     heads = comp.filter(pl.col("head").is_not_null())
     ex.table(heads.pivot(on="head", index="layer", values="mean").sort("layer")
              .rename({str(h): f"H{h}" for h in range(n_heads)}))
@@ -77,13 +77,13 @@ def main() -> None:
     pairs = [(int(r["layer"]), int(r["head"])) for r in top.iter_rows(named=True)]
     keep = pl.struct("layer", "head").is_in([{"layer": l, "head": h} for l, h in pairs])
     att = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key=["IO", "S1", "S2"],
-                    by=["k_role", "order"]).filter(keep)
+                    group_by=["k_role", "order"]).filter(keep)
     wide = (att.with_columns(head_name=pl.format("L{}H{}", "layer", "head"))
             .pivot(on="k_role", index=["head_name", "order"], values="mean")
             .with_columns(io_minus_s1=pl.col("IO") - pl.col("S1")).sort("head_name", "order"))
     ex.table(wide.select("head_name", "order", "IO", "S1", "S2", "io_minus_s1"))
     both = (attention(store, layers=sorted({l for l, _ in pairs}), query="END", key=["IO", "S1", "S2"],
-                      by=["k_role"]).filter(keep)
+                      group_by=["k_role"]).filter(keep)
             .with_columns(head_name=pl.format("L{}H{}", "layer", "head"))
             .pivot(on="k_role", index="head_name", values="mean"))
     for r in both.sort("head_name").iter_rows(named=True):
@@ -96,7 +96,7 @@ def main() -> None:
 
     ex.section("SQL through store.sql (DuckDB over the derived dla table, target 'diff')")
     print(SQL.strip())
-    res = store.sql(SQL, params={"dla": {"by": "head", "target": "diff"}}).pl()
+    res = store.sql(SQL, params={"dla": {"level": "head", "target": "diff"}}).pl()
     ex.table(res)
     ex.key("sql_top_component", res["component"][0])
     ex.key("sql_top_order", res["order"][0])
@@ -104,8 +104,8 @@ def main() -> None:
 
     ex.chart("dla_heads", lambda: ch.dla_heatmap(d))
     ex.chart("attention_end", lambda: ch.attention_role_bars(
-        attention(store, query="END", key=["IO", "S1", "S2"], by=["k_role", "order"]), "END",
-        key_roles=["IO", "S1", "S2"], heads=pairs, by="order"))
+        attention(store, query="END", key=["IO", "S1", "S2"], group_by=["k_role", "order"]), "END",
+        key_roles=["IO", "S1", "S2"], heads=pairs, group_by="order"))
     ex.chart("dla_by_order", lambda: ch.component_bars_by(d, examples, "order", top=12))
     ex.finish()
 

@@ -19,7 +19,7 @@ BASE_COLUMNS = frozenset({
     "example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens", "counter_tokens",
 })
 MAX_GROUPS = 12  # labels with more distinct values (operands, sums) are not grouped by by default
-MAX_BARS = 60    # bars of one label in the chart (an explicit by= may ask for more than MAX_GROUPS)
+MAX_BARS = 60    # bars of one label in the chart (an explicit group_by may ask for more than MAX_GROUPS)
 
 
 def label_columns(examples: pl.DataFrame, max_groups: int = MAX_GROUPS) -> list[str]:
@@ -34,8 +34,9 @@ def label_columns(examples: pl.DataFrame, max_groups: int = MAX_GROUPS) -> list[
     return out
 
 
-def accuracy_table(outputs: pl.DataFrame, examples: pl.DataFrame, by: Sequence[str] | None = None) -> pl.DataFrame:
-    """Accuracy overall, per answer position and per value of each label in `by`.
+def accuracy_table(outputs: pl.DataFrame, examples: pl.DataFrame,
+                   group_by: Sequence[str] | None = None) -> pl.DataFrame:
+    """Accuracy overall, per answer position and per value of each label in `group_by`.
 
     Returns label, value, examples (count), accuracy (fraction of answers correct), exact
     (fraction of examples with every answer correct), mean_loss, mean_logit_diff; the first
@@ -43,7 +44,7 @@ def accuracy_table(outputs: pl.DataFrame, examples: pl.DataFrame, by: Sequence[s
     """
     require_columns(outputs, ["example_id", "answer_idx", "correct"], "accuracy_table (outputs)")
     require_columns(examples, ["example_id"], "accuracy_table (examples)")
-    labels = list(by) if by is not None else label_columns(examples)
+    labels = list(group_by) if group_by is not None else label_columns(examples)
     require_columns(examples, labels, "accuracy_table (examples)")
     extra = [c for c in ("loss", "logit_diff") if c in outputs.columns]
     rows = outputs.select("example_id", "answer_idx", "correct", *extra).join(

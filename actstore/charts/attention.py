@@ -3,7 +3,7 @@
 Input rows (raw): example_id, layer, head, q_pos, k_pos, q_role, k_role, prob. Key positions
 that share a role are summed (attention *mass* on that role), then averaged over the query
 positions of each query role, counting keys a query never sees (causal mask) as 0. An
-aggregated table (q_role, k_role, mean per head, as `attention(store, by=[...])` streams it) is
+aggregated table (q_role, k_role, mean per head, as `attention(store, group_by=[...])` streams it) is
 charted as given: there a query row counts only where it sees a key of that role, so masked
 cells are absent rather than 0 (the total mass per cell is the same).
 """
@@ -51,11 +51,11 @@ def role_summary(attn: pl.DataFrame, split: str | None = None) -> pl.DataFrame:
     nonzero masses and the number of queries, so no zero rows are materialised.
     Returns layer, head, q_role, k_role, [split], mean, std, n, ci_low, ci_high.
     """
-    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "prob"], "role_summary")
+    require_columns(attn, ["example_id", "layer", "head", "q_pos", "q_role", "k_role", "value"], "role_summary")
     extra = [split] if split else []
     groups = ["layer", "head", "q_role", *extra]
     t = attn.with_columns(_role("q_role"), _role("k_role"))
-    mass = t.group_by(["example_id", "q_pos", *groups, "k_role"]).agg(mass=pl.col("prob").sum())
+    mass = t.group_by(["example_id", "q_pos", *groups, "k_role"]).agg(mass=pl.col("value").sum())
     sums = mass.group_by([*groups, "k_role"]).agg(s1=pl.col("mass").sum(), s2=(pl.col("mass") ** 2).sum())
     queries = t.select(["example_id", "q_pos", *groups]).unique().group_by(groups).agg(n=pl.len())
     grid = queries.join(t.select("k_role").unique(), how="cross")
@@ -91,7 +91,7 @@ def role_order(attn: pl.DataFrame) -> list[str]:
 
 
 def _aggregated(attn: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """An aggregated attention table (from attention(..., by=[...])) with roles named and 95% CIs."""
+    """An aggregated attention table (from attention(..., group_by=[...])) with roles named and 95% CIs."""
     out = attn.with_columns([_role(c) for c in ("q_role", "k_role") if c in attn.columns])
     return summarise(out, keys)
 
@@ -105,14 +105,14 @@ def attention_heatmap(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | Non
                       roles: Sequence[str] | None = None) -> alt.FacetChart:
     """Average attention pattern of each head as a query-role x key-role heatmap (one panel per head).
 
-    attn: raw rows, or the aggregated table of attention(store, by=['q_role', 'k_role']).
+    attn: raw rows, or the aggregated table of attention(store, group_by=['q_role', 'k_role']).
     Cell = mean over examples and query positions of that role of the attention mass on keys
     of the key role; rows sum to 1 for a softmax head. `roles` orders the axes (default: by
     mean position in raw rows, else by name).
     """
     require_columns(attn, ["layer", "head", "q_role", "k_role"], "attention_heatmap")
     attn = _select_heads(attn, heads, "attention_heatmap")
-    if "prob" in attn.columns:
+    if "value" in attn.columns:
         summary = role_summary(attn)
     else:
         require_columns(attn, ["mean"], "attention_heatmap")
@@ -151,18 +151,18 @@ def attention_role_bars(
     key_roles: Sequence[str] | None = None,
     heads: Sequence[tuple[int, int]] | None = None,
     examples: pl.DataFrame | None = None,
-    by: str | None = None,
+    group_by: str | None = None,
     roles: Sequence[str] | None = None,
 ) -> alt.LayerChart | alt.FacetChart:
     """Attention mass from the `query_role` token to each key role, per head, as grouped bars.
 
-    attn: raw rows, or the aggregated table of attention(store, query=query_role, by=['k_role'
-    (, label)]). `key_roles` restricts the bars (e.g. IOI END -> IO, S1, S2); `by` splits by a
+    attn: raw rows, or the aggregated table of attention(store, query=query_role, group_by=['k_role'
+    (, label)]). `key_roles` restricts the bars (e.g. IOI END -> IO, S1, S2); `group_by` splits by a
     label column (joined from `examples` for raw rows), one row of panels per label value.
     """
     require_columns(attn, ["layer", "head", "k_role"], "attention_role_bars")
     attn = _select_heads(attn, heads, "attention_role_bars")
-    raw = "prob" in attn.columns
+    raw = "value" in attn.columns
     if raw or "q_role" in attn.columns:
         present = set(attn.get_column("q_role").drop_nulls().to_list())
         if query_role not in present:
@@ -171,16 +171,16 @@ def attention_role_bars(
         rows = attn.filter(pl.col("q_role") == query_role)
     else:
         rows = attn
-    if by is not None:
+    if group_by is not None:
         if raw:
             if examples is None:
-                raise InvalidParameterError("attention_role_bars: by= needs examples= (store.examples)")
-            rows = join_labels(rows, examples, [by], "attention_role_bars")
+                raise InvalidParameterError("attention_role_bars: group_by= needs examples= (store.examples)")
+            rows = join_labels(rows, examples, [group_by], "attention_role_bars")
         else:
-            require_columns(rows, [by], "attention_role_bars")
-        rows = rows.with_columns(pl.col(by).cast(pl.String).fill_null("none").alias("split"))
-        check_split(rows, "split", by, "attention_role_bars")
-    split = ["split"] if by is not None else []
+            require_columns(rows, [group_by], "attention_role_bars")
+        rows = rows.with_columns(pl.col(group_by).cast(pl.String).fill_null("none").alias("split"))
+        check_split(rows, "split", group_by, "attention_role_bars")
+    split = ["split"] if group_by is not None else []
     if raw:
         summary = role_summary(rows, split=split[0] if split else None)
     else:
@@ -216,8 +216,8 @@ def attention_role_bars(
     width = min(max(style.PLOT_WIDTH, 14 * len(head_order) * len(order)), 1400)
     layer = alt.layer(bars, whiskers, data=summary).properties(width=width, height=style.PLOT_HEIGHT)
     title = style.chart_title(f"Attention from {query_role} by key role", "mean over examples, 95% CI")
-    if by is not None:
-        return layer.facet(row=alt.Row("split:N", title=by)).properties(title=title)
+    if group_by is not None:
+        return layer.facet(row=alt.Row("split:N", title=group_by)).properties(title=title)
     return layer.properties(title=title)
 
 

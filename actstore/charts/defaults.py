@@ -35,15 +35,15 @@ def default_target(store: Store) -> str:
 
 
 def default_split(store: Store) -> tuple[str | dict[int, str], str]:
-    """(by, legend title) of the task's first label split the store has; InvalidParameterError asking
-    for --by where it has none."""
+    """(label column, legend title) of the task's first label split the store has; InvalidParameterError
+    asking for group_by where it has none."""
     ex = store.examples
     for split in task_spec(store).splits:
         by = split.columns(ex.columns, store.n_answers)
         if by is not None:
             return by, split.legend or split.label
     raise InvalidParameterError(f"no default label to split {store.manifest.task} by; "
-                                f"pass --by one of: {', '.join(label_columns(ex))}")
+                                f"pass group_by, one of: {', '.join(label_columns(ex))}")
 
 
 def present_roles(store: Store) -> set[str]:

@@ -77,7 +77,7 @@ def dla_heatmap(dla: pl.DataFrame, target: str | None = None, facet_answers: boo
     table = pick_target(dla, target, "dla_heatmap")
     table = table.filter(pl.col("head").is_not_null() & pl.col("component").str.contains(r"^L\d+H\d+$"))
     if table.height == 0:
-        raise InvalidParameterError("dla_heatmap: no per-head rows; run dla(store, by='head')")
+        raise InvalidParameterError("dla_heatmap: no per-head rows; run dla(store, level='head')")
     table, facet = _with_answer(table, facet_answers)
     summary = summarise(table, [*facet, "component", "layer", "head"])
     title = _value_title(tname)
@@ -148,43 +148,43 @@ def component_bars(dla: pl.DataFrame, target: str | None = None, top: int | None
 def component_bars_by(
     dla: pl.DataFrame,
     examples: pl.DataFrame,
-    by: str | Mapping[int, str],
+    group_by: str | Mapping[int, str],
     target: str | None = None,
     top: int | None = DEFAULT_TOP,
     label_title: str | None = None,
 ) -> alt.FacetChart | alt.LayerChart:
     """Component attributions split by an example label (e.g. carry vs no carry), one panel per answer.
 
-    `by` names a column of `examples`, or maps answer_idx -> column so that each answer is
+    `group_by` names a column of `examples`, or maps answer_idx -> column so that each answer is
     split by its own label (addition: digit i by `carry_i`); answers missing from the mapping
     are shown unsplit as 'all'. Boolean labels read 'carry_2' / 'not carry_2'.
     """
     require_columns(dla, ["component", "example_id"], "component_bars_by")
     tname = _target_name(dla, target)
     table = pick_target(dla, target, "component_bars_by")
-    if isinstance(by, str):
-        table = join_labels(table, examples, [by], "component_bars_by")
-        table = table.with_columns(split=_label_text(table, by))
-        split_title = label_title or by
+    if isinstance(group_by, str):
+        table = join_labels(table, examples, [group_by], "component_bars_by")
+        table = table.with_columns(split=_label_text(table, group_by))
+        split_title = label_title or group_by
     else:
-        if not by:
-            raise InvalidParameterError("component_bars_by: by= mapping is empty")
+        if not group_by:
+            raise InvalidParameterError("component_bars_by: the group_by mapping is empty")
         require_columns(table, ["answer_idx"], "component_bars_by")
-        cols = sorted(set(by.values()))
+        cols = sorted(set(group_by.values()))
         table = join_labels(table, examples, cols, "component_bars_by")
         split = pl.lit("all")
-        for idx, col in by.items():
+        for idx, col in group_by.items():
             split = pl.when(pl.col("answer_idx") == idx).then(_label_text(table, col, generic=True)).otherwise(split)
         table = table.with_columns(split=split)
         split_title = label_title or "label"
-    check_split(table, "split", by if isinstance(by, str) else split_title, "component_bars_by")
+    check_split(table, "split", group_by if isinstance(group_by, str) else split_title, "component_bars_by")
     table, facet = _with_answer(table, True)
     summary = summarise(table, [*facet, "split", "component"])
     order = _top_components(summary, top)
     summary = summary.filter(pl.col("component").is_in(order))
     title = _value_title(tname)
     layer = _bars(summary, order, "split", split_title, title, signed_colour=False)
-    name = by if isinstance(by, str) else split_title
+    name = group_by if isinstance(group_by, str) else split_title
     chart_title = style.chart_title(f"{title} by component, split by {name}", "mean over examples, 95% CI")
     if facet:
         inner = layer.properties(width=min(max(260, 30 * len(order)), 700), height=200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 KIND_HELP: dict[str, str] = {
     "dla-heads": "layer x head heatmap of mean direct logit attribution",
     "dla-components": "bars of mean DLA per component with 95% CIs",
-    "dla-split": "component DLA split by a label (--by; addition: carry per digit)",
+    "dla-split": "component DLA split by a label (--group-by; addition: carry per digit)",
     "attention": "average attention pattern per head, token roles on the axes",
     "attention-roles": "attention from one query role (--query-role) to each key role, per head",
     "logit-lens": "answer logit through the residual stream, per answer or label",

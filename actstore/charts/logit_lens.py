@@ -38,28 +38,28 @@ def logit_lens_lines(
     lens: pl.DataFrame,
     target: str | None = None,
     examples: pl.DataFrame | None = None,
-    by: str | None = None,
+    group_by: str | None = None,
 ) -> alt.LayerChart:
     """Mean answer logit (or logit difference) after each residual stage, one line per answer
-    position, or per value of label `by` (joined from `examples`), with a 95% CI band."""
+    position, or per value of label `group_by` (joined from `examples`), with a 95% CI band."""
     require_columns(lens, ["layer", "stage"], "logit_lens_lines")
     tname = target or (str(lens.get_column("target")[0]) if "target" in lens.columns and lens.height else "correct")
     table = pick_target(lens, target, "logit_lens_lines")
     order = stage_order(table)
     table = table.with_columns(point=stage_label())
-    if by is not None:
+    if group_by is not None:
         if examples is None:
-            raise InvalidParameterError("logit_lens_lines: by= needs examples= (store.examples)")
-        table = join_labels(table, examples, [by], "logit_lens_lines")
-        table = table.with_columns(line=pl.col(by).cast(pl.String).fill_null("none"))
-        line_title = by
+            raise InvalidParameterError("logit_lens_lines: group_by needs examples= (store.examples)")
+        table = join_labels(table, examples, [group_by], "logit_lens_lines")
+        table = table.with_columns(line=pl.col(group_by).cast(pl.String).fill_null("none"))
+        line_title = group_by
     elif "answer_idx" in table.columns and table.get_column("answer_idx").n_unique() > 1:
         table = table.with_columns(line=pl.format("answer {}", pl.col("answer_idx")))
         line_title = "Answer"
     else:
         table = table.with_columns(line=pl.lit("all examples"))
         line_title = "Examples"
-    check_split(table, "line", by or "answer_idx", "logit_lens_lines")
+    check_split(table, "line", group_by or "answer_idx", "logit_lens_lines")
     summary = summarise(table, ["line", "point"])
     y_title = "Logit difference" if tname == "diff" else "Correct-token logit"
     x = alt.X("point:N", sort=order, title="Residual stream stage", axis=alt.Axis(labelAngle=-45))

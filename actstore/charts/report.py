@@ -159,8 +159,8 @@ def _attention_section(store: Store, t: _Tables, att: RoleAttention) -> Section 
         return None
     keys = defaults.default_key_roles(store, att.query_role)
     return _section(att.title, att.caption, lambda: attention.attention_role_bars(
-        standard.attention_roles_table(store, t.heads(), att.query_role, keys, by=att.split_by),
-        query_role=att.query_role, key_roles=keys, by=att.split_by, roles=t.roles))
+        standard.attention_roles_table(store, t.heads(), att.query_role, keys, group_by=att.split_by),
+        query_role=att.query_role, key_roles=keys, group_by=att.split_by, roles=t.roles))
 
 
 def _neuron_sections(store: Store) -> list[Section]:

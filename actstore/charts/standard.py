@@ -60,9 +60,9 @@ def chart_dla_components(store: Any, target: str | None = None, top: int | None 
     return dla.component_bars(_dla_table(store, target), top=top or dla.DEFAULT_TOP)
 
 
-def chart_dla_split(store: Any, target: str | None = None, by: str | None = None, top: int | None = None,
+def chart_dla_split(store: Any, target: str | None = None, group_by: str | None = None, top: int | None = None,
                     **_: Any) -> alt.TopLevelMixin:
-    split, title = (by, by) if by else default_split(store)
+    split, title = (group_by, group_by) if group_by else default_split(store)
     return dla.component_bars_by(_dla_table(store, target), store.examples, split, top=top or dla.DEFAULT_TOP,
                                  label_title=title)
 
@@ -96,20 +96,20 @@ def _keep_heads(table: pl.DataFrame, heads: list[tuple[int, int]]) -> pl.DataFra
 
 def attention_pattern_table(store: Any, heads: list[tuple[int, int]]) -> pl.DataFrame:
     """Mean attention mass per (head, query role, key role) of `heads`, aggregated by the query
-    layer while streaming (no raw rows): layer, head, q_role, k_role, mean, std, n, entropy."""
+    layer while streaming (no raw rows): layer, head, q_role, k_role, mean, std, n, ci_low, ci_high, entropy."""
     layers = sorted({layer for layer, _ in heads})
     head_ids = sorted({head for _, head in heads})
-    table = query.attention(store, layers=layers, heads=head_ids, by=["q_role", "k_role"])
+    table = query.attention(store, layers=layers, heads=head_ids, group_by=["q_role", "k_role"])
     return _keep_heads(table, heads)
 
 
 def attention_roles_table(store: Any, heads: list[tuple[int, int]], query_role: str,
-                          key_roles: list[str] | None = None, by: str | None = None) -> pl.DataFrame:
-    """Mean attention mass from `query_role` to each key role (and `by` label value), per head."""
+                          key_roles: list[str] | None = None, group_by: str | None = None) -> pl.DataFrame:
+    """Mean attention mass from `query_role` to each key role (and `group_by` label value), per head."""
     layers = sorted({layer for layer, _ in heads})
     head_ids = sorted({head for _, head in heads})
     table = query.attention(store, layers=layers, heads=head_ids, query=query_role, key=key_roles,
-                            by=["k_role", *([by] if by else [])])
+                            group_by=["k_role", *([group_by] if group_by else [])])
     return _keep_heads(table, heads)
 
 
@@ -125,19 +125,21 @@ def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, laye
 
 
 def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
-                          key_roles: list[str] | None = None, by: str | None = None, layer: int | None = None,
+                          key_roles: list[str] | None = None, group_by: str | None = None, layer: int | None = None,
                           **_: Any) -> alt.TopLevelMixin:
     chosen = _heads_for(store, heads, layer)
     role = query_role or default_query_role(store)
     if key_roles is None:
         key_roles = default_key_roles(store, role)
-    table = attention_roles_table(store, chosen, role, key_roles, by)
-    return attention.attention_role_bars(table, query_role=role, key_roles=key_roles, by=by, roles=token_roles(store))
+    table = attention_roles_table(store, chosen, role, key_roles, group_by)
+    return attention.attention_role_bars(table, query_role=role, key_roles=key_roles, group_by=group_by,
+                                         roles=token_roles(store))
 
 
-def chart_logit_lens(store: Any, target: str | None = None, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
+def chart_logit_lens(store: Any, target: str | None = None, group_by: str | None = None,
+                     **_: Any) -> alt.TopLevelMixin:
     table = query.logit_lens(store, target=target or default_target(store))
-    return logit_lens.logit_lens_lines(table, examples=store.examples if by else None, by=by)
+    return logit_lens.logit_lens_lines(table, examples=store.examples if group_by else None, group_by=group_by)
 
 
 def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, color: str | None = None,
@@ -209,8 +211,8 @@ def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = No
                                     col_labels=names, value_title="Attention score")
 
 
-def chart_accuracy(store: Any, by: str | None = None, **_: Any) -> alt.TopLevelMixin:
-    table = accuracy.accuracy_table(store.outputs, store.examples, by=[by] if by else None)
+def chart_accuracy(store: Any, group_by: str | None = None, **_: Any) -> alt.TopLevelMixin:
+    table = accuracy.accuracy_table(store.outputs, store.examples, group_by=[group_by] if group_by else None)
     return accuracy.accuracy_bars(table)
 
 

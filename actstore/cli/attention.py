@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attention", help="attention probabilities from query positions/roles to key positions/roles",
         description="Attention probabilities per layer and head from the stored patterns. Raw: one row per "
-                    "(example, layer, head, q_pos, k_pos). With --aggregate mean or --by: per group, the mean, "
+                    "(example, layer, head, q_pos, k_pos). With --aggregate mean or --group-by: per group, the mean, "
                     "std and count of the attention mass a query row puts on the selected keys, and the mean "
                     "row entropy (nats). Selectors are positions (negative: from each example's end), role "
                     "names (END, IO, '=', a0, open, ...) or comma-separated lists of them.")
@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", default=None, metavar="H[,H...]", help="heads within each layer (default: all)")
     p.add_argument("--query", default=None, metavar="SEL", help="query positions or roles, e.g. END or 0 or =")
     p.add_argument("--key", default=None, metavar="SEL", help="key positions or roles, e.g. IO,S1 or a0,a1,a2,a3")
-    p.add_argument("--aggregate", choices=("mean",), default=None, help="aggregate over examples (implied by --by)")
-    p.add_argument("--by", default=None, metavar="COL[,COL...]",
+    p.add_argument("--aggregate", choices=("mean",), default=None, help="aggregate over examples (implied by --group-by)")
+    p.add_argument("--group-by", default=None, metavar="COL[,COL...]",
                    help="group columns besides layer and head: k_role, k_pos, q_role, q_pos, example_id or labels "
                         "such as carry_2")
     add_where_option(p)
@@ -116,7 +116,7 @@ def run_attention(args: argparse.Namespace) -> int:
     from actstore.store import open_store
 
     output_format(args)  # a bad -o fails before the query runs
-    by = name_list(args.by, "--by")
+    by = name_list(args.group_by, "--group-by")
     layers, heads = int_list(args.layers, "--layers"), int_list(args.heads, "--heads")
     store = open_store(args.store)
     common: dict[str, Any] = dict(layers=layers, heads=heads, query=parse_selector(args.query),
@@ -124,5 +124,5 @@ def run_attention(args: argparse.Namespace) -> int:
     if args.aggregate is None and not by:  # raw rows: streamed, the table may not fit in memory
         write_frames(attention_frames(store, **common), pl.DataFrame(schema=RAW_SCHEMA), args)
     else:
-        write_table(attention(store, aggregate=args.aggregate, by=by, **common), args)
+        write_table(attention(store, aggregate=args.aggregate, group_by=by, **common), args)
     return 0

@@ -10,7 +10,7 @@ from actstore.cli.args import float_in, positive_int
 from actstore.errors import InvalidParameterError
 
 # make_chart option -> the flag that sets it
-FLAGS = {"target": "--target", "by": "--by", "heads": "--heads", "layer": "--layer", "head": "--head",
+FLAGS = {"target": "--target", "group_by": "--group-by", "heads": "--heads", "layer": "--layer", "head": "--head",
          "query_role": "--query-role", "key_roles": "--key-roles", "x": "--x", "color": "--color",
          "which": "--neurons", "direction": "--direction", "through_head": "--through-head", "pos": "--pos",
          "top": "--top"}
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help=f"output file: {CHART_FORMATS}")
     p.add_argument("--target", choices=("correct", "diff"), help="DLA / logit lens target (default: diff where the "
                    "task has counterfactual tokens, else correct)")
-    p.add_argument("--by", help="example label to split by (dla-split, attention-roles, logit-lens, accuracy)")
+    p.add_argument("--group-by", help="example label to split by (dla-split, attention-roles, logit-lens, accuracy)")
     p.add_argument("--heads", type=_heads,
                    help="heads to draw, e.g. 1.0,1.2 (default: all, or the 12 with largest DLA)")
     p.add_argument("--layer", type=int, help="layer (neurons, circuits; attention, attention-roles: its heads)")

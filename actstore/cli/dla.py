@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Direct logit attribution at the answer positions by component, from the stored "
                                    "activations (cached under STORE/derived/). Components sum to the logit minus b_U.")
     p.add_argument("store", help="store directory")
-    p.add_argument("--by", choices=("layer", "head", "neuron", "path"), default="head",
+    p.add_argument("--level", choices=("layer", "head", "neuron", "path"), default="head",
                    help="granularity: layer, head (default), neuron, or path through later heads")
     p.add_argument("--target", choices=("correct", "diff"), default="correct",
                    help="the correct token's logit, or correct minus counterfactual (default correct)")
@@ -62,8 +62,8 @@ def run_dla(args: argparse.Namespace) -> int:
 
     output_format(args)  # a bad -o fails before the query runs
     store = open_store(args.store)
-    table = derived.cached(store, "dla", {"by": args.by, "target": args.target})
-    write_table(breakdown(table, by=[]) if args.mean else table, args)
+    table = derived.cached(store, "dla", {"level": args.level, "target": args.target})
+    write_table(breakdown(table, group_by=[]) if args.mean else table, args)
     return 0
 
 
@@ -75,7 +75,7 @@ def run_logit_lens(args: argparse.Namespace) -> int:
     output_format(args)
     store = open_store(args.store)
     table = derived.cached(store, "logit_lens", {"target": args.target, "ln": args.ln})
-    write_table(breakdown(table, by=[]) if args.mean else table, args)
+    write_table(breakdown(table, group_by=[]) if args.mean else table, args)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`actstore sql STORE "SELECT ..."` and `actstore breakdown STORE --by LABEL`."""
+"""`actstore sql STORE "SELECT ..."` and `actstore breakdown STORE --group-by LABEL`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ TABLES = {"dla": "dla", "logit-lens": "logit_lens", "attention": "attention", "n
 
 def add_derived_options(p: argparse.ArgumentParser) -> None:
     """Parameters of the derived tables a command computes (or a query names)."""
-    p.add_argument("--dla-by", choices=("layer", "head", "neuron", "path"), default=None,
+    p.add_argument("--dla-level", choices=("layer", "head", "neuron", "path"), default=None,
                    help="granularity of the dla table (default head)")
     p.add_argument("--target", choices=("correct", "diff"), default=None,
                    help="dla / logit_lens toward the correct logit or correct minus counterfactual (default correct)")
@@ -24,8 +24,8 @@ def add_derived_options(p: argparse.ArgumentParser) -> None:
 def derived_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     dla: dict[str, Any] = {}
     lens: dict[str, Any] = {}
-    if args.dla_by:
-        dla["by"] = args.dla_by
+    if args.dla_level:
+        dla["level"] = args.dla_level
     if args.target:
         dla["target"] = lens["target"] = args.target
     if args.ln:
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Group a query table (dla by default) by example labels and summarise its values: "
                                    "mean, std, n and a 95% Student-t interval per label and component.")
     p.add_argument("store", help="store directory")
-    p.add_argument("--by", action="append", required=True, metavar="LABEL",
+    p.add_argument("--group-by", action="append", required=True, metavar="LABEL",
                    help="label column of the examples to split by (repeat for several)")
     p.add_argument("--of", choices=tuple(TABLES), default="dla", help="which table to split (default dla)")
     p.add_argument("--input", default=None, metavar="FILE.parquet",
@@ -94,5 +94,5 @@ def run_breakdown(args: argparse.Namespace) -> int:
     if args.value is not None and not args.value.strip():
         raise InvalidParameterError("--value is empty; name a numeric column of the table (default: value)")
     value = args.value or ("projection" if table_name == "neurons" and "value" not in table.columns else "value")
-    write_table(breakdown(table, by=args.by, examples=store.examples, value=value), args)
+    write_table(breakdown(table, group_by=args.group_by, examples=store.examples, value=value), args)
     return 0

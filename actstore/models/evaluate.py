@@ -33,7 +33,7 @@ METRICS = ("examples", "answers", "accuracy", "loss", "logit_diff", "diff_accura
 
 
 def evaluate(model: Any, task: str | Task, n: int = 2000, seed: int = EVAL_SEED, params: dict[str, Any] | None = None,
-             by: list[str] | None = None, batch_size: int = 512) -> pl.DataFrame:
+             group_by: list[str] | None = None, batch_size: int = 512) -> pl.DataFrame:
     """Accuracy of `model` on `n` fresh examples of `task` (generated with `seed`).
 
     Returns one row per group: split ('all', 'answer' for the answer index, or a label column),
@@ -48,7 +48,7 @@ def evaluate(model: Any, task: str | Task, n: int = 2000, seed: int = EVAL_SEED,
     data = task_obj.generate(n, seed, tokenizer=getattr(model, "tokenizer", None))
     _check_vocab(model, data)
     _check_width(model, data)
-    splits = by if by is not None else _default_splits(data)
+    splits = group_by if group_by is not None else _default_splits(data)
     missing = [c for c in splits if c not in data.labels.columns]
     if missing:
         raise InvalidParameterError(

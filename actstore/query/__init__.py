@@ -3,9 +3,9 @@
 Every analysis is pure math over arrays (tested against TransformerLens) plus a thin function
 that streams a store chunk by chunk. No model, no GPU, no transformer_lens.
 
-    dla(store, by='head'|'layer'|'neuron'|'path', target='correct'|'diff')
+    dla(store, level='head'|'layer'|'neuron'|'path', target='correct'|'diff')
     logit_lens(store, target=..., ln='cached'|'recompute')
-    breakdown(table, by, examples)            mean, std, n, 95% t interval per group
+    breakdown(table, group_by, examples)      mean, std, n, 95% t interval per group
     ov_circuit, qk_circuit, virtual_ov, composition_scores    (weights only)
     attention(store, ...), neurons(store, ...)                 grouped statistics or raw rows
     attention_frames, neuron_frames           the raw rows, one chunk's DataFrame at a time

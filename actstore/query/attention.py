@@ -1,20 +1,22 @@
 """`attention(store, ...)`: attention probabilities by position or role, raw or aggregated.
 
-    attention(store, layers=None, heads=None, query=None, key=None, aggregate=None, by=None, where=None)
+    attention(store, layers=None, heads=None, query=None, key=None, aggregate=None, group_by=None, where=None)
 
-Raw (aggregate None and no by): one row per (example, layer, head, query position, key
-position) selected: example_id, layer, head, q_pos, k_pos, q_role, k_role, prob (float32, as
-stored). Pad positions are never rows, nor keys after the query in a causal model.
+Raw (aggregate None and no group_by): one row per (example, layer, head, query position, key
+position) selected: example_id, layer, head, q_pos, k_pos, q_role, k_role, value (the
+probability, float32 as stored). Pad positions are never rows, nor keys after the query in a
+causal model.
 
-Aggregated (aggregate='mean', or any by): one row per group: layer, head, the `by` columns,
-mean, std, n, entropy. The averaged value is a *unit*'s attention mass: the probability a
-selected query row puts on its selected keys, summed over the keys of one group. Keys form one
-group unless by holds 'k_pos' (a group per key position) or 'k_role' (per role: the mass on all
-keys of that role, e.g. every 'open' bracket). So query='END', key='IO' gives END -> IO, and
-query='=', key=['a0','a1','a2','a3'], by=['k_role','carry_2'] gives '=' -> each a-digit split by
-carry. n counts units (a row with no selected key in a group makes no unit); entropy is the mean
-entropy (nats) of the units' query rows over all their keys. by may also hold 'q_pos',
-'q_role', 'example_id' and any label column of the store's examples.
+Aggregated (aggregate='mean', or any group_by): one row per group: layer, head, the `group_by`
+columns, mean, std, n, ci_low, ci_high (95% t interval), entropy. The averaged value is a
+*unit*'s attention mass: the probability a selected query row puts on its selected keys, summed
+over the keys of one group. Keys form one group unless group_by holds 'k_pos' (a group per key
+position) or 'k_role' (per role: the mass on all keys of that role, e.g. every 'open' bracket).
+So query='END', key='IO' gives END -> IO, and query='=', key=['a0','a1','a2','a3'],
+group_by=['k_role','carry_2'] gives '=' -> each a-digit split by carry. n counts units (a row with
+no selected key in a group makes no unit); entropy is the mean entropy (nats) of the units' query
+rows over all their keys. group_by may also hold 'q_pos', 'q_role', 'example_id' and any label
+column of the store's examples.
 
 Aggregation reads one chunk and one layer at a time, only the selected query rows, and keeps
 only per-group moments. Raw rows (about 45 bytes each in memory) are built a chunk at a time;
@@ -32,6 +34,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
+from actstore.query.breakdown import with_interval
 from actstore.query.chunks import Chunk, ExampleArrays, stream
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 from actstore.query.tables import ColumnType
@@ -39,24 +42,24 @@ from actstore.store.reader import Store
 
 RAW_SCHEMA: dict[str, ColumnType] = {
     "example_id": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "q_pos": pl.Int64, "k_pos": pl.Int64,
-    "q_role": pl.String, "k_role": pl.String, "prob": pl.Float32}
+    "q_role": pl.String, "k_role": pl.String, "value": pl.Float32}
 UNIT_COLUMNS = ("example_id", "q_pos", "q_role", "k_pos", "k_role")  # group columns that are not labels
 AGGREGATES = ("mean",)
 
 
 def attention(store: Store, layers: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
               query: Selector = None, key: Selector = None, aggregate: str | None = None,
-              by: str | Sequence[str] | None = None,
+              group_by: str | Sequence[str] | None = None,
               where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Attention probabilities of the chosen heads from `query` positions/roles to `key` ones.
 
     layers, heads: ints or lists (None: all; heads apply in every chosen layer).
     query, key:    position selectors (int, role name, list, None; see selectors.py).
-    aggregate:     None for raw rows, 'mean' for group statistics (implied by `by`).
-    by:            group columns besides layer and head (see the module docstring).
+    aggregate:     None for raw rows, 'mean' for group statistics (implied by `group_by`).
+    group_by:      group columns besides layer and head (see the module docstring).
     where:         keep only examples matching this (Polars expression or {label: value(s)}).
     """
-    layers_, heads_, by_, hooks = _check(store, layers, heads, aggregate, by)
+    layers_, heads_, by_, hooks = _check(store, layers, heads, aggregate, group_by)
     plan = _Plan(store, query, key, where)
     if aggregate is None and not by_:
         frames = list(_raw_frames(plan, layers_, heads_, hooks))
@@ -89,17 +92,19 @@ def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[
 
 
 def _check(store: Store, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
-           aggregate: str | None, by: str | Sequence[str] | None) -> tuple[list[int], list[int], list[str], list[str]]:
-    """Validated layers, heads, by columns and the pattern hooks to read (one-line errors)."""
+           aggregate: str | None, group_by: str | Sequence[str] | None
+           ) -> tuple[list[int], list[int], list[str], list[str]]:
+    """Validated layers, heads, group_by columns and the pattern hooks to read (one-line errors)."""
     layers_ = _indices(layers, store.arch.n_layers, "layers")
     heads_ = _indices(heads, store.arch.n_heads, "heads")
-    by_ = [by] if isinstance(by, str) else list(by or [])
+    by_ = [group_by] if isinstance(group_by, str) else list(group_by or [])
     if aggregate is not None and aggregate not in AGGREGATES:
         raise InvalidParameterError(f"aggregate must be None or one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     labels = [c for c in by_ if c not in UNIT_COLUMNS]
-    check_labels(store.examples, labels, "attention by")
+    check_labels(store.examples, labels, "attention group_by")
     if len(set(by_)) != len(by_) or {"layer", "head"} & set(by_):
-        raise InvalidParameterError(f"attention by={by_}: give each column once (layer and head are always groups)")
+        raise InvalidParameterError(f"attention group_by={by_}: give each column once (layer and head are always "
+                                    "groups)")
     hooks = [store.arch.pattern(layer) for layer in layers_]
     for name in hooks:
         if name not in store.hooks:
@@ -136,19 +141,21 @@ class _Grouping:
                 self.label_codes[c] = code.fill_null(uniq.len()).to_numpy()
                 self.values[c] = pl.concat([uniq, pl.Series([None], dtype=series.dtype)]) if series.null_count() \
                     else uniq
-        self.keys = GroupKeys([self.values[c].len() for c in self.columns], f"attention by={by}")
+        self.keys = GroupKeys([self.values[c].len() for c in self.columns], f"attention group_by={by}")
 
     def frame(self, moments: Moments | None) -> pl.DataFrame:
-        """group columns, mean, std, n, entropy: one row per group, sorted by the group columns."""
-        stats: dict[str, ColumnType] = {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64, "entropy": pl.Float64}
+        """group columns, mean, std, n, ci_low, ci_high, entropy: one row per group, sorted by the group columns."""
+        stats: dict[str, ColumnType] = {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64, "ci_low": pl.Float64,
+                                        "ci_high": pl.Float64, "entropy": pl.Float64}
         if moments is None:
             columns: dict[str, ColumnType] = {c: self.values[c].dtype for c in self.columns}
             return pl.DataFrame(schema=columns | stats)
         cols = {c: self.values[c].gather(code).alias(c) for c, code in zip(self.columns,
                                                                            self.keys.decode(moments.keys))}
         std = pl.Series("std", moments.std()).fill_nan(None)
-        return pl.DataFrame([*cols.values(), pl.Series("mean", moments.mean), std,
-                             pl.Series("n", moments.n, dtype=pl.Int64), pl.Series("entropy", moments.entropy())])
+        out = with_interval(pl.DataFrame([*cols.values(), pl.Series("mean", moments.mean), std,
+                                          pl.Series("n", moments.n, dtype=pl.Int64)]))
+        return out.with_columns(entropy=pl.Series(moments.entropy()))
 
 
 class _Plan:
@@ -217,7 +224,7 @@ class _Plan:
             "example_id": self.ids[start:stop][e], "layer": np.asarray(layers, dtype=np.int64)[li],
             "head": np.asarray(heads, dtype=np.int64)[hi], "q_pos": qp.astype(np.int64), "k_pos": k.astype(np.int64),
             "q_role": self.roles.strings(codes[e, qp]), "k_role": self.roles.strings(codes[e, k]),
-            "prob": stacked[e, li, hi, qi, k].astype(np.float32),
+            "value": stacked[e, li, hi, qi, k].astype(np.float32),
         }, schema=RAW_SCHEMA)
 
     def units(self, li: int, heads: list[int], hook: str, chunk: Chunk, key_group: str, by: list[str],

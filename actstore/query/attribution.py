@@ -2,7 +2,7 @@
 
 At each answer position the final residual stream is a sum of components; with the stored
 final LayerNorm scale, each component's share of the answer logit (minus b_U) is
-`component . u / scale` (see readout.py). Components by granularity:
+`component . u / scale` (see readout.py). Components at each level:
 
   layer:  embed, pos_embed, attn{l} (heads + b_O), mlp{l} (neurons + b_out)
   head:   embed, pos_embed, L{l}H{h}, attn_bias{l}, mlp{l}
@@ -10,7 +10,7 @@ final LayerNorm scale, each component's share of the answer logit (minus b_U) is
   path:   as head, but every head of layer >= 1 is split into the earlier components it
           carries: '{source}>L{l}H{h}' (see paths.py)
 
-plus 'ln_final_bias' for a model whose final LayerNorm bias was not folded. Every granularity
+plus 'ln_final_bias' for a model whose final LayerNorm bias was not folded. Every level
 sums exactly to the logit minus b_U (target 'correct') or to the logit difference minus the
 b_U difference (target 'diff'). pos_embed appears only where positions are added to the
 residual stream ('standard'; a shortformer adds them to queries and keys only).
@@ -29,7 +29,7 @@ from actstore.query.paths import path_attribution
 from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
 
-GRANULARITIES = ("layer", "head", "neuron", "path")
+LEVELS = ("layer", "head", "neuron", "path")
 # dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
 # keeps them exact to ~1e-7 relative at half the memory traffic of float64; the folded tables are
 # computed in float64, and biases, embeddings and the final scale stay float64.
@@ -47,9 +47,9 @@ class Component:
     source: str | None = None
 
 
-def required_hooks(weights: Weights, by: str) -> tuple[list[str], list[str]]:
-    """(hooks needed at the answer positions, hooks needed at every position) for granularity `by`."""
-    check_by(by)
+def required_hooks(weights: Weights, level: str) -> tuple[list[str], list[str]]:
+    """(hooks needed at the answer positions, hooks needed at every position) at granularity `level`."""
+    check_level(level)
     n = weights.arch.n_layers
     at_answer = [Arch.z(layer) for layer in range(n)]
     if weights.arch.has_mlp:
@@ -57,7 +57,7 @@ def required_hooks(weights: Weights, by: str) -> tuple[list[str], list[str]]:
     if weights.arch.norm is not None:
         at_answer.append(Arch.final_scale)
     full: list[str] = []
-    if by == "path" and n > 1:
+    if level == "path" and n > 1:
         at_answer += [Arch.pattern(layer) for layer in range(1, n)]
         full += [Arch.z(layer) for layer in range(n - 1)]
         if weights.arch.has_mlp:
@@ -67,9 +67,9 @@ def required_hooks(weights: Weights, by: str) -> tuple[list[str], list[str]]:
     return at_answer, full
 
 
-def check_by(by: str) -> None:
-    if by not in GRANULARITIES:
-        raise InvalidParameterError(f"by must be one of {', '.join(GRANULARITIES)}, got {by!r}")
+def check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise InvalidParameterError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
 
 
 def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
@@ -96,10 +96,10 @@ def final_scale(weights: Weights, chunk: Chunk) -> np.ndarray:
     return chunk.at_answer[Arch.final_scale][..., 0].astype(np.float64)
 
 
-def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str = "head",
+def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: str = "head",
                        target: str = "correct") -> tuple[np.ndarray, list[Component]]:
     """Each component's direct attribution at each answer: ([example, answer, component] float64, components)."""
-    check_by(by)
+    check_level(level)
     tgt = make_target(readout, chunk, target)
     u = tgt.take(readout.u)  # [e, a, d_model]
     blocks: list[np.ndarray] = []  # each [e, a, k], divided by the final scale at the end
@@ -121,9 +121,9 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
         heads = np.einsum("eahd,eahd->eah", z, tgt.take(compute_table(readout, "head", layer)))  # [e, a, head]
         heads = heads.astype(np.float64)
         attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
-        if by == "layer":
+        if level == "layer":
             add(heads.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])
-        elif by == "path" and layer > 0:
+        elif level == "path" and layer > 0:
             values, sources = path_attribution(weights, readout, chunk, tgt, layer)  # [e, a, head, source]
             add(values.reshape(*values.shape[:2], -1),
                 [Component(f"{src}>L{layer}H{h}", layer, h, source=src) for h in range(n_heads) for src in sources])
@@ -136,7 +136,7 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, by: str
         post = chunk.at_answer[Arch.mlp_post(layer)].astype(COMPUTE, copy=False)  # [e, a, d_mlp]
         fold = tgt.take(compute_table(readout, "mlp", layer))  # [e, a, d_mlp]
         mlp_bias = tgt.take(readout.mlp_bias(layer))
-        if by == "neuron":
+        if level == "neuron":
             per_neuron = (post * fold).astype(np.float64)
             add(per_neuron, [Component(f"L{layer}N{n}", layer, neuron=n) for n in range(per_neuron.shape[-1])])
             add(mlp_bias, [Component(f"mlp_bias{layer}", layer)])

@@ -4,7 +4,7 @@ Joins the table's rows with the label columns of `examples` by example_id, group
 plus the table's own key columns (component, layer, head, answer_idx, stage, ...) and returns
 per group: mean, std (sample, ddof 1), n and a 95% confidence interval for the mean from
 Student's t with n - 1 degrees of freedom (mean +- t * std / sqrt(n); null when n < 2).
-The carry split of the addition seed is `breakdown(dla(store), by='carry_2', examples=store)`.
+The carry split of the addition seed is `breakdown(dla(store), group_by='carry_2', examples=store)`.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ KEY_COLUMNS = ("target", "answer_idx", "component", "layer", "head", "neuron", "
 Z975 = 1.959963984540054  # standard normal 97.5% quantile
 
 
-def breakdown(table: pl.DataFrame, by: str | Sequence[str], examples: Any = None, value: str = "value",
+def breakdown(table: pl.DataFrame, group_by: str | Sequence[str], examples: Any = None, value: str = "value",
               keys: Sequence[str] | None = None) -> pl.DataFrame:
-    """Group `table` by label columns `by` (+ `keys`) and summarise `value`.
+    """Group `table` by label columns `group_by` (+ `keys`) and summarise `value`.
 
     examples: the examples table (or a store, whose `.examples` is used) holding the labels; not
-              needed when the `by` columns are already in `table`
+              needed when the `group_by` columns are already in `table`
     keys:     item columns to keep apart (default: those of KEY_COLUMNS present in the table)
-    returns:  by..., keys..., mean, std, n, ci_low, ci_high (95%, Student t), in label order and,
-              within a label, in the table's item order
+    returns:  group_by..., keys..., mean, std, n, ci_low, ci_high (95%, Student t), in label order
+              and, within a label, in the table's item order
     """
-    by = [by] if isinstance(by, str) else list(by)  # [] summarises each item over all examples
+    by = [group_by] if isinstance(group_by, str) else list(group_by)  # [] summarises each item over all examples
     if value not in table.columns:
         raise UnknownColumnError(
             f"breakdown: no value column {value!r} in the table (columns: {', '.join(table.columns)})")
@@ -48,15 +48,21 @@ def breakdown(table: pl.DataFrame, by: str | Sequence[str], examples: Any = None
                 f"breakdown: no key column {k!r} in the table (columns: {', '.join(table.columns)})")
     groups = [*by, *keys]
     v = pl.col(value).cast(pl.Float64)
-    stats = dict(mean=v.mean(), std=v.std(ddof=1), n=v.count())
+    stats = dict(mean=v.mean(), std=v.std(ddof=1), n=v.count().cast(pl.Int64))
     out = table.group_by(groups, maintain_order=True).agg(**stats) if groups else table.select(**stats)
-    ns = out.get_column("n").unique().to_list()
-    t = pl.DataFrame({"n": ns, "_t": [t975(int(n) - 1) if n and n > 1 else None for n in ns]},
-                     schema={"n": out.schema["n"], "_t": pl.Float64})
-    half = pl.col("_t") * pl.col("std") / pl.col("n").cast(pl.Float64).sqrt()
-    out = out.join(t, on="n", how="left", maintain_order="left").with_columns(
-        ci_low=pl.col("mean") - half, ci_high=pl.col("mean") + half).drop("_t")
+    out = with_interval(out)
     return out.sort(by, maintain_order=True, nulls_last=True) if by else out
+
+
+def with_interval(stats: pl.DataFrame) -> pl.DataFrame:
+    """`stats` (mean, std, n per row) plus ci_low, ci_high: the 95% Student t interval of the mean
+    (null where n < 2). Every aggregate a query returns has this shape."""
+    ns = stats.get_column("n").unique().to_list()
+    t = pl.DataFrame({"n": ns, "_t": [t975(int(n) - 1) if n and n > 1 else None for n in ns]},
+                     schema={"n": stats.schema["n"], "_t": pl.Float64})
+    half = pl.col("_t") * pl.col("std") / pl.col("n").cast(pl.Float64).sqrt()
+    return stats.join(t, on="n", how="left", maintain_order="left").with_columns(
+        ci_low=pl.col("mean") - half, ci_high=pl.col("mean") + half).drop("_t")
 
 
 def _with_labels(table: pl.DataFrame, by: list[str], examples: Any) -> pl.DataFrame:

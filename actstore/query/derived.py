@@ -38,7 +38,7 @@ from actstore.store.reader import Store
 VERSION = 1  # bump when a derived table's contents change for the same parameters
 TABLES = ("dla", "logit_lens", "attention", "neurons")
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "dla": {"by": "head", "target": "correct"},
+    "dla": {"level": "head", "target": "correct"},
     "logit_lens": {"target": "correct", "ln": "cached"},
     "attention": {},
     "neurons": {"direction": "answer"},
@@ -65,7 +65,7 @@ def _neuron_layers(store: Store) -> list[int]:
 def stream(store: Store, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:
     """The table's rows chunk by chunk, for the raw tables that can be far bigger than memory
     (attention rows, neuron rows); None for tables computed whole (dla, logit_lens, aggregates)."""
-    if table == "attention" and not params.get("aggregate") and not params.get("by"):
+    if table == "attention" and not params.get("aggregate") and not params.get("group_by"):
         return attention_frames(store, **params)
     if table == "neurons" and params.get("top_k") is None:
         rest = {k: v for k, v in params.items() if k != "top_k"}

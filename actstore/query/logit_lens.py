@@ -5,7 +5,7 @@ model has MLPs, and (last layer, 'resid_post'), the final stream (TransformerLen
 `accumulated_resid(incl_mid=True)` labels 0_pre, 0_mid, ..., final_post).
 
 ln='cached' (default, as the seeds do with `apply_ln_to_stack`): every stage is normalised with
-the final LayerNorm scale of the full stream, so stages are running sums of `dla(by='layer')`
+the final LayerNorm scale of the full stream, so stages are running sums of `dla(level='layer')`
 and the last one equals the logit minus b_U exactly. ln='recompute': every stage goes through
 the final LayerNorm with its own statistics (TransformerLens `accumulated_resid(apply_ln=True)`),
 what the model would read if the stream stopped there.
@@ -50,7 +50,7 @@ def lens_values(weights: Weights, readout: Readout, chunk: Chunk, target: str = 
 
 
 def _cached(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np.ndarray:
-    values, comps = direct_attribution(weights, readout, chunk, by="layer", target=target)
+    values, comps = direct_attribution(weights, readout, chunk, level="layer", target=target)
     constant = np.zeros(values.shape[:2])
     if comps[-1].name == "ln_final_bias":  # read-out constant: part of every stage
         constant, values, comps = values[..., -1], values[..., :-1], comps[:-1]

@@ -9,8 +9,8 @@ and only when the query names it. So
     WHERE carry_2 GROUP BY component
 
 computes per-head DLA once, then answers from Parquet. Derived tables use their default
-parameters (dla: by='head', target='correct'; logit_lens: target='correct', ln='cached'; ...);
-pass `params={'dla': {'by': 'layer'}}` for others. Errors (syntax, unknown view or column)
+parameters (dla: level='head', target='correct'; logit_lens: target='correct', ln='cached'; ...);
+pass `params={'dla': {'level': 'layer'}}` for others. Errors (syntax, unknown view or column)
 become one-line QueryErrors naming the available views and the columns of those the query uses.
 
 The sandbox: a query is exactly one SELECT (also DESCRIBE, SHOW, SUMMARIZE, which parse as one)

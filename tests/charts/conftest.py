@@ -110,7 +110,7 @@ def run() -> Run:
         "example_id": e_i.astype(np.int64), "layer": l_i.astype(np.int64), "head": h_i.astype(np.int64),
         "q_pos": q_i.astype(np.int64), "k_pos": k_i.astype(np.int64),
         "q_role": role_arr[q_i], "k_role": role_arr[k_i],
-        "prob": pattern_a[e_i, l_i, h_i, q_i, k_i].astype(np.float64),
+        "value": pattern_a[e_i, l_i, h_i, q_i, k_i].astype(np.float64),
     })
 
     # neurons at the first answer position: projection onto W_out @ W_U[:, 0]

@@ -33,7 +33,7 @@ def test_accuracy_table_matches_numpy(run):
 
 
 def test_accuracy_bars(run):
-    table = accuracy_table(run.outputs, run.examples, by=["any_carry"])
+    table = accuracy_table(run.outputs, run.examples, group_by=["any_carry"])
     chart = accuracy_bars(table)
     rows = chart_rows(chart)
     assert [(r["label"], r["value"]) for r in rows] == [

@@ -59,7 +59,7 @@ def test_heatmap_head_selection_and_limit(run):
 
 def test_role_bars_from_equals_split_by_carry(run):
     chart = attention_role_bars(run.attention, query_role="=", key_roles=["a0", "b0", "a3", "b3"],
-                                examples=run.examples, by="any_carry")
+                                examples=run.examples, group_by="any_carry")
     rows = chart_rows(chart)
     pos = {r: i for i, r in enumerate(run.roles)}
     carry = run.examples.get_column("any_carry").to_numpy()
@@ -80,6 +80,6 @@ def test_role_bars_errors(run):
     with pytest.raises(InvalidParameterError, match="'END'"):
         attention_role_bars(run.attention, query_role="END")
     with pytest.raises(InvalidParameterError, match="examples="):
-        attention_role_bars(run.attention, query_role="=", by="any_carry")
+        attention_role_bars(run.attention, query_role="=", group_by="any_carry")
     with pytest.raises(InvalidParameterError, match=r"\['IO'\]"):
         attention_role_bars(run.attention, query_role="=", key_roles=["IO"])

@@ -105,7 +105,7 @@ def test_errors_name_the_problem(run):
     assert len(chart_rows(component_bars(two, target="diff"))) > 0
     with pytest.raises(UnknownColumnError, match="no_such_label"):
         component_bars_by(run.dla, run.examples, "no_such_label")
-    with pytest.raises(InvalidParameterError, match="by='head'"):
+    with pytest.raises(InvalidParameterError, match="level='head'"):
         dla_heatmap(run.dla.filter(pl.col("head").is_null()))
 
 

@@ -30,9 +30,9 @@ def test_lines_per_answer_match_numpy(run):
 
 
 def test_lines_by_label(run):
-    rows = chart_rows(logit_lens_lines(run.logit_lens, examples=run.examples, by="carry_1"))
+    rows = chart_rows(logit_lens_lines(run.logit_lens, examples=run.examples, group_by="carry_1"))
     carry = run.examples.get_column("carry_1").to_numpy()
     final = [r for r in rows if r["point"] == "final" and r["line"] == "true"][0]
     assert final["mean"] == pytest.approx(run.lens[carry, :, -1].mean())
     with pytest.raises(InvalidParameterError, match="fewer values"):
-        logit_lens_lines(run.logit_lens, examples=run.examples, by="sum")
+        logit_lens_lines(run.logit_lens, examples=run.examples, group_by="sum")

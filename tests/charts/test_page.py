@@ -33,7 +33,7 @@ def _sections(run) -> list[Section]:
         Section("Carry", "split", chart=component_bars_by(run.dla, run.examples, {0: "carry_0", 1: "carry_1"})),
         Section("Attention", "by role", chart=attention_heatmap(run.attention)),
         Section("Attention from =", "by carry", chart=attention_role_bars(run.attention, "=", examples=run.examples,
-                                                                          by="any_carry")),
+                                                                          group_by="any_carry")),
         Section("Logit lens", "lines", chart=logit_lens_lines(run.logit_lens)),
         Section("Neurons", "scatter", chart=neuron_scatter(run.neurons, run.examples, x="a", color="any_carry")),
         Section("OV", "circuit", chart=circuit_heatmap(ov, "OV L1H0")),

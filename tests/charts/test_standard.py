@@ -22,7 +22,7 @@ def test_default_splits(stores):
                                                            "carry into this digit")
     assert standard.default_split(stores("brackets")) == ("failure", "failure")
     assert standard.default_split(stores("ioi")) == ("order", "order")
-    with pytest.raises(InvalidParameterError, match="--by"):
+    with pytest.raises(InvalidParameterError, match="group_by"):
         standard.default_split(stores("list_update"))
 
 

@@ -26,7 +26,7 @@ def test_raw_rows_as_csv_and_parquet(capsys, store_path, tmp_path):
                            "--format", "csv"])
     assert got.columns == want.columns and got.height == want.height == 24 * 10  # '=' at 9 sees keys 0..9
     assert got["k_role"].to_list() == want["k_role"].to_list()
-    np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-6)
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-6)
     out = tmp_path / "a.parquet"
     assert main(["attention", str(store_path), "--query", "-1", "--key", "0,1", "-o", str(out)]) == 0
     assert f"wrote {2 * 2 * 24 * 2} rows" in capsys.readouterr().err  # 2 layers x 2 heads x 24 examples x 2 keys
@@ -36,11 +36,11 @@ def test_raw_rows_as_csv_and_parquet(capsys, store_path, tmp_path):
 def test_grouped_by_role_and_label_with_where(capsys, store_path):
     store = actstore.open_store(store_path)
     argv = ["attention", str(store_path), "--layers", "1", "--query", "=", "--key", "a0,a1,a2,a3",
-            "--by", "k_role,carry_2", "--where", "any_carry=true", "--format", "csv"]
+            "--group-by", "k_role,carry_2", "--where", "any_carry=true", "--format", "csv"]
     got = csv_out(capsys, argv)
-    want = attention(store, layers=1, query="=", key=["a0", "a1", "a2", "a3"], by=["k_role", "carry_2"],
+    want = attention(store, layers=1, query="=", key=["a0", "a1", "a2", "a3"], group_by=["k_role", "carry_2"],
                      where={"any_carry": True})
-    assert got.columns == ["layer", "head", "k_role", "carry_2", "mean", "std", "n", "entropy"]
+    assert got.columns == ["layer", "head", "k_role", "carry_2", "mean", "std", "n", "ci_low", "ci_high", "entropy"]
     assert got.select("head", "k_role", "carry_2", "n").equals(want.select("head", "k_role", "carry_2", "n"))
     np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-9)
     assert got["n"].sum() == 2 * 4 * store.examples["any_carry"].sum()
@@ -52,7 +52,7 @@ def test_grouped_by_role_and_label_with_where(capsys, store_path):
 def test_errors_are_one_line(capsys, store_path):
     one_line_error(capsys, ["attention", str(store_path), "--query", "END"], "no token has role 'END'", "a0")
     one_line_error(capsys, ["attention", str(store_path), "--layers", "one"], "--layers expects comma-separated")
-    one_line_error(capsys, ["attention", str(store_path), "--by", "carry"], "'carry' is not a label")
+    one_line_error(capsys, ["attention", str(store_path), "--group-by", "carry"], "'carry' is not a label")
     one_line_error(capsys, ["attention", str(store_path / "nope")], "nope")
 
 
@@ -65,9 +65,9 @@ def test_streamed_outputs_and_limit(capsys, store_path, tmp_path):
     out = tmp_path / "a.csv"
     assert main(["attention", str(store_path), "--heads", "1", "--key", "=", "-o", str(out)]) == 0
     assert f"wrote {want.height} rows" in capsys.readouterr().err
-    got = pl.read_csv(out, schema_overrides={"prob": pl.Float32})
-    assert got.drop("prob").equals(want.drop("prob"))
-    np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-6)
+    got = pl.read_csv(out, schema_overrides={"value": pl.Float32})
+    assert got.drop("value").equals(want.drop("value"))
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-6)
     js = tmp_path / "a.json"
     assert main(["attention", str(store_path), "--heads", "1", "--key", "=", "-o", str(js)]) == 0
     assert pl.read_ndjson(js).height == want.height

@@ -100,8 +100,8 @@ ROWS = [
     row("eval", "--task", "nosuch", "--model", "zoo:addition", says="unknown task 'nosuch'"),
     row("eval", "--task", "ioi", "--model", "zoo:addition", "--n", "10", says="outside the model's input vocab"),
     row(*EVAL, "--n", "10", "--param", "digits=9", says="examples are 29 tokens long but the model's n_ctx is 14"),
-    row(*EVAL, "--n", "10", "--by", "nosuch", says="no label column 'nosuch'"),
-    row(*EVAL, "--n", "3000", "--by", "a", "-o", "{fs}/e.csv", says="No space left on device", fs=16, marks=slow),
+    row(*EVAL, "--n", "10", "--group-by", "nosuch", says="no label column 'nosuch'"),
+    row(*EVAL, "--n", "3000", "--group-by", "a", "-o", "{fs}/e.csv", says="No space left on device", fs=16, marks=slow),
     # ingest
     row(*ING, "--n", "100000000000", "--out", "{out}/s", says="n must be at most"),
     row(*ING, "--n", "16", "--device", "cuda", "--out", "{out}/s", says="no CUDA device", marks=no_cuda),
@@ -132,9 +132,9 @@ ROWS = [
         says="CSV cannot hold the nested column(s) tokens"),
     row("sql", "{add}", "SELECT * FROM range(100000)", "-o", "{fs}/q.csv", says="No space left on device", fs=16,
         marks=slow),
-    row("breakdown", "{add}", "--by", "nosuch", says="no label column 'nosuch'"),
-    row("breakdown", "{add}", "--by", "carry_2", "--input", "{file}", says="is not a readable Parquet file"),
-    row("breakdown", "{add}", "--by", "carry_2", "-o", "{out}/b.parquet", "--format", "csv",
+    row("breakdown", "{add}", "--group-by", "nosuch", says="no label column 'nosuch'"),
+    row("breakdown", "{add}", "--group-by", "carry_2", "--input", "{file}", says="is not a readable Parquet file"),
+    row("breakdown", "{add}", "--group-by", "carry_2", "-o", "{out}/b.parquet", "--format", "csv",
         says="--format csv contradicts -o"),
     # dla, logit-lens
     row("dla", "{add}", "--limit", "-2", says="--limit: must be an integer >= 0, got -2"),
@@ -172,7 +172,7 @@ ROWS = [
     row("attention", "{add}", "--layers", "", says="--layers is empty"),
     row("attention", "{add}", "--heads", "", says="--heads is empty"),
     row("attention", "{add}", "--layers", "99", says="99 is out of range"),
-    row("attention", "{add}", "--by", "", says="--by is empty"),
+    row("attention", "{add}", "--group-by", "", says="--group-by is empty"),
     row("attention", "{add}", "--query", "nosuch", says="no token has role 'nosuch'"),
     row("attention", "{add}", "--limit", "-1", says="--limit: must be an integer >= 0"),
     row("attention", "{add}", "-o", "{out}", says="is a directory"),
@@ -204,7 +204,7 @@ ROWS = [
     row("chart", "dla-heads", "{add}", "-o", "{out}/c.png", "--scale", "1000", says="at most 10"),
     row("chart", "dla-heads", "{add}", "-o", "{out}/c.svg", "--scale", "2", says="--scale applies to .png"),
     row("chart", "dla-components", "{add}", "-o", "{out}/c.svg", "--top", "0", says="--top: must be an integer"),
-    row("chart", "dla-split", "{add}", "-o", "{out}/c.svg", "--by", "", says="--by is empty"),
+    row("chart", "dla-split", "{add}", "-o", "{out}/c.svg", "--group-by", "", says="--group-by is empty"),
     row("chart", "nosuch", "{add}", "-o", "{out}/c.svg", says="unknown chart kind 'nosuch'"),
     row("chart", "ov-circuit", "{add}", "-o", "{out}/c.svg", says="circuit charts need --layer and --head"),
     row("chart", "neurons", "{br}", "--direction", "{file}", "-o", "{out}/c.svg", says="is not a readable .npy"),
@@ -219,7 +219,7 @@ ROWS = [
     row("report", "{missing_weights}", "-o", "{out}/r.html", says="is corrupt"),
     row("report", "{add}", "-o", "{fs}/r.html", says="No space left on device", fs=64, marks=slow),
     row("report", "{add}", "-o", "{fs}/r.html", says="Read-only file system", fs="ro", marks=slow),
-    row("breakdown", "{add}", "--by", "carry_2", "--value", "", says="--value is empty"),
+    row("breakdown", "{add}", "--group-by", "carry_2", "--value", "", says="--value is empty"),
     # no such command
     row("nosuch", says="invalid choice: 'nosuch'"),
 ]
@@ -311,7 +311,7 @@ def test_a_query_on_an_unfinished_store_warns_in_one_line(tmp_path, stores):
     (store / "_commits/complete.json").unlink()
     last = max((store / "_commits").glob("0*.json"))
     last.unlink()  # as an ingest interrupted before its last commit
-    proc = subprocess.run([sys.executable, "-m", "actstore.cli", "dla", str(store), "--by", "layer", "--mean"],
+    proc = subprocess.run([sys.executable, "-m", "actstore.cli", "dla", str(store), "--level", "layer", "--mean"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

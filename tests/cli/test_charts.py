@@ -32,7 +32,7 @@ def store_dirs(tmp_path_factory):
 
 KIND_ARGS = {
     "dla-heads": [], "dla-components": ["--top", "5"], "dla-split": [], "attention": ["--heads", "1.0,L1H2"],
-    "attention-roles": ["--by", "carry_0"], "logit-lens": ["--by", "any_carry"], "accuracy": [],
+    "attention-roles": ["--group-by", "carry_0"], "logit-lens": ["--group-by", "any_carry"], "accuracy": [],
     "ov-circuit": ["--layer", "1", "--head", "2"], "qk-circuit": ["--layer", "0", "--head", "0"],
 }
 
@@ -73,7 +73,7 @@ def test_report_command(store_dirs, tmp_path, capsys):
     (["chart", "dla-heads", "{tmp}/nostore", "-o", "{tmp}/x.png"], "nostore"),
     (["chart", "ov-circuit", "{store}", "-o", "{tmp}/x.png"], "--layer and --head"),
     (["chart", "ov-circuit", "{store}", "-o", "{tmp}/x.png", "--layer", "5", "--head", "0"], "L5H0 is not in"),
-    (["chart", "dla-split", "{store}", "-o", "{tmp}/x.png", "--by", "nope"], "'nope'"),
+    (["chart", "dla-split", "{store}", "-o", "{tmp}/x.png", "--group-by", "nope"], "'nope'"),
     (["chart", "neurons", "{store}", "-o", "{tmp}/x.png"], "no MLP neurons"),
     (["report", "{store}", "-o", "{tmp}/r.txt"], "must end in .html"),
 ])
@@ -86,5 +86,5 @@ def test_errors_are_one_line(store_dirs, tmp_path, capsys, argv, message):
 
 
 def test_accuracy_by_a_label_with_too_many_values(store_dirs, tmp_path, capsys):
-    assert main(["chart", "accuracy", str(store_dirs["addition"]), "-o", str(tmp_path / "a.svg"), "--by", "a"]) == 2
+    assert main(["chart", "accuracy", str(store_dirs["addition"]), "-o", str(tmp_path / "a.svg"), "--group-by", "a"]) == 2
     assert "label 'a' has 64 values, too many" in capsys.readouterr().err

@@ -21,7 +21,7 @@ def store_path(tmp_path_factory) -> Path:
 
 
 def test_dla_sums_to_the_stored_logits(capsys, store_path):
-    table = csv_out(capsys, ["dla", str(store_path), "--by", "neuron", "--format", "csv"])
+    table = csv_out(capsys, ["dla", str(store_path), "--level", "neuron", "--format", "csv"])
     store = actstore.open_store(store_path)
     n_comp = 2 + 2 * (2 + 1 + 32 + 1)  # embed, pos_embed; per layer 2 heads, attn_bias, 32 neurons, mlp_bias
     assert table.height == 24 * store.n_answers * n_comp
@@ -39,12 +39,12 @@ def test_dla_mean_and_cache_reuse(capsys, store_path):
     assert mean["n"].unique().to_list() == [24]
     assert mean.height == 4 * (2 + 2 * 4)  # 4 answers x (embed, pos_embed, per layer 2 heads + bias + mlp)
     cached = sorted(p.name.split("-n=")[0] for p in (store_path / "derived").glob("dla-*.parquet"))
-    assert "dla-by=head-target=correct" in cached
+    assert "dla-level=head-target=correct" in cached
 
 
 def test_dla_errors(capsys, store_path):
     one_line_error(capsys, ["dla", str(store_path), "--target", "diff"], "needs counterfactual tokens", "addition")
-    one_line_error(capsys, ["dla", str(store_path), "--by", "block"], "invalid choice: 'block'")  # argparse
+    one_line_error(capsys, ["dla", str(store_path), "--level", "block"], "invalid choice: 'block'")  # argparse
 
 
 def test_logit_lens(capsys, store_path):

@@ -61,7 +61,7 @@ def test_sql_the_issue_query(capsys, store_path):
 def test_sql_derived_parameters_and_output_files(capsys, store_path, tmp_path):
     out = tmp_path / "layers.parquet"
     assert main(["sql", str(store_path), "SELECT DISTINCT component FROM dla ORDER BY component",
-                 "--dla-by", "layer", "-o", str(out)]) == 0
+                 "--dla-level", "layer", "-o", str(out)]) == 0
     assert "wrote 6 rows" in capsys.readouterr().err
     assert pl.read_parquet(out)["component"].to_list() == ["attn0", "attn1", "embed", "mlp0", "mlp1", "pos_embed"]
     assert main(["sql", str(store_path), "SELECT count(*) AS n FROM tokens", "--format", "json"]) == 0
@@ -79,14 +79,14 @@ def test_sql_errors(capsys, store_path, tmp_path):
 
 
 def test_breakdown_by_label(capsys, store_path):
-    got = csv_out(capsys, ["breakdown", str(store_path), "--by", "carry_2", "--format", "csv"])
+    got = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "carry_2", "--format", "csv"])
     store = actstore.open_store(store_path)
     counts = dict(store.examples.group_by("carry_2").len().iter_rows())
     assert got.columns == ["carry_2", "target", "answer_idx", "component", "layer", "head", "mean", "std", "n",
                            "ci_low", "ci_high"]
     for label, n in counts.items():
         assert got.filter(pl.col("carry_2") == label)["n"].unique().to_list() == [n]
-    two = csv_out(capsys, ["breakdown", str(store_path), "--by", "carry_1", "--by", "carry_2", "--of", "logit-lens",
+    two = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "carry_1", "--group-by", "carry_2", "--of", "logit-lens",
                            "--format", "csv"])
     assert {"carry_1", "carry_2", "stage", "layer"} <= set(two.columns)
     assert two.filter(pl.col("stage") == "resid_post")["n"].sum() == 24 * store.n_answers
@@ -94,10 +94,10 @@ def test_breakdown_by_label(capsys, store_path):
 
 def test_breakdown_of_a_parquet_file(capsys, store_path, tmp_path):
     f = tmp_path / "d.parquet"
-    assert main(["dla", str(store_path), "--by", "layer", "-o", str(f)]) == 0
+    assert main(["dla", str(store_path), "--level", "layer", "-o", str(f)]) == 0
     capsys.readouterr()
-    got = csv_out(capsys, ["breakdown", str(store_path), "--by", "any_carry", "--input", str(f), "--format", "csv"])
+    got = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "any_carry", "--input", str(f), "--format", "csv"])
     assert set(got["component"]) == {"embed", "pos_embed", "attn0", "mlp0", "attn1", "mlp1"}
-    one_line_error(capsys, ["breakdown", str(store_path), "--by", "carry_7"], "no label column 'carry_7'", "carry_2")
-    one_line_error(capsys, ["breakdown", str(store_path), "--by", "a", "--input", str(tmp_path / "x.parquet")],
+    one_line_error(capsys, ["breakdown", str(store_path), "--group-by", "carry_7"], "no label column 'carry_7'", "carry_2")
+    one_line_error(capsys, ["breakdown", str(store_path), "--group-by", "a", "--input", str(tmp_path / "x.parquet")],
                    "is not a file")

@@ -207,7 +207,7 @@ def test_seed003_addition(tmp_path: Path) -> None:
         best = max(deltas, key=lambda k: abs(deltas[k]))
         assert keys[f"carry_delta_head_c{i}"] == best
         close(keys[f"carry_delta_c{i}"], deltas[best], rel=2e-2, abs_=2e-2)
-    assert "Path DLA" in stdout and "breakdown(dla, by='carry_i')" in stdout
+    assert "Path DLA" in stdout and "breakdown(dla, group_by='carry_i')" in stdout
     assert_charts(charts, ["dla_heads", "dla_carry_split", "attention_L1_from_eq", "path_dla"])
 
 

@@ -49,6 +49,6 @@ def test_evaluate_refuses_training_seeds_and_bad_labels(brackets_model):
     with pytest.raises(InvalidParameterError, match="training seed"):
         evaluate(brackets_model, "brackets", n=10, seed=10_000)
     with pytest.raises(InvalidParameterError, match="nope"):
-        evaluate(brackets_model, "brackets", n=10, seed=1, by=["nope"])
+        evaluate(brackets_model, "brackets", n=10, seed=1, group_by=["nope"])
     with pytest.raises(InvalidParameterError, match="vocabulary"):
         evaluate(brackets_model, "addition", n=10, seed=1)

@@ -12,7 +12,7 @@ import torch
 from query_models import SHAPES, run_batch, task_data, tiny_model, tl_logit_attrs
 
 from actstore.errors import InvalidParameterError
-from actstore.query.attribution import GRANULARITIES, direct_attribution, expected_total
+from actstore.query.attribution import LEVELS, direct_attribution, expected_total
 from actstore.query.readout import Readout
 
 TOL = dict(rtol=1e-9, atol=2e-5)  # TL computes in float32; ours in float64
@@ -24,9 +24,9 @@ def batch(request):
     return run_batch(model, task_data(request.param, 24, seed=1))
 
 
-def ours(b, by: str, target: str) -> tuple[np.ndarray, list[str]]:
+def ours(b, level: str, target: str) -> tuple[np.ndarray, list[str]]:
     readout = Readout(b.weights, np.concatenate([b.data.answer_tokens.ravel(), b.counter.ravel()]))
-    values, comps = direct_attribution(b.weights, readout, b.chunk, by=by, target=target)
+    values, comps = direct_attribution(b.weights, readout, b.chunk, level=level, target=target)
     return values, [c.name for c in comps]
 
 
@@ -97,10 +97,10 @@ def test_neuron_equals_full_resid_decomposition(batch, target):
     np.testing.assert_allclose(ours_bias, bias, **TOL)
 
 
-@pytest.mark.parametrize("by", GRANULARITIES)
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("target", ["correct", "diff"])
-def test_components_sum_to_the_logits(batch, by, target):
-    values, names = ours(batch, by, target)
+def test_components_sum_to_the_logits(batch, level, target):
+    values, names = ours(batch, level, target)
     assert len(set(names)) == len(names)
     logits = batch.logits[np.arange(len(batch.data))[:, None], batch.data.answer_pos]  # [e, a, vocab]
     pick = lambda tok: np.take_along_axis(logits, tok[..., None], axis=-1)[..., 0]  # noqa: E731
@@ -162,10 +162,10 @@ def test_unfolded_layernorm_sums_exactly():
     logits = b.logits[np.arange(12)[:, None], b.data.answer_pos]
     correct = np.take_along_axis(logits, b.data.answer_tokens[..., None], axis=-1)[..., 0]
     want = expected_total(b.weights, b.chunk, {"correct_logit": correct}, "correct")
-    for by in GRANULARITIES:
-        values, names = ours(b, by, "correct")
+    for level in LEVELS:
+        values, names = ours(b, level, "correct")
         assert "ln_final_bias" in names
-        np.testing.assert_allclose(values.sum(-1), want, rtol=1e-6, atol=5e-5, err_msg=by)
+        np.testing.assert_allclose(values.sum(-1), want, rtol=1e-6, atol=5e-5, err_msg=level)
     paths = by_name(*ours(b, "path", "correct"))
     heads = by_name(*ours(b, "head", "correct"))
     got = sum(v for k, v in paths.items() if k.endswith(">L2H1"))
@@ -173,7 +173,7 @@ def test_unfolded_layernorm_sums_exactly():
 
 
 def test_bad_granularity_and_missing_counterfactual(batch):
-    with pytest.raises(InvalidParameterError, match="by must be one of layer, head, neuron, path"):
+    with pytest.raises(InvalidParameterError, match="level must be one of layer, head, neuron, path"):
         ours(batch, "block", "correct")
     with pytest.raises(InvalidParameterError, match="target must be one of"):
         ours(batch, "head", "logit")

@@ -28,10 +28,10 @@ def test_t_quantiles():
 
 
 def test_carry_split_of_addition(tiny_store):
-    """The seed-003 split: breakdown(dla, by='carry_2') over an addition store."""
+    """The seed-003 split: breakdown(dla, group_by='carry_2') over an addition store."""
     store = tiny_store("ln_mlp")
-    table = dla(store, by="head")
-    out = breakdown(table, by="carry_2", examples=store)
+    table = dla(store, level="head")
+    out = breakdown(table, group_by="carry_2", examples=store)
     assert out.columns == ["carry_2", "target", "answer_idx", "component", "layer", "head", "mean", "std", "n",
                            "ci_low", "ci_high"]
     counts = dict(store.examples.group_by("carry_2").len().iter_rows())
@@ -58,8 +58,8 @@ def test_carry_split_of_addition(tiny_store):
 
 def test_failure_types_of_brackets_and_several_labels(tiny_store):
     store = tiny_store("bidir")
-    table = dla(store, by="layer", target="diff")
-    out = breakdown(table, by=["failure", "starts_open"], examples=store.examples)
+    table = dla(store, level="layer", target="diff")
+    out = breakdown(table, group_by=["failure", "starts_open"], examples=store.examples)
     counts = store.examples.group_by("failure", "starts_open").len()
     got = out.filter(pl.col("component") == "embed").select("failure", "starts_open", "n")
     joined = counts.join(got, on=["failure", "starts_open"], how="full", coalesce=True)
@@ -70,7 +70,7 @@ def test_failure_types_of_brackets_and_several_labels(tiny_store):
 def test_single_example_groups_have_no_interval():
     table = pl.DataFrame({"example_id": [0, 1, 2], "component": ["a"] * 3, "value": [1.0, 2.0, 4.0]})
     labels = pl.DataFrame({"example_id": [0, 1, 2], "kind": ["x", "x", "y"]})
-    out = breakdown(table, by="kind", examples=labels)
+    out = breakdown(table, group_by="kind", examples=labels)
     x, y = out.row(0, named=True), out.row(1, named=True)
     assert (x["kind"], x["n"], x["mean"]) == ("x", 2, 1.5)
     assert math.isclose(x["ci_high"], 1.5 + 12.706204736 * math.sqrt(0.5) / math.sqrt(2), rel_tol=1e-6)
@@ -79,7 +79,7 @@ def test_single_example_groups_have_no_interval():
 
 def test_logit_lens_breakdown_keeps_stages(tiny_store):
     store = tiny_store("ln_mlp")
-    out = breakdown(logit_lens(store), by="any_carry", examples=store)
+    out = breakdown(logit_lens(store), group_by="any_carry", examples=store)
     assert {"layer", "stage", "answer_idx"} <= set(out.columns)
     n_stages = 3 * 2 + 1
     assert out.height == out.get_column("any_carry").n_unique() * store.n_answers * n_stages
@@ -87,14 +87,14 @@ def test_logit_lens_breakdown_keeps_stages(tiny_store):
 
 def test_errors(tiny_store):
     store = tiny_store("ln_mlp")
-    table = dla(store, by="layer")
+    table = dla(store, level="layer")
     with pytest.raises(UnknownColumnError, match=r"no label column 'carry_9' \(labels of these examples: .*carry_2"):
-        breakdown(table, by="carry_9", examples=store)
+        breakdown(table, group_by="carry_9", examples=store)
     with pytest.raises(UnknownColumnError, match="pass examples="):
-        breakdown(table, by="carry_2")
+        breakdown(table, group_by="carry_2")
     with pytest.raises(UnknownColumnError, match="no value column 'logit'"):
-        breakdown(table, by="carry_2", examples=store, value="logit")
+        breakdown(table, group_by="carry_2", examples=store, value="logit")
     with pytest.raises(InvalidParameterError, match="not numeric"):
-        breakdown(table, by="carry_2", examples=store, value="component")
-    np.testing.assert_equal(breakdown(table, by="carry_2", examples=store, keys=["component"]).height,
+        breakdown(table, group_by="carry_2", examples=store, value="component")
+    np.testing.assert_equal(breakdown(table, group_by="carry_2", examples=store, keys=["component"]).height,
                             2 * table.get_column("component").n_unique())

@@ -47,7 +47,7 @@ def want(cached_store):
 
 
 def dla_file(store) -> Path:
-    (path,) = store.derived_dir.glob("dla-by=head-target=correct-*.parquet")
+    (path,) = store.derived_dir.glob("dla-level=head-target=correct-*.parquet")
     return path
 
 
@@ -92,9 +92,9 @@ def test_replaced_with_doubled_values_is_recomputed(store, want, capsys):
     assert_rewritten(store)
     # and through the command line: dla prints the original numbers
     doubled.write_parquet(path)
-    assert main(["dla", str(store.path), "--by", "head", "--format", "csv"]) == 0
+    assert main(["dla", str(store.path), "--level", "head", "--format", "csv"]) == 0
     got = pl.read_csv(io.StringIO(capsys.readouterr().out))
-    fresh = dla(store, by="head")
+    fresh = dla(store, level="head")
     np.testing.assert_allclose(np.sort(got["value"].to_numpy()), np.sort(fresh["value"].to_numpy()), rtol=1e-9)
 
 

@@ -13,7 +13,7 @@ import actstore
 from actstore.datasets import get_task
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query import dla
-from actstore.query.attribution import GRANULARITIES, direct_attribution
+from actstore.query.attribution import LEVELS, direct_attribution
 from actstore.query.readout import Readout
 
 
@@ -38,17 +38,17 @@ def totals(store, table: pl.DataFrame, target: str) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize("kind", list(SHAPES))
-@pytest.mark.parametrize("by", GRANULARITIES)
-def test_components_sum_to_the_stored_logits(tiny_store, kind, by):
+@pytest.mark.parametrize("level", LEVELS)
+def test_components_sum_to_the_stored_logits(tiny_store, kind, level):
     store = tiny_store(kind)
     for target in targets(kind):
-        table = dla(store, by=by, target=target)
+        table = dla(store, level=level, target=target)
         n_comp = table.get_column("component").n_unique()
         assert table.height == N_EXAMPLES * store.n_answers * n_comp
         assert table.get_column("target").unique().to_list() == [target]
         t = totals(store, table, target)
         assert t.height == N_EXAMPLES * store.n_answers and t.null_count().sum_horizontal().item() == 0
-        np.testing.assert_allclose(t["got"], t["want"], rtol=1e-5, atol=2e-4, err_msg=f"{by} {target}")
+        np.testing.assert_allclose(t["got"], t["want"], rtol=1e-5, atol=2e-4, err_msg=f"{level} {target}")
         np.testing.assert_array_equal(t["answer_pos"], t["out_pos"])
 
 
@@ -59,17 +59,17 @@ def test_store_equals_the_math_on_a_transformerlens_cache(tiny_store, kind):
     task = SHAPES[kind][0]
     data = get_task(task, **({"max_len": 40} if task == "brackets" else {})).generate(N_EXAMPLES, 3)
     b = run_batch(tiny_model(kind), data)
-    for by in ("head", "path"):
-        table = dla(store, by=by).sort("example_id", "answer_idx", maintain_order=True)
+    for level in ("head", "path"):
+        table = dla(store, level=level).sort("example_id", "answer_idx", maintain_order=True)
         readout = Readout(b.weights, data.answer_tokens)
-        values, comps = direct_attribution(b.weights, readout, b.chunk, by=by)
+        values, comps = direct_attribution(b.weights, readout, b.chunk, level=level)
         assert table.get_column("component").head(len(comps)).to_list() == [c.name for c in comps]
         np.testing.assert_allclose(table.get_column("value").to_numpy(), values.ravel(), rtol=1e-6, atol=1e-6)
 
 
 def test_schema_and_component_columns(tiny_store):
     store = tiny_store("ln_mlp")
-    head = dla(store, by="head")
+    head = dla(store, level="head")
     assert head.schema == pl.Schema({"example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64,
                                      "target": pl.String, "component": pl.String, "layer": pl.Int64,
                                      "head": pl.Int64, "value": pl.Float64})
@@ -80,10 +80,10 @@ def test_schema_and_component_columns(tiny_store):
     row = first.filter(pl.col("component") == "L1H2").row(0, named=True)
     assert (row["layer"], row["head"]) == (1, 2)
     assert first.filter(pl.col("component") == "embed").row(0, named=True)["layer"] is None
-    neuron = dla(store, by="neuron")
+    neuron = dla(store, level="neuron")
     assert "neuron" in neuron.columns
     assert neuron.filter(pl.col("component") == "L2N63").get_column("neuron").unique().to_list() == [63]
-    path = dla(store, by="path")
+    path = dla(store, level="path")
     row = path.filter(pl.col("component") == "L0H1>L2H0").row(0, named=True)
     assert (row["source"], row["layer"], row["head"]) == ("L0H1", 2, 0)
     # per-head sums of the paths give the head's value in the head table
@@ -94,8 +94,8 @@ def test_schema_and_component_columns(tiny_store):
 
 
 def test_float16_store_is_close_to_float32(tiny_store):
-    a = dla(tiny_store("ln_mlp", "float32"), by="head")
-    b = dla(tiny_store("ln_mlp", "float16"), by="head")
+    a = dla(tiny_store("ln_mlp", "float32"), level="head")
+    b = dla(tiny_store("ln_mlp", "float16"), level="head")
     scale = float(a.get_column("value").abs().max())
     np.testing.assert_allclose(b["value"], a["value"], atol=5e-3 * scale)
 
@@ -107,19 +107,19 @@ def test_answer_only_store(tmp_path, tiny_store):
     store = actstore.ingest("addition", tiny_model("ln_mlp"), N_EXAMPLES, 3, tmp_path / "s", positions="answer",
                             dtype="float32", chunk=16, batch=8, quiet=True)
     assert store.hook_info("blocks.0.attn.hook_z").positions == "answer" and len(data) == N_EXAMPLES
-    got = dla(store, by="head")
-    want = dla(tiny_store("ln_mlp"), by="head")
+    got = dla(store, level="head")
+    want = dla(tiny_store("ln_mlp"), level="head")
     np.testing.assert_allclose(got["value"], want["value"], rtol=1e-9, atol=1e-9)
     with pytest.raises(InvalidParameterError, match=r"blocks.0.attn.hook_z.*answer positions only.*hook_z:all"):
-        dla(store, by="path")
+        dla(store, level="path")
 
 
 def test_refusals(tmp_path, tiny_store):
     store = actstore.ingest("addition", tiny_model("ln_mlp"), 8, 0, tmp_path / "p", hooks=["pattern"],
                             dtype="float32", quiet=True)
-    with pytest.raises(UnknownHookError, match=r"dla by='head' needs hook 'blocks.0.attn.hook_z'"):
+    with pytest.raises(UnknownHookError, match=r"dla level='head' needs hook 'blocks.0.attn.hook_z'"):
         dla(store)
     with pytest.raises(InvalidParameterError, match="target 'diff' needs counterfactual tokens.*'addition'"):
         dla(tiny_store("ln_mlp"), target="diff")
-    with pytest.raises(InvalidParameterError, match="by must be one of"):
-        dla(tiny_store("ln_mlp"), by="heads")
+    with pytest.raises(InvalidParameterError, match="level must be one of"):
+        dla(tiny_store("ln_mlp"), level="heads")

@@ -74,7 +74,7 @@ def test_store_logit_lens(tiny_store, kind):
     assert list(zip(first["layer"], first["stage"])) == stages_of(store)
     # the last stage is the full stream: the sum of all DLA components (= logit - b_U)
     final = lens.filter(pl.col("stage") == "resid_post").sort("example_id", "answer_idx")
-    total = dla(store, by="layer").group_by("example_id", "answer_idx").agg(pl.col("value").sum()).sort(
+    total = dla(store, level="layer").group_by("example_id", "answer_idx").agg(pl.col("value").sum()).sort(
         "example_id", "answer_idx")
     np.testing.assert_allclose(final["value"], total["value"], rtol=1e-9, atol=1e-9)
     recomputed = logit_lens(store, ln="recompute")

@@ -38,15 +38,15 @@ def hwm():
             return int(line.split()[1]) / 1024
 store = actstore.open_store(sys.argv[1])
 base = hwm()
-table = dla(store, by=sys.argv[2])
+table = dla(store, level=sys.argv[2])
 rows = table.height
 total = float(table.get_column("value").sum())
 print(json.dumps({"base_mb": base, "peak_mb": hwm(), "rows": rows, "total": total}))
 """
 
 
-def query_peak(path, by: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(path), by], capture_output=True, text=True, timeout=600)
+def query_peak(path, level: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(path), level], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -42,13 +42,13 @@ def test_attention_rows_and_role_masses(zoo):
     per_example = lengths * (lengths + 1) // 2 if causal else lengths ** 2
     assert raw.height == cfg.n_layers * cfg.n_heads * int(per_example.sum())
     e, layer, h, q, k = (raw[c].to_numpy() for c in ("example_id", "layer", "head", "q_pos", "k_pos"))
-    np.testing.assert_allclose(raw["prob"].to_numpy(), pat[layer, e, h, q, k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw["value"].to_numpy(), pat[layer, e, h, q, k], rtol=1e-5, atol=1e-6)
     # mass from the first answer position's role to each key role, last layer, per head
     roles = b.data.roles
     q_role = roles[0, b.data.answer_pos[0, 0]]
     if not q_role:
         pytest.skip("the first answer position has no role")
-    agg = attention(store, layers=cfg.n_layers - 1, query=q_role, by=["k_role"])
+    agg = attention(store, layers=cfg.n_layers - 1, query=q_role, group_by=["k_role"])
     rows = roles == q_role  # [example, pos]
     last = pat[-1]  # [example, head, q, k]
     for role in sorted(set(agg["k_role"].drop_nulls().to_list()))[:3]:

@@ -13,11 +13,11 @@ from actstore.query.progress import progress
 def test_bar_counts_every_chunk_only_inside_progress(tiny_store, capsys):
     store = tiny_store("ln_mlp")
     n_chunks = -(-N_EXAMPLES // CHUNK)
-    quiet = dla(store, by="head")
+    quiet = dla(store, level="head")
     assert capsys.readouterr().err == ""  # no reporter installed: silent
     buf = io.StringIO()
     with progress(file=buf, leave=True):
-        loud = dla(store, by="head")
+        loud = dla(store, level="head")
         attention(store, layers=0, aggregate="mean")
         neurons(store, layer=1)
     text = buf.getvalue()

@@ -38,13 +38,13 @@ def test_derived_tables_are_lazy_cached_and_keyed(store):
     assert not store.derived_dir.exists()  # nothing derived for a query that names no derived table
     sql(store, "SELECT * FROM dla LIMIT 1").pl()
     files = sorted(store.derived_dir.glob("*.parquet"))
-    assert [f.name.split("-n=")[0] for f in files] == ["dla-by=head-target=correct"]
+    assert [f.name.split("-n=")[0] for f in files] == ["dla-level=head-target=correct"]
     stamp = files[0].stat().st_mtime_ns
     sql(store, "select count(*) from DLA").pl()  # reused, not recomputed
     assert files[0].stat().st_mtime_ns == stamp and len(list(store.derived_dir.glob("*.parquet"))) == 1
-    n = sql(store, "SELECT count(*) FROM dla", params={"dla": {"by": "layer"}}).fetchall()[0][0]
+    n = sql(store, "SELECT count(*) FROM dla", params={"dla": {"level": "layer"}}).fetchall()[0][0]
     assert n == N_EXAMPLES * store.n_answers * (2 + 2 * 3)
-    assert len(list(store.derived_dir.glob("dla-by=layer-*.parquet"))) == 1
+    assert len(list(store.derived_dir.glob("dla-level=layer-*.parquet"))) == 1
     lens = sql(store, "SELECT stage, layer, avg(value) AS v FROM logit_lens GROUP BY ALL ORDER BY layer, stage").pl()
     want = logit_lens(store).group_by("stage", "layer").agg(v=pl.col("value").mean()).sort("layer", "stage")
     np.testing.assert_allclose(lens["v"], want["v"], rtol=1e-12)
@@ -118,7 +118,7 @@ def test_attention_and_neurons_views_equal_the_queries(store):
 def test_store_sql_method(store):
     q = "SELECT component, avg(value) AS v FROM dla JOIN examples USING (example_id) WHERE carry_2 GROUP BY component"
     assert store.sql(q).pl().sort("component").equals(sql(store, q).pl().sort("component"))
-    assert store.sql("SELECT count(*) FROM dla", {"dla": {"by": "layer"}}).fetchall() == [
+    assert store.sql("SELECT count(*) FROM dla", {"dla": {"level": "layer"}}).fetchall() == [
         (N_EXAMPLES * store.n_answers * 8,)]
 
 

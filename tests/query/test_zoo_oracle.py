@@ -41,8 +41,8 @@ def targets(store) -> list[str]:  # type: ignore[no-untyped-def]
     return ["correct", "diff"] if store.examples.get_column("counter_tokens").null_count() == 0 else ["correct"]
 
 
-def store_values(store, by: str, target: str) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    table = dla(store, by=by, target=target)
+def store_values(store, level: str, target: str) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    table = dla(store, level=level, target=target)
     out = {}
     for (name,), part in table.group_by("component", maintain_order=True):
         out[name] = part.sort("example_id", "answer_idx").get_column("value").to_numpy().reshape(N, store.n_answers)
@@ -73,27 +73,27 @@ def test_layer_head_neuron_equal_transformerlens(zoo):
                     np.testing.assert_allclose(neurons[name], want, rtol=1e-4, atol=1e-4, err_msg=f"{spec} {name}")
 
 
-@pytest.mark.parametrize("by", ["layer", "head", "neuron", "path"])
-def test_components_sum_to_the_stored_logits(zoo, by):
+@pytest.mark.parametrize("level", ["layer", "head", "neuron", "path"])
+def test_components_sum_to_the_stored_logits(zoo, level):
     spec, _, store, _, _ = zoo
     b_u = store.param("unembed.b_U").astype(np.float64)
     out = store.outputs.sort("example_id", "answer_idx")
     for target in targets(store):
-        total = (dla(store, by=by, target=target).group_by("example_id", "answer_idx")
+        total = (dla(store, level=level, target=target).group_by("example_id", "answer_idx")
                  .agg(pl.col("value").sum()).sort("example_id", "answer_idx"))
         want = out["correct_logit"].to_numpy().astype(np.float64) - b_u[out["correct_token"].to_numpy()]
         if target == "diff":
             want = (out["logit_diff"].to_numpy().astype(np.float64) - b_u[out["correct_token"].to_numpy()]
                     + b_u[out["counter_token"].to_numpy()])
         scale = max(1.0, float(np.abs(want).max()))
-        np.testing.assert_allclose(total["value"], want, atol=1e-4 * scale, err_msg=f"{spec} {by} {target}")
+        np.testing.assert_allclose(total["value"], want, atol=1e-4 * scale, err_msg=f"{spec} {level} {target}")
 
 
 def test_breakdown_group_sizes_equal_label_counts(zoo):
     spec, _, store, _, label = zoo
     if label not in store.examples.columns:
         pytest.skip(f"{spec}: no {label!r} label")
-    out = breakdown(dla(store, by="layer"), by=label, examples=store)
+    out = breakdown(dla(store, level="layer"), group_by=label, examples=store)
     counts = dict(store.examples.group_by(label).len().iter_rows())
     got = dict(out.filter(pl.col("component") == "embed", pl.col("answer_idx") == 0).select(label, "n").iter_rows())
     assert got == counts

@@ -59,7 +59,7 @@ def observe(path: Path) -> str:
         h.update(store.param(name).tobytes())
     for table in (store.examples, store.tokens, store.outputs):
         _frame_digest(h, table)
-    _frame_digest(h, dla(store, by="head"))
+    _frame_digest(h, dla(store, level="head"))
     _frame_digest(h, store.sql("SELECT * FROM dla ORDER BY ALL").pl())
     return h.hexdigest()
 

@@ -268,7 +268,7 @@ def test_readout_matches_dla_and_stored_logits(stores, task) -> None:
     assert ("ln_final_bias" in comps) == (task == UNFOLDED) and ("pos_embed" in comps) == (task != "list_update")
 
     # per-component DLA (every component of by='head', heads included) matches actstore's
-    ref = dla(store, by="head", target="correct")
+    ref = dla(store, level="head", target="correct")
     assert set(ref.get_column("component").unique()) == set(comps)
     for name, values in comps.items():
         rows = ref.filter(pl.col("component") == name).sort("example_id", "answer_idx")
