@@ -16,7 +16,7 @@ import polars as pl
 from _common import Example, head_label, run
 
 import actstore.charts as ch
-from actstore.query import attention, breakdown, dla, logit_lens, ov_circuit, virtual_ov
+from actstore.query import attention, breakdown, circuit_matrix, dla, logit_lens, ov_circuit, virtual_ov
 
 
 def main() -> None:
@@ -108,11 +108,11 @@ def main() -> None:
     ex.section("Full OV circuits W_E W_OV W_U on the number tokens")
     n_num = int(store.manifest.task_params.get("max_num", 50))
     nums = list(range(n_num))
-    circuits = {head_label(layer, head): ov_circuit(store, layer, head, tokens=nums, outputs=nums)
+    circuits = {head_label(layer, head): circuit_matrix(ov_circuit(store, layer, head, tokens=nums, outputs=nums))
                 for layer in range(n_layers) for head in range(n_heads)}
     if n_layers > 1:
-        circuits[f"{head_label(0, 0)}>{head_label(1, 0)} (virtual)"] = virtual_ov(store, (0, 0), (1, 0),
-                                                                                tokens=nums, outputs=nums)
+        circuits[f"{head_label(0, 0)}>{head_label(1, 0)} (virtual)"] = circuit_matrix(
+            virtual_ov(store, (0, 0), (1, 0), tokens=nums, outputs=nums))
     rows = []
     for name, m in circuits.items():
         diag = np.diag(m)

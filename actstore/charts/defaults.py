@@ -61,7 +61,7 @@ def default_query_role(store: Store) -> str:
     joined = store.tokens.join(first, on=["example_id", "pos"], how="semi").get_column("role").drop_nulls()
     joined = joined.filter(joined != "")
     if joined.len() == 0:
-        raise InvalidParameterError("the answer positions have no token role; pass --query-role ROLE")
+        raise InvalidParameterError("the answer positions have no token role; pass query_role")
     return str(joined.mode().sort()[0])
 
 
@@ -83,7 +83,7 @@ def default_x(store: Store) -> str:
     numeric = [c for c, t in ex.schema.items() if c not in BASE_COLUMNS and t.is_numeric()
                and t != pl.Boolean and ex.get_column(c).n_unique() > 2]
     if not numeric:
-        raise InvalidParameterError("this store has no numeric label to plot neurons against; pass --x LABEL")
+        raise InvalidParameterError("this store has no numeric label to plot neurons against; pass x (a numeric label column)")
     return numeric[0]
 
 

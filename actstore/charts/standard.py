@@ -71,7 +71,7 @@ def _heads_for(store: Any, heads: list[tuple[int, int]] | None, layer: int | Non
     """`heads` (checked against the model), every head of `layer`, or the default set of heads."""
     n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
     if heads is not None and layer is not None:
-        raise InvalidParameterError("give --heads or --layer, not both")
+        raise InvalidParameterError("give heads or layer, not both")
     if layer is not None:
         if not 0 <= layer < n_layers:
             raise InvalidParameterError(
@@ -186,7 +186,7 @@ def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[i
 
 def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, int]:
     if layer is None or head is None:
-        raise InvalidParameterError("circuit charts need --layer and --head")
+        raise InvalidParameterError("circuit charts need layer and head")
     n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
     if not 0 <= layer < n_layers or not 0 <= head < n_heads:
         raise InvalidParameterError(f"head L{layer}H{head} is not in this {n_layers}-layer, {n_heads}-head model")
@@ -197,7 +197,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
     out_ids, out_names = _output_tokens(store, ids, names)
-    matrix = query.ov_circuit(store, layer, head, tokens=ids, outputs=out_ids)   # [source token, output token]
+    matrix = query.circuit_matrix(query.ov_circuit(store, layer, head, tokens=ids, outputs=out_ids))   # [source token, output token]
     return circuits.circuit_heatmap(matrix, f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
                                     row_labels=names, col_labels=out_names, value_title="Logit contribution")
 
@@ -205,7 +205,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
 def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
-    matrix = query.qk_circuit(store, layer, head, queries=ids, keys=ids)   # [query token, key token]
+    matrix = query.circuit_matrix(query.qk_circuit(store, layer, head, queries=ids, keys=ids))   # [query token, key token]
     return circuits.circuit_heatmap(matrix, f"QK circuit of L{layer}H{head}: token embeddings",
                                     row_title="Query token", col_title="Key token", row_labels=names,
                                     col_labels=names, value_title="Attention score")

@@ -98,22 +98,20 @@ def run_circuit(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"circuit --kind {args.kind} needs --layer and --head")
     over = args.over or "tokens"
     if args.kind == "ov":
-        m = circuits.ov_circuit(store, args.layer, args.head, tokens=ids, outputs=ids)
+        table = circuits.ov_circuit(store, args.layer, args.head, tokens=ids, outputs=ids)
     elif args.kind == "qk":
-        m = circuits.qk_circuit(store, args.layer, args.head, over=over, queries=ids, keys=ids)
+        table = circuits.qk_circuit(store, args.layer, args.head, over=over, queries=ids, keys=ids)
     else:
         if args.to is None:
             raise InvalidParameterError("circuit --kind virtual-ov needs --to LAYER HEAD (the second head)")
-        m = circuits.virtual_ov(store, (args.layer, args.head), tuple(args.to), tokens=ids, outputs=ids)
-    rows = np.asarray(ids) if ids is not None else np.arange(m.shape[0])
-    cols = np.asarray(ids) if ids is not None else np.arange(m.shape[1])
-    table = pl.DataFrame({"row": np.repeat(rows, cols.size), "col": np.tile(cols, rows.size), "value": m.ravel()})
-    if not (args.kind == "qk" and over == "positions"):
+        table = circuits.virtual_ov(store, (args.layer, args.head), tuple(args.to), tokens=ids, outputs=ids)
+    if not (args.kind == "qk" and over == "positions"):  # name the token ids the store's examples use
         names = store.tokens.select(pl.col("token_id").alias("id"), pl.col("str_token").alias("s")).unique("id")
-        for side in ("row", "col"):
-            table = table.join(names.rename({"id": side, "s": f"{side}_token"}), on=side, how="left",
+        row, col = table.columns[:2]
+        for side in (row, col):
+            table = table.join(names.rename({"id": side, "s": f"{side}_str"}), on=side, how="left",
                                maintain_order="left")
-        table = table.select("row", "col", "row_token", "col_token", "value")
+        table = table.select(row, col, f"{row}_str", f"{col}_str", "value")
     write_table(table, args)
     return 0
 

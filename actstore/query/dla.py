@@ -40,7 +40,7 @@ def dla(store: Store, level: str = "head", target: str = "correct") -> pl.DataFr
     ex = ExampleArrays.from_examples(store.examples, store.n_answers)
     if target == "diff" and ex.counter_tokens is None:
         raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
-                                    f"examples of store {store.path} have none; use --target correct")
+                                    f"examples of store {store.path} have none; use target='correct'")
     readout = Readout.of(weights, answer_token_ids(ex, target))
     frames: list[pl.DataFrame] = []
     items: pl.DataFrame | None = None

@@ -106,7 +106,7 @@ def logit_lens(store: Store, target: str = "correct", ln: str = "cached") -> pl.
     ex = ExampleArrays.from_examples(store.examples, store.n_answers)
     if target == "diff" and ex.counter_tokens is None:
         raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
-                                    f"examples of store {store.path} have none; use --target correct")
+                                    f"examples of store {store.path} have none; use target='correct'")
     readout = Readout.of(weights, answer_token_ids(ex, target))
     order = stages(weights)
     items = item_frame({"layer": [s[0] for s in order], "stage": [s[1] for s in order]},

@@ -206,7 +206,7 @@ ROWS = [
     row("chart", "dla-components", "{add}", "-o", "{out}/c.svg", "--top", "0", says="--top: must be an integer"),
     row("chart", "dla-split", "{add}", "-o", "{out}/c.svg", "--group-by", "", says="--group-by is empty"),
     row("chart", "nosuch", "{add}", "-o", "{out}/c.svg", says="unknown chart kind 'nosuch'"),
-    row("chart", "ov-circuit", "{add}", "-o", "{out}/c.svg", says="circuit charts need --layer and --head"),
+    row("chart", "ov-circuit", "{add}", "-o", "{out}/c.svg", says="circuit charts need layer and head"),
     row("chart", "neurons", "{br}", "--direction", "{file}", "-o", "{out}/c.svg", says="is not a readable .npy"),
     row("chart", "dla-heads", "{add}", "-o", "{fs}/c.png", says="No space left on device", fs=8),
     row("chart", "dla-heads", "{add}", "-o", "{fs}/c.html", says="Read-only file system", fs="ro", marks=slow),

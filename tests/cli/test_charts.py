@@ -71,7 +71,7 @@ def test_report_command(store_dirs, tmp_path, capsys):
     (["chart", "pie", "{store}", "-o", "{tmp}/x.png"], "unknown chart kind 'pie'; kinds: dla-heads"),
     (["chart", "dla-heads", "{store}", "-o", "{tmp}/x.pdf"], "extension must be one of .html, .png, .svg"),
     (["chart", "dla-heads", "{tmp}/nostore", "-o", "{tmp}/x.png"], "nostore"),
-    (["chart", "ov-circuit", "{store}", "-o", "{tmp}/x.png"], "--layer and --head"),
+    (["chart", "ov-circuit", "{store}", "-o", "{tmp}/x.png"], "layer and head"),
     (["chart", "ov-circuit", "{store}", "-o", "{tmp}/x.png", "--layer", "5", "--head", "0"], "L5H0 is not in"),
     (["chart", "dla-split", "{store}", "-o", "{tmp}/x.png", "--group-by", "nope"], "'nope'"),
     (["chart", "neurons", "{store}", "-o", "{tmp}/x.png"], "no MLP neurons"),

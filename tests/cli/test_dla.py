@@ -12,7 +12,7 @@ from test_sql import csv_out, one_line_error, tiny_addition_store
 
 import actstore
 from actstore.cli import main
-from actstore.query import ov_circuit
+from actstore.query import circuit_matrix, ov_circuit
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,14 @@ def test_circuits(capsys, store_path):
     assert main(["circuit", str(store_path), "--kind", "ov", "--layer", "1", "--head", "0", "--tokens", "0,1,10",
                  "--format", "json"]) == 0
     ov = pl.read_ndjson(io.BytesIO(capsys.readouterr().out.encode()))
-    assert ov.columns == ["row", "col", "row_token", "col_token", "value"]
-    assert ov.height == 9 and ov.filter(pl.col("row") == 10)["row_token"].unique().to_list() == ["+"]
+    assert ov.columns == ["token", "output", "token_str", "output_str", "value"]
+    assert ov.height == 9 and ov.filter(pl.col("token") == 10)["token_str"].unique().to_list() == ["+"]
     store = actstore.open_store(store_path)
-    want = ov_circuit(store, 1, 0)[np.ix_([0, 1, 10], [0, 1, 10])].ravel()
+    want = circuit_matrix(ov_circuit(store, 1, 0))[np.ix_([0, 1, 10], [0, 1, 10])].ravel()
     np.testing.assert_allclose(ov["value"], want, rtol=1e-9)
     qk = csv_out(capsys, ["circuit", str(store_path), "--kind", "qk", "--layer", "0", "--head", "1", "--over",
                           "positions", "--format", "csv"])
-    assert qk.height == 16 * 16 and qk.columns == ["row", "col", "value"]
+    assert qk.height == 16 * 16 and qk.columns == ["query", "key", "value"]
     comp = csv_out(capsys, ["circuit", str(store_path), "--kind", "composition", "--mode", "V", "--format", "csv"])
     assert comp.height == 4 and set(comp["kind"]) == {"V"}
     assert main(["circuit", str(store_path), "--kind", "virtual-ov", "--layer", "0", "--head", "0",

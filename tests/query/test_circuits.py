@@ -8,7 +8,7 @@ from query_models import tiny_model
 
 from actstore.errors import InvalidParameterError
 from actstore.ingest.model_info import config_dict
-from actstore.query import composition_scores, ov_circuit, qk_circuit, virtual_ov
+from actstore.query import circuit_matrix, composition_scores, ov_circuit, qk_circuit, virtual_ov
 from actstore.query.readout import Weights
 
 
@@ -29,24 +29,28 @@ def np64(x) -> np.ndarray:
 def test_ov_and_qk_equal_factored_matrices(model, weights):
     for layer, head in [(0, 0), (1, 2), (2, 1)]:
         ov = (model.W_E @ model.OV[layer, head] @ model.W_U).AB
-        np.testing.assert_allclose(ov_circuit(weights, layer, head), np64(ov), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(circuit_matrix(ov_circuit(weights, layer, head)), np64(ov), rtol=1e-5,
+                                   atol=1e-5)
         qk = (model.W_E @ model.QK[layer, head] @ model.W_E.T).AB
-        np.testing.assert_allclose(qk_circuit(weights, layer, head), np64(qk), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(circuit_matrix(qk_circuit(weights, layer, head)), np64(qk), rtol=1e-5,
+                                   atol=1e-5)
         qk_pos = (model.W_pos @ model.QK[layer, head] @ model.W_pos.T).AB
-        np.testing.assert_allclose(qk_circuit(weights, layer, head, over="positions"), np64(qk_pos),
+        np.testing.assert_allclose(circuit_matrix(qk_circuit(weights, layer, head, over="positions")), np64(qk_pos),
                                    rtol=1e-5, atol=1e-5)
-    assert ov_circuit(weights, 0, 0).shape == (model.cfg.d_vocab, model.cfg.d_vocab_out)
-    sub = ov_circuit(weights, 1, 0, tokens=[3, 1], outputs=[0, 5, 7])
-    np.testing.assert_allclose(sub, ov_circuit(weights, 1, 0)[np.ix_([3, 1], [0, 5, 7])], rtol=1e-12)
-    np.testing.assert_allclose(qk_circuit(weights, 1, 0, queries=[2], keys=[4, 5]),
-                               qk_circuit(weights, 1, 0)[np.ix_([2], [4, 5])], rtol=1e-12)
+    assert circuit_matrix(ov_circuit(weights, 0, 0)).shape == (model.cfg.d_vocab, model.cfg.d_vocab_out)
+    sub = circuit_matrix(ov_circuit(weights, 1, 0, tokens=[3, 1], outputs=[0, 5, 7]))
+    np.testing.assert_allclose(sub, circuit_matrix(ov_circuit(weights, 1, 0))[np.ix_([3, 1], [0, 5, 7])],
+                               rtol=1e-12)
+    np.testing.assert_allclose(circuit_matrix(qk_circuit(weights, 1, 0, queries=[2], keys=[4, 5])),
+                               circuit_matrix(qk_circuit(weights, 1, 0))[np.ix_([2], [4, 5])], rtol=1e-12)
 
 
 def test_virtual_ov(model, weights):
     want = (model.W_E @ model.OV[0, 1] @ model.OV[2, 0] @ model.W_U).AB
-    np.testing.assert_allclose(virtual_ov(weights, (0, 1), (2, 0)), np64(want), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(circuit_matrix(virtual_ov(weights, (0, 1), (2, 0))), np64(want), rtol=1e-5,
+                               atol=1e-5)
     with pytest.raises(InvalidParameterError, match="must come before"):
-        virtual_ov(weights, (1, 0), (1, 1))
+        circuit_matrix(virtual_ov(weights, (1, 0), (1, 1)))
 
 
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])
@@ -55,28 +59,29 @@ def test_composition_scores_equal_transformerlens(model, weights, kind):
     got = composition_scores(weights, kind)
     n, h = model.cfg.n_layers, model.cfg.n_heads
     assert got.height == h * h * n * (n - 1) // 2
-    assert got.columns == ["kind", "src", "dst", "src_layer", "src_head", "dst_layer", "dst_head", "score"]
+    assert got.columns == ["kind", "src", "dst", "src_layer", "src_head", "dst_layer", "dst_head", "value"]
     for row in got.iter_rows(named=True):
         assert row["src"] == f"L{row['src_layer']}H{row['src_head']}"
         w = want[row["src_layer"], row["src_head"], row["dst_layer"], row["dst_head"]]
-        assert abs(row["score"] - w) < 1e-5 * max(1.0, abs(w)), row
-    assert got.get_column("score").min() > 0
+        assert abs(row["value"] - w) < 1e-5 * max(1.0, abs(w)), row
+    assert got.get_column("value").min() > 0
 
 
 def test_store_source_and_refusals(tiny_store):
     store = tiny_store("ln_mlp")
     model = tiny_model("ln_mlp")
-    np.testing.assert_allclose(ov_circuit(store, 1, 1), np64((model.W_E @ model.OV[1, 1] @ model.W_U).AB),
+    np.testing.assert_allclose(circuit_matrix(ov_circuit(store, 1, 1)),
+                               np64((model.W_E @ model.OV[1, 1] @ model.W_U).AB),
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(InvalidParameterError, match=r"head must be an integer in \[0, 3\)"):
-        ov_circuit(store, 0, 3)
+        circuit_matrix(ov_circuit(store, 0, 3))
     with pytest.raises(InvalidParameterError, match=r"layer must be an integer in \[0, 3\)"):
-        qk_circuit(store, -1, 0)
+        circuit_matrix(qk_circuit(store, -1, 0))
     with pytest.raises(InvalidParameterError, match="over must be 'tokens' or 'positions'"):
-        qk_circuit(store, 0, 0, over="pos")
+        circuit_matrix(qk_circuit(store, 0, 0, over="pos"))
     with pytest.raises(InvalidParameterError, match="kind must be one of Q, K, V"):
         composition_scores(store, "O")
     with pytest.raises(InvalidParameterError, match=r"token ids must lie in \[0, 12\)"):
-        ov_circuit(store, 0, 0, tokens=[12])
+        circuit_matrix(ov_circuit(store, 0, 0, tokens=[12]))
     noln = tiny_store("noln_attn")  # shortformer: W_pos exists (it feeds queries and keys)
-    assert qk_circuit(noln, 0, 0, over="positions").shape == (16, 16)
+    assert circuit_matrix(qk_circuit(noln, 0, 0, over="positions")).shape == (16, 16)
