@@ -174,7 +174,7 @@ def _neuron_sections(store: Store) -> list[Section]:
 
 
 def _neuron_section(store: Store, layer: int, x: str, color: str | None) -> Section:
-    table = _Once(lambda: query.neurons(store, layer=layer, direction="answer"))
+    table = _Once(lambda: query.neurons(store, layers=layer, direction="answer"))
     direction = "the answer direction"
 
     def build() -> Any:

@@ -151,7 +151,7 @@ def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, co
         raise InvalidParameterError(f"model of store {store.path} has no MLP neurons (attention-only)")
     n_layers = int(store.config["n_layers"])
     layer = n_layers - 1 if layer is None else layer
-    table = query.neurons(store, layer=layer, direction=direction or "answer", through_head=through_head, pos=pos)
+    table = query.neurons(store, layers=layer, direction=direction or "answer", through_head=through_head, pos=pos)
     colour = color if color is not None else default_color(store)
     name = f"the {direction or 'answer'} direction" + (f" through head {through_head}" if through_head else "")
     return neurons.neuron_scatter(table, store.examples, x=x or default_x(store), color=colour, which=which,

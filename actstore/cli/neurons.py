@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "positions. --top-k keeps the best rows per neuron; --correlate LABEL prints Pearson r per "
                     "neuron against a numeric label instead.")
     p.add_argument("store", help="store directory")
-    p.add_argument("--layer", default=None, metavar="L[,L...]", help="MLP layers (default: all)")
+    p.add_argument("--layers", default=None, metavar="L[,L...]",
+                   help="MLP layers (default: all, or those before --through-head)")
     p.add_argument("--direction", default="answer", metavar="answer|diff|FILE.npy",
                    help="direction to project on (default answer)")
     p.add_argument("--through-head", default=None, metavar="LAYER.HEAD",
@@ -46,48 +47,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_neurons(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from actstore.errors import InvalidParameterError
-    from actstore.query.directions import parse_head
     from actstore.query.neuron_stats import neuron_correlation
-    from actstore.query.neurons import SCHEMA, NeuronPlan, neuron_frames, neurons
+    from actstore.query.neurons import SCHEMA, mlp_layers, neuron_frames, neurons
     from actstore.query.selectors import parse_selector
     from actstore.store import open_store
 
     output_format(args)  # a bad -o fails before the query runs
     check_flags(args)
-    requested = int_list(args.layer, "--layer")
+    requested = int_list(args.layers, "--layers")
     store = open_store(args.store)
-    cfg = store.config
-    if cfg.get("attn_only") or not cfg.get("d_mlp"):
-        raise InvalidParameterError(f"store {args.store}'s model is attention-only: it has no MLP neurons "
-                                    f"(stored hooks: {', '.join(store.hooks)})")
-    layers = requested
-    if not layers:  # every layer (before the head, with --through-head)
-        last = int(cfg["n_layers"])
-        if args.through_head is not None:
-            last = parse_head(args.through_head, last, int(cfg["n_heads"]))[0]
-        layers = list(range(last))
-        if not layers:
-            raise InvalidParameterError(f"no MLP layer comes before --through-head {args.through_head}; "
-                                        "pick a head in a later layer")
+    layers = mlp_layers(store, requested or None, args.through_head)
     common = dict(direction=check_direction(args.direction), through_head=args.through_head,
                   pos=parse_selector(args.pos), answer=args.answer, final_ln=True if args.final_ln else None,
                   attention_weighted=args.attention_weighted, where=parse_where(args.where, store))
     if args.correlate is not None:
-        frames = [neuron_correlation(store, layer, args.correlate, value=args.value, **common) for layer in layers]
-        table = pl.concat(frames)
+        table = neuron_correlation(store, layers, args.correlate, value=args.value, **common)
         write_table(table.sort(table["r"].abs().fill_nan(None), descending=True, nulls_last=True), args)
         return 0
     elif args.top_k is not None:
         rank_by = args.rank_by or "projection"
-        frames = [neurons(store, layer, top_k=args.top_k, rank_by=rank_by, **common) for layer in layers]
-    else:  # every row: streamed, the table may not fit in memory
-        for layer in layers:  # validate every layer before writing anything
-            NeuronPlan.build(store, layer, **common)
-        write_frames((f for layer in layers for f in neuron_frames(store, layer, **common)),
-                     pl.DataFrame(schema=SCHEMA), args)
-        return 0
-    write_table(pl.concat(frames), args)
+        write_table(neurons(store, layers, top_k=args.top_k, rank_by=rank_by, **common), args)
+    else:  # every row: streamed, the table may not fit in memory (neuron_frames checks every layer first)
+        write_frames(neuron_frames(store, layers, **common), pl.DataFrame(schema=SCHEMA), args)
     return 0
 
 

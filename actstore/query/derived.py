@@ -49,17 +49,14 @@ QUERIES: dict[str, Callable[..., pl.DataFrame]] = {"dla": dla, "logit_lens": log
 
 def compute(store: Store, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
     """Run the query behind a derived table."""
-    if table == "neurons" and "layer" not in params:
-        frames = [neurons(store, layer=layer, **params) for layer in _neuron_layers(store)]
-        return pl.concat(frames, how="vertical_relaxed")
+    if table == "neurons":
+        _check_neurons_view(store)
     return QUERIES[table](store, **params)
 
 
-def _neuron_layers(store: Store) -> list[int]:
-    """Every MLP layer of the store's model: what the neurons view spans when no layer is given."""
+def _check_neurons_view(store: Store) -> None:
     if not store.arch.has_mlp:
         raise QueryError(f"view 'neurons': the model of store {store.path} is attention-only (no MLP neurons)")
-    return list(store.arch.layers)
 
 
 def stream(store: Store, table: str, params: Mapping[str, Any]) -> Iterator[pl.DataFrame] | None:
@@ -68,9 +65,8 @@ def stream(store: Store, table: str, params: Mapping[str, Any]) -> Iterator[pl.D
     if table == "attention" and not params.get("aggregate") and not params.get("group_by"):
         return attention_frames(store, **params)
     if table == "neurons" and params.get("top_k") is None:
-        rest = {k: v for k, v in params.items() if k != "top_k"}
-        layers = [rest.pop("layer")] if "layer" in rest else _neuron_layers(store)
-        return (f for layer in layers for f in neuron_frames(store, layer=layer, **rest))
+        _check_neurons_view(store)
+        return neuron_frames(store, **{k: v for k, v in params.items() if k != "top_k"})
     return None
 
 

@@ -13,7 +13,7 @@ over a store of any size in bounded memory:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.directions import DirectionSpec
-from actstore.query.neurons import NeuronPlan
+from actstore.query.neurons import NeuronPlan, mlp_layers
 from actstore.query.selectors import Selector, check_labels
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
@@ -68,14 +68,14 @@ class Comoments:
             return np.where(denom > 0, self.cxy / np.where(denom > 0, denom, 1.0), np.nan)
 
 
-def neuron_correlation(store: Store, layer: int, label: str, value: str = "activation",
+def neuron_correlation(store: Store, layers: int | Sequence[int] | None, label: str, value: str = "activation",
                        direction: DirectionSpec = "answer", through_head: Any = None, pos: Selector = None, *,
                        answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
                        where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Pearson r between each neuron's `value` and the numeric example label `label`.
 
-    Rows are the neuron query's rows (same pos/direction/through_head parameters as `neurons`);
-    examples whose label is null are left out. Returns layer, neuron, r, n.
+    Rows are the neuron query's rows (same layers/pos/direction/through_head parameters as
+    `neurons`); examples whose label is null are left out. Returns layer, neuron, r, n.
     """
     if value not in VALUES:
         raise InvalidParameterError(f"value must be one of {', '.join(VALUES)}, got {value!r}")
@@ -85,8 +85,15 @@ def neuron_correlation(store: Store, layer: int, label: str, value: str = "activ
     if not (dtype.is_numeric() or dtype == pl.Boolean):
         raise InvalidParameterError(f"neuron_correlation: label {label!r} is {dtype}, not numeric")
     y_all = examples.get_column(label).cast(pl.Float64).fill_null(np.nan).to_numpy()
-    plan = NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
-                            attention_weighted=attention_weighted, where=where)
+    plans = [NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
+                              attention_weighted=attention_weighted, where=where)
+             for layer in mlp_layers(store, layers, through_head)]
+    frames = [_correlation(plan, y_all, value) for plan in plans]
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _correlation(plan: NeuronPlan, y_all: np.ndarray, value: str) -> pl.DataFrame:
+    layer = plan.layer
     moments: Comoments | None = None
     for rows in plan.stream():
         x = rows.activation if value == "activation" else rows.projection

@@ -1,7 +1,9 @@
-"""`neurons(store, layer, ...)`: each MLP neuron's activation and its output projected on a direction.
+"""`neurons(store, layers, ...)`: each MLP neuron's activation and its output projected on a direction.
 
-    neurons(store, layer, direction='answer', through_head=None, pos=None, top_k=None,
+    neurons(store, layers=None, direction='answer', through_head=None, pos=None, top_k=None,
             answer=0, final_ln=None, attention_weighted=False, rank_by='projection', where=None)
+
+layers: an int or a list of MLP layers, as `attention` takes them (None: every layer).
 
 One row per (example, position, neuron): example_id, pos, layer, neuron, activation (the
 stored blocks.L.mlp.hook_post, float32) and projection (float64):
@@ -26,7 +28,7 @@ correlation of neuron values with a numeric label.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,33 +47,68 @@ from actstore.store.reader import Store
 RANK_BY = ("projection", "activation", "-projection", "-activation")
 
 
-def neurons(store: Store, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
-            pos: Selector = None, top_k: int | None = None, *, answer: int = 0, final_ln: bool | None = None,
-            attention_weighted: bool = False, rank_by: str = "projection",
+def neurons(store: Store, layers: int | Sequence[int] | None = None, direction: DirectionSpec = "answer",
+            through_head: Any = None, pos: Selector = None, top_k: int | None = None, *, answer: int = 0,
+            final_ln: bool | None = None, attention_weighted: bool = False, rank_by: str = "projection",
             where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
-    """Activation and projection of every neuron of `layer` at the chosen positions (see module doc)."""
+    """Activation and projection of every neuron of `layers` at the chosen positions (see module doc)."""
     if rank_by not in RANK_BY:
         raise InvalidParameterError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise InvalidParameterError(f"top_k must be a positive int or None, got {top_k!r}")
-    plan = NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
-                            attention_weighted=attention_weighted, where=where)
-    if top_k is not None:
-        best = TopK(int(top_k), rank_by)
+    plans = [NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
+                              attention_weighted=attention_weighted, where=where)
+             for layer in mlp_layers(store, layers, through_head)]
+    frames = []
+    for plan in plans:
+        if top_k is not None:
+            best = TopK(int(top_k), rank_by)
+            for rows in plan.stream():
+                best.add(rows)
+            frames.append(best.frame(plan.layer))
+        else:
+            frames.extend(rows.frame(plan.layer) for rows in plan.stream())
+    if not frames:
+        return pl.DataFrame(schema=SCHEMA)
+    return pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
+
+
+def neuron_frames(store: Store, layers: int | Sequence[int] | None = None, direction: DirectionSpec = "answer",
+                  through_head: Any = None, pos: Selector = None, **options: Any) -> Iterator[pl.DataFrame]:
+    """The rows of `neurons(...)` (without top_k) one chunk at a time, layer after layer, for tables too
+    big to hold; options: answer, final_ln, attention_weighted, where."""
+    plans = [NeuronPlan.build(store, layer, direction, through_head, pos, **options)
+             for layer in mlp_layers(store, layers, through_head)]
+    for plan in plans:
         for rows in plan.stream():
-            best.add(rows)
-        return best.frame(plan.layer)
-    frames = [rows.frame(plan.layer) for rows in plan.stream()]
-    return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=SCHEMA)
+            yield rows.frame(plan.layer)
 
 
-def neuron_frames(store: Store, layer: int, direction: DirectionSpec = "answer", through_head: Any = None,
-                  pos: Selector = None, **options: Any) -> Iterator[pl.DataFrame]:
-    """The rows of `neurons(...)` (without top_k) one chunk at a time, for tables too big to hold;
-    options: answer, final_ln, attention_weighted, where."""
-    plan = NeuronPlan.build(store, layer, direction, through_head, pos, **options)
-    for rows in plan.stream():
-        yield rows.frame(plan.layer)
+def mlp_layers(store: Store, layers: int | Sequence[int] | None, through_head: Any = None) -> list[int]:
+    """The MLP layers a neuron query covers: `layers` checked (an int or a list); None: every layer,
+    or with `through_head` every layer before the head's (the outputs the head can read)."""
+    arch = store.arch
+    if not arch.has_mlp:
+        raise InvalidParameterError(f"store {store.path}'s model is attention-only: it has no MLP neurons "
+                                    f"(stored hooks: {', '.join(store.hooks)})")
+    if layers is None:
+        last = arch.n_layers if through_head is None else parse_head(through_head, arch.n_layers, arch.n_heads)[0]
+        if last == 0:
+            raise InvalidParameterError(f"no MLP layer comes before through_head {through_head!r}; pick a head in a "
+                                        "later layer")
+        return list(range(last))
+    items = [layers] if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool) else layers
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+        raise InvalidParameterError(f"neurons layers={layers!r}: expected an int or a non-empty list of ints "
+                                    f"in [0, {arch.n_layers})")
+    out = []
+    for layer in items:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < arch.n_layers:
+            raise InvalidParameterError(f"neurons layers={layers!r}: {layer!r} is not a layer in [0, {arch.n_layers})")
+        out.append(int(layer))
+    if len(set(out)) != len(out):
+        raise InvalidParameterError(f"neurons layers={layers!r}: give each layer once")
+    return out
 
 
 def projections(post: np.ndarray, readout: np.ndarray, scale: np.ndarray) -> np.ndarray:

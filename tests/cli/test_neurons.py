@@ -45,7 +45,7 @@ def test_top_k_vector_and_through_head(capsys, store_path, tmp_path):
 
 def test_correlate(capsys, store_path):
     store = actstore.open_store(store_path)
-    got = csv_out(capsys, ["neurons", str(store_path), "--layer", "1", "--correlate", "sum", "--value",
+    got = csv_out(capsys, ["neurons", str(store_path), "--layers", "1", "--correlate", "sum", "--value",
                            "projection", "--format", "csv"])
     want = neuron_correlation(store, 1, "sum", value="projection")
     assert got.columns == ["layer", "neuron", "r", "n"] and got["n"].unique().to_list() == [24 * 4]
@@ -76,4 +76,4 @@ def test_streamed_parquet_equals_the_api(capsys, store_path, tmp_path):
     want = pl.concat([neurons(store, 0, pos=["=", "c0"], answer=3), neurons(store, 1, pos=["=", "c0"], answer=3)])
     assert f"wrote {want.height} rows" in capsys.readouterr().err
     assert pl.read_parquet(out).equals(want)
-    one_line_error(capsys, ["neurons", str(store_path), "--layer", "0,7"], "layer=7")
+    one_line_error(capsys, ["neurons", str(store_path), "--layers", "0,7"], "7 is not a layer in [0, 2)")

@@ -209,9 +209,23 @@ def test_refusals(tiny_store, tmp_path):
         neurons(store, 0, direction=np.ones(3))
     with pytest.raises(InvalidParameterError, match="neither 'answer', 'diff' nor an existing .npy file"):
         neurons(store, 0, direction=str(tmp_path / "missing.npy"))
-    with pytest.raises(InvalidParameterError, match=r"layer=5: expected an int in \[0, 3\)"):
+    with pytest.raises(InvalidParameterError, match=r"layers=5: 5 is not a layer in \[0, 3\)"):
         neurons(store, 5)
     with pytest.raises(InvalidParameterError, match="attention_weighted needs through_head"):
         neurons(store, 0, attention_weighted=True)
     with pytest.raises(InvalidParameterError, match=r"answer=4: expected an answer index in \[0, 4\)"):
         neurons(store, 0, pos=0, answer=4)
+
+
+def test_layers_take_an_int_a_list_or_none_as_attention_does(tiny_store):
+    store = tiny_store("ln_mlp")
+    one = [neurons(store, layer) for layer in range(store.arch.n_layers)]
+    assert all(frame["layer"].unique().to_list() == [i] for i, frame in enumerate(one))
+    assert neurons(store).equals(pl.concat(one))
+    assert neurons(store, [1, 0]).equals(pl.concat([one[1], one[0]]))
+    top = neurons(store, [0, 1], top_k=2)
+    assert top.equals(pl.concat([neurons(store, 0, top_k=2), neurons(store, 1, top_k=2)]))
+    assert neurons(store, through_head=(1, 0))["layer"].unique().to_list() == [0]  # the layers the head reads
+    for bad, says in (([], "non-empty list"), ([0, 0], "give each layer once"), ("0", "non-empty list")):
+        with pytest.raises(InvalidParameterError, match=says):
+            neurons(store, bad)

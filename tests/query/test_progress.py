@@ -19,7 +19,7 @@ def test_bar_counts_every_chunk_only_inside_progress(tiny_store, capsys):
     with progress(file=buf, leave=True):
         loud = dla(store, level="head")
         attention(store, layers=0, aggregate="mean")
-        neurons(store, layer=1)
+        neurons(store, layers=1)
     text = buf.getvalue()
     assert loud.equals(quiet)
     for what in ("chunks", "attention", "neurons L1"):

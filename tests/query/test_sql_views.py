@@ -110,7 +110,7 @@ def test_attention_and_neurons_views_equal_the_queries(store):
     assert viewed.equals(direct.select(viewed.columns))
     keys = ["layer", "example_id", "pos", "neuron"]
     viewed = sql(store, "SELECT * FROM neurons").pl().sort(keys)
-    direct = pl.concat([query.neurons(store, layer=layer) for layer in range(3)]).sort(keys)
+    direct = pl.concat([query.neurons(store, layers=layer) for layer in range(3)]).sort(keys)
     assert viewed["layer"].unique().to_list() == [0, 1, 2]
     assert viewed.equals(direct.select(viewed.columns))
 
