@@ -81,8 +81,8 @@ def dla_heatmap(dla: pl.DataFrame, target: str | None = None, facet_answers: boo
     table, facet = _with_answer(table, facet_answers)
     summary = summarise(table, [*facet, "component", "layer", "head"])
     title = _value_title(tname)
-    n_heads = int(summary.get_column("head").max()) + 1
-    n_layers = int(summary.get_column("layer").max()) + 1
+    n_heads = int(summary.get_column("head").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
+    n_layers = int(summary.get_column("layer").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
     base = alt.Chart(summary).mark_rect().encode(
         x=alt.X("head:O", title="Head"),
         y=alt.Y("layer:O", title="Layer"),
@@ -123,7 +123,8 @@ def _bars(summary: pl.DataFrame, order: list[str], group: str | None, group_titl
         err_enc["xOffset"] = alt.XOffset(f"{group}:N")
     whiskers = alt.Chart().mark_errorbar(ticks=True).encode(**err_enc)
     width = max(style.PLOT_WIDTH, 18 * len(order) * (1 + (group is not None)))
-    return alt.layer(bars, whiskers, data=summary).properties(width=min(width, 1400), height=style.PLOT_HEIGHT)
+    layered = alt.layer(bars, whiskers, data=summary)
+    return layered.properties(width=min(width, 1400), height=style.PLOT_HEIGHT)  # type: ignore[return-value]
 
 
 def component_bars(dla: pl.DataFrame, target: str | None = None, top: int | None = DEFAULT_TOP) -> alt.LayerChart:

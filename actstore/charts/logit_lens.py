@@ -78,10 +78,10 @@ def logit_lens_lines(
     )
     zero = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0))
     width = min(max(style.PLOT_WIDTH, 40 * len(order)), 1200)
-    return alt.layer(band, line, zero, data=summary).properties(
-        width=width, height=style.PLOT_HEIGHT,
-        title=style.chart_title(f"Logit lens: {y_title.lower()} through the residual stream", "mean over examples, 95% CI band"),
-    )
+    title = style.chart_title(f"Logit lens: {y_title.lower()} through the residual stream",
+                              "mean over examples, 95% CI band")
+    chart = alt.layer(band, line, zero, data=summary)
+    return chart.properties(width=width, height=style.PLOT_HEIGHT, title=title)  # type: ignore[return-value]
 
 
 __all__ = ["logit_lens_lines", "stage_order"]

@@ -126,7 +126,9 @@ _LOADER = """
 
 def render_report(title: str, summary: Mapping[str, object], sections: Sequence[Section]) -> str:
     """The full HTML page: header, summary table, table of contents, then each section."""
-    toc, body, specs = [], [], []
+    toc: list[str] = []
+    body: list[str] = []
+    specs: list[str] = []
     for i, s in enumerate(sections):
         anchor = f"s{i}"
         toc.append(f"<li><a href='#{anchor}'>{html.escape(s.title)}</a></li>")
@@ -141,7 +143,7 @@ def render_report(title: str, summary: Mapping[str, object], sections: Sequence[
             parts.append(f"<div class='chart' id='chart-{n}' data-spec='spec-{n}'></div>")
         parts.append("</section>")
         body.append("".join(parts))
-    bundle = vlc.javascript_bundle(vl_version=_vl_version())
+    bundle = vlc.javascript_bundle(vl_version=_vl_version())  # type: ignore[call-arg]  # the stub omits snippet's default
     return "\n".join([
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",

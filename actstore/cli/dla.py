@@ -80,7 +80,6 @@ def run_logit_lens(args: argparse.Namespace) -> int:
 
 
 def run_circuit(args: argparse.Namespace) -> int:
-    import numpy as np
     import polars as pl
 
     from actstore.errors import InvalidParameterError
