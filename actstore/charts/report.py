@@ -35,12 +35,13 @@ def _hooks_summary(hooks: list[str]) -> str:
 def store_summary(store: Store) -> dict[str, object]:
     """Key facts of a store for the report header (model, task, examples, hooks, storage, checks)."""
     m = store.manifest
-    cfg = store.config
-    shape = ", ".join(f"{k} {cfg[k]}" for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab")
-                      if cfg.get(k) is not None)
-    extras = [k for k in ("attn_only",) if cfg.get(k)] + [
-        f"{k} {cfg[k]}" for k in ("normalization_type", "positional_embedding_type", "act_fn")
-        if cfg.get(k) and not (k == "act_fn" and cfg.get("attn_only"))]
+    a = store.arch
+    sizes = {"n_layers": a.n_layers, "n_heads": a.n_heads, "d_model": a.d_model, "d_head": a.d_head,
+             "d_mlp": a.d_mlp, "d_vocab": a.d_vocab}
+    shape = ", ".join(f"{k} {v}" for k, v in sizes.items() if v is not None)
+    named = {"normalization_type": a.norm, "positional_embedding_type": a.pos_embed,
+             "act_fn": a.act_fn if a.has_mlp else None}
+    extras = ([] if a.has_mlp else ["attn_only"]) + [f"{k} {v}" for k, v in named.items() if v]
     processing = ", ".join(k for k, v in (m.processing or {}).items() if v is True and k != "inferred") or "none"
     summary: dict[str, object] = {
         "store": str(store.path),
@@ -170,7 +171,7 @@ def _neuron_sections(store: Store) -> list[Section]:
     except InvalidParameterError:
         return []
     color = defaults.default_color(store)
-    return [_neuron_section(store, layer, x, color) for layer in range(int(store.config["n_layers"]))]
+    return [_neuron_section(store, layer, x, color) for layer in store.arch.layers]
 
 
 def _neuron_section(store: Store, layer: int, x: str, color: str | None) -> Section:
