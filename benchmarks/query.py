@@ -145,7 +145,7 @@ def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-unt
             toks = torch.from_numpy(tokens[sl])
             real = torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]
             hooks = [(f"blocks.{layer}.attn.hook_attn_scores",
-                      lambda s, hook: s.masked_fill(~real[:, None, None, :], float("-inf")))
+                      lambda s, hook, real=real: s.masked_fill(~real[:, None, None, :], float("-inf")))
                      for layer in range(model.cfg.n_layers)] if bidirectional else []
             with model.hooks(fwd_hooks=hooks):
                 _, cache = model.run_with_cache(toks, attention_mask=real.long(), names_filter=keep)
@@ -200,7 +200,8 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
             f"threads={torch.get_num_threads()} target={target} touched_MB={mb:.1f} "
             f"raw_s={raw_s:.3f} raw_MB/s={mb / raw_s:.0f} dla_s={dla_s:.3f} dla_MB/s={mb / dla_s:.0f} "
             f"read_ratio={raw_s / dla_s:.2f} check_cost={raw_s / min(plain):.2f} "
-            f"meta_s={min(meta):.3f} meta_check_cost={min(meta) / min(meta_plain):.2f} dla_cold_s={cold_s:.3f} tl_s={tl_s:.2f} speedup={tl_s / dla_s:.1f} "
+            f"meta_s={min(meta):.3f} meta_check_cost={min(meta) / min(meta_plain):.2f} dla_cold_s={cold_s:.3f} "
+            f"tl_s={tl_s:.2f} speedup={tl_s / dla_s:.1f} "
             f"speedup_cold={tl_s / cold_s:.1f} "
             f"rows={table.height} max_err={max_err:.2g} sum_err={sum_err:.2g} ingest_s={ingest_s:.1f}")
     shutil.rmtree(out, ignore_errors=True)

@@ -53,13 +53,15 @@ def main() -> None:
 
     ex.section("Direct logit attribution by layer (correct token)")
     by_layer = with_slot(dla(store, level="layer"))
-    ex.table(breakdown(by_layer, group_by="slot", keys=["component"]).select("slot", "component", "mean", "ci_low", "ci_high", "n")
+    ex.table(breakdown(by_layer, group_by="slot", keys=["component"])
+             .select("slot", "component", "mean", "ci_low", "ci_high", "n")
              .pivot(on="slot", index="component", values="mean"))
 
     ex.section("Direct logit attribution by head, split by changed and by slot")
     head_raw = dla(store, level="head")
     by_head = with_slot(head_raw)
-    split = breakdown(by_head, group_by=["changed", "slot"], keys=["component", "layer", "head"]).filter(pl.col("head").is_not_null())
+    split = (breakdown(by_head, group_by=["changed", "slot"], keys=["component", "layer", "head"])
+             .filter(pl.col("head").is_not_null()))
     ex.table(split.select("changed", "slot", "component", "mean", "ci_low", "ci_high", "n"))
     heads = (by_head.filter(pl.col("head").is_not_null()).group_by("component")
              .agg(pl.col("value").mean()).sort("value", descending=True))
@@ -86,7 +88,8 @@ def main() -> None:
                      f"{head_label(layer, head)}: mean attention from each answer position (rows) to each key")
 
     ex.section("Where each head looks from answer slot i: the answer's source (a_i if kept, elt if updated)")
-    per = attention(store, query=answer_pos, key=["a0", "a1", "a2", "elt", "idx"], group_by=["q_pos", "k_role", "idx", "changed"])
+    per = attention(store, query=answer_pos, key=["a0", "a1", "a2", "elt", "idx"],
+                    group_by=["q_pos", "k_role", "idx", "changed"])
     per = per.with_columns(slot_i=pl.col("q_pos") - answer_pos[0])
     per = per.with_columns(source=pl.when(pl.col("slot_i") == pl.col("idx")).then(pl.lit("elt"))
                            .otherwise(pl.format("a{}", pl.col("slot_i"))),
@@ -130,7 +133,8 @@ def main() -> None:
 
     ex.chart("logit_lens", lambda: ch.logit_lens_lines(lens_raw))
     ex.chart("dla_by_head_changed", lambda: ch.component_bars_by(head_raw, examples, "changed"))
-    ex.chart("attention", lambda: ch.attention_heatmap(attention(store, query=answer_pos, group_by=["q_role", "k_role"])))
+    ex.chart("attention",
+             lambda: ch.attention_heatmap(attention(store, query=answer_pos, group_by=["q_role", "k_role"])))
     ex.chart(f"ov_{last}", lambda: ch.circuit_heatmap(circuits[last], f"Full OV circuit of {last}",
                                                    row_labels=[str(i) for i in nums],
                                                    col_labels=[str(i) for i in nums]))

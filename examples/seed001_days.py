@@ -67,10 +67,10 @@ def main() -> None:
 
     ex.section(f"Attention of the top {TOP} heads from END to the today token (SUBJECT), by kind")
     pairs = [(int(r["layer"]), int(r["head"])) for r in top.iter_rows(named=True)]
-    att = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key="SUBJECT", group_by=["kind"])
-    att = att.filter(pl.struct("layer", "head").is_in([{"layer": l, "head": h} for l, h in pairs]))
-    allk = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key="SUBJECT", aggregate="mean")
-    allk = allk.filter(pl.struct("layer", "head").is_in([{"layer": l, "head": h} for l, h in pairs]))
+    att = attention(store, layers=sorted({layer for layer, _ in pairs}), query="END", key="SUBJECT", group_by=["kind"])
+    att = att.filter(pl.struct("layer", "head").is_in([{"layer": layer, "head": h} for layer, h in pairs]))
+    allk = attention(store, layers=sorted({layer for layer, _ in pairs}), query="END", key="SUBJECT", aggregate="mean")
+    allk = allk.filter(pl.struct("layer", "head").is_in([{"layer": layer, "head": h} for layer, h in pairs]))
     ex.table(att.with_columns(head_name=pl.format("L{}H{}", "layer", "head"))
              .pivot(on="kind", index="head_name", values="mean")
              .join(allk.select(head_name=pl.format("L{}H{}", "layer", "head"), all=pl.col("mean"),

@@ -77,7 +77,8 @@ def main() -> None:
 
     ex.section("Attention from position 0 (the classifier position) by head and failure type")
     roles = attention(store, query=0, group_by=["k_role", "failure"])
-    ex.table(roles.pivot(on="k_role", index=["layer", "head", "failure"], values="mean").sort("layer", "head", "failure"),
+    ex.table(roles.pivot(on="k_role", index=["layer", "head", "failure"], values="mean")
+             .sort("layer", "head", "failure"),
              "mean attention mass on all keys of each role")
     pos = attention(store, query=0, group_by=["k_pos"]).with_columns(expected=pl.col("mean") * pl.col("n") / n)
     top_pos = (pos.sort("expected", descending=True).group_by("layer", "head", maintain_order=True).head(3)

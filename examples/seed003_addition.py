@@ -108,7 +108,8 @@ def main() -> None:
     paths = dla(store, level="path")
     pm = breakdown(paths, group_by=[], keys=["answer_idx", "component"])
     top_paths = (pm.with_columns(size=pl.col("mean").abs()).sort("size", descending=True)
-                 .group_by("answer_idx", maintain_order=True).head(4).sort("answer_idx", "size", descending=[False, True]))
+                 .group_by("answer_idx", maintain_order=True).head(4)
+                 .sort("answer_idx", "size", descending=[False, True]))
     ex.table(top_paths.select("answer_idx", "component", "mean", "ci_low", "ci_high"))
     comp = (pm.filter(pl.col("component").str.contains(">")).with_columns(
         via=pl.col("component").str.split(">").list.first())

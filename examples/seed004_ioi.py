@@ -75,14 +75,14 @@ def main() -> None:
 
     ex.section(f"Attention of the top {TOP} heads from END to IO, S1 and S2, by order")
     pairs = [(int(r["layer"]), int(r["head"])) for r in top.iter_rows(named=True)]
-    keep = pl.struct("layer", "head").is_in([{"layer": l, "head": h} for l, h in pairs])
-    att = attention(store, layers=sorted({l for l, _ in pairs}), query="END", key=["IO", "S1", "S2"],
+    keep = pl.struct("layer", "head").is_in([{"layer": layer, "head": h} for layer, h in pairs])
+    att = attention(store, layers=sorted({layer for layer, _ in pairs}), query="END", key=["IO", "S1", "S2"],
                     group_by=["k_role", "order"]).filter(keep)
     wide = (att.with_columns(head_name=pl.format("L{}H{}", "layer", "head"))
             .pivot(on="k_role", index=["head_name", "order"], values="mean")
             .with_columns(io_minus_s1=pl.col("IO") - pl.col("S1")).sort("head_name", "order"))
     ex.table(wide.select("head_name", "order", "IO", "S1", "S2", "io_minus_s1"))
-    both = (attention(store, layers=sorted({l for l, _ in pairs}), query="END", key=["IO", "S1", "S2"],
+    both = (attention(store, layers=sorted({layer for layer, _ in pairs}), query="END", key=["IO", "S1", "S2"],
                       group_by=["k_role"]).filter(keep)
             .with_columns(head_name=pl.format("L{}H{}", "layer", "head"))
             .pivot(on="k_role", index="head_name", values="mean"))

@@ -61,7 +61,8 @@ def accuracy_table(outputs: pl.DataFrame, examples: pl.DataFrame,
         exact = per_example.group_by("value").agg(
             examples=pl.len().cast(pl.Int64), exact=pl.col("all_correct").cast(pl.Float64).mean())
         return (stats.join(exact, on="value").with_columns(label=pl.lit(label))
-                .sort("value").select("label", "value", "examples", "accuracy", "exact", "mean_loss", "mean_logit_diff"))
+                .sort("value")
+                .select("label", "value", "examples", "accuracy", "exact", "mean_loss", "mean_logit_diff"))
 
     parts = [group("(all)", pl.lit("all"))]
     if rows.get_column("answer_idx").n_unique() > 1:

@@ -123,8 +123,10 @@ def attention_heatmap(attn: pl.DataFrame, heads: Sequence[tuple[int, int]] | Non
     n_panels = summary.select("layer", "head").unique().height
     if n_panels > MAX_PANELS:
         raise InvalidParameterError(
-            f"attention_heatmap: {n_panels} heads is too many for one chart (max {MAX_PANELS}); pass heads=[(layer, head), ...]")
-    head_order = [f"L{l}H{h}" for l, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
+            f"attention_heatmap: {n_panels} heads is too many for one chart (max {MAX_PANELS}); "
+            "pass heads=[(layer, head), ...]")
+    head_order = [f"L{layer_idx}H{h}"
+                  for layer_idx, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
     n_heads = summary.get_column("head").n_unique()
     side = max(style.CELL * len(order), 100)
     base = alt.Chart(summary).mark_rect().encode(
@@ -196,7 +198,8 @@ def attention_role_bars(
         summary = summary.filter(pl.col("k_role").is_in(list(key_roles)))
         order = list(key_roles)
     summary = summary.with_columns(head_label=_head_label())
-    head_order = [f"L{l}H{h}" for l, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
+    head_order = [f"L{layer_idx}H{h}"
+                  for layer_idx, h in summary.select("layer", "head").unique().sort("layer", "head").iter_rows()]
     x = alt.X("head_label:N", sort=head_order, title="Head")
     tooltip = [
         alt.Tooltip("head_label:N", title="Head"),

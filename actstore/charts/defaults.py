@@ -83,7 +83,8 @@ def default_x(store: Store) -> str:
     numeric = [c for c, t in ex.schema.items() if c not in BASE_COLUMNS and t.is_numeric()
                and t != pl.Boolean and ex.get_column(c).n_unique() > 2]
     if not numeric:
-        raise InvalidParameterError("this store has no numeric label to plot neurons against; pass x (a numeric label column)")
+        raise InvalidParameterError(
+            "this store has no numeric label to plot neurons against; pass x (a numeric label column)")
     return numeric[0]
 
 

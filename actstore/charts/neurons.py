@@ -26,7 +26,8 @@ def _pick_neurons(table: pl.DataFrame, neurons: Sequence[int] | str | None, top_
     if neurons == "sum":
         keys = ["example_id", "pos", "layer"]
         extra = [c for c in table.columns if c not in (*keys, "neuron", "activation", "projection")]
-        out = table.group_by(keys, maintain_order=True).agg(pl.col("projection").sum(), *[pl.col(c).first() for c in extra])
+        out = table.group_by(keys, maintain_order=True).agg(pl.col("projection").sum(),
+                                                             *[pl.col(c).first() for c in extra])
         return out.with_columns(unit=pl.format("L{} all neurons", pl.col("layer")))
     if isinstance(neurons, str):
         raise InvalidParameterError(f"neuron_scatter: neurons must be a list of ints, 'sum' or None, got {neurons!r}")
@@ -63,7 +64,8 @@ def neuron_scatter(
     labels = [x] + ([color] if color and color != x else [])
     require_columns(examples, ["example_id", *labels], "neuron_scatter (examples)")
     if not examples.schema[x].is_numeric():
-        raise InvalidParameterError(f"neuron_scatter: x label {x!r} is {examples.schema[x]}, not numeric; pick a numeric label")
+        raise InvalidParameterError(
+            f"neuron_scatter: x label {x!r} is {examples.schema[x]}, not numeric; pick a numeric label")
     table = _pick_neurons(neurons, which, top_k)
     table = join_labels(table, examples, labels, "neuron_scatter")
     if table.height > MAX_POINTS:

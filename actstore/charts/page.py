@@ -84,13 +84,15 @@ def html_table(table: pl.DataFrame, percent: Sequence[str] = ()) -> str:
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
             cells.append(f'<td class="{"num" if num else ""}">{html.escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    more = "" if table.height <= MAX_TABLE_ROWS else f"<p class='caption'>first {MAX_TABLE_ROWS} of {table.height} rows</p>"
+    more = ("" if table.height <= MAX_TABLE_ROWS
+            else f"<p class='caption'>first {MAX_TABLE_ROWS} of {table.height} rows</p>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
 
 
 def summary_table(summary: Mapping[str, object]) -> str:
     """Two-column key/value table of the store summary."""
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items())
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in summary.items())
     return f"<table class='summary'><tbody>{rows}</tbody></table>"
 
 
@@ -132,7 +134,8 @@ def render_report(title: str, summary: Mapping[str, object], sections: Sequence[
     for i, s in enumerate(sections):
         anchor = f"s{i}"
         toc.append(f"<li><a href='#{anchor}'>{html.escape(s.title)}</a></li>")
-        parts = [f"<section id='{anchor}'><h2>{html.escape(s.title)}</h2><p class='caption'>{html.escape(s.caption)}</p>"]
+        parts = [f"<section id='{anchor}'><h2>{html.escape(s.title)}</h2>"
+                 f"<p class='caption'>{html.escape(s.caption)}</p>"]
         if s.note:
             parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
         if s.table is not None:

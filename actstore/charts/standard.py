@@ -197,7 +197,8 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
     out_ids, out_names = _output_tokens(store, ids, names)
-    matrix = query.circuit_matrix(query.ov_circuit(store, layer, head, tokens=ids, outputs=out_ids))   # [source token, output token]
+    # [source token, output token]
+    matrix = query.circuit_matrix(query.ov_circuit(store, layer, head, tokens=ids, outputs=out_ids))
     return circuits.circuit_heatmap(matrix, f"OV circuit of L{layer}H{head}: embed -> head -> unembed",
                                     row_labels=names, col_labels=out_names, value_title="Logit contribution")
 
@@ -205,7 +206,8 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
 def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
-    matrix = query.circuit_matrix(query.qk_circuit(store, layer, head, queries=ids, keys=ids))   # [query token, key token]
+    # [query token, key token]
+    matrix = query.circuit_matrix(query.qk_circuit(store, layer, head, queries=ids, keys=ids))
     return circuits.circuit_heatmap(matrix, f"QK circuit of L{layer}H{head}: token embeddings",
                                     row_title="Query token", col_title="Key token", row_labels=names,
                                     col_labels=names, value_title="Attention score")

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", default=None, metavar="H[,H...]", help="heads within each layer (default: all)")
     p.add_argument("--query", default=None, metavar="SEL", help="query positions or roles, e.g. END or 0 or =")
     p.add_argument("--key", default=None, metavar="SEL", help="key positions or roles, e.g. IO,S1 or a0,a1,a2,a3")
-    p.add_argument("--aggregate", choices=("mean",), default=None, help="aggregate over examples (implied by --group-by)")
+    p.add_argument("--aggregate", choices=("mean",), default=None,
+                   help="aggregate over examples (implied by --group-by)")
     p.add_argument("--group-by", default=None, metavar="COL[,COL...]",
                    help="group columns besides layer and head: k_role, k_pos, q_role, q_pos, example_id or labels "
                         "such as carry_2")

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--n", type=int, default=2000, help="number of examples (default 2000)")
     e.add_argument("--seed", type=int, default=1, help="data seed, below 10000 (training uses >= 10000; default 1)")
     e.add_argument("--param", action="append", metavar="KEY=VALUE", help="task parameter, repeatable")
-    e.add_argument("--group-by", action="append", metavar="LABEL", help="label column to split by (default: the task's)")
+    e.add_argument("--group-by", action="append", metavar="LABEL",
+                   help="label column to split by (default: the task's)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     add_output_options(e)
     e.set_defaults(handler=run_eval)
@@ -63,6 +64,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     output_format(args)  # a bad -o fails before the model loads
     model = load_model(args.model, device=args.device)
-    table = evaluate(model, args.task, n=args.n, seed=args.seed, params=parse_params(args.param), group_by=args.group_by)
+    table = evaluate(model, args.task, n=args.n, seed=args.seed, params=parse_params(args.param),
+                     group_by=args.group_by)
     write_table(table, args)
     return 0

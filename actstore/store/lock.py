@@ -50,7 +50,8 @@ def _acquire(path: Path, store: Path) -> int:
         except BlockingIOError:
             os.close(fd)
             raise StoreLockedError(
-                f"another ingest is writing {str(store)!r}; wait for it to finish or choose another output path") from None
+                f"another ingest is writing {str(store)!r}; "
+                "wait for it to finish or choose another output path") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

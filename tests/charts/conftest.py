@@ -95,8 +95,10 @@ def run() -> Run:
         for a in range(ans_pos.shape[1]):
             for layer in range(L):
                 for h in range(H):
-                    rows.append((e, a, int(ans_pos[e, a]), "correct", f"L{layer}H{h}", layer, h, float(head_dla[e, a, layer, h])))
-                rows.append((e, a, int(ans_pos[e, a]), "correct", f"mlp{layer}", layer, None, float(mlp_dla[e, a, layer])))
+                    rows.append((e, a, int(ans_pos[e, a]), "correct", f"L{layer}H{h}", layer, h,
+                                 float(head_dla[e, a, layer, h])))
+                rows.append((e, a, int(ans_pos[e, a]), "correct", f"mlp{layer}", layer, None,
+                             float(mlp_dla[e, a, layer])))
     dla = pl.DataFrame(rows, orient="row", schema={
         "example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64, "target": pl.String,
         "component": pl.String, "layer": pl.Int64, "head": pl.Int64, "value": pl.Float64})

@@ -37,7 +37,8 @@ class Chromium:
         self.timeout = timeout
         self.profile = tempfile.mkdtemp(prefix="actstore-chromium-")
         self.proc = subprocess.Popen(
-            [str(CHROMIUM), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
+            [str(CHROMIUM), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
+             "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.ws = None
         self._id = 0

@@ -17,8 +17,10 @@ SHAPES = {
                      act_fn="relu", normalization_type="LN", attention_dir="bidirectional"),
     "list_update": dict(n_layers=2, n_heads=1, d_model=32, d_head=32, n_ctx=16, d_vocab=52, attn_only=True,
                         normalization_type=None, positional_embedding_type="shortformer"),
-    "ioi": dict(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, n_ctx=32, act_fn="gelu", normalization_type="LN"),
-    "days": dict(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, n_ctx=32, act_fn="gelu", normalization_type="LN"),
+    "ioi": dict(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, n_ctx=32, act_fn="gelu",
+                normalization_type="LN"),
+    "days": dict(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, n_ctx=32, act_fn="gelu",
+                 normalization_type="LN"),
 }
 
 
@@ -50,5 +52,6 @@ def make_store(task: str, root: Path, n: int = 64):
     hooks = None
     if model.cfg.attn_only and model.cfg.normalization_type:
         # attention-only models with LayerNorm list blocks.L.ln2 hooks that never fire: name the hooks
-        hooks = ["z", "pattern", "ln_final.hook_scale", *(f"blocks.{i}.ln1.hook_scale" for i in range(model.cfg.n_layers))]
+        hooks = ["z", "pattern", "ln_final.hook_scale",
+                 *(f"blocks.{i}.ln1.hook_scale" for i in range(model.cfg.n_layers))]
     return actstore.ingest(task, model, n=n, seed=0, out=root / task, quiet=True, chunk=32, hooks=hooks)

@@ -27,7 +27,8 @@ def test_role_summary_counts_unseen_keys_as_zero(run):
     for r in summary.iter_rows(named=True):   # std over examples, zeros included (ddof=1)
         want = run.pattern[:, 0, 0, pos[r["q_role"]], pos[r["k_role"]]]
         assert r["std"] == pytest.approx(want.std(ddof=1), abs=1e-6)
-        assert r["ci_high"] - r["ci_low"] == pytest.approx(2 * 1.959964 * want.std(ddof=1) / np.sqrt(n_examples), abs=1e-6)
+        assert r["ci_high"] - r["ci_low"] == pytest.approx(2 * 1.959964 * want.std(ddof=1) / np.sqrt(n_examples),
+                                                           abs=1e-6)
 
 
 def test_heatmap_cells_match_pattern_means(run):

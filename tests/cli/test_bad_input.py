@@ -316,5 +316,6 @@ def test_a_query_on_an_unfinished_store_warns_in_one_line(tmp_path, stores):
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("actstore dla: warning: store ") and "chunks committed" in lines[0]
-    verify = subprocess.run([sys.executable, "-m", "actstore.cli", "verify", str(store)], capture_output=True, text=True)
+    verify = subprocess.run([sys.executable, "-m", "actstore.cli", "verify", str(store)],
+                            capture_output=True, text=True)
     assert verify.returncode == 1 and "INCOMPLETE:" in verify.stderr

@@ -86,5 +86,6 @@ def test_errors_are_one_line(store_dirs, tmp_path, capsys, argv, message):
 
 
 def test_accuracy_by_a_label_with_too_many_values(store_dirs, tmp_path, capsys):
-    assert main(["chart", "accuracy", str(store_dirs["addition"]), "-o", str(tmp_path / "a.svg"), "--group-by", "a"]) == 2
+    out = str(tmp_path / "a.svg")
+    assert main(["chart", "accuracy", str(store_dirs["addition"]), "-o", out, "--group-by", "a"]) == 2
     assert "label 'a' has 64 values, too many" in capsys.readouterr().err

@@ -86,8 +86,8 @@ def test_breakdown_by_label(capsys, store_path):
                            "ci_low", "ci_high"]
     for label, n in counts.items():
         assert got.filter(pl.col("carry_2") == label)["n"].unique().to_list() == [n]
-    two = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "carry_1", "--group-by", "carry_2", "--of", "logit-lens",
-                           "--format", "csv"])
+    two = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "carry_1", "--group-by", "carry_2",
+                           "--of", "logit-lens", "--format", "csv"])
     assert {"carry_1", "carry_2", "stage", "layer"} <= set(two.columns)
     assert two.filter(pl.col("stage") == "resid_post")["n"].sum() == 24 * store.n_answers
 
@@ -96,8 +96,10 @@ def test_breakdown_of_a_parquet_file(capsys, store_path, tmp_path):
     f = tmp_path / "d.parquet"
     assert main(["dla", str(store_path), "--level", "layer", "-o", str(f)]) == 0
     capsys.readouterr()
-    got = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "any_carry", "--input", str(f), "--format", "csv"])
+    got = csv_out(capsys, ["breakdown", str(store_path), "--group-by", "any_carry", "--input", str(f),
+                           "--format", "csv"])
     assert set(got["component"]) == {"embed", "pos_embed", "attn0", "mlp0", "attn1", "mlp1"}
-    one_line_error(capsys, ["breakdown", str(store_path), "--group-by", "carry_7"], "no label column 'carry_7'", "carry_2")
+    one_line_error(capsys, ["breakdown", str(store_path), "--group-by", "carry_7"], "no label column 'carry_7'",
+                   "carry_2")
     one_line_error(capsys, ["breakdown", str(store_path), "--group-by", "a", "--input", str(tmp_path / "x.parquet")],
                    "is not a file")

@@ -26,7 +26,8 @@ EXAMPLES = ROOT / "examples"
 
 def needs_zoo(name: str) -> pytest.MarkDecorator:
     missing = [p for p in weight_paths(name) if not p.exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"zoo:{name} weights not installed ({missing[0].name if missing else ''})")
+    first_missing = missing[0].name if missing else ''
+    return pytest.mark.skipif(bool(missing), reason=f"zoo:{name} weights not installed ({first_missing})")
 
 
 def run_example(script: str, tmp_path: Path, n: int, *extra: str) -> tuple[str, dict[str, str], object, Path]:

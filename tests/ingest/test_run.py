@@ -78,7 +78,8 @@ def test_bidirectional_padding_is_masked(tmp_path, models):
 
 def test_answer_positions_select_the_answer_rows(tmp_path, models):
     model = models["addition"]
-    store = actstore.ingest("addition", model, 40, 1, tmp_path / "s", hooks=["z", "pattern", "blocks.1.mlp.hook_post:all"],
+    store = actstore.ingest("addition", model, 40, 1, tmp_path / "s",
+                            hooks=["z", "pattern", "blocks.1.mlp.hook_post:all"],
                             positions="answer", dtype="float32", chunk=16, batch=8, quiet=True)
     data = get_task("addition").generate(40, 1)
     cache = cache_of(model, data.tokens, data.lengths, store.hooks)
@@ -118,7 +119,8 @@ def test_outputs_and_meta_tables(tmp_path, models):
     assert ex.columns[:2] == ["example_id", "split"] and ex["example_id"].to_list() == list(range(50))
     assert ex.drop("split").equals(data.to_frame())
     tok = store.tokens
-    assert tok.height == int(data.lengths.sum()) and tok.columns == ["example_id", "pos", "token_id", "str_token", "role"]
+    assert (tok.height == int(data.lengths.sum())
+            and tok.columns == ["example_id", "pos", "token_id", "str_token", "role"])
     first = tok.filter(pl.col("example_id") == 7).sort("pos")
     assert first["token_id"].to_list() == data.tokens[7].tolist() and first["role"].to_list() == data.roles[7].tolist()
 
@@ -136,7 +138,8 @@ def test_manifest_records_the_run_and_an_exact_decomposition(tmp_path, models, k
     store = actstore.ingest(kind, models[kind], 24, 5, tmp_path / "s", chunk=8, batch=8, quiet=True,
                             model_spec=f"tiny:{kind}")
     m = store.manifest
-    assert (m.task, m.seed, m.n, m.chunk, m.batch, m.dtype, m.model_spec) == (kind, 5, 24, 8, 8, "float16", f"tiny:{kind}")
+    assert ((m.task, m.seed, m.n, m.chunk, m.batch, m.dtype, m.model_spec)
+            == (kind, 5, 24, 8, 8, "float16", f"tiny:{kind}"))
     assert m.decomposition["status"] == "ok" and m.decomposition["max_abs_error"] < 1e-4
     assert m.model_config["n_layers"] == models[kind].cfg.n_layers
     assert store.config["attention_dir"] == models[kind].cfg.attention_dir

@@ -63,7 +63,8 @@ def test_zoo_model_store_equals_run_with_cache(tmp_path, spec):
                 else:
                     got = store.read(name, e, e + 1)[0, :length]
                 want = cache[name][0].numpy()
-                np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-3, atol=2e-3 * max(1, np.abs(want).max()),
+                np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-3,
+                                           atol=2e-3 * max(1, np.abs(want).max()),
                                            err_msg=f"{spec} {name} example {e}")
         return
     toks = torch.tensor(data.tokens)

@@ -27,7 +27,8 @@ def test_weights_are_shipped_small_with_their_record():
     for name in zoo_names():
         weights, record = weight_paths(name)
         assert weights.exists() and record.exists(), f"zoo:{name} has no shipped weights"
-        assert weights.stat().st_size < 4_000_000, f"zoo:{name} weights are {weights.stat().st_size} bytes"  # lm: 2.7 MB
+        # lm: 2.7 MB
+        assert weights.stat().st_size < 4_000_000, f"zoo:{name} weights are {weights.stat().st_size} bytes"
         rec = json.loads(record.read_text())
         assert rec["name"] == name and rec["training"]["wall_seconds"] > 0
         assert all(r["ok"] for r in rec["eval"]), rec["eval"]
@@ -99,8 +100,8 @@ def test_brackets_ignores_pad_tokens():
     other = toks.clone()
     other[pad] = 3  # '(' where padding was
     with torch.no_grad():
-        torch.testing.assert_close(masked_logits(model, toks, lengths)[:, 0], masked_logits(model, other, lengths)[:, 0],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(masked_logits(model, toks, lengths)[:, 0],
+                                   masked_logits(model, other, lengths)[:, 0], atol=1e-5, rtol=0)
 
 
 def test_evaluate_table_splits_by_label():

@@ -176,7 +176,8 @@ def test_answer_only_and_float16_stores(tmp_path):
     e, h, q, k = (raw[c].to_numpy() for c in ("example_id", "head", "q_pos", "k_pos"))
     np.testing.assert_allclose(raw["value"].to_numpy(), pat[1, e, h, q, k].astype(np.float16), rtol=0, atol=0)
     assert raw.height == N_EXAMPLES * 3 * (10 + 11 + 12 + 13)
-    by_role = attention(store, layers=1, query="c0", key="=", group_by=["q_role"])  # c0 (position 10) is an answer position
+    # c0 (position 10) is an answer position
+    by_role = attention(store, layers=1, query="c0", key="=", group_by=["q_role"])
     assert by_role.get_column("n").to_list() == [N_EXAMPLES] * 3
     with pytest.raises(InvalidParameterError, match=r"answer positions only.*position 2 is not one"):
         attention(store, query="a2")

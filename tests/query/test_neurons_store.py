@@ -135,9 +135,9 @@ def through_head_oracle(b, layer: int, head: tuple[int, int], p: int, q: int,  #
     """[example, neuron]: neuron outputs at key p, through head's ln1 (TL's apply_ln_to_stack at
     the head's layer) and OV, landing at query q, then the final LayerNorm, read on d [example, d_model]."""
     model, cache = b.model, b.cache
-    l, h = head
-    normed = neuron_stack(cache, layer, ln_layer=l)[:, :, p]  # [neuron, example, d]
-    out = normed @ model.W_V[l, h].double() @ model.W_O[l, h].double()
+    head_layer, h = head
+    normed = neuron_stack(cache, layer, ln_layer=head_layer)[:, :, p]  # [neuron, example, d]
+    out = normed @ model.W_V[head_layer, h].double() @ model.W_O[head_layer, h].double()
     out = out - out.mean(-1, keepdim=True)
     out = out / cache["ln_final.hook_scale"].double()[:, q]  # [example, 1]
     return torch.einsum("ned,ed->en", out, d).numpy()

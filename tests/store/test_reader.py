@@ -27,7 +27,8 @@ def test_read_api(synthetic):
     assert (info.positions, info.dims, info.shape, info.dtype) == (
         "answer", ("example", "head", "answer", "key_pos"), (N, 2, 2, 5), "float16")
     np.testing.assert_array_equal(store.read("blocks.0.attn.hook_z"), values["blocks.0.attn.hook_z"])
-    np.testing.assert_array_equal(store.read("blocks.0.attn.hook_pattern", 3, 9), values["blocks.0.attn.hook_pattern"][3:9])
+    np.testing.assert_array_equal(store.read("blocks.0.attn.hook_pattern", 3, 9),
+                                  values["blocks.0.attn.hook_pattern"][3:9])
     assert store.read("blocks.0.attn.hook_z", 5, 5).shape == (0, 5, 2, 3)
     assert store.param_names == ["blocks.0.attn.W_O", "embed.W_E"]
     np.testing.assert_array_equal(store.param("embed.W_E"), np.arange(18, dtype=np.float32).reshape(3, 6))

@@ -57,7 +57,8 @@ def test_swapped_chunk_with_valid_crc_is_caught(real_store):
     src = real_store / "acts/blocks.0.mlp.hook_post/c/0/0/0"
     shutil.copy(src, real_store / "acts/blocks.0.mlp.hook_post/c/1/0/0")
     assert verify(real_store).problems == [
-        "acts/blocks.0.mlp.hook_post chunk 1: checksum of acts/blocks.0.mlp.hook_post/c/1/0/0 differs from its commit record"]
+        "acts/blocks.0.mlp.hook_post chunk 1: checksum of acts/blocks.0.mlp.hook_post/c/1/0/0 "
+        "differs from its commit record"]
 
 
 def test_wrong_values_with_consistent_checksums_fail_the_decomposition(real_store):
@@ -80,7 +81,8 @@ def test_missing_and_damaged_meta_parts(real_store):
     flip_byte(real_store / "meta/outputs/part-00002.parquet", at=40)
     problems = verify(real_store).problems
     assert "meta/tokens chunk 0: file meta/tokens/part-00000.parquet is missing" in problems
-    assert "meta/outputs chunk 2: checksum of meta/outputs/part-00002.parquet differs from its commit record" in problems
+    assert ("meta/outputs chunk 2: checksum of meta/outputs/part-00002.parquet "
+            "differs from its commit record") in problems
 
 
 def test_commit_records_out_of_order_and_bad_metadata(real_store):
