@@ -43,7 +43,7 @@ def top_heads(dla_table: pl.DataFrame, k: int = TOP_HEADS) -> list[tuple[int, in
 
 
 def all_heads(store: Any) -> list[tuple[int, int]]:
-    return [(layer, h) for layer in range(int(store.config["n_layers"])) for h in range(int(store.config["n_heads"]))]
+    return store.arch.heads()
 
 
 # --- kinds ------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def chart_dla_split(store: Any, target: str | None = None, group_by: str | None 
 
 def _heads_for(store: Any, heads: list[tuple[int, int]] | None, layer: int | None = None) -> list[tuple[int, int]]:
     """`heads` (checked against the model), every head of `layer`, or the default set of heads."""
-    n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
+    n_layers, n_heads = store.arch.n_layers, store.arch.n_heads
     if heads is not None and layer is not None:
         raise InvalidParameterError("give heads or layer, not both")
     if layer is not None:
@@ -147,9 +147,9 @@ def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, co
                   through_head: str | None = None, pos: int | str | None = None, **_: Any) -> alt.TopLevelMixin:
     """Neuron projections of `layer` (default: the last) vs a numeric label; `through_head` pulls the
     direction back through a head's OV (brackets seed: '2.0' with pos=1)."""
-    if store.config.get("attn_only") or not store.config.get("d_mlp"):
+    if not store.arch.has_mlp:
         raise InvalidParameterError(f"model of store {store.path} has no MLP neurons (attention-only)")
-    n_layers = int(store.config["n_layers"])
+    n_layers = store.arch.n_layers
     layer = n_layers - 1 if layer is None else layer
     table = query.neurons(store, layers=layer, direction=direction or "answer", through_head=through_head, pos=pos)
     colour = color if color is not None else default_color(store)
@@ -177,8 +177,8 @@ def _circuit_tokens(store: Any) -> tuple[list[int], list[str]]:
 
 def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[int], list[str]]:
     """Output ids of an OV circuit: the same tokens, or every class of a classifier head (brackets)."""
-    d_vocab_out = int(store.config.get("d_vocab_out") or store.config["d_vocab"])
-    if d_vocab_out == int(store.config["d_vocab"]):
+    d_vocab_out = store.arch.d_vocab_out
+    if d_vocab_out == store.arch.d_vocab:
         return ids, names
     classes = list(range(min(d_vocab_out, MAX_VOCAB)))
     return classes, [f"class {c}" for c in classes]
@@ -187,7 +187,7 @@ def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[i
 def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, int]:
     if layer is None or head is None:
         raise InvalidParameterError("circuit charts need layer and head")
-    n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
+    n_layers, n_heads = store.arch.n_layers, store.arch.n_heads
     if not 0 <= layer < n_layers or not 0 <= head < n_heads:
         raise InvalidParameterError(f"head L{layer}H{head} is not in this {n_layers}-layer, {n_heads}-head model")
     return layer, head
