@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from actstore.errors import StoreCorruptError
+from actstore.store.commits import file_digest, read_file
 from actstore.store.layout import DERIVED
 
 RECORD_SUFFIX = ".sha256"
@@ -48,7 +50,8 @@ def write_checked(path: Path, write: Callable[[Path], None]) -> None:
     tmp = _tmp_name(path)
     try:
         write(tmp)
-        entry = _file_digest(tmp)
+        size, sha256 = file_digest(tmp)
+        entry = {"sha256": sha256, "size": size}
         record.unlink(missing_ok=True)
         os.replace(tmp, path)
         _atomic_write(record, (json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -64,10 +67,10 @@ def read_checked(path: Path) -> bytes | None:
         expected = _read_record(record_path(path))
         if expected is None:
             return None
-        data = path.read_bytes()
-    except OSError:
+        data = read_file(path)  # never blocks: a FIFO here is StoreCorruptError, a miss
+    except (OSError, StoreCorruptError):
         return None
-    if len(data) != expected["size"]:
+    if data is None or len(data) != expected["size"]:
         return None
     return data if hashlib.sha256(data).hexdigest() == expected["sha256"] else None
 
@@ -78,18 +81,18 @@ def check_file(path: Path) -> str | None:
     record = record_path(path)
     try:
         expected = _read_record(record)
-    except OSError as e:
-        return f"its digest record {record.name} cannot be read ({e.strerror or e})"
+    except (OSError, StoreCorruptError) as e:
+        return f"its digest record {record.name} cannot be read ({getattr(e, 'strerror', None) or e})"
     if expected is None:
         return f"no valid digest record {record.name}" if not record.exists() else (
             f"its digest record {record.name} is not a valid record")
     try:
-        got = _file_digest(path)
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if got["size"] != expected["size"]:
-        return f"is {got['size']} bytes, its record says {expected['size']}"
-    if got["sha256"] != expected["sha256"]:
+        size, sha256 = file_digest(path)
+    except (OSError, StoreCorruptError) as e:
+        return f"cannot be read ({getattr(e, 'strerror', None) or e})"
+    if size != expected["size"]:
+        return f"is {size} bytes, its record says {expected['size']}"
+    if sha256 != expected["sha256"]:
         return "sha256 differs from its digest record"
     return None
 
@@ -113,10 +116,11 @@ def cache_problems(root: Path) -> list[str]:
 
 def _read_record(record: Path) -> dict[str, object] | None:
     """The record's {"sha256", "size"}, or None if it is absent or malformed."""
-    try:
-        rec = json.loads(record.read_bytes())
-    except FileNotFoundError:
+    raw = read_file(record)
+    if raw is None:
         return None
+    try:
+        rec = json.loads(raw)
     except ValueError:
         return None
     if (not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str)
@@ -125,13 +129,6 @@ def _read_record(record: Path) -> dict[str, object] | None:
     return {"sha256": rec["sha256"], "size": rec["size"]}
 
 
-def _file_digest(path: Path) -> dict[str, object]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-            size += len(block)
-    return {"sha256": h.hexdigest(), "size": size}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -9,12 +9,15 @@ chunk), so no chunk is hashed on the read path; metadata documents are checked b
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore
 
+from actstore.errors import StoreCorruptError
 from actstore.store.integrity import Ledger
 
 
@@ -28,8 +31,9 @@ class CheckedStore(LocalStore):
 
     async def get(self, key: str, prototype: BufferPrototype | None = None,
                   byte_range: ByteRequest | None = None) -> Buffer | None:
-        buf = await super().get(key, prototype, None)  # whole files only: a partial read cannot be checked
         rel = f"{self.prefix}/{key}"
+        _refuse_special(self.ledger.root / rel)  # a FIFO would block Zarr's reader forever
+        buf = await super().get(key, prototype, None)  # whole files only: a partial read cannot be checked
         what = "metadata" if key.endswith("zarr.json") else "weight" if self.prefix == "params" else "chunk"
         data = None if buf is None else buf.as_numpy_array().data
         self.ledger.check_bytes(rel, data, what)  # a length and 4 bytes, or the sha256 of a small zarr.json
@@ -41,3 +45,13 @@ class CheckedStore(LocalStore):
         return isinstance(other, CheckedStore) and other.ledger is self.ledger and other.prefix == self.prefix
 
     __hash__ = object.__hash__
+
+
+def _refuse_special(path: Path) -> None:
+    """StoreCorruptError if something other than a regular file or a directory sits at `path`."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (or unreadable): the read reports it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise StoreCorruptError(f"{path} is not a regular file where a store file belongs; run `actstore verify`")

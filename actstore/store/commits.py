@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,30 @@ class CommitRecord:
             raise StoreCorruptError(f"commit record {where} is unreadable ({e}); run `actstore verify`") from None
 
 
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file: a directory, FIFO, socket or
+    device where a store file belongs is StoreCorruptError (a FIFO would block a reader forever).
+    FileNotFoundError if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise StoreCorruptError(f"{path} is a directory where a store file belongs; run `actstore verify`") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreCorruptError(f"{path} is not a regular file where a store file belongs; run `actstore verify`")
+    return fd
+
+
+def read_file(path: Path) -> bytes | None:
+    """The bytes of a store file, or None if it is absent (see open_regular)."""
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def file_digest(path: Path, fsync: bool = False, tail: bool = False) -> list[Any]:
     """[size in bytes, sha256 hex] of a file; with tail, also its last 4 bytes (hex); with fsync,
     also flush it to disk.
@@ -58,7 +83,7 @@ def file_digest(path: Path, fsync: bool = False, tail: bool = False) -> list[Any
     h = hashlib.sha256()
     size = 0
     last = b""
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
             size += len(block)
@@ -99,11 +124,10 @@ def write_commit(root: Path, record: CommitRecord) -> None:
 def read_commit(root: Path, chunk: int) -> CommitRecord | None:
     """The commit record of a chunk, or None if it has none."""
     path = commit_path(root, chunk)
-    try:
-        text = path.read_bytes().decode(errors="replace")  # damaged bytes fail as JSON, not as UTF-8
-    except FileNotFoundError:
+    raw = read_file(path)
+    if raw is None:
         return None
-    return CommitRecord.from_json(text, path)
+    return CommitRecord.from_json(raw.decode(errors="replace"), path)  # damaged bytes fail as JSON, not UTF-8
 
 
 def committed_prefix(root: Path, n_chunks: int) -> int:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from actstore.errors import StoreCorruptError
-from actstore.store.commits import CommitRecord, atomic_write_bytes, commit_files, committed_prefix, file_digest
+from actstore.store.commits import (CommitRecord, atomic_write_bytes, commit_files, committed_prefix, file_digest,
+                                    read_file)
 from actstore.store.layout import ACTS, COMMITS, PARAMS, chunk_ranges, commit_path
 from actstore.store.manifest import Manifest
 
@@ -97,7 +98,9 @@ class Ledger:
         params: dict[str, list[Any]] = {}
         store_sha = ""
         try:
-            raw = path.read_bytes()
+            raw = read_file(path)
+            if raw is None:
+                raise FileNotFoundError(path)
             rec = json.loads(raw)
             metadata = {str(k): str(v) for k, v in dict(rec["metadata"]).items()}
             params = {str(k): [int(v[0]), *(str(x) for x in v[1:3])] for k, v in dict(rec["params"]).items()}
@@ -106,6 +109,8 @@ class Ledger:
                 bad("the manifest (zarr.json) was changed after the store was created")
         except FileNotFoundError:
             bad(f"its store record {COMMITS}/{STORE_RECORD} is missing")
+        except StoreCorruptError:
+            bad(f"its store record {COMMITS}/{STORE_RECORD} is not a regular file")
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             bad(f"its store record {COMMITS}/{STORE_RECORD} is unreadable ({_short(e)})")
         n = committed_prefix(root, manifest.n_chunks)
@@ -113,7 +118,13 @@ class Ledger:
         commits, digests = [], []
         for k in range(n):
             where = commit_path(root, k)
-            raw_commit = where.read_bytes()
+            try:
+                raw_commit = read_file(where)
+            except StoreCorruptError:
+                bad(f"commit record {COMMITS}/{k:05d}.json is not a regular file")
+                break
+            if raw_commit is None:  # removed since it was counted: an ingest is rewriting it
+                break
             try:
                 record = CommitRecord.from_json(raw_commit.decode(errors="replace"), where)
             except StoreCorruptError:
@@ -163,9 +174,14 @@ def _check_complete(root: Path, n_chunks: int, digests: list[str], bad: Callable
     """Whether the completion record exists (and agrees with the commit records' digests)."""
     path = root / COMMITS / COMPLETE_RECORD
     try:
-        rec = json.loads(path.read_bytes())
-    except FileNotFoundError:
+        raw = read_file(path)
+    except StoreCorruptError:
+        bad(f"its completion record {COMMITS}/{COMPLETE_RECORD} is not a regular file")
         return False
+    if raw is None:
+        return False
+    try:
+        rec = json.loads(raw)
     except ValueError as e:
         bad(f"its completion record {COMMITS}/{COMPLETE_RECORD} is unreadable ({_short(e)})")
         return False

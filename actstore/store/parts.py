@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from actstore.errors import StoreCorruptError
+from actstore.store.commits import read_file
 from actstore.store.layout import META, META_TABLES, part_path
 
 if TYPE_CHECKING:
@@ -46,10 +47,7 @@ def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
     frames = []
     for k in range(n_chunks):
         path = part_path(root, table, k)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            data = None
+        data = read_file(path)
         ledger.check_bytes(str(path.relative_to(root)), data, "meta part")
         if data is None:  # a committed part always has a record; this only guards the decoder
             raise StoreCorruptError(f"committed meta part {path} is missing; run `actstore verify {root}`")

@@ -27,6 +27,7 @@ import zarr
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.store.arch import Arch
 from actstore.store.checked import CheckedStore
+from actstore.store.commits import read_file
 from actstore.store.integrity import Ledger
 from actstore.store.layout import ACTS, DERIVED, META_TABLES, PARAMS, chunk_ranges, part_path
 from actstore.store.manifest import HookInfo, Manifest
@@ -194,10 +195,7 @@ class Store:
             paths = [part_path(self.path, table, k) for k in range(self._n_committed_chunks)]
             for p in paths:
                 rel = str(p.relative_to(self.path))
-                try:
-                    data = p.read_bytes()
-                except FileNotFoundError:
-                    data = None
+                data = read_file(p)
                 self.ledger.check_bytes(rel, data, "meta part")
             self._checked_parts[table] = paths
         return list(self._checked_parts[table])

@@ -23,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from actstore.store.cache import cache_problems
-from actstore.store.commits import CommitRecord, commit_files, file_digest
+from actstore.errors import StoreCorruptError
+from actstore.store.commits import CommitRecord, commit_files, file_digest, read_file
 from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
 from actstore.store.integrity import Ledger, bytes_digest
 from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, part_path
@@ -120,9 +121,14 @@ def _check_array_metadata(store: Store, bad: Any) -> None:
     for h in m.hooks:
         meta_path = acts_path(store.path, h.name) / "zarr.json"
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            bad(f"array acts/{h.name}: metadata unreadable ({e})")
+            raw = read_file(meta_path)
+            if raw is None:
+                raise FileNotFoundError(meta_path)
+            meta = json.loads(raw)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, StoreCorruptError) as e:
+            bad(f"array acts/{h.name}: metadata unreadable ({_short(e)})")
             continue
         chunks = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
         expect = {"shape": list(h.shape), "data_type": h.dtype, "dimension_names": list(h.dims),
@@ -138,8 +144,11 @@ def _check_recorded_metadata(ledger: Ledger, bad: Any) -> None:
     """Every zarr.json under acts/ and params/ is the one recorded at creation (codecs, fill value, shape)."""
     for rel, digest in sorted(ledger.metadata.items()):
         try:
-            data = (ledger.root / rel).read_bytes()
-        except OSError:
+            data = read_file(ledger.root / rel)
+        except StoreCorruptError as e:
+            bad(f"array metadata {rel}: {_short(e)}")
+            continue
+        if data is None:
             bad(f"array metadata {rel} is missing")
             continue
         if bytes_digest(data) != digest:
@@ -184,10 +193,16 @@ def _check_chunk(store: Store, record: CommitRecord, start: int, stop: int, bad:
             bad(f"{label} chunk {k}: not listed in its commit record")
         elif not f.exists():
             bad(f"{label} chunk {k}: file {rel} is missing")
-        elif file_digest(f, tail=len(record.files[rel]) == 3) != list(record.files[rel]):
-            bad(f"{label} chunk {k}: checksum of {rel} differs from its commit record")
         else:
-            intact.add(label)
+            try:
+                same = file_digest(f, tail=len(record.files[rel]) == 3) == list(record.files[rel])
+            except (OSError, StoreCorruptError) as e:
+                bad(f"{label} chunk {k}: {rel} is unreadable ({_short(e)})")
+                continue
+            if same:
+                intact.add(label)
+            else:
+                bad(f"{label} chunk {k}: checksum of {rel} differs from its commit record")
     acts: dict[str, np.ndarray] = {}
     for h in m.hooks:
         if f"acts/{h.name}" not in intact:

@@ -1,6 +1,7 @@
 """Corruption suite: damage every kind of file in a real store and read everything back.
 
-Each case copies a clean store, damages one file (deletes it, truncates it, or flips one bit),
+Each case copies a clean store, damages one file (deletes it, truncates it, flips one bit, or
+puts a FIFO or a directory in its place: a FIFO would block a careless reader forever),
 then reads everything a user can read: every hook, every weight, the meta tables, a DLA query
 and the SQL view over the derived cache. A case must end one of two ways:
 
@@ -15,7 +16,9 @@ sweep (every file, delete / truncate / 8 bit flips each) is marked slow.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -67,6 +70,12 @@ def observe(path: Path) -> str:
 def damage(path: Path, how: str, rng: random.Random) -> None:
     if how == "delete":
         path.unlink()
+    elif how == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    elif how == "dir":
+        path.unlink()
+        path.mkdir()
     elif how == "truncate":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
@@ -95,6 +104,14 @@ def kind_of(rel: str) -> str:
     return "manifest" if rel == "zarr.json" else "other"
 
 
+class ReaderBlocked(BaseException):
+    """A read that blocked (no `except Exception` or `except OSError` in the code may swallow it)."""
+
+
+def _blocked(*_: object) -> None:
+    raise ReaderBlocked("a reader blocked for 120 s")
+
+
 def run_case(clean_path: Path, fingerprint: str, rel: str, how: str, seed: int, work: Path) -> str:
     """Damage one file of a copy and classify what a reader sees: 'detected' or 'harmless'."""
     copy = work / "store"
@@ -103,8 +120,10 @@ def run_case(clean_path: Path, fingerprint: str, rel: str, how: str, seed: int, 
     target = copy / rel
     before = target.read_bytes()
     damage(target, how, random.Random(seed))
-    if target.exists() and target.read_bytes() == before:
+    if target.is_file() and target.read_bytes() == before:
         return "harmless"
+    signal.signal(signal.SIGALRM, _blocked)
+    signal.alarm(120)  # a reader that blocks (on a FIFO) fails the test instead of hanging it
     try:
         got = observe(copy)
     except ActstoreError as e:
@@ -117,6 +136,8 @@ def run_case(clean_path: Path, fingerprint: str, rel: str, how: str, seed: int, 
             except ActstoreError:
                 pass
         return "detected"
+    finally:
+        signal.alarm(0)
     assert got == fingerprint, f"{rel} {how} (seed {seed}): read back different values with no error"
     return "harmless"
 
@@ -128,9 +149,10 @@ def cases(root: Path, full: bool) -> list[tuple[str, str, int]]:
         for rel in files:
             seen.setdefault(kind_of(rel), rel)
         files = sorted(seen.values())
-        return [(rel, how, 0) for rel in files for how in ("delete", "flip")]
+        return [(rel, how, 0) for rel in files for how in ("delete", "flip", "fifo")]
     return [(rel, how, seed) for rel in files
-            for how, seed in [("delete", 0), ("truncate", 0), *(("flip", s) for s in range(FLIPS_PER_FILE))]]
+            for how, seed in [("delete", 0), ("truncate", 0), ("fifo", 0), ("dir", 0),
+                              *(("flip", s) for s in range(FLIPS_PER_FILE))]]
 
 
 def sweep(clean: tuple[Path, str], work: Path, full: bool) -> Counter:
