@@ -30,7 +30,9 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +61,13 @@ class QueryResult:
         return [] if self._rel is None else list(self._rel.columns)
 
     def _run(self, fetch: str) -> Any:
-        if self._rel is None:
+        rel = self._rel
+        if rel is None:
             return pl.DataFrame() if fetch == "pl" else None
+        runs: dict[str, Callable[[], Any]] = {"pl": rel.pl, "arrow": rel.to_arrow_table, "df": rel.df}
+        run = runs.get(fetch, rel.fetchall)
         try:
-            if fetch == "pl":
-                return self._rel.pl()
-            if fetch == "arrow":
-                return self._rel.to_arrow_table()
-            if fetch == "df":
-                return self._rel.df()
-            return self._rel.fetchall()
+            return _interruptible(self._con, run)
         except duckdb.Error as e:
             raise self._describe(e) from None
 
@@ -86,6 +85,25 @@ class QueryResult:
 
     def __repr__(self) -> str:
         return f"QueryResult(columns={self.columns})"
+
+
+def _interruptible(con: duckdb.DuckDBPyConnection, run: Callable[[], Any]) -> Any:
+    """run() on a worker thread, so that Ctrl-C (which Python cannot deliver while DuckDB's C++ holds
+    the main thread) interrupts the query: KeyboardInterrupt here, after DuckDB has stopped."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-sql") as pool:
+        future = pool.submit(run)
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except FuturesTimeout:
+                continue
+            except KeyboardInterrupt:
+                con.interrupt()
+                try:
+                    future.result()
+                except (duckdb.Error, RuntimeError):  # DuckDB's own report of the interrupt
+                    pass
+                raise
 
 
 def mentioned_views(query: str) -> list[str]:
@@ -117,6 +135,7 @@ _CONFIG = {
     "temp_directory": "",  # never spill to disk (DuckDB's default is ./.tmp in the working directory)
 }
 _LOCK = (
+    "SET enable_progress_bar = false",  # DuckDB's own bar writes into stdout, i.e. into a piped result
     "SET enable_external_access = false",  # no file, network, extension or ATTACH access from SQL
     "SET disabled_filesystems = 'LocalFileSystem'",
     "SET allow_extension_repositories = 'forbidden'",
@@ -152,8 +171,8 @@ def check_query(con: duckdb.DuckDBPyConnection, query: str) -> None:
         raise refused(f"a {kind.name} statement")
     try:
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
-    except (duckdb.Error, TypeError, ValueError):
-        raise refused("a SELECT that cannot be inspected") from None
+    except (duckdb.Error, TypeError, ValueError, RecursionError):  # RecursionError: nesting beyond Python's
+        raise refused("a SELECT that cannot be inspected (too deeply nested?)") from None
     if tree.get("error"):
         raise refused(f"a SELECT that cannot be inspected ({tree.get('error_message', '')})")
     for name in _table_functions(tree):

@@ -103,3 +103,28 @@ def test_breakdown_of_a_parquet_file(capsys, store_path, tmp_path):
                    "carry_2")
     one_line_error(capsys, ["breakdown", str(store_path), "--group-by", "a", "--input", str(tmp_path / "x.parquet")],
                    "is not a file")
+
+
+def test_ctrl_c_stops_a_running_query_with_exit_130(store_path):
+    """DuckDB holds the main thread in C++; the query runs on a worker so that SIGINT still stops it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    query = "SELECT count(*) FROM range(100000000000::bigint) a WHERE a.range % 7 = 3"  # minutes of work
+    proc = subprocess.Popen([sys.executable, "-m", "actstore.cli", "sql", str(store_path), query],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "actstore sql: interrupted" and out == ""
+
+
+def test_progress_bar_off_and_deep_nesting_refused(capsys, store_path):
+    store = actstore.open_store(store_path)
+    assert store.sql("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
+    deep = "SELECT * FROM " + "(SELECT * FROM " * 600 + "examples" + ") t" * 600
+    assert main(["sql", str(store_path), deep]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot be inspected" in err
