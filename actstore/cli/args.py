@@ -18,13 +18,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
+MAX_INT = 2**63 - 1  # what every number a command passes on (row counts, indices) must fit in
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `low`."""
+    """An argparse type: an integer >= `low` (and at most MAX_INT)."""
 
     def parse(text: str) -> int:
         value = _int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        if value > MAX_INT:
+            raise argparse.ArgumentTypeError(f"must be at most {MAX_INT}, got {value}")
         return value
 
     parse.__name__ = f"int >= {low}"

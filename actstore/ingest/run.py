@@ -124,8 +124,7 @@ def ingest(
     infos = _hook_infos(choices, shapes, data, dtype)
     if not infos:
         raise InvalidParameterError(f"none of the hooks {', '.join(hooks or ['default'])} runs in this model")
-    if chunk is None:
-        chunk = _auto_chunk(infos, n)
+    chunk = _auto_chunk(infos, n) if chunk is None else min(int(chunk), n)  # a chunk never exceeds the dataset
     manifest = Manifest(
         model_spec=spec, model_config=model_info.config_dict(net),
         processing=model_info.processing_dict(net, processing),
@@ -139,6 +138,8 @@ def ingest(
         print(f"actstore ingest: warning: components do not sum to the logits (max error "
               f"{decomposition['max_abs_error']:.3g}); direct attributions will not be exact", file=sys.stderr)
 
+    _check_chunk_size(manifest)
+    buffers = _alloc_buffers(manifest, dev.type == "cuda")  # before anything is written: a chunk too big fails here
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -146,7 +147,7 @@ def ingest(
     with store_lock(out):  # before the path is inspected: never replace or create a store another ingest holds
         manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net))
         t1 = time.perf_counter()
-        loop = _Loop(out, manifest, net, data, dev, quiet=quiet, background=background)
+        loop = _Loop(out, manifest, net, data, dev, buffers, quiet=quiet, background=background)
         done = loop.run()
     if stats is not None:
         stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, examples=float(done),
@@ -175,13 +176,15 @@ class _Loop:
     """The forward loop of one ingest (resuming after the committed chunks)."""
 
     def __init__(self, out: Path, manifest: Manifest, net: Any, data: TaskData, dev: torch.device,
-                 quiet: bool, background: bool) -> None:
+                 buffers: list[dict[str, torch.Tensor]], quiet: bool, background: bool) -> None:
         self.out, self.manifest, self.net, self.data, self.dev = out, manifest, net, data, dev
         self.quiet, self.background = quiet, background
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
         self.writer = ChunkWriter(out, manifest)
         self.pinned = dev.type == "cuda"
         self.free: queue.Queue = queue.Queue()
+        for bufs in buffers:
+            self.free.put(bufs)
         self.bytes_written = 0
 
     def run(self) -> int:
@@ -208,8 +211,6 @@ class _Loop:
         arch = Arch.from_config(m.model_config)
         fwd = [] if arch.causal else bidirectional_mask_hooks(sink, arch.n_layers)
         fwd += capture_hooks(sink, [(h.name, h.positions, _source_dims(h)) for h in m.hooks])
-        for _ in range(WRITE_QUEUE_DEPTH + 2):
-            self.free.put(self._alloc())
         bar = _progress(m.n, self.ranges[first][0], self.quiet)
         # the bar's MB/s: activation bytes (stored dtype, before compression) captured per second
         example_bytes = sum(int(np.prod(h.shape[1:])) for h in m.hooks) * np.dtype(m.dtype).itemsize
@@ -240,12 +241,6 @@ class _Loop:
             bar.close()
         return m.n - self.ranges[first][0]
 
-    def _alloc(self) -> dict[str, torch.Tensor]:
-        """One chunk's buffers: {hook: [chunk, ...] tensor in the stored dtype (pinned on CUDA)}."""
-        dt = getattr(torch, self.manifest.dtype)
-        return {h.name: torch.empty((self.manifest.chunk, *h.shape[1:]), dtype=dt, pin_memory=self.pinned)
-                for h in self.manifest.hooks}
-
     def _forward(self, sink: Sink, bufs: dict[str, torch.Tensor], start: int, b0: int,
                  b1: int) -> dict[str, np.ndarray]:
         """Run examples [b0, b1) (inside the chunk starting at `start`); returns their answer outputs."""
@@ -265,6 +260,34 @@ class _Loop:
         acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
         self.bytes_written += self.writer.write_chunk(k, acts, meta)
         self.free.put(bufs)
+
+
+MAX_CHUNK_BYTES = 2**31 - 1  # Blosc compresses at most this many bytes at once
+
+
+def _check_chunk_size(m: Manifest) -> None:
+    """InvalidParameterError if a hook's chunk would exceed what the codec can compress in one piece."""
+    widest = max(m.hooks, key=lambda h: h.example_bytes)
+    if m.chunk * widest.example_bytes > MAX_CHUNK_BYTES:
+        most = max(1, MAX_CHUNK_BYTES // widest.example_bytes)
+        raise InvalidParameterError(
+            f"chunk={m.chunk} makes chunks of {widest.name} {m.chunk * widest.example_bytes / 2**30:.1f} GiB, over "
+            f"the 2 GiB the codec compresses at once; pass chunk <= {most} (or leave it to the default)")
+
+
+def _alloc_buffers(m: Manifest, pinned: bool) -> list[dict[str, torch.Tensor]]:
+    """The loop's chunk buffers (one filling, WRITE_QUEUE_DEPTH queued, one being written): each
+    {hook: [chunk, ...] tensor in the stored dtype, pinned on CUDA}. InvalidParameterError if the
+    machine cannot hold them."""
+    dt = getattr(torch, m.dtype)
+    n_sets = WRITE_QUEUE_DEPTH + 2
+    try:
+        return [{h.name: torch.empty((m.chunk, *h.shape[1:]), dtype=dt, pin_memory=pinned) for h in m.hooks}
+                for _ in range(n_sets)]
+    except (RuntimeError, MemoryError):
+        size = n_sets * m.chunk * sum(h.example_bytes for h in m.hooks)
+        raise InvalidParameterError(f"chunk={m.chunk} needs {size / 2**30:.1f} GiB of buffers, more than this "
+                                    "machine can allocate; pass a smaller chunk (or leave it to the default)") from None
 
 
 def _source_dims(h: HookInfo) -> tuple[str, ...]:

@@ -99,20 +99,24 @@ class Ledger:
         store_sha = ""
         try:
             raw = read_file(path)
-            if raw is None:
-                raise FileNotFoundError(path)
-            rec = json.loads(raw)
-            metadata = {str(k): str(v) for k, v in dict(rec["metadata"]).items()}
-            params = {str(k): [int(v[0]), *(str(x) for x in v[1:3])] for k, v in dict(rec["params"]).items()}
-            store_sha = bytes_digest(raw)
-            if str(rec["manifest_sha256"]) != manifest_digest(manifest):
-                bad("the manifest (zarr.json) was changed after the store was created")
-        except FileNotFoundError:
-            bad(f"its store record {COMMITS}/{STORE_RECORD} is missing")
         except StoreCorruptError:
+            raw = None
             bad(f"its store record {COMMITS}/{STORE_RECORD} is not a regular file")
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            bad(f"its store record {COMMITS}/{STORE_RECORD} is unreadable ({_short(e)})")
+        else:
+            if raw is None:
+                bad(f"its store record {COMMITS}/{STORE_RECORD} is missing")
+        if raw is not None:
+            try:
+                rec = json.loads(raw)
+                metadata = {str(k): str(v) for k, v in dict(rec["metadata"]).items()}
+                params = {str(k): [int(v[0]), *(str(x) for x in v[1:3])] for k, v in dict(rec["params"]).items()}
+                recorded_manifest = str(rec["manifest_sha256"])
+                store_sha = bytes_digest(raw)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+                bad(f"its store record {COMMITS}/{STORE_RECORD} is unreadable ({_short(e)})")
+            else:
+                if recorded_manifest != manifest_digest(manifest):
+                    bad("the manifest (zarr.json) was changed after the store was created")
         n = committed_prefix(root, manifest.n_chunks)
         ranges = chunk_ranges(manifest.n, manifest.chunk)
         commits, digests = [], []

@@ -33,6 +33,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 def utf8_path(path: str | os.PathLike, what: str) -> Path:
     """`path` as a Path, or InvalidParameterError if it is not valid UTF-8 (Arrow and DuckDB, which
     read the store's tables, cannot open such a path)."""
+    if not os.fsdecode(path).strip():
+        raise InvalidParameterError(f"{what} path is empty; name a directory")
     try:
         os.fsdecode(path).encode("utf-8")
     except UnicodeEncodeError:
@@ -51,10 +53,14 @@ def open_store(path: str | os.PathLike) -> Store:
     store = Store(Path(path), read_manifest(path))
     if not store.ledger.complete:
         m = store.manifest
-        warnings.warn(IncompleteStoreWarning(
-            f"store {str(store.path)!r} holds {store.n_examples} of {m.n} examples ({len(store.ledger.commits)}/"
-            f"{m.n_chunks} chunks committed): its ingest is running or was interrupted; results cover only "
-            "the committed examples"), stacklevel=2)
+        if store.n_examples == m.n:  # every chunk committed, but not the completion record
+            what = (f"store {str(store.path)!r} has all {m.n} examples committed but no completion record: its "
+                    "ingest is finishing or was stopped just before the end; rerun it to finish")
+        else:
+            what = (f"store {str(store.path)!r} holds {store.n_examples} of {m.n} examples "
+                    f"({len(store.ledger.commits)}/{m.n_chunks} chunks committed): its ingest is running or was "
+                    "interrupted; results cover only the committed examples")
+        warnings.warn(IncompleteStoreWarning(what), stacklevel=2)
     return store
 
 

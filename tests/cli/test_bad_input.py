@@ -117,6 +117,9 @@ ROWS = [
         keeps_commits=True, marks=slow),
     # info, verify
     row("info", "{out}/missing", says="no store at"),
+    row("info", "", says="store path is empty"),
+    row("verify", "", says="store path is empty"),
+    row("sql", "{add}", "SELECT 1", "--limit", "99999999999999999999", says="must be at most"),
     row("info", "{file}", says="is not an actstore store"),
     row("info", "{out}/{long}", says="File name too long"),
     row("info", "{out}/{bad}", says="is not valid UTF-8"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -257,11 +258,25 @@ def test_memory_is_bounded_by_chunks_not_n(tmp_path, models, monkeypatch):
     from actstore.ingest import run
 
     calls = []
-    original = run._Loop._alloc
-    monkeypatch.setattr(run._Loop, "_alloc", lambda self: calls.append(1) or original(self))
+    original = run._alloc_buffers
+    monkeypatch.setattr(run, "_alloc_buffers", lambda m, pinned: calls.append(original(m, pinned)) or calls[-1])
     store = actstore.ingest("addition", models["addition"], 200, 0, tmp_path / "s", chunk=8, batch=8, quiet=True)
     assert store.n_examples == 200 and store.manifest.n_chunks == 25
-    assert len(calls) == run.WRITE_QUEUE_DEPTH + 2
+    assert len(calls) == 1 and len(calls[0]) == run.WRITE_QUEUE_DEPTH + 2
+    assert all(buf.shape[0] == 8 for bufs in calls[0] for buf in bufs.values())
+
+
+def test_a_chunk_too_big_fails_before_anything_is_written(tmp_path, models):
+    from actstore.ingest import run
+
+    store = actstore.ingest("addition", models["addition"], 10, 0, tmp_path / "s", chunk=10**9, quiet=True)
+    assert store.manifest.chunk == 10  # a chunk is capped at the dataset
+    widest = max(h.example_bytes for h in store.manifest.hooks)
+    too_many = run.MAX_CHUNK_BYTES // widest + 1
+    # (a dataset that big is over the generation cap with this tiny model, so the check is called directly)
+    with pytest.raises(InvalidParameterError, match=r"over the 2 GiB the codec compresses at once; pass chunk <="):
+        run._check_chunk_size(dataclasses.replace(store.manifest, chunk=too_many))
+    run._check_chunk_size(dataclasses.replace(store.manifest, chunk=too_many - 1))
 
 
 def test_progress_bar_and_quiet(tmp_path, models, capsys):
