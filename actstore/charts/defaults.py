@@ -15,6 +15,7 @@ from actstore.datasets import get_task
 from actstore.datasets.report_spec import ReportSpec
 from actstore.errors import InvalidParameterError, UnknownTaskError
 from actstore.store import Store
+from actstore.query.options import Target
 
 
 def task_spec(store: Store) -> ReportSpec:
@@ -26,7 +27,7 @@ def task_spec(store: Store) -> ReportSpec:
         return ReportSpec()
 
 
-def default_target(store: Store) -> str:
+def default_target(store: Store) -> Target:
     """'diff' (correct minus counterfactual logit) where the store has counterfactual tokens, else 'correct'."""
     out = store.outputs
     if "counter_token" in out.columns and out.get_column("counter_token").null_count() < out.height:

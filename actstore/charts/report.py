@@ -24,6 +24,7 @@ from actstore.charts.page import Section, check_report_path, write_report
 from actstore.datasets.report_spec import LabelSplit, RoleAttention
 from actstore.errors import ActstoreError, InvalidParameterError, StoreCorruptError
 from actstore.store import Store
+from actstore.query.options import Target
 
 
 def _hooks_summary(hooks: list[str]) -> str:
@@ -103,7 +104,7 @@ class _Once:
 class _Tables:
     """The store's shared query tables, each run once: DLA per head, the heads to chart, token roles."""
 
-    def __init__(self, store: Store, target: str) -> None:
+    def __init__(self, store: Store, target: Target) -> None:
         self.store = store
         self.dla = _Once(lambda: query.dla(store, "head", target=target))
         self.pattern = _Once(lambda: standard.attention_pattern_table(store, self.heads()))

@@ -27,6 +27,8 @@ from actstore.charts.defaults import (
 )
 from actstore.charts.kinds import KIND_HELP
 from actstore.errors import InvalidParameterError
+from actstore.query.options import Target
+from actstore.store.reader import Store
 
 TOP_HEADS = 12         # heads shown where a model has more (chosen by |mean DLA|)
 MAX_VOCAB = 70         # circuits over a bigger vocabulary keep the tokens the task uses
@@ -42,32 +44,33 @@ def top_heads(dla_table: pl.DataFrame, k: int = TOP_HEADS) -> list[tuple[int, in
     return [(int(a), int(b)) for a, b in size.select("layer", "head").iter_rows()]
 
 
-def all_heads(store: Any) -> list[tuple[int, int]]:
+def all_heads(store: Store) -> list[tuple[int, int]]:
     return store.arch.heads()
 
 
 # --- kinds ------------------------------------------------------------------------------------
 
-def _dla_table(store: Any, target: str | None) -> pl.DataFrame:
+def _dla_table(store: Store, target: Target | None) -> pl.DataFrame:
     return query.dla(store, "head", target=target or default_target(store))
 
 
-def chart_dla_heads(store: Any, target: str | None = None, **_: Any) -> alt.TopLevelMixin:
+def chart_dla_heads(store: Store, target: Target | None = None, **_: Any) -> alt.TopLevelMixin:
     return dla.dla_heatmap(_dla_table(store, target))
 
 
-def chart_dla_components(store: Any, target: str | None = None, top: int | None = None, **_: Any) -> alt.TopLevelMixin:
+def chart_dla_components(store: Store, target: Target | None = None, top: int | None = None,
+                         **_: Any) -> alt.TopLevelMixin:
     return dla.component_bars(_dla_table(store, target), top=top or dla.DEFAULT_TOP)
 
 
-def chart_dla_split(store: Any, target: str | None = None, group_by: str | None = None, top: int | None = None,
+def chart_dla_split(store: Store, target: Target | None = None, group_by: str | None = None, top: int | None = None,
                     **_: Any) -> alt.TopLevelMixin:
     split, title = (group_by, group_by) if group_by else default_split(store)
     return dla.component_bars_by(_dla_table(store, target), store.examples, split, top=top or dla.DEFAULT_TOP,
                                  label_title=title)
 
 
-def _heads_for(store: Any, heads: list[tuple[int, int]] | None, layer: int | None = None) -> list[tuple[int, int]]:
+def _heads_for(store: Store, heads: list[tuple[int, int]] | None, layer: int | None = None) -> list[tuple[int, int]]:
     """`heads` (checked against the model), every head of `layer`, or the default set of heads."""
     n_layers, n_heads = store.arch.n_layers, store.arch.n_heads
     if heads is not None and layer is not None:
@@ -94,7 +97,7 @@ def _keep_heads(table: pl.DataFrame, heads: list[tuple[int, int]]) -> pl.DataFra
     return table.join(keep, on=["layer", "head"], how="semi")
 
 
-def attention_pattern_table(store: Any, heads: list[tuple[int, int]]) -> pl.DataFrame:
+def attention_pattern_table(store: Store, heads: list[tuple[int, int]]) -> pl.DataFrame:
     """Mean attention mass per (head, query role, key role) of `heads`, aggregated by the query
     layer while streaming (no raw rows): layer, head, q_role, k_role, mean, std, n, ci_low, ci_high, entropy."""
     layers = sorted({layer for layer, _ in heads})
@@ -103,7 +106,7 @@ def attention_pattern_table(store: Any, heads: list[tuple[int, int]]) -> pl.Data
     return _keep_heads(table, heads)
 
 
-def attention_roles_table(store: Any, heads: list[tuple[int, int]], query_role: str,
+def attention_roles_table(store: Store, heads: list[tuple[int, int]], query_role: str,
                           key_roles: list[str] | None = None, group_by: str | None = None) -> pl.DataFrame:
     """Mean attention mass from `query_role` to each key role (and `group_by` label value), per head."""
     layers = sorted({layer for layer, _ in heads})
@@ -113,18 +116,18 @@ def attention_roles_table(store: Any, heads: list[tuple[int, int]], query_role: 
     return _keep_heads(table, heads)
 
 
-def token_roles(store: Any) -> list[str]:
+def token_roles(store: Store) -> list[str]:
     """The store's token roles in order of mean position ('other' last)."""
     return attention.role_order(store.tokens.select("pos", "role"))
 
 
-def chart_attention(store: Any, heads: list[tuple[int, int]] | None = None, layer: int | None = None,
+def chart_attention(store: Store, heads: list[tuple[int, int]] | None = None, layer: int | None = None,
                     **_: Any) -> alt.TopLevelMixin:
     chosen = _heads_for(store, heads, layer)
     return attention.attention_heatmap(attention_pattern_table(store, chosen), roles=token_roles(store))
 
 
-def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
+def chart_attention_roles(store: Store, heads: list[tuple[int, int]] | None = None, query_role: str | None = None,
                           key_roles: list[str] | None = None, group_by: str | None = None, layer: int | None = None,
                           **_: Any) -> alt.TopLevelMixin:
     chosen = _heads_for(store, heads, layer)
@@ -136,13 +139,13 @@ def chart_attention_roles(store: Any, heads: list[tuple[int, int]] | None = None
                                          roles=token_roles(store))
 
 
-def chart_logit_lens(store: Any, target: str | None = None, group_by: str | None = None,
+def chart_logit_lens(store: Store, target: Target | None = None, group_by: str | None = None,
                      **_: Any) -> alt.TopLevelMixin:
     table = query.logit_lens(store, target=target or default_target(store))
     return logit_lens.logit_lens_lines(table, examples=store.examples if group_by else None, group_by=group_by)
 
 
-def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, color: str | None = None,
+def chart_neurons(store: Store, layer: int | None = None, x: str | None = None, color: str | None = None,
                   which: list[int] | str | None = None, top: int | None = None, direction: str | None = None,
                   through_head: str | None = None, pos: int | str | None = None, **_: Any) -> alt.TopLevelMixin:
     """Neuron projections of `layer` (default: the last) vs a numeric label; `through_head` pulls the
@@ -158,13 +161,13 @@ def chart_neurons(store: Any, layer: int | None = None, x: str | None = None, co
                                   top_k=top or 6, direction=name)
 
 
-def vocab_labels(store: Any) -> dict[int, str]:
+def vocab_labels(store: Store) -> dict[int, str]:
     """token id -> string for the tokens seen in the store (all of a small task vocabulary)."""
     pairs = store.tokens.select("token_id", "str_token").unique("token_id").sort("token_id")
     return {int(t): str(s) for t, s in pairs.iter_rows()}
 
 
-def _circuit_tokens(store: Any) -> tuple[list[int], list[str]]:
+def _circuit_tokens(store: Store) -> tuple[list[int], list[str]]:
     """Token ids (and strings) a circuit chart shows: every token seen in the store for a small
     vocabulary, else the MAX_VOCAB most frequent answer tokens."""
     labels = vocab_labels(store)
@@ -175,7 +178,7 @@ def _circuit_tokens(store: Any) -> tuple[list[int], list[str]]:
     return ids, [labels.get(t, str(t)) for t in ids]
 
 
-def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[int], list[str]]:
+def _output_tokens(store: Store, ids: list[int], names: list[str]) -> tuple[list[int], list[str]]:
     """Output ids of an OV circuit: the same tokens, or every class of a classifier head (brackets)."""
     d_vocab_out = store.arch.d_vocab_out
     if d_vocab_out == store.arch.d_vocab:
@@ -184,7 +187,7 @@ def _output_tokens(store: Any, ids: list[int], names: list[str]) -> tuple[list[i
     return classes, [f"class {c}" for c in classes]
 
 
-def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, int]:
+def _layer_head(store: Store, layer: int | None, head: int | None) -> tuple[int, int]:
     if layer is None or head is None:
         raise InvalidParameterError("circuit charts need layer and head")
     n_layers, n_heads = store.arch.n_layers, store.arch.n_heads
@@ -193,7 +196,7 @@ def _layer_head(store: Any, layer: int | None, head: int | None) -> tuple[int, i
     return layer, head
 
 
-def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
+def chart_ov_circuit(store: Store, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
     out_ids, out_names = _output_tokens(store, ids, names)
@@ -203,7 +206,7 @@ def chart_ov_circuit(store: Any, layer: int | None = None, head: int | None = No
                                     row_labels=names, col_labels=out_names, value_title="Logit contribution")
 
 
-def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
+def chart_qk_circuit(store: Store, layer: int | None = None, head: int | None = None, **_: Any) -> alt.TopLevelMixin:
     layer, head = _layer_head(store, layer, head)
     ids, names = _circuit_tokens(store)
     # [query token, key token]
@@ -213,7 +216,7 @@ def chart_qk_circuit(store: Any, layer: int | None = None, head: int | None = No
                                     col_labels=names, value_title="Attention score")
 
 
-def chart_accuracy(store: Any, group_by: str | None = None, **_: Any) -> alt.TopLevelMixin:
+def chart_accuracy(store: Store, group_by: str | None = None, **_: Any) -> alt.TopLevelMixin:
     table = accuracy.accuracy_table(store.outputs, store.examples, group_by=[group_by] if group_by else None)
     return accuracy.accuracy_bars(table)
 
@@ -250,7 +253,7 @@ def kind_options(kind: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY or (p.default is not p.empty))
 
 
-def make_chart(store: Any, kind: str, **options: Any) -> alt.TopLevelMixin:
+def make_chart(store: Store, kind: str, **options: Any) -> alt.TopLevelMixin:
     """Chart `kind` of `store`; unset options take the task's defaults, options `kind` does not use are refused."""
     used = kind_options(kind)
     given = {k: v for k, v in options.items() if v is not None}

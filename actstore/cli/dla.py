@@ -84,6 +84,7 @@ def run_circuit(args: argparse.Namespace) -> int:
 
     from actstore.errors import InvalidParameterError
     from actstore.query import circuits
+    from actstore.query.options import CircuitOver
     from actstore.store import open_store
 
     output_format(args)
@@ -95,7 +96,7 @@ def run_circuit(args: argparse.Namespace) -> int:
         return 0
     if args.layer is None or args.head is None:
         raise InvalidParameterError(f"circuit --kind {args.kind} needs --layer and --head")
-    over = args.over or "tokens"
+    over: CircuitOver = args.over or "tokens"  # argparse choices
     if args.kind == "ov":
         table = circuits.ov_circuit(store, args.layer, args.head, tokens=ids, outputs=ids)
     elif args.kind == "qk":

@@ -49,6 +49,7 @@ def run_neurons(args: argparse.Namespace) -> int:
 
     from actstore.query.neuron_stats import neuron_correlation
     from actstore.query.neurons import SCHEMA, mlp_layers, neuron_frames, neurons
+    from actstore.query.options import RankBy
     from actstore.query.selectors import parse_selector
     from actstore.store import open_store
 
@@ -65,7 +66,7 @@ def run_neurons(args: argparse.Namespace) -> int:
         write_table(table.sort(table["r"].abs().fill_nan(None), descending=True, nulls_last=True), args)
         return 0
     elif args.top_k is not None:
-        rank_by = args.rank_by or "projection"
+        rank_by: RankBy = args.rank_by or "projection"  # argparse choices=RANK_BY
         write_table(neurons(store, layers, top_k=args.top_k, rank_by=rank_by, **common), args)
     else:  # every row: streamed, the table may not fit in memory (neuron_frames checks every layer first)
         write_frames(neuron_frames(store, layers, **common), pl.DataFrame(schema=SCHEMA), args)

@@ -39,16 +39,16 @@ from actstore.query.chunks import Chunk, ExampleArrays, stream
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
+from actstore.query.options import AGGREGATES, Aggregate
 
 RAW_SCHEMA: dict[str, ColumnType] = {
     "example_id": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "q_pos": pl.Int64, "k_pos": pl.Int64,
     "q_role": pl.String, "k_role": pl.String, "value": pl.Float32}
 UNIT_COLUMNS = ("example_id", "q_pos", "q_role", "k_pos", "k_role")  # group columns that are not labels
-AGGREGATES = ("mean",)
 
 
 def attention(store: Store, layers: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
-              query: Selector = None, key: Selector = None, aggregate: str | None = None,
+              query: Selector = None, key: Selector = None, aggregate: Aggregate | None = None,
               group_by: str | Sequence[str] | None = None,
               where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Attention probabilities of the chosen heads from `query` positions/roles to `key` ones.

@@ -28,8 +28,8 @@ from actstore.query.chunks import Chunk
 from actstore.query.paths import path_attribution
 from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
+from actstore.query.options import LEVELS
 
-LEVELS = ("layer", "head", "neuron", "path")
 # dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
 # keeps them exact to ~1e-7 relative at half the memory traffic of float64; the folded tables are
 # computed in float64, and biases, embeddings and the final scale stay float64.

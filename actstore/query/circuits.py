@@ -27,9 +27,9 @@ import polars as pl
 from actstore.errors import InvalidParameterError
 from actstore.query.readout import Weights
 from actstore.store.arch import Arch
+from actstore.query.options import COMPOSITION_KINDS, CircuitOver, CompositionKind
 
 MAX_CELLS = 50_000_000  # refuse to build a bigger matrix without a token subset (400 MB of float64)
-KINDS = ("Q", "K", "V")
 
 
 def as_weights(source: Any) -> Weights:
@@ -81,7 +81,7 @@ def ov_circuit(source: Any, layer: int, head: int, tokens: Sequence[int] | None 
     return _tidy(m, "token", rows, "output", cols)
 
 
-def qk_circuit(source: Any, layer: int, head: int, over: str = "tokens", queries: Sequence[int] | None = None,
+def qk_circuit(source: Any, layer: int, head: int, over: CircuitOver = "tokens", queries: Sequence[int] | None = None,
                keys: Sequence[int] | None = None) -> pl.DataFrame:
     """Full QK circuit of head L{layer}H{head}: one row per (query, key), value the attention score
     (before scaling), float64.
@@ -145,13 +145,13 @@ def circuit_matrix(table: pl.DataFrame) -> np.ndarray:
     return table.get_column("value").to_numpy().reshape(n_rows, n_cols)
 
 
-def composition_scores(source: Any, kind: str = "K") -> pl.DataFrame:
+def composition_scores(source: Any, kind: CompositionKind = "K") -> pl.DataFrame:
     """Composition scores of every head pair (earlier -> later layer).
 
     columns: kind, src, dst, src_layer, src_head, dst_layer, dst_head, value (the score, float64)
     """
-    if kind not in KINDS:
-        raise InvalidParameterError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in COMPOSITION_KINDS:
+        raise InvalidParameterError(f"kind must be one of {', '.join(COMPOSITION_KINDS)}, got {kind!r}")
     w = as_weights(source)
     n, h = w.arch.n_layers, w.arch.n_heads
     w_q, w_k, w_v, w_o = (np.stack([w.f64(Arch.attn_weight(layer, s)) for layer in range(n)])

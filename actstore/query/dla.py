@@ -23,11 +23,13 @@ from actstore.query.chunks import ExampleArrays, check_hooks, stream
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import ColumnType, empty_frame, item_frame, long_frame
 from actstore.store.reader import Store
+from actstore.query.options import Level
+from actstore.query.options import Target as TargetKind
 
 ITEM_SCHEMA: dict[str, ColumnType] = {"component": pl.String, "layer": pl.Int64, "head": pl.Int64}
 
 
-def dla(store: Store, level: str = "head", target: str = "correct") -> pl.DataFrame:
+def dla(store: Store, level: Level = "head", target: TargetKind = "correct") -> pl.DataFrame:
     """Direct logit attribution at `level` ('layer' | 'head' | 'neuron' | 'path') toward `target`
     ('correct': the answer's logit; 'diff': correct minus counterfactual), one row per
     (example, answer, component), float64."""

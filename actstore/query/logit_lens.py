@@ -25,8 +25,9 @@ from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import empty_frame, item_frame, long_frame
 from actstore.store.arch import Arch
 from actstore.store.reader import Store
+from actstore.query.options import LN_MODES, LensNorm
+from actstore.query.options import Target as TargetKind
 
-LN_MODES = ("cached", "recompute")
 
 
 def stages(weights: Weights) -> list[tuple[int, str]]:
@@ -93,7 +94,7 @@ def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -
     return values
 
 
-def logit_lens(store: Store, target: str = "correct", ln: str = "cached") -> pl.DataFrame:
+def logit_lens(store: Store, target: TargetKind = "correct", ln: LensNorm = "cached") -> pl.DataFrame:
     """Accumulated residual read on the answer direction after each stage, one row per
     (example, answer, stage): example_id, answer_idx, answer_pos, target, layer, stage, value."""
     if target not in Target.KINDS:

@@ -25,8 +25,8 @@ from actstore.query.neurons import NeuronPlan, mlp_layers
 from actstore.query.selectors import Selector, check_labels
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
+from actstore.query.options import NEURON_VALUES, NeuronValue
 
-VALUES = ("activation", "projection")
 CORRELATION_SCHEMA: dict[str, ColumnType] = {"layer": pl.Int64, "neuron": pl.Int64, "r": pl.Float64, "n": pl.Int64}
 
 
@@ -68,7 +68,7 @@ class Comoments:
             return np.where(denom > 0, self.cxy / np.where(denom > 0, denom, 1.0), np.nan)
 
 
-def neuron_correlation(store: Store, layers: int | Sequence[int] | None, label: str, value: str = "activation",
+def neuron_correlation(store: Store, layers: int | Sequence[int] | None, label: str, value: NeuronValue = "activation",
                        direction: DirectionSpec = "answer", through_head: Any = None, pos: Selector = None, *,
                        answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
                        where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
@@ -77,8 +77,8 @@ def neuron_correlation(store: Store, layers: int | Sequence[int] | None, label: 
     Rows are the neuron query's rows (same layers/pos/direction/through_head parameters as
     `neurons`); examples whose label is null are left out. Returns layer, neuron, r, n.
     """
-    if value not in VALUES:
-        raise InvalidParameterError(f"value must be one of {', '.join(VALUES)}, got {value!r}")
+    if value not in NEURON_VALUES:
+        raise InvalidParameterError(f"value must be one of {', '.join(NEURON_VALUES)}, got {value!r}")
     examples = store.examples
     check_labels(examples, [label], "neuron_correlation label")
     dtype = examples.schema[label]

@@ -43,13 +43,13 @@ from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
 from actstore.store.arch import Arch
 from actstore.store.reader import Store
+from actstore.query.options import RANK_BY, RankBy
 
-RANK_BY = ("projection", "activation", "-projection", "-activation")
 
 
 def neurons(store: Store, layers: int | Sequence[int] | None = None, direction: DirectionSpec = "answer",
             through_head: Any = None, pos: Selector = None, top_k: int | None = None, *, answer: int = 0,
-            final_ln: bool | None = None, attention_weighted: bool = False, rank_by: str = "projection",
+            final_ln: bool | None = None, attention_weighted: bool = False, rank_by: RankBy = "projection",
             where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Activation and projection of every neuron of `layers` at the chosen positions (see module doc)."""
     if rank_by not in RANK_BY:
