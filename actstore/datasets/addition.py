@@ -40,6 +40,7 @@ class Addition:
         """The seed's carry analysis: each sum digit split by the carry into it, and the attention from '='
         (where the first digit is read) split by the carry into that digit."""
         return ReportSpec(
+            accuracy=("carry_0", "carry_1", "carry_2", "any_carry"),
             splits=(LabelSplit("carry_{answer}", "Carry vs no carry", "Component attributions of each sum digit, "
                                "split by whether that digit receives a carry (the seed's carry analysis).",
                                legend="carry into this digit"),),

@@ -73,6 +73,7 @@ class Brackets:
     def report(self) -> ReportSpec:
         """The seed's failure-type split, and each MLP layer's neurons against the open proportion."""
         return ReportSpec(
+            accuracy=("failure", "balanced", "starts_open"),
             splits=(LabelSplit("failure", "Attribution by failure type", "Component attributions split by why a "
                                "string is unbalanced (or 'balanced')."),),
             neurons=NeuronScatter("open_proportion", color="failure"),

@@ -52,7 +52,7 @@ class Days:
     @property
     def report(self) -> ReportSpec:
         """The common sections only."""
-        return ReportSpec()
+        return ReportSpec(accuracy=("kind", "template", "offset"))
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
         check_n_seed(n, seed)

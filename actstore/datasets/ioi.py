@@ -57,6 +57,7 @@ class IOI:
     def report(self) -> ReportSpec:
         """The seed's END -> IO / S attention and the attributions split by name order."""
         return ReportSpec(
+            accuracy=("order", "template"),
             splits=(LabelSplit("order", "Attribution by order", "Component attributions split by order."),),
             attention=(RoleAttention("END", "END -> IO / S attention", "Attention mass from the END token to the "
                                      "indirect object and subject names, for the heads with the largest attribution.",

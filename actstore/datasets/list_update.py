@@ -43,7 +43,7 @@ class ListUpdate:
     @property
     def report(self) -> ReportSpec:
         """The common sections only."""
-        return ReportSpec()
+        return ReportSpec(accuracy=("idx", "changed"))
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
         check_n_seed(n, seed)

@@ -75,11 +75,14 @@ class ReportSpec:
     attention: query -> key role attention; the first gives `chart attention-roles` its query and
                key roles (default otherwise: the role of the first answer position, every key role)
     neurons:   the neuron scatter of each MLP layer (None: no neuron sections)
+    accuracy:  label columns `actstore eval` splits accuracy by (empty: every boolean and short
+               string label)
     """
 
     splits: tuple[LabelSplit, ...] = ()
     attention: tuple[RoleAttention, ...] = ()
     neurons: NeuronScatter | None = None
+    accuracy: tuple[str, ...] = ()
 
 
 __all__ = ["ANSWER", "LabelSplit", "NeuronScatter", "ReportSpec", "RoleAttention"]

@@ -21,14 +21,6 @@ from actstore.errors import InvalidParameterError
 from actstore.models.forward import iter_answer_logits
 from actstore.models.zoo import EVAL_SEED, TRAIN_SEED_BASE, Target
 
-# label columns each task's accuracy is split by (other tasks: boolean and short string labels)
-SPLITS: dict[str, tuple[str, ...]] = {
-    "addition": ("carry_0", "carry_1", "carry_2", "any_carry"),
-    "list_update": ("idx", "changed"),
-    "brackets": ("failure", "balanced", "starts_open"),
-    "ioi": ("order", "template"),
-    "days": ("kind", "template", "offset"),
-}
 METRICS = ("examples", "answers", "accuracy", "loss", "logit_diff", "diff_accuracy")
 
 
@@ -48,7 +40,7 @@ def evaluate(model: Any, task: str | Task, n: int = 2000, seed: int = EVAL_SEED,
     data = task_obj.generate(n, seed, tokenizer=getattr(model, "tokenizer", None))
     _check_vocab(model, data)
     _check_width(model, data)
-    splits = group_by if group_by is not None else _default_splits(data)
+    splits = group_by if group_by is not None else _default_splits(data, task_obj.report.accuracy)
     missing = [c for c in splits if c not in data.labels.columns]
     if missing:
         raise InvalidParameterError(
@@ -122,9 +114,10 @@ def _summary(table: pl.DataFrame, col: str | None) -> pl.DataFrame:
     )
 
 
-def _default_splits(data: TaskData) -> list[str]:
-    if data.task in SPLITS:
-        return [c for c in SPLITS[data.task] if c in data.labels.columns]
+def _default_splits(data: TaskData, declared: tuple[str, ...]) -> list[str]:
+    """The task's declared accuracy splits, else every boolean and short string label."""
+    if declared:
+        return [c for c in declared if c in data.labels.columns]
     out = []
     for col, dtype in data.labels.schema.items():
         if dtype == pl.Boolean or (dtype == pl.String and data.labels[col].n_unique() <= 20):

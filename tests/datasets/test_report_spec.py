@@ -50,7 +50,12 @@ def test_the_seed_tasks_declare_their_analyses() -> None:
     assert [s.label for s in brackets.splits] == ["failure"] and brackets.neurons is not None
     assert (brackets.neurons.x, brackets.neurons.color) == ("open_proportion", "failure")
     assert [(a.query_role, a.key_roles) for a in ioi.attention] == [("END", ("IO", "S1", "S2"))]
-    assert get_task("days").report == get_task("list_update").report == ReportSpec()
+    days, list_update = get_task("days").report, get_task("list_update").report
+    assert days == ReportSpec(accuracy=("kind", "template", "offset"))  # no report sections, only eval splits
+    assert list_update == ReportSpec(accuracy=("idx", "changed"))
+    for name in ("addition", "brackets", "ioi", "days", "list_update"):  # every declared split is a real label
+        data = get_task(name).generate(8, 0)
+        assert set(get_task(name).report.accuracy) <= set(data.labels.columns), name
 
 
 def test_register_task() -> None:
