@@ -117,6 +117,9 @@ class Ledger:
             else:
                 if recorded_manifest != manifest_digest(manifest):
                     bad("the manifest (zarr.json) was changed after the store was created")
+        # the completion record is read before the commit records are counted: an ingest writes it
+        # after its last commit, so a reader racing the end of an ingest never sees it with a short prefix
+        complete_raw = _read_complete(root, bad)
         n = committed_prefix(root, manifest.n_chunks)
         ranges = chunk_ranges(manifest.n, manifest.chunk)
         commits, digests = [], []
@@ -143,7 +146,7 @@ class Ledger:
                     "(the manifest, weights or array metadata were replaced)")
             commits.append(record)
             digests.append(bytes_digest(raw_commit))
-        complete = _check_complete(root, manifest.n_chunks, digests, bad)
+        complete = _check_complete(complete_raw, root, manifest.n_chunks, digests, bad)
         ledger = cls(root, store_sha, metadata, params, commits, complete)
         for record in commits:
             ledger.files.update(record.files)
@@ -174,14 +177,19 @@ class Ledger:
             raise _corrupt(self.root, f"{what} file {rel} differs from its record (checksum mismatch)")
 
 
-def _check_complete(root: Path, n_chunks: int, digests: list[str], bad: Callable[[str], None]) -> bool:
-    """Whether the completion record exists (and agrees with the commit records' digests)."""
-    path = root / COMMITS / COMPLETE_RECORD
+def _read_complete(root: Path, bad: Callable[[str], None]) -> bytes | None:
+    """The completion record's bytes, None if absent."""
     try:
-        raw = read_file(path)
+        return read_file(root / COMMITS / COMPLETE_RECORD)
     except StoreCorruptError:
         bad(f"its completion record {COMMITS}/{COMPLETE_RECORD} is not a regular file")
-        return False
+        return None
+
+
+def _check_complete(raw: bytes | None, root: Path, n_chunks: int, digests: list[str],
+                    bad: Callable[[str], None]) -> bool:
+    """Whether the completion record (`raw`, read before the commit records) exists and agrees
+    with the commit records' digests."""
     if raw is None:
         return False
     try:
