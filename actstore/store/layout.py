@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from actstore.errors import StoreFormatError
+from actstore.errors import StoreCorruptError, StoreFormatError
 
 ACTS, PARAMS, META, COMMITS, DERIVED = "acts", "params", "meta", "_commits", "derived"
 META_TABLES = ("examples", "tokens", "outputs")
@@ -64,6 +65,15 @@ def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
 def chunk_file(root: Path, hook: str, chunk: int, ndim: int) -> Path:
     """The file holding chunk `chunk` of an activation array (default v3 key encoding)."""
     return acts_path(root, hook).joinpath("c", str(chunk), *(["0"] * (ndim - 1)))
+
+
+def as_array(group: zarr.Group, prefix: str, name: str, root: Path) -> zarr.Array:
+    """Array `name` of the store's `prefix` group (acts or params); StoreCorruptError if a group stands there."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreCorruptError(f"store {str(root)!r} is corrupt: {prefix}/{name} is a group, not an array; "
+                                f"run `actstore verify {root}`")
+    return node
 
 
 def param_dims(name: str, ndim: int) -> tuple[str, ...]:

@@ -35,6 +35,17 @@ def write_part(df: pl.DataFrame, path: Path) -> None:
         raise
 
 
+def checked_part(ledger: "Ledger", table: str, k: int) -> bytes:
+    """The bytes of committed part k of a meta table, checked against its commit record (size and
+    sha256); StoreCorruptError if absent, not a regular file, or different."""
+    path = part_path(ledger.root, table, k)
+    data = read_file(path)
+    ledger.check_bytes(str(path.relative_to(ledger.root)), data, "meta part")
+    if data is None:  # a committed part always has a record; this only guards the decoder
+        raise StoreCorruptError(f"committed meta part {path} is missing; run `actstore verify {ledger.root}`")
+    return data
+
+
 def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
     """Rows of the first `n_chunks` (committed) parts of a meta table, in example order.
 
@@ -43,17 +54,9 @@ def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
     """
     if table not in META_TABLES:
         raise ValueError(f"unknown meta table {table!r}")
-    root = ledger.root
-    frames = []
-    for k in range(n_chunks):
-        path = part_path(root, table, k)
-        data = read_file(path)
-        ledger.check_bytes(str(path.relative_to(root)), data, "meta part")
-        if data is None:  # a committed part always has a record; this only guards the decoder
-            raise StoreCorruptError(f"committed meta part {path} is missing; run `actstore verify {root}`")
-        frames.append(pl.read_parquet(io.BytesIO(data)))
+    frames = [pl.read_parquet(io.BytesIO(checked_part(ledger, table, k))) for k in range(n_chunks)]
     if not frames:
-        return _empty(root, table)
+        return _empty(ledger.root, table)
     return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
 
 

@@ -27,11 +27,10 @@ import zarr
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.store.arch import Arch
 from actstore.store.checked import CheckedStore
-from actstore.store.commits import read_file
 from actstore.store.integrity import Ledger
-from actstore.store.layout import ACTS, DERIVED, META_TABLES, PARAMS, chunk_ranges, part_path
+from actstore.store.layout import ACTS, DERIVED, META_TABLES, PARAMS, as_array, chunk_ranges, part_path
 from actstore.store.manifest import HookInfo, Manifest
-from actstore.store.parts import read_parts
+from actstore.store.parts import checked_part, read_parts
 
 
 class Store:
@@ -133,7 +132,7 @@ class Store:
     def _array(self, name: str) -> zarr.Array:
         arr = self._arrays.get(name)
         if arr is None:  # opened once: each open reads the array's zarr.json
-            arr = self._arrays[name] = _as_array(self._acts_group[name], f"acts/{name}", self.path)
+            arr = self._arrays[name] = as_array(self._acts_group, ACTS, name, self.path)
         return arr
 
     @cached_property
@@ -161,7 +160,7 @@ class Store:
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise InvalidParameterError(f"no weight {name!r} in store {self.path}{hint}")
         try:
-            return np.asarray(_as_array(self._params_group[name], f"params/{name}", self.path)[...])
+            return np.asarray(as_array(self._params_group, PARAMS, name, self.path)[...])
         except ValueError as e:  # zarr's crc32c mismatch
             raise StoreCorruptError(f"{self.path}: weight params/{name}: {e}; run `actstore verify`") from None
 
@@ -192,12 +191,9 @@ class Store:
         if table not in META_TABLES:
             raise InvalidParameterError(f"no meta table {table!r}; meta tables: {', '.join(META_TABLES)}")
         if table not in self._checked_parts:
-            paths = [part_path(self.path, table, k) for k in range(self._n_committed_chunks)]
-            for p in paths:
-                rel = str(p.relative_to(self.path))
-                data = read_file(p)
-                self.ledger.check_bytes(rel, data, "meta part")
-            self._checked_parts[table] = paths
+            for k in range(self._n_committed_chunks):
+                checked_part(self.ledger, table, k)
+            self._checked_parts[table] = [part_path(self.path, table, k) for k in range(self._n_committed_chunks)]
         return list(self._checked_parts[table])
 
     @property
@@ -209,13 +205,6 @@ class Store:
         from actstore.query.sql import sql  # noqa: PLC0415 (the query layer is imported on use)
 
         return sql(self, query, params)
-
-
-def _as_array(node: zarr.Array | zarr.Group, rel: str, root: Path) -> zarr.Array:
-    if not isinstance(node, zarr.Array):
-        raise StoreCorruptError(f"store {str(root)!r} is corrupt: {rel} is a group, not an array; "
-                                f"run `actstore verify {root}`")
-    return node
 
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:

@@ -29,8 +29,8 @@ from actstore.store.commits import (CommitRecord, commit_files, commit_path, com
                                     write_commit)
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
-from actstore.store.layout import (ACTS, COMMITS, META_TABLES, PARAMS, chunk_file, chunk_ranges, compressors,
-                                   param_dims, part_path)
+from actstore.store.layout import (ACTS, COMMITS, META_TABLES, PARAMS, as_array, chunk_file, chunk_ranges,
+                                   compressors, param_dims, part_path)
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.parts import write_part
 
@@ -87,7 +87,8 @@ class ChunkWriter:
         self.root = Path(path)
         self.manifest = manifest
         group = zarr.open_group(LocalStore(self.root / ACTS), mode="r+", zarr_format=3)
-        self.arrays = {h.name: _array(group, h.name).with_config(_WRITE_CONFIG) for h in manifest.hooks}
+        self.arrays = {h.name: as_array(group, ACTS, h.name, self.root).with_config(_WRITE_CONFIG)
+                       for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
         self.store_sha256 = file_digest(self.root / COMMITS / STORE_RECORD)[1]
         self._crc32c_tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
@@ -161,13 +162,6 @@ class ChunkWriter:
     def _maybe_die(self, k: int, phase: str) -> None:
         if self._kill == (k, phase):
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _array(group: zarr.Group, name: str) -> zarr.Array:
-    node = group[name]
-    if not isinstance(node, zarr.Array):
-        raise StoreCorruptError(f"acts/{name} of store {group.store} is a group, not an array; run `actstore verify`")
-    return node
 
 
 def _parse_kill(value: str | None) -> tuple[int, str] | None:
