@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
 from actstore.errors import InvalidParameterError
 from actstore.models import load_model, model_config_dict, processing_of
+from actstore.store.integrity import weights_sha256
 
 # the TransformerLens config fields a store records (the read API's `store.config`)
 CONFIG_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "attn_only", "normalization_type",
@@ -52,11 +52,8 @@ def weights_digest(model: Any) -> str:
     Part of a store's identity: the same spec with other weights (retrained, processed
     differently) is another run, never resumed into the same store.
     """
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(p.detach().float().cpu().numpy()).tobytes())
-    return h.hexdigest()
+    named = sorted(model.named_parameters(), key=lambda kv: kv[0])
+    return weights_sha256((name, p.detach().float().cpu().numpy()) for name, p in named)
 
 
 def _plain(v: Any) -> Any:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import (CommitRecord, atomic_write_bytes, commit_files, committed_prefix, file_digest,
@@ -44,6 +46,17 @@ def manifest_digest(manifest: Manifest) -> str:
 
 def bytes_digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def weights_sha256(weights: Iterable[tuple[str, np.ndarray]]) -> str:
+    """The manifest's `weights_sha256`: over (name, float32 C-order bytes) pairs, given in name
+    order (consumed one at a time, so a big model's weights are never all held). Ingest hashes the
+    model's parameters with it, verify the stored params/."""
+    h = hashlib.sha256()
+    for name, value in weights:
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def write_store_record(root: Path, manifest: Manifest) -> None:

@@ -13,8 +13,8 @@ whose ingest has not finished is reported as INCOMPLETE, never as OK.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from actstore.store.cache import cache_problems
 from actstore.errors import StoreCorruptError
+from actstore.store.cache import cache_problems
 from actstore.store.commits import CommitRecord, commit_files, file_digest, read_file
 from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
-from actstore.store.integrity import Ledger, bytes_digest
+from actstore.store.integrity import Ledger, bytes_digest, weights_sha256
 from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, part_path
 from actstore.store.manifest import Manifest
 from actstore.store.open import read_manifest
@@ -157,25 +157,25 @@ def _check_recorded_metadata(ledger: Ledger, bad: Any) -> None:
 
 def _check_params(store: Store, bad: Any) -> None:
     """Each weight decodes and matches its record; their sha256 recomputed equals the manifest's."""
-    h = hashlib.sha256()  # as ingest.model_info.weights_digest: names in order, float32 bytes
-    whole = True
-    for name in store.param_names:
-        try:
-            value = store.param(name)
-        except Exception as e:  # noqa: BLE001 - any decode failure is a finding
-            bad(f"weight params/{name}: unreadable ({_short(e)})")
-            whole = False
-            continue
-        if not np.isfinite(value).all():
-            bad(f"weight params/{name}: holds NaN or infinite values")
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+    readable: list[str] = []
+
+    def weights() -> Iterator[tuple[str, np.ndarray]]:
+        for name in store.param_names:
+            try:
+                value = store.param(name)
+            except Exception as e:  # noqa: BLE001 - any decode failure is a finding
+                bad(f"weight params/{name}: unreadable ({_short(e)})")
+                continue
+            if not np.isfinite(value).all():
+                bad(f"weight params/{name}: holds NaN or infinite values")
+            readable.append(name)
+            yield name, value
+
+    digest = weights_sha256(weights())
     want = store.manifest.weights_sha256
-    if whole and want and h.hexdigest() != want:
+    if len(readable) == len(store.param_names) and want and digest != want:
         bad(f"weights in params/ do not hash to the manifest's weights_sha256 ({want[:12]}...): "
             "a weight was changed or removed")
-
-
 
 
 def _check_chunk(store: Store, record: CommitRecord, start: int, stop: int, bad: Any,
