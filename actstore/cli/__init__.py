@@ -74,9 +74,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
+def one_line(message: str) -> str:
+    """A message's non-empty lines joined by '; ' (what every error and warning line shows)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def _fail(command: str, message: str) -> int:
     """Print `message` as the one error line of `command` and return its exit status, 2."""
-    text = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    text = one_line(message)
     print(f"actstore {command}: error: {text}", file=sys.stderr)
     return 2
 
@@ -85,7 +90,7 @@ def _fail(command: str, message: str) -> int:
 def _warnings_as_lines(command: str) -> Iterator[None]:
     """Library warnings (a store whose ingest has not finished, ...) as one `warning:` line each on stderr."""
     def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
-        text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        text = one_line(str(message))
         print(f"actstore {command}: warning: {text}", file=sys.stderr)
 
     with warnings.catch_warnings():

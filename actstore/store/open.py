@@ -7,7 +7,9 @@ import os
 import warnings
 from pathlib import Path
 
-from actstore.errors import IncompleteStoreWarning, InvalidParameterError, StoreFormatError, StoreNotFoundError
+from actstore.errors import (IncompleteStoreWarning, InvalidParameterError, StoreCorruptError, StoreFormatError,
+                             StoreNotFoundError)
+from actstore.store.commits import read_file
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.reader import Store
 
@@ -22,7 +24,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise StoreNotFoundError(f"{str(path)!r} is not an actstore store (no zarr.json); "
                                  f"create one with `actstore ingest --out {path}`")
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
+        attrs = json.loads(read_file(meta) or b"").get("attributes", {})  # read_file: a FIFO never blocks
     except (ValueError, AttributeError) as e:
         raise StoreFormatError(f"{meta} is not valid Zarr group metadata ({e})") from None
     if MANIFEST_KEY not in attrs:
@@ -68,6 +70,6 @@ def is_store(path: str | os.PathLike) -> bool:
     """Whether `path` holds an actstore store (of any format version)."""
     meta = Path(path) / "zarr.json"
     try:
-        return MANIFEST_KEY in json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
+        return MANIFEST_KEY in json.loads(read_file(meta) or b"").get("attributes", {})
+    except (OSError, ValueError, AttributeError, StoreCorruptError):
         return False
