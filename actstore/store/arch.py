@@ -90,15 +90,6 @@ class Arch:
         """Every (layer, head), in order."""
         return [(layer, h) for layer in self.layers for h in range(self.n_heads)]
 
-    def scale_hooks(self) -> list[str]:
-        """Every LayerNorm scale hook the model runs: ln1 per block, ln2 where there is an MLP, ln_final."""
-        if self.norm is None:
-            return []
-        names = [self.ln_scale(layer, "ln1") for layer in self.layers]
-        if self.has_mlp:
-            names += [self.ln_scale(layer, "ln2") for layer in self.layers]
-        return [*names, self.final_scale]
-
     # --- hook names -------------------------------------------------------------------------
 
     @staticmethod

@@ -103,7 +103,7 @@ def test_damaged_weight_is_named(real_store):
     assert problems and problems[0].startswith("weight params/unembed.W_U: unreadable")
 
 
-def test_partial_store_verifies_committed_chunks_only(real_store):
+def test_partial_store_verifies_committed_chunks_only(real_store, real_store_template):
     (real_store / "_commits/complete.json").unlink()  # an ingest stopped before its last commit
     commit_path(real_store, 2).unlink()
     (real_store / "acts/blocks.0.attn.hook_z/c/2/0/0/0").unlink()  # in flight: not checked
@@ -111,7 +111,9 @@ def test_partial_store_verifies_committed_chunks_only(real_store):
     assert report.ok and report.committed_chunks == 2 and report.decomposition["n_answers"] == 128
     assert not report.passed and report.lines()[-1].startswith("INCOMPLETE: 2/3 chunks committed, all intact")
     with pytest.warns(IncompleteStoreWarning, match="holds 32 of 40 examples"):
-        assert open_store(real_store).n_examples == 32
+        partial = open_store(real_store)
+    assert partial.n_examples == 32 and not partial.finished and not partial.complete
+    assert open_store(real_store_template).finished
 
 
 def test_deleted_last_commit_record_of_a_finished_store_is_bad(real_store):
