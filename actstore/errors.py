@@ -70,3 +70,7 @@ class IncompleteStoreWarning(UserWarning):
 
 class OutputWriteError(ActstoreError, OSError):
     """A file the user named (-o, a report, a dataset, training output) could not be written."""
+
+
+class ModelMismatchError(ActstoreError, ValueError):
+    """A model whose weights differ from those a store was ingested with."""
