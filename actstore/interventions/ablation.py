@@ -91,8 +91,11 @@ def store_chunks(store: Store, hook: str, layers: list[int], groups: np.ndarray
     return gen()
 
 
+Chunk = tuple[np.ndarray, dict[int, torch.Tensor]]  # (group id [n, pos], {layer: [n, ...] activation})
+
+
 def model_chunks(store: Store, groups: np.ndarray, batch: int,
-                 run: Callable[[Pairs], dict[int, torch.Tensor]]) -> Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]:
+                 run: Callable[[Pairs], dict[int, torch.Tensor]]) -> Iterator[Chunk]:
     """`run(pairs)` ({layer: [n, ...]} activations on the clean tokens) over every example, batch by batch."""
     for start in range(0, store.n_examples, batch):
         stop = min(start + batch, store.n_examples)

@@ -43,7 +43,8 @@ def path_batch(runner: Runner, base: Cached, source: Cached, senders: Targets, r
                     replace(x, source.acts[at], "z", head, None)
                 return x
 
-            def capture(x: torch.Tensor, hook_point: Any, at: int) -> None:
+            def capture(x: torch.Tensor, hook_point: Any, at: int,
+                        captured: dict[int, torch.Tensor] = captured) -> None:
                 captured[at] = x.detach().clone()
 
             hooks = [(hook_name("z", at), _bind(freeze, at)) for at in range(layer, n_layers)]

@@ -83,8 +83,9 @@ class SweepSpec:
             raise bad("--pos is empty; give indices or roles, e.g. --pos S2,END")
         if self.mode not in MODES:
             raise bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.metrics or any(m not in METRICS for m in self.metrics) or len(set(self.metrics)) < len(self.metrics):
-            raise bad(f"metrics must be distinct names from {', '.join(METRICS)}, got {', '.join(self.metrics) or '(none)'}")
+        metrics = self.metrics
+        if not metrics or any(m not in METRICS for m in metrics) or len(set(metrics)) < len(metrics):
+            raise bad(f"metrics must be distinct names from {', '.join(METRICS)}, got {', '.join(metrics) or '(none)'}")
         if self.kind == "ablate":
             if self.method not in METHODS:
                 raise bad(f"ablation method must be one of {', '.join(METHODS)}, got {self.method!r}")

@@ -147,8 +147,8 @@ def _run_batch(runner: Runner, spec: SweepSpec, plan: _Plan, rows: _Rows, sid: s
     p = rows.pairs
     t = {name: torch.as_tensor(v, device=dev) for name, v in (("clean", p.tokens), ("lengths", p.lengths),
                                                               ("answer_pos", p.answer_pos), ("answer", p.answer))}
-    answers = Answers(t["answer_pos"], t["answer"], None if p.counter is None else torch.as_tensor(p.counter, device=dev),
-                      spec.metrics)
+    counter = None if p.counter is None else torch.as_tensor(p.counter, device=dev)
+    answers = Answers(t["answer_pos"], t["answer"], counter, spec.metrics)
     corrupted = None if p.corrupted is None else torch.as_tensor(p.corrupted, device=dev)
     slots = None if rows.slots is None else torch.as_tensor(rows.slots, device=dev)
     layers = plan.targets.layers
@@ -254,7 +254,7 @@ def _frame(sid: str, spec: SweepSpec, targets: Targets, rows: _Rows, values: np.
     })
     return frame.with_columns(
         pl.when(pl.col("head") >= 0).then(pl.col("head")).alias("head"),
-        pl.when(pl.col("pos") >= 0).then(pl.col("pos")).alias("pos") if has_pos else pl.lit(None, pl.Int64).alias("pos"),
+        pl.when(pl.col("pos") >= 0).then(pl.col("pos")).alias("pos"),
         pl.when(pl.col("role") != "").then(pl.col("role")).alias("role"),
         pl.when(pl.col("corrupted").is_nan()).then(None).otherwise(pl.col("corrupted")).alias("corrupted")
         if corrupted is None else pl.col("corrupted"),

@@ -1,9 +1,11 @@
 """`sql(store, query)`: DuckDB over a store's tables, read-only and confined to the store.
 
 Views: `examples`, `tokens`, `outputs` (the committed Parquet parts of meta/, each checked
-against its commit record by `Store.meta_paths`) and the derived tables `dla`, `logit_lens`,
+against its commit record by `Store.meta_paths`), the derived tables `dla`, `logit_lens`,
 `attention`, `neurons`, each materialised on first use into `<store>/derived/` (see derived.py)
-and only when the query names it. So
+and only when the query names it, and the stored intervention sweeps: `interventions` (one row
+per target, example, answer and metric, with the clean and corrupted baselines) and `sweeps`
+(one row per sweep's spec). So
 
     SELECT component, avg(value) FROM dla JOIN examples USING (example_id)
     WHERE carry_2 GROUP BY component
@@ -44,10 +46,13 @@ import pyarrow.parquet as pq
 
 from actstore.errors import QueryError
 from actstore.query import derived
+from actstore.query.interventions import interventions as stored_interventions
+from actstore.query.interventions import sweeps as stored_sweeps
 from actstore.store.layout import META_TABLES
 from actstore.store.reader import Store
 
-VIEWS = (*META_TABLES, *derived.TABLES)
+SWEEP_VIEWS = ("interventions", "sweeps")  # stored intervention results (actstore.interventions writes them)
+VIEWS = (*META_TABLES, *derived.TABLES, *SWEEP_VIEWS)
 
 
 class QueryResult:
@@ -206,6 +211,8 @@ def sources(store: Store, query: str = "",
         if table in derived.TABLES:
             got = derived.materialise(store, table, (params or {}).get(table))
             out[table] = got if isinstance(got, pl.DataFrame) else _buffer_dataset(got)  # frame: not cached
+        elif table in SWEEP_VIEWS:  # every part checked against its commit record as it is read
+            out[table] = stored_interventions(store) if table == "interventions" else stored_sweeps(store)
     return out
 
 

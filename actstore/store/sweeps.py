@@ -218,7 +218,8 @@ def checked_parts(root: Path, sweep: str, store_sha256: str) -> list[bytes]:
 def sweep_problems(root: Path, store_sha256: str) -> tuple[list[str], list[str]]:
     """(problems, notes) for verify: a complete sweep that fails its checks is a problem; an
     unfinished one (a killed sweep, resumed by rerunning it) is a note."""
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     base = root / SWEEPS
     if not base.is_dir():
         return problems, notes
@@ -231,7 +232,8 @@ def sweep_problems(root: Path, store_sha256: str) -> tuple[list[str], list[str]]
             if spec is None:
                 notes.append(f"sweep {d.name} has no spec (an interrupted start); rerun it or delete it")
             elif not (d / COMPLETE).exists():
-                notes.append(f"sweep {d.name} ({spec.get('kind')} {spec.get('hook')}) is unfinished; rerun it to resume")
+                what = f"{spec.get('kind')} {spec.get('hook')}"
+                notes.append(f"sweep {d.name} ({what}) is unfinished; rerun it to resume")
             else:
                 checked_parts(root, d.name, store_sha256)
         except StoreCorruptError as e:
