@@ -109,3 +109,19 @@ def agreement(atp: pl.DataFrame, exact: pl.DataFrame, metric: str | None = None)
     spearman = ranked.select(pl.corr("atp", "exact")).item()
     pearson = both.select(pl.corr("atp", "exact")).item()
     return {"spearman": spearman, "pearson": pearson, "n_targets": both.height, "metric": metric}
+
+
+def summary(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per target, answer and metric: the mean of value, clean and corrupted over examples,
+    the normalised score of those means, (value - corrupted) / (clean - corrupted), n and the 95%
+    interval of the mean value. Targets addressed by role are keyed by role, not by position."""
+    keys = [k for k in TARGET_KEYS if k in rows.columns]
+    if "role" in keys and rows.height and rows["role"].null_count() == 0 and rows["pos"].null_count() == 0:
+        keys.remove("pos")
+    stats = effects(rows, value="value").rename({"mean": "value"})
+    base = rows.group_by(keys, maintain_order=True).agg(pl.col("clean").cast(pl.Float64).mean(),
+                                                        pl.col("corrupted").cast(pl.Float64).mean())
+    out = stats.join(base, on=keys, how="left", nulls_equal=True, maintain_order="left")
+    gap = pl.col("clean") - pl.col("corrupted")
+    out = out.with_columns(pl.when(gap != 0).then((pl.col("value") - pl.col("corrupted")) / gap).alias("score"))
+    return out.select(*keys, "value", "clean", "corrupted", "score", "n", "ci_low", "ci_high")

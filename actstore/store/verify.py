@@ -7,7 +7,8 @@ decomposition (stored components rebuild the stored correct-answer logits). Also
 themselves (the manifest's digest, each commit record against the store record and the
 completion record, see integrity.py), every array's metadata against its recorded digest and
 the manifest, every weight file against its record, the weights' sha256 recomputed against the
-manifest's `weights_sha256`, the derived cache's records, and stray commit records. A store
+manifest's `weights_sha256`, the derived cache's records, stray commit records, and every stored
+intervention sweep's parts against their commit records (store/sweeps.py). A store
 whose ingest has not finished is reported as INCOMPLETE, never as OK.
 """
 
@@ -31,6 +32,7 @@ from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_rang
 from actstore.store.manifest import Manifest
 from actstore.store.open import read_manifest
 from actstore.store.reader import Store
+from actstore.store.sweeps import sweep_problems
 
 # verify's decomposition tolerance, per answer: twice the first-order bound on what rounding the
 # stored activations to their dtype can do to the rebuilt logit (decomposition.rounding_bound),
@@ -106,6 +108,10 @@ def verify(path: str | Path) -> VerifyReport:
     _check_array_metadata(store, bad)
     _check_params(store, bad)
     report.notes = cache_problems(root)  # never used as they are: recomputed on next use
+    sweep_bad, sweep_notes = sweep_problems(root, ledger.store_sha256)
+    for line in sweep_bad:
+        bad(line)
+    report.notes += sweep_notes
 
     dec = _Decomposition(store)
     for k, (start, stop) in enumerate(chunk_ranges(m.n, m.chunk)[:committed]):
