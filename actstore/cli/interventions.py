@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from actstore.cli.args import positive_int
 from actstore.cli.output import add_output_options, output_format, write_table
@@ -72,15 +73,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_output_options(p)
 
 
-def _options(args: argparse.Namespace, store: object) -> dict[str, object]:
+def _options(args: argparse.Namespace, store: Any) -> dict[str, Any]:
     from actstore.interventions.spec import METRICS
 
-    opts: dict[str, object] = {"examples": args.examples, "model": args.model, "device": args.device,
+    opts: dict[str, Any] = {"examples": args.examples, "model": args.model, "device": args.device,
                                "quiet": args.quiet}
     if args.metric is not None:
         opts["metrics"] = tuple(m.strip() for m in args.metric.split(","))
     else:
-        ex = store.examples  # type: ignore[attr-defined]
+        ex = store.examples
         has_counter = ex.height > 0 and ex["counter_tokens"].null_count() == 0
         opts["metrics"] = METRICS if has_counter else tuple(m for m in METRICS if m != "logit_diff")
     if args.batch is not None:
@@ -140,13 +141,13 @@ def run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(rows: object, args: argparse.Namespace) -> None:
+def _write(rows: Any, args: argparse.Namespace) -> None:
     from actstore.query.interventions import summary
 
-    write_table(rows if args.per_example else summary(rows), args)  # type: ignore[arg-type]
+    write_table(rows if args.per_example else summary(rows), args)
 
 
-def _report_agreement(store: object, atp_rows: object) -> None:
+def _report_agreement(store: Any, atp_rows: Any) -> None:
     """After attribution patching: its rank agreement with a stored exact sweep of the same targets, if any."""
     import polars as pl
 
@@ -155,7 +156,7 @@ def _report_agreement(store: object, atp_rows: object) -> None:
     atp = atp_rows if isinstance(atp_rows, pl.DataFrame) else None
     if atp is None or atp.height == 0:
         return
-    table = sweeps(store)  # type: ignore[arg-type]
+    table = sweeps(store)
     spec = table.filter(pl.col("sweep") == atp["sweep"][0]).row(0, named=True)
     same = table.filter((pl.col("kind") == "patch") & pl.col("complete") & (pl.col("hook") == spec["hook"])
                         & (pl.col("grain") == spec["grain"]) & (pl.col("mode") == spec["mode"])
@@ -165,7 +166,7 @@ def _report_agreement(store: object, atp_rows: object) -> None:
         print(f"actstore patch: note: no exact sweep of {spec['hook']} by {spec['grain']} on these examples to "
               "compare with; run it without --method atp to measure the agreement", file=sys.stderr)
         return
-    exact = interventions(store, same["sweep"][0])  # type: ignore[arg-type]
+    exact = interventions(store, same["sweep"][0])
     a = agreement(atp, exact)
     if a["spearman"] is not None:
         print(f"actstore patch: attribution vs exact patching ({a['metric']}, {a['n_targets']} targets): "
