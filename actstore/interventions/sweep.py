@@ -44,11 +44,12 @@ def run_sweep(store: Store, spec: SweepSpec, model: Any = None, device: str = "a
         return read_sweep(store.path, sid, store.ledger.store_sha256)
     net = model_for(store, model, device)
     check_hook(spec.hook, int(net.cfg.n_layers), net.hook_dict)
-    for r, _ in plan.receivers or []:
+    if plan.receivers:
         check_hook(spec.receiver_input or "q", int(net.cfg.n_layers), net.hook_dict)
-        if r >= int(net.cfg.n_layers):
-            raise InvalidParameterError(f"receiver layer {r} is outside 0..{int(net.cfg.n_layers) - 1}")
     runner = Runner(net)
+    if spec.kind == "ablate" and spec.method == "mean":
+        with torch.no_grad():
+            _means(runner, spec, plan, plan.targets.layers)  # before anything is written: a pass may fail
     try:
         with store_lock(store.path):
             writer = SweepWriter(store.path, spec.to_dict(), spec.ranges(), store.ledger.store_sha256)
@@ -83,7 +84,7 @@ class _Plan:
             roles = set(store.tokens["role"].drop_nulls().unique().to_list())
             self.slots, self.slot_names = resolve_positions(self.pairs, spec.pos, roles)
             n_slots = self.slots.shape[1]
-        self.receivers = _receivers(spec.receivers, arch.n_heads)
+        self.receivers = _receivers(spec.receivers, arch.n_layers, arch.n_heads)
         layers = None
         if self.receivers:
             layers = list(range(max(r for r, _ in self.receivers)))
@@ -108,7 +109,7 @@ class _Rows:
         return len(self.pairs)
 
 
-def _receivers(receivers: tuple[str, ...] | None, n_heads: int) -> list[tuple[int, int]] | None:
+def _receivers(receivers: tuple[str, ...] | None, n_layers: int, n_heads: int) -> list[tuple[int, int]] | None:
     if receivers is None or receivers == ("logits",):
         return None
     out = []
@@ -116,8 +117,9 @@ def _receivers(receivers: tuple[str, ...] | None, n_heads: int) -> list[tuple[in
         layer, dot, head = r.partition(".")
         if not (dot and layer.isdigit() and head.isdigit()):
             raise InvalidParameterError(f"receiver {r!r} is not 'logits' or a head as LAYER.HEAD (e.g. 3.1)")
-        if int(head) >= n_heads:
-            raise InvalidParameterError(f"receiver {r}: head {head} is outside 0..{n_heads - 1}")
+        if int(layer) >= n_layers or int(head) >= n_heads:
+            raise InvalidParameterError(f"receiver {r} is not a head of this model (layers 0..{n_layers - 1}, "
+                                        f"heads 0..{n_heads - 1})")
         out.append((int(layer), int(head)))
     return out
 
@@ -136,6 +138,9 @@ def _plan(store: Store, spec: SweepSpec) -> _Plan:
         raise InvalidParameterError(f"task {store.manifest.task!r} has no corrupted twins in store {store.path} "
                                     f"(a store ingested before twins existed?); {spec.kind} needs them: reingest, "
                                     "or use `actstore ablate`")
+    over = spec.mean_over or ""
+    if spec.method == "mean" and over.startswith("label:") and over[6:] not in store.examples.columns:
+        ablation.token_groups(plan.pairs.take(slice(0, 1)), over, store.examples)  # raises, naming the labels
     if "logit_diff" in spec.metrics and plan.pairs.counter is None:
         raise InvalidParameterError(f"task {store.manifest.task!r} has no counterfactual tokens: metric logit_diff "
                                     "is undefined; use --metric logprob,loss,correct_logit")
