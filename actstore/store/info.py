@@ -8,6 +8,7 @@ from typing import Any
 
 from actstore.store.layout import META, PARAMS, chunk_file
 from actstore.store.open import open_store
+from actstore.store.sweeps import list_sweeps
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "params_disk_bytes": _dir_bytes(store.path / PARAMS),
         "meta_disk_bytes": _dir_bytes(store.path / META),
         "total_disk_bytes": _dir_bytes(store.path),
+        "sweeps": [{"sweep": w.sweep, "kind": w.spec.get("kind"), "hook": w.spec.get("hook"),
+                    "grain": w.spec.get("grain"), "examples": [w.spec.get("start"), w.spec.get("stop")],
+                    "parts": f"{w.committed}/{w.n_parts}", "complete": w.complete}
+                   for w in list_sweeps(store.path)],
     }
 
 
@@ -95,6 +100,10 @@ def format_info(info: dict[str, Any]) -> str:
         f"weights {info['params_disk_bytes'] / 1e6:.2f} MB, meta {info['meta_disk_bytes'] / 1e6:.2f} MB, "
         f"total on disk {info['total_disk_bytes'] / 1e6:.2f} MB",
     ]
+    for w in info.get("sweeps", []):
+        state = "complete" if w["complete"] else f"unfinished, {w['parts']} parts (rerun to resume)"
+        lines.append(f"sweep {w['sweep']}  {w['kind']} {w['hook']} by {w['grain']}, examples "
+                     f"{w['examples'][0]}..{w['examples'][1] - 1}: {state}")
     return "\n".join(lines)
 
 
