@@ -34,6 +34,8 @@ class Section:
     """One block of the report: a title, a one-line caption, and a chart and/or a table.
 
     `note` replaces the content when the section could not be built (e.g. a hook the store lacks).
+    `more`: further charts after the first, in order; a string among them is a note shown in place of
+    a chart that could not be built (one intervention sweep of several).
     """
 
     title: str
@@ -41,6 +43,7 @@ class Section:
     chart: alt.TopLevelMixin | None = None
     table: pl.DataFrame | None = None
     note: str | None = None
+    more: tuple[alt.TopLevelMixin | str, ...] = ()
 
 
 def _vl_version() -> str:
@@ -140,9 +143,12 @@ def render_report(title: str, summary: Mapping[str, object], sections: Sequence[
             parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
         if s.table is not None:
             parts.append(html_table(s.table, percent=("accuracy", "exact")))
-        if s.chart is not None and not s.note:
+        for chart in ([] if s.note else [c for c in (s.chart, *s.more) if c is not None]):
+            if isinstance(chart, str):
+                parts.append(f"<p class='note'>{html.escape(chart)}</p>")
+                continue
             n = len(specs)
-            specs.append(f"<script type='application/json' id='spec-{n}'>{_script_json(s.chart.to_dict())}</script>")
+            specs.append(f"<script type='application/json' id='spec-{n}'>{_script_json(chart.to_dict())}</script>")
             parts.append(f"<div class='chart' id='chart-{n}' data-spec='spec-{n}'></div>")
         parts.append("</section>")
         body.append("".join(parts))

@@ -2,10 +2,11 @@
 
 Every store gets the common sections (accuracy, DLA per head and per component, attention by
 token role, logit lens); its task's `ReportSpec` adds label splits, role attention and neuron
-scatters, each left out where the store lacks its label or role. Each query runs once (DLA,
-attention, logit lens, neurons) and feeds several charts. A section whose query cannot run on
-this store (a hook it did not keep, an attention-only model for neurons) is kept with a one-line
-note saying why, so the page always shows what is missing.
+scatters, each left out where the store lacks its label or role; a store with complete
+intervention sweeps gets a last section, "Interventions", with one chart per sweep. Each query
+runs once (DLA, attention, logit lens, neurons) and feeds several charts. A section whose query
+cannot run on this store (a hook it did not keep, an attention-only model for neurons) is kept
+with a one-line note saying why, so the page always shows what is missing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 import polars as pl
 
 from actstore import query
-from actstore.charts import accuracy, attention, defaults, dla, logit_lens, neurons, standard
+from actstore.charts import accuracy, attention, defaults, dla, interventions, logit_lens, neurons, standard
 from actstore.charts.page import Section, check_report_path, write_report
 from actstore.datasets.report_spec import LabelSplit, RoleAttention
 from actstore.errors import ActstoreError, InvalidParameterError, StoreCorruptError
 from actstore.store import Store
+from actstore.query import interventions as sweeps_query
 from actstore.query.options import Target
 
 
@@ -142,7 +144,53 @@ def report_sections(store: Store) -> list[Section]:
                              lambda: attention.attention_heatmap(t.pattern(), roles=t.roles)))
     sections.append(_section("Logit lens", f"Mean {target_text} read off the residual stream after each stage.",
                              lambda: logit_lens.logit_lens_lines(query.logit_lens(store, target=target))))
+    if (iv := interventions_section(store)) is not None:
+        sections.append(iv)
     return sections
+
+
+INTERVENTIONS_CAPTION = (
+    "Stored intervention sweeps, one chart each, of the sweep's first metric, averaged over its examples "
+    "(and answers, unless drawn apart). Patching, path patching and attribution patching show the normalised "
+    "score (value - corrupted) / (clean - corrupted): 1 where the intervention restores the clean run, 0 where "
+    "it leaves the corrupted one; ablations the effect value - clean, split by the task's label where it has "
+    "one. Logit differences of answers whose counterfactual is the answer itself are left out. Attribution "
+    "patching is also plotted against exact patching of the same targets where the store has both.")
+
+
+def interventions_section(store: Store) -> Section | None:
+    """"Interventions": a chart per complete sweep (None where the store has none, as old stores do).
+
+    A sweep whose chart cannot be built gets a note in its place; a corrupt sweep fails the report,
+    like any corrupt part of the store."""
+    table = sweeps_query.sweeps(store)
+    done = interventions.sweep_order(table.filter(pl.col("complete")))
+    if done.height == 0:
+        return None
+    try:
+        split: tuple[Any, str | None] = defaults.default_split(store)
+    except InvalidParameterError:
+        split = (None, None)
+    pairs = dict(interventions.atp_pairs(done))
+    examples, tokens = store.examples, store.tokens
+    charts: list[Any] = []
+    for sweep in done.iter_rows(named=True):
+        sid = str(sweep["sweep"])
+        try:
+            rows = sweeps_query.interventions(store, sid)
+            charts.append(interventions.sweep_chart(rows, sweep, examples, tokens, split[0], split[1]))
+            if sid in pairs:
+                exact = sweeps_query.interventions(store, pairs[sid])
+                metric = interventions.first_metric(sweep, rows)
+                charts.append(interventions.atp_scatter(interventions.drop_degenerate(rows, examples),
+                                                        interventions.drop_degenerate(exact, examples), metric,
+                                                        title=f"{interventions.sweep_title(sweep)}: against exact "
+                                                              "patching"))
+        except StoreCorruptError:
+            raise
+        except ActstoreError as e:
+            charts.append(f"{interventions.sweep_title(sweep)} (sweep {sid}): not charted: {e}")
+    return Section("Interventions", INTERVENTIONS_CAPTION, more=tuple(charts))
 
 
 def _split_section(store: Store, t: _Tables, split: LabelSplit) -> Section | None:
@@ -196,4 +244,4 @@ def build_report(store: Store, path: str | os.PathLike, title: str | None = None
     return write_report(path, title, store_summary(store), report_sections(store))
 
 
-__all__ = ["build_report", "report_sections", "store_summary"]
+__all__ = ["build_report", "interventions_section", "report_sections", "store_summary"]
