@@ -13,4 +13,5 @@ KIND_HELP: dict[str, str] = {
     "ov-circuit": "OV circuit of one head over the task's tokens (--layer, --head)",
     "qk-circuit": "QK circuit of one head over the task's tokens (--layer, --head)",
     "accuracy": "accuracy by label value",
+    "sweep": "a stored intervention sweep (--sweep ID; the only one by default): heatmap or effect bars",
 }

@@ -221,6 +221,34 @@ def chart_accuracy(store: Store, group_by: str | None = None, **_: Any) -> alt.T
     return accuracy.accuracy_bars(table)
 
 
+def chart_sweep(store: Store, *, sweep: str | None = None, group_by: str | None = None) -> alt.TopLevelMixin:
+    """The chart of one complete intervention sweep (default: the store's only one); ablations split by
+    `group_by` (default: the task's label split)."""
+    from actstore.charts import interventions as charts_iv  # noqa: PLC0415 (sweeps are rare; keep import light)
+    from actstore.query import interventions as iv  # noqa: PLC0415
+
+    table = iv.sweeps(store).filter(pl.col("complete"))
+    if sweep is None:
+        if table.height != 1:
+            ids = ", ".join(table["sweep"].to_list()) or "(none: run actstore patch or ablate first)"
+            raise InvalidParameterError(f"store {store.path} holds {table.height} complete sweeps; pick one with "
+                                        f"--sweep ({ids})")
+        sweep = str(table["sweep"][0])
+    row = table.filter(pl.col("sweep") == sweep)
+    if row.height == 0:
+        raise InvalidParameterError(f"no complete sweep {sweep!r} in store {store.path}; sweeps: "
+                                    f"{', '.join(table['sweep'].to_list()) or '(none)'}")
+    split: Any = group_by
+    title = None
+    if split is None:
+        try:
+            split, title = default_split(store)
+        except InvalidParameterError:
+            split = None
+    return charts_iv.sweep_chart(iv.interventions(store, sweep), row.row(0, named=True), store.examples, store.tokens,
+                                 split, title)
+
+
 @dataclass(frozen=True)
 class Kind:
     """One `actstore chart` kind: what it draws and the function building it from a store."""
@@ -241,6 +269,7 @@ _BUILDERS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "ov-circuit": chart_ov_circuit,
     "qk-circuit": chart_qk_circuit,
     "accuracy": chart_accuracy,
+    "sweep": chart_sweep,
 }
 KINDS: dict[str, Kind] = {name: Kind(name, KIND_HELP[name], _BUILDERS[name]) for name in KIND_HELP}
 

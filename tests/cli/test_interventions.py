@@ -94,3 +94,20 @@ def test_refused_sweeps_write_nothing_into_the_store(tmp_path, store, argv, caps
     assert code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (copy / "interventions").exists()
+
+
+def test_chart_sweep_draws_a_stored_sweep_and_names_the_choices(store, tmp_path, capsys):
+    import shutil
+
+    copy = shutil.copytree(store, tmp_path / "copy")
+    shutil.rmtree(copy / "interventions", ignore_errors=True)
+    assert main(["chart", "sweep", str(copy), "-o", str(tmp_path / "none.svg")]) == 2
+    assert "holds 0 complete sweeps" in capsys.readouterr().err
+    assert main(["ablate", str(copy), "--hook", "z", "--method", "zero", "--examples", "4", "--quiet",
+                 "--metric", "loss", "--format", "csv"]) == 0
+    capsys.readouterr()
+    assert main(["chart", "sweep", str(copy), "-o", str(tmp_path / "s.html")]) == 0
+    html = (tmp_path / "s.html").read_text()
+    assert "Ablation of z (head)" in html and "effect (value - clean) of loss" in html
+    assert main(["chart", "sweep", str(copy), "--sweep", "0123456789abcdef", "-o", str(tmp_path / "x.svg")]) == 2
+    assert "no complete sweep '0123456789abcdef'" in capsys.readouterr().err
