@@ -30,6 +30,13 @@ class TaskData:
     str_tokens:     one list of token strings per example (length `lengths[i]`)
     text:           one string per example
     labels:         a Polars DataFrame, one row per example, one column per label
+    pad_id:         the token id that pads `tokens` (and `corrupted_tokens`)
+    extra:          task-specific facts that are not per example (e.g. the brackets' class names)
+    corrupted_tokens: [example, pos] int64, each example's corrupted twin, or None if the task makes
+                    none: same shape as `tokens`, the same length (`lengths`), the same roles at the
+                    same positions (`roles` serves both) and the same answer positions, padded with
+                    `pad_id`; a patching run swaps activations between an example and its twin. The
+                    task's docstring says how its twin is made and what its labels record about it.
     """
 
     task: str
@@ -46,6 +53,7 @@ class TaskData:
     labels: pl.DataFrame
     pad_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    corrupted_tokens: np.ndarray | None = None  # last, so positional constructors keep working
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -71,15 +79,23 @@ class TaskData:
             labels=self.labels.slice(start, stop - start),
             pad_id=self.pad_id,
             extra=self.extra,
+            corrupted_tokens=None if self.corrupted_tokens is None else self.corrupted_tokens[start:stop],
         )
 
     def to_frame(self) -> pl.DataFrame:
-        """One row per example: example_id, text, tokens, answers and the label columns."""
+        """One row per example: example_id, text, tokens, length, answer_positions, answer_tokens,
+        counter_tokens, corrupted_tokens (the twin cut to the example's length; null without one)
+        and the label columns."""
         n = len(self)
         counter = (
             pl.Series("counter_tokens", [None] * n, dtype=pl.List(pl.Int64))
             if self.counter_tokens is None
             else list_series("counter_tokens", self.counter_tokens)
+        )
+        twin = (
+            pl.Series("corrupted_tokens", [None] * n, dtype=pl.List(pl.Int64))
+            if self.corrupted_tokens is None
+            else list_series("corrupted_tokens", self.corrupted_tokens, self.lengths)
         )
         base = pl.DataFrame(
             [
@@ -90,6 +106,7 @@ class TaskData:
                 list_series("answer_positions", self.answer_pos),
                 list_series("answer_tokens", self.answer_tokens),
                 counter,
+                twin,
             ]
         )
         labels = self.labels.drop([c for c in self.labels.columns if c in base.columns])

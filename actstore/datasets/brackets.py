@@ -13,6 +13,15 @@ failure type is common:
 - negative_elevation: equal counts, but the running count dips below zero
 - both:               both of the above
 Labels are computed from the finished strings (`bracket_labels`), never from how they were made.
+
+Corrupted twin (`TaskData.corrupted_tokens`): the same string with one bracket flipped ('(' to
+')' or back), so the same length. The flipped bracket is drawn at random among those whose flip
+changes the balanced label (every bracket of a balanced string; of an unbalanced string, the
+brackets whose flip balances it, where there are any, else any bracket), from a generator
+seeded with (seed, 1) so the clean examples are the same as without it. `roles` are the clean
+string's, so the flipped position's role names the clean bracket. Labels: twin_pos (the token
+position flipped, 1..n_brackets), twin_balanced (the twin's own label, from `bracket_labels`).
+Answer and counterfactual tokens stay the clean example's.
 """
 
 from __future__ import annotations
@@ -138,6 +147,13 @@ def _task_data(strings: list[str], params: dict[str, Any], seed: int) -> TaskDat
     labels = bracket_labels(strings)
     balanced = labels["balanced"].to_numpy()
     labels = labels.insert_column(4, pl.Series("length", lengths))
+    flip = _twin_flips(strings, np.random.default_rng([seed, 1]))  # [example] bracket index flipped in the twin
+    rows = np.arange(n)
+    twin = tokens.copy()
+    twin[rows, flip + 1] = OPEN + CLOSE - tokens[rows, flip + 1]
+    twin_strings = [t[:i] + (")" if t[i] == "(" else "(") + t[i + 1:] for t, i in zip(strings, flip.tolist())]
+    labels = labels.with_columns(pl.Series("twin_pos", flip + 1),
+                                 bracket_labels(twin_strings)["balanced"].alias("twin_balanced"))
     answer = np.where(balanced, BALANCED, UNBALANCED).astype(np.int64)[:, None]  # [example, 1]
     return TaskData(
         task=Brackets.name,
@@ -154,7 +170,28 @@ def _task_data(strings: list[str], params: dict[str, Any], seed: int) -> TaskDat
         labels=labels,
         pad_id=PAD,
         extra={"n_classes": 2, "classes": ["unbalanced", "balanced"]},
+        corrupted_tokens=twin,
     )
+
+
+def _twin_flips(strings: list[str], rng: np.random.Generator) -> np.ndarray:
+    """[example] the index of the bracket each twin flips: uniform among the flips that change the balanced
+    label where there are any, else among all brackets (every string has at least one)."""
+    n, width = len(strings), max(len(s) for s in strings)
+    lengths = np.array([len(s) for s in strings], dtype=np.int64)
+    step = np.zeros((n, width), dtype=np.int64)  # [example, bracket] +1 '(' / -1 ')' / 0 past the end
+    for i, s in enumerate(strings):
+        step[i, : len(s)] = np.where(np.frombuffer(s.encode(), dtype=np.uint8) == ord("("), 1, -1)
+    height = np.cumsum(step, axis=1)  # after each bracket; flipping bracket p shifts heights p.. by -2 * step[p]
+    before = np.concatenate([np.zeros((n, 1), dtype=np.int64), np.minimum.accumulate(height, axis=1)[:, :-1]],
+                            axis=1)  # lowest height before bracket p (0 = the empty prefix)
+    after = np.minimum.accumulate(height[:, ::-1], axis=1)[:, ::-1]  # lowest height from bracket p on
+    balanced_now = (height[:, -1] == 0) & (after[:, 0] >= 0)
+    balanced_flipped = (height[:, -1:] - 2 * step == 0) & (before >= 0) & (after - 2 * step >= 0)
+    real = np.arange(width)[None, :] < lengths[:, None]
+    changes = real & (balanced_flipped != balanced_now[:, None])
+    score = np.where(real, 2.0 * changes + rng.random((n, width)), -np.inf)
+    return np.argmax(score, axis=1).astype(np.int64)
 
 
 def _balanced(rng: np.random.Generator, max_len: int, min_len: int = 2) -> str:

@@ -13,6 +13,12 @@ stands in the opposite relation to what the prompt names ("Today it is Tuesday, 
 is" keeps the answer " Monday", the day before Tuesday). The answer token is kept and the
 counterfactual becomes the corrupted subject, as the seed does (its `new_wrong_tokens`).
 Labels `today`/`answer`/`index` stay the clean ones; `subject` is the word the prompt names.
+
+Corrupted twin (`TaskData.corrupted_tokens`): every example carries the prompt
+`corrupt="previous"` writes for it (only the SUBJECT token differs; same length and roles), so
+a clean dataset holds its own patching source. Answer and counterfactual tokens are the
+dataset's own (the clean answer and the named subject). For a `corrupt="previous"` dataset the
+twin is the clean prompt. Label `twin_subject` is the word the twin names.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import polars as pl
 from actstore.datasets.base import TaskData, check_choice, check_n_seed
 from actstore.datasets.days_words import DAYS, ITEMS, MONTHS, TEMPLATES
 from actstore.datasets.report_spec import ReportSpec
-from actstore.datasets.templated import Segment, prompt_tokenizer, slot_name, split_template
+from actstore.datasets.templated import Segment, prompt_tokenizer, same_shape_twin, slot_name, split_template
 from actstore.errors import InvalidParameterError
 
 KINDS = ("both", "day", "month")
@@ -79,17 +85,22 @@ class Days:
         index = (item * size).astype(np.int64)  # today's index in its list
         offset = np.array([TEMPLATES[t][2] for t in template], dtype=np.int64)
         answer_idx = (index + offset) % size
-        subject_idx = (answer_idx + offset) % size if self.corrupt == "previous" else index
+        previous = (answer_idx + offset) % size  # the subject of the corrupted prompt
+        subject_idx, twin_idx = (previous, index) if self.corrupt == "previous" else (index, previous)
 
         words = [ITEMS["day" if d else "month"] for d in is_day]
-        prompts = [
-            [
-                Segment(part.replace("[X]", w[k]), "SUBJECT") if slot_name(part) else Segment(part)
-                for part in _TEMPLATE_PARTS[t]
+
+        def prompts(subjects: np.ndarray) -> list[list[Segment]]:
+            return [
+                [
+                    Segment(part.replace("[X]", w[k]), "SUBJECT") if slot_name(part) else Segment(part)
+                    for part in _TEMPLATE_PARTS[t]
+                ]
+                for w, t, k in zip(words, template, subjects)
             ]
-            for w, t, k in zip(words, template, subject_idx)
-        ]
-        enc = ptok.encode(prompts)
+
+        enc = ptok.encode(prompts(subject_idx))
+        twin_enc = ptok.encode(prompts(twin_idx))  # one-token subjects: the same lengths and roles
         answer = np.array([[ptok.single(" " + w[k])] for w, k in zip(words, answer_idx)], dtype=np.int64)
         counter = np.array([[ptok.single(" " + w[k])] for w, k in zip(words, subject_idx)], dtype=np.int64)
         labels = pl.DataFrame(
@@ -104,6 +115,7 @@ class Days:
                 "corrupted": np.full(n, self.corrupt != "none"),
                 "subject_pos": enc.role_pos["SUBJECT"],
                 "end_pos": enc.role_pos["END"],
+                "twin_subject": [w[k] for w, k in zip(words, twin_idx)],
             }
         )
         return TaskData(
@@ -120,6 +132,7 @@ class Days:
             text=enc.text,
             labels=labels,
             pad_id=enc.pad_id,
+            corrupted_tokens=same_shape_twin("days", enc, twin_enc),
         )
 
 

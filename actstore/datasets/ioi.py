@@ -16,6 +16,13 @@ names that are neither IO nor S ("When Alice and Bob ..., Carol gave ..."). Answ
 counterfactual tokens stay the clean IO and S, so a patching metric compares like with like;
 roles keep their slot positions. Labels `io`/`s` are the clean names, `name1..name3` the
 names actually written in the three slots.
+
+Corrupted twin (`TaskData.corrupted_tokens`): every example carries its ABC twin, the prompt
+`corrupt="abc"` writes for it (same template, order, place, object; the three name slots
+filled with three distinct names that are neither IO nor S), token for token the same length
+with the roles at the same positions. The answer and counterfactual tokens stay the clean IO
+and S. For a `corrupt="abc"` dataset the roles swap: its twin is the clean prompt. Labels
+`twin_name1..twin_name3` are the names the twin writes in the three slots.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import polars as pl
 from actstore.datasets.base import TaskData, check_choice, check_n_seed
 from actstore.datasets.ioi_words import NAMES, OBJECTS, PLACES, TEMPLATES
 from actstore.datasets.report_spec import LabelSplit, ReportSpec, RoleAttention
-from actstore.datasets.templated import PromptTokenizer, Segment, prompt_tokenizer, slot_name, split_template
+from actstore.datasets.templated import (PromptTokenizer, Segment, prompt_tokenizer, same_shape_twin, slot_name,
+                                         split_template)
 from actstore.errors import InvalidParameterError
 
 ORDERS = ("both", "ABBA", "BABA")
@@ -91,23 +99,26 @@ class IOI:
 
         io = [names[k] for k in picks[:, 0]]
         s = [names[k] for k in picks[:, 1]]
-        if self.corrupt == "abc":
-            written = [[names[k] for k in row] for row in picks[:, 2:5]]
-        else:
-            written = [[a, b, b] if ab else [b, a, b] for a, b, ab in zip(io, s, abba)]
+        clean = [[a, b, b] if ab else [b, a, b] for a, b, ab in zip(io, s, abba)]
+        abc = [[names[k] for k in row] for row in picks[:, 2:5]]
+        written, twin = (abc, clean) if self.corrupt == "abc" else (clean, abc)
 
-        prompts = []
-        for i in range(n):
-            first, second = ("IO", "S1") if abba[i] else ("S1", "IO")
-            fill = {
-                "A": (written[i][0], first),
-                "B": (written[i][1], second),
-                "S": (written[i][2], "S2"),
-                "PLACE": (PLACES[place[i]], ""),
-                "OBJECT": (OBJECTS[obj[i]], ""),
-            }
-            prompts.append([_segment(part, fill) for part in _TEMPLATE_PARTS[template[i]]])
-        enc = ptok.encode(prompts)
+        def prompts(names_in_slots: list[list[str]]) -> list[list[Segment]]:
+            out = []
+            for i in range(n):
+                first, second = ("IO", "S1") if abba[i] else ("S1", "IO")
+                fill = {
+                    "A": (names_in_slots[i][0], first),
+                    "B": (names_in_slots[i][1], second),
+                    "S": (names_in_slots[i][2], "S2"),
+                    "PLACE": (PLACES[place[i]], ""),
+                    "OBJECT": (OBJECTS[obj[i]], ""),
+                }
+                out.append([_segment(part, fill) for part in _TEMPLATE_PARTS[template[i]]])
+            return out
+
+        enc = ptok.encode(prompts(written))
+        twin_enc = ptok.encode(prompts(twin))  # names are one token each: the same lengths and roles
 
         answer = np.array([[ptok.single(" " + nm)] for nm in io], dtype=np.int64)  # [example, 1]
         counter = np.array([[ptok.single(" " + nm)] for nm in s], dtype=np.int64)
@@ -125,6 +136,7 @@ class IOI:
                 "corrupted": np.full(n, self.corrupt != "none"),
             }
             | {f"{role.lower()}_pos": enc.role_pos[role] for role in ("S1", "IO", "S2", "END")}
+            | {f"twin_name{k + 1}": [w[k] for w in twin] for k in range(3)}
         )
         return TaskData(
             task=self.name,
@@ -140,6 +152,7 @@ class IOI:
             text=enc.text,
             labels=labels,
             pad_id=enc.pad_id,
+            corrupted_tokens=same_shape_twin("ioi", enc, twin_enc),
         )
 
 

@@ -3,6 +3,13 @@
 Numbers 0..max_num-1 are their own tokens, BOS is max_num, NL is max_num+1. `b` is `a` with
 position `idx` set to `elt`; the answers are b1..b3, each read one position before it.
 Unlike the seed's generator (one idx and elt per batch), idx and elt are drawn per example.
+
+Corrupted twin (`TaskData.corrupted_tokens`): the same list and idx with another element
+(`twin_elt`, uniform over the other max_num - 1 numbers, from a generator seeded with (seed, 1)
+so the clean examples are the same as without it), and the twin's own correct update as its
+b-list. `counter_tokens` are the twin's b-list: they differ from the answers at position idx
+only; at the other positions the counterfactual is the correct token and the logit
+difference is 0 by construction.
 """
 
 from __future__ import annotations
@@ -55,9 +62,17 @@ class ListUpdate:
         b = a.copy()
         b[np.arange(n), idx] = elt
         col = lambda v: np.asarray(v, dtype=np.int64).reshape(n, 1) if np.ndim(v) else np.full((n, 1), v)  # noqa: E731
-        tokens = np.concatenate(
-            [col(self.bos), a, col(self.newline), col(idx), col(elt), col(self.newline), b], axis=1
-        ).astype(np.int64)
+
+        def prompt(elt: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.concatenate(
+                [col(self.bos), a, col(self.newline), col(idx), col(elt), col(self.newline), b], axis=1
+            ).astype(np.int64)
+
+        tokens = prompt(elt, b)
+        twin_rng = np.random.default_rng([seed, 1])
+        twin_elt = (elt + twin_rng.integers(1, self.max_num, size=n, dtype=np.int64)) % self.max_num  # != elt
+        twin_b = a.copy()
+        twin_b[np.arange(n), idx] = twin_elt
         roles = np.array(
             ["BOS"] + [f"a{i}" for i in range(k)] + ["NL", "idx", "elt", "NL"] + [f"b{i}" for i in range(k)]
         )
@@ -67,6 +82,7 @@ class ListUpdate:
         labels = pl.DataFrame(
             {"idx": idx, "elt": elt, "changed": a[np.arange(n), idx] != elt}
             | {f"a{i}": a[:, i] for i in range(k)}
+            | {"twin_elt": twin_elt}
         )
         return TaskData(
             task=self.name,
@@ -76,10 +92,11 @@ class ListUpdate:
             lengths=np.full(n, tokens.shape[1], dtype=np.int64),
             answer_pos=np.broadcast_to(np.arange(first_b - 1, first_b - 1 + k, dtype=np.int64), (n, k)).copy(),
             answer_tokens=b,
-            counter_tokens=None,
+            counter_tokens=twin_b,
             roles=np.broadcast_to(roles, tokens.shape).copy(),
             str_tokens=str_tokens,
             text=[" ".join(r) for r in str_tokens],
             labels=labels,
             pad_id=self.newline,
+            corrupted_tokens=prompt(twin_elt, twin_b),
         )

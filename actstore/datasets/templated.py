@@ -139,3 +139,14 @@ class PromptTokenizer:
 def prompt_tokenizer(tokenizer: Any, task: str) -> PromptTokenizer:
     """`tokenizer` (any Hugging Face tokenizer) for `task`'s prompts; None means the word tokenizer."""
     return PromptTokenizer(word_tokenizer() if tokenizer is None else tokenizer, task)
+
+
+def same_shape_twin(task: str, clean: Encoded, twin: Encoded) -> np.ndarray:
+    """`twin.tokens`, after checking that the twin lines up with `clean` token for token (same lengths,
+    same roles at the same positions): what `TaskData.corrupted_tokens` promises."""
+    if not (np.array_equal(clean.lengths, twin.lengths) and np.array_equal(clean.roles, twin.roles)):
+        bad = int(np.flatnonzero((clean.lengths != twin.lengths) | (clean.roles != twin.roles).any(axis=1))[0])
+        raise InvalidParameterError(
+            f"{task}: the corrupted twin of {clean.text[bad]!r} ({twin.text[bad]!r}) does not line up with it "
+            "token for token for this tokenizer; use a tokenizer that splits at spaces (GPT-2 style)")
+    return twin.tokens

@@ -5,16 +5,22 @@ from __future__ import annotations
 import polars as pl
 import pytest
 from chart_spec import chart_rows
+from no_counter import no_counter_task
+from stores import tiny_model
 
+import actstore
 from actstore.charts import standard
 from actstore.errors import InvalidParameterError
 
 
-def test_default_targets_follow_counterfactuals(stores):
-    assert standard.default_target(stores("addition")) == "correct"     # no counterfactual token
-    assert standard.default_target(stores("list_update")) == "correct"
+def test_default_targets_follow_counterfactuals(stores, tmp_path):
+    assert standard.default_target(stores("addition")) == "diff"        # vs the corrupted twin's sum digits
+    assert standard.default_target(stores("list_update")) == "diff"     # vs the twin's updated list
     assert standard.default_target(stores("ioi")) == "diff"             # IO vs S
     assert standard.default_target(stores("brackets")) == "diff"        # balanced vs unbalanced
+    with no_counter_task() as task:                                     # a task without counterfactual tokens
+        store = actstore.ingest(task, tiny_model("addition"), 16, 0, tmp_path / "bare", quiet=True)
+    assert standard.default_target(store) == "correct"
 
 
 def test_default_splits(stores):

@@ -143,7 +143,6 @@ ROWS = [
     row("dla", "{add}", "--limit", "-2", says="--limit: must be an integer >= 0, got -2"),
     row("dla", "{add}", "--limit", "abc", says="--limit: expects an integer"),
     row("dla", "{add}", "--format", "xml", says="invalid choice: 'xml'"),
-    row("dla", "{add}", "--target", "diff", says="needs counterfactual tokens"),
     row("dla", "{add}", "-o", "{out}", says="is a directory"),
     row("dla", "{add}", "-o", "{out}/nodir/x.csv", says="does not exist"),
     row("dla", "{add}", "-o", "{out}/{long}.csv", says="File name too long"),

@@ -14,7 +14,8 @@ import pytest
 from actstore.cli import main
 from actstore.datasets import get_task
 
-BASE_COLUMNS = ["example_id", "text", "tokens", "length", "answer_positions", "answer_tokens", "counter_tokens"]
+BASE_COLUMNS = ["example_id", "text", "tokens", "length", "answer_positions", "answer_tokens", "counter_tokens",
+                "corrupted_tokens"]
 LABELS = {
     "addition": ["a", "b", "sum", "carry_0", "carry_1", "carry_2", "any_carry"],
     "list_update": ["idx", "elt", "changed"],

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from no_counter import no_counter_task
 from test_sql import csv_out, one_line_error, tiny_addition_store
 
 import actstore
@@ -42,8 +43,10 @@ def test_dla_mean_and_cache_reuse(capsys, store_path):
     assert "dla-level=head-target=correct" in cached
 
 
-def test_dla_errors(capsys, store_path):
-    one_line_error(capsys, ["dla", str(store_path), "--target", "diff"], "needs counterfactual tokens", "addition")
+def test_dla_errors(capsys, store_path, tmp_path):
+    with no_counter_task() as task:
+        bare = tiny_addition_store(tmp_path / "bare", task=task)
+    one_line_error(capsys, ["dla", str(bare), "--target", "diff"], "needs counterfactual tokens", task)
     one_line_error(capsys, ["dla", str(store_path), "--level", "block"], "invalid choice: 'block'")  # argparse
 
 

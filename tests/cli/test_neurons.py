@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from no_counter import no_counter_task
 from test_sql import csv_out, one_line_error, tiny_addition_store
 
 import actstore
@@ -56,7 +57,9 @@ def test_correlate(capsys, store_path):
 
 
 def test_errors_are_one_line(capsys, store_path, tmp_path):
-    one_line_error(capsys, ["neurons", str(store_path), "--direction", "diff"], "needs counterfactual tokens")
+    with no_counter_task() as task:
+        bare = tiny_addition_store(tmp_path / "bare", task=task)
+    one_line_error(capsys, ["neurons", str(bare), "--direction", "diff"], "needs counterfactual tokens")
     one_line_error(capsys, ["neurons", str(store_path), "--through-head", "x"], "expected LAYER.HEAD")
     one_line_error(capsys, ["neurons", str(store_path), "--top-k", "2", "--correlate", "sum"], "do not combine")
     with warnings.catch_warnings():

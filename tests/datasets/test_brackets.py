@@ -96,6 +96,41 @@ def test_any_params_give_consistent_examples(max_len: int, seed: int, n: int) ->
     assert data.labels["balanced"].sum() == round(n / 2)
     for s, row in zip(data.text, data.labels.iter_rows(named=True)):
         assert row["balanced"] == expected_labels(s)["balanced"]
+    check_twins(data)
+
+
+def flip(s: str, i: int) -> str:
+    return s[:i] + (")" if s[i] == "(" else "(") + s[i + 1:]
+
+
+def check_twins(data) -> None:
+    """Each twin is its string with one bracket flipped; the flip changes the balanced label wherever some
+    flip can (pair cancelling over every flip decides which can)."""
+    vocab = Brackets().vocab
+    assert data.corrupted_tokens.shape == data.tokens.shape
+    for i, (s, row) in enumerate(zip(data.text, data.labels.iter_rows(named=True))):
+        n = len(s) + 2
+        twin = data.corrupted_tokens[i]
+        assert (twin[n:] == 1).all() and twin[0] == 0 and twin[n - 1] == 2  # [start] .. [end] then [pad]
+        differ = np.flatnonzero(twin != data.tokens[i]).tolist()
+        assert len(differ) == 1 and 1 <= differ[0] <= len(s) and differ[0] == row["twin_pos"]
+        t = "".join(vocab[x] for x in twin[1 : n - 1])
+        assert t == flip(s, differ[0] - 1)
+        assert row["twin_balanced"] == expected_labels(t)["balanced"]
+        can_change = [j for j in range(len(s)) if expected_labels(flip(s, j))["balanced"] != row["balanced"]]
+        assert (row["twin_balanced"] != row["balanced"]) == bool(can_change)
+        if row["balanced"]:
+            assert not row["twin_balanced"]  # a flip always unbalances a balanced string
+
+
+def test_twin_flips_one_bracket(data) -> None:
+    check_twins(data)
+    labels = data.labels
+    # every balanced twin is unbalanced; a good share of unbalanced strings have a balancing flip
+    flipped = labels["twin_balanced"] != labels["balanced"]
+    assert flipped.filter(labels["balanced"]).all()
+    assert 0.2 < flipped.filter(~labels["balanced"]).mean() < 0.6
+    assert labels["twin_pos"].n_unique() >= 30  # the flipped bracket is drawn, not always the first
 
 
 def test_balanced_fraction_param() -> None:

@@ -56,6 +56,16 @@ def check(data, tokenizer, corrupted: bool = False) -> None:
         assert roles.index("SUBJECT") == row["subject_pos"]
         assert decode(data.answer_tokens[i, 0]) == " " + row["answer"]
         assert decode(data.counter_tokens[i, 0]) == " " + named  # today (or the corrupted day)
+        # the twin: the same prompt with another SUBJECT token
+        twin = data.corrupted_tokens[i]
+        assert np.flatnonzero(twin != data.tokens[i]).tolist() == [row["subject_pos"]]
+        assert decode(twin[row["subject_pos"]]) == " " + row["twin_subject"]
+        twin_text = TEMPLATES[row["template"]][1].replace("[X]", row["twin_subject"])
+        if corrupted:  # the twin of a corrupted prompt is the clean prompt
+            assert row["twin_subject"] == row["today"] and expected_answer(twin_text) == row["answer"]
+        else:  # the previous-day corruption: the clean answer is one step back from the twin's subject
+            assert items[(items.index(row["twin_subject"]) - row["offset"]) % len(items)] == row["answer"]
+            assert expected_answer(twin_text) != row["answer"]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +102,10 @@ def test_previous_corruption_lines_up_with_the_clean_set(clean) -> None:
     i = next(k for k, t in enumerate(clean.text) if t == "Today it is Sunday, tomorrow it is")
     assert bad.text[i] == "Today it is Tuesday, tomorrow it is"
     assert bad.labels["answer"][i] == "Monday"
+    # each set holds the other as its twins
+    np.testing.assert_array_equal(clean.corrupted_tokens, bad.tokens)
+    np.testing.assert_array_equal(bad.corrupted_tokens, clean.tokens)
+    assert clean.labels["twin_subject"].equals(bad.labels["subject"], check_names=False)
 
 
 @pytest.mark.parametrize("kind", ["day", "month"])

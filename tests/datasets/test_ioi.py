@@ -63,6 +63,18 @@ def check(data, tokenizer, corrupted: bool = False) -> None:
         assert data.answer_pos[i].tolist() == [n - 1]
         assert decode(data.answer_tokens[i, 0]) == " " + row["io"]
         assert decode(data.counter_tokens[i, 0]) == " " + row["s"]
+        # the twin: the same prompt token for token but for the three name slots
+        twin = data.corrupted_tokens[i]
+        differ = np.flatnonzero(twin != data.tokens[i]).tolist()
+        assert differ == sorted(pos[r] for r in ("S1", "IO", "S2"))
+        twin_names = [decode(twin[pos[r]]).removeprefix(" ") for r in (first, second, "S2")]
+        assert twin_names == [row["twin_name1"], row["twin_name2"], row["twin_name3"]]
+        if corrupted:  # the twin of an ABC prompt is its clean prompt: IO and S in the prompt's order
+            assert twin_names == ([row["io"], row["s"], row["s"]] if row["order"] == "ABBA"
+                                  else [row["s"], row["io"], row["s"]])
+        else:  # ABC: three distinct names, neither IO nor S
+            assert len(set(twin_names) | {row["io"], row["s"]}) == 5
+        assert (twin[n:] == data.pad_id).all()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +108,12 @@ def test_abc_corruption_lines_up_with_the_clean_set(clean) -> None:
     assert (differ.sum(axis=1) == 3).all()
     assert np.isin(abc.roles[differ], ["S1", "IO", "S2"]).all()
     assert abc.labels["corrupted"].all()
+    # each set holds the other as its twins
+    np.testing.assert_array_equal(clean.corrupted_tokens, abc.tokens)
+    np.testing.assert_array_equal(abc.corrupted_tokens, clean.tokens)
+    twin_names = ["twin_name1", "twin_name2", "twin_name3"]
+    assert clean.labels.select(twin_names).rename(dict(zip(twin_names, ["name1", "name2", "name3"]))).equals(
+        abc.labels.select("name1", "name2", "name3"))
 
 
 @pytest.mark.parametrize("order", ["ABBA", "BABA"])
@@ -128,6 +146,7 @@ def test_trained_bpe_drops_multi_token_names(bpe) -> None:
     abc = IOI(corrupt="abc").generate(1000, 2, tokenizer=tok)
     check(abc, tok, corrupted=True)
     np.testing.assert_array_equal(abc.lengths, data.lengths)
+    np.testing.assert_array_equal(data.corrupted_tokens, abc.tokens)
 
 
 def test_too_few_one_token_names_is_a_clear_error(bpe) -> None:

@@ -31,6 +31,18 @@ def check(data, k: int, max_num: int) -> None:
         assert data.answer_tokens[i].tolist() == want
         assert [toks[p + 1] for p in data.answer_pos[i]] == want
         assert data.text[i] == " ".join(data.str_tokens[i])
+        # the twin: the same list and idx, another element, and its own update as its b-list
+        twin = data.corrupted_tokens[i].tolist()
+        t_elt, t_b = twin[k + 3], twin[k + 5:]
+        assert twin[: k + 3] == toks[: k + 3] and twin[k + 4] == nl
+        assert t_elt != elt and 0 <= t_elt < max_num and row["twin_elt"] == t_elt
+        t_want = list(a)
+        t_want[idx] = t_elt
+        assert t_b == t_want
+        assert data.counter_tokens[i].tolist() == t_want
+        # answers differ at idx only; tokens at elt and at b[idx] only
+        assert [j for j in range(k) if t_want[j] != want[j]] == [idx]
+        assert [p for p in range(len(toks)) if twin[p] != toks[p]] == [k + 3, k + 5 + idx]
 
 
 def test_update_matches_python_on_5000_examples() -> None:
@@ -41,6 +53,8 @@ def test_update_matches_python_on_5000_examples() -> None:
     # idx and elt vary per example (the seed drew one per batch)
     assert data.labels["idx"].n_unique() == 3 and data.labels["elt"].n_unique() == 50
     assert 0.9 < data.labels["changed"].mean() < 1.0
+    assert data.labels["twin_elt"].n_unique() == 50  # the twin's element is drawn, not a fixed shift
+    assert ((data.labels["twin_elt"] - data.labels["elt"]) % 50).n_unique() == 49
 
 
 @given(k=st.integers(1, 8), max_num=st.integers(8, 300), seed=st.integers(0, 2**32))

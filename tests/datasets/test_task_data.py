@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import polars as pl
 import pytest
 
-from actstore.datasets import TASKS, Task, get_task
+from actstore.datasets import TASKS, Task, TaskData, get_task
 from actstore.datasets.base import pad_ragged
 from actstore.errors import InvalidParameterError, UnknownTaskError
 
@@ -34,6 +36,14 @@ def test_every_task_follows_the_protocol(data) -> None:
         assert data.tokens.max() < len(task.vocab)
         assert [[task.vocab[t] for t in row[:k]] for row, k in zip(data.tokens, data.lengths)] == data.str_tokens
     assert data.params == task.params
+    # every example has its corrupted twin: same shape and padding, different real tokens
+    twin = data.corrupted_tokens
+    assert twin is not None and twin.dtype == np.int64 and twin.shape == data.tokens.shape
+    real = np.arange(twin.shape[1])[None, :] < data.lengths[:, None]
+    assert (twin[~real] == data.pad_id).all()
+    assert ((twin != data.tokens) & real).any(axis=1).all()
+    if task.vocab is not None:
+        assert 0 <= twin.min() and twin.max() < len(task.vocab)
 
 
 def test_slice_keeps_rows_aligned(data) -> None:
@@ -41,6 +51,7 @@ def test_slice_keeps_rows_aligned(data) -> None:
     assert len(part) == 15
     np.testing.assert_array_equal(part.tokens, data.tokens[10:25])
     np.testing.assert_array_equal(part.answer_tokens, data.answer_tokens[10:25])
+    np.testing.assert_array_equal(part.corrupted_tokens, data.corrupted_tokens[10:25])
     assert part.text == data.text[10:25] and part.str_tokens == data.str_tokens[10:25]
     assert part.labels.equals(data.labels[10:25])
     assert (part.task, part.seed, part.params, part.pad_id) == (data.task, data.seed, data.params, data.pad_id)
@@ -58,9 +69,57 @@ def test_to_frame_one_row_per_example(data) -> None:
         assert frame["counter_tokens"].null_count() == len(data)
     else:
         assert frame["counter_tokens"].to_list() == data.counter_tokens.tolist()
+    assert frame["corrupted_tokens"].to_list() == [row[:k].tolist() for row, k in
+                                                   zip(data.corrupted_tokens, data.lengths)]
+    assert frame.columns[:8] == ["example_id", "text", "tokens", "length", "answer_positions", "answer_tokens",
+                                 "counter_tokens", "corrupted_tokens"]
+    assert frame.schema["corrupted_tokens"] == pl.List(pl.Int64)
     for col in data.labels.columns:
         assert frame[col].equals(data.labels[col]), col
     assert frame.schema["tokens"] == pl.List(pl.Int64)
+
+
+def test_to_frame_without_a_twin_has_a_null_column(data) -> None:
+    frame = data.slice(0, 5).to_frame()
+    bare = TaskData(task=data.task, params=data.params, seed=data.seed, tokens=data.tokens[:5],
+                    lengths=data.lengths[:5], answer_pos=data.answer_pos[:5], answer_tokens=data.answer_tokens[:5],
+                    counter_tokens=None, roles=data.roles[:5], str_tokens=data.str_tokens[:5], text=data.text[:5],
+                    labels=data.labels[:5], pad_id=data.pad_id)
+    assert bare.corrupted_tokens is None and bare.slice(1, 3).corrupted_tokens is None
+    got = bare.to_frame()
+    assert got["corrupted_tokens"].null_count() == 5 and got.schema["corrupted_tokens"] == pl.List(pl.Int64)
+    assert got.drop("corrupted_tokens", "counter_tokens").equals(frame.drop("corrupted_tokens", "counter_tokens"))
+
+
+# sha256 (first 16 hex digits) of tokens, lengths, answer_pos and answer_tokens of 500 examples, seed 21, as the
+# generators made them before the corrupted twins were added: the twins draw from their own generators, so the
+# clean examples (and every store ingested before) stay the same
+CLEAN_DIGESTS = {
+    ("addition", ()): "34181c79e9516dc6",
+    ("list_update", ()): "ea133377fc964cde",
+    ("brackets", ()): "58fd5ec01af7a571",
+    ("ioi", ()): "44a5083da2b0324d",
+    ("ioi", (("corrupt", "abc"),)): "109db41bd23dc616",
+    ("days", ()): "6872407a6935bc7d",
+    ("days", (("corrupt", "previous"),)): "9da05f6b59754fb5",
+}
+
+
+@pytest.mark.parametrize("name, params", list(CLEAN_DIGESTS))
+def test_clean_examples_are_unchanged_by_the_twins(name: str, params: tuple) -> None:
+    data = get_task(name, **dict(params)).generate(500, 21)
+    h = hashlib.sha256()
+    for a in (data.tokens, data.lengths, data.answer_pos, data.answer_tokens):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    assert h.hexdigest()[:16] == CLEAN_DIGESTS[name, params]
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_twins_are_deterministic(name: str) -> None:
+    a, b, c = (get_task(name).generate(300, s) for s in (8, 8, 9))
+    np.testing.assert_array_equal(a.corrupted_tokens, b.corrupted_tokens)
+    assert a.labels.equals(b.labels)
+    assert not np.array_equal(a.corrupted_tokens, c.corrupted_tokens)
 
 
 def test_pad_ragged() -> None:

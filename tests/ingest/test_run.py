@@ -114,7 +114,11 @@ def test_outputs_and_meta_tables(tmp_path, models):
     np.testing.assert_allclose(out["prob"].to_numpy(), np.exp(logp), atol=1e-6)
     assert out["rank"].to_list() == (at > c_logit[..., None]).sum(-1).reshape(-1).tolist()
     assert out["correct"].to_list() == (at.argmax(-1) == correct).reshape(-1).tolist()
-    assert out["counter_token"].null_count() == 200 and out["logit_diff"].null_count() == 200
+    # the counterfactual is the corrupted twin's sum digit
+    assert out["counter_token"].to_list() == data.counter_tokens.reshape(-1).tolist()
+    k_logit = at.gather(-1, torch.tensor(data.counter_tokens)[..., None])[..., 0].reshape(-1).detach().numpy()
+    np.testing.assert_allclose(out["logit_diff"].to_numpy(), c_logit.reshape(-1).detach().numpy() - k_logit,
+                               atol=1e-5)
 
     ex = store.examples
     assert ex.columns[:2] == ["example_id", "split"] and ex["example_id"].to_list() == list(range(50))

@@ -119,7 +119,7 @@ def test_refusals(tmp_path, tiny_store):
                             dtype="float32", quiet=True)
     with pytest.raises(UnknownHookError, match=r"dla level='head' needs hook 'blocks.0.attn.hook_z'"):
         dla(store)
-    with pytest.raises(InvalidParameterError, match="target 'diff' needs counterfactual tokens.*'addition'"):
-        dla(tiny_store("ln_mlp"), target="diff")
+    with pytest.raises(InvalidParameterError, match="target 'diff' needs counterfactual tokens.*'addition_no_counter'"):
+        dla(tiny_store("ln_mlp", counter=False), target="diff")
     with pytest.raises(InvalidParameterError, match="level must be one of"):
         dla(tiny_store("ln_mlp"), level="heads")

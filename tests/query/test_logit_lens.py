@@ -94,4 +94,4 @@ def test_refusals(tiny_store):
     with pytest.raises(InvalidParameterError, match="ln must be one of cached, recompute"):
         logit_lens(store, ln="fresh")
     with pytest.raises(InvalidParameterError, match="target 'diff' needs counterfactual tokens"):
-        logit_lens(store, target="diff")
+        logit_lens(tiny_store("ln_mlp", counter=False), target="diff")

@@ -200,7 +200,7 @@ def test_refusals(tiny_store, tmp_path):
         neurons(attn_only, 0)
     store = tiny_store("ln_mlp")
     with pytest.raises(InvalidParameterError, match="'diff' needs counterfactual tokens"):
-        neurons(store, 0, direction="diff")
+        neurons(tiny_store("ln_mlp", counter=False), 0, direction="diff")
     with pytest.raises(InvalidParameterError, match="must be in a later layer than the neurons"):
         neurons(store, 1, through_head="1.0")
     with pytest.raises(InvalidParameterError, match=r"through_head 3.0 does not exist"):
