@@ -224,7 +224,7 @@ def sweep_problems(root: Path, store_sha256: str) -> tuple[list[str], list[str]]
     if not base.is_dir():
         return problems, notes
     for d in sorted(base.iterdir()):
-        if not SWEEP_ID.match(d.name):
+        if not SWEEP_ID.match(d.name) or not d.is_dir():
             problems.append(f"{SWEEPS}/{d.name} is not a sweep directory")
             continue
         try:
