@@ -11,6 +11,8 @@ each step linear per example):
 - 'diff':    u_correct - u_counter (the same for the logit difference).
 - a vector v [d_model] (a .npy file or an array): read as is, no final LayerNorm scale, unless
              final_ln=True, when it is treated like an unembedding column: centre(w_f * v) / s_f.
+- a direction saved in the store ('name:NAME', or plain NAME when no file of that name exists;
+             see store/directions.py): a vector, read as it was saved (as is, or with final_ln).
 - through head (l, h): the direction d at the head's query position is pulled back to the
              head's input at a key position: d' = centre(w1 * (W_V[l, h] @ (W_O[l, h] @ d))), read
              with 1 / s1 (blocks.l.ln1.hook_scale) at the key position (w1: ln1.w if unfolded).
@@ -38,37 +40,53 @@ import numpy as np
 from actstore.errors import InvalidParameterError
 from actstore.query.readout import Weights
 from actstore.store.arch import Arch
+from actstore.store.directions import direction_names, load_direction
 
 DirectionSpec = Union[str, os.PathLike, np.ndarray]
 NAMED = ("answer", "diff")
+SAVED_PREFIX = "name:"
 
 
 @dataclass(frozen=True)
 class Direction:
-    """A parsed direction: kind 'answer' | 'diff' | 'vector', the vector for 'vector', and
-    whether the final LayerNorm scale applies (always for named directions)."""
+    """A parsed direction: kind 'answer' | 'diff' | 'vector', the vector for 'vector', whether
+    the final LayerNorm scale applies (always for named directions), and the saved direction's
+    name where it came from the store."""
 
     kind: str
     vector: np.ndarray | None
     final_ln: bool
+    name: str | None = None
 
     @property
     def label(self) -> str:
         return self.kind if self.kind in NAMED else "vector"
 
 
-def parse_direction(spec: DirectionSpec, d_model: int, final_ln: bool | None = None) -> Direction:
-    """'answer', 'diff', a path to a .npy file of shape [d_model], or an array of that shape."""
+def parse_direction(spec: DirectionSpec, d_model: int, final_ln: bool | None = None, store: Any = None) -> Direction:
+    """'answer', 'diff', a path to a .npy file of shape [d_model], an array of that shape, or (with
+    `store`) a direction saved in it: 'name:NAME', or plain NAME when no such file exists."""
     if isinstance(spec, str) and spec in NAMED:
         if final_ln is False:
             raise InvalidParameterError(f"direction {spec!r} is a logit direction and always reads the final "
                                         f"LayerNorm scale; final_ln=False applies to vectors only")
         return Direction(spec, None, True)
+    saved = saved_direction(spec, store)
+    if saved is not None:
+        vector = np.asarray(saved.vector)
+        if vector.shape != (d_model,):
+            raise InvalidParameterError(f"saved direction {saved.name!r} has {vector.size} entries; this model's "
+                                        f"d_model is {d_model}")
+        return Direction("vector", vector, saved.final_ln if final_ln is None else bool(final_ln), saved.name)
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         if not path.is_file():
+            known = ""
+            if store is not None:
+                names = ", ".join(direction_names(store.path)) or "none"
+                known = f", nor a direction saved in the store (saved: {names})"
             raise InvalidParameterError(f"direction {str(spec)!r} is neither 'answer', 'diff' nor an existing "
-                                        f".npy file")
+                                        f".npy file{known}")
         try:
             vector = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
@@ -88,20 +106,35 @@ def parse_direction(spec: DirectionSpec, d_model: int, final_ln: bool | None = N
     return Direction("vector", vector.astype(np.float64), bool(final_ln))
 
 
-def parse_head(spec: Any, n_layers: int, n_heads: int) -> tuple[int, int]:
-    """(layer, head) from (2, 0), '2.0', 'L2H0' or '2,0'."""
+def saved_direction(spec: Any, store: Any) -> Any:
+    """The SavedDirection `spec` names in `store` ('name:NAME', or a plain NAME saved there that is
+    not also a file), else None. 'name:NAME' without a store is an error."""
+    if not isinstance(spec, str):
+        return None
+    if spec.startswith(SAVED_PREFIX):
+        if store is None:
+            raise InvalidParameterError(f"direction {spec!r} names a saved direction, which needs a store to read "
+                                        "it from")
+        return load_direction(store.path, spec[len(SAVED_PREFIX):])
+    if store is None or Path(spec).is_file() or spec not in direction_names(store.path):
+        return None
+    return load_direction(store.path, spec)
+
+
+def parse_head(spec: Any, n_layers: int, n_heads: int, what: str = "through_head") -> tuple[int, int]:
+    """(layer, head) from (2, 0), '2.0', 'L2H0' or '2,0'; `what` names the parameter in errors."""
     if isinstance(spec, str):
         m = re.fullmatch(r"\s*(?:L(\d+)H(\d+)|(\d+)\s*[.,:]\s*(\d+))\s*", spec, flags=re.IGNORECASE)
         if not m:
-            raise InvalidParameterError(f"through_head {spec!r}: expected LAYER.HEAD such as '2.0' or 'L2H0'")
+            raise InvalidParameterError(f"{what} {spec!r}: expected LAYER.HEAD such as '2.0' or 'L2H0'")
         layer, head = (int(g) for g in (m.group(1, 2) if m.group(1) is not None else m.group(3, 4)))
     else:
         try:
             layer, head = (int(v) for v in spec)
         except (TypeError, ValueError):
-            raise InvalidParameterError(f"through_head {spec!r}: expected (layer, head) or 'LAYER.HEAD'") from None
+            raise InvalidParameterError(f"{what} {spec!r}: expected (layer, head) or 'LAYER.HEAD'") from None
     if not (0 <= layer < n_layers and 0 <= head < n_heads):
-        raise InvalidParameterError(f"through_head {layer}.{head} does not exist: the model has {n_layers} layers "
+        raise InvalidParameterError(f"{what} {layer}.{head} does not exist: the model has {n_layers} layers "
                                     f"of {n_heads} heads")
     return layer, head
 
