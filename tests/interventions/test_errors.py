@@ -101,14 +101,16 @@ def test_a_model_with_other_weights_is_refused(iv_fresh, tmp_path):
 
 
 def test_a_hook_the_model_lacks_is_unknown(iv_store):
-    """The store's architecture refuses mlp_out on attention-only models before the model loads;
-    once it is loaded, check_hook refuses any hook the model itself lacks, by its full name."""
+    """The store's architecture refuses mlp_out / resid_mid on attention-only models before the model
+    loads (CASES above); once it is loaded, check_hook refuses a hook the model lacks, by its full
+    name. (TransformerLens gives attention-only blocks a hook_mlp_out that never fires, so only the
+    architecture check catches mlp_out.)"""
     from actstore.interventions.model import model_for
     from actstore.interventions.targets import check_hook
 
     net = model_for(iv_store("addition"))
-    with pytest.raises(UnknownHookError, match="has no blocks.0.hook_mlp_out"):
-        check_hook("mlp_out", net.cfg.n_layers, net.hook_dict)
+    with pytest.raises(UnknownHookError, match="has no blocks.0.hook_resid_mid"):
+        check_hook("resid_mid", net.cfg.n_layers, net.hook_dict)
     check_hook("q", net.cfg.n_layers, net.hook_dict)
 
 
