@@ -108,7 +108,9 @@ def stored_means(store, hook: str, over: str) -> Source:
     keys, real = store_groups(store, over)
     per_layer = {}
     for layer in range(store.arch.n_layers):
-        acts = store.read(act_name(hook, layer)).astype(np.float64)  # [n, width, ...]
+        acts = store.read(act_name(hook, layer)).astype(np.float64)  # [n, width, ...] ([n, head, q, k])
+        if hook == "pattern":
+            acts = np.moveaxis(acts, 2, 1)  # token-major [n, q, head, k]
         per_layer[layer] = group_mean_source(acts, keys, real, hook)
     return lambda i, layer: per_layer[layer](i, layer)
 
@@ -143,6 +145,19 @@ def test_zero(iv_store, name, hook, grain):
     ours = ablate(store, hook, grain, method="zero", examples=n, model=model_of(name))
     ref = reference(net, ex, hook, grain, lambda eid, layer: None)
     print(f"zero {name} {hook} {grain}: max diff {check(ours, ref):.2e}")
+
+
+@pytest.mark.parametrize(("name", "hook", "over", "grain"), [
+    ("addition", "pattern", "pos", "head"), ("addition", "pattern", "role", "head,pos"),
+])
+def test_mean_of_stored_patterns(iv_store, name, hook, over, grain):
+    store = iv_store(name)
+    assert store.hook_info(act_name(hook, 0)).positions == "all"
+    net = model_for(store)
+    n = 3 if grain == "head,pos" else 5
+    ours = ablate(store, hook, grain, method="mean", mean_over=over, examples=n)
+    ref = reference(net, Examples(store, 0, n), hook, grain, stored_means(store, hook, over))
+    print(f"mean({over}) {name} {hook} {grain}: max diff {check(ours, ref):.2e}")
 
 
 @pytest.mark.parametrize(("name", "over", "grain"), [

@@ -78,10 +78,12 @@ def tl_reference(net, fn, ex: Examples, mode: str) -> tuple[pl.DataFrame, pl.Dat
     return pl.concat(refs), pl.concat(means)
 
 
-def check_against_tl(store, name: str, hook: str, grain: str, mode: str, n: int) -> dict[str, float]:
+def check_against_tl(store, name: str, hook: str, grain: str, mode: str, n: int, start: int = 0,
+                     **sizes: int) -> dict[str, float]:
+    """Our sweep of examples [start, start + n) (batch / rows / part in `sizes`) against TransformerLens."""
     net = model_of(name) or model_for(store)
-    ex = Examples(store, 0, n)
-    ours = patch(store, hook, grain, mode=mode, examples=n, model=model_of(name))
+    ex = Examples(store, start, start + n)
+    ours = patch(store, hook, grain, mode=mode, examples=(start, start + n), model=model_of(name), **sizes)
     ref, tl = tl_reference(net, tl_function(hook, grain), ex, mode)
     # the clean / corrupted baselines are the unpatched runs' metrics
     base_rows = []
@@ -174,6 +176,16 @@ def test_bidirectional_with_padding(iv_store, hook, grain, mode):
     lengths = store.examples.sort("example_id")["length"].to_numpy()[:6]
     assert len(set(lengths.tolist())) > 2  # the batch is really padded
     check_against_tl(store, "brackets", hook, grain, mode, n=6)
+
+
+@pytest.mark.parametrize(("name", "hook", "grain", "sizes"), [
+    ("addition", "z", "head,pos", dict(batch=3, rows=7)),        # 2 targets per pass, a short last batch
+    ("brackets", "pattern", "head,pos", dict(batch=2, rows=5, part=3)),
+    ("mlp", "resid_mid", "layer,pos", dict(batch=4, rows=1)),    # rows < batch: one target per pass
+])
+def test_batches_row_limits_and_ranges_do_not_change_values(iv_store, name, hook, grain, sizes):
+    """Examples 3..9 (not from 0) in small batches and passes: the same rows TransformerLens gives."""
+    check_against_tl(iv_store(name), name, hook, grain, "denoise", n=7, start=3, **sizes)
 
 
 def test_positions_past_an_examples_end_have_no_rows(iv_store):
