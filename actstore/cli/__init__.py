@@ -21,7 +21,7 @@ from actstore.errors import ActstoreError
 
 # modules under actstore.cli that register commands, in help order
 COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "weights",
-                   "interventions", "charts"]
+                   "directions", "interventions", "charts"]
 
 
 def build_parser() -> argparse.ArgumentParser:
