@@ -12,21 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from iv_helpers import tiny_model
-
-# name: (task, model, examples, task params)
-STORES = {
-    "mlp": ("addition", "tiny", 24, None),               # LayerNorm + MLPs (in-test model)
-    "addition": ("addition", "zoo:addition", 24, None),   # attention-only, LayerNorm
-    "list_update": ("list_update", "zoo:list_update", 16, None),  # no LayerNorm, shortformer positions
-    "brackets": ("brackets", "zoo:brackets", 16, {"max_len": 12}),  # bidirectional, right-padded
-    "ioi": ("ioi", "zoo:lm", 24, None),                   # prompts of different lengths, roles S1/IO/S2/END
-}
-
-
-def model_of(name: str):
-    """The model to pass as `model=` (None: the store's manifest names a zoo model)."""
-    return tiny_model() if STORES[name][1] == "tiny" else None
+from iv_helpers import STORES, tiny_model
 
 
 @pytest.fixture(scope="session")

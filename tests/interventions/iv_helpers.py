@@ -26,6 +26,20 @@ SHAPES = {
                    normalization_type="LN"),
 }
 
+# the stores of conftest.py -- name: (task, model, examples, task params)
+STORES = {
+    "mlp": ("addition", "tiny", 24, None),               # LayerNorm + MLPs (in-test model)
+    "addition": ("addition", "zoo:addition", 24, None),   # attention-only, LayerNorm
+    "list_update": ("list_update", "zoo:list_update", 16, None),  # no LayerNorm, shortformer positions
+    "brackets": ("brackets", "zoo:brackets", 16, {"max_len": 12}),  # bidirectional, right-padded
+    "ioi": ("ioi", "zoo:lm", 24, None),                   # prompts of different lengths, roles S1/IO/S2/END
+}
+
+
+def model_of(name: str) -> HookedTransformer | None:
+    """The model to pass as `model=` for store `name` (None: its manifest names a zoo model)."""
+    return tiny_model() if STORES[name][1] == "tiny" else None
+
 
 def tiny_model(kind: str = "ln_mlp", seed: int = 0) -> HookedTransformer:
     """A random model with non-zero biases and LayerNorm weights, processed as the zoo is."""

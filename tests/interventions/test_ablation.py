@@ -17,8 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import model_of
-from iv_helpers import Examples, act_name, cache_of, compare, hooked_metrics, ref_frame, rows_of
+from iv_helpers import Examples, act_name, cache_of, compare, hooked_metrics, model_of, ref_frame, rows_of
 
 from actstore.interventions import ablate
 from actstore.interventions.ablation import derangement

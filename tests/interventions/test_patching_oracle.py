@@ -22,8 +22,7 @@ import polars as pl
 import pytest
 import torch
 import transformer_lens.patching as P
-from conftest import model_of
-from iv_helpers import Examples, compare, metrics_of, ref_frame, rows_of
+from iv_helpers import Examples, compare, metrics_of, model_of, ref_frame, rows_of
 
 from actstore.interventions import patch
 from actstore.interventions.model import model_for

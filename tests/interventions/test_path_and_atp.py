@@ -17,8 +17,9 @@ import math
 import polars as pl
 import pytest
 import torch
-from conftest import model_of
-from iv_helpers import Examples, act_name, cache_of, compare, hooked_metrics, metrics_of, ref_frame, rows_of
+from iv_helpers import (
+    Examples, act_name, cache_of, compare, hooked_metrics, metrics_of, model_of, ref_frame, rows_of,
+)
 
 from actstore.interventions import attribution_patch, patch, path_patch
 from actstore.interventions.model import model_for

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from iv_helpers import model_of
 
 from actstore.errors import StoreCorruptError
 from actstore.interventions import ablate, patch
@@ -73,8 +74,6 @@ def test_the_normalised_score_is_one_for_the_clean_run_and_zero_for_the_corrupte
     """Patching all of resid_pre at layer 0 (or resid_post at the last layer) is the source run
     itself: denoise gives the clean run (score 1), noise the corrupted one (score 0)."""
     path = iv_fresh("mlp", tmp_path / "s")
-    from conftest import model_of
-
     net = model_of("mlp")
     store = open_store(path)
     last = store.arch.n_layers - 1
