@@ -13,5 +13,6 @@ KIND_HELP: dict[str, str] = {
     "ov-circuit": "OV circuit of one head over the task's tokens (--layer, --head)",
     "qk-circuit": "QK circuit of one head over the task's tokens (--layer, --head)",
     "accuracy": "accuracy by label value",
+    "pca": "pc1 vs pc2 of a layer's residual (or z) at --pos, coloured by a label (--layer, --color)",
     "sweep": "a stored intervention sweep (--sweep ID; the only one by default): heatmap or effect bars",
 }

@@ -16,7 +16,7 @@ import altair as alt
 import polars as pl
 
 from actstore import query
-from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons
+from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons, probes
 from actstore.charts.defaults import (
     default_color,
     default_key_roles,
@@ -269,6 +269,7 @@ _BUILDERS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "ov-circuit": chart_ov_circuit,
     "qk-circuit": chart_qk_circuit,
     "accuracy": chart_accuracy,
+    "pca": probes.chart_pca,
     "sweep": chart_sweep,
 }
 KINDS: dict[str, Kind] = {name: Kind(name, KIND_HELP[name], _BUILDERS[name]) for name in KIND_HELP}

@@ -20,8 +20,8 @@ from actstore.cli.args import OneLineParser, tolerate_undecodable_paths
 from actstore.errors import ActstoreError
 
 # modules under actstore.cli that register commands, in help order
-COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "weights",
-                   "directions", "interventions", "charts"]
+COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "probe",
+                   "weights", "directions", "interventions", "charts"]
 
 
 def build_parser() -> argparse.ArgumentParser:
