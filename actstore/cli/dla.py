@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from actstore.cli.attention import int_list
+from typing import TYPE_CHECKING
+
+from actstore.cli.attention import add_where_option, int_list, parse_where
 from actstore.cli.output import add_output_options, output_format, write_table
 
+if TYPE_CHECKING:
+    import polars as pl
+
+    from actstore.store.reader import Store
+
 # circuit flags and the kinds that use them (others would silently ignore them)
-CIRCUIT_FLAGS = {"layer": ("ov", "qk", "virtual-ov"), "head": ("ov", "qk", "virtual-ov"), "to": ("virtual-ov",),
-                 "over": ("qk",), "mode": ("composition",), "tokens": ("ov", "qk", "virtual-ov")}
+CIRCUIT_FLAGS = {"layer": ("ov", "qk", "virtual-ov", "pos-qk", "virtual-pattern"),
+                 "head": ("ov", "qk", "virtual-ov", "pos-qk", "virtual-pattern"),
+                 "to": ("virtual-ov", "virtual-pattern"),
+                 "over": ("qk",), "mode": ("composition",), "tokens": ("ov", "qk", "virtual-ov"),
+                 "key_scale": ("pos-qk",), "constant_tokens": ("pos-qk",), "per_example": ("virtual-pattern",),
+                 "where": ("pos-qk", "virtual-pattern")}
+CIRCUIT_KINDS = ("ov", "qk", "virtual-ov", "composition", "pos-qk", "virtual-pattern")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.set_defaults(handler=run_logit_lens)
 
-    p = sub.add_parser("circuit", help="weight circuits: full OV / QK of a head, virtual OV, composition scores",
+    p = sub.add_parser("circuit", help="weight circuits: full OV / QK of a head, virtual OV, composition scores, "
+                                       "positional QK with the mean query, virtual attention patterns",
                        description="Circuits from the store's weights as a long table (row, col, value; token "
-                                   "strings where the store has seen the token).")
+                                   "strings where the store has seen the token). pos-qk: a head's positional QK "
+                                   "with the mean query, causal mask and softmax (seed 003); virtual-pattern: the "
+                                   "attention pattern of --layer/--head composed into --to (seed 000), from the "
+                                   "stored patterns. More weight algebra: actstore weights.")
     p.add_argument("store", help="store directory")
-    p.add_argument("--kind", choices=("ov", "qk", "virtual-ov", "composition"), default="ov")
+    p.add_argument("--kind", choices=CIRCUIT_KINDS, default="ov")
     p.add_argument("--layer", type=int, default=None, help="head's layer (ov, qk, virtual-ov's first head)")
     p.add_argument("--head", type=int, default=None, help="head index (ov, qk, virtual-ov's first head)")
     p.add_argument("--to", type=int, nargs=2, metavar=("LAYER", "HEAD"), default=None,
@@ -51,6 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="composition: Q-, K- (default) or V-composition")
     p.add_argument("--tokens", default=None, metavar="IDS",
                    help="comma-separated token ids (or positions) to restrict rows and columns to")
+    p.add_argument("--key-scale", choices=("mean", "position"), default=None,
+                   help="pos-qk: fold keys through the mean ln1 scale over all positions (mean, default, as seed "
+                        "003) or at each key position")
+    p.add_argument("--constant-tokens", action="store_true", default=None,
+                   help="pos-qk: add the embedding of a token every example has at that position to the key")
+    p.add_argument("--per-example", action="store_true", default=None,
+                   help="virtual-pattern: one row per example instead of the mean over examples")
+    add_where_option(p)
     add_output_options(p)
     p.set_defaults(handler=run_circuit)
 
@@ -94,6 +118,9 @@ def run_circuit(args: argparse.Namespace) -> int:
     if args.kind == "composition":
         write_table(circuits.composition_scores(store, args.mode or "K"), args)
         return 0
+    if args.kind in ("pos-qk", "virtual-pattern"):
+        write_table(_attention_circuit(args, store), args)
+        return 0
     if args.layer is None or args.head is None:
         raise InvalidParameterError(f"circuit --kind {args.kind} needs --layer and --head")
     over: CircuitOver = args.over or "tokens"  # argparse choices
@@ -116,11 +143,30 @@ def run_circuit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attention_circuit(args: argparse.Namespace, store: Store) -> pl.DataFrame:
+    """pos-qk or virtual-pattern (they read stored activations as well as weights)."""
+    from actstore.errors import InvalidParameterError
+    from actstore.query.attention_circuits import positional_attention, virtual_pattern
+
+    where = parse_where(args.where, store)
+    if args.layer is None:
+        raise InvalidParameterError(f"circuit --kind {args.kind} needs --layer")
+    if args.kind == "pos-qk":
+        return positional_attention(store, args.layer, args.head, key_scale=args.key_scale or "mean",
+                                    constant_tokens=bool(args.constant_tokens), where=where)
+    if args.head is None or args.to is None:
+        raise InvalidParameterError("circuit --kind virtual-pattern needs --layer, --head (the first head) and "
+                                    "--to LAYER HEAD (the second)")
+    return virtual_pattern(store, (args.layer, args.head), tuple(args.to),
+                           aggregate=None if args.per_example else "mean", where=where)
+
+
 def check_circuit_flags(args: argparse.Namespace) -> None:
     """Refuse a flag that --kind does not use (it would be silently ignored)."""
     from actstore.errors import InvalidParameterError
 
     for flag, kinds in CIRCUIT_FLAGS.items():
         if getattr(args, flag) is not None and args.kind not in kinds:
-            raise InvalidParameterError(f"--{flag} does not apply to circuit --kind {args.kind} (only to "
+            name = flag.replace("_", "-")
+            raise InvalidParameterError(f"--{name} does not apply to circuit --kind {args.kind} (only to "
                                         f"{', '.join(kinds)}); drop it")

@@ -46,8 +46,10 @@ class ResidualPlan:
         return "ln_final" if self.ln == "ln_final" else f"blocks.{self.layer}.{self.ln}"
 
     @classmethod
-    def build(cls, store: Store, ln: str, layer: int | None = None, use_stored: bool = True) -> "ResidualPlan":
-        """The plan for LayerNorm `ln` of `layer` (None for ln_final); use_stored=False always rebuilds."""
+    def build(cls, store: Store, ln: str, layer: int | None = None, use_stored: bool = True,
+              require_norm: bool = True) -> "ResidualPlan":
+        """The plan for LayerNorm `ln` of `layer` (None for ln_final); use_stored=False always rebuilds;
+        require_norm=False accepts a model without LayerNorm (its 'output' is the stream itself)."""
         arch = store.arch
         if ln not in LNS:
             raise InvalidParameterError(f"ln must be one of {', '.join(LNS)}, got {ln!r}")
@@ -61,9 +63,10 @@ class ResidualPlan:
             if ln == "ln2" and not arch.has_mlp:
                 raise InvalidParameterError("ln2 exists only in models with MLPs; this one is attention-only")
             upto, mid = int(layer), ln == "ln2"
-        if arch.norm is None:
+        if arch.norm is None and require_norm:
             raise InvalidParameterError("this model has no LayerNorm; a direction passes through unchanged")
-        scale = Arch.final_scale if ln == "ln_final" else Arch.ln_scale(int(layer), ln)  # type: ignore[arg-type]
+        scale = None if arch.norm is None else (
+            Arch.final_scale if ln == "ln_final" else Arch.ln_scale(int(layer), ln))  # type: ignore[arg-type]
         stored = _stored_stream(store, upto, mid) if use_stored else None
         if stored is not None:
             hooks: list[str] = [stored]
@@ -71,7 +74,7 @@ class ResidualPlan:
             hooks = [Arch.z(i) for i in range(upto + (1 if mid else 0))]
             if arch.has_mlp:
                 hooks += [Arch.mlp_post(i) for i in range(upto)]
-        full = tuple(dict.fromkeys([*hooks, scale]))
+        full = tuple(dict.fromkeys([*hooks, *([scale] if scale is not None else [])]))
         for name in full:
             if name not in store.hooks:
                 raise UnknownHookError(f"rebuilding the stream {ln} reads needs {name!r}, which store {store.path} "
@@ -109,8 +112,10 @@ class ResidualPlan:
         return x
 
     def output(self, weights: Weights, chunk: Chunk, e: np.ndarray, p: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """[row, d_model]: the LayerNorm's output for inputs x [row, d_model] at rows (e, p)."""
-        assert self.scale is not None
+        """[row, d_model]: the LayerNorm's output for inputs x [row, d_model] at rows (e, p) (x itself
+        without LayerNorm)."""
+        if self.scale is None:
+            return x
         s = chunk.full[self.scale][e, p].astype(np.float64).reshape(-1, 1)
         y = (weights.center(x) if weights.arch.layer_norm else x) / s
         w, b = weights.ln_weight(self.layer, self.ln)  # type: ignore[arg-type]
