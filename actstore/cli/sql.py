@@ -1,4 +1,4 @@
-"""`actstore sql STORE "SELECT ..."` and `actstore breakdown STORE --group-by LABEL`."""
+"""`actstore sql STORE "SELECT ..." [--attach b=OTHER]` and `actstore breakdown STORE --group-by LABEL`."""
 
 from __future__ import annotations
 
@@ -40,9 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the derived tables dla, logit_lens, attention, neurons, computed on first use and "
                                    "cached under STORE/derived/. Read-only and confined to the store: one SELECT "
                                    "(or DESCRIBE/SUMMARIZE) over these views; files, extensions, ATTACH, SET and "
-                                   "writes are refused. Write a result with -o FILE.")
+                                   "writes are refused. Write a result with -o FILE. --attach b=OTHER adds a "
+                                   "second store's views as b.examples, b.dla, ...")
     p.add_argument("store", help="store directory")
     p.add_argument("query", help='SQL, e.g. "SELECT component, avg(value) FROM dla GROUP BY component"')
+    p.add_argument("--attach", action="append", default=None, metavar="ALIAS=STORE",
+                   help="also read the store at STORE, its views as ALIAS.examples, ALIAS.dla, ... "
+                        "(repeat for several)")
     add_derived_options(p)
     add_output_options(p)
     p.set_defaults(handler=run_sql)
@@ -66,9 +70,25 @@ def run_sql(args: argparse.Namespace) -> int:
     from actstore.query.sql import sql
     from actstore.store import open_store
 
+    attach = attach_pairs(args.attach)
     store = open_store(args.store)
-    write_table(sql(store, args.query, params=derived_params(args)).pl(), args)
+    write_table(sql(store, args.query, params=derived_params(args), attach=attach).pl(), args)
     return 0
+
+
+def attach_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """`['b=path/to/B']` -> {'b': 'path/to/B'}; the aliases are checked by the query layer."""
+    from actstore.errors import InvalidParameterError
+
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        alias, sep, path = pair.partition("=")
+        if not sep or not alias or not path:
+            raise InvalidParameterError(f"--attach expects ALIAS=STORE (e.g. b=other_store), got {pair!r}")
+        if alias in out:
+            raise InvalidParameterError(f"--attach {alias!r} is given twice")
+        out[alias] = path
+    return out
 
 
 def run_breakdown(args: argparse.Namespace) -> int:

@@ -15,12 +15,22 @@ parameters (dla: level='head', target='correct'; logit_lens: target='correct', l
 pass `params={'dla': {'level': 'layer'}}` for others. Errors (syntax, unknown view or column)
 become one-line QueryErrors naming the available views and the columns of those the query uses.
 
+Attached stores: `sql(a, query, attach={"b": other})` (other: a Store or a store path) adds
+every view of the second store under the schema `b`: `b.examples`, `b.tokens`, `b.outputs`,
+`b.dla`, ..., read through the same checked paths as the main store's (its derived tables only
+when the query names them as `b.dla`, with the same `params`). So two models on one task compare
+in one query: `SELECT component, avg(b.value - d.value) FROM dla d JOIN b.dla USING (example_id,
+answer_idx, component) GROUP BY component`. An alias is a plain identifier (letters, digits,
+underscores, not starting with a digit), not a view name, not `main` or another catalog name,
+not an SQL keyword DuckDB reserves; a store that does not open is one error naming its path.
+
 The sandbox: a query is exactly one SELECT (also DESCRIBE, SHOW, SUMMARIZE, which parse as one)
 whose table functions are on a short allow-list (range, unnest, catalog listings); anything
 else (COPY, ATTACH, INSTALL/LOAD, SET/RESET, PRAGMA, CALL, CREATE/DROP/INSERT/UPDATE/DELETE,
 EXPORT, several statements, read_csv/read_text/glob/query(), ...) is refused with one line
-before anything runs. Behind that check DuckDB itself is locked down: the views read Arrow
-datasets registered by actstore (DuckDB opens no file itself), then external access and the
+before anything runs. Behind that check DuckDB itself is locked down: the views (those of
+attached stores too) read Arrow datasets registered by actstore (DuckDB opens no file itself),
+then external access and the
 local file system are switched off, extension autoload/autoinstall, community extensions,
 persistent secrets, Python replacement scans and spilling to a temp directory are off, and the
 configuration is locked, so no statement can write anything or read a file. Results are
@@ -31,10 +41,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +56,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from actstore.errors import QueryError
+from actstore.errors import ActstoreError, InvalidParameterError, QueryError
 from actstore.query import derived
 from actstore.query.interventions import interventions as stored_interventions
 from actstore.query.interventions import sweeps as stored_sweeps
 from actstore.store.layout import META_TABLES
+from actstore.store.open import open_store
 from actstore.store.reader import Store
 
 SWEEP_VIEWS = ("interventions", "sweeps")  # stored intervention results (actstore.interventions writes them)
@@ -111,13 +124,40 @@ def _interruptible(con: duckdb.DuckDBPyConnection, run: Callable[[], Any]) -> An
                 raise
 
 
-def mentioned_views(query: str) -> list[str]:
-    """The views a query names (string literals and comments ignored), in VIEWS order."""
+def mentioned_views(query: str, aliases: tuple[str, ...] = ()) -> list[str]:
+    """The main store's views a query names (string literals and comments ignored), in VIEWS
+    order; a name qualified by an attached store's alias (`b.dla`) is that store's, not the main one's."""
+    return _view_refs(query, aliases)[None]
+
+
+def attached_views(query: str, aliases: tuple[str, ...]) -> dict[str, list[str]]:
+    """For each alias, the views of its store the query names as `alias.view`, in VIEWS order."""
+    refs = _view_refs(query, aliases)
+    return {alias: refs[alias] for alias in aliases}
+
+
+_IDENT = r'"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*'
+_CHAIN = re.compile(rf"(?:{_IDENT})(?:\s*\.\s*(?:{_IDENT}))*")
+
+
+def _view_refs(query: str, aliases: tuple[str, ...]) -> dict[str | None, list[str]]:
+    """{None: main views named, alias: views named as alias.view}; over-inclusive, never missing one."""
     text = re.sub(r"'(?:[^']|'')*'", "''", query)
     text = re.sub(r"--[^\n]*", " ", text)
     text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    words = {w.lower() for w in re.findall(r'"([^"]+)"|\b([A-Za-z_][A-Za-z0-9_]*)\b', text) for w in w if w}
-    return [v for v in VIEWS if v in words]
+    lowered = {a.lower(): a for a in aliases}
+    found: dict[str | None, set[str]] = {None: set(), **{a: set() for a in aliases}}
+    for chain in _CHAIN.finditer(text):
+        parts = [_unquote(p).lower() for p in re.findall(_IDENT, chain.group(0))]
+        for i, word in enumerate(parts):
+            if word in VIEWS:
+                owner = lowered.get(parts[i - 1]) if i > 0 else None
+                found[owner].add(word)
+    return {k: [v for v in VIEWS if v in names] for k, names in found.items()}
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
 
 
 READ_ONLY = "SQL over a store is read-only and confined to the store"
@@ -203,11 +243,17 @@ def sources(store: Store, query: str = "",
             params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The store's views as objects DuckDB scans without opening a file itself: checked meta parts
     as pyarrow datasets, derived tables (only those `query` names) over their checked bytes."""
+    return _store_sources(store, mentioned_views(query), params)
+
+
+def _store_sources(store: Store, named: list[str],
+                   params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The meta views always; the derived and sweep views in `named` only."""
     out: dict[str, Any] = {}
     for table in META_TABLES:
         paths = store.meta_paths(table)
         out[table] = _parquet_dataset(paths) if paths else getattr(store, table)  # nothing committed: empty
-    for table in mentioned_views(query):
+    for table in named:
         if table in derived.TABLES:
             got = derived.materialise(store, table, (params or {}).get(table))
             out[table] = got if isinstance(got, pl.DataFrame) else _buffer_dataset(got)  # frame: not cached
@@ -216,47 +262,128 @@ def sources(store: Store, query: str = "",
     return out
 
 
-def sandbox(views: Mapping[str, Any], con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+def sandbox(views: Mapping[str, Any], con: duckdb.DuckDBPyConnection | None = None,
+            attached: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
     """A locked, read-only in-memory DuckDB connection with one view per entry of `views`
-    (name -> a pyarrow Dataset/Table or a Polars/pandas frame). Everything a query can read is
-    registered here, before the lock; explicitly attached stores would add their views here."""
+    (name -> a pyarrow Dataset/Table or a Polars/pandas frame) and, for each attached store, a
+    schema named by its alias holding its views the same way. Everything a query can read is
+    registered here, before the lock."""
     con = con if con is not None else _open()
     for name, source in views.items():
         con.register(f"_src_{name}", source)
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_src_{name}"')
+    for i, (alias, its_views) in enumerate((attached or {}).items()):
+        check_alias(alias)
+        con.execute(f'CREATE SCHEMA "{alias}"')
+        for name, source in its_views.items():  # registered names cannot clash: no view starts with a digit
+            con.register(f"_src_{i}_{name}", source)
+            con.execute(f'CREATE VIEW "{alias}"."{name}" AS SELECT * FROM "_src_{i}_{name}"')
     for statement in _LOCK:
         con.execute(statement)
     return con
 
 
-def connect(store: Store, query: str = "",
-            params: Mapping[str, Mapping[str, Any]] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(store: Store, query: str = "", params: Mapping[str, Mapping[str, Any]] | None = None,
+            attach: Mapping[str, Store] | None = None) -> duckdb.DuckDBPyConnection:
     """A locked in-memory DuckDB connection with the store's views (derived ones only if `query`
-    names them); `query`, if given, is checked first, so a refused one computes nothing."""
+    names them) and those of the `attach`ed stores under their aliases (opened: see
+    `attached_stores`); `query`, if given, is checked first, so a refused one computes nothing."""
     con = _open()
     if query:
         check_query(con, query)
-    return sandbox(sources(store, query, params), con)
+    others = dict(attach or {})
+    aliases = tuple(others)
+    named = attached_views(query, aliases)
+    views = _store_sources(store, mentioned_views(query, aliases), params)
+    attached = {alias: _store_sources(other, named[alias], params) for alias, other in others.items()}
+    return sandbox(views, con, attached)
 
 
-def sql(store: Store, query: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> QueryResult:
-    """Run `query` against the store's views; `.pl()` / `.arrow()` / `.df()` on the result."""
+def sql(store: Store, query: str, params: Mapping[str, Mapping[str, Any]] | None = None,
+        attach: Mapping[str, Store | str | os.PathLike[str]] | None = None) -> QueryResult:
+    """Run `query` against the store's views; `.pl()` / `.arrow()` / `.df()` on the result.
+
+    params: parameters of the derived tables, e.g. {'dla': {'level': 'layer'}} (for attached
+            stores' derived tables too)
+    attach: {alias: store or store path}: each store's views as `alias.examples`, `alias.dla`, ...
+    """
     if not isinstance(query, str) or not query.strip():
         raise QueryError("empty SQL query; try: SELECT * FROM examples LIMIT 5")
     unknown = sorted(set(params or {}) - set(derived.TABLES))
     if unknown:
         raise QueryError(
             f"params for unknown derived table {unknown[0]!r}; derived tables: {', '.join(derived.TABLES)}")
-    con = connect(store, query, params)
+    others = attached_stores(attach)
+    con = connect(store, query, params, others)
 
     def describe(e: duckdb.Error) -> QueryError:
-        return _error(con, query, e)
+        return _error(con, query, e, tuple(others))
 
     try:
         rel = con.sql(query)
     except duckdb.Error as e:
         raise describe(e) from None
     return QueryResult(con, rel, describe)
+
+
+# schemas and catalogs a DuckDB connection already has: an attached store cannot take their names
+CATALOG_NAMES = frozenset({"main", "memory", "temp", "system", "information_schema", "pg_catalog"})
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_alias(alias: object) -> str:
+    """`alias` if it can name an attached store's schema, else InvalidParameterError saying why."""
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+        raise InvalidParameterError(f"attach alias {alias!r} is not a plain identifier (letters, digits and "
+                                    "underscores, not starting with a digit), e.g. b")
+    low = alias.lower()
+    if low in VIEWS:
+        raise InvalidParameterError(f"attach alias {alias!r} is the name of a view; choose another, e.g. b")
+    if low in CATALOG_NAMES or low.startswith("_src_"):
+        raise InvalidParameterError(f"attach alias {alias!r} names one of DuckDB's own schemas or actstore's "
+                                    "sources; choose another, e.g. b")
+    if low in _reserved_keywords():
+        raise InvalidParameterError(f"attach alias {alias!r} is a reserved SQL keyword; choose another, e.g. b")
+    return alias
+
+
+@lru_cache(maxsize=1)
+def _reserved_keywords() -> frozenset[str]:
+    con = _open()
+    try:
+        rows = con.execute("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'")
+        return frozenset(str(r[0]).lower() for r in rows.fetchall())
+    finally:
+        con.close()
+
+
+def attached_stores(attach: Mapping[str, Store | str | os.PathLike[str]] | None) -> dict[str, Store]:
+    """{alias: open Store}: aliases checked (distinct ignoring case, see check_alias), paths opened;
+    a store that does not open is its own error, prefixed with the alias."""
+    if attach is None:
+        return {}
+    if not isinstance(attach, Mapping):
+        raise InvalidParameterError(f"attach must map aliases to stores, e.g. {{'b': store}}, got "
+                                    f"{type(attach).__name__}")
+    out: dict[str, Store] = {}
+    seen: dict[str, str] = {}
+    for alias, other in attach.items():
+        check_alias(alias)
+        if alias.lower() in seen:
+            raise InvalidParameterError(f"attach aliases {seen[alias.lower()]!r} and {alias!r} are the same name "
+                                        "to SQL (identifiers ignore case)")
+        seen[alias.lower()] = alias
+        if isinstance(other, Store):
+            out[alias] = other
+            continue
+        if not isinstance(other, (str, os.PathLike)):
+            raise InvalidParameterError(f"attach {alias!r}: expected a store or a store path, got "
+                                        f"{type(other).__name__}")
+        try:
+            out[alias] = open_store(other)
+        except ActstoreError as e:
+            raise type(e)(f"attach {alias!r}: {e}") from None
+    return out
 
 
 def _open() -> duckdb.DuckDBPyConnection:
@@ -287,28 +414,38 @@ def _first_line(e: BaseException) -> str:
     return re.sub(r"^(Catalog|Binder|Parser|Conversion|Invalid Input|Permission) Error: ", "", first)
 
 
-def _error(con: duckdb.DuckDBPyConnection, query: str, e: duckdb.Error) -> QueryError:
+def _error(con: duckdb.DuckDBPyConnection, query: str, e: duckdb.Error,
+           aliases: tuple[str, ...] = ()) -> QueryError:
     """One line: DuckDB's message, the views, and the columns of the views the query uses."""
     first = _first_line(e)
     if isinstance(e, duckdb.PermissionException) or "configuration has been locked" in first:
         return refused(f"access outside the store's views ({first})")
     if isinstance(e, duckdb.ParserException):
         return QueryError(f"SQL syntax error: {first}")
-    bound = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    used = [v for v in mentioned_views(query) if v in bound]
-    cols = "; ".join(f"{v}({', '.join(_columns(con, v))})" for v in used)
-    hint = f"available views: {', '.join(VIEWS)}" + (f"; columns: {cols}" if cols else "")
+    rows = con.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    bound = {(str(r[0]), str(r[1])) for r in rows}
+    used = [("main", v) for v in mentioned_views(query, aliases)]
+    used += [(a, v) for a, vs in attached_views(query, aliases).items() for v in vs]
+    cols = "; ".join(f"{_qualified(s, v)}({', '.join(_columns(con, s, v))})" for s, v in used if (s, v) in bound)
+    hint = f"available views: {', '.join(VIEWS)}"
+    if aliases:
+        hint += f"; attached: {', '.join(aliases)} (views as {aliases[0]}.examples, {aliases[0]}.dla, ...)"
+    hint += f"; columns: {cols}" if cols else ""
     missing = re.search(r"with name (\S+) does not exist", first)
     if isinstance(e, duckdb.CatalogException) and missing:  # our own hint: DuckDB's may name a system table
-        close = difflib.get_close_matches(missing[1].lower(), VIEWS, n=1)
+        close = difflib.get_close_matches(missing[1].strip('"').lower(), VIEWS, n=1)
         first = first + (f" Did you mean {close[0]!r}?" if close else "")
     if isinstance(e, (duckdb.CatalogException, duckdb.BinderException)):  # unknown view / column
         return QueryError(f"{first}; {hint}")
     return QueryError(f"{first} ({hint})")
 
 
-def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
+def _qualified(schema: str, view: str) -> str:
+    return view if schema == "main" else f"{schema}.{view}"
+
+
+def _columns(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> list[str]:
     try:
-        return [r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()]
+        return [r[0] for r in con.execute(f'DESCRIBE "{schema}"."{view}"').fetchall()]
     except duckdb.Error:
         return []

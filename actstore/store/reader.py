@@ -200,11 +200,13 @@ class Store:
     def derived_dir(self) -> Path:
         return self.path / DERIVED
 
-    def sql(self, query: str, params: dict[str, dict[str, Any]] | None = None) -> Any:
-        """DuckDB SQL over this store's views; `.pl()` / `.arrow()` / `.df()` (see actstore.query.sql)."""
+    def sql(self, query: str, params: dict[str, dict[str, Any]] | None = None,
+            attach: dict[str, Any] | None = None) -> Any:
+        """DuckDB SQL over this store's views (and those of the `attach`ed stores, {alias: store or
+        path}, as alias.examples, alias.dla, ...); `.pl()` / `.arrow()` / `.df()` (see actstore.query.sql)."""
         from actstore.query.sql import sql  # noqa: PLC0415 (the query layer is imported on use)
 
-        return sql(self, query, params)
+        return sql(self, query, params, attach=attach)
 
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:
