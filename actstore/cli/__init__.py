@@ -20,7 +20,7 @@ from actstore.cli.args import OneLineParser, tolerate_undecodable_paths
 from actstore.errors import ActstoreError
 
 # modules under actstore.cli that register commands, in help order
-COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "probe",
+COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "probe", "compare",
                    "weights", "directions", "interventions", "charts"]
 
 

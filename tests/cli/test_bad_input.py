@@ -249,6 +249,19 @@ ROWS = [
     row("ablate", "{add}", "--mean-over", "bogus", says="--mean-over must be all, pos, role or label:COLUMN"),
     row("ablate", "{add}", "--hook", "q", "--grain", "layer,pos", says="hook q is swept by head or head,pos"),
     row("ablate", "{add}", "--method", "shuffle", says="invalid choice: 'shuffle'"),
+    # sql --attach / compare (refused before any attribution is computed)
+    row("sql", "{add}", "SELECT 1", "--attach", "b", says="--attach expects ALIAS=STORE"),
+    row("sql", "{add}", "SELECT 1", "--attach", "main={ioi}", says="attach alias 'main'"),
+    row("sql", "{add}", "SELECT 1", "--attach", "dla={ioi}", says="is the name of a view"),
+    row("sql", "{add}", "SELECT 1", "--attach", "b={out}/missing", says="attach 'b': no store at"),
+    row("sql", "{add}", "SELECT * FROM b.dlaa", "--attach", "b={ioi}", says="attached: b"),
+    row("sql", "{add}", "DROP SCHEMA b CASCADE", "--attach", "b={ioi}", says="refused"),
+    row("compare", "{add}", "{ioi}", says="A is task 'addition', B is task 'ioi'"),
+    row("compare", "{add}", "{out}/missing", says="no store at"),
+    row("compare", "{ioi}", "{ioi}", "--corrupted", says="corrupted twins"),
+    row("compare", "{add}", "{br}", "--level", "neuron", says="invalid choice: 'neuron'"),
+    row("compare", "{corrupt_meta}", "{add}", says="is corrupt"),
+    row("compare", "{add}", "{add}", "-o", "{out}/nodir/c.csv", says="does not exist"),
     # no such command
     row("nosuch", says="invalid choice: 'nosuch'"),
 ]
