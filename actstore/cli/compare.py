@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Compare the direct logit attribution of two stores that hold the same examples "
                                    "(two models or checkpoints on one task; or, with --corrupted, one model's clean "
                                    "examples in A and their corrupted twins in B). One row per component and "
-                                   "answer: mean in A, mean in B, mean change B - A with its 95%% interval paired "
+                                   "answer: mean in A, mean in B, mean change B - A with its 95% interval paired "
                                    "by example, n; largest |change| first. Stores that do not cover the same "
                                    "examples (task, task parameters, seed, tokens, answers) are refused.")
     p.add_argument("a", metavar="A", help="first store directory")
