@@ -33,13 +33,14 @@ def store_dirs(tmp_path_factory):
 KIND_ARGS = {
     "dla-heads": [], "dla-components": ["--top", "5"], "dla-split": [], "attention": ["--heads", "1.0,L1H2"],
     "attention-roles": ["--group-by", "carry_0"], "logit-lens": ["--group-by", "any_carry"], "accuracy": [],
-    "ov-circuit": ["--layer", "1", "--head", "2"], "qk-circuit": ["--layer", "0", "--head", "0"],
+    "ov-circuit": ["--layer", "1", "--head", "2"], "qk-circuit": ["--layer", "0", "--head", "0"], "pca": [],
 }
+OWN_TESTS = {"neurons", "sweep"}  # neurons: below; sweep needs a stored sweep (tests/cli/test_interventions.py)
 
 
-@pytest.mark.parametrize("kind", [k for k in KIND_HELP if k != "neurons"])
+@pytest.mark.parametrize("kind", [k for k in KIND_HELP if k not in OWN_TESTS])
 def test_every_kind_writes_svg(store_dirs, kind, tmp_path, capsys):
-    assert set(KIND_ARGS) | {"neurons"} == set(KIND_HELP)
+    assert set(KIND_ARGS) | OWN_TESTS == set(KIND_HELP)
     need_query(kind)
     out = tmp_path / f"{kind}.svg"
     assert main(["chart", kind, str(store_dirs["addition"]), "-o", str(out), *KIND_ARGS[kind]]) == 0
