@@ -59,6 +59,7 @@ def test_s2_and_end_are_each_examples_own_positions(iv_store):
     ref = per_example_reference(net, ex, "resid_pre", [[a, b] for a, b in zip(s2, end)], [None])
     diff = compare(ours, ref)
     assert diff < 1e-4 * max(1.0, float(ref["ref"].abs().max())), diff
+    print(f"ioi resid_pre at S2,END: max diff {diff:.2e}")
     # the two roles are different targets with different effects
     ld = ours.filter(pl.col("metric") == "logit_diff").group_by("role").agg(pl.col("value").mean())
     assert ld["value"].n_unique() == 2
@@ -72,7 +73,9 @@ def test_role_addressed_heads_on_ioi(iv_store):
     ref = per_example_reference(net, ex, "z", [[p] for p in ex.frame["s2_pos"].to_list()],
                                 list(range(net.cfg.n_heads)), mode="noise")
     assert (ours["role"] == "S2").all()
-    assert compare(ours, ref) < 1e-4 * max(1.0, float(ref["ref"].abs().max()))
+    diff = compare(ours, ref)
+    assert diff < 1e-4 * max(1.0, float(ref["ref"].abs().max())), diff
+    print(f"ioi z by head at S2 (noise): max diff {diff:.2e}")
 
 
 def test_indices_past_an_examples_end_give_no_rows(iv_store):
