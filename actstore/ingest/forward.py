@@ -36,12 +36,15 @@ class Sink:
     target:     {hook name: torch view of the chunk buffer rows of this batch}
     answer_pos: [batch, answer] answer positions on the device
     key_mask:   [batch, pos] bool, True on real tokens (for bidirectional masking)
+    capture:    False while a pass runs whose activations are not stored (the corrupted twin's):
+                the capture hooks do nothing, the masking hooks still apply
     """
 
     target: dict[str, torch.Tensor] = field(default_factory=dict)
     answer_pos: torch.Tensor | None = None
     key_mask: torch.Tensor | None = None
     non_blocking: bool = False
+    capture: bool = True
 
 
 def select_answers(act: torch.Tensor, axis: int, answer_pos: torch.Tensor) -> torch.Tensor:
@@ -59,6 +62,8 @@ def capture_hooks(sink: Sink, choices: list[tuple[str, str, tuple[str, ...]]]) -
 
         def hook(act: torch.Tensor, hook: Any, name: str = name, positions: str = positions,
                  axis: int = axis) -> None:
+            if not sink.capture:
+                return
             if positions == "answer":
                 act = select_answers(act, axis, _set(sink.answer_pos, "answer_pos"))
             sink.target[name].copy_(act.detach(), non_blocking=sink.non_blocking)

@@ -2,11 +2,15 @@
 
 Columns (see DESIGN.md):
 - examples: example_id, split, text, tokens, length, answer_positions, answer_tokens,
-  counter_tokens, then the task's label columns
+  counter_tokens, corrupted_tokens (the corrupted twin's tokens; null for a task without twins),
+  then the task's label columns
 - tokens:   example_id, pos, token_id, str_token, role (null where the token has none);
   real tokens only (no padding)
 - outputs:  example_id, answer_idx, answer_pos, correct_token, counter_token, correct_logit,
-  counter_logit, logit_diff, prob, rank, loss, correct
+  counter_logit, logit_diff, prob, rank, loss, correct, then the twin's baseline:
+  corrupted_correct_logit, corrupted_counter_logit, corrupted_logit_diff, corrupted_loss (the
+  clean correct and counter tokens read on the corrupted twin's run; null for a task without
+  twins, and the counter columns null for a task without counter tokens)
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import polars as pl
 from actstore.datasets.base import TaskData
 
 DEFAULT_SPLIT = "all"  # tasks that define splits put a 'split' label column in their labels
+TWIN_OUTPUTS = ("correct_logit", "counter_logit", "logit_diff", "loss")  # read on the twin's run, as corrupted_*
 
 
 def examples_frame(data: TaskData, start: int) -> pl.DataFrame:
@@ -69,4 +74,5 @@ def outputs_frame(data: TaskData, start: int, out: dict[str, np.ndarray]) -> pl.
         pl.Series("rank", flat(out["rank"]).astype(np.int64)),
         pl.Series("loss", flat(out["loss"]), dtype=pl.Float32),
         pl.Series("correct", flat(out["correct"]).astype(bool)),
+        *(nullable(f"corrupted_{key}", pl.Float32) for key in TWIN_OUTPUTS),
     ])

@@ -8,7 +8,9 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
 4. resume after the last committed chunk: batches are aligned inside chunks, so a rerun
    computes every chunk from the same batches and writes the same bytes;
 5. chunk k is filled batch by batch in place, then handed to the background writer, which
-   compresses, writes and commits it while the model computes chunk k+1.
+   compresses, writes and commits it while the model computes chunk k+1. For a task with
+   corrupted twins, each batch runs a second forward pass of the twins' tokens (same attention
+   mask, nothing captured) for the twin's baseline outputs (`meta/outputs` corrupted_* columns).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from tqdm.auto import tqdm
 
@@ -40,11 +43,11 @@ from actstore.ingest.background import BackgroundWriter
 from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, attention_mask, bidirectional_mask_hooks,
                                      capture_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
-from actstore.ingest.meta import examples_frame, outputs_frame, tokens_frame
+from actstore.ingest.meta import TWIN_OUTPUTS, examples_frame, outputs_frame, tokens_frame
 from actstore.ingest.probe import probe_batch
 from actstore.store.arch import Arch
 from actstore.store.commits import committed_prefix
-from actstore.store.layout import DEFAULT_CODEC, chunk_ranges
+from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, part_path
 from actstore.store.lock import store_lock
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
@@ -93,7 +96,8 @@ def ingest(
     overwrite:  replace a store of a different run at `out` instead of refusing
     background: write chunks on a background thread (False: write inline, for comparison)
     stats:      if given, filled with timings: setup_s (model, data, probe, store creation), loop_s
-                (forward + writing, until the last commit), examples and bytes_written by this call
+                (forward + writing, until the last commit), twin_s (the part of loop_s spent in the
+                corrupted twins' forward passes), examples and bytes_written by this call
     """
     t0 = time.perf_counter()
     check_n_seed(n, seed)
@@ -150,7 +154,7 @@ def ingest(
         loop = _Loop(out, manifest, net, data, dev, buffers, quiet=quiet, background=background)
         done = loop.run()
     if stats is not None:
-        stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, examples=float(done),
+        stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, twin_s=loop.twin_s, examples=float(done),
                      bytes_written=float(loop.bytes_written))
     return open_store(out)
 
@@ -162,6 +166,7 @@ class _BatchTensors:
     answer_pos: torch.Tensor  # [batch, answer]
     answer_tokens: torch.Tensor  # [batch, answer]
     counter_tokens: torch.Tensor | None  # [batch, answer]
+    corrupted_tokens: torch.Tensor | None = None  # [batch, pos]
 
 
 def _batch_tensors(data: TaskData, b0: int, b1: int, dev: torch.device) -> _BatchTensors:
@@ -169,7 +174,8 @@ def _batch_tensors(data: TaskData, b0: int, b1: int, dev: torch.device) -> _Batc
         return torch.from_numpy(np.ascontiguousarray(a[b0:b1], dtype=np.int64)).to(dev, non_blocking=True)
 
     return _BatchTensors(put(data.tokens), put(data.lengths), put(data.answer_pos), put(data.answer_tokens),
-                         None if data.counter_tokens is None else put(data.counter_tokens))
+                         None if data.counter_tokens is None else put(data.counter_tokens),
+                         None if data.corrupted_tokens is None else put(data.corrupted_tokens))
 
 
 class _Loop:
@@ -186,11 +192,15 @@ class _Loop:
         for bufs in buffers:
             self.free.put(bufs)
         self.bytes_written = 0
+        self.twin_s = 0.0  # seconds in the twins' forward passes
+        self.twin = data.corrupted_tokens is not None  # run the twins' pass (see _match_committed_columns)
+        self.columns: dict[str, list[str]] | None = None  # the meta columns to write, when not all
 
     def run(self) -> int:
         """Compute and write every uncommitted chunk (the caller holds the store's lock); returns the
         number of examples written. A failed write leaves the committed chunks as they were."""
         first = committed_prefix(self.out, len(self.ranges))
+        self._match_committed_columns(first)
         try:
             self.writer.discard_uncommitted(first)
             done = self._run(first)
@@ -202,6 +212,30 @@ class _Loop:
                                   "committed so far are kept, rerun the same ingest to resume") from None
         finally:
             self.writer.close()
+
+    def _match_committed_columns(self, first: int) -> None:
+        """When resuming a store whose committed parts an earlier actstore wrote with fewer meta columns (before
+        the corrupted twins), write the remaining parts with those columns only (and skip the twin pass if its
+        columns are not kept), so every part of a table has the same columns; StoreExistsError if the committed
+        parts have columns this ingest does not make."""
+        if first == 0:
+            return
+        stored = {t: list(pl.read_parquet_schema(part_path(self.out, t, 0))) for t in META_TABLES}
+        one = self.data.slice(0, 1)
+        fake = {k: np.zeros((1, one.n_answers)) for k in ("correct_logit", "counter_logit", "logit_diff", "prob",
+                                                          "rank", "loss", "correct")}
+        fake.update({f"corrupted_{k}": np.zeros((1, one.n_answers)) for k in TWIN_OUTPUTS})
+        made = {"examples": examples_frame(one, 0).columns, "tokens": tokens_frame(one, 0).columns,
+                "outputs": outputs_frame(one, 0, fake).columns}
+        for t in META_TABLES:
+            lacking = [c for c in stored[t] if c not in made[t]]
+            if lacking:
+                raise StoreExistsError(
+                    f"{self.out} holds chunks whose meta/{t} has columns this ingest does not make "
+                    f"({', '.join(lacking)}): another actstore version wrote them; pass --overwrite to rewrite it")
+        if stored != made:
+            self.columns = stored
+            self.twin = self.twin and "corrupted_correct_logit" in stored["outputs"]
 
     def _run(self, first: int) -> int:
         if first == len(self.ranges):
@@ -249,7 +283,24 @@ class _Loop:
         sink.target = {name: buf[b0 - start:b1 - start] for name, buf in bufs.items()}
         sink.answer_pos, sink.key_mask = t.answer_pos, mask.bool()
         logits = self.net(t.tokens, attention_mask=mask, return_type="logits")
-        return answer_outputs(answer_logits(logits, t.answer_pos), t.answer_tokens, t.counter_tokens)
+        out = answer_outputs(answer_logits(logits, t.answer_pos), t.answer_tokens, t.counter_tokens)
+        del logits
+        if self.twin:
+            out.update(self._twin_outputs(sink, t, mask))
+        return out
+
+    def _twin_outputs(self, sink: Sink, t: _BatchTensors, mask: torch.Tensor) -> dict[str, np.ndarray]:
+        """The clean answer (and counter) token read on the corrupted twins' run: one more forward pass,
+        same attention mask, nothing captured; {'corrupted_' + column: [batch, answer]}."""
+        started = time.perf_counter()
+        sink.capture = False
+        try:
+            logits = self.net(t.corrupted_tokens, attention_mask=mask, return_type="logits")
+        finally:
+            sink.capture = True
+        twin = answer_outputs(answer_logits(logits, t.answer_pos), t.answer_tokens, t.counter_tokens)
+        self.twin_s += time.perf_counter() - started  # answer_outputs copied to the host: the pass is done
+        return {f"corrupted_{k}": twin[k] for k in TWIN_OUTPUTS if k in twin}
 
     def _write(self, item: tuple[int, dict[str, torch.Tensor], dict[str, np.ndarray]]) -> None:
         k, bufs, outs = item
@@ -257,6 +308,8 @@ class _Loop:
         part = self.data.slice(start, stop)
         meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start),
                 "outputs": outputs_frame(part, start, outs)}
+        if self.columns is not None:  # resuming chunks an earlier version wrote: keep their columns
+            meta = {t: frame.select(self.columns[t]) for t, frame in meta.items()}
         acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
         self.bytes_written += self.writer.write_chunk(k, acts, meta)
         self.free.put(bufs)
@@ -328,7 +381,8 @@ def _check_fits(data: TaskData, cfg: Any) -> None:
         raise InvalidParameterError(
             f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx}")
     answers = [data.answer_tokens] + ([] if data.counter_tokens is None else [data.counter_tokens])
-    for label, top, size in (("token", int(data.tokens.max()), cfg.d_vocab),
+    tokens = [data.tokens] + ([] if data.corrupted_tokens is None else [data.corrupted_tokens])
+    for label, top, size in (("token", int(max(t.max() for t in tokens)), cfg.d_vocab),
                              ("answer token", int(max(a.max() for a in answers)), cfg.d_vocab_out)):
         if top >= size:
             raise InvalidParameterError(

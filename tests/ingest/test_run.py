@@ -119,6 +119,10 @@ def test_outputs_and_meta_tables(tmp_path, models):
     k_logit = at.gather(-1, torch.tensor(data.counter_tokens)[..., None])[..., 0].reshape(-1).detach().numpy()
     np.testing.assert_allclose(out["logit_diff"].to_numpy(), c_logit.reshape(-1).detach().numpy() - k_logit,
                                atol=1e-5)
+    assert out.columns == ["example_id", "answer_idx", "answer_pos", "correct_token", "counter_token",
+                           "correct_logit", "counter_logit", "logit_diff", "prob", "rank", "loss", "correct",
+                           "corrupted_correct_logit", "corrupted_counter_logit", "corrupted_logit_diff",
+                           "corrupted_loss"]
 
     ex = store.examples
     assert ex.columns[:2] == ["example_id", "split"] and ex["example_id"].to_list() == list(range(50))
@@ -136,6 +140,72 @@ def test_counterfactual_outputs(tmp_path, models):
     assert out["counter_token"].null_count() == 0
     np.testing.assert_allclose(out["logit_diff"].to_numpy(),
                                (out["correct_logit"] - out["counter_logit"]).to_numpy(), atol=1e-6)
+
+
+def twin_baselines(model, data) -> dict[str, np.ndarray]:
+    """The clean answer and counter tokens read on a plain (unhooked) masked run of the twins: [example * answer]."""
+    toks = torch.tensor(data.corrupted_tokens)
+    mask = (torch.arange(toks.shape[1])[None] < torch.tensor(data.lengths)[:, None]).long()
+    if model.cfg.attention_dir == "bidirectional":  # one unpadded run per example (TransformerLens masks causal only)
+        at = torch.stack([model(toks[e:e + 1, :data.lengths[e]])[0, data.answer_pos[e]]
+                          for e in range(len(data))]).double()
+    else:
+        logits = model(toks, attention_mask=mask).double()
+        at = logits[torch.arange(len(data))[:, None], torch.tensor(data.answer_pos)]
+    correct = at.gather(-1, torch.tensor(data.answer_tokens)[..., None])[..., 0]
+    counter = at.gather(-1, torch.tensor(data.counter_tokens)[..., None])[..., 0]
+    loss = -at.log_softmax(-1).gather(-1, torch.tensor(data.answer_tokens)[..., None])[..., 0]
+    return {k: v.reshape(-1).detach().numpy() for k, v in
+            (("correct_logit", correct), ("counter_logit", counter), ("logit_diff", correct - counter), ("loss", loss))}
+
+
+@pytest.mark.parametrize("kind, params", [("addition", {}), ("list_update", {}), ("brackets", {"max_len": 40})])
+def test_twin_baselines_are_the_twins_own_run(tmp_path, models, kind, params):
+    """corrupted_* outputs: the clean correct / counter tokens on the twin's run, batch by batch (brackets:
+    bidirectional and right-padded, so the twin's run is masked like the clean one)."""
+    n = 21
+    store = actstore.ingest(kind, models[kind], n, 4, tmp_path / "s", chunk=8, batch=4, dtype="float32",
+                            quiet=True, task_params=params)
+    data = get_task(kind, **params).generate(n, 4)
+    ex = store.examples
+    assert ex["corrupted_tokens"].to_list() == [row[:k].tolist() for row, k in
+                                                zip(data.corrupted_tokens, data.lengths)]
+    out = store.outputs
+    want = twin_baselines(models[kind], data)
+    for col, values in want.items():
+        assert out.schema[f"corrupted_{col}"] == pl.Float32
+        np.testing.assert_allclose(out[f"corrupted_{col}"].to_numpy(), values, atol=2e-5, err_msg=col)
+    # the twin's run is another run: its logits differ from the clean ones where the twin's answer does
+    assert not np.allclose(out["corrupted_correct_logit"].to_numpy(), out["correct_logit"].to_numpy())
+
+
+def test_twin_baselines_without_counter_or_twin_are_null(tmp_path, models):
+    from no_counter import AdditionNoCounter, no_counter_task
+
+    with no_counter_task() as task:
+        store = actstore.ingest(task, models["addition"], 12, 0, tmp_path / "nocounter", chunk=8, quiet=True)
+    out = store.outputs
+    assert out["corrupted_correct_logit"].null_count() == out["corrupted_loss"].null_count() == 0
+    assert out["corrupted_counter_logit"].null_count() == out["corrupted_logit_diff"].null_count() == 48
+
+    class NoTwin(AdditionNoCounter):
+        name = "addition_no_twin"
+
+        def generate(self, n, seed, tokenizer=None):
+            return dataclasses.replace(super().generate(n, seed, tokenizer), task=self.name, corrupted_tokens=None)
+
+    from actstore.datasets import TASKS, register_task
+
+    register_task(NoTwin)
+    try:
+        store = actstore.ingest("addition_no_twin", models["addition"], 12, 0, tmp_path / "notwin", chunk=8,
+                                quiet=True)
+    finally:
+        del TASKS["addition_no_twin"]
+    out, ex = store.outputs, store.examples
+    assert ex["corrupted_tokens"].null_count() == 12
+    for col in ("correct_logit", "counter_logit", "logit_diff", "loss"):
+        assert out.schema[f"corrupted_{col}"] == pl.Float32 and out[f"corrupted_{col}"].null_count() == 48
 
 
 @pytest.mark.parametrize("kind", ["addition", "list_update", "brackets"])
@@ -171,6 +241,45 @@ def test_resume_rewrites_lost_chunks_byte_identically(tmp_path, models):
     resumed = actstore.ingest("addition", model, 70, 0, out, **kw)
     assert resumed.n_examples == 70
     assert tree_bytes(out) == tree_bytes(ref)
+
+
+def test_resume_of_a_store_written_before_the_twins_keeps_its_columns(tmp_path, models, monkeypatch):
+    """A store an earlier actstore left half-written (meta without corrupted_tokens, twin_* labels and the
+    corrupted_* outputs) resumes with the columns it has: every part alike, the same bytes as the earlier
+    version's complete run; committed parts with columns this version does not make are refused."""
+    import actstore.ingest.run as run
+    from actstore.ingest.meta import examples_frame, outputs_frame
+
+    def old_columns(frame):
+        return frame.select([c for c in frame.columns if not c.startswith(("corrupted_", "twin_"))])
+
+    model, kw = models["addition"], dict(chunk=16, batch=8, quiet=True)
+    with monkeypatch.context() as m:  # the earlier version's tables
+        m.setattr(run, "examples_frame", lambda data, start: old_columns(examples_frame(data, start)))
+        m.setattr(run, "outputs_frame", lambda data, start, out: old_columns(outputs_frame(data, start, out)))
+        ref = actstore.ingest("addition", model, 70, 0, tmp_path / "ref", **kw).path
+    out = tmp_path / "old"
+    shutil.copytree(ref, out)
+    (out / "_commits/complete.json").unlink()
+    for k in (3, 4):
+        commit_path(out, k).unlink()
+    resumed = actstore.ingest("addition", model, 70, 0, out, **kw)
+    assert resumed.n_examples == 70 and "corrupted_tokens" not in resumed.examples.columns
+    assert "corrupted_loss" not in resumed.outputs.columns and "twin_a" not in resumed.examples.columns
+    assert tree_bytes(out) == tree_bytes(ref)
+
+    # committed parts with a column this ingest does not make: refused, nothing changed
+    odd = tmp_path / "odd"
+    with monkeypatch.context() as m:
+        m.setattr(run, "outputs_frame", lambda data, start, out: outputs_frame(data, start, out).with_columns(
+            pl.lit(1.0).alias("future_column")))
+        actstore.ingest("addition", model, 70, 0, odd, **kw)
+    (odd / "_commits/complete.json").unlink()
+    commit_path(odd, 4).unlink()
+    before = tree_bytes(odd)
+    with pytest.raises(StoreExistsError, match=r"meta/outputs has columns this ingest does not make \(future_column\)"):
+        actstore.ingest("addition", model, 70, 0, odd, **kw)
+    assert tree_bytes(odd) == before
 
 
 def test_inline_writer_gives_the_same_bytes(tmp_path, models):
