@@ -39,11 +39,15 @@ class Example:
         parser.add_argument("--charts", type=Path, default=None, help="write PNG + HTML charts to this directory")
         parser.add_argument("--chart-scale", type=float, default=2.0,
                             help="PNG resolution multiplier (default 2; 1.25 keeps most charts under 200 KB)")
+        parser.add_argument("--sweep-n", type=int, default=64,
+                            help="examples each patching / ablation sweep runs on: the store's first N (default 64)")
         parser.add_argument("--fresh", action="store_true",
                             help="re-ingest even if --out holds the same run (e.g. after retraining the weights)")
         self.args = parser.parse_args()
         if self.args.n < 1:
             parser.error("--n must be positive")
+        if self.args.sweep_n < 1:
+            parser.error("--sweep-n must be positive")
         self.keys: dict[str, float | str] = {}
         self.charts: list[Path] = []
         pl.Config.set_tbl_hide_column_data_types(True)
@@ -78,6 +82,22 @@ class Example:
             print(f"store: ingested {st.n_examples} {task} examples through {model} into {_show(out)} "
                   f"in {time.perf_counter() - t:.1f} s")
         return st
+
+    # --- intervention sweeps ------------------------------------------------------------------
+
+    def sweep_n(self, store: Any) -> int:
+        """How many examples (the store's first) each intervention sweep runs on: --sweep-n, at most the store's."""
+        return min(self.args.sweep_n, store.n_examples)
+
+    @staticmethod
+    def sweep(what: str, run: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """Run one sweep (actstore.interventions: it is stored in the store, and a rerun of the same
+        sweep reads it back instead of recomputing) and print its id, size and time."""
+        t = time.perf_counter()
+        rows = run()
+        sid = rows.get_column("sweep")[0] if rows.height else "(empty)"
+        print(f"sweep {sid}: {what}: {rows.height} rows in {time.perf_counter() - t:.1f} s")
+        return rows
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -148,6 +168,13 @@ def answer_stats() -> dict[str, pl.Expr]:
     difference (correct - counterfactual) and the share of answers where it is positive."""
     return {"examples": pl.len(), "accuracy": pl.col("correct").mean(),
             "mean_logit_diff": pl.col("logit_diff").mean(), "diff_positive": (pl.col("logit_diff") > 0).mean()}
+
+
+def interval(row: dict[str, Any]) -> str:
+    """'95% CI low..high' of a summary row (mean, ci_low, ci_high), or why it has none."""
+    if row.get("ci_low") is None or row.get("ci_high") is None:
+        return "no interval from fewer than 2 values"
+    return f"95% CI {row['ci_low']:.3f}..{row['ci_high']:.3f}"
 
 
 def head_label(layer: int, head: int) -> str:

@@ -4,7 +4,14 @@ Ingests the zoo model on the list_update task, then redoes the seed's analysis f
 accuracy, logit lens, direct logit attribution by layer and by head, the mean attention pattern
 of each head from the answer positions, and the full OV circuits (L0H0, L1H0 and the virtual
 head L0H0 -> L1H0), each split by `changed` (elt differs from a[idx]) and by whether the answer
-slot is the updated one (answer_idx == idx).
+slot is the updated one (answer_idx == idx); then the seed's activation patching through the store
+(actstore.interventions, on the first --sweep-n examples): each example's corrupted twin has
+another elt (so another b at the updated slot), the twin is run with one clean activation
+patched in, and the normalised score (patched - corrupted) / (clean - corrupted) of the logit
+difference (the clean update's token minus the twin's) at the updated slot says how much that
+activation restores: resid_pre by layer x position and, per head, its output z, query q, key k,
+value v and attention pattern by position (the seed corrupts idx in one example; the store's
+twins corrupt elt, in every example).
 
     .venv/bin/python examples/seed000_list_update.py --n 4000 --charts stores/charts/seed000
 """
@@ -16,7 +23,11 @@ import polars as pl
 from _common import Example, head_label, run
 
 import actstore.charts as ch
+from actstore.interventions import patch
 from actstore.query import attention, breakdown, circuit_matrix, dla, logit_lens, ov_circuit, virtual_ov
+from actstore.query.interventions import normalised
+
+HEAD_HOOKS = ("z", "q", "k", "v", "pattern")
 
 
 def main() -> None:
@@ -131,6 +142,8 @@ def main() -> None:
     ex.key(f"ov_{last}_top1_diagonal", l1["top1_on_diagonal"])
     ex.key(f"ov_{last}_copy_score_z", l1["copy_score_z"])
 
+    _patching(ex, store)
+
     ex.chart("logit_lens", lambda: ch.logit_lens_lines(lens_raw))
     ex.chart("dla_by_head_changed", lambda: ch.component_bars_by(head_raw, examples, "changed"))
     ex.chart("attention",
@@ -139,6 +152,62 @@ def main() -> None:
                                                    row_labels=[str(i) for i in nums],
                                                    col_labels=[str(i) for i in nums]))
     ex.finish()
+
+
+def _patching(ex: Example, store) -> None:
+    k = ex.sweep_n(store)
+    ex.section(f"Activation patching on the first {k} examples (denoise: the twin with another elt, one clean "
+               "activation patched in; scored at the updated slot)")
+    rows = {"resid_pre": ex.sweep("patch resid_pre by layer x position", lambda: patch(
+        store, "resid_pre", "layer,pos", examples=k, metrics=("logit_diff",)))}
+    for hook in HEAD_HOOKS:
+        rows[hook] = ex.sweep(f"patch {hook} of each head by position", lambda hook=hook: patch(
+            store, hook, "head,pos", examples=k, metrics=("logit_diff",)))
+    # position labels: the role, numbered where it repeats (NL4, NL7); 'query' is the position the
+    # updated slot's answer is read at (it moves with idx); later positions cannot matter and are left out
+    roles = store.tokens.filter(pl.col("example_id") == 0).sort("pos")
+    counts = roles.group_by("role").len()
+    labels = (roles.join(counts, on="role")
+              .select("pos", label=pl.when(pl.col("len") > 1).then(pl.format("{}{}", "role", "pos"))
+                      .otherwise(pl.col("role"))))
+    order = [*labels.get_column("label").to_list(), "query"]
+    updated = (store.outputs.join(store.examples.select("example_id", "idx"), on="example_id")
+               .filter(pl.col("answer_idx") == pl.col("idx")).select("example_id", "answer_idx", "answer_pos"))
+
+    def at_slot(t: pl.DataFrame) -> pl.DataFrame:
+        t = normalised(t).join(updated, on=["example_id", "answer_idx"]).filter(pl.col("pos") <= pl.col("answer_pos"))
+        t = t.join(labels, on="pos")
+        return t.with_columns(label=pl.when(pl.col("pos") == pl.col("answer_pos")).then(pl.lit("query"))
+                              .otherwise(pl.col("label")))
+
+    base = at_slot(rows["resid_pre"]).unique("example_id")
+    clean, corrupted = float(base["clean"].mean()), float(base["corrupted"].mean())
+    ex.say(f"logit difference clean b - twin b at the updated slot: clean {clean:.2f}, twin {corrupted:.2f}")
+    ex.key("patch_clean_logit_diff", clean)
+    ex.key("patch_corrupted_logit_diff", corrupted)
+    scores = pl.concat([breakdown(at_slot(t).with_columns(target=pl.when(pl.col("head").is_null())
+                                                          .then(pl.format("L{}", "layer"))
+                                                          .otherwise(pl.format("L{}H{}", "layer", "head"))),
+                                  group_by=[], value="score", keys=["hook", "target", "label"]) for t in rows.values()])
+    present = [c for c in order if c in set(scores.get_column("label").to_list())]
+    ex.table(scores.pivot(on="label", index=["hook", "target"], values="mean").select("hook", "target", *present),
+             "mean normalised score by target and position (1: the clean update restored)")
+    at = {(r["hook"], r["target"], r["label"]): r for r in scores.iter_rows(named=True)}
+    ex.key("patch_resid_pre_L0_elt", float(at["resid_pre", "L0", "elt"]["mean"]))
+    ex.key("patch_resid_pre_L1_elt", float(at["resid_pre", "L1", "elt"]["mean"]))
+    ex.key("patch_resid_pre_L1_query", float(at["resid_pre", "L1", "query"]["mean"]))
+    for hook in HEAD_HOOKS:
+        r = scores.filter(pl.col("hook") == hook).sort("mean", descending=True).row(0, named=True)
+        ex.key(f"patch_{hook}_top", f"{r['target']} {r['label']}")
+        ex.key(f"patch_{hook}_top_score", float(r["mean"]))
+    ex.chart("patch_resid_pre", lambda: ch.position_heatmap(rows["resid_pre"], tokens=store.tokens))
+    ex.chart("patch_v", lambda: ch.position_heatmap(rows["v"], tokens=store.tokens))
+    v = scores.filter(pl.col("hook") == "v").sort("mean", descending=True).row(0, named=True)
+    qk = scores.filter(pl.col("hook").is_in(["q", "k", "pattern"])).sort(pl.col("mean").abs(), descending=True)
+    w = qk.row(0, named=True)
+    ex.say(f"the new element reaches the answer as a value: v of {v['target']} at {v['label']} restores "
+           f"{v['mean']:.3f}; no query, key or pattern patch restores more than {abs(w['mean']):.3f} "
+           f"({w['hook']} of {w['target']} at {w['label']}): the twin changes what is moved, not where heads look")
 
 
 def _pos_eig_share(m: np.ndarray) -> float:

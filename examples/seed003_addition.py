@@ -4,7 +4,11 @@ Ingests the zoo model on the addition task (digits most significant first; answe
 digit c_i, read one position before it; carry_i says digit i receives a carry), then redoes the
 seed's analysis from the store: accuracy per digit and carry, per-head direct logit attribution
 by digit, the carry vs no-carry split of that attribution per digit, layer-1 attention from each
-answer's query position to the a/b digits split by carry, and the path (virtual head) DLA.
+answer's query position to the a/b digits split by carry, the path (virtual head) DLA, and the
+seed's mean ablations through the store (actstore.interventions, on the first --sweep-n
+examples): each head's output z, and its q, k and v, replaced by their mean over the store's
+examples at each position, with the increase of the loss of each sum digit, overall and split
+by whether that digit receives a carry.
 
     .venv/bin/python examples/seed003_addition.py --n 4000 --charts stores/charts/seed003
 """
@@ -15,7 +19,9 @@ import polars as pl
 from _common import Example, run
 
 import actstore.charts as ch
+from actstore.interventions import ablate
 from actstore.query import attention, breakdown, dla
+from actstore.query.interventions import effects
 
 
 def main() -> None:
@@ -119,6 +125,8 @@ def main() -> None:
     path_sum = paths.group_by("example_id", "answer_idx").agg(pl.col("value").sum())
     ex.key("path_sum_mean", float(path_sum.get_column("value").mean()))
 
+    _ablations(ex, store, carry_of)
+
     ex.chart("dla_heads", lambda: ch.dla_heatmap(d))
     ex.chart("dla_carry_split", lambda: ch.component_bars_by(d, examples, carry_of, top=8,
                                                              label_title="carry into digit"))
@@ -127,6 +135,78 @@ def main() -> None:
         query_role[0], group_by=carry_of[0]))
     ex.chart("path_dla", lambda: ch.component_bars(paths, top=12))
     ex.finish()
+
+
+def _ablations(ex: Example, store, carry_of: dict[int, str]) -> None:
+    k = ex.sweep_n(store)
+    ex.section(f"Mean ablation of each head (z) and of its q, k, v on the first {k} examples: loss increase per digit")
+    rows = {hook: ex.sweep(f"mean-ablate {hook} of each head", lambda hook=hook: ablate(
+        store, hook, "head", method="mean", examples=k, metrics=("loss",))) for hook in ("z", "q", "k", "v")}
+    base = rows["z"].unique(["example_id", "answer_idx"])
+    ex.say("clean loss per digit: " + ", ".join(
+        f"c{i} {v:.4f}" for i, v in base.group_by("answer_idx").agg(pl.col("clean").mean()).sort("answer_idx").rows()))
+    # effect = ablated loss - clean loss, per (head, digit); the seed's heatmap and per-digit lines
+    z = effects(rows["z"], value="effect").with_columns(target=pl.format("L{}H{}", "layer", "head"),
+                                                        digit=pl.format("c{}", "answer_idx"))
+    ex.table(z.pivot(on="digit", index="target", values="mean")
+             .join(z.group_by("target").agg(all=pl.col("mean").mean()), on="target").sort("target"),
+             "z (the head's whole output): mean loss increase per digit and over all digits")
+    overall = z.group_by("target", maintain_order=True).agg(pl.col("mean").mean()).sort("mean", descending=True)
+    ex.key("ablate_z_top_head", overall["target"][0])
+    ex.key("ablate_z_top_dloss", float(overall["mean"][0]))
+    for (digit,), part in z.group_by("answer_idx", maintain_order=True):
+        r = part.sort("mean", descending=True).row(0, named=True)
+        ex.key(f"ablate_z_top_head_c{digit}", r["target"])
+        ex.key(f"ablate_z_top_dloss_c{digit}", float(r["mean"]))
+    ex.say(f"{overall['target'][0]} matters most (loss +{overall['mean'][0]:.2f} over all digits); "
+           f"{overall['target'][-1]} least (+{overall['mean'][-1]:.2f})")
+
+    qkv = pl.concat([effects(rows[h], value="effect") for h in ("q", "k", "v")]).with_columns(
+        target=pl.format("L{}H{}", "layer", "head"))
+    per = qkv.group_by("hook", "target", maintain_order=True).agg(pl.col("mean").mean())
+    ex.table(per.pivot(on="target", index="hook", values="mean"), "q, k, v: mean loss increase over all digits")
+    l0q = per.filter((pl.col("hook") == "q") & pl.col("target").str.starts_with("L0"))
+    worst = l0q.sort("mean", descending=True).row(0, named=True)
+    ex.say(f"mean-ablating a layer-0 query raises the loss by at most {worst['mean']:.3f} ({worst['target']}): "
+           "layer-0 queries are nearly constant across inputs")
+    ex.key("ablate_q_L0_max_dloss", float(worst["mean"]))
+
+    ex.section("The same ablations split by whether the digit receives a carry (carry_i)")
+    parts = []
+    for hook in ("z", "q", "k", "v"):
+        for i, col in carry_of.items():
+            e = effects(rows[hook].filter(pl.col("answer_idx") == i), group_by=col, examples=store.examples,
+                        value="effect")
+            parts.append(e.rename({col: "carry"}).select("hook", "layer", "head", "answer_idx", "carry", "mean", "n"))
+    split = (pl.concat(parts).with_columns(target=pl.format("L{}H{}", "layer", "head"))
+             .pivot(on="carry", index=["hook", "target", "answer_idx"], values="mean"))
+    for label in ("true", "false"):  # a few examples may all have (or all lack) a carry into a digit
+        if label not in split.columns:
+            split = split.with_columns(pl.lit(None, pl.Float64).alias(label))
+    split = split.rename({"true": "carry", "false": "no_carry"}).with_columns(
+        delta=pl.col("carry") - pl.col("no_carry"))
+    ex.table(split.filter(pl.col("hook") == "z").select("answer_idx", "target", "no_carry", "carry", "delta")
+             .sort("answer_idx", "target"), "z: loss increase without / with a carry into the digit")
+    for (digit,), part in split.filter(pl.col("hook") == "z").group_by("answer_idx", maintain_order=True):
+        part = part.filter(pl.col("delta").is_not_null())
+        if part.height == 0:
+            ex.say(f"digit c{digit}: the first {k} examples do not have both a carry and none into it")
+            continue
+        r = part.sort(pl.col("delta").abs(), descending=True).row(0, named=True)
+        ex.say(f"digit c{digit}: a carry changes what ablating {r['target']} costs most "
+               f"(+{r['no_carry']:.2f} -> +{r['carry']:.2f})")
+        ex.key(f"ablate_carry_head_c{digit}", r["target"])
+        ex.key(f"ablate_carry_delta_c{digit}", float(r["delta"]))
+    ex.chart("ablation_z_carry_split", lambda: ch.effect_bars(rows["z"], store.examples, carry_of,
+                                                              label_title="carry into digit"))
+    l1k = (split.filter((pl.col("hook") == "k") & pl.col("target").str.starts_with("L1"))
+           .select(pl.col("no_carry").mean(), pl.col("carry").mean()))
+    no_carry, carry = l1k["no_carry"][0], l1k["carry"][0]
+    if no_carry is not None and carry is not None:
+        ex.say(f"layer-1 keys (mean over L1 heads and digits c0..c{len(carry_of) - 1}): ablating them costs "
+               f"+{no_carry:.2f} without a carry, +{carry:.2f} with one")
+        ex.key("ablate_k_L1_no_carry", float(no_carry))
+        ex.key("ablate_k_L1_carry", float(carry))
 
 
 def _query_roles(store) -> dict[int, str]:

@@ -2,16 +2,20 @@
 independent computation from the store they wrote (raw activations and weights, plain numpy).
 
 Each script runs as a subprocess with a small --n, a tmp --out and --charts. A script whose zoo
-weights are not installed is skipped.
+weights are not installed is skipped. Their patching and ablation numbers (sweeps of
+actstore.interventions on the first SWEEP_N examples) are recomputed here with plain
+TransformerLens hooks on the zoo model, on the examples' clean and corrupted tokens.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,6 +26,7 @@ from actstore.models.zoo import weight_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+SWEEP_N = 16  # examples each patching / ablation sweep of an example runs on here (--sweep-n)
 
 
 def needs_zoo(name: str) -> pytest.MarkDecorator:
@@ -36,8 +41,8 @@ def run_example(script: str, tmp_path: Path, n: int, *extra: str) -> tuple[str, 
     out, charts = tmp_path / "store", tmp_path / "charts"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--n", str(n), "--out", str(out),
-                           "--charts", str(charts), *extra], check=False, capture_output=True, text=True, env=env,
-                          timeout=600)
+                           "--charts", str(charts), "--sweep-n", str(SWEEP_N), *extra], check=False,
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout, key_numbers(proc.stdout), actstore.open_store(out), charts
 
@@ -125,6 +130,83 @@ def close(printed: str, expected: float, rel: float = 2e-3, abs_: float = 2e-3) 
     assert float(printed) == pytest.approx(expected, rel=rel, abs=abs_), (printed, expected)
 
 
+# --- patching / ablation recomputed with TransformerLens hooks ----------------------------------
+
+@functools.lru_cache(maxsize=None)
+def zoo_model(spec: str) -> Any:
+    from actstore.models import load_model
+
+    return load_model(spec)
+
+
+class Twins:
+    """The first `k` examples of a store as arrays: clean and corrupted tokens (right-padded; the model
+    is causal and every metric is read at or before an example's last token), answer positions, answer
+    and counter tokens [k, answer]."""
+
+    def __init__(self, store, k: int) -> None:
+        ex = store.examples.sort("example_id").head(k)
+        self.k, self.ex = k, ex
+        width = int(ex.get_column("length").max())
+
+        def pad(col: str) -> np.ndarray:
+            out = np.zeros((k, width), dtype=np.int64)
+            for i, row in enumerate(ex.get_column(col).to_list()):
+                out[i, :len(row)] = row
+            return out
+
+        self.clean, self.corrupted = pad("tokens"), pad("corrupted_tokens")
+        self.answer_pos = np.stack(ex.get_column("answer_positions").to_list()).astype(np.int64)
+        self.answer = np.stack(ex.get_column("answer_tokens").to_list()).astype(np.int64)
+        self.counter = np.stack(ex.get_column("counter_tokens").to_list()).astype(np.int64)
+        self.net = zoo_model(store.manifest.model_spec)
+
+    def cache(self, tokens: np.ndarray) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return self.net.run_with_cache(torch.as_tensor(tokens))[1]
+
+    def metric(self, tokens: np.ndarray, metric: str, hooks: list | None = None) -> np.ndarray:
+        """[k, answer] logit_diff (answer - counter) or loss (-log p(answer)) at the answer positions."""
+        import torch
+
+        with torch.no_grad():
+            logits = self.net.run_with_hooks(torch.as_tensor(tokens), fwd_hooks=hooks or []).double()
+        at = logits[torch.arange(self.k)[:, None], torch.as_tensor(self.answer_pos)]  # [k, answer, vocab]
+        ans = at.gather(-1, torch.as_tensor(self.answer)[..., None])[..., 0]
+        if metric == "loss":
+            return (-(at.log_softmax(-1).gather(-1, torch.as_tensor(self.answer)[..., None])[..., 0])).numpy()
+        return (ans - at.gather(-1, torch.as_tensor(self.counter)[..., None])[..., 0]).numpy()
+
+
+def put(source: Any, index: Any) -> Any:
+    """A hook that writes source[index] into the activation at `index` (source: a tensor of its shape;
+    index: a tuple of slices, ints and integer arrays)."""
+    import torch
+
+    index = tuple(torch.as_tensor(np.array(i)) if isinstance(i, np.ndarray) else i for i in index)
+
+    def hook(x: Any, hook: Any) -> Any:
+        x[index] = source[index].to(x.dtype)
+        return x
+    return hook
+
+
+def denoise_score(t: Twins, hooks: list, mask: np.ndarray | None = None) -> float:
+    """Mean normalised score (patched - corrupted) / (clean - corrupted) of the logit difference over
+    the answers `mask` selects (default all) where clean and corrupted differ."""
+    clean, corrupted = t.metric(t.clean, "logit_diff"), t.metric(t.corrupted, "logit_diff")
+    patched = t.metric(t.corrupted, "logit_diff", hooks)
+    keep = (clean != corrupted) if mask is None else mask & (clean != corrupted)
+    return float(((patched - corrupted) / np.where(keep, clean - corrupted, 1.0))[keep].mean())
+
+
+def head_of(name: str) -> tuple[int, int]:
+    layer, head = (int(x) for x in re.fullmatch(r"L(\d+)H(\d+)", name).groups())
+    return layer, head
+
+
 @needs_zoo("list_update")
 def test_seed000_list_update(tmp_path: Path) -> None:
     stdout, keys, store, charts = run_example("seed000_list_update.py", tmp_path, 200)
@@ -163,18 +245,44 @@ def test_seed000_list_update(tmp_path: Path) -> None:
           @ w_u[:, :50])
     close(keys[f"ov_L{last}H0_top1_diagonal"], float((ov.argmax(1) == np.arange(50)).mean()))
     assert "Logit lens" in stdout and "Full OV circuits" in stdout
-    assert_charts(charts, ["logit_lens", "dla_by_head_changed", "attention", "ov_L1H0"])
+    # activation patching at the updated slot (answer_idx == idx), recomputed with TransformerLens hooks
+    t = Twins(store, SWEEP_N)
+    k, rows = SWEEP_N, np.arange(SWEEP_N)
+    idx = t.ex.get_column("idx").to_numpy()
+    slot = np.arange(store.n_answers)[None, :] == idx[:, None]  # [k, answer]: the updated slot
+    upd = (store.outputs.filter(pl.col("example_id") < k).join(t.ex.select("example_id", "idx"), on="example_id")
+           .filter(pl.col("answer_idx") == pl.col("idx")))
+    close(keys["patch_clean_logit_diff"], upd.get_column("logit_diff").mean(), rel=1e-3)
+    close(keys["patch_corrupted_logit_diff"], t.metric(t.corrupted, "logit_diff")[slot].mean(), rel=1e-3)
+    labels = [r if roles.count(r) == 1 else f"{r}{p}" for p, r in enumerate(roles)]
+    query = t.answer_pos[rows, idx]  # where the updated slot's answer is read
+    cc = t.cache(t.clean)
+    target, label = keys["patch_v_top"].split()
+    layer, head = head_of(target)
+    where = query if label == "query" else np.full(k, labels.index(label))
+    name = f"blocks.{layer}.attn.hook_v"
+    close(keys["patch_v_top_score"], denoise_score(t, [(name, put(cc[name], (rows, where, head)))], slot),
+          rel=1e-3, abs_=1e-3)
+    name = "blocks.1.hook_resid_pre"
+    close(keys["patch_resid_pre_L1_query"], denoise_score(t, [(name, put(cc[name], (rows, query)))], slot),
+          rel=1e-3, abs_=1e-3)
+    assert "Activation patching" in stdout
+    assert_charts(charts, ["logit_lens", "dla_by_head_changed", "attention", "ov_L1H0", "patch_resid_pre", "patch_v"])
 
 
 @needs_zoo("list_update")
 def test_seed000_reuses_then_replaces_store(tmp_path: Path) -> None:
     out = tmp_path / "store"
-    args = [sys.executable, str(EXAMPLES / "seed000_list_update.py"), "--out", str(out)]
+    args = [sys.executable, str(EXAMPLES / "seed000_list_update.py"), "--out", str(out), "--sweep-n", "8"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run([*args, "--n", "64"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0 and "store: ingested 64" in first.stdout, first.stderr
     again = subprocess.run([*args, "--n", "64"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "store: reusing" in again.stdout
+    # the reused store holds the patching sweeps: the rerun reads the same sweeps back
+    sweeps = re.compile(r"^sweep ([0-9a-f]{16}): ", flags=re.MULTILINE)
+    assert sweeps.findall(first.stdout) and sweeps.findall(again.stdout) == sweeps.findall(first.stdout)
+    assert set(sweeps.findall(first.stdout)) <= {p.name for p in (out / "interventions").iterdir()}
     other = subprocess.run([*args, "--n", "96"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert other.returncode == 0 and "holds another run; replacing it" in other.stdout
     assert actstore.open_store(out).n_examples == 96
@@ -209,7 +317,38 @@ def test_seed003_addition(tmp_path: Path) -> None:
         assert keys[f"carry_delta_head_c{i}"] == best
         close(keys[f"carry_delta_c{i}"], deltas[best], rel=2e-2, abs_=2e-2)
     assert "Path DLA" in stdout and "breakdown(dla, group_by='carry_i')" in stdout
-    assert_charts(charts, ["dla_heads", "dla_carry_split", "attention_L1_from_eq", "path_dla"])
+    # mean ablation of each head's z: the loss increase per digit, recomputed with TransformerLens hooks that
+    # write the mean of the stored hook_z over every example of the store at each position
+    import torch
+
+    t = Twins(store, SWEEP_N)
+    clean_loss = t.metric(t.clean, "loss")  # [k, digit]
+    dloss = {}
+    for layer in range(n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        mean = torch.as_tensor(store.read(name).astype(np.float64).mean(0), dtype=torch.float32)  # [pos, head, d]
+        src = mean[None].expand(SWEEP_N, *mean.shape)
+        for h in range(mean.shape[1]):
+            hooks = [(name, put(src, (slice(None), slice(None), h)))]
+            dloss[f"L{layer}H{h}"] = t.metric(t.clean, "loss", hooks) - clean_loss
+    overall = {name: v.mean() for name, v in dloss.items()}
+    best = max(overall, key=overall.get)
+    assert keys["ablate_z_top_head"] == best
+    close(keys["ablate_z_top_dloss"], overall[best], rel=1e-3)
+    for i in range(store.n_answers):
+        per = {name: v[:, i].mean() for name, v in dloss.items()}
+        best = max(per, key=per.get)
+        assert keys[f"ablate_z_top_head_c{i}"] == best
+        close(keys[f"ablate_z_top_dloss_c{i}"], per[best], rel=1e-3)
+    # the carry split, from the examples' carry_i labels
+    for i in range(store.n_answers - 1):
+        carry = t.ex.get_column(f"carry_{i}").to_numpy()
+        deltas = {name: v[carry, i].mean() - v[~carry, i].mean() for name, v in dloss.items()}
+        best = max(deltas, key=lambda name: abs(deltas[name]))
+        assert keys[f"ablate_carry_head_c{i}"] == best
+        close(keys[f"ablate_carry_delta_c{i}"], deltas[best], rel=1e-3, abs_=1e-3)
+    assert_charts(charts, ["dla_heads", "dla_carry_split", "attention_L1_from_eq", "path_dla",
+                           "ablation_z_carry_split"])
 
 
 @needs_zoo("brackets")
@@ -306,7 +445,30 @@ def test_seed001_days(tmp_path: Path) -> None:
     assert keys["top_component"] == max(comps, key=comps.get)
     close(keys["top_component_dla"], max(comps.values()), rel=1e-2, abs_=1e-3)
     assert "Logit lens" in stdout
-    assert_charts(charts, ["dla_heads", "logit_lens", "attention_end"])
+    # activation patching (denoise) recomputed with TransformerLens hooks on the first SWEEP_N examples
+    t = Twins(store, SWEEP_N)
+    first = o.filter(pl.col("example_id") < SWEEP_N)
+    close(keys["patch_clean_logit_diff"], first.get_column("logit_diff").mean(), rel=1e-3)
+    close(keys["patch_corrupted_logit_diff"], t.metric(t.corrupted, "logit_diff").mean(), rel=1e-3, abs_=1e-3)
+    cc = t.cache(t.clean)
+    n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
+    z = {}
+    for layer in range(n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        for h in range(n_heads):
+            z[f"L{layer}H{h}"] = denoise_score(t, [(name, put(cc[name], (slice(None), slice(None), h)))])
+    best = max(z, key=z.get)
+    assert keys["patch_z_top_head"] == best
+    close(keys["patch_z_top_score"], z[best], rel=1e-3, abs_=1e-3)
+    end = t.ex.get_column("end_pos").to_numpy()
+    mlp = {}
+    for layer in range(n_layers):
+        name = f"blocks.{layer}.hook_mlp_out"
+        mlp[f"L{layer} END"] = denoise_score(t, [(name, put(cc[name], (np.arange(SWEEP_N), end)))])
+    best = max(mlp, key=mlp.get)
+    assert keys["patch_mlp_out_top"] == best
+    close(keys["patch_mlp_out_top_score"], mlp[best], rel=1e-3, abs_=1e-3)
+    assert_charts(charts, ["dla_heads", "logit_lens", "attention_end", "patch_resid_pre", "patch_z_heads"])
 
 
 @needs_zoo("lm")
@@ -338,4 +500,58 @@ def test_seed004_ioi(tmp_path: Path) -> None:
     assert (keys["sql_top_component"], keys["sql_top_order"]) == (comp, grp)
     close(keys["sql_top_mean_dla"], best, rel=1e-2, abs_=1e-3)
     assert "SELECT" in stdout
-    assert_charts(charts, ["dla_heads", "attention_end", "dla_by_order"])
+    # the top head's normalised score of z patching at END (from the Polars frame) from the SQL view
+    where = "kind = 'patch' AND hook = 'z' AND role = 'END' AND metric = 'logit_diff'"
+    res = store.sql(f"SELECT layer, head, avg((value - corrupted) / (clean - corrupted)) AS score FROM interventions "
+                    f"WHERE {where} AND clean <> corrupted GROUP BY layer, head ORDER BY score DESC").pl()
+    assert keys["patch_z_end_top_head"] == f"L{res['layer'][0]}H{res['head'][0]}"
+    close(keys["patch_z_end_top_score"], res["score"][0], rel=1e-5, abs_=1e-6)
+    # the SQL query's answer from the Polars frame of the same rows
+    from actstore.query.interventions import interventions, normalised
+
+    rows = normalised(interventions(store)).filter((pl.col("kind") == "patch") & (pl.col("hook") == "z")
+                                                   & (pl.col("role") == "END"))
+    cells = (rows.join(store.examples.select("example_id", "order"), on="example_id")
+             .group_by("layer", "head", "order").agg(pl.col("score").mean()).sort("score", descending=True))
+    top = cells.row(0, named=True)
+    assert (keys["sql_patch_top_head"], keys["sql_patch_top_order"]) == (f"L{top['layer']}H{top['head']}",
+                                                                         top["order"])
+    close(keys["sql_patch_top_score"], top["score"], rel=1e-5, abs_=1e-6)
+    # AtP vs exact: Spearman of the per-head means (ranks from the SQL view)
+    means = store.sql("SELECT kind, layer, head, avg(value) AS v FROM interventions WHERE hook = 'z' AND role = 'END' "
+                      "AND kind IN ('patch', 'atp') GROUP BY ALL").pl()
+    wide = means.pivot(on="kind", index=["layer", "head"], values="v")
+    ranks = wide.select(pl.col("atp").rank(), pl.col("patch").rank())
+    close(keys["atp_spearman"], ranks.select(pl.corr("atp", "patch")).item(), rel=1e-4)
+    # TransformerLens hooks: the top head's z at END patched into the twin, and path patching to the logits
+    t = Twins(store, SWEEP_N)
+    close(keys["patch_clean_logit_diff"], o.filter(pl.col("example_id") < SWEEP_N).get_column("logit_diff").mean(),
+          rel=1e-3)
+    close(keys["patch_corrupted_logit_diff"], t.metric(t.corrupted, "logit_diff").mean(), rel=1e-3, abs_=1e-3)
+    cc, cx = t.cache(t.clean), t.cache(t.corrupted)
+    end = t.ex.get_column("end_pos").to_numpy()
+    layer, head = head_of(keys["patch_z_end_top_head"])
+    name = f"blocks.{layer}.attn.hook_z"
+    close(keys["patch_z_end_top_score"], denoise_score(t, [(name, put(cc[name], (np.arange(SWEEP_N), end, head)))]),
+          rel=1e-3, abs_=1e-3)
+    n_layers, n_heads = int(store.config["n_layers"]), int(store.config["n_heads"])
+    clean = t.metric(t.clean, "logit_diff")
+
+    def frozen(at: int, sender: tuple[int, int]) -> Any:
+        """Every head's z from the clean run, the sender's from the twin."""
+        def hook(x: Any, hook: Any) -> Any:
+            x[:] = cc[f"blocks.{at}.attn.hook_z"]
+            if at == sender[0]:
+                x[:, :, sender[1]] = cx[f"blocks.{at}.attn.hook_z"][:, :, sender[1]]
+            return x
+        return hook
+
+    path = {}
+    for sl in range(n_layers):
+        for sh in range(n_heads):
+            hooks = [(f"blocks.{at}.attn.hook_z", frozen(at, (sl, sh))) for at in range(sl, n_layers)]
+            path[f"L{sl}H{sh}"] = float((t.metric(t.clean, "logit_diff", hooks) - clean).mean())
+    worst = min(path, key=path.get)
+    assert keys["path_top_head"] == worst
+    close(keys["path_top_effect"], path[worst], rel=1e-3, abs_=1e-3)
+    assert_charts(charts, ["dla_heads", "attention_end", "dla_by_order", "path_patching", "atp_vs_exact"])
