@@ -75,12 +75,19 @@ def normalised(rows: pl.DataFrame) -> pl.DataFrame:
 def effects(rows: pl.DataFrame, group_by: str | Sequence[str] = (), examples: Any = None,
             value: str = "value") -> pl.DataFrame:
     """Per target (and per label of `group_by`, joined from `examples`): mean, std, n, 95% interval of
-    `value` ('value', 'score' after `normalised`, or 'effect' = value - clean, added here)."""
+    `value` ('value', 'score' after `normalised`, or 'effect' = value - clean, added here). A label
+    named like a column of the rows (days' `kind`) is joined and grouped as `<name>_label`."""
     if value == "effect":
         rows = rows.with_columns((pl.col("value").cast(pl.Float64) - pl.col("clean")).alias("effect"))
     elif value == "score" and "score" not in rows.columns:
         rows = normalised(rows)
     by = [group_by] if isinstance(group_by, str) else list(group_by)
+    labels = getattr(examples, "examples", examples)
+    clash = [c for c in by if c in rows.columns and isinstance(labels, pl.DataFrame) and c in labels.columns]
+    if clash:  # a label named like a sweep column (days' 'kind'): joined as '<name>_label'
+        rows = rows.join(labels.select("example_id", *[pl.col(c).alias(f"{c}_label") for c in clash]),
+                         on="example_id", how="left", maintain_order="left")
+        by = [f"{c}_label" if c in clash else c for c in by]
     keys = [k for k in TARGET_KEYS if k in rows.columns and k not in by]
     if "pos" in keys and "role" in keys and rows["role"].null_count() == 0 and rows.height:
         keys.remove("pos")  # positions addressed by role aggregate by role across templates
@@ -90,13 +97,16 @@ def effects(rows: pl.DataFrame, group_by: str | Sequence[str] = (), examples: An
 def agreement(atp: pl.DataFrame, exact: pl.DataFrame, metric: str | None = None) -> dict[str, Any]:
     """How attribution patching ranks targets against exact patching of the same hook and grain:
     Spearman's rank correlation of the per-target mean (over examples and answers) of `metric`
-    (default: the first both have). Returns {'spearman', 'pearson', 'n_targets', 'metric'}."""
+    (default: the first both have); targets addressed by role are keyed by role, not position.
+    Returns {'spearman', 'pearson', 'n_targets', 'metric'}."""
     shared = [m for m in exact["metric"].unique(maintain_order=True).to_list() if m in set(atp["metric"].to_list())]
     if metric is None:
         if not shared:
             raise InvalidParameterError("the two sweeps share no metric")
         metric = shared[0]
     keys = ["layer", "head", "pos"]
+    if exact.height and exact["role"].null_count() == 0 and atp["role"].null_count() == 0:
+        keys = ["layer", "head", "role"]  # positions addressed by role: one target per role across templates
 
     def per_target(t: pl.DataFrame, name: str) -> pl.DataFrame:
         return (t.filter(pl.col("metric") == metric).group_by(keys).agg(pl.col("value").cast(pl.Float64).mean()
