@@ -24,10 +24,11 @@ MAX_BARS = 60    # bars of one label in the chart (an explicit group_by may ask 
 
 def label_columns(examples: pl.DataFrame, max_groups: int = MAX_GROUPS) -> list[str]:
     """Label columns of `examples` worth grouping by: scalar, with 2..max_groups distinct values
-    (role positions such as `end_pos` are not labels)."""
+    (role positions such as `end_pos` and what the corrupted twin changed, `twin_*`, are not labels
+    of the clean example)."""
     out = []
     for name, dtype in examples.schema.items():
-        if name in BASE_COLUMNS or name.endswith("_pos") or isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
+        if name in BASE_COLUMNS or name.endswith("_pos") or name.startswith("twin_") or isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
             continue
         if 2 <= examples.get_column(name).n_unique() <= max_groups:
             out.append(name)
