@@ -79,7 +79,7 @@ def _with_labels(table: pl.DataFrame, by: list[str], examples: Any) -> pl.DataFr
     absent = [c for c in missing if c not in labels.columns]
     if absent:
         base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens",
-                "counter_tokens"}
+                "counter_tokens", "corrupted_tokens"}
         label_cols = [c for c in labels.columns if c not in base] or labels.columns
         raise UnknownColumnError(f"breakdown: no label column {absent[0]!r} (labels of these examples: "
                                  f"{', '.join(label_cols)})")

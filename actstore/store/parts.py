@@ -64,13 +64,14 @@ def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
 BASE_SCHEMAS: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {
     "examples": {"example_id": pl.Int64, "split": pl.String, "text": pl.String, "tokens": pl.List(pl.Int64),
                  "length": pl.Int64, "answer_positions": pl.List(pl.Int64), "answer_tokens": pl.List(pl.Int64),
-                 "counter_tokens": pl.List(pl.Int64)},
+                 "counter_tokens": pl.List(pl.Int64), "corrupted_tokens": pl.List(pl.Int64)},
     "tokens": {"example_id": pl.Int64, "pos": pl.Int64, "token_id": pl.Int64, "str_token": pl.String,
                "role": pl.String},
     "outputs": {"example_id": pl.Int64, "answer_idx": pl.Int64, "answer_pos": pl.Int64, "correct_token": pl.Int64,
                 "counter_token": pl.Int64, "correct_logit": pl.Float32, "counter_logit": pl.Float32,
                 "logit_diff": pl.Float32, "prob": pl.Float32, "rank": pl.Int64, "loss": pl.Float32,
-                "correct": pl.Boolean},
+                "correct": pl.Boolean, "corrupted_correct_logit": pl.Float32, "corrupted_counter_logit": pl.Float32,
+                "corrupted_logit_diff": pl.Float32, "corrupted_loss": pl.Float32},
 }
 
 
