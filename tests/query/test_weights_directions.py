@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 from query_models import run_batch, task_data, tiny_model
 
+import actstore
 from actstore.cli import main
 from actstore.errors import InvalidParameterError, StoreCorruptError
 from actstore.query.directions import parse_direction
@@ -99,17 +101,22 @@ def csv_out(capsys, argv: list[str]) -> pl.DataFrame:
 
 
 def test_direction_commands_save_and_every_query_reads_by_name(capsys, tiny_store, tmp_path):
-    store = tiny_store("bidir")
+    shutil.copytree(tiny_store("bidir").path, tmp_path / "s")  # a private copy: this test writes directions/
+    store = actstore.open_store(tmp_path / "s")
     path = str(store.path)
     row = csv_out(capsys, ["direction", "fit-ln", path, "--name", "unbalanced", "--token", "0", "--minus", "1",
-                           "--pos", "0", "--force"])
+                           "--pos", "0"])
     assert row["name"].to_list() == ["unbalanced"] and row["kind"][0] == "fit-ln" and row["n"][0] == 40
     saved = load_direction(path, "unbalanced")
     want = fit_layernorm(store, "ln_final", pos=0).pull_back(unembed_direction(store, 0, 1))
     np.testing.assert_array_equal(saved.vector, want)  # bit for bit through JSON
     assert saved.info["r2"] == pytest.approx(row["r2"][0]) and saved.info["token"] == 0 and not saved.final_ln
     row = csv_out(capsys, ["direction", "through-ov", path, "--name", "pre20", "--head", "2.0", "--from",
-                           "unbalanced", "--pos", "1", "--force"])
+                           "unbalanced", "--pos", "1"])
+    assert main(["direction", "through-ov", path, "--name", "pre20", "--head", "2.0", "--from", "unbalanced"]) == 2
+    assert "already has a direction named 'pre20'" in capsys.readouterr().err
+    csv_out(capsys, ["direction", "through-ov", path, "--name", "pre20", "--head", "2.0", "--from", "unbalanced",
+                     "--pos", "1", "--force"])
     np.testing.assert_allclose(load_direction(path, "pre20").vector, through_ov(store, want, "2.0", pos=1)[0],
                                rtol=1e-12)
     # read by name by the queries: parse_direction(store=), neurons (an array today), cosines
@@ -123,7 +130,7 @@ def test_direction_commands_save_and_every_query_reads_by_name(capsys, tiny_stor
     v = load_direction(path, "pre20").vector
     np.testing.assert_allclose(cos["cosine"], v @ w_in / np.linalg.norm(v) / np.linalg.norm(w_in, axis=0), rtol=1e-9)
     # save a singular vector, list, export as a table and as .npy, remove
-    csv_out(capsys, ["direction", "save", path, "--name", "ov20top", "--svd", "OV:2.0", "--force"])
+    csv_out(capsys, ["direction", "save", path, "--name", "ov20top", "--svd", "OV:2.0"])
     listed = csv_out(capsys, ["direction", "list", path])
     assert set(listed["name"]) >= {"unbalanced", "pre20", "ov20top"}
     table = csv_out(capsys, ["direction", "export", path, "pre20"])
