@@ -28,7 +28,8 @@ def label_columns(examples: pl.DataFrame, max_groups: int = MAX_GROUPS) -> list[
     of the clean example)."""
     out = []
     for name, dtype in examples.schema.items():
-        if name in BASE_COLUMNS or name.endswith("_pos") or name.startswith("twin_") or isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
+        if name in BASE_COLUMNS or name.endswith("_pos") or name.startswith("twin_") \
+                or isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
             continue
         if 2 <= examples.get_column(name).n_unique() <= max_groups:
             out.append(name)

@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="store directory")
     p.add_argument("--layers", default=None, metavar="L[,L...]",
                    help="MLP layers (default: all, or those before --through-head)")
-    p.add_argument("--direction", default="answer", metavar="answer|diff|FILE.npy",
-                   help="direction to project on (default answer)")
+    p.add_argument("--direction", default="answer", metavar="answer|diff|FILE.npy|name:NAME",
+                   help="direction to project on: answer (default), diff, a .npy vector or a direction saved in the "
+                        "store (`actstore direction list`)")
     p.add_argument("--through-head", default=None, metavar="LAYER.HEAD",
                    help="pull the direction back through this head's OV (e.g. 2.0)")
     p.add_argument("--attention-weighted", action="store_true",

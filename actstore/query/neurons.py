@@ -158,7 +158,7 @@ class NeuronPlan:
         if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < store.n_answers:
             raise InvalidParameterError(f"neurons answer={answer!r}: expected an answer index in "
                                         f"[0, {store.n_answers})")
-        dirn = parse_direction(direction, arch.d_model, final_ln)
+        dirn = parse_direction(direction, arch.d_model, final_ln, store=store)
         if dirn.kind == "diff" and store.examples.get_column("counter_tokens").null_count() == store.examples.height:
             raise InvalidParameterError(f"direction 'diff' needs counterfactual tokens, and the examples of store "
                                         f"{store.path} have none; use direction='answer' or a vector")

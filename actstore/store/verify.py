@@ -32,6 +32,7 @@ from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_rang
 from actstore.store.manifest import Manifest
 from actstore.store.open import read_manifest
 from actstore.store.reader import Store
+from actstore.store.directions import direction_problems
 from actstore.store.sweeps import sweep_problems
 
 # verify's decomposition tolerance, per answer: twice the first-order bound on what rounding the
@@ -108,6 +109,8 @@ def verify(path: str | Path) -> VerifyReport:
     _check_array_metadata(store, bad)
     _check_params(store, bad)
     report.notes = cache_problems(root)  # never used as they are: recomputed on next use
+    for line in direction_problems(root):  # a saved direction cannot be recomputed: damage is a problem
+        bad(line)
     sweep_bad, sweep_notes = sweep_problems(root, ledger.store_sha256)
     for line in sweep_bad:
         bad(line)
