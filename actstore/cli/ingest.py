@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ingest", help="run a model over a task dataset and store its activations (resumable)",
         description="Run MODEL over N examples of TASK and stream the chosen activations into a store. "
                     "Rerunning the same command resumes after the last committed chunk.")
-    p.add_argument("--task", required=True, help="task name (addition, list_update, brackets, ioi, days)")
+    p.add_argument("--task", required=True,
+                   help="task name (addition, list_update, brackets, ioi, days; prompts reads your file: "
+                        "--param file=PATH.jsonl|csv, see docs/prompts.md)")
     p.add_argument("--model", required=True, help="model spec, e.g. zoo:addition")
     p.add_argument("--n", type=int, required=True, help="number of examples")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")

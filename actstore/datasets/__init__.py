@@ -2,7 +2,8 @@
 
 Imports run one way: the leaf modules (`base`, `report_spec`, the word lists `ioi_words` and
 `days_words`) import no task; `wordtok` reads the word lists; `templated` uses `wordtok`; the
-text tasks (`ioi`, `days`) use `templated`.
+text tasks (`ioi`, `days`) use `templated`; `prompts` reads the user's file through `prompt_file`
+and tokenizes it with `templated`'s PromptTokenizer.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from actstore.datasets.base import Task, TaskData
 from actstore.datasets.report_spec import LabelSplit, NeuronScatter, ReportSpec, RoleAttention
 from actstore.errors import InvalidParameterError, UnknownTaskError
 
-# task name -> "module:Class" (imported on first use) or a class given to register_task
+# task name -> "module:Class" (imported on first use) or a class given to register_task: the generators,
+# whose examples come from (params, n, seed) alone, every parameter having a default
 TASKS: dict[str, str | type] = {
     "addition": "actstore.datasets.addition:Addition",
     "list_update": "actstore.datasets.list_update:ListUpdate",
     "brackets": "actstore.datasets.brackets:Brackets",
     "ioi": "actstore.datasets.ioi:IOI",
     "days": "actstore.datasets.days:Days",
+}
+# tasks over a file the user gives (a required `file` parameter): built by get_task like the generators
+FILE_TASKS: dict[str, str] = {
+    "prompts": "actstore.datasets.prompts:Prompts",
 }
 
 T = TypeVar("T", bound=type)
@@ -36,19 +42,20 @@ def register_task(task_cls: T) -> T:
     name = getattr(task_cls, "name", None)
     if not isinstance(name, str) or not name:
         raise InvalidParameterError(f"register_task: {task_cls.__name__} has no class attribute `name` (a string)")
-    if TASKS.get(name, task_cls) is not task_cls:
+    if TASKS.get(name, task_cls) is not task_cls or name in FILE_TASKS:
         raise InvalidParameterError(f"register_task: a task named {name!r} is already registered")
     TASKS[name] = task_cls
     return task_cls
 
 
 def get_task(name: str, **params: Any) -> Task:
-    """The task called `name`, built with `params` (validated by the task)."""
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, TASKS, n=1)
+    """The task called `name` (a generator or a file task), built with `params` (validated by the task)."""
+    names = task_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownTaskError(f"unknown task {name!r}{hint} (tasks: {', '.join(TASKS)})")
-    entry = TASKS[name]
+        raise UnknownTaskError(f"unknown task {name!r}{hint} (tasks: {', '.join(names)})")
+    entry = TASKS[name] if name in TASKS else FILE_TASKS[name]
     if isinstance(entry, str):
         module, cls = entry.split(":")
         entry = getattr(importlib.import_module(module), cls)
@@ -60,5 +67,10 @@ def get_task(name: str, **params: Any) -> Task:
     return task
 
 
-__all__ = ["TASKS", "LabelSplit", "NeuronScatter", "ReportSpec", "RoleAttention", "Task", "TaskData", "get_task",
-           "register_task"]
+def task_names() -> list[str]:
+    """Every task get_task builds: the generators, then the file tasks."""
+    return [*TASKS, *FILE_TASKS]
+
+
+__all__ = ["FILE_TASKS", "TASKS", "LabelSplit", "NeuronScatter", "ReportSpec", "RoleAttention", "Task", "TaskData",
+           "get_task", "register_task", "task_names"]

@@ -378,8 +378,11 @@ def _auto_chunk(infos: list[HookInfo], n: int) -> int:
 def _check_fits(data: TaskData, cfg: Any) -> None:
     width = int(data.tokens.shape[1])
     if width > cfg.n_ctx:
+        k = int(np.argmax(data.lengths > cfg.n_ctx))  # the first example too long: name it
+        text = data.text[k] if len(data.text[k]) <= 60 else data.text[k][:57] + "..."
         raise InvalidParameterError(
-            f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx}")
+            f"task {data.task}: examples are {width} tokens long but the model's n_ctx is {cfg.n_ctx} (first "
+            f"example {k}, {int(data.lengths[k])} tokens: {text!r})")
     answers = [data.answer_tokens] + ([] if data.counter_tokens is None else [data.counter_tokens])
     tokens = [data.tokens] + ([] if data.corrupted_tokens is None else [data.corrupted_tokens])
     for label, top, size in (("token", int(max(t.max() for t in tokens)), cfg.d_vocab),
