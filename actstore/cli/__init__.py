@@ -97,7 +97,7 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=ResourceWarning)  # e.g. a file an import cut short by Ctrl-C left open
+        warnings.filterwarnings("ignore", category=ResourceWarning)  # a file an import cut short by Ctrl-C left open
         warnings.showwarning = show
         yield
 
