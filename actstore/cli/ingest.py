@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from actstore.cli import parse_params
+from actstore.cli.args import non_negative_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=None, help="examples per chunk (default: about 64 MiB per chunk)")
     p.add_argument("--batch", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--top-k", type=non_negative_int, default=None, metavar="K",
+                   help="keep the K most likely output tokens at each answer in meta/topk (token, logit, prob); "
+                        "0 keeps none (default 10, or the whole output vocabulary if smaller)")
     p.add_argument("--overwrite", action="store_true", help="replace a store of a different run at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=run)
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = ingest(args.task, args.model, args.n, args.seed, args.out, hooks=args.hooks, positions=args.positions,
                    dtype=args.dtype, chunk=args.chunk, batch=args.batch, device=args.device,
-                   task_params=parse_params(args.param), overwrite=args.overwrite, quiet=args.quiet)
+                   task_params=parse_params(args.param), overwrite=args.overwrite, quiet=args.quiet,
+                   top_k=args.top_k)
     if not args.quiet:
         dec = store.manifest.decomposition or {}
         err = f"{dec['max_abs_error']:.3g}" if "max_abs_error" in dec else dec.get("status", "-")

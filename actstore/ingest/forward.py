@@ -114,3 +114,16 @@ def answer_outputs(logits: torch.Tensor, correct: torch.Tensor, counter: torch.T
         out["counter_logit"] = k_logit
         out["logit_diff"] = c_logit - k_logit
     return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+def answer_topk(logits: torch.Tensor, k: int) -> dict[str, np.ndarray]:
+    """The k most likely output tokens at each answer, most likely first (torch.topk's order).
+
+    logits: [batch, answer, vocab] float32 (as `answer_logits` gives them).
+    Returns {'topk_token', 'topk_logit', 'topk_prob': [batch, answer, k] numpy arrays}; prob is the
+    softmax over the whole vocabulary.
+    """
+    values, ids = logits.topk(k, dim=-1)
+    probs = logits.log_softmax(-1).gather(-1, ids).exp()
+    return {"topk_token": ids.cpu().numpy(), "topk_logit": values.cpu().numpy(), "topk_prob": probs.cpu().numpy()}
+

@@ -11,9 +11,15 @@ Columns (see DESIGN.md):
   corrupted_correct_logit, corrupted_counter_logit, corrupted_logit_diff, corrupted_loss (the
   clean correct and counter tokens read on the corrupted twin's run; null for a task without
   twins, and the counter columns null for a task without counter tokens)
+- topk:     example_id, answer_idx, rank (0 = most likely), token_id, str_token (null where neither the
+  task's vocabulary nor the model's tokenizer names the token), logit, prob; the manifest's top_k rows
+  per answer (stores with top_k 0 have no such table)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -76,3 +82,52 @@ def outputs_frame(data: TaskData, start: int, out: dict[str, np.ndarray]) -> pl.
         pl.Series("correct", flat(out["correct"]).astype(bool)),
         *(nullable(f"corrupted_{key}", pl.Float32) for key in TWIN_OUTPUTS),
     ])
+
+
+TokenNames = Callable[[np.ndarray], list[str | None]]  # distinct token ids -> their strings (None: unknown)
+
+
+def token_names(vocab: Sequence[str] | None, tokenizer: Any, classes: Sequence[str] | None, d_vocab: int,
+                d_vocab_out: int) -> TokenNames:
+    """How topk names the model's output tokens: the task's class names where its outputs are classes
+    (brackets), else the task's own vocabulary (zoo tasks: answers are token ids of the inputs' vocabulary,
+    as addition's digits), else the model's tokenizer where outputs share the input vocabulary (decoded
+    one token at a time, as the text tasks do); else nothing."""
+    if classes is not None and len(classes) == d_vocab_out:
+        words: list[str] | None = [str(c) for c in classes]
+    elif vocab is not None:
+        words = list(vocab)
+    else:
+        words = None
+    if words is not None:
+        return lambda ids: [words[i] if 0 <= i < len(words) else None for i in ids.tolist()]
+    if tokenizer is not None and d_vocab_out == d_vocab:
+        seen: dict[int, str] = {}  # each token decoded once per ingest
+
+        def decode(ids: np.ndarray) -> list[str | None]:
+            for i in ids.tolist():
+                if i not in seen:
+                    seen[i] = tokenizer.decode([i], clean_up_tokenization_spaces=False)
+            return [seen[i] for i in ids.tolist()]
+
+        return decode
+    return lambda ids: [None] * len(ids)
+
+
+def topk_frame(data: TaskData, start: int, out: dict[str, np.ndarray], names: TokenNames) -> pl.DataFrame:
+    """One row per (example, answer, rank) from `forward.answer_topk` values ([example, answer, k] each)."""
+    ids = np.asarray(out["topk_token"], dtype=np.int64)
+    n, n_ans, k = ids.shape
+    flat = ids.reshape(-1)
+    distinct, inverse = np.unique(flat, return_inverse=True)
+    strings = pl.Series("str_token", names(distinct), dtype=pl.String)
+    return pl.DataFrame([
+        pl.Series("example_id", np.repeat(np.arange(start, start + n, dtype=np.int64), n_ans * k)),
+        pl.Series("answer_idx", np.tile(np.repeat(np.arange(n_ans, dtype=np.int64), k), n)),
+        pl.Series("rank", np.tile(np.arange(k, dtype=np.int64), n * n_ans)),
+        pl.Series("token_id", flat),
+        strings.gather(inverse.reshape(-1)) if flat.size else strings.clear(),
+        pl.Series("logit", np.asarray(out["topk_logit"]).reshape(-1), dtype=pl.Float32),
+        pl.Series("prob", np.asarray(out["topk_prob"]).reshape(-1), dtype=pl.Float32),
+    ])
+

@@ -11,6 +11,7 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
    compresses, writes and commits it while the model computes chunk k+1. For a task with
    corrupted twins, each batch runs a second forward pass of the twins' tokens (same attention
    mask, nothing captured) for the twin's baseline outputs (`meta/outputs` corrupted_* columns).
+   The `top_k` most likely tokens at each answer go to `meta/topk` from the same answer logits.
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ from actstore.errors import (InvalidParameterError, StoreCorruptError, StoreExis
                              StoreWriteError)
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
-from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, attention_mask, bidirectional_mask_hooks,
-                                     capture_hooks)
+from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, answer_topk, attention_mask,
+                                     bidirectional_mask_hooks, capture_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
-from actstore.ingest.meta import TWIN_OUTPUTS, examples_frame, outputs_frame, tokens_frame
+from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outputs_frame, token_names, tokens_frame,
+                                  topk_frame)
 from actstore.ingest.probe import probe_batch
 from actstore.store.arch import Arch
 from actstore.store.commits import committed_prefix
-from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, part_path
+from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, meta_tables, part_path
 from actstore.store.lock import store_lock
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
@@ -57,6 +59,7 @@ from actstore.store.writer import ChunkWriter, create_store
 CHUNK_TARGET_BYTES = 64 << 20  # auto chunk: the largest power of two of examples under this size
 MAX_AUTO_CHUNK = 8192
 DEFAULT_BATCH = 64
+DEFAULT_TOP_K = 10  # tokens kept per answer in meta/topk unless asked (at most the output vocabulary)
 WRITE_QUEUE_DEPTH = 1
 
 
@@ -80,6 +83,7 @@ def ingest(
     quiet: bool = False,
     background: bool = True,
     stats: dict[str, float] | None = None,
+    top_k: int | None = None,
 ) -> Store:
     """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
 
@@ -98,6 +102,8 @@ def ingest(
     stats:      if given, filled with timings: setup_s (model, data, probe, store creation), loop_s
                 (forward + writing, until the last commit), twin_s (the part of loop_s spent in the
                 corrupted twins' forward passes), examples and bytes_written by this call
+    top_k:      the most likely output tokens kept per answer in meta/topk (token, logit, prob);
+                0 keeps none; default 10, or the whole output vocabulary if it is smaller
     """
     t0 = time.perf_counter()
     check_n_seed(n, seed)
@@ -106,6 +112,8 @@ def ingest(
     for label, v in (("chunk", chunk), ("batch", batch)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
             raise InvalidParameterError(f"{label} must be a positive integer, got {v!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
+        raise InvalidParameterError(f"top_k must be a non-negative integer, got {top_k!r}")
     out = utf8_path(out, "--out")
     _check_writable(out)
     dev = _device(device)
@@ -119,6 +127,7 @@ def ingest(
         net.to(dev)
     data = task_obj.generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
     _check_fits(data, net.cfg)
+    top_k = _top_k(top_k, int(net.cfg.d_vocab_out))
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     probe_n = min(batch, n, chunk or batch)
@@ -136,6 +145,7 @@ def ingest(
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
         decomposition=decomposition, package_version=__version__, weights_sha256=model_info.weights_digest(net),
+        top_k=top_k,
     )
     manifest.validate()
     if decomposition.get("status") == "failed" and not quiet:
@@ -149,9 +159,11 @@ def ingest(
     except OSError as e:
         raise StoreWriteError(f"cannot create the directory of --out {str(out)!r}: {e.strerror or e}") from None
     with store_lock(out):  # before the path is inspected: never replace or create a store another ingest holds
-        manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net))
+        manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet)
         t1 = time.perf_counter()
-        loop = _Loop(out, manifest, net, data, dev, buffers, quiet=quiet, background=background)
+        names = token_names(getattr(task_obj, "vocab", None), getattr(net, "tokenizer", None),
+                            data.extra.get("classes"), int(net.cfg.d_vocab), int(net.cfg.d_vocab_out))
+        loop = _Loop(out, manifest, net, data, dev, buffers, quiet=quiet, background=background, names=names)
         done = loop.run()
     if stats is not None:
         stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, twin_s=loop.twin_s, examples=float(done),
@@ -182,8 +194,9 @@ class _Loop:
     """The forward loop of one ingest (resuming after the committed chunks)."""
 
     def __init__(self, out: Path, manifest: Manifest, net: Any, data: TaskData, dev: torch.device,
-                 buffers: list[dict[str, torch.Tensor]], quiet: bool, background: bool) -> None:
+                 buffers: list[dict[str, torch.Tensor]], quiet: bool, background: bool, names: TokenNames) -> None:
         self.out, self.manifest, self.net, self.data, self.dev = out, manifest, net, data, dev
+        self.names = names  # token strings of meta/topk
         self.quiet, self.background = quiet, background
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
         self.writer = ChunkWriter(out, manifest)
@@ -283,8 +296,12 @@ class _Loop:
         sink.target = {name: buf[b0 - start:b1 - start] for name, buf in bufs.items()}
         sink.answer_pos, sink.key_mask = t.answer_pos, mask.bool()
         logits = self.net(t.tokens, attention_mask=mask, return_type="logits")
-        out = answer_outputs(answer_logits(logits, t.answer_pos), t.answer_tokens, t.counter_tokens)
+        at_answers = answer_logits(logits, t.answer_pos)
         del logits
+        out = answer_outputs(at_answers, t.answer_tokens, t.counter_tokens)
+        if self.manifest.top_k:
+            out.update(answer_topk(at_answers, self.manifest.top_k))
+        del at_answers
         if self.twin:
             out.update(self._twin_outputs(sink, t, mask))
         return out
@@ -308,8 +325,10 @@ class _Loop:
         part = self.data.slice(start, stop)
         meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start),
                 "outputs": outputs_frame(part, start, outs)}
+        if "topk" in meta_tables(self.manifest):
+            meta["topk"] = topk_frame(part, start, outs, self.names)
         if self.columns is not None:  # resuming chunks an earlier version wrote: keep their columns
-            meta = {t: frame.select(self.columns[t]) for t, frame in meta.items()}
+            meta = {t: frame.select(self.columns[t]) if t in self.columns else frame for t, frame in meta.items()}
         acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
         self.bytes_written += self.writer.write_chunk(k, acts, meta)
         self.free.put(bufs)
@@ -415,15 +434,35 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _top_k(top_k: int | None, d_vocab_out: int) -> int:
+    """The top-k the manifest records: DEFAULT_TOP_K capped at the output vocabulary unless asked;
+    InvalidParameterError for more tokens than the model outputs."""
+    if top_k is None:
+        return min(DEFAULT_TOP_K, d_vocab_out)
+    if top_k > d_vocab_out:
+        raise InvalidParameterError(f"top_k={top_k} is more than the model's {d_vocab_out} output tokens; pass "
+                                    f"--top-k {d_vocab_out} or less (0 keeps none)")
+    return int(top_k)
+
+
+def _resume_differences(old: Manifest, new: Manifest) -> list[str]:
+    """Identity fields that keep `new` from resuming the store of `old`. A store written before meta/topk
+    (top_k None) resumes as it was made, without a topk table, so its remaining chunks match its first."""
+    diffs = old.differences(new)
+    if old.top_k is None and "top_k" in diffs:
+        diffs.remove("top_k")
+    return diffs
+
+
 def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
-                 params: Callable[[], dict[str, np.ndarray]]) -> Manifest:
+                 params: Callable[[], dict[str, np.ndarray]], quiet: bool = False) -> Manifest:
     """Create the store, or return the stored manifest of the same run to resume it (lock held)."""
     _remove_leftovers(out)
     if out.exists():
         if is_store(out):
             try:
                 old = read_manifest(out)
-                diffs = old.differences(manifest)
+                diffs = _resume_differences(old, manifest)
                 if not diffs and not overwrite:
                     Store(out, old)  # its records agree with the manifest: safe to resume into
             except (StoreFormatError, StoreCorruptError) as e:
@@ -438,6 +477,9 @@ def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
                     f"{out} holds a store of another run (differs in: {', '.join(diffs)}); pass --overwrite "
                     "to replace it or choose another --out")
             else:
+                if old.top_k is None and manifest.top_k and not quiet:
+                    print("actstore ingest: warning: this store was written before meta/topk; it is resumed "
+                          "without a top-k table (ingest to a new --out to keep one)", file=sys.stderr)
                 return old  # same run: resume, keeping the stored manifest byte for byte
         elif any(out.iterdir()):
             raise StoreExistsError(f"{out} exists and is not an actstore store; choose another --out")

@@ -1,7 +1,8 @@
 """`sql(store, query)`: DuckDB over a store's tables, read-only and confined to the store.
 
-Views: `examples`, `tokens`, `outputs` (the committed Parquet parts of meta/, each checked
-against its commit record by `Store.meta_paths`), the derived tables `dla`, `logit_lens`,
+Views: `examples`, `tokens`, `outputs`, `topk` (the committed Parquet parts of meta/, each checked
+against its commit record by `Store.meta_paths`; `topk` is empty for a store that keeps no top-k
+tokens), the derived tables `dla`, `logit_lens`,
 `attention`, `neurons`, each materialised on first use into `<store>/derived/` (see derived.py)
 and only when the query names it, and the stored intervention sweeps: `interventions` (one row
 per target, example, answer and metric, with the clean and corrupted baselines) and `sweeps`
@@ -60,12 +61,12 @@ from actstore.errors import ActstoreError, InvalidParameterError, QueryError
 from actstore.query import derived
 from actstore.query.interventions import interventions as stored_interventions
 from actstore.query.interventions import sweeps as stored_sweeps
-from actstore.store.layout import META_TABLES
+from actstore.store.layout import META_TABLES, OPTIONAL_META_TABLES
 from actstore.store.open import open_store
 from actstore.store.reader import Store
 
 SWEEP_VIEWS = ("interventions", "sweeps")  # stored intervention results (actstore.interventions writes them)
-VIEWS = (*META_TABLES, *derived.TABLES, *SWEEP_VIEWS)
+VIEWS = (*META_TABLES, *derived.TABLES, *OPTIONAL_META_TABLES, *SWEEP_VIEWS)
 
 
 class QueryResult:
@@ -250,7 +251,7 @@ def _store_sources(store: Store, named: list[str],
                    params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     """The meta views always; the derived and sweep views in `named` only."""
     out: dict[str, Any] = {}
-    for table in META_TABLES:
+    for table in (*META_TABLES, *OPTIONAL_META_TABLES):  # topk: empty where the store keeps none
         paths = store.meta_paths(table)
         out[table] = _parquet_dataset(paths) if paths else getattr(store, table)  # nothing committed: empty
     for table in named:

@@ -4,7 +4,8 @@
 <store>/zarr.json                          root group; attributes["actstore"] = manifest
 <store>/acts/<hook>/                       Zarr v3 arrays [example, ...], chunked along example
 <store>/params/<name>/                     Zarr v3 float32 weights of the processed model
-<store>/meta/<table>/part-<chunk>.parquet  one Parquet part per chunk (examples, tokens, outputs)
+<store>/meta/<table>/part-<chunk>.parquet  one Parquet part per chunk (examples, tokens, outputs; topk
+                                           where the manifest's top_k > 0)
 <store>/_commits/<chunk>.json              commit record of a chunk, written last
 <store>/derived/                           cached query results
 ```
@@ -21,7 +22,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from actstore.errors import StoreCorruptError, StoreFormatError
 
 ACTS, PARAMS, META, COMMITS, DERIVED = "acts", "params", "meta", "_commits", "derived"
-META_TABLES = ("examples", "tokens", "outputs")
+META_TABLES = ("examples", "tokens", "outputs")  # every store has a part of each per committed chunk
+# tables a store has only where its manifest says so (see `meta_tables`); stores written before
+# them lack them, and readers show them empty there
+OPTIONAL_META_TABLES = ("topk",)
 
 # Chosen by measurement on GPT-2-small-shaped fp16 activations (z, pattern, mlp post; 2 cores):
 # blosc-lz4+shuffle wrote 307 MB/s, read 887 MB/s, ratio 1.13; zstd-1 180 / 553 MB/s, ratio 1.25;
@@ -43,6 +47,12 @@ PARAM_DIMS: dict[str, tuple[str, ...]] = {
     "W_U": ("d_model", "d_vocab_out"), "b_U": ("d_vocab_out",),
     "w": ("d_model",), "b": ("d_model",),
 }
+
+
+def meta_tables(manifest: Any) -> tuple[str, ...]:
+    """The meta tables every committed chunk of this store has a part of: META_TABLES, plus topk
+    where the manifest's top_k is positive (a store written before top-k has top_k None)."""
+    return (*META_TABLES, *(("topk",) if getattr(manifest, "top_k", None) else ()))
 
 
 def acts_path(root: Path, hook: str) -> Path:

@@ -65,6 +65,8 @@ class Manifest:
     codec:         the Zarr codec chain of the activation arrays (as recorded in the manifest)
     decomposition: result of the first-batch check that the components sum to the logits
     weights_sha256: digest of the model's parameters (same spec, other weights: another run)
+    top_k:         tokens kept per answer in meta/topk (0: none); None for a store written before the
+                   top-k table existed (left out of the stored manifest, so its digest is unchanged)
     """
 
     model_spec: str
@@ -86,6 +88,7 @@ class Manifest:
     package_version: str = ""
     format_version: int = FORMAT_VERSION
     weights_sha256: str = ""
+    top_k: int | None = None
 
     # fields recorded but not compared when deciding whether a rerun may resume
     NON_IDENTITY = ("decomposition", "package_version")
@@ -100,6 +103,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["hooks"] = [h.to_dict() for h in self.hooks]
+        if self.top_k is None:  # a store from before meta/topk: its manifest never had the field
+            del d["top_k"]
         return _plain(d)
 
     @classmethod
@@ -114,7 +119,7 @@ class Manifest:
                 f"{FORMAT_VERSION}); re-ingest with this version"
             )
         names = {f.name for f in fields(cls)}
-        optional = ("decomposition", "package_version", "weights_sha256")
+        optional = ("decomposition", "package_version", "weights_sha256", "top_k")
         missing = sorted(n for n in names if n not in d and n not in optional)
         if missing:
             raise StoreFormatError(f"manifest lacks field(s) {', '.join(missing)}")
@@ -136,6 +141,9 @@ class Manifest:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
                 raise bad(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} integer, got {v!r}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 0):
+            raise bad(f"top_k must be a non-negative integer, got {self.top_k!r}")
         if self.dtype not in DTYPES:
             raise bad(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not isinstance(self.model_config, dict):

@@ -1,4 +1,4 @@
-"""The meta tables (examples, tokens, outputs) as one Parquet part per chunk.
+"""The meta tables (examples, tokens, outputs, and topk where stored) as one Parquet part per chunk.
 
 Parts are written atomically (temporary file, fsync, rename) and deterministically (same frame,
 same bytes: no timestamps), so a resumed ingest rewrites a lost part byte for byte.
@@ -15,7 +15,7 @@ import polars as pl
 
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import read_file
-from actstore.store.layout import META, META_TABLES, part_path
+from actstore.store.layout import META, META_TABLES, OPTIONAL_META_TABLES, part_path
 
 if TYPE_CHECKING:
     from actstore.store.integrity import Ledger
@@ -52,7 +52,7 @@ def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
     Each part's bytes are read once, checked against its commit record (size and sha256), and
     only then decoded, so a damaged part never reaches the Parquet reader.
     """
-    if table not in META_TABLES:
+    if table not in (*META_TABLES, *OPTIONAL_META_TABLES):
         raise ValueError(f"unknown meta table {table!r}")
     frames = [pl.read_parquet(io.BytesIO(checked_part(ledger, table, k))) for k in range(n_chunks)]
     if not frames:
@@ -72,6 +72,8 @@ BASE_SCHEMAS: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {
                 "logit_diff": pl.Float32, "prob": pl.Float32, "rank": pl.Int64, "loss": pl.Float32,
                 "correct": pl.Boolean, "corrupted_correct_logit": pl.Float32, "corrupted_counter_logit": pl.Float32,
                 "corrupted_logit_diff": pl.Float32, "corrupted_loss": pl.Float32},
+    "topk": {"example_id": pl.Int64, "answer_idx": pl.Int64, "rank": pl.Int64, "token_id": pl.Int64,
+             "str_token": pl.String, "logit": pl.Float32, "prob": pl.Float32},
 }
 
 

@@ -4,7 +4,7 @@ This implements the store read API every query codes against:
 
     store.path, store.manifest, store.config, store.n_examples, store.n_answers, store.chunk_size,
     store.chunks(), store.hooks, store.hook_info(name), store.read(name, start, stop),
-    store.param(name), store.param_names, store.examples, store.tokens, store.outputs,
+    store.param(name), store.param_names, store.examples, store.tokens, store.outputs, store.topk,
     store.derived_dir
 
 A Store is a snapshot: it counts the chunks committed when it was opened (readers opened during
@@ -28,7 +28,8 @@ from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHoo
 from actstore.store.arch import Arch
 from actstore.store.checked import CheckedStore
 from actstore.store.integrity import Ledger
-from actstore.store.layout import ACTS, DERIVED, META_TABLES, PARAMS, as_array, chunk_ranges, part_path
+from actstore.store.layout import (ACTS, DERIVED, META_TABLES, OPTIONAL_META_TABLES, PARAMS, as_array, chunk_ranges,
+                                   meta_tables, part_path)
 from actstore.store.manifest import HookInfo, Manifest
 from actstore.store.parts import checked_part, read_parts
 
@@ -181,15 +182,31 @@ class Store:
         """One row per (example_id, answer_idx): the model's logits, prob, rank, loss at that answer."""
         return self.meta_table("outputs")
 
+    @cached_property
+    def topk(self) -> pl.DataFrame:
+        """One row per (example_id, answer_idx, rank) of the top `manifest.top_k` output tokens at each
+        answer: token_id, str_token (null where unknown), logit, prob; empty if the store keeps none."""
+        return self.meta_table("topk")
+
     def meta_table(self, table: str) -> pl.DataFrame:
-        """A meta table's committed rows, each part checked against its commit record as it is read."""
-        return read_parts(self.ledger, table, self._n_committed_chunks)
+        """A meta table's committed rows, each part checked against its commit record as it is read (an
+        optional table this store does not keep, such as topk with top_k 0: empty, with its columns)."""
+        self._check_table(table)
+        stored = table in meta_tables(self.manifest)
+        return read_parts(self.ledger, table, self._n_committed_chunks if stored else 0)
+
+    def _check_table(self, table: str) -> None:
+        if table not in (*META_TABLES, *OPTIONAL_META_TABLES):
+            raise InvalidParameterError(f"no meta table {table!r}; meta tables: "
+                                        f"{', '.join((*META_TABLES, *OPTIONAL_META_TABLES))}")
 
     def meta_paths(self, table: str) -> list[Path]:
         """The committed Parquet parts of a meta table, each checked against its commit record once
-        per Store (for readers such as DuckDB that open the files themselves)."""
-        if table not in META_TABLES:
-            raise InvalidParameterError(f"no meta table {table!r}; meta tables: {', '.join(META_TABLES)}")
+        per Store (for readers such as DuckDB that open the files themselves); none for an optional
+        table this store does not keep."""
+        self._check_table(table)
+        if table not in meta_tables(self.manifest):
+            return []
         if table not in self._checked_parts:
             for k in range(self._n_committed_chunks):
                 checked_part(self.ledger, table, k)

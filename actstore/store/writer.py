@@ -29,8 +29,8 @@ from actstore.store.commits import (CommitRecord, commit_files, commit_path, com
                                     write_commit)
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
-from actstore.store.layout import (ACTS, COMMITS, META_TABLES, PARAMS, as_array, chunk_file, chunk_ranges,
-                                   compressors, param_dims, part_path)
+from actstore.store.layout import (ACTS, COMMITS, PARAMS, as_array, chunk_file, chunk_ranges, compressors,
+                                   meta_tables, param_dims, part_path)
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.parts import write_part
 
@@ -90,6 +90,7 @@ class ChunkWriter:
         self.arrays = {h.name: as_array(group, ACTS, h.name, self.root).with_config(_WRITE_CONFIG)
                        for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
+        self.tables = meta_tables(manifest)  # examples, tokens, outputs (+ topk where the manifest keeps it)
         self.store_sha256 = file_digest(self.root / COMMITS / STORE_RECORD)[1]
         self._crc32c_tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
         self._kill = _parse_kill(os.environ.get(KILL_ENV))
@@ -101,9 +102,9 @@ class ChunkWriter:
         Returns the bytes written to disk (compressed chunks and parts).
         """
         start, stop = self.ranges[k]
-        if set(acts) != set(self.arrays) or set(meta) != set(META_TABLES):
+        if set(acts) != set(self.arrays) or set(meta) != set(self.tables):
             raise StoreCorruptError(f"chunk {k}: got arrays {sorted(acts)} and tables {sorted(meta)}, "
-                                    f"expected {sorted(self.arrays)} and {list(META_TABLES)}")
+                                    f"expected {sorted(self.arrays)} and {list(self.tables)}")
         for name, data in acts.items():
             if data.shape[0] != stop - start:
                 raise StoreCorruptError(f"chunk {k} of {name}: {data.shape[0]} rows for examples [{start}, {stop})")
@@ -115,12 +116,12 @@ class ChunkWriter:
         sync(put_all())
         self._maybe_die(k, "arrays")
         paths = [chunk_file(self.root, name, k, arr.ndim) for name, arr in self.arrays.items()]
-        for table in META_TABLES:
+        for table in self.tables:
             paths.append(part_path(self.root, table, k))
             write_part(meta[table], paths[-1])
         self._maybe_die(k, "meta")
         n_arrays = len(self.arrays)
-        tails = [self._crc32c_tail] * n_arrays + [False] * len(META_TABLES)
+        tails = [self._crc32c_tail] * n_arrays + [False] * len(self.tables)
         digests = self._pool.map(lambda f, t: file_digest(f, fsync=True, tail=t), paths, tails)  # sha256 drops the GIL
         files = {str(f.relative_to(self.root)): d for f, d in zip(paths, digests)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
@@ -156,7 +157,7 @@ class ChunkWriter:
         for k in range(first, len(self.ranges)):
             for name, arr in self.arrays.items():
                 chunk_file(self.root, name, k, arr.ndim).unlink(missing_ok=True)
-            for table in META_TABLES:
+            for table in self.tables:
                 part_path(self.root, table, k).unlink(missing_ok=True)
 
     def _maybe_die(self, k: int, phase: str) -> None:
