@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from actstore.cli.args import non_negative_int
 from actstore.cli.attention import add_where_option, int_list, parse_where
 from actstore.cli.output import add_output_options, output_format, write_table
 
@@ -25,23 +26,25 @@ CIRCUIT_KINDS = ("ov", "qk", "virtual-ov", "composition", "pos-qk", "virtual-pat
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dla", help="direct logit attribution per example, answer and component",
-                       description="Direct logit attribution at the answer positions by component, from the stored "
-                                   "activations (cached under STORE/derived/). Components sum to the logit minus b_U.")
+    p = sub.add_parser("dla", help="direct logit attribution per example, position and component",
+                       description="Direct logit attribution by component, from the stored activations (cached "
+                                   "under STORE/derived/), at the answer positions or any --pos, toward the answer "
+                                   "or any --target. Components sum to the logit minus b_U.")
     p.add_argument("store", help="store directory")
     p.add_argument("--level", choices=("layer", "head", "neuron", "path"), default="head",
                    help="granularity: layer, head (default), neuron, or path through later heads")
-    p.add_argument("--target", choices=("correct", "diff"), default="correct",
-                   help="the correct token's logit, or correct minus counterfactual (default correct)")
+    add_readout_options(p)
     p.add_argument("--mean", action="store_true",
-                   help="one row per component and answer: mean, std, n, 95%% interval over examples")
+                   help="one row per component and answer (or position, token): mean, std, n, 95%% interval over "
+                        "examples")
     add_output_options(p)
     p.set_defaults(handler=run_dla)
 
     p = sub.add_parser("logit-lens", help="accumulated residual after each stage, read on the answer direction",
-                       description="Accumulated residual per stage on the answer direction; values leave out b_U.")
+                       description="Accumulated residual per stage on the answer direction (or any --target), at "
+                                   "the answer positions or any --pos; values leave out b_U.")
     p.add_argument("store", help="store directory")
-    p.add_argument("--target", choices=("correct", "diff"), default="correct")
+    add_readout_options(p)
     p.add_argument("--ln", choices=("cached", "recompute"), default="cached",
                    help="final LayerNorm scale of the full stream (cached, default) or recomputed per stage")
     p.add_argument("--mean", action="store_true", help="one row per stage and answer: mean, std, n, 95%% interval")
@@ -79,15 +82,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_circuit)
 
 
+def add_readout_options(p: argparse.ArgumentParser) -> None:
+    """--target / --direction / --pos / --answer / --final-ln, shared by dla and logit-lens."""
+    p.add_argument("--target", default=None, metavar="correct|diff|ID|ID,ID,...|EXPR|NAME",
+                   help="what to read: the correct token's logit (default), correct minus counterfactual (diff), a "
+                        "token id, a comma-separated list of ids (one row per token), an expression such as "
+                        "'W_U[:,7] - W_U[:,3]' (W_U columns, W_E / W_pos rows, numbers, + - * /), or a direction "
+                        "saved in the store")
+    p.add_argument("--direction", default=None, metavar="FILE.npy|name:NAME",
+                   help="read this vector [d_model] instead of a --target: as it is (component . v), or after the "
+                        "final LayerNorm with --final-ln")
+    p.add_argument("--pos", default=None, metavar="SEL",
+                   help="read at these positions instead of the answer positions: a position (negative counts from "
+                        "each example's end), a role (END, '=', a0, ...), a comma-separated list, or 'all'")
+    p.add_argument("--answer", type=non_negative_int, default=0,
+                   help="with --pos: the answer whose tokens correct / diff read (default 0)")
+    p.add_argument("--final-ln", action="store_true",
+                   help="a --direction vector is read like an unembedding column (centred, divided by the final "
+                        "LayerNorm scale)")
+
+
+def readout_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The derived-table parameters of the read-out options (one-line errors for contradictions)."""
+    from actstore.errors import InvalidParameterError
+    from actstore.query.selectors import parse_selector
+
+    if args.direction is not None and args.target is not None:
+        raise InvalidParameterError("--target and --direction both name what to read; pass one")
+    params: dict[str, Any] = {"target": args.direction if args.direction is not None else args.target or "correct"}
+    if args.pos is not None:
+        if not args.pos.strip():
+            raise InvalidParameterError("--pos is empty; name a position, a role or 'all'")
+        params["pos"] = parse_selector(args.pos)
+    if args.answer:
+        params["answer"] = args.answer
+    if args.final_ln:
+        params["final_ln"] = True
+    return params
+
+
+def mean_keys(table: pl.DataFrame, params: dict[str, Any]) -> list[str]:
+    """--mean's group keys: the item columns, the target (and token), and the answer or, at --pos, the
+    role where the selector names roles, else the position."""
+    pos = params.get("pos")
+    items = [pos] if isinstance(pos, (int, str)) else list(pos or [])
+    where = "answer_idx" if pos is None else "role" if any(isinstance(i, str) and i != "all" for i in items) \
+        else "pos"
+    keys = ("target", "token", where, "component", "layer", "head", "neuron", "source", "stage")
+    return [k for k in keys if k in table.columns]
+
+
 def run_dla(args: argparse.Namespace) -> int:
     from actstore.query import derived
     from actstore.query.breakdown import breakdown
     from actstore.store import open_store
 
     output_format(args)  # a bad -o fails before the query runs
+    params = {"level": args.level, **readout_params(args)}
     store = open_store(args.store)
-    table = derived.cached(store, "dla", {"level": args.level, "target": args.target})
-    write_table(breakdown(table, group_by=[]) if args.mean else table, args)
+    table = derived.cached(store, "dla", params)
+    write_table(breakdown(table, group_by=[], keys=mean_keys(table, params)) if args.mean else table, args)
     return 0
 
 
@@ -97,9 +151,10 @@ def run_logit_lens(args: argparse.Namespace) -> int:
     from actstore.store import open_store
 
     output_format(args)
+    params = {"ln": args.ln, **readout_params(args)}
     store = open_store(args.store)
-    table = derived.cached(store, "logit_lens", {"target": args.target, "ln": args.ln})
-    write_table(breakdown(table, group_by=[]) if args.mean else table, args)
+    table = derived.cached(store, "logit_lens", params)
+    write_table(breakdown(table, group_by=[], keys=mean_keys(table, params)) if args.mean else table, args)
     return 0
 
 

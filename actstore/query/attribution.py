@@ -14,6 +14,10 @@ plus 'ln_final_bias' for a model whose final LayerNorm bias was not folded. Ever
 sums exactly to the logit minus b_U (target 'correct') or to the logit difference minus the
 b_U difference (target 'diff'). pos_embed appears only where positions are added to the
 residual stream ('standard'; a shortformer adds them to queries and keys only).
+
+`target` may also be a readout.Target (e.g. `Target.fixed(row, shape)`: one token or vector of
+the Readout at every position); a Readout of vectors read as they are (final_ln=False) gives
+component . v, not divided by the final LayerNorm scale, summing to resid_final . v.
 """
 
 from __future__ import annotations
@@ -89,18 +93,19 @@ def compute_table(readout: Readout, kind: str, layer: int) -> np.ndarray:
     return readout.table(("compute", kind, layer), lambda: getattr(readout, kind)(layer).astype(COMPUTE))
 
 
-def final_scale(weights: Weights, chunk: Chunk) -> np.ndarray:
-    """[example, answer] float64 final LayerNorm scale at the answers (ones without LayerNorm)."""
-    if weights.arch.norm is None:
+def final_scale(weights: Weights, chunk: Chunk, readout: Readout | None = None) -> np.ndarray:
+    """[example, answer] float64 final LayerNorm scale at the answers (ones without LayerNorm, or for a
+    readout of vectors read as they are)."""
+    if weights.arch.norm is None or (readout is not None and not readout.final_ln):
         return np.ones(chunk.answer_pos.shape)
     return chunk.at_answer[Arch.final_scale][..., 0].astype(np.float64)
 
 
 def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: str = "head",
-                       target: str = "correct") -> tuple[np.ndarray, list[Component]]:
+                       target: str | Target = "correct") -> tuple[np.ndarray, list[Component]]:
     """Each component's direct attribution at each answer: ([example, answer, component] float64, components)."""
     check_level(level)
-    tgt = make_target(readout, chunk, target)
+    tgt = target if isinstance(target, Target) else make_target(readout, chunk, target)
     u = tgt.take(readout.u)  # [e, a, d_model]
     blocks: list[np.ndarray] = []  # each [e, a, k], divided by the final scale at the end
     comps: list[Component] = []
@@ -143,7 +148,7 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
         else:
             add(np.einsum("ean,ean->ea", post, fold).astype(np.float64) + mlp_bias, [Component(f"mlp{layer}", layer)])
 
-    values = np.concatenate(blocks, axis=-1) / final_scale(weights, chunk)[..., None]
+    values = np.concatenate(blocks, axis=-1) / final_scale(weights, chunk, readout)[..., None]
     final_bias = readout.final_bias()
     if final_bias is not None:  # an unfolded ln_final.b adds a constant, not divided by the scale
         values = np.concatenate([values, tgt.take(final_bias)[..., None]], axis=-1)

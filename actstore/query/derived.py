@@ -7,6 +7,12 @@ the key, so a store that grew (a resumed ingest) or was re-ingested never serves
 Files of the same table and parameters with an older key are removed when a new one is written.
 Raw attention and neuron rows are written chunk by chunk, so memory holds one chunk's rows.
 
+dla and logit_lens also take target= (any token, token list, expression or vector), pos=,
+answer= and final_ln= (see targets.py, read_at.py). Their key holds pos and answer only when set,
+and the target as parsed: a token list as its ids, a vector (file, saved direction, expression)
+as its label and a digest of the vector read, so an edited file or a re-saved direction is
+another table; the default keys ('dla-level=head-target=correct') are those of before.
+
 Every cached file has a digest record written after it (actstore.store.cache); a file is used
 only through its checked bytes, so a replaced, truncated or bit-flipped file (or one whose
 record is missing) is recomputed and rewritten, never served. Where derived/ cannot be written
@@ -31,7 +37,9 @@ from actstore.query.attention import attention, attention_frames
 from actstore.query.dla import dla
 from actstore.query.logit_lens import logit_lens
 from actstore.query.neurons import neuron_frames, neurons
+from actstore.query.readout import Weights
 from actstore.query.tables import write_parquet_frames
+from actstore.query.targets import parse_target
 from actstore.store.cache import read_checked, record_path, write_checked
 from actstore.store.reader import Store
 
@@ -45,6 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 QUERIES: dict[str, Callable[..., pl.DataFrame]] = {"dla": dla, "logit_lens": logit_lens, "attention": attention,
                                                    "neurons": neurons}
+READOUT_TABLES = ("dla", "logit_lens")  # the tables whose target= is parsed for the key (targets.py)
 
 
 def compute(store: Store, table: str, params: Mapping[str, Any]) -> pl.DataFrame:
@@ -78,7 +87,25 @@ def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def cache_path(store: Store, table: str, params: Mapping[str, Any]) -> Path:
     """Where the derived table for these parameters lives (whether or not it exists yet)."""
-    return store.derived_dir / f"{_stem(table, params)}-n={store.n_examples}-{store_hash(store)}.parquet"
+    stem = _stem(table, key_params(store, table, params))
+    return store.derived_dir / f"{stem}-n={store.n_examples}-{store_hash(store)}.parquet"
+
+
+def key_params(store: Store, table: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a cached table is keyed by: as given, except for dla / logit_lens, where pos,
+    answer and final_ln are left out at their defaults and the target is keyed as parsed (its
+    errors are raised here, before anything is computed)."""
+    key = dict(params)
+    if table not in READOUT_TABLES:
+        return key
+    if key.get("pos") is None:
+        key.pop("pos", None)
+    if isinstance(key.get("answer"), (int, np.integer)) and not isinstance(key.get("answer"), bool) \
+            and key["answer"] == 0:
+        key.pop("answer")
+    final_ln = key.pop("final_ln", None)  # part of the target's key
+    key["target"] = parse_target(key.get("target", "correct"), Weights.from_store(store), store, final_ln).key()
+    return key
 
 
 def store_hash(store: Store) -> str:
@@ -94,7 +121,8 @@ def materialise(store: Store, table: str, params: Mapping[str, Any] | None = Non
     full disk): the query still runs, it just is not cached.
     """
     full = params_for(table, params)
-    path = cache_path(store, table, full)
+    key = key_params(store, table, full)
+    path = store.derived_dir / f"{_stem(table, key)}-n={store.n_examples}-{store_hash(store)}.parquet"
     data = read_checked(path)
     if data is not None:
         return data
@@ -111,7 +139,7 @@ def materialise(store: Store, table: str, params: Mapping[str, Any] | None = Non
         if isinstance(e, ActstoreError):  # the query itself failed (e.g. a missing store file): not a cache problem
             raise
         return compute(store, table, full)  # derived/ not writable: computed in memory, not cached
-    _remove_older_keys(path, _stem(table, full))
+    _remove_older_keys(path, _stem(table, key))
     data = read_checked(path)
     # None only if the file was replaced between writing and reading it back: do not trust it
     return data if data is not None else compute(store, table, full)

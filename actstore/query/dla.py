@@ -1,59 +1,81 @@
-"""`dla(store, level, target)`: direct logit attribution of every answer, streamed from a store.
+"""`dla(store, level, target, pos)`: direct logit attribution, streamed from a store.
 
-Reads only the hooks the granularity needs (hook_z and MLP hook_post at the answer positions,
+Reads only the hooks the granularity needs (hook_z and MLP hook_post at the read positions,
 the final LayerNorm scale; for paths also earlier layers at every position, the ln1 scales and
 the later layers' patterns), one committed chunk at a time, and returns the tidy table:
 
     example_id, answer_idx, answer_pos, target, component, layer, head, value
     (+ neuron for level='neuron', + source for level='path')
 
-The components of an answer sum to its stored logit minus b_U (or logit difference minus the
-b_U difference); see attribution.py for the component names.
+target (targets.py): 'correct' (the answer's logit), 'diff' (minus the counterfactual's), a token
+id or a list of them (one row per token, with a `token` column after `target`), an expression such
+as 'W_U[:,7] - W_U[:,3]', or a vector (array, .npy file, saved direction name). pos (read_at.py):
+None reads the answer positions; any position selector ('END', 3, -1, 'all', a list) reads there,
+and the keys become example_id, pos, role.
+
+The components of a row sum to its logit minus b_U (or logit difference minus the b_U difference;
+for a vector read as it is, to the final residual stream . v); see attribution.py for the names.
 """
 
 from __future__ import annotations
 
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import COMPUTE, Component, check_level, direct_attribution, required_hooks
-from actstore.query.chunks import ExampleArrays, check_hooks, stream
-from actstore.query.readout import Readout, Target, Weights
-from actstore.query.tables import ColumnType, empty_frame, item_frame, long_frame
+from actstore.query.chunks import ExampleArrays, stream
+from actstore.query.read_at import ReadAt
+from actstore.query.readout import Weights
+from actstore.query.tables import ColumnType, item_frame
+from actstore.query.targets import ANSWER_KINDS, ReadTarget, parse_target
 from actstore.store.reader import Store
 from actstore.query.options import Level
-from actstore.query.options import Target as TargetKind
 
 ITEM_SCHEMA: dict[str, ColumnType] = {"component": pl.String, "layer": pl.Int64, "head": pl.Int64}
 
 
-def dla(store: Store, level: Level = "head", target: TargetKind = "correct") -> pl.DataFrame:
+def dla(store: Store, level: Level = "head", target: Any = "correct", *, pos: Any = None, answer: int = 0,
+        final_ln: bool | None = None) -> pl.DataFrame:
     """Direct logit attribution at `level` ('layer' | 'head' | 'neuron' | 'path') toward `target`
-    ('correct': the answer's logit; 'diff': correct minus counterfactual), one row per
-    (example, answer, component), float64."""
+    (see the module docstring) at the answer positions or at `pos`, one row per (example, position,
+    [token,] component), float64. answer: with pos, whose tokens 'correct' / 'diff' read; final_ln:
+    read a vector target after the final LayerNorm (True) or as it is (False; see targets.py)."""
     check_level(level)
-    if target not in Target.KINDS:
-        raise InvalidParameterError(f"target must be one of {', '.join(Target.KINDS)}, got {target!r}")
     weights = Weights.from_store(store)
-    at_answer, full = required_hooks(weights, level)
-    check_hooks(store, at_answer, full, f"dla level={level!r}")
+    tgt = parse_target(target, weights, store, final_ln)
     ex = ExampleArrays.from_examples(store.examples, store.n_answers)
-    if target == "diff" and ex.counter_tokens is None:
-        raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
-                                    f"examples of store {store.path} have none; use target='correct'")
-    readout = Readout.of(weights, answer_token_ids(ex, target))
+    at = ReadAt.build(store, pos, answer, examples=ex)
+    at_answer, full = required_hooks(weights, level)
+    at.check_hooks(store, at_answer, full, f"dla level={level!r}")
+    check_counter(store, at.arrays, tgt)
+    readout = tgt.readout(weights, answer_token_ids(at.arrays, tgt.kind))
+    constants = {"target": tgt.label}
     frames: list[pl.DataFrame] = []
     items: pl.DataFrame | None = None
-    for chunk in stream(store, at_answer, full, tokens=level == "path", examples=ex, answer_dtype=COMPUTE):
-        values, comps = direct_attribution(weights, readout, chunk, level=level, target=target)
+    for chunk in stream(store, at_answer, full, tokens=level == "path", examples=at.arrays, answer_dtype=COMPUTE,
+                        ranges=at.ranges(store)):
+        rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(readout, chunk.answer_pos.shape)
+        per_row = []
+        for row in rows:
+            values, comps = direct_attribution(weights, readout, chunk, level=level, target=row)
+            per_row.append(values)
         if items is None:
             items = component_items(comps, level)
-        frames.append(long_frame(chunk.example_id, chunk.answer_pos, items, values, {"target": target}))
+        frames.append(at.frame(chunk.start, chunk.stop, items, np.stack(per_row, axis=2), constants,
+                               tgt.tokens if tgt.per_token else None))
     if not frames:
-        return empty_frame(component_items([], level), {"target": pl.String})
+        return at.empty(component_items([], level), {"target": pl.String}, tgt.per_token)
     return pl.concat(frames, rechunk=False)
+
+
+def check_counter(store: Store, ex: ExampleArrays, target: ReadTarget) -> None:
+    """'diff' needs counterfactual tokens: a one-line error naming the store if its task has none."""
+    if target.kind == "diff" and ex.counter_tokens is None:
+        raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
+                                    f"examples of store {store.path} have none; use target='correct'")
 
 
 def answer_token_ids(ex: ExampleArrays, target: str) -> np.ndarray:

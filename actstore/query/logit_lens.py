@@ -9,6 +9,11 @@ the final LayerNorm scale of the full stream, so stages are running sums of `dla
 and the last one equals the logit minus b_U exactly. ln='recompute': every stage goes through
 the final LayerNorm with its own statistics (TransformerLens `accumulated_resid(apply_ln=True)`),
 what the model would read if the stream stopped there.
+
+target and pos as dla takes them (targets.py, read_at.py): any token or token list (one row per
+token, a `token` column), an expression such as 'W_U[:,7] - W_U[:,3]', a vector, read at the answer
+positions or at any stored position. A vector read as it is (final_ln=False) has no LayerNorm in
+the way: each stage is the accumulated stream . v, the same under both ln modes.
 """
 
 from __future__ import annotations
@@ -17,16 +22,19 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from typing import Any
+
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import direct_attribution, make_target, required_hooks
-from actstore.query.chunks import Chunk, ExampleArrays, check_hooks, stream
-from actstore.query.dla import answer_token_ids
+from actstore.query.chunks import Chunk, ExampleArrays, stream
+from actstore.query.dla import answer_token_ids, check_counter
+from actstore.query.read_at import ReadAt
 from actstore.query.readout import Readout, Target, Weights
-from actstore.query.tables import empty_frame, item_frame, long_frame
+from actstore.query.tables import item_frame
+from actstore.query.targets import ANSWER_KINDS, parse_target
 from actstore.store.arch import Arch
 from actstore.store.reader import Store
 from actstore.query.options import LN_MODES, LensNorm
-from actstore.query.options import Target as TargetKind
 
 
 
@@ -40,9 +48,10 @@ def stages(weights: Weights) -> list[tuple[int, str]]:
     return out + [(weights.arch.n_layers - 1, "resid_post")]
 
 
-def lens_values(weights: Weights, readout: Readout, chunk: Chunk, target: str = "correct",
+def lens_values(weights: Weights, readout: Readout, chunk: Chunk, target: str | Target = "correct",
                 ln: str = "cached") -> np.ndarray:
-    """[example, answer, stage] accumulated-residual read-outs (see `stages` for the order)."""
+    """[example, answer, stage] accumulated-residual read-outs (see `stages` for the order); target:
+    'correct' | 'diff' or a readout.Target (e.g. Target.fixed for a token or vector of the readout)."""
     if ln not in LN_MODES:
         raise InvalidParameterError(f"ln must be one of {', '.join(LN_MODES)}, got {ln!r}")
     if ln == "cached":
@@ -50,7 +59,7 @@ def lens_values(weights: Weights, readout: Readout, chunk: Chunk, target: str = 
     return _recomputed(weights, readout, chunk, target)
 
 
-def _cached(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np.ndarray:
+def _cached(weights: Weights, readout: Readout, chunk: Chunk, target: str | Target) -> np.ndarray:
     values, comps = direct_attribution(weights, readout, chunk, level="layer", target=target)
     constant = np.zeros(values.shape[:2])
     if comps[-1].name == "ln_final_bias":  # read-out constant: part of every stage
@@ -61,8 +70,8 @@ def _cached(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np
     return start[..., None] + np.concatenate([np.zeros(start.shape + (1,)), running], axis=-1)
 
 
-def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -> np.ndarray:
-    tgt = make_target(readout, chunk, target)
+def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str | Target) -> np.ndarray:
+    tgt = target if isinstance(target, Target) else make_target(readout, chunk, target)
     u = tgt.take(readout.u)  # [e, a, d_model], includes ln_final.w and centring
     resid = weights.param(Arch.W_E)[chunk.input_tokens].astype(np.float64)  # [e, a, d_model]
     if weights.arch.pos_in_resid:
@@ -82,6 +91,8 @@ def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -
         states.append(resid)
     x = np.stack(states, axis=-2)  # [e, a, stage, d_model]
     eps = weights.arch.eps
+    if not readout.final_ln:  # a vector read as it is: no LayerNorm in the way
+        return np.einsum("easm,eam->eas", x, u)
     if weights.arch.layer_norm:
         x = x - x.mean(-1, keepdims=True)
         x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
@@ -94,27 +105,30 @@ def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str) -
     return values
 
 
-def logit_lens(store: Store, target: TargetKind = "correct", ln: LensNorm = "cached") -> pl.DataFrame:
-    """Accumulated residual read on the answer direction after each stage, one row per
-    (example, answer, stage): example_id, answer_idx, answer_pos, target, layer, stage, value."""
-    if target not in Target.KINDS:
-        raise InvalidParameterError(f"target must be one of {', '.join(Target.KINDS)}, got {target!r}")
+def logit_lens(store: Store, target: Any = "correct", ln: LensNorm = "cached", *, pos: Any = None,
+               answer: int = 0, final_ln: bool | None = None) -> pl.DataFrame:
+    """Accumulated residual read on the target's direction after each stage, one row per
+    (example, position, [token,] stage): example_id, answer_idx, answer_pos (at pos=: example_id, pos,
+    role), target, [token,] layer, stage, value. target, pos, answer, final_ln: as dla takes them."""
     if ln not in LN_MODES:
         raise InvalidParameterError(f"ln must be one of {', '.join(LN_MODES)}, got {ln!r}")
     weights = Weights.from_store(store)
-    at_answer, _ = required_hooks(weights, "layer")
-    check_hooks(store, at_answer, [], "logit_lens")
+    tgt = parse_target(target, weights, store, final_ln)
     ex = ExampleArrays.from_examples(store.examples, store.n_answers)
-    if target == "diff" and ex.counter_tokens is None:
-        raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
-                                    f"examples of store {store.path} have none; use target='correct'")
-    readout = Readout.of(weights, answer_token_ids(ex, target))
+    at = ReadAt.build(store, pos, answer, examples=ex)
+    at_answer, _ = required_hooks(weights, "layer")
+    at.check_hooks(store, at_answer, [], "logit_lens")
+    check_counter(store, at.arrays, tgt)
+    readout = tgt.readout(weights, answer_token_ids(at.arrays, tgt.kind))
     order = stages(weights)
     items = item_frame({"layer": [s[0] for s in order], "stage": [s[1] for s in order]},
                        {"layer": pl.Int64, "stage": pl.String})
-    frames = [long_frame(chunk.example_id, chunk.answer_pos, items, lens_values(weights, readout, chunk, target, ln),
-                         {"target": target})
-              for chunk in stream(store, at_answer, examples=ex)]
+    frames = []
+    for chunk in stream(store, at_answer, examples=at.arrays, ranges=at.ranges(store)):
+        rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(readout, chunk.answer_pos.shape)
+        values = np.stack([lens_values(weights, readout, chunk, row, ln) for row in rows], axis=2)
+        frames.append(at.frame(chunk.start, chunk.stop, items, values, {"target": tgt.label},
+                               tgt.tokens if tgt.per_token else None))
     if not frames:
-        return empty_frame(items, {"target": pl.String})
+        return at.empty(items, {"target": pl.String}, tgt.per_token)
     return pl.concat(frames, rechunk=False)

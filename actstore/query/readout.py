@@ -8,7 +8,10 @@ so the answer direction u_t = W_U[:, t] (centered over d_model for LN, times ln_
 model still has one) can be pushed back through each component's output weights once per token
 (W_O[l, h] @ u_t, W_out[l] @ u_t, ...) and dotted with the stored activations. `Readout` holds
 those folded directions for the distinct answer tokens of a store, so a query over a million
-examples folds each weight once per token, not once per example.
+examples folds each weight once per token, not once per example. A Readout can also hold plain
+d_model vectors (`Readout.of_vectors`: a direction from a file, the store or a weight expression),
+read either like an unembedding column (final_ln=True: centred, ln_final.w folded in, divided by
+the final LayerNorm scale) or as they are (final_ln=False: component . v, no scale).
 
 Pure numpy; weights come from a store (`Weights.from_store`) or a plain dict (tests).
 """
@@ -115,11 +118,13 @@ class Weights:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= w_u.shape[1]):
             raise InvalidParameterError(f"answer token ids must lie in [0, {w_u.shape[1]}) (the unembedding's "
                                         f"vocabulary), got {int(tokens.min())}..{int(tokens.max())}")
-        u = w_u[:, tokens].T.astype(np.float64)  # [token, d_model]
+        return self.after_final_ln(w_u[:, tokens].T.astype(np.float64))  # [token, d_model]
+
+    def after_final_ln(self, vectors: np.ndarray) -> np.ndarray:
+        """[k, d_model] vectors read after the final LayerNorm (like W_U columns) as directions on the
+        residual stream before it: centre(ln_final.w * v), to be divided by the stored final scale."""
         w, _ = self.ln_weight(None, "ln_final")
-        if w is not None:
-            u = u * w
-        return self.center(u)
+        return self.center(vectors * w if w is not None else vectors)
 
     def final_bias_logits(self, tokens: np.ndarray) -> np.ndarray | None:
         """ln_final.b @ W_U[:, t] for an unfolded final LayerNorm (a constant term), else None."""
@@ -153,16 +158,38 @@ class Readout:
     def of(cls, weights: Weights, tokens: np.ndarray) -> "Readout":
         """The Readout of these tokens, shared with earlier queries on the same weights."""
         key = np.unique(np.asarray(tokens, dtype=np.int64).ravel()).tobytes()
-        readout = weights.readouts.pop(key, None) or cls(weights, tokens)
+        return cls._shared(weights, key, lambda: cls(weights, tokens))
+
+    @classmethod
+    def of_vectors(cls, weights: Weights, vectors: np.ndarray, final_ln: bool) -> "Readout":
+        """The Readout of plain [k, d_model] vectors (rows 0..k-1), shared like `of`."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        key = b"vectors" + bytes([bool(final_ln)]) + np.asarray(vectors.shape).tobytes() + vectors.tobytes()
+        return cls._shared(weights, key, lambda: cls(weights, np.arange(vectors.shape[0]), vectors=vectors,
+                                                     final_ln=final_ln))
+
+    @classmethod
+    def _shared(cls, weights: Weights, key: bytes, make: Callable[[], "Readout"]) -> "Readout":
+        readout = weights.readouts.pop(key, None) or make()
         weights.readouts[key] = readout
         while len(weights.readouts) > cls.KEPT:
             weights.readouts.pop(next(iter(weights.readouts)))
         return readout
 
-    def __init__(self, weights: Weights, tokens: np.ndarray) -> None:
+    def __init__(self, weights: Weights, tokens: np.ndarray, *, vectors: np.ndarray | None = None,
+                 final_ln: bool = True) -> None:
+        """tokens: output token ids whose unembedding directions to hold; or, with `vectors` [k, d_model],
+        row numbers 0..k-1 of those vectors, read like unembedding columns if final_ln, else as they are."""
         self.weights = weights
         self.tokens = np.unique(np.asarray(tokens, dtype=np.int64).ravel())
-        self.u = weights.unembed_directions(self.tokens)  # [token, d_model]
+        self.vectors = None if vectors is None else np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        self.final_ln = bool(final_ln) or self.vectors is None  # token directions always read the final LN
+        if self.vectors is None:
+            self.u = weights.unembed_directions(self.tokens)  # [token, d_model]
+        else:
+            if not np.array_equal(self.tokens, np.arange(self.vectors.shape[0])):
+                raise InvalidParameterError("Readout(vectors=...) takes tokens 0..k-1, the rows of the vectors")
+            self.u = weights.after_final_ln(self.vectors) if self.final_ln else self.vectors
         self._tables: dict[tuple[Any, ...], np.ndarray] = {}
         self._lookup = np.full(int(self.tokens.max()) + 1 if self.tokens.size else 1, -1, dtype=np.int64)
         self._lookup[self.tokens] = np.arange(self.tokens.size)
@@ -201,8 +228,12 @@ class Readout:
         return self.table(("mlp_bias", layer), lambda: self._bias(Arch.mlp_weight(layer, "b_out")))
 
     def final_bias(self) -> np.ndarray | None:
-        """[token] ln_final.b @ W_U[:, t] for an unfolded final LayerNorm, else None."""
-        return self.weights.final_bias_logits(self.tokens)
+        """[token] ln_final.b @ W_U[:, t] (a vector v: ln_final.b @ v, read after the final LayerNorm) for
+        an unfolded final LayerNorm, else None."""
+        if self.vectors is None:
+            return self.weights.final_bias_logits(self.tokens)
+        _, b = self.weights.ln_weight(None, "ln_final")
+        return self.vectors @ b if b is not None and self.final_ln else None
 
     def _bias(self, name: str) -> np.ndarray:
         b = self.weights.maybe(name)
@@ -210,10 +241,12 @@ class Readout:
 
 
 class Target:
-    """Which direction a query reads at each answer: the correct token, or correct minus counterfactual.
+    """Which direction a query reads at each answer: the correct token, or correct minus counterfactual,
+    or one fixed row of the Readout for every answer (`Target.fixed`: a chosen token or vector).
 
     correct, counter: [example, answer] row indices into a Readout (counter None for 'correct').
-    `take(table)` gathers a per-token table for every answer: [example, answer, ...].
+    `take(table)` gathers a per-token table for every answer: [example, answer, ...] (for a fixed
+    row, a read-only broadcast view of that row).
     """
 
     KINDS = ("correct", "diff")
@@ -225,8 +258,18 @@ class Target:
             raise InvalidParameterError("target 'diff' needs counterfactual tokens, and this task has none; "
                                         "use target='correct'")
         self.kind, self.correct, self.counter = kind, correct, counter
+        self.row: int | None = None
+
+    @classmethod
+    def fixed(cls, row: int, shape: tuple[int, ...]) -> "Target":
+        """Row `row` of the Readout at every one of `shape` ([example, answer]) read positions."""
+        target = cls("correct", np.full(shape, int(row), dtype=np.int64), None)
+        target.row = int(row)
+        return target
 
     def take(self, table: np.ndarray) -> np.ndarray:
+        if self.row is not None:
+            return np.broadcast_to(table[self.row], self.correct.shape + table.shape[1:])
         out = table[self.correct]
         if self.kind == "diff":
             out = out - table[self.counter]
