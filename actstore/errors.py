@@ -7,6 +7,8 @@ The CLI turns any `ActstoreError` into one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import importlib.util
+
 
 class ActstoreError(Exception):
     """Base class of all actstore errors."""
@@ -74,3 +76,36 @@ class OutputWriteError(ActstoreError, OSError):
 
 class ModelMismatchError(ActstoreError, ValueError):
     """A model whose weights differ from those a store was ingested with."""
+
+
+# What `pip install 'actstore[models]'` adds to the reader install: the model side (models, ingest,
+# interventions, the text tasks' tokenizers). Reading a store (store, query, charts, sql, report) needs none.
+MODELS_EXTRA = "pip install 'actstore[models]'"
+MODEL_MODULES = ("torch", "transformer_lens", "transformers", "tokenizers", "safetensors")
+
+
+class ModelsExtraError(ActstoreError, ModuleNotFoundError):
+    """A model-side feature on a reader-only install (torch, TransformerLens, ... are not installed)."""
+
+
+def needs_models_extra(exc: BaseException) -> bool:
+    """Whether `exc` says a module of the model extra is missing (the install is the reader alone)."""
+    name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    return bool(name) and str(name).partition(".")[0] in MODEL_MODULES
+
+
+def require_models(feature: str, modules: tuple[str, ...] = MODEL_MODULES) -> None:
+    """Raise ModelsExtraError naming the extra to install if any of `modules` is missing.
+
+    Called where the model side is entered (actstore.models, actstore.ingest, actstore.interventions,
+    the word tokenizer), so `actstore.ingest(...)` on a reader install fails with the fix, not a bare
+    "No module named 'torch'". Looks the modules up without importing them.
+    """
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ModelsExtraError(f"{feature} needs the model extra ({name} is not installed): {MODELS_EXTRA}",
+                                   name=name)

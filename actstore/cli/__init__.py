@@ -2,7 +2,8 @@
 
 Each command group lives in its own module exposing `register(subparsers)`; each command's
 handler takes the parsed arguments and returns an exit code. Library errors become one line on
-stderr and exit code 2 here, in one place.
+stderr and exit code 2 here, in one place; so does a model command (ingest, train, eval, patch,
+ablate, a text task's dataset) on a reader-only install, naming the extra to install.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 from actstore import __version__
 from actstore.cli.args import OneLineParser, tolerate_undecodable_paths
-from actstore.errors import ActstoreError
+from actstore.errors import MODELS_EXTRA, ActstoreError, needs_models_extra
 
 # modules under actstore.cli that register commands, in help order
 COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "probe", "compare",
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `actstore sql ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ModuleNotFoundError as e:  # a model command (ingest, train, patch, ...) on a reader-only install
+        if not needs_models_extra(e):
+            raise
+        return _fail(args.command, f"this command needs the model extra: {MODELS_EXTRA}")
     except ActstoreError as e:
         return _fail(args.command, str(e))
     except MemoryError:

@@ -1,7 +1,8 @@
 """Task generators: one module per seed task, all following `actstore.datasets.base.Task`.
 
 Imports run one way: the leaf modules (`base`, `report_spec`, the word lists `ioi_words` and
-`days_words`) import no task; `wordtok` reads the word lists; `templated` uses `wordtok`; the
+`days_words`) import no task; `wordtok` reads the word lists; `templated` uses `wordtok` (on first use:
+it needs the model extra's tokenizers, the text tasks' labels and report specs do not); the
 text tasks (`ioi`, `days`) use `templated`; `prompts` reads the user's file through `prompt_file`
 and tokenizes it with `templated`'s PromptTokenizer.
 """

@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from actstore.datasets.base import pad_ragged
-from actstore.datasets.wordtok import word_tokenizer
 from actstore.errors import InvalidParameterError
 
 _SLOT = re.compile(r"( ?\[[A-Z_]+\])")
@@ -138,7 +137,13 @@ class PromptTokenizer:
 
 def prompt_tokenizer(tokenizer: Any, task: str) -> PromptTokenizer:
     """`tokenizer` (any Hugging Face tokenizer) for `task`'s prompts; None means the word tokenizer."""
-    return PromptTokenizer(word_tokenizer() if tokenizer is None else tokenizer, task)
+    if tokenizer is None:
+        # imported here: the word tokenizer needs the model extra (tokenizers, transformers), while a reader
+        # install still imports the text tasks for their labels and report specs
+        from actstore.datasets.wordtok import word_tokenizer  # noqa: PLC0415
+
+        tokenizer = word_tokenizer()
+    return PromptTokenizer(tokenizer, task)
 
 
 def same_shape_twin(task: str, clean: Encoded, twin: Encoded) -> np.ndarray:

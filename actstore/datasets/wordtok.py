@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from actstore.errors import require_models
 
-from actstore.datasets import days_words, ioi_words
+require_models("the word tokenizer of the text tasks", ("tokenizers", "transformers"))
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from actstore.datasets import days_words, ioi_words  # noqa: E402
 
 BOS, UNK = "<|bos|>", "<|unk|>"
 NAME = "actstore-word"

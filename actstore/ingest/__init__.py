@@ -9,7 +9,11 @@ any `actstore.ingest.*` module is imported).
 import sys
 import types
 
-from actstore.ingest.run import ingest
+from actstore.errors import require_models
+
+require_models("actstore.ingest")  # a reader-only install: one error naming the extra, not 'No module torch'
+
+from actstore.ingest.run import ingest  # noqa: E402
 
 
 class _CallableModule(types.ModuleType):

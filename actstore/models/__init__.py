@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
-from actstore.models.backend import model_config_dict, processing_of
-from actstore.models.evaluate import evaluate
-from actstore.models.load import load_model
-from actstore.models.zoo import TRAIN_SEED_BASE, ZOO, zoo_names
+from actstore.errors import require_models
+
+require_models("actstore.models")  # a reader-only install: one error naming the extra, not 'No module torch'
+
+from actstore.models.backend import model_config_dict, processing_of  # noqa: E402
+from actstore.models.evaluate import evaluate  # noqa: E402
+from actstore.models.load import load_model  # noqa: E402
+from actstore.models.zoo import TRAIN_SEED_BASE, ZOO, zoo_names  # noqa: E402
 
 
 def train(name: str, **kwargs):  # noqa: ANN201 - see actstore.models.train.train
