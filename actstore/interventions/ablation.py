@@ -20,7 +20,7 @@ import polars as pl
 import torch
 
 from actstore.errors import InvalidParameterError
-from actstore.interventions.pairs import Pairs, load_pairs
+from actstore.interventions.pairs import Pairs
 from actstore.interventions.targets import hook_name, to_token_major
 from actstore.store.reader import Store
 
@@ -94,12 +94,12 @@ def store_chunks(store: Store, hook: str, layers: list[int], groups: np.ndarray
 Chunk = tuple[np.ndarray, dict[int, torch.Tensor]]  # (group id [n, pos], {layer: [n, ...] activation})
 
 
-def model_chunks(store: Store, groups: np.ndarray, batch: int,
+def model_chunks(every: Pairs, groups: np.ndarray, batch: int,
                  run: Callable[[Pairs], dict[int, torch.Tensor]]) -> Iterator[Chunk]:
     """`run(pairs)` ({layer: [n, ...]} activations on the clean tokens) over every example, batch by batch."""
-    for start in range(0, store.n_examples, batch):
-        stop = min(start + batch, store.n_examples)
-        yield groups[start:stop], run(load_pairs(store, start, stop))
+    for start in range(0, len(every), batch):
+        stop = min(start + batch, len(every))
+        yield groups[start:stop], run(every.take(slice(start, stop)))
 
 
 def mean_source(means: torch.Tensor, gid: np.ndarray, hook: str) -> torch.Tensor:

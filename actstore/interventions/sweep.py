@@ -32,6 +32,8 @@ from actstore.store.lock import store_lock
 from actstore.store.reader import Store
 from actstore.store.sweeps import ROW_SCHEMA, SweepWriter, list_sweeps, read_sweep, sweep_id
 
+MEANS_BATCH = 256  # examples per forward pass of the means pass (no patched variants: one row each)
+
 
 def run_sweep(store: Store, spec: SweepSpec, model: Any = None, device: str = "auto",
               quiet: bool = False) -> pl.DataFrame:
@@ -220,7 +222,7 @@ def _means(runner: Runner, spec: SweepSpec, plan: _Plan, layers: list[int]) -> d
             got = cached_run(runner, torch.as_tensor(pairs.tokens, device=dev),
                              torch.as_tensor(pairs.lengths, device=dev), answers, spec.hook, layers)
             return {layer: a.cpu() for layer, a in got.acts.items()}
-        chunks = ablation.model_chunks(store, groups, spec.batch, run)
+        chunks = ablation.model_chunks(every, groups, max(spec.batch, MEANS_BATCH), run)
     plan.means = ablation.group_means(chunks, n_groups, layers, spec.hook)
     plan.groups = groups[spec.start:spec.stop]
     return plan.means
