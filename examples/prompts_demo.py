@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n = count_prompts(args.file)
     store = actstore.ingest("prompts", args.model, n, 0, args.out, task_params={"file": str(args.file)},
-                            device="cpu", quiet=True, overwrite=True)  # the same run again: reused as it is
+                            device="cpu", quiet=True)  # the same run again is reused; another run is refused
     with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=70, tbl_hide_dataframe_shape=True):
         print(f"== {n} prompts from {args.file.name} through {args.model}")
         out = store.outputs.join(store.examples.select("example_id", "text", "order", "answer", "counter"),

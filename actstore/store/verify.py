@@ -28,7 +28,7 @@ from actstore.store.cache import cache_problems
 from actstore.store.commits import CommitRecord, commit_files, file_digest, read_file
 from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
 from actstore.store.integrity import Ledger, bytes_digest, weights_sha256
-from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, part_path
+from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, meta_tables, part_path
 from actstore.store.manifest import Manifest
 from actstore.store.open import read_manifest
 from actstore.store.reader import Store
@@ -194,7 +194,7 @@ def _check_chunk(store: Store, record: CommitRecord, start: int, stop: int, bad:
     root = store.path
     k = record.chunk
     files = {f"acts/{h.name}": chunk_file(root, h.name, k, len(h.shape)) for h in m.hooks}
-    files |= {f"meta/{t}": part_path(root, t, k) for t in META_TABLES}
+    files |= {f"meta/{t}": part_path(root, t, k) for t in meta_tables(m)}  # + topk where top_k > 0
     intact: set[str] = set()
     for label, f in files.items():
         rel = str(f.relative_to(root))
@@ -221,14 +221,14 @@ def _check_chunk(store: Store, record: CommitRecord, start: int, stop: int, bad:
         except Exception as e:  # noqa: BLE001 - crc32c mismatch or a broken chunk
             bad(f"acts/{h.name} chunk {k}: {_short(e)}")
     tables: dict[str, pl.DataFrame] = {}
-    for t in META_TABLES:
+    for t in meta_tables(m):
         if f"meta/{t}" in intact:
             try:
                 tables[t] = pl.read_parquet(part_path(root, t, k))
             except Exception as e:  # noqa: BLE001
                 bad(f"meta/{t} chunk {k}: unreadable ({_short(e)})")
     _check_meta_rows(m, k, start, stop, tables, bad)
-    if len(tables) == len(META_TABLES):
+    if all(t in tables for t in META_TABLES):
         dec.add(k, tables["examples"], tables["outputs"], acts)
 
 
@@ -246,6 +246,11 @@ def _check_meta_rows(m: Manifest, k: int, start: int, stop: int, tables: dict[st
         want = [e for e in ids for _ in range(m.n_answers)]
         if out["example_id"].to_list() != want:
             bad(f"meta/outputs chunk {k}: rows are not one per (example, answer) for examples {start}..{stop - 1}")
+    top = tables.get("topk")
+    if top is not None:
+        want = [e for e in ids for _ in range(m.n_answers * (m.top_k or 0))]
+        if top["example_id"].to_list() != want:
+            bad(f"meta/topk chunk {k}: rows are not {m.top_k} per (example, answer) for examples {start}..{stop - 1}")
 
 
 class _Decomposition:

@@ -365,7 +365,8 @@ def test_committed_count_the_docs_way(stores, tmp_path) -> None:
         assert (rec["chunk"], rec["start"], rec["stop"]) == (i, i * CHUNK, min((i + 1) * CHUNK, N))
         assert rec["store"] == store_sha
         assert complete["records"][f"{i:05d}"] == hashlib.sha256(raw).hexdigest()
-        parts = {f"meta/{t}/part-{i:05d}.parquet" for t in ("examples", "tokens", "outputs")}
+        tables = ("examples", "tokens", "outputs", *(("topk",) if m.get("top_k") else ()))
+        parts = {f"meta/{t}/part-{i:05d}.parquet" for t in tables}
         chunks = {f for f in rec["files"] if f.startswith("acts/")}
         assert set(rec["files"]) == parts | chunks
         assert {f.split("/c/")[0][len("acts/"):] for f in chunks} == {h["name"] for h in m["hooks"]}
