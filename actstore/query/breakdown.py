@@ -19,7 +19,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownColumnError
 
 # columns of the query tables that identify an item (not an example): kept as group keys
-KEY_COLUMNS = ("target", "answer_idx", "component", "layer", "head", "neuron", "source", "stage", "q_role",
+KEY_COLUMNS = ("target", "token", "answer_idx", "component", "layer", "head", "neuron", "source", "stage", "q_role",
                "k_role")
 Z975 = 1.959963984540054  # standard normal 97.5% quantile
 
