@@ -8,7 +8,10 @@ answer's query position to the a/b digits split by carry, the path (virtual head
 seed's mean ablations through the store (actstore.interventions, on the first --sweep-n
 examples): each head's output z, and its q, k and v, replaced by their mean over the store's
 examples at each position, with the increase of the loss of each sum digit, overall and split
-by whether that digit receives a carry.
+by whether that digit receives a carry. Then the DLA toward every digit (target=list(range(10)),
+one row per token) and its Fourier view over the digits (query/fourier.py), and a test_prompt-style
+top-k table from the SQL view topk (the most likely tokens at each answer, and how often the top
+one is the correct digit).
 
     .venv/bin/python examples/seed003_addition.py --n 4000 --charts stores/charts/seed003
 """
@@ -21,6 +24,7 @@ from _common import Example, run
 import actstore.charts as ch
 from actstore.interventions import ablate
 from actstore.query import attention, breakdown, dla
+from actstore.query.fourier import fourier_table
 from actstore.query.interventions import effects
 
 
@@ -126,6 +130,8 @@ def main() -> None:
     ex.key("path_sum_mean", float(path_sum.get_column("value").mean()))
 
     _ablations(ex, store, carry_of)
+    _every_digit(ex, store)
+    _topk(ex, store)
 
     ex.chart("dla_heads", lambda: ch.dla_heatmap(d))
     ex.chart("dla_carry_split", lambda: ch.component_bars_by(d, examples, carry_of, top=8,
@@ -207,6 +213,59 @@ def _ablations(ex: Example, store, carry_of: dict[int, str]) -> None:
                f"+{no_carry:.2f} without a carry, +{carry:.2f} with one")
         ex.key("ablate_k_L1_no_carry", float(no_carry))
         ex.key("ablate_k_L1_carry", float(carry))
+
+
+def _every_digit(ex: Example, store) -> None:
+    """DLA toward every digit (one row per token) and its Fourier view over the digits."""
+    ex.section("DLA toward every digit (target=list(range(10))): each head's write to each digit's logit, "
+               "and its Fourier view over the digits")
+    every = dla(store, level="head", target=list(range(10)))
+    heads = every.filter(pl.col("head").is_not_null())
+    mean = heads.group_by("component", "token").agg(pl.col("value").mean())
+    ex.table(mean.sort("token").pivot(on="token", index="component", values="value").sort("component"),
+             "mean DLA toward each digit token (columns), over every example and sum digit")
+    # the seed's Fourier view, per answer: each head's 10 digit logits in the Fourier basis over the tokens,
+    # the constant component (a shift of every digit's logit alike) left out of the power
+    f = fourier_table(heads.select("example_id", "answer_idx", pl.col("component").alias("head_name"), "token",
+                                   "value"), over="token", by=["example_id", "answer_idx", "head_name"])
+    power = (f.filter(pl.col("frequency") > 0).group_by("head_name", "frequency")
+             .agg(power=(pl.col("value") ** 2).sum())
+             .with_columns(share=pl.col("power") / pl.col("power").sum().over("head_name")))
+    ex.table(power.sort("frequency").pivot(on="frequency", index="head_name", values="share").sort("head_name"),
+             "share of each head's non-constant DLA power (over the digits) in each frequency (columns)")
+    total = power.group_by("frequency").agg(pl.col("power").sum()).with_columns(
+        share=pl.col("power") / pl.col("power").sum()).sort("share", descending=True)
+    top = total.row(0, named=True)
+    ex.say(f"over every head, frequency {top['frequency']} holds {top['share']:.0%} of the non-constant power "
+           "of the DLA over the digits")
+    ex.key("dla_digits_top_frequency", int(top["frequency"]))
+    ex.key("dla_digits_top_frequency_share", float(top["share"]))
+    # summed over every component, the row of the correct digit is the answer's logit less b_U: the DLA table
+    # over every digit holds the plain DLA (target 'correct') as one of its tokens
+    correct = every.join(store.outputs.select("example_id", "answer_idx", "correct_token"),
+                         on=["example_id", "answer_idx"]).filter(pl.col("token") == pl.col("correct_token"))
+    ex.key("dla_digits_correct_sum_mean",
+           float(correct.group_by("example_id", "answer_idx").agg(pl.col("value").sum()).get_column("value").mean()))
+
+
+
+def _topk(ex: Example, store) -> None:
+    """A test_prompt-style table from the topk view: each answer's top tokens, and how often the top one is right."""
+    ex.section("Top-k output tokens at each answer (SQL view topk), test_prompt style")
+    first = store.sql(
+        "SELECT t.answer_idx, o.correct_token, t.rank, t.str_token, t.logit, t.prob FROM topk t "
+        "JOIN outputs o USING (example_id, answer_idx) "
+        "WHERE t.example_id = 0 AND t.rank < 3 ORDER BY t.answer_idx, t.rank").pl()
+    ex.table(first, "example 0: the 3 most likely tokens at each sum digit")
+    top1 = store.sql(
+        "SELECT t.answer_idx, avg(CAST(t.token_id = o.correct_token AS DOUBLE)) AS top1_correct, "
+        "avg(t.prob) AS mean_top1_prob, count(*) AS answers FROM topk t "
+        "JOIN outputs o USING (example_id, answer_idx) WHERE t.rank = 0 GROUP BY t.answer_idx "
+        "ORDER BY t.answer_idx").pl()
+    ex.table(top1, "per sum digit: share of answers whose top-1 token is the correct digit, mean top-1 probability")
+    n = top1.get_column("answers").cast(pl.Float64)
+    ex.key("topk_top1_correct", float((top1.get_column("top1_correct") * n).sum() / n.sum()))
+    ex.key("topk_mean_top1_prob", float((top1.get_column("mean_top1_prob") * n).sum() / n.sum()))
 
 
 def _query_roles(store) -> dict[int, str]:

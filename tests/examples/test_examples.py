@@ -317,6 +317,21 @@ def test_seed003_addition(tmp_path: Path) -> None:
         assert keys[f"carry_delta_head_c{i}"] == best
         close(keys[f"carry_delta_c{i}"], deltas[best], rel=2e-2, abs_=2e-2)
     assert "Path DLA" in stdout and "breakdown(dla, group_by='carry_i')" in stdout
+    # DLA toward every digit: summed over components, the correct digit's row is the answer's logit less b_U
+    close(keys["dla_digits_correct_sum_mean"], target, rel=1e-2)
+    assert keys["dla_digits_top_frequency"] == "1" and float(keys["dla_digits_top_frequency_share"]) > 0.5
+    # topk: the rank-0 token is the correct digit exactly where the outputs table says the answer is correct
+    top1 = store.topk.filter(pl.col("rank") == 0).join(
+        store.outputs.select("example_id", "answer_idx", "correct_token", "correct", "prob"),
+        on=["example_id", "answer_idx"])
+    assert top1.height == store.n_examples * store.n_answers
+    hit = top1.get_column("token_id").to_numpy() == top1.get_column("correct_token").to_numpy()
+    assert np.array_equal(hit, top1.get_column("correct").to_numpy())
+    close(keys["topk_top1_correct"], hit.mean())
+    right = top1.filter(pl.col("correct"))  # there the top-1 probability is the correct token's
+    np.testing.assert_allclose(right.get_column("prob").to_numpy(), right.get_column("prob_right").to_numpy(),
+                               rtol=1e-5)
+    close(keys["topk_mean_top1_prob"], top1.get_column("prob").mean(), rel=1e-5)
     # mean ablation of each head's z: the loss increase per digit, recomputed with TransformerLens hooks that
     # write the mean of the stored hook_z over every example of the store at each position
     import torch
