@@ -5,7 +5,11 @@ accuracy by failure type; the "unbalanced direction" (logit of class unbalanced 
 balanced) read by every component, per head, per MLP and per neuron, split by failure type;
 which head carries information into position 0 from which positions (attention from position
 0 by head, grouped by failure); and which MLP neurons' projections track the open-bracket
-proportion (Pearson r), directly at position 0 and through the head that carries the most.
+proportion (Pearson r), directly at position 0 and through the head that carries the most. Then
+the unbalanced direction before the final LayerNorm (a linear fit of ln_final at position 0,
+saved in the store as direction 'unbalanced'), the cosines of v_L / v_R (the images of '(' and
+')' under head 0.0's OV) with the neurons' input directions, and each neuron's projection at
+position 0 onto the saved direction, read by name.
 Findings are computed from the queries, not assumed from the seed's model.
 
     .venv/bin/python examples/seed002_brackets.py --n 2000 --charts stores/charts/seed002
@@ -19,6 +23,9 @@ from _common import Example, head_label, run
 
 import actstore.charts as ch
 from actstore.query import attention, breakdown, dla, neuron_correlation, neuron_frames, neurons
+from actstore.query.cosines import cosine_table
+from actstore.query.ln_fit import fit_layernorm, unembed_direction
+from actstore.store.directions import save_direction
 
 
 def main() -> None:
@@ -131,6 +138,8 @@ def main() -> None:
     ex.key("top_neuron_r", float(b["r"]))
     ex.key("top_neuron_read", b["read"])
 
+    _unbalanced_fit(ex, store, labels, unb_tok, bal_tok)
+
     # the chart shows the logit difference correct - other class (= the unbalanced direction except on
     # balanced strings, failure 'none', where it is its negative)
     ex.chart("dla_diff_by_failure", lambda: ch.component_bars_by(diff, examples, "failure", top=10))
@@ -142,6 +151,56 @@ def main() -> None:
             x="open_proportion", color="failure", which=top_neurons.get_column("neuron").to_list(),
             direction="the unbalanced direction"))
     ex.finish()
+
+
+def _unbalanced_fit(ex: Example, store, labels: pl.DataFrame, unb_tok: int, bal_tok: int) -> None:
+    """The seed's unbalanced direction before the final LayerNorm (a linear fit of it, saved by name), the
+    cosines of v_L / v_R with the neurons' input directions, and neuron projections onto the saved direction."""
+    n_layers, d_model = store.arch.n_layers, store.arch.d_model
+    ex.section("The unbalanced direction before the final LayerNorm: a linear fit of ln_final at position 0, "
+               "saved as direction 'unbalanced' (= actstore direction fit-ln --token 0 --minus 1 --pos 0)")
+    fit = fit_layernorm(store, "ln_final", pos=0)
+    vector = fit.pull_back(unembed_direction(store, unb_tok, bal_tok))
+    saved = save_direction(store.path, "unbalanced", vector, overwrite=True,
+                           info={"kind": "fit-ln", "token": unb_tok, "minus": bal_tok, **fit.info(0)})
+    ex.say(f"ln_final fitted over {fit.n} rows (position 0): r2 = {fit.r2:.4f}; the direction 'unbalanced' "
+           f"(norm {saved.norm:.2f}) is coef^T (W_U[:, {unb_tok}] - W_U[:, {bal_tok}])")
+    ex.key("ln_final_fit_r2", float(fit.r2))
+    ex.key("unbalanced_fit_norm", float(saved.norm))
+
+    ex.section("Cosines of v_L, v_R (the images of '(' and ')' under head 0.0's OV) with the W_in columns")
+    toks = store.tokens.filter(pl.col("role").is_in(["open", "close"])).group_by("role").agg(pl.col("token_id").first())
+    tok = dict(toks.iter_rows())
+    v_lr = {"v_L": tok["open"], "v_R": tok["close"]}
+    cos = pl.concat([cosine_table(store, "W_E@OV:0.0", f"W_in:{layer}", left_ids=list(v_lr.values()))
+                     .with_columns(layer=pl.lit(layer, dtype=pl.Int64)) for layer in range(n_layers)])
+    cos = cos.with_columns(v=pl.col("left_id").replace_strict({t: k for k, t in v_lr.items()}, return_dtype=pl.Utf8))
+    wide = cos.pivot(on="v", index=["layer", "right_id"], values="cosine").rename({"right_id": "neuron"})
+    ex.table(wide.sort(pl.col("v_R").abs(), descending=True).head(8),
+             "the 8 neurons whose input direction is most aligned with v_R (either sign)")
+    avg = cos.group_by("v").agg(mean_sq=(pl.col("cosine") ** 2).mean()).sort("v")
+    ex.table(avg.with_columns(random_baseline=pl.lit(1.0 / d_model)),
+             "mean squared cosine over every neuron, against a random direction's 1 / d_model")
+    lr = cosine_table(store, "W_E@OV:0.0", "W_E@OV:0.0", left_ids=[v_lr["v_L"]], right_ids=[v_lr["v_R"]])
+    c_lr = float(lr.get_column("cosine")[0])
+    ex.say(f"cos(v_L, v_R) = {c_lr:.3f}: head 0.0 writes '(' and ')' in nearly opposite directions")
+    ex.key("cos_vL_vR", c_lr)
+    for r in avg.iter_rows(named=True):
+        ex.key(f"mean_sq_cos_{r['v']}_W_in", float(r["mean_sq"]))
+
+    ex.section("Neuron projections at position 0 onto the saved direction, by name (direction='name:unbalanced')")
+    proj = neurons(store, layers=list(range(n_layers)), direction="name:unbalanced", pos=0).join(
+        labels.select("example_id", "balanced"), on="example_id")
+    sep = (proj.group_by("layer", "neuron").agg(
+        unbalanced=pl.col("projection").filter(~pl.col("balanced")).mean(),
+        balanced=pl.col("projection").filter(pl.col("balanced")).mean())
+        .with_columns(sep=pl.col("unbalanced") - pl.col("balanced")).sort("sep", descending=True))
+    ex.table(sep.head(8), "the 8 neurons whose projection separates unbalanced from balanced strings most")
+    b = sep.row(0, named=True)
+    ex.say(f"L{b['layer']}N{b['neuron']} pushes along the saved unbalanced direction most: mean projection "
+           f"{b['balanced']:.2f} on balanced, {b['unbalanced']:.2f} on unbalanced strings")
+    ex.key("unbalanced_fit_top_neuron", f"L{b['layer']}N{b['neuron']}")
+    ex.key("unbalanced_fit_top_neuron_sep", float(b["sep"]))
 
 
 if __name__ == "__main__":

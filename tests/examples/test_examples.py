@@ -434,6 +434,27 @@ def test_seed002_brackets(tmp_path: Path) -> None:
     else:
         assert abs(float(keys["top_neuron_r"])) >= abs(best_direct) - 1e-6
     assert "Attention from position 0" in stdout
+    # cos(v_L, v_R): the images of '(' and ')' under head 0.0's OV, from W_E, W_V and W_O
+    tk = store.tokens
+    t_open, t_close = (int(tk.filter(pl.col("role") == r).get_column("token_id")[0]) for r in ("open", "close"))
+    ov = store.param("blocks.0.attn.W_V").astype(np.float64)[0] @ store.param("blocks.0.attn.W_O").astype(np.float64)[0]
+    w_e = store.param("embed.W_E").astype(np.float64)
+    v_l, v_r = w_e[t_open] @ ov, w_e[t_close] @ ov
+    close(keys["cos_vL_vR"], v_l @ v_r / np.linalg.norm(v_l) / np.linalg.norm(v_r), rel=1e-6)
+    assert 0.9 < float(keys["ln_final_fit_r2"]) <= 1.0
+    # neuron projections onto the saved direction 'unbalanced' (read as is): post[e, 0, n] * (W_out[L, n] . v)
+    from actstore.store.directions import load_direction
+
+    saved = load_direction(store.path, "unbalanced")
+    close(keys["unbalanced_fit_norm"], np.linalg.norm(saved.vector), rel=1e-9)
+    seps = {}
+    for layer in range(n_layers):
+        post = store.read(f"blocks.{layer}.mlp.hook_post").astype(np.float64)[:, 0]
+        proj = post * (store.param(f"blocks.{layer}.mlp.W_out").astype(np.float64) @ saved.vector)[None, :]
+        for n_, v in enumerate(proj[~balanced].mean(0) - proj[balanced].mean(0)):
+            seps[f"L{layer}N{n_}"] = v
+    assert keys["unbalanced_fit_top_neuron"] == max(seps, key=seps.get)
+    close(keys["unbalanced_fit_top_neuron_sep"], max(seps.values()), rel=1e-6)
     names = ["dla_diff_by_failure", "attention_from_0"]
     if keys["top_neuron_read"].startswith("direct"):
         names.append("neurons_vs_open_proportion")
