@@ -15,4 +15,7 @@ KIND_HELP: dict[str, str] = {
     "accuracy": "accuracy by label value",
     "pca": "pc1 vs pc2 of a layer's residual (or z) at --pos, coloured by a label (--layer, --color)",
     "sweep": "a stored intervention sweep (--sweep ID; the only one by default): heatmap or effect bars",
+    "weights": "heatmap of a weight matrix spec (default W_U; --layer/--head: W_E@OV:L.H@W_U; matrix= in Python)",
+    "weight-svd": "bars of the singular values of a weight matrix spec (as weights; --top keeps the largest)",
+    "weight-fourier": "W_U (or a spec's token or position axis) in the Fourier basis, over the task's digits",
 }

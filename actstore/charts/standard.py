@@ -16,7 +16,7 @@ import altair as alt
 import polars as pl
 
 from actstore import query
-from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons, probes
+from actstore.charts import accuracy, attention, circuits, dla, logit_lens, neurons, probes, weights
 from actstore.charts.defaults import (
     default_color,
     default_key_roles,
@@ -271,6 +271,9 @@ _BUILDERS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "accuracy": chart_accuracy,
     "pca": probes.chart_pca,
     "sweep": chart_sweep,
+    "weights": weights.chart_weights,
+    "weight-svd": weights.chart_weight_svd,
+    "weight-fourier": weights.chart_weight_fourier,
 }
 KINDS: dict[str, Kind] = {name: Kind(name, KIND_HELP[name], _BUILDERS[name]) for name in KIND_HELP}
 

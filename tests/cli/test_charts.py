@@ -34,6 +34,7 @@ KIND_ARGS = {
     "dla-heads": [], "dla-components": ["--top", "5"], "dla-split": [], "attention": ["--heads", "1.0,L1H2"],
     "attention-roles": ["--group-by", "carry_0"], "logit-lens": ["--group-by", "any_carry"], "accuracy": [],
     "ov-circuit": ["--layer", "1", "--head", "2"], "qk-circuit": ["--layer", "0", "--head", "0"], "pca": [],
+    "weights": ["--layer", "1", "--head", "2"], "weight-svd": ["--top", "5"], "weight-fourier": [],
 }
 OWN_TESTS = {"neurons", "sweep"}  # neurons: below; sweep needs a stored sweep (tests/cli/test_interventions.py)
 
