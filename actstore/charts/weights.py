@@ -108,12 +108,13 @@ def fourier_heatmap(table: pl.DataFrame, title: str, value_title: str = "Fourier
     data = _labelled(table.select(col, "component", "fourier", pl.col("value").cast(pl.Float64)), col, None)
     rows = table.sort("component", maintain_order=True).get_column("fourier").unique(maintain_order=True).to_list()
     cols = data.get_column(col).unique(maintain_order=True).to_list()
-    power = table.group_by("fourier").agg((pl.col("value") ** 2).sum().alias("p"))
+    key = "frequency" if "frequency" in table.columns else "fourier"
+    power = table.group_by(key).agg((pl.col("value") ** 2).sum().alias("p"))
     total = float(power.get_column("p").sum())
     subtitle = None
     if total > 0:
-        top = power.sort("p", descending=True).row(0)
-        subtitle = f"largest: {top[0]} ({100 * float(top[1]) / total:.0f}% of the power)"
+        top = power.sort(["p", key], descending=[True, False]).row(0)
+        subtitle = f"largest {key}: {top[0]} ({100 * float(top[1]) / total:.0f}% of the power)"
     return _heatmap(data.drop("component"), "fourier", col, title, value_title, rows, cols, subtitle)
 
 
