@@ -13,7 +13,7 @@ from actstore.errors import InvalidParameterError
 FLAGS = {"target": "--target", "group_by": "--group-by", "heads": "--heads", "layer": "--layer", "head": "--head",
          "query_role": "--query-role", "key_roles": "--key-roles", "x": "--x", "color": "--color",
          "which": "--neurons", "direction": "--direction", "through_head": "--through-head", "pos": "--pos",
-         "top": "--top", "sweep": "--sweep"}
+         "top": "--top", "sweep": "--sweep", "matrix": "--matrix"}
 CHART_FORMATS = ".html (Vega inlined, works offline), .png or .svg"
 
 
@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pos", type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
                    help="neurons: position or token role to read (default: the answer positions)")
     p.add_argument("--top", type=positive_int, help="bars (dla) or neurons to keep, largest first")
+    p.add_argument("--matrix", help="weights, weight-svd, weight-fourier: a matrix spec, e.g. 'W_E@OV:1.0@W_U', "
+                   "'K:0.0>1.0', 'W_U' (see docs/weights.md)")
     p.add_argument("--sweep", help="sweep: the stored sweep's id (see `actstore info` or the sweeps SQL view)")
     p.add_argument("--scale", type=float_in(0, 10), default=None, help="PNG resolution multiplier, up to 10 "
                    "(default 2)")

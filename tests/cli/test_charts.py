@@ -91,3 +91,11 @@ def test_accuracy_by_a_label_with_too_many_values(store_dirs, tmp_path, capsys):
     out = str(tmp_path / "a.svg")
     assert main(["chart", "accuracy", str(store_dirs["addition"]), "-o", out, "--group-by", "a"]) == 2
     assert "label 'a' has 64 values, too many" in capsys.readouterr().err
+
+
+def test_weights_chart_takes_a_matrix_spec(store_dirs, tmp_path, capsys):
+    out = tmp_path / "w.svg"
+    assert main(["chart", "weights", str(store_dirs["addition"]), "--matrix", "W_E@OV:1.0@W_U", "-o", str(out)]) == 0
+    assert out.read_text().lstrip().startswith("<svg")
+    assert main(["chart", "weights", str(store_dirs["addition"]), "--matrix", "bogus", "-o", str(out)]) == 2
+    assert "unknown matrix 'bogus'" in capsys.readouterr().err
