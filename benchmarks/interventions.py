@@ -28,7 +28,8 @@ is a cache hit). Runs are interleaved `--repeats` times and the best of each is 
 machines here are shared and noisy; cpu_ratio is each ratio over process CPU seconds (all threads)
 instead of wall seconds, steadier when other work shares the cores. Torch's default thread count
 (--threads to set it); CPU unless a GPU is there. The default run takes ~5 minutes on an idle
-2-core CPU (the GPT-2 shape's TransformerLens sweep alone ~1.5 min); --quick ~2.
+2-core CPU (the GPT-2 shape's TransformerLens sweep alone ~1.5 min); --quick ~3.5 (with one
+example, AtP's fixed per-call costs dominate its time: read quick's AtP ratio as a smoke test).
 
     python benchmarks/interventions.py [--models gpt2,zoo:addition] [--parts resid,atp,mem] [--n 16]
                                        [--n-zoo 512] [--m 2] [--m-zoo 256] [--mem-n 1024]
