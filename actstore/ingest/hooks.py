@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from actstore.errors import InvalidParameterError, UnknownHookError
+from actstore.store.arch import hooks_named
 from actstore.store.manifest import POSITIONS
 
 # axis names after 'example' by hook-name suffix; the pos-like axis is named 'pos' or 'query_pos'
@@ -81,13 +82,9 @@ def resolve_hooks(requested: Iterable[str] | None, hook_names: list[str], positi
 def _expand(name: str, hook_names: list[str]) -> list[str]:
     if name == "default":
         return default_hooks(hook_names)
-    if name in hook_names:
-        return [name]
-    if name and "." not in name:
-        short = name if name.startswith("hook_") else f"hook_{name}"
-        found = [h for h in hook_names if h.endswith(f".{short}") or h == short]
-        if found:
-            return found
+    found = hooks_named(name, hook_names)
+    if found:
+        return found
     raise UnknownHookError(_unknown_message(name, hook_names))
 
 

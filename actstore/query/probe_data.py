@@ -27,6 +27,7 @@ import numpy as np
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.chunks import ExampleArrays, pos_axis, stream
 from actstore.query.selectors import Roles
+from actstore.store.arch import hooks_named
 from actstore.store.reader import Store
 
 PosItem = Union[int, str]
@@ -65,13 +66,9 @@ def probe_hooks(store: Store, hooks: str | Sequence[str] | None = None) -> list[
 
 
 def _expand(name: str, stored: list[str]) -> list[str]:
-    if name in stored:
-        return [name]
-    if name and "." not in name:
-        short = name if name.startswith("hook_") else f"hook_{name}"
-        found = [h for h in stored if h.endswith(f".{short}") or h == short]
-        if found:
-            return found
+    found = hooks_named(name, stored)
+    if found:
+        return found
     close = difflib.get_close_matches(name, stored, n=3, cutoff=0.5)
     hint = f"closest stored: {', '.join(close)}" if close else f"stored: {', '.join(stored)}"
     raise UnknownHookError(f"hook {name!r} is not stored in {store_name(stored)} ({hint}; short forms like "

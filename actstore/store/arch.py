@@ -144,3 +144,14 @@ def _positive(cfg: Mapping[str, Any], key: str) -> int:
 
 
 __all__ = ["Arch", "LAYER_NORMS", "RMS_NORMS", "Norm"]
+
+
+def hooks_named(name: str, hook_names: list[str]) -> list[str]:
+    """The hooks of `hook_names` that `name` means: itself if present, else for a short form without
+    a dot ('z', 'hook_z', 'resid_post') every hook ending in that name, in `hook_names` order; [] if none."""
+    if name in hook_names:
+        return [name]
+    if name and "." not in name:
+        short = name if name.startswith("hook_") else f"hook_{name}"
+        return [h for h in hook_names if h.endswith(f".{short}") or h == short]
+    return []
