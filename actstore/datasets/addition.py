@@ -14,8 +14,8 @@ a1 = b1 = 0 without one, about 1% of examples) the digit is changed anyway and
 `twin_carry_flipped` is False. With one digit there is no carry: the one digit of a or b is
 changed. The twin's sum digits are its own sum (the prompt is teacher-forced), so the twin
 differs from the clean example in the changed digit and in the sum digits that change.
-The twin's randomness comes from its own generator, seeded from (seed, 1): the clean examples
-are the same as without it.
+The twin's randomness comes from its own generator (seeded from (seed, 1, block); see
+actstore.datasets.base): the clean examples are the same as without it.
 
 `counter_tokens` are the twin's sum digits: the answer the twin's prompt asks for. Changing
 column 1 changes c1 always, c0 exactly where carry_0 flips, and never c2.. (the lower columns
@@ -34,13 +34,13 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_int, check_n_seed
+from actstore.datasets.base import BLOCK, BlockTask, TaskData, check_int
 from actstore.datasets.report_spec import LabelSplit, ReportSpec, RoleAttention
 
 PLUS, EQUALS = 10, 11
 
 
-class Addition:
+class Addition(BlockTask):
     name: ClassVar[str] = "addition"
 
     def __init__(self, digits: int = 4, max_operand: int | None = None) -> None:
@@ -70,10 +70,10 @@ class Addition:
                                      "answer position to each token role, split by carry_0.", split_by="carry_0"),),
         )
 
-    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
-        check_n_seed(n, seed)
-        d = self.digits
-        rng = np.random.default_rng(seed)
+    def _block(self, rng: np.random.Generator, twin_rng: np.random.Generator, count: int, ctx: Any,
+               seed: int) -> TaskData:
+        """One whole block (cheap to make whole; the caller keeps the first `count`)."""
+        d, n = self.digits, BLOCK
         a = rng.integers(0, self.max_operand, size=n, dtype=np.int64)
         b = rng.integers(0, self.max_operand, size=n, dtype=np.int64)
         s = a + b
@@ -83,7 +83,7 @@ class Addition:
         s_dig = (s[:, None] // place) % 10
         col = lambda v: np.full((n, 1), v, dtype=np.int64)  # noqa: E731
         tokens = np.concatenate([a_dig, col(PLUS), b_dig, col(EQUALS), s_dig], axis=1)
-        twin = self._twin(a, b, np.random.default_rng([seed, 1]))
+        twin = self._twin(a, b, twin_rng)
         t_dig = (twin.sum[:, None] // place) % 10
         twin_tokens = np.concatenate([(twin.a[:, None] // place) % 10, col(PLUS), (twin.b[:, None] // place) % 10,
                                       col(EQUALS), t_dig], axis=1)

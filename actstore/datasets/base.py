@@ -1,7 +1,13 @@
-"""The Task protocol and the columnar batch of examples every task produces.
+"""The Task protocol, the columnar batch of examples every task produces, and block generation.
 
 A task is a deterministic generator: the same (params, n, seed) always gives the same
 examples, so a store can record just the task spec and seed and be regenerated anywhere.
+Examples are made in blocks of BLOCK: block b draws from generators seeded with (seed, 0, b)
+(the clean examples) and (seed, 1, b) (their corrupted twins), every draw made at the full
+block size, so example i depends on (params, seed, i) alone: the first k examples of n are
+those of n = k, and `generate_range(start, stop, ...)` makes just examples [start, stop)
+(an ingest worker makes only its own chunk; memory stays flat in n). Every example is padded
+to the task's fixed width (the longest example it can make), whatever the range.
 """
 
 from __future__ import annotations
@@ -150,8 +156,79 @@ class Task(Protocol):
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData: ...
 
+    def generate_range(self, start: int, stop: int, seed: int, tokenizer: Any = None) -> TaskData: ...
+
 
 MAX_N = 1_000_000  # examples per call: a task's examples are generated in memory (a few KB each)
+BLOCK = 1024  # examples per generation block (a format constant: changing it changes every dataset)
+
+
+class BlockTask:
+    """`generate` and `generate_range` of a task made in blocks: a subclass implements `_context`
+    (what every block of one call shares, e.g. the tokenizer and the padded width) and `_block`."""
+
+    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
+        """Examples [0, n) of seed `seed` (the first k of them are `generate(k, seed)`)."""
+        check_n_seed(n, seed)
+        return self.generate_range(0, n, seed, tokenizer)
+
+    def generate_range(self, start: int, stop: int, seed: int, tokenizer: Any = None) -> TaskData:
+        """Examples [start, stop) of seed `seed`, made from their blocks alone: equal to
+        `generate(stop, seed)[start:stop]`."""
+        check_range(start, stop, seed)
+        ctx = self._context(tokenizer)
+        parts = []
+        for b in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+            lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
+            rng = np.random.default_rng([int(seed), 0, b])
+            twin_rng = np.random.default_rng([int(seed), 1, b])
+            parts.append(self._block(rng, twin_rng, hi, ctx, int(seed)).slice(lo, hi))
+        return concat_task_data(parts)
+
+    def _context(self, tokenizer: Any) -> Any:
+        return None
+
+    def _block(self, rng: np.random.Generator, twin_rng: np.random.Generator, count: int, ctx: Any,
+               seed: int) -> TaskData:
+        """The first `count` examples of one block (at least `count` rows). Every random draw is made
+        at the full BLOCK size, so they never depend on `count`."""
+        raise NotImplementedError
+
+
+def concat_task_data(parts: list[TaskData]) -> TaskData:
+    """Consecutive batches of one task (of equal width) as one TaskData."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+
+    def cat(name: str) -> Any:
+        arrays = [getattr(p, name) for p in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return TaskData(
+        task=first.task, params=first.params, seed=first.seed, tokens=cat("tokens"), lengths=cat("lengths"),
+        answer_pos=cat("answer_pos"), answer_tokens=cat("answer_tokens"), counter_tokens=cat("counter_tokens"),
+        roles=cat("roles"), str_tokens=[s for p in parts for s in p.str_tokens],
+        text=[t for p in parts for t in p.text], labels=pl.concat([p.labels for p in parts], how="vertical"),
+        pad_id=first.pad_id, extra=first.extra, corrupted_tokens=cat("corrupted_tokens"),
+    )
+
+
+def generate_range(task: Any, start: int, stop: int, seed: int, tokenizer: Any = None) -> TaskData:
+    """Examples [start, stop) of any task: its `generate_range`, or (a registered task that has only
+    `generate`) a slice of `generate(stop, ...)`."""
+    if hasattr(task, "generate_range"):
+        return task.generate_range(start, stop, seed, tokenizer)
+    return task.generate(stop, seed, tokenizer=tokenizer).slice(start, stop)
+
+
+def check_range(start: Any, stop: Any, seed: Any) -> None:
+    """InvalidParameterError unless 0 <= start < stop, at most MAX_N examples, and seed a non-negative int."""
+    if not is_int(start) or start < 0:
+        raise InvalidParameterError(f"start must be a non-negative integer, got {start!r}")
+    if not is_int(stop) or stop <= start:
+        raise InvalidParameterError(f"stop must be an integer above start={start}, got {stop!r}")
+    check_n_seed(stop - start, seed)
 
 
 def check_n_seed(n: Any, seed: Any) -> None:
@@ -184,10 +261,11 @@ def check_choice(task: str, param: str, value: Any, choices: tuple[str, ...]) ->
     return value
 
 
-def pad_ragged(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad a list of token lists: returns (tokens [example, pos], lengths [example])."""
+def pad_ragged(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad a list of token lists to `width` (default: the longest): returns (tokens [example, pos],
+    lengths [example])."""
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    out = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
+    out = np.full((len(rows), int(lengths.max()) if width is None else width), pad_id, dtype=np.int64)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out, lengths

@@ -6,7 +6,8 @@ at position 0, from a 2-class head: class 0 = unbalanced, 1 = balanced. The coun
 token is the other class, so the logit difference is balanced-minus-unbalanced when the
 string is balanced (and the reverse when not).
 
-About `balanced_fraction` of the examples are balanced (exactly round(n * fraction)); the
+About `balanced_fraction` of the examples are balanced (exactly round(1024 * fraction) of each
+whole block of 1024, shuffled within the block, so any prefix is close to it); the
 unbalanced ones mix random strings with near misses of balanced strings, so that every
 failure type is common:
 - total_elevation:    more opens than closes or the reverse (final count != 0), never negative
@@ -18,7 +19,7 @@ Corrupted twin (`TaskData.corrupted_tokens`): the same string with one bracket f
 ')' or back), so the same length. The flipped bracket is drawn at random among those whose flip
 changes the balanced label (every bracket of a balanced string; of an unbalanced string, the
 brackets whose flip balances it, where there are any, else any bracket), from a generator
-seeded with (seed, 1) so the clean examples are the same as without it. `roles` are the clean
+seeded with (seed, 1, block) so the clean examples are the same as without it. `roles` are the clean
 string's, so the flipped position's role names the clean bracket. Labels: twin_pos (the token
 position flipped, 1..n_brackets), twin_balanced (the twin's own label, from `bracket_labels`).
 Answer and counterfactual tokens stay the clean example's.
@@ -31,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_n_seed
+from actstore.datasets.base import BLOCK, BlockTask, TaskData
 from actstore.datasets.report_spec import LabelSplit, NeuronScatter, ReportSpec
 from actstore.errors import InvalidParameterError
 
@@ -51,7 +52,7 @@ _UNBALANCED_METHODS = (
 )
 
 
-class Brackets:
+class Brackets(BlockTask):
     """Balanced-brackets strings of up to `max_len` brackets (an even integer, default 40)."""
 
     name: ClassVar[str] = "brackets"
@@ -93,17 +94,17 @@ class Brackets:
         """Size of the classifier's output vocabulary (d_vocab_out)."""
         return 2
 
-    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
-        check_n_seed(n, seed)
-        rng = np.random.default_rng(seed)
-        n_bal = int(round(n * self.balanced_fraction))
-        want_balanced = np.zeros(n, dtype=bool)
-        want_balanced[:n_bal] = True
+    def _block(self, rng: np.random.Generator, twin_rng: np.random.Generator, count: int, ctx: Any,
+               seed: int) -> TaskData:
+        """The first `count` strings of a block: which are balanced is drawn for the whole block, then the
+        strings one after another (each from the same generator), so a prefix never depends on `count`."""
+        want_balanced = np.zeros(BLOCK, dtype=bool)
+        want_balanced[: int(round(BLOCK * self.balanced_fraction))] = True
         rng.shuffle(want_balanced)
         strings = [
-            _balanced(rng, self.max_len) if bal else _unbalanced(rng, self.max_len) for bal in want_balanced
+            _balanced(rng, self.max_len) if bal else _unbalanced(rng, self.max_len) for bal in want_balanced[:count]
         ]
-        return _task_data(strings, self.params, int(seed))
+        return _task_data(strings, self.params, seed, twin_rng)
 
 
 def bracket_labels(strings: list[str]) -> pl.DataFrame:
@@ -134,7 +135,7 @@ def bracket_labels(strings: list[str]) -> pl.DataFrame:
     )
 
 
-def _task_data(strings: list[str], params: dict[str, Any], seed: int) -> TaskData:
+def _task_data(strings: list[str], params: dict[str, Any], seed: int, twin_rng: np.random.Generator) -> TaskData:
     """Tokens, roles and answers of bracket strings (labels from `bracket_labels`)."""
     n, width = len(strings), int(params["max_len"]) + 2
     tokens = np.full((n, width), PAD, dtype=np.int64)  # [example, pos]
@@ -147,7 +148,7 @@ def _task_data(strings: list[str], params: dict[str, Any], seed: int) -> TaskDat
     labels = bracket_labels(strings)
     balanced = labels["balanced"].to_numpy()
     labels = labels.insert_column(4, pl.Series("length", lengths))
-    flip = _twin_flips(strings, np.random.default_rng([seed, 1]))  # [example] bracket index flipped in the twin
+    flip = _twin_flips(strings, twin_rng, int(params["max_len"]))  # [example] bracket index flipped in the twin
     rows = np.arange(n)
     twin = tokens.copy()
     twin[rows, flip + 1] = OPEN + CLOSE - tokens[rows, flip + 1]
@@ -174,9 +175,10 @@ def _task_data(strings: list[str], params: dict[str, Any], seed: int) -> TaskDat
     )
 
 
-def _twin_flips(strings: list[str], rng: np.random.Generator) -> np.ndarray:
+def _twin_flips(strings: list[str], rng: np.random.Generator, max_len: int) -> np.ndarray:
     """[example] the index of the bracket each twin flips: uniform among the flips that change the balanced
-    label where there are any, else among all brackets (every string has at least one)."""
+    label where there are any, else among all brackets (every string has at least one). The draw is one
+    [BLOCK, max_len] array, so a string's flip does not depend on how many strings are made."""
     n, width = len(strings), max(len(s) for s in strings)
     lengths = np.array([len(s) for s in strings], dtype=np.int64)
     step = np.zeros((n, width), dtype=np.int64)  # [example, bracket] +1 '(' / -1 ')' / 0 past the end
@@ -190,7 +192,7 @@ def _twin_flips(strings: list[str], rng: np.random.Generator) -> np.ndarray:
     balanced_flipped = (height[:, -1:] - 2 * step == 0) & (before >= 0) & (after - 2 * step >= 0)
     real = np.arange(width)[None, :] < lengths[:, None]
     changes = real & (balanced_flipped != balanced_now[:, None])
-    score = np.where(real, 2.0 * changes + rng.random((n, width)), -np.inf)
+    score = np.where(real, 2.0 * changes + rng.random((BLOCK, max_len))[:n, :width], -np.inf)
     return np.argmax(score, axis=1).astype(np.int64)
 
 

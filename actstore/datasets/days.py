@@ -28,17 +28,18 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_choice, check_n_seed
+from actstore.datasets.base import BLOCK, BlockTask, TaskData, check_choice
 from actstore.datasets.days_words import DAYS, ITEMS, MONTHS, TEMPLATES
 from actstore.datasets.report_spec import ReportSpec
-from actstore.datasets.templated import Segment, prompt_tokenizer, same_shape_twin, slot_name, split_template
+from actstore.datasets.templated import (PromptTokenizer, Segment, prompt_tokenizer, same_shape_twin, slot_name,
+                                         split_template)
 from actstore.errors import InvalidParameterError
 
 KINDS = ("both", "day", "month")
 CORRUPTIONS = ("none", "previous")
 
 
-class Days:
+class Days(BlockTask):
     """Successor prompts over days and/or months; `corrupt='previous'` names another day."""
 
     name: ClassVar[str] = "days"
@@ -60,8 +61,12 @@ class Days:
         """The common sections only."""
         return ReportSpec(accuracy=("kind", "template", "offset"))
 
-    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
-        check_n_seed(n, seed)
+    def width(self, tokenizer: Any = None) -> int:
+        """The longest prompt (BOS included) any seed makes with `tokenizer`: every example is padded to it."""
+        return self._context(tokenizer)[1]
+
+    def _context(self, tokenizer: Any) -> tuple[PromptTokenizer, int]:
+        """The prompt tokenizer and the padded width (every subject is one token)."""
         ptok = prompt_tokenizer(tokenizer, "days")
         kinds = ["day", "month"] if self.kind == "both" else [self.kind]
         for kind in kinds:
@@ -71,12 +76,19 @@ class Days:
                     f"days: {', '.join(multi)} are not one token (with a leading space) for this tokenizer; "
                     f"use kind={'month' if kind == 'day' else 'day'!r} or another tokenizer"
                 )
+        width = 1 + max(sum(1 if slot_name(part) else len(ptok.ids(part)) for part in parts)
+                        for (kind, _, _), parts in zip(TEMPLATES, _TEMPLATE_PARTS) if kind in kinds)
+        return ptok, width
+
+    def _block(self, rng: np.random.Generator, twin_rng: np.random.Generator, count: int,
+               ctx: tuple[PromptTokenizer, int], seed: int) -> TaskData:
+        """The first `count` prompts of a block (every draw made for the whole block)."""
+        (ptok, width), n = ctx, count
         # The same draws whatever the params, so corrupt='previous' lines up with the clean set.
-        rng = np.random.default_rng(seed)
-        is_day = rng.random(n) < 0.5
+        is_day = rng.random(BLOCK)[:n] < 0.5
         if self.kind != "both":
             is_day[:] = self.kind == "day"
-        pick, item = rng.random(n), rng.random(n)  # uniform in [0, 1): template and subject
+        pick, item = rng.random(BLOCK)[:n], rng.random(BLOCK)[:n]  # uniform in [0, 1): template and subject
         day_t, month_t = (np.array([i for i, t in enumerate(TEMPLATES) if t[0] == k]) for k in ("day", "month"))
         template = np.where(
             is_day, day_t[(pick * len(day_t)).astype(np.int64)], month_t[(pick * len(month_t)).astype(np.int64)]
@@ -99,8 +111,8 @@ class Days:
                 for w, t, k in zip(words, template, subjects)
             ]
 
-        enc = ptok.encode(prompts(subject_idx))
-        twin_enc = ptok.encode(prompts(twin_idx))  # one-token subjects: the same lengths and roles
+        enc = ptok.encode(prompts(subject_idx), width)
+        twin_enc = ptok.encode(prompts(twin_idx), width)  # one-token subjects: the same lengths and roles
         answer = np.array([[ptok.single(" " + w[k])] for w, k in zip(words, answer_idx)], dtype=np.int64)
         counter = np.array([[ptok.single(" " + w[k])] for w, k in zip(words, subject_idx)], dtype=np.int64)
         labels = pl.DataFrame(

@@ -27,12 +27,12 @@ and S. For a `corrupt="abc"` dataset the roles swap: its twin is the clean promp
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_choice, check_n_seed
+from actstore.datasets.base import BLOCK, BlockTask, TaskData, check_choice
 from actstore.datasets.ioi_words import NAMES, OBJECTS, PLACES, TEMPLATES
 from actstore.datasets.report_spec import LabelSplit, ReportSpec, RoleAttention
 from actstore.datasets.templated import (PromptTokenizer, Segment, prompt_tokenizer, same_shape_twin, slot_name,
@@ -44,7 +44,7 @@ CORRUPTIONS = ("none", "abc")
 MIN_NAMES = 10  # fewer one-token names than this gives too little variety to learn or test on
 
 
-class IOI:
+class IOI(BlockTask):
     """IOI prompts in both name orders; `corrupt='abc'` gives the same prompts with other names."""
 
     name: ClassVar[str] = "ioi"
@@ -77,8 +77,11 @@ class IOI:
         ptok = tokenizer if isinstance(tokenizer, PromptTokenizer) else prompt_tokenizer(tokenizer, "ioi")
         return [nm for nm in NAMES if ptok.single(" " + nm) is not None]
 
-    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
-        check_n_seed(n, seed)
+    def width(self, tokenizer: Any = None) -> int:
+        """The longest prompt (BOS included) any seed makes with `tokenizer`: every example is padded to it."""
+        return self._context(tokenizer).width
+
+    def _context(self, tokenizer: Any) -> "_Context":
         ptok = prompt_tokenizer(tokenizer, "ioi")
         names = self.usable_names(ptok)
         if len(names) < MIN_NAMES:
@@ -86,16 +89,27 @@ class IOI:
                 f"ioi: only {len(names)} of the {len(NAMES)} names are one token for this tokenizer "
                 f"(need {MIN_NAMES}); use a tokenizer with whole-word name tokens"
             )
+        # segments are tokenized one by one, so a prompt is at most the sum of its segments' longest fills
+        longest = {"A": 1, "B": 1, "S": 1,
+                   "PLACE": max(len(ptok.ids(" " + w)) for w in PLACES),
+                   "OBJECT": max(len(ptok.ids(" " + w)) for w in OBJECTS)}
+        width = 1 + max(sum(longest[slot] if (slot := slot_name(part)) else len(ptok.ids(part)) for part in parts)
+                        for parts in _TEMPLATE_PARTS)
+        return _Context(ptok, names, width)
+
+    def _block(self, rng: np.random.Generator, twin_rng: np.random.Generator, count: int, ctx: "_Context",
+               seed: int) -> TaskData:
+        """The first `count` prompts of a block (every draw made for the whole block)."""
+        ptok, names, n = ctx.ptok, ctx.names, count
         # Every draw happens whatever the params, so the same seed gives the same clean
         # examples for any `order`/`corrupt`: the corrupted set lines up with the clean one.
-        rng = np.random.default_rng(seed)
-        template = rng.integers(0, len(TEMPLATES), size=n)
-        abba = rng.random(n) < 0.5
+        template = rng.integers(0, len(TEMPLATES), size=BLOCK)[:n]
+        abba = rng.random(BLOCK)[:n] < 0.5
         if self.order != "both":
             abba[:] = self.order == "ABBA"
-        picks = rng.random((n, len(names))).argsort(axis=1)[:, :5]  # [example, 5] distinct names
-        place = rng.integers(0, len(PLACES), size=n)
-        obj = rng.integers(0, len(OBJECTS), size=n)
+        picks = rng.random((BLOCK, len(names)))[:n].argsort(axis=1)[:, :5]  # [example, 5] distinct names
+        place = rng.integers(0, len(PLACES), size=BLOCK)[:n]
+        obj = rng.integers(0, len(OBJECTS), size=BLOCK)[:n]
 
         io = [names[k] for k in picks[:, 0]]
         s = [names[k] for k in picks[:, 1]]
@@ -117,8 +131,8 @@ class IOI:
                 out.append([_segment(part, fill) for part in _TEMPLATE_PARTS[template[i]]])
             return out
 
-        enc = ptok.encode(prompts(written))
-        twin_enc = ptok.encode(prompts(twin))  # names are one token each: the same lengths and roles
+        enc = ptok.encode(prompts(written), ctx.width)
+        twin_enc = ptok.encode(prompts(twin), ctx.width)  # names are one token each: the same lengths and roles
 
         answer = np.array([[ptok.single(" " + nm)] for nm in io], dtype=np.int64)  # [example, 1]
         counter = np.array([[ptok.single(" " + nm)] for nm in s], dtype=np.int64)
@@ -157,6 +171,14 @@ class IOI:
 
 
 _TEMPLATE_PARTS = [split_template(t) for t in TEMPLATES]
+
+
+class _Context(NamedTuple):
+    """What every block of one generate call shares."""
+
+    ptok: PromptTokenizer
+    names: list[str]  # the names that are one token
+    width: int  # the longest possible prompt
 
 
 def _segment(part: str, fill: dict[str, tuple[str, str]]) -> Segment:

@@ -5,7 +5,7 @@ position `idx` set to `elt`; the answers are b1..b3, each read one position befo
 Unlike the seed's generator (one idx and elt per batch), idx and elt are drawn per example.
 
 Corrupted twin (`TaskData.corrupted_tokens`): the same list and idx with another element
-(`twin_elt`, uniform over the other max_num - 1 numbers, from a generator seeded with (seed, 1)
+(`twin_elt`, uniform over the other max_num - 1 numbers, from a generator seeded with (seed, 1, block)
 so the clean examples are the same as without it), and the twin's own correct update as its
 b-list. `counter_tokens` are the twin's b-list: they differ from the answers at position idx
 only; at the other positions the counterfactual is the correct token and the logit
@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_int, check_n_seed
+from actstore.datasets.base import BLOCK, BlockTask, TaskData, check_int
 from actstore.datasets.report_spec import ReportSpec
 
 
-class ListUpdate:
+class ListUpdate(BlockTask):
     name: ClassVar[str] = "list_update"
 
     def __init__(self, list_len: int = 3, max_num: int = 50) -> None:
@@ -52,10 +52,10 @@ class ListUpdate:
         """The common sections only."""
         return ReportSpec(accuracy=("idx", "changed"))
 
-    def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
-        check_n_seed(n, seed)
-        k = self.list_len
-        rng = np.random.default_rng(seed)
+    def _block(self, rng: np.random.Generator, twin_rng: np.random.Generator, count: int, ctx: Any,
+               seed: int) -> TaskData:
+        """One whole block (cheap to make whole; the caller keeps the first `count`)."""
+        k, n = self.list_len, BLOCK
         a = rng.integers(0, self.max_num, size=(n, k), dtype=np.int64)
         idx = rng.integers(0, k, size=n, dtype=np.int64)
         elt = rng.integers(0, self.max_num, size=n, dtype=np.int64)
@@ -69,7 +69,6 @@ class ListUpdate:
             ).astype(np.int64)
 
         tokens = prompt(elt, b)
-        twin_rng = np.random.default_rng([seed, 1])
         twin_elt = (elt + twin_rng.integers(1, self.max_num, size=n, dtype=np.int64)) % self.max_num  # != elt
         twin_b = a.copy()
         twin_b[np.arange(n), idx] = twin_elt

@@ -5,7 +5,8 @@ example per row, in file order: example i is the file's i-th prompt (0-based, bl
 skipped). Each prompt is BOS + the tokenizer's tokens of `text`; the answer position is its last
 token, where `answer` (exactly one token as written, leading space included) is read, and
 `counter`, when given, is the counterfactual token. `n` takes the first n prompts (n may not
-exceed the file's prompts); the seed is recorded but does not reorder them.
+exceed the file's prompts; `generate_range(start, stop, ...)` takes prompts [start, stop)); the
+seed is recorded but does not reorder them. Every prompt is padded to the file's longest.
 
 Roles: `roles` maps a role to a substring of the text (the one token it overlaps; its first
 occurrence), to [substring, k] (the k-th occurrence) or to a token position as the store counts
@@ -33,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from actstore.datasets.base import TaskData, check_choice, check_n_seed, is_int, pad_ragged
+from actstore.datasets.base import TaskData, check_choice, check_n_seed, check_range, is_int, pad_ragged
 from actstore.datasets.prompt_file import PromptRows, RoleSpec, check_suffix, file_sha256, read_prompt_file
 from actstore.datasets.report_spec import ReportSpec, RoleAttention
 from actstore.datasets.templated import PromptTokenizer, prompt_tokenizer
@@ -81,7 +82,13 @@ class Prompts:
                                                    "attribution."),))
 
     def generate(self, n: int, seed: int, tokenizer: Any = None) -> TaskData:
+        """The file's first n prompts."""
         check_n_seed(n, seed)
+        return self.generate_range(0, n, seed, tokenizer)
+
+    def generate_range(self, start: int, stop: int, seed: int, tokenizer: Any = None) -> TaskData:
+        """The file's prompts [start, stop) (every row is read and checked, whatever the range)."""
+        check_range(start, stop, seed)
         if tokenizer is None:
             raise InvalidParameterError(
                 "prompts: no tokenizer to read the text with: this model reads token ids only (as the numeric zoo "
@@ -93,18 +100,20 @@ class Prompts:
                 f"prompts: {self.file} has sha256 {rows.sha256[:12]}..., not the {self.sha256[:12]}... asked for "
                 "(the file changed since the store was made)")
         self.sha256 = rows.sha256
-        if n > len(rows):
-            raise InvalidParameterError(f"prompts: {self.file} holds {len(rows)} prompts; n={n} asks for more "
+        if stop > len(rows):
+            raise InvalidParameterError(f"prompts: {self.file} holds {len(rows)} prompts; n={stop} asks for more "
                                         f"(pass n <= {len(rows)})")
         if self.corrupt == "corrupted" and rows.corrupted is None:
             raise InvalidParameterError(f"prompts: corrupt=corrupted needs a 'corrupted' column; {self.file} has "
                                         "none")
-        return _encode(rows, prompt_tokenizer(tokenizer, "prompts"), self.params, int(seed), n, self.corrupt)
+        return _encode(rows, prompt_tokenizer(tokenizer, "prompts"), self.params, int(seed), slice(start, stop),
+                       self.corrupt)
 
 
-def _encode(rows: PromptRows, ptok: PromptTokenizer, params: dict[str, Any], seed: int, n: int,
+def _encode(rows: PromptRows, ptok: PromptTokenizer, params: dict[str, Any], seed: int, keep: slice,
             corrupt: str) -> TaskData:
-    """Tokenize and check every row in file order (so the first bad row fails, whatever n is), keep the first n."""
+    """Tokenize and check every row in file order (so the first bad row fails, whatever the range is), keep the
+    rows `keep`, padded to the file's longest prompt."""
     tok = _Tokens(ptok)
     clean, twin, role_rows, answer, counter = [], [], [], [], []
     for i, (text, w) in enumerate(zip(rows.text, rows.where)):
@@ -123,15 +132,16 @@ def _encode(rows: PromptRows, ptok: PromptTokenizer, params: dict[str, Any], see
             twin.append(other)
     written, other_rows = (twin, clean) if corrupt == "corrupted" else (clean, twin)
     texts = rows.text if corrupt == "none" else (rows.corrupted or [])
-    tokens, lengths = pad_ragged(written[:n], ptok.pad_id)
+    width = max(len(r) for r in written)
+    tokens, lengths = pad_ragged(written[keep], ptok.pad_id, width)
     roles = np.full(tokens.shape, "", dtype=object)
-    for i, where in enumerate(role_rows[:n]):
+    for i, where in enumerate(role_rows[keep]):
         for p, role in where.items():
             roles[i, p] = role
-    written_as = [pl.Series("answer", rows.answer[:n], dtype=pl.String)]
+    written_as = [pl.Series("answer", rows.answer[keep], dtype=pl.String)]
     if rows.counter is not None:
-        written_as.append(pl.Series("counter", rows.counter[:n], dtype=pl.String))
-    labels = pl.concat([rows.labels.head(n), pl.DataFrame(written_as)], how="horizontal")
+        written_as.append(pl.Series("counter", rows.counter[keep], dtype=pl.String))
+    labels = pl.concat([rows.labels[keep], pl.DataFrame(written_as)], how="horizontal")
     return TaskData(
         task="prompts",
         params=params,
@@ -139,14 +149,14 @@ def _encode(rows: PromptRows, ptok: PromptTokenizer, params: dict[str, Any], see
         tokens=tokens,
         lengths=lengths,
         answer_pos=(lengths - 1)[:, None],
-        answer_tokens=np.array(answer[:n], dtype=np.int64)[:, None],
-        counter_tokens=None if rows.counter is None else np.array(counter[:n], dtype=np.int64)[:, None],
+        answer_tokens=np.array(answer[keep], dtype=np.int64)[:, None],
+        counter_tokens=None if rows.counter is None else np.array(counter[keep], dtype=np.int64)[:, None],
         roles=roles.astype(str),
-        str_tokens=[[ptok.str_token(t) for t in row] for row in written[:n]],
-        text=list(texts[:n]),
+        str_tokens=[[ptok.str_token(t) for t in row] for row in written[keep]],
+        text=list(texts[keep]),
         labels=labels,
         pad_id=ptok.pad_id,
-        corrupted_tokens=pad_ragged(other_rows[:n], ptok.pad_id)[0] if other_rows else None,
+        corrupted_tokens=pad_ragged(other_rows[keep], ptok.pad_id, width)[0] if other_rows else None,
     )
 
 

@@ -93,8 +93,9 @@ class PromptTokenizer:
             self._str[token_id] = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
         return self._str[token_id]
 
-    def encode(self, prompts: list[list[Segment]]) -> Encoded:
-        """Tokenize prompts segment by segment; BOS first; roles at their slots' tokens."""
+    def encode(self, prompts: list[list[Segment]], width: int | None = None) -> Encoded:
+        """Tokenize prompts segment by segment; BOS first; roles at their slots' tokens; padded to `width`
+        (default: the longest prompt)."""
         rows: list[list[int]] = []
         role_rows: list[dict[str, int]] = []
         for segments in prompts:
@@ -114,7 +115,7 @@ class PromptTokenizer:
             role_rows.append(where)
         text = ["".join(seg.text for seg in segments) for segments in prompts]
         self._check_whole(rows, text)
-        tokens, lengths = pad_ragged(rows, self.pad_id)
+        tokens, lengths = pad_ragged(rows, self.pad_id, width)
         roles = np.full(tokens.shape, "", dtype=object)
         role_names = list(dict.fromkeys(r for where in role_rows for r in where))
         role_pos = {r: np.full(len(rows), -1, dtype=np.int64) for r in role_names}

@@ -13,7 +13,9 @@ from typing import Any
 from actstore.errors import StoreFormatError
 from actstore.store.arch import Arch
 
-FORMAT_VERSION = 2  # 2: store record, manifest digest and completion record in _commits/
+# 2: store record, manifest digest and completion record in _commits/; 3: examples made in blocks seeded from
+# (seed, block) (actstore.datasets.base), so format-2 stores hold other examples for the same seed
+FORMAT_VERSION = 3
 POSITIONS = ("all", "answer")
 DTYPES = ("float16", "float32")
 MANIFEST_KEY = "actstore"  # key of the manifest in the root group's attributes

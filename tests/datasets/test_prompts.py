@@ -93,9 +93,12 @@ def test_csv_gives_the_same_examples(tmp_path, ioi, tok) -> None:
 def test_n_takes_the_first_rows_in_file_order_and_the_seed_does_not_reorder(tmp_path, ioi, tok) -> None:
     task = get_task("prompts", file=str(write_jsonl(tmp_path / "p.jsonl", ioi_rows(ioi, tok))))
     whole, first = task.generate(N_IOI, 0, tokenizer=tok), task.generate(5, 3, tokenizer=tok)
-    width = int(first.lengths.max())
-    np.testing.assert_array_equal(first.tokens, whole.tokens[:5, :width])
-    np.testing.assert_array_equal(first.corrupted_tokens, whole.corrupted_tokens[:5, :width])
+    np.testing.assert_array_equal(first.tokens, whole.tokens[:5])  # padded to the file's longest prompt either way
+    np.testing.assert_array_equal(first.corrupted_tokens, whole.corrupted_tokens[:5])
+    assert first.tokens.shape[1] == int(whole.lengths.max())
+    middle = task.generate_range(4, 9, 0, tokenizer=tok)
+    np.testing.assert_array_equal(middle.tokens, whole.tokens[4:9])
+    assert middle.labels.equals(whole.labels[4:9]) and middle.text == whole.text[4:9]
     assert first.labels.equals(whole.labels.head(5)) and first.text == whole.text[:5]
     with pytest.raises(InvalidParameterError, match=r"p.jsonl holds 12 prompts; n=13 asks for more"):
         task.generate(13, 0, tokenizer=tok)

@@ -91,27 +91,27 @@ def test_to_frame_without_a_twin_has_a_null_column(data) -> None:
     assert got.drop("corrupted_tokens", "counter_tokens").equals(frame.drop("corrupted_tokens", "counter_tokens"))
 
 
-# sha256 (first 16 hex digits) of tokens, lengths, answer_pos and answer_tokens of 500 examples, seed 21, as the
-# generators made them before the corrupted twins were added: the twins draw from their own generators, so the
-# clean examples (and every store ingested before) stay the same
-CLEAN_DIGESTS = {
-    ("addition", ()): "34181c79e9516dc6",
-    ("list_update", ()): "ea133377fc964cde",
-    ("brackets", ()): "58fd5ec01af7a571",
-    ("ioi", ()): "44a5083da2b0324d",
-    ("ioi", (("corrupt", "abc"),)): "109db41bd23dc616",
-    ("days", ()): "6872407a6935bc7d",
-    ("days", (("corrupt", "previous"),)): "9da05f6b59754fb5",
+# sha256 (first 16 hex digits) of tokens, lengths, answer_pos, answer_tokens and corrupted_tokens of 500 examples,
+# seed 21, as made in blocks (store format 3; format 2 drew all n examples from one generator). A change here
+# changes every store's examples: bump store.manifest.FORMAT_VERSION and re-pin deliberately.
+DIGESTS = {
+    ("addition", ()): "1583338d398ff54b",
+    ("list_update", ()): "8aff415f4c329537",
+    ("brackets", ()): "d5029326f735af14",
+    ("ioi", ()): "14a54df823f41b5f",
+    ("ioi", (("corrupt", "abc"),)): "bd53b2405a48ec35",
+    ("days", ()): "5b90eae4907afa2c",
+    ("days", (("corrupt", "previous"),)): "5a5a3ed97928eb93",
 }
 
 
-@pytest.mark.parametrize("name, params", list(CLEAN_DIGESTS))
-def test_clean_examples_are_unchanged_by_the_twins(name: str, params: tuple) -> None:
+@pytest.mark.parametrize("name, params", list(DIGESTS))
+def test_generated_examples_are_pinned(name: str, params: tuple) -> None:
     data = get_task(name, **dict(params)).generate(500, 21)
     h = hashlib.sha256()
-    for a in (data.tokens, data.lengths, data.answer_pos, data.answer_tokens):
+    for a in (data.tokens, data.lengths, data.answer_pos, data.answer_tokens, data.corrupted_tokens):
         h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-    assert h.hexdigest()[:16] == CLEAN_DIGESTS[name, params]
+    assert h.hexdigest()[:16] == DIGESTS[name, params]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
