@@ -66,6 +66,10 @@ class StoreLockedError(StoreExistsError):
     """Another process holds the store's write lock (an ingest is writing it)."""
 
 
+class RemoteExtraError(ActstoreError, ImportError):
+    """A store URL whose protocol needs a package this install lacks (s3:// needs s3fs: actstore[s3])."""
+
+
 class IncompleteStoreWarning(UserWarning):
     """A store opened for reading holds fewer committed chunks than its ingest planned."""
 

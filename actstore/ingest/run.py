@@ -26,11 +26,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from tqdm.auto import tqdm
 
@@ -50,11 +48,13 @@ from actstore.ingest.probe import probe_batch
 from actstore.store.arch import Arch
 from actstore.store.commits import committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, meta_tables, part_path
+from actstore.store.parts import part_schema
+from actstore.store.fs import RemotePath, StorePath
 from actstore.store.lock import store_lock
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
 from actstore.store.reader import Store
-from actstore.store.writer import ChunkWriter, create_store
+from actstore.store.writer import ChunkWriter, create_store, remove_interrupted_creation, remove_store
 
 CHUNK_TARGET_BYTES = 64 << 20  # auto chunk: the largest power of two of examples under this size
 MAX_AUTO_CHUNK = 8192
@@ -68,7 +68,7 @@ def ingest(
     model: Any,
     n: int,
     seed: int,
-    out: str | os.PathLike,
+    out: str | os.PathLike | RemotePath,
     *,
     hooks: Sequence[str] | None = None,
     positions: str = "all",
@@ -84,6 +84,7 @@ def ingest(
     background: bool = True,
     stats: dict[str, float] | None = None,
     top_k: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Store:
     """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
 
@@ -104,6 +105,7 @@ def ingest(
                 corrupted twins' forward passes), examples and bytes_written by this call
     top_k:      the most likely output tokens kept per answer in meta/topk (token, logit, prob);
                 0 keeps none; default 10, or the whole output vocabulary if it is smaller
+    storage_options: options of the fsspec filesystem when `out` is a URL (s3://bucket/store, ...)
     """
     t0 = time.perf_counter()
     check_n_seed(n, seed)
@@ -114,7 +116,7 @@ def ingest(
             raise InvalidParameterError(f"{label} must be a positive integer, got {v!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
         raise InvalidParameterError(f"top_k must be a non-negative integer, got {top_k!r}")
-    out = utf8_path(out, "--out")
+    out = utf8_path(out, "--out", storage_options)
     _check_writable(out)
     dev = _device(device)
 
@@ -193,7 +195,7 @@ def _batch_tensors(data: TaskData, b0: int, b1: int, dev: torch.device) -> _Batc
 class _Loop:
     """The forward loop of one ingest (resuming after the committed chunks)."""
 
-    def __init__(self, out: Path, manifest: Manifest, net: Any, data: TaskData, dev: torch.device,
+    def __init__(self, out: StorePath, manifest: Manifest, net: Any, data: TaskData, dev: torch.device,
                  buffers: list[dict[str, torch.Tensor]], quiet: bool, background: bool, names: TokenNames) -> None:
         self.out, self.manifest, self.net, self.data, self.dev = out, manifest, net, data, dev
         self.names = names  # token strings of meta/topk
@@ -233,7 +235,7 @@ class _Loop:
         parts have columns this ingest does not make."""
         if first == 0:
             return
-        stored = {t: list(pl.read_parquet_schema(part_path(self.out, t, 0))) for t in META_TABLES}
+        stored = {t: list(part_schema(part_path(self.out, t, 0))) for t in META_TABLES}
         one = self.data.slice(0, 1)
         fake = {k: np.zeros((1, one.n_answers)) for k in ("correct_logit", "counter_logit", "logit_diff", "prob",
                                                           "rank", "loss", "correct")}
@@ -412,8 +414,12 @@ def _check_fits(data: TaskData, cfg: Any) -> None:
                 "is this model trained on this task?")
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: StorePath) -> None:
     """Refuse early (before any work) an output path whose nearest existing ancestor is not writable."""
+    if isinstance(out, RemotePath):  # an object store says whether it is writable when the lock is put
+        if out.is_file():
+            raise InvalidParameterError(f"--out {out.url!r} is an object, not a store prefix")
+        return
     if out.exists() and not out.is_dir():
         raise InvalidParameterError(f"--out {str(out)!r} is a file, not a store directory")
     target = out if is_store(out) else out.absolute().parent  # a new store is renamed into its parent
@@ -454,7 +460,7 @@ def _resume_differences(old: Manifest, new: Manifest) -> list[str]:
     return diffs
 
 
-def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
+def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
                  params: Callable[[], dict[str, np.ndarray]], quiet: bool = False) -> Manifest:
     """Create the store, or return the stored manifest of the same run to resume it (lock held)."""
     _remove_leftovers(out)
@@ -487,19 +493,17 @@ def _prepare_out(out: Path, manifest: Manifest, overwrite: bool,
     return manifest
 
 
-def _remove_store(out: Path) -> None:
+def _remove_store(out: StorePath) -> None:
     """Move the old store out of the way in one rename, then delete it (lock held)."""
-    trash = out.parent / f".{out.name}.deleting-{os.getpid()}"
-    try:
-        os.rename(out, trash)
-    except OSError as e:
-        raise StoreWriteError(f"cannot replace the store at {str(out)!r}: {e.strerror or e}") from None
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_store(out)
 
 
-def _remove_leftovers(out: Path) -> None:
+def _remove_leftovers(out: StorePath) -> None:
     """Delete what a crashed creation or overwrite of this store left beside it (the lock is held, so
     they are nobody else's; those of other stores whose names share a prefix are left alone)."""
+    if isinstance(out, RemotePath):  # no rename there: a cut-short upload is left in place
+        remove_interrupted_creation(out)
+        return
     own = re.compile(re.escape(f".{out.name}.") + r"(creating|deleting)-\d+")
     for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
         if own.fullmatch(p.name) and p.is_dir():

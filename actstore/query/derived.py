@@ -41,6 +41,7 @@ from actstore.query.readout import Weights
 from actstore.query.tables import write_parquet_frames
 from actstore.query.targets import parse_target
 from actstore.store.cache import read_checked, record_path, write_checked
+from actstore.store.fs import StorePath
 from actstore.store.reader import Store
 
 VERSION = 1  # bump when a derived table's contents change for the same parameters
@@ -85,7 +86,7 @@ def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**DEFAULTS[table], **(given or {})}
 
 
-def cache_path(store: Store, table: str, params: Mapping[str, Any]) -> Path:
+def cache_path(store: Store, table: str, params: Mapping[str, Any]) -> StorePath:
     """Where the derived table for these parameters lives (whether or not it exists yet)."""
     stem = _stem(table, key_params(store, table, params))
     return store.derived_dir / f"{stem}-n={store.n_examples}-{store_hash(store)}.parquet"
@@ -145,7 +146,7 @@ def materialise(store: Store, table: str, params: Mapping[str, Any] | None = Non
     return data if data is not None else compute(store, table, full)
 
 
-def _remove_older_keys(path: Path, stem: str) -> None:
+def _remove_older_keys(path: StorePath, stem: str) -> None:
     """Files (and their records) of the same table and parameters under an older store key."""
     for old in path.parent.glob(f"{stem}-n=*.parquet"):
         if old != path and old.name[len(stem):].count("-") == 2:  # same table and params, older key

@@ -62,7 +62,9 @@ class Weights:
         Reading GPT-2 small's W_E and W_U alone decompresses 300 MB, as much as a per-head DLA
         over a few hundred examples reads; a session's later queries reuse what earlier ones read.
         """
-        root = Path(store.path) / "zarr.json"
+        if not isinstance(store.path, Path):  # a remote store (store/fs.py): shared by this Store only
+            return cls(store.arch, store.param, store.param_names)
+        root = store.path / "zarr.json"
         try:
             st = root.stat()
             key: tuple[Any, ...] = (str(root.resolve()), st.st_ino, st.st_mtime_ns)

@@ -48,7 +48,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -61,6 +60,7 @@ from actstore.errors import ActstoreError, InvalidParameterError, QueryError
 from actstore.query import derived
 from actstore.query.interventions import interventions as stored_interventions
 from actstore.query.interventions import sweeps as stored_sweeps
+from actstore.store.fs import RemotePath, StorePath, arrow_filesystem
 from actstore.store.layout import META_TABLES, OPTIONAL_META_TABLES
 from actstore.store.open import open_store
 from actstore.store.reader import Store
@@ -391,15 +391,17 @@ def _open() -> duckdb.DuckDBPyConnection:
     return duckdb.connect(":memory:", config=dict(_CONFIG))  # type: ignore[arg-type]  # values are str/bool
 
 
-def _parquet_dataset(paths: list[Path]) -> ds.Dataset:
+def _parquet_dataset(paths: list[StorePath]) -> ds.Dataset:
     """The parts as one dataset; columns are unified by name across parts (a label that is all
-    null in one part and typed in another)."""
-    files = [str(p) for p in paths]
+    null in one part and typed in another). A remote store's parts are read through its own
+    fsspec filesystem, wrapped for Arrow: DuckDB scans the dataset and opens nothing itself."""
+    fs = arrow_filesystem(paths[0]) if isinstance(paths[0], RemotePath) else None
+    files = [p.path if isinstance(p, RemotePath) else str(p) for p in paths]
     try:
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+        schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         schema = None
-    return ds.dataset(files, schema=schema, format="parquet")
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs)
 
 
 def _buffer_dataset(data: bytes) -> ds.Dataset:

@@ -11,7 +11,8 @@ or digest: a truncated, bit-flipped or replaced file) is a cache miss: the reade
 Both files are written under unique temporary names and renamed into place, and a failed write
 (a full disk, a read-only directory) leaves no temporary file behind. The record is removed
 before the file is replaced and written after it, so no reader ever pairs a new file with an
-old record.
+old record. On an object store (store/fs.py) `write` fills a local temporary file, which is
+put in one request (atomic by itself), then the record is put.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import file_digest, read_file
+from actstore.store.fs import RemotePath, StorePath, children
 from actstore.store.layout import DERIVED
 
 RECORD_SUFFIX = ".sha256"
 CACHED_GLOB = "*.parquet"  # the cached tables of derived/ (records and temporary files do not match)
 
 
-def record_path(path: Path) -> Path:
+def record_path(path: StorePath) -> StorePath:
     """Where the digest record of cache file `path` lives."""
     return path.with_name(path.name + RECORD_SUFFIX)
 
@@ -40,13 +43,16 @@ def digest(data: bytes) -> dict[str, object]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def write_checked(path: Path, write: Callable[[Path], None]) -> None:
+def write_checked(path: StorePath, write: Callable[[Path], None]) -> None:
     """Write a cache file through `write(tmp)` and record its digest; any failure (OSError from a
     full disk or a read-only directory, or whatever `write` raises) propagates after the
     temporary files are removed. A failure after the file was renamed into place leaves it
     without a record: a cache miss, never a wrong hit."""
+    if isinstance(path, RemotePath):
+        _write_remote(path, write)
+        return
     path = Path(path)
-    record = record_path(path)
+    record = path.with_name(path.name + RECORD_SUFFIX)
     tmp = _tmp_name(path)
     try:
         write(tmp)
@@ -59,10 +65,22 @@ def write_checked(path: Path, write: Callable[[Path], None]) -> None:
         _remove(tmp)
 
 
-def read_checked(path: Path) -> bytes | None:
+def _write_remote(path: RemotePath, write: Callable[[Path], None]) -> None:
+    """write_checked on an object store: the record is removed first and put last, as locally."""
+    with tempfile.TemporaryDirectory(prefix="actstore-cache-") as folder:
+        tmp = Path(folder) / path.name
+        write(tmp)
+        data = tmp.read_bytes()
+    record = record_path(path)
+    record.unlink(missing_ok=True)
+    path.write_bytes(data)
+    record.write_bytes((json.dumps(digest(data), sort_keys=True) + "\n").encode())
+
+
+def read_checked(path: StorePath) -> bytes | None:
     """The bytes of cache file `path` if its record vouches for them; None if either is absent,
     unreadable, or they disagree."""
-    path = Path(path)
+    path = _as_path(path)
     try:
         expected = _read_record(record_path(path))
         if expected is None:
@@ -75,9 +93,9 @@ def read_checked(path: Path) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == expected["sha256"] else None
 
 
-def check_file(path: Path) -> str | None:
+def check_file(path: StorePath) -> str | None:
     """Why the record of cache file `path` does not vouch for it (None when it does)."""
-    path = Path(path)
+    path = _as_path(path)
     record = record_path(path)
     try:
         expected = _read_record(record)
@@ -97,13 +115,13 @@ def check_file(path: Path) -> str | None:
     return None
 
 
-def cache_problems(root: Path) -> list[str]:
+def cache_problems(root: StorePath) -> list[str]:
     """One line per cached table in `root/derived/` whose digest record is missing, unreadable or
     disagrees with it (such a table is recomputed when next used, never served). Empty when
     every cached table is vouched for, or there is no derived/ at all."""
-    folder = Path(root) / DERIVED
+    folder = _as_path(root) / DERIVED
     try:
-        files = sorted(p for p in folder.glob(CACHED_GLOB) if p.is_file())
+        files = [p for p in children(folder, CACHED_GLOB) if p.is_file()]
     except OSError:
         return []
     out = []
@@ -114,7 +132,7 @@ def cache_problems(root: Path) -> list[str]:
     return out
 
 
-def _read_record(record: Path) -> dict[str, object] | None:
+def _read_record(record: StorePath) -> dict[str, object] | None:
     """The record's {"sha256", "size"}, or None if it is absent or malformed."""
     raw = read_file(record)
     if raw is None:
@@ -129,6 +147,10 @@ def _read_record(record: Path) -> dict[str, object] | None:
     return {"sha256": rec["sha256"], "size": rec["size"]}
 
 
+
+
+def _as_path(path: StorePath | str) -> StorePath:
+    return path if isinstance(path, RemotePath) else Path(path)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -5,6 +5,9 @@ via a temporary file, fsync and `os.replace`, so the record is either absent or 
 The record holds the chunk's example range and the size and SHA-256 of every file of the
 chunk, which lets `verify` name a chunk whose bytes changed after the commit. Readers count
 the committed chunks as the contiguous prefix 0, 1, 2, ... of records.
+
+On an object store (store/fs.py) the record is one PUT, which is atomic by itself: there is no
+temporary object, rename or fsync, and the record is still written after every file it names.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from actstore.errors import StoreCorruptError
+from actstore.store.fs import RemotePath, StorePath, children
 from actstore.store.layout import COMMITS, commit_path
 
 
@@ -38,7 +42,7 @@ class CommitRecord:
                            "store": self.store}, sort_keys=True, indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: Path) -> "CommitRecord":
+    def from_json(cls, text: str, where: StorePath) -> "CommitRecord":
         try:
             d = json.loads(text)
             files = {str(k): [int(v[0]), *(str(x) for x in v[1:3])] for k, v in dict(d["files"]).items()}
@@ -62,8 +66,10 @@ def open_regular(path: Path) -> int:
     return fd
 
 
-def read_file(path: Path) -> bytes | None:
+def read_file(path: StorePath) -> bytes | None:
     """The bytes of a store file, or None if it is absent (see open_regular)."""
+    if isinstance(path, RemotePath):
+        return path.read_bytes_or_none()
     try:
         fd = open_regular(path)
     except FileNotFoundError:
@@ -72,7 +78,7 @@ def read_file(path: Path) -> bytes | None:
         return f.read()
 
 
-def file_digest(path: Path, fsync: bool = False, tail: bool = False) -> list[Any]:
+def file_digest(path: StorePath, fsync: bool = False, tail: bool = False) -> list[Any]:
     """[size in bytes, sha256 hex] of a file; with tail, also its last 4 bytes (hex); with fsync,
     also flush it to disk.
 
@@ -80,6 +86,8 @@ def file_digest(path: Path, fsync: bool = False, tail: bool = False) -> list[Any
     recorded, it lets a reader tie a chunk to its record from its size and tail alone (Zarr then
     checks the rest against the tail), with no hashing on the read path.
     """
+    if isinstance(path, RemotePath):  # the object as the server holds it (FileNotFoundError if absent)
+        return bytes_digest_list(path.read_bytes(), tail)
     h = hashlib.sha256()
     size = 0
     last = b""
@@ -93,8 +101,17 @@ def file_digest(path: Path, fsync: bool = False, tail: bool = False) -> list[Any
     return [size, h.hexdigest(), last.hex()] if tail else [size, h.hexdigest()]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def bytes_digest_list(data: bytes, tail: bool = False) -> list[Any]:
+    """What file_digest says of a file holding `data`."""
+    digest: list[Any] = [len(data), hashlib.sha256(data).hexdigest()]
+    return [*digest, bytes(data[-4:]).hex()] if tail else digest
+
+
+def atomic_write_bytes(path: StorePath, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -108,7 +125,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StorePath) -> None:
+    if isinstance(path, RemotePath):
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -116,12 +135,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_commit(root: Path, record: CommitRecord) -> None:
+def write_commit(root: StorePath, record: CommitRecord) -> None:
     (root / COMMITS).mkdir(exist_ok=True)
     atomic_write_bytes(commit_path(root, record.chunk), record.to_json().encode())
 
 
-def read_commit(root: Path, chunk: int) -> CommitRecord | None:
+def read_commit(root: StorePath, chunk: int) -> CommitRecord | None:
     """The commit record of a chunk, or None if it has none."""
     path = commit_path(root, chunk)
     raw = read_file(path)
@@ -130,7 +149,7 @@ def read_commit(root: Path, chunk: int) -> CommitRecord | None:
     return CommitRecord.from_json(raw.decode(errors="replace"), path)  # damaged bytes fail as JSON, not UTF-8
 
 
-def committed_prefix(root: Path, n_chunks: int) -> int:
+def committed_prefix(root: StorePath, n_chunks: int) -> int:
     """How many chunks are committed: the length of the contiguous prefix of commit records."""
     k = 0
     while k < n_chunks and commit_path(root, k).exists():
@@ -138,9 +157,9 @@ def committed_prefix(root: Path, n_chunks: int) -> int:
     return k
 
 
-def commit_files(root: Path) -> list[int]:
+def commit_files(root: StorePath) -> list[int]:
     """Chunk indices of every commit record present (for verify and cleanup)."""
     d = root / COMMITS
     if not d.is_dir():
         return []
-    return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit())
+    return sorted(int(p.stem) for p in children(d, "*.json") if p.stem.isdigit())

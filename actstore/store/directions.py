@@ -32,6 +32,7 @@ import numpy as np
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
 from actstore.store.cache import check_file, read_checked, record_path, write_checked
+from actstore.store.fs import RemotePath, StorePath, children, store_path
 
 DIRECTIONS = "directions"
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
@@ -54,8 +55,8 @@ class SavedDirection:
         return float(np.linalg.norm(self.vector))
 
 
-def directions_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / DIRECTIONS
+def directions_dir(root: str | os.PathLike | RemotePath) -> StorePath:
+    return store_path(root) / DIRECTIONS
 
 
 def check_name(name: Any) -> str:
@@ -69,11 +70,11 @@ def check_name(name: Any) -> str:
     return name
 
 
-def _path(root: str | os.PathLike, name: str) -> Path:
+def _path(root: str | os.PathLike | RemotePath, name: str) -> StorePath:
     return directions_dir(root) / f"{check_name(name)}{SUFFIX}"
 
 
-def save_direction(root: str | os.PathLike, name: str, vector: Any, *, final_ln: bool = False,
+def save_direction(root: str | os.PathLike | RemotePath, name: str, vector: Any, *, final_ln: bool = False,
                    info: dict[str, Any] | None = None, overwrite: bool = False) -> SavedDirection:
     """Save `vector` [d_model] as direction `name` of the store at `root`.
 
@@ -107,13 +108,13 @@ def save_direction(root: str | os.PathLike, name: str, vector: Any, *, final_ln:
     return _from_doc(doc, path)
 
 
-def load_direction(root: str | os.PathLike, name: str) -> SavedDirection:
+def load_direction(root: str | os.PathLike | RemotePath, name: str) -> SavedDirection:
     """Direction `name` of the store at `root`; a one-line error naming the saved ones if there is none."""
     path = _path(root, name)
     if not path.is_file():
         saved = ", ".join(direction_names(root)) or "none"
-        raise InvalidParameterError(f"store {str(Path(root))!r} has no direction named {name!r} (saved: {saved}); "
-                                    "make one with `actstore direction fit-ln / through-ov / save`")
+        raise InvalidParameterError(f"store {str(store_path(root))!r} has no direction named {name!r} "
+                                    f"(saved: {saved}); make one with `actstore direction fit-ln / through-ov / save`")
     data = read_checked(path)
     if data is None:
         why = check_file(path) or "it changed while being read"
@@ -125,26 +126,26 @@ def load_direction(root: str | os.PathLike, name: str) -> SavedDirection:
     return _from_doc(doc, path)
 
 
-def direction_names(root: str | os.PathLike) -> list[str]:
+def direction_names(root: str | os.PathLike | RemotePath) -> list[str]:
     """Names of the directions saved in the store at `root`, sorted."""
     folder = directions_dir(root)
     try:
-        files = sorted(p for p in folder.glob(f"*{SUFFIX}") if p.is_file())
+        files = [p for p in children(folder, f"*{SUFFIX}") if p.is_file()]
     except OSError:
         return []
     return [p.name[: -len(SUFFIX)] for p in files if NAME_RE.fullmatch(p.name[: -len(SUFFIX)])]
 
 
-def list_directions(root: str | os.PathLike) -> list[SavedDirection]:
+def list_directions(root: str | os.PathLike | RemotePath) -> list[SavedDirection]:
     """Every saved direction of the store at `root` (StoreCorruptError for one that fails its check)."""
     return [load_direction(root, name) for name in direction_names(root)]
 
 
-def remove_direction(root: str | os.PathLike, name: str) -> None:
+def remove_direction(root: str | os.PathLike | RemotePath, name: str) -> None:
     """Delete direction `name` (its record first, so a half-removed direction is never vouched for)."""
     path = _path(root, name)
     if not path.is_file():
-        raise InvalidParameterError(f"store {str(Path(root))!r} has no direction named {name!r}")
+        raise InvalidParameterError(f"store {str(store_path(root))!r} has no direction named {name!r}")
     try:
         record_path(path).unlink(missing_ok=True)
         path.unlink()
@@ -152,7 +153,7 @@ def remove_direction(root: str | os.PathLike, name: str) -> None:
         raise StoreWriteError(f"cannot remove direction {name!r}: {e.strerror or e}") from None
 
 
-def direction_problems(root: str | os.PathLike) -> list[str]:
+def direction_problems(root: str | os.PathLike | RemotePath) -> list[str]:
     """One line per saved direction whose digest record is missing or disagrees with it, or whose
     contents are malformed (for `actstore verify`); empty when every direction checks out."""
     out = []
@@ -169,7 +170,7 @@ def direction_problems(root: str | os.PathLike) -> list[str]:
     return out
 
 
-def _from_doc(doc: Any, path: Path) -> SavedDirection:
+def _from_doc(doc: Any, path: StorePath) -> SavedDirection:
     try:
         vec = np.asarray(doc["vector"], dtype=np.float64)
         if vec.ndim != 1 or vec.size != int(doc["d_model"]) or not np.isfinite(vec).all():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actstore.store.fs import RemotePath, StorePath
 from actstore.store.layout import META, PARAMS, chunk_file
 from actstore.store.open import open_store
 from actstore.store.sweeps import list_sweeps
@@ -27,13 +28,16 @@ class ArraySize:
         return self.raw_bytes / self.disk_bytes if self.disk_bytes else float("nan")
 
 
-def _dir_bytes(path: Path) -> int:
+def _dir_bytes(path: StorePath) -> int:
+    if isinstance(path, RemotePath):
+        return path.total_bytes()
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def store_info(path: str | Path) -> dict[str, Any]:
-    """Manifest, example counts, per-array sizes and compression ratios of the store at `path`."""
-    store = open_store(path)
+def store_info(path: str | Path | RemotePath, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Manifest, example counts, per-array sizes and compression ratios of the store at `path`
+    (a local path or an fsspec URL)."""
+    store = open_store(path, storage_options)
     m = store.manifest
     arrays = []
     committed = sum(1 for _ in store.chunks())

@@ -31,6 +31,7 @@ import numpy as np
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import (CommitRecord, atomic_write_bytes, commit_files, committed_prefix, file_digest,
                                     read_file)
+from actstore.store.fs import StorePath
 from actstore.store.layout import ACTS, COMMITS, PARAMS, chunk_ranges, commit_path
 from actstore.store.manifest import Manifest
 
@@ -71,7 +72,7 @@ def write_store_record(root: Path, manifest: Manifest) -> None:
     atomic_write_bytes(root / COMMITS / STORE_RECORD, _dump(record))
 
 
-def write_complete_record(root: Path, n_chunks: int) -> None:
+def write_complete_record(root: StorePath, n_chunks: int) -> None:
     """Mark a finished ingest: every chunk committed, and the digests of their commit records."""
     records = {f"{k:05d}": file_digest(commit_path(root, k))[1] for k in range(n_chunks)}
     atomic_write_bytes(root / COMMITS / COMPLETE_RECORD, _dump({"n_chunks": n_chunks, "records": records}))
@@ -85,7 +86,7 @@ def _dump(d: dict[str, Any]) -> bytes:
 class Ledger:
     """The checked records of an open store: expected [size, sha256] per file, relative to the root."""
 
-    root: Path
+    root: StorePath
     store_sha256: str
     metadata: dict[str, str]
     params: dict[str, list[Any]]
@@ -94,7 +95,7 @@ class Ledger:
     files: dict[str, list[Any]] = field(default_factory=dict)  # chunk files of the committed chunks
 
     @classmethod
-    def load(cls, root: Path, manifest: Manifest, problems: list[str] | None = None) -> "Ledger":
+    def load(cls, root: StorePath, manifest: Manifest, problems: list[str] | None = None) -> "Ledger":
         """Read and cross-check the records.
 
         Raises StoreCorruptError at the first disagreement, unless `problems` is given: then each
@@ -190,7 +191,7 @@ class Ledger:
             raise _corrupt(self.root, f"{what} file {rel} differs from its record (checksum mismatch)")
 
 
-def _read_complete(root: Path, bad: Callable[[str], None]) -> bytes | None:
+def _read_complete(root: StorePath, bad: Callable[[str], None]) -> bytes | None:
     """The completion record's bytes, None if absent."""
     try:
         return read_file(root / COMMITS / COMPLETE_RECORD)
@@ -199,7 +200,7 @@ def _read_complete(root: Path, bad: Callable[[str], None]) -> bytes | None:
         return None
 
 
-def _check_complete(raw: bytes | None, root: Path, n_chunks: int, digests: list[str],
+def _check_complete(raw: bytes | None, root: StorePath, n_chunks: int, digests: list[str],
                     bad: Callable[[str], None]) -> bool:
     """Whether the completion record (`raw`, read before the commit records) exists and agrees
     with the commit records' digests."""
@@ -229,7 +230,7 @@ def _short(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:160]
 
 
-def _corrupt(root: Path, what: str) -> StoreCorruptError:
+def _corrupt(root: StorePath, what: str) -> StoreCorruptError:
     return StoreCorruptError(f"store {str(root)!r} is corrupt: {what}; run `actstore verify {root}`")
 
 

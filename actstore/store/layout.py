@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from actstore.errors import StoreCorruptError, StoreFormatError
+from actstore.store.fs import StorePath
 
 ACTS, PARAMS, META, COMMITS, DERIVED = "acts", "params", "meta", "_commits", "derived"
 META_TABLES = ("examples", "tokens", "outputs")  # every store has a part of each per committed chunk
@@ -55,15 +55,15 @@ def meta_tables(manifest: Any) -> tuple[str, ...]:
     return (*META_TABLES, *(("topk",) if getattr(manifest, "top_k", None) else ()))
 
 
-def acts_path(root: Path, hook: str) -> Path:
+def acts_path(root: StorePath, hook: str) -> StorePath:
     return root / ACTS / hook
 
 
-def part_path(root: Path, table: str, chunk: int) -> Path:
+def part_path(root: StorePath, table: str, chunk: int) -> StorePath:
     return root / META / table / f"part-{chunk:05d}.parquet"
 
 
-def commit_path(root: Path, chunk: int) -> Path:
+def commit_path(root: StorePath, chunk: int) -> StorePath:
     return root / COMMITS / f"{chunk:05d}.json"
 
 
@@ -72,12 +72,12 @@ def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
 
 
-def chunk_file(root: Path, hook: str, chunk: int, ndim: int) -> Path:
+def chunk_file(root: StorePath, hook: str, chunk: int, ndim: int) -> StorePath:
     """The file holding chunk `chunk` of an activation array (default v3 key encoding)."""
     return acts_path(root, hook).joinpath("c", str(chunk), *(["0"] * (ndim - 1)))
 
 
-def as_array(group: zarr.Group, prefix: str, name: str, root: Path) -> zarr.Array:
+def as_array(group: zarr.Group, prefix: str, name: str, root: StorePath) -> zarr.Array:
     """Array `name` of the store's `prefix` group (acts or params); StoreCorruptError if a group stands there."""
     node = group[name]
     if not isinstance(node, zarr.Array):

@@ -1,32 +1,51 @@
 """One writer per store: an exclusive lock taken before a store is created, replaced or written.
 
-The lock is `flock` on a sibling file `.<name>.lock` (not on the store directory, which an
+Local: `flock` on a sibling file `.<name>.lock` (not on the store directory, which an
 overwrite removes and a creation renames into place), taken before the path is inspected, so
 two ingests into one path never interleave: the second gets StoreLockedError at once. The file is
 removed on release; a process that locked a file someone else had just removed sees that the path
-no longer names the file it holds and tries again.
+no longer names the file it holds and tries again. The kernel drops a dead process's flock, so a
+local lock is never stale.
+
+Remote (store/fs.py): a sibling object `.<name>.lock` created by a conditional PUT (S3
+`If-None-Match: *`: of two writers, exactly one request succeeds and the other gets 412) and
+deleted on release. It names its holder (host, pid, start time). An object store cannot tell
+that a holder died, so a writer that was killed leaves its lock behind: the next writer is
+refused with a line naming the holder and `actstore unlock URL` (`break_lock`), which the user
+runs once sure no writer is alive. A lock is never taken over silently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from actstore.errors import StoreLockedError, StoreWriteError
+from actstore.errors import InvalidParameterError, StoreLockedError, StoreWriteError
+from actstore.store.fs import RemotePath, StorePath, store_path
 
 
-def lock_path(store: Path) -> Path:
+def lock_path(store: StorePath) -> StorePath:
+    if isinstance(store, RemotePath):
+        return _lock_object(store)
     store = Path(store).absolute()
     return store.parent / f".{store.name}.lock"
 
 
 @contextlib.contextmanager
-def store_lock(store: Path) -> Iterator[None]:
-    """Hold the write lock of the store at `store` (its parent directory must exist)."""
-    path = lock_path(store)
+def store_lock(store: StorePath) -> Iterator[None]:
+    """Hold the write lock of the store at `store` (a local parent directory must exist)."""
+    if isinstance(store, RemotePath):
+        with _remote_lock(store):
+            yield
+        return
+    store = Path(store)
+    path = store.absolute().parent / f".{store.absolute().name}.lock"
     fd = _acquire(path, store)
     try:
         yield
@@ -61,4 +80,57 @@ def _acquire(path: Path, store: Path) -> int:
         os.close(fd)  # the holder removed this file as we opened it: lock the new one
 
 
-__all__ = ["store_lock", "lock_path"]
+@contextlib.contextmanager
+def _remote_lock(store: RemotePath) -> Iterator[None]:
+    if store.parent.path == store.path:
+        raise InvalidParameterError(f"store URL {store.url!r} is a bucket root; name a prefix inside it "
+                                    f"(e.g. {store.url.rstrip('/')}/store): its lock object lives beside it")
+    path = _lock_object(store)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime())}
+    try:
+        created = path.create_exclusive((json.dumps(holder, sort_keys=True) + "\n").encode())
+    except OSError as e:
+        raise StoreWriteError(f"cannot write the store at {store.url!r}: its lock object {path.url} cannot be "
+                              f"made ({e})") from None
+    if not created:
+        raise StoreLockedError(f"another writer holds {store.url!r} ({_describe(path)}); wait for it to finish, or "
+                               f"if that writer was killed, run `actstore unlock {store.url}` and retry")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_object(store: RemotePath) -> RemotePath:
+    return store.parent / f".{store.name}.lock"
+
+
+def _describe(path: RemotePath) -> str:
+    """Who holds the lock object `path`, from its contents."""
+    try:
+        raw = path.read_bytes_or_none()
+        rec = json.loads(raw or b"{}")
+        return f"lock object {path.url}: pid {rec.get('pid')} on {rec.get('host')} since {rec.get('since')}"
+    except (OSError, ValueError, AttributeError):
+        return f"lock object {path.url}"
+
+
+def break_lock(store: "str | os.PathLike[str] | RemotePath", storage_options: dict | None = None) -> str | None:
+    """Remove the lock object a killed writer left beside the remote store `store`; returns what
+    it said of its holder, or None if there was none. Only for a writer known to be dead: the lock
+    is what keeps two writers from interleaving. A local store's lock dies with its process, so
+    there is nothing to break (InvalidParameterError)."""
+    root = store_path(store, "store", storage_options)
+    if not isinstance(root, RemotePath):
+        raise InvalidParameterError(f"{str(root)!r} is a local store: its lock is released when the writing "
+                                    "process exits, so there is nothing to unlock")
+    path = _lock_object(root)
+    if not path.exists():
+        return None
+    what = _describe(path)
+    path.unlink(missing_ok=True)
+    return what
+
+
+__all__ = ["store_lock", "lock_path", "break_lock"]

@@ -1,28 +1,34 @@
 """The meta tables (examples, tokens, outputs, and topk where stored) as one Parquet part per chunk.
 
 Parts are written atomically (temporary file, fsync, rename) and deterministically (same frame,
-same bytes: no timestamps), so a resumed ingest rewrites a lost part byte for byte.
+same bytes: no timestamps), so a resumed ingest rewrites a lost part byte for byte. On an
+object store a part is encoded in memory and put in one request (atomic by itself).
 """
 
 from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import read_file
+from actstore.store.fs import RemotePath, StorePath, children, relative
 from actstore.store.layout import META, META_TABLES, OPTIONAL_META_TABLES, part_path
 
 if TYPE_CHECKING:
     from actstore.store.integrity import Ledger
 
 
-def write_part(df: pl.DataFrame, path: Path) -> None:
+def write_part(df: pl.DataFrame, path: StorePath) -> None:
     """Write one part atomically."""
+    if isinstance(path, RemotePath):
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", compression_level=3, statistics=True)
+        path.write_bytes(buf.getvalue())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -35,12 +41,17 @@ def write_part(df: pl.DataFrame, path: Path) -> None:
         raise
 
 
+def part_schema(path: StorePath) -> dict[str, pl.DataType]:
+    """The Parquet schema of a part (local or remote)."""
+    return pl.read_parquet_schema(io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path)
+
+
 def checked_part(ledger: "Ledger", table: str, k: int) -> bytes:
     """The bytes of committed part k of a meta table, checked against its commit record (size and
     sha256); StoreCorruptError if absent, not a regular file, or different."""
     path = part_path(ledger.root, table, k)
     data = read_file(path)
-    ledger.check_bytes(str(path.relative_to(ledger.root)), data, "meta part")
+    ledger.check_bytes(relative(path, ledger.root), data, "meta part")
     if data is None:  # a committed part always has a record; this only guards the decoder
         raise StoreCorruptError(f"committed meta part {path} is missing; run `actstore verify {ledger.root}`")
     return data
@@ -77,11 +88,11 @@ BASE_SCHEMAS: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {
 }
 
 
-def _empty(root: Path, table: str) -> pl.DataFrame:
+def _empty(root: StorePath, table: str) -> pl.DataFrame:
     """An empty frame with the table's schema: from any (uncommitted) part present, else the base columns."""
-    for p in sorted((root / META / table).glob("part-*.parquet")):
+    for p in children(root / META / table, "part-*.parquet"):
         try:
-            return pl.DataFrame(schema=pl.read_parquet_schema(p))
+            return pl.DataFrame(schema=part_schema(p))
         except (OSError, pl.exceptions.PolarsError):
             continue
     return pl.DataFrame(schema=BASE_SCHEMAS[table])

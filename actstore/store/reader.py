@@ -26,7 +26,8 @@ import zarr
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.store.arch import Arch
-from actstore.store.checked import CheckedStore
+from actstore.store.checked import checked_store
+from actstore.store.fs import RemotePath, StorePath
 from actstore.store.integrity import Ledger
 from actstore.store.layout import (ACTS, DERIVED, META_TABLES, OPTIONAL_META_TABLES, PARAMS, as_array, chunk_ranges,
                                    meta_tables, part_path)
@@ -37,19 +38,28 @@ from actstore.store.parts import checked_part, read_parts
 class Store:
     """Committed contents of the store at `path` (open one with `actstore.open_store`)."""
 
-    def __init__(self, path: Path, manifest: Manifest, ledger: Ledger | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: StorePath, manifest: Manifest, ledger: Ledger | None = None) -> None:
+        self.path: StorePath = path if isinstance(path, RemotePath) else Path(path)  # RemotePath: an fsspec URL
         self.manifest = manifest
         # what every read is checked against; StoreCorruptError here if the records disagree
         self.ledger = ledger if ledger is not None else Ledger.load(self.path, manifest)
         self._n_committed_chunks = len(self.ledger.commits)
         self._arrays: dict[str, zarr.Array] = {}
-        self._checked_parts: dict[str, list[Path]] = {}
+        self._checked_parts: dict[str, list[StorePath]] = {}
 
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Store({str(self.path)!r}: {m.task} x {m.model_spec}, {self.n_examples}/{m.n} examples, "
                 f"{len(m.hooks)} hooks, {m.dtype})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its path (a RemotePath as its URL and storage_options): a worker reopens it."""
+        return (_reopen, (self.path,))
+
+    @property
+    def url(self) -> str:
+        """The store's address: its local path or its fsspec URL."""
+        return str(self.path)
 
     def refresh(self) -> "Store":
         """A new snapshot of the same store (sees chunks committed since this one was opened)."""
@@ -138,13 +148,13 @@ class Store:
 
     @cached_property
     def _acts_group(self) -> zarr.Group:
-        return zarr.open_group(CheckedStore(self.ledger, ACTS), mode="r", zarr_format=3)
+        return zarr.open_group(checked_store(self.ledger, ACTS), mode="r", zarr_format=3)
 
     # --- weights ------------------------------------------------------------------------------
 
     @cached_property
     def _params_group(self) -> zarr.Group:
-        return zarr.open_group(CheckedStore(self.ledger, PARAMS), mode="r", zarr_format=3)
+        return zarr.open_group(checked_store(self.ledger, PARAMS), mode="r", zarr_format=3)
 
     @cached_property
     def param_names(self) -> list[str]:
@@ -200,7 +210,7 @@ class Store:
             raise InvalidParameterError(f"no meta table {table!r}; meta tables: "
                                         f"{', '.join((*META_TABLES, *OPTIONAL_META_TABLES))}")
 
-    def meta_paths(self, table: str) -> list[Path]:
+    def meta_paths(self, table: str) -> list[StorePath]:
         """The committed Parquet parts of a meta table, each checked against its commit record once
         per Store (for readers such as DuckDB that open the files themselves); none for an optional
         table this store does not keep."""
@@ -214,7 +224,7 @@ class Store:
         return list(self._checked_parts[table])
 
     @property
-    def derived_dir(self) -> Path:
+    def derived_dir(self) -> StorePath:
         return self.path / DERIVED
 
     def sql(self, query: str, params: dict[str, dict[str, Any]] | None = None,
@@ -224,6 +234,12 @@ class Store:
         from actstore.query.sql import sql  # noqa: PLC0415 (the query layer is imported on use)
 
         return sql(self, query, params, attach=attach)
+
+
+def _reopen(path: StorePath) -> Store:
+    from actstore.store.open import read_manifest  # noqa: PLC0415 (open imports this module)
+
+    return Store(path, read_manifest(path))
 
 
 def _unknown_hook(name: str, valid: list[str]) -> UnknownHookError:

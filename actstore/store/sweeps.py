@@ -21,13 +21,13 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import atomic_write_bytes, file_digest, read_file
+from actstore.store.fs import StorePath, children
 from actstore.store.integrity import bytes_digest
 from actstore.store.parts import write_part
 
@@ -52,15 +52,15 @@ def sweep_id(spec: dict[str, Any]) -> str:
     return bytes_digest(canonical(spec))[:16]
 
 
-def sweep_dir(root: Path, sweep: str) -> Path:
+def sweep_dir(root: StorePath, sweep: str) -> StorePath:
     return root / SWEEPS / sweep
 
 
-def part_file(root: Path, sweep: str, k: int) -> Path:
+def part_file(root: StorePath, sweep: str, k: int) -> StorePath:
     return sweep_dir(root, sweep) / f"part-{k:05d}.parquet"
 
 
-def commit_file(root: Path, sweep: str, k: int) -> Path:
+def commit_file(root: StorePath, sweep: str, k: int) -> StorePath:
     return sweep_dir(root, sweep) / COMMITS_DIR / f"{k:05d}.json"
 
 
@@ -82,7 +82,7 @@ class SweepWriter:
     store_sha256: the digest of the store record (`Ledger.store_sha256`) the sweep runs against.
     """
 
-    def __init__(self, root: Path, spec: dict[str, Any], ranges: list[tuple[int, int]], store_sha256: str) -> None:
+    def __init__(self, root: StorePath, spec: dict[str, Any], ranges: list[tuple[int, int]], store_sha256: str) -> None:
         self.root, self.spec, self.ranges, self.store_sha256 = root, spec, ranges, store_sha256
         self.sweep = sweep_id(spec)
         self.dir = sweep_dir(root, self.sweep)
@@ -136,13 +136,13 @@ class SweepWriter:
             atomic_write_bytes(self.dir / COMPLETE, canonical({"n_parts": self.committed, "records": records}))
 
 
-def list_sweeps(root: Path) -> list[SweepInfo]:
+def list_sweeps(root: StorePath) -> list[SweepInfo]:
     """Every sweep directory of the store with a readable spec (complete or not), in id order."""
     base = root / SWEEPS
     if not base.is_dir():
         return []
     out = []
-    for d in sorted(base.iterdir()):
+    for d in children(base):
         if not SWEEP_ID.match(d.name) or not d.is_dir():
             continue
         spec = _read_spec(root, d.name)
@@ -156,7 +156,7 @@ def list_sweeps(root: Path) -> list[SweepInfo]:
     return out
 
 
-def _read_spec(root: Path, sweep: str) -> dict[str, Any] | None:
+def _read_spec(root: StorePath, sweep: str) -> dict[str, Any] | None:
     raw = read_file(sweep_dir(root, sweep) / SPEC)
     if raw is None:
         return None
@@ -169,7 +169,7 @@ def _read_spec(root: Path, sweep: str) -> dict[str, Any] | None:
     return spec
 
 
-def read_sweep(root: Path, sweep: str, store_sha256: str) -> pl.DataFrame:
+def read_sweep(root: StorePath, sweep: str, store_sha256: str) -> pl.DataFrame:
     """The rows of a complete sweep, every part checked against its commit record (and every
     record against the completion record, the spec and the store record) before it is decoded."""
     frames = [pl.read_parquet(io.BytesIO(b)) for b in checked_parts(root, sweep, store_sha256)]
@@ -178,7 +178,7 @@ def read_sweep(root: Path, sweep: str, store_sha256: str) -> pl.DataFrame:
     return pl.concat(frames, how="vertical")
 
 
-def checked_parts(root: Path, sweep: str, store_sha256: str) -> list[bytes]:
+def checked_parts(root: StorePath, sweep: str, store_sha256: str) -> list[bytes]:
     """The bytes of each part of a complete sweep, checked; StoreCorruptError naming the first bad file."""
     def bad(what: str) -> StoreCorruptError:
         return StoreCorruptError(f"sweep {sweep} of store {str(root)!r} is corrupt: {what}; "
@@ -215,7 +215,7 @@ def checked_parts(root: Path, sweep: str, store_sha256: str) -> list[bytes]:
     return out
 
 
-def sweep_problems(root: Path, store_sha256: str) -> tuple[list[str], list[str]]:
+def sweep_problems(root: StorePath, store_sha256: str) -> tuple[list[str], list[str]]:
     """(problems, notes) for verify: a complete sweep that fails its checks is a problem; an
     unfinished one (a killed sweep, resumed by rerunning it) is a note."""
     problems: list[str] = []
@@ -223,7 +223,7 @@ def sweep_problems(root: Path, store_sha256: str) -> tuple[list[str], list[str]]
     base = root / SWEEPS
     if not base.is_dir():
         return problems, notes
-    for d in sorted(base.iterdir()):
+    for d in children(base):
         if not SWEEP_ID.match(d.name) or not d.is_dir():
             problems.append(f"{SWEEPS}/{d.name} is not a sweep directory")
             continue

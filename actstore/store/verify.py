@@ -14,6 +14,7 @@ whose ingest has not finished is reported as INCOMPLETE, never as OK.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import polars as pl
 from actstore.errors import StoreCorruptError
 from actstore.store.cache import cache_problems
 from actstore.store.commits import CommitRecord, commit_files, file_digest, read_file
+from actstore.store.fs import RemotePath, StorePath, relative, store_path
 from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
 from actstore.store.integrity import Ledger, bytes_digest, weights_sha256
 from actstore.store.layout import META_TABLES, acts_path, chunk_file, chunk_ranges, meta_tables, part_path
@@ -49,7 +51,7 @@ F32_EPS = float(np.finfo(np.float32).eps)
 class VerifyReport:
     """What verify found. `problems` holds one line per bad array chunk, part, record or weight."""
 
-    path: Path
+    path: StorePath
     n_chunks: int
     committed_chunks: int
     n_examples: int
@@ -88,10 +90,11 @@ class VerifyReport:
         return [head, dec, *(f"NOTE: {n}" for n in self.notes), *tail]
 
 
-def verify(path: str | Path) -> VerifyReport:
-    """Check the store at `path`; StoreNotFoundError / StoreFormatError if it is not one."""
-    m = read_manifest(path)
-    root = Path(path)
+def verify(path: str | Path | RemotePath, storage_options: dict[str, Any] | None = None) -> VerifyReport:
+    """Check the store at `path` (a local path or an fsspec URL); StoreNotFoundError /
+    StoreFormatError if it is not one."""
+    root = store_path(path, "store", storage_options)
+    m = read_manifest(root)
     problems: list[str] = []
     ledger = Ledger.load(root, m, problems)
     store = Store(root, m, ledger=ledger)
@@ -197,7 +200,7 @@ def _check_chunk(store: Store, record: CommitRecord, start: int, stop: int, bad:
     files |= {f"meta/{t}": part_path(root, t, k) for t in meta_tables(m)}  # + topk where top_k > 0
     intact: set[str] = set()
     for label, f in files.items():
-        rel = str(f.relative_to(root))
+        rel = relative(f, root)
         if rel not in record.files:
             bad(f"{label} chunk {k}: not listed in its commit record")
         elif not f.exists():
@@ -224,7 +227,7 @@ def _check_chunk(store: Store, record: CommitRecord, start: int, stop: int, bad:
     for t in meta_tables(m):
         if f"meta/{t}" in intact:
             try:
-                tables[t] = pl.read_parquet(part_path(root, t, k))
+                tables[t] = pl.read_parquet(io.BytesIO(read_file(part_path(root, t, k)) or b""))
             except Exception as e:  # noqa: BLE001
                 bad(f"meta/{t} chunk {k}: unreadable ({_short(e)})")
     _check_meta_rows(m, k, start, stop, tables, bad)

@@ -4,6 +4,11 @@
 weights) in a hidden sibling directory and renames it into place, so a store either exists
 with its manifest and weights or not at all. `ChunkWriter.write_chunk` writes one chunk's
 arrays and meta parts, then its commit record (see `commits.py`).
+
+On an object store (store/fs.py) there is no rename: the skeleton is built in a local temporary
+directory as above and uploaded with the root `zarr.json` (the manifest) last, so the prefix is a
+store only once everything else is there. Chunks are written through Zarr's FsspecStore, and each
+file's digest is taken from the object as the server holds it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,7 @@ from zarr.storage import LocalStore
 from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
 from actstore.store.commits import (CommitRecord, commit_files, commit_path, committed_prefix, file_digest, fsync_dir,
                                     write_commit)
+from actstore.store.fs import RemotePath, StorePath, relative, zarr_store
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
 from actstore.store.layout import (ACTS, COMMITS, PARAMS, as_array, chunk_file, chunk_ranges, compressors,
@@ -41,32 +48,19 @@ KILL_ENV = "ACTSTORE_TEST_KILL"
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}  # every chunk has a file, even an all-zero one
 
 
-def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
+def create_store(path: StorePath, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
     """Create an empty store at `path` (absent or an empty directory) with its weights.
 
     params: {TransformerLens state-dict name: array}, stored as float32, one chunk each.
     The caller holds the store's lock (lock.py), so no other process creates or writes it.
     """
+    if isinstance(path, RemotePath):
+        _create_remote(path, manifest, params)
+        return
     path = Path(path)
     tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
     try:
-        root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3,
-                               attributes={MANIFEST_KEY: manifest.to_dict()})
-        acts = root.create_group(ACTS)
-        codecs = compressors(manifest.codec)
-        for h in manifest.hooks:
-            acts.create_array(h.name, shape=h.shape, chunks=(manifest.chunk, *h.shape[1:]), dtype=h.dtype,
-                              serializer=BytesCodec(), compressors=codecs, fill_value=0,
-                              dimension_names=h.dims)
-        group = root.create_group(PARAMS)
-        for name, value in params.items():
-            value = np.ascontiguousarray(value, dtype=np.float32)
-            arr = group.create_array(name, shape=value.shape, chunks=value.shape or (1,), dtype="float32",
-                                     serializer=BytesCodec(), compressors=compressors(manifest.codec),
-                                     fill_value=0, dimension_names=param_dims(name, value.ndim),
-                                     config=_WRITE_CONFIG)
-            arr[...] = value
-        write_store_record(tmp, manifest)
+        _build(tmp, manifest, params)
         fsync_dir(tmp)
         if path.exists():
             path.rmdir()  # an empty directory the caller made; rename needs it gone
@@ -80,13 +74,73 @@ def create_store(path: Path, manifest: Manifest, params: Mapping[str, np.ndarray
         raise
 
 
+def _create_remote(path: RemotePath, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
+    """create_store on an object store: built locally, uploaded with the root zarr.json last."""
+    with tempfile.TemporaryDirectory(prefix="actstore-create-") as folder:
+        tmp = Path(folder) / "store"
+        _build(tmp, manifest, params)
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        try:
+            path.fs.pipe({(path / str(p.relative_to(tmp))).path: p.read_bytes()
+                          for p in files if p != tmp / "zarr.json"})
+            (path / "zarr.json").write_bytes((tmp / "zarr.json").read_bytes())
+        except OSError as e:
+            raise StoreWriteError(f"cannot create a store at {path.url!r}: {e}") from None
+
+
+def _build(tmp: Path, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
+    """The whole skeleton of a new store in the local directory `tmp` (which must not exist)."""
+    root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3,
+                           attributes={MANIFEST_KEY: manifest.to_dict()})
+    acts = root.create_group(ACTS)
+    codecs = compressors(manifest.codec)
+    for h in manifest.hooks:
+        acts.create_array(h.name, shape=h.shape, chunks=(manifest.chunk, *h.shape[1:]), dtype=h.dtype,
+                          serializer=BytesCodec(), compressors=codecs, fill_value=0,
+                          dimension_names=h.dims)
+    group = root.create_group(PARAMS)
+    for name, value in params.items():
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        arr = group.create_array(name, shape=value.shape, chunks=value.shape or (1,), dtype="float32",
+                                 serializer=BytesCodec(), compressors=compressors(manifest.codec),
+                                 fill_value=0, dimension_names=param_dims(name, value.ndim),
+                                 config=_WRITE_CONFIG)
+        arr[...] = value
+    write_store_record(tmp, manifest)
+
+
+def remove_store(path: StorePath) -> None:
+    """Delete the store at `path` (the caller holds its lock): locally moved aside in one rename, then
+    deleted; on an object store its root zarr.json goes first, so it stops being a store at once."""
+    if isinstance(path, RemotePath):
+        try:
+            path.rmtree()
+        except OSError as e:
+            raise StoreWriteError(f"cannot replace the store at {path.url!r}: {e}") from None
+        return
+    trash = path.parent / f".{path.name}.deleting-{os.getpid()}"
+    try:
+        os.rename(path, trash)
+    except OSError as e:
+        raise StoreWriteError(f"cannot replace the store at {str(path)!r}: {e.strerror or e}") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_interrupted_creation(path: RemotePath) -> None:
+    """Delete what an upload of a new store that was cut short left at `path` (the caller holds the
+    lock): a store record but no root zarr.json and no commit record, so no chunk was ever written."""
+    if (path / "zarr.json").exists() or not (path / COMMITS / STORE_RECORD).exists() or commit_files(path):
+        return
+    path.rmtree()
+
+
 class ChunkWriter:
     """Writes chunks of an existing store; not thread-safe (use one writer thread)."""
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
-        self.root = Path(path)
+    def __init__(self, path: StorePath, manifest: Manifest) -> None:
+        self.root: StorePath = path if isinstance(path, RemotePath) else Path(path)
         self.manifest = manifest
-        group = zarr.open_group(LocalStore(self.root / ACTS), mode="r+", zarr_format=3)
+        group = zarr.open_group(zarr_store(self.root / ACTS, read_only=False), mode="r+", zarr_format=3)
         self.arrays = {h.name: as_array(group, ACTS, h.name, self.root).with_config(_WRITE_CONFIG)
                        for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
@@ -123,7 +177,7 @@ class ChunkWriter:
         n_arrays = len(self.arrays)
         tails = [self._crc32c_tail] * n_arrays + [False] * len(self.tables)
         digests = self._pool.map(lambda f, t: file_digest(f, fsync=True, tail=t), paths, tails)  # sha256 drops the GIL
-        files = {str(f.relative_to(self.root)): d for f, d in zip(paths, digests)}
+        files = {relative(f, self.root): d for f, d in zip(paths, digests)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
         if k == len(self.ranges) - 1 and committed_prefix(self.root, len(self.ranges)) == len(self.ranges):
@@ -174,4 +228,4 @@ def _parse_kill(value: str | None) -> tuple[int, str] | None:
     return int(k), phase
 
 
-__all__ = ["create_store", "ChunkWriter", "KILL_ENV"]
+__all__ = ["create_store", "remove_store", "remove_interrupted_creation", "ChunkWriter", "KILL_ENV"]
