@@ -1,18 +1,35 @@
-"""Ingest overhead against a bare forward pass, one line per model.
+"""Ingest against a bare forward pass and against the peers people use today, one line per model and hook set.
 
-For a GPT-2-small-shaped model with random weights (on the ioi task) and each zoo model (on
-its own task), prints: bare forward time over the same batches, ingest time (the forward loop
-plus writing, until the last commit; setup is reported apart), their ratio, MB/s written, and
-bytes on disk per stored activation value.
+For a GPT-2-small-shaped model with random weights (on the ioi task) and each zoo model (on its
+own task), on the same tokens, batches and hooks, interleaved `--repeats` times (best of each):
+- bare:      the model's forward pass alone (same tokens, masks, batch edges);
+- actstore:  `actstore.ingest` (forward + capture + compress + write + fsync + commit records +
+             outputs table, until the last commit; setup reported apart as setup_s), and with
+             `outputs=False` (no logits, outputs table or corrupted twins) once ingest takes it;
+- notebook:  `run_with_cache(names_filter=...)` + `np.save` per hook and batch (`npsave`) or
+             `torch.save` of the batch's dict (`torchsave`), float16, no labels, no resume;
+- floor:     the arrays actstore stored, written again through plain zarr with the same chunks,
+             shards and codecs and no actstore code (what writing costs at best);
+- SAELens:   `CacheActivationsRunner` (sae-lens 6, the `bench` extra: pip install 'actstore[bench]';
+             skipped with a line when it is not installed). It caches one hook per run, so it gets
+             its own line: one hook (--sae-hook, default the last block's hook_resid_post) for
+             SAELens, actstore and the notebook loop.
+Each line prints seconds, examples/s and MB/s of each and their ratios against actstore.
+--sae-checks also runs the SAELens shortcomings checks (padding, non-empty directory, buffer
+larger than the data) on the first model and prints what it saw.
 
     python benchmarks/ingest.py [--n 256] [--zoo-n 16384] [--device auto] [--models gpt2,zoo:addition]
+                                [--peers notebook,floor,sae] [--sae-hook NAME] [--sae-checks] [--repeats 2]
 
-Targets: ratio <= 1.10 on a GPU, <= 1.5 on a CPU.
+Goals (issue 14): with outputs, ingest <= 1.2x the bare forward pass (<= 1.5x on a CPU was the
+earlier target); without outputs, at least as fast as SAELens on the same hook; >= 0.7 of the
+raw-zarr floor where writing bounds ingest; the fixed setup of a GPT-2-small-shaped store < 1.5 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import sys
@@ -30,7 +47,13 @@ import torch  # noqa: E402
 import actstore  # noqa: E402
 from actstore.datasets import get_task  # noqa: E402
 from actstore.ingest.forward import attention_mask  # noqa: E402
+from actstore.ingest.run import ingest as ingest_fn  # noqa: E402
 from actstore.store.layout import chunk_ranges  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ingest_peers as peers  # noqa: E402
+
+HAS_OUTPUTS_FLAG = "outputs" in inspect.signature(ingest_fn).parameters  # engineer P's outputs=False
 
 ZOO_TASKS = {"zoo:addition": "addition", "zoo:list_update": "list_update", "zoo:brackets": "brackets", "zoo:lm": "ioi"}
 
@@ -85,38 +108,94 @@ def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, de
 
 
 def ingest_once(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device,
-                inline: bool, out: Path):
+                out: Path, hooks: list[str] | None = None, outputs: bool = True):
     shutil.rmtree(out, ignore_errors=True)
     stats: dict[str, float] = {}
+    extra = {} if outputs else {"outputs": False}
     store = actstore.ingest(task, model, n, 0, out, chunk=chunk, batch=batch, device=str(device), quiet=True,
-                            model_spec=label, background=not inline, stats=stats)
+                            model_spec=label, hooks=hooks, stats=stats, **extra)
     return store, stats
 
 
+def rate(n: int, nbytes: float, seconds: float) -> str:
+    return f"{seconds:.2f}s {n / seconds:.0f}ex/s {nbytes / 1e6 / seconds:.0f}MB/s"
+
+
 def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device, repeats: int,
-            tmp: Path) -> str:
-    """Bare forward, threaded-writer ingest and inline ingest, interleaved `repeats` times; the best of each."""
+            tmp: Path, wanted: set[str], sae_hook: str | None) -> list[str]:
+    """All default hooks (and, with SAELens, one hook), every contender interleaved `repeats` times."""
     out = tmp / label.replace(":", "_")
-    bare, thread, inline = [], [], []
-    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all three
-        store, stats = ingest_once(label, model, task, n, chunk, batch, device, False, out)
-        thread.append(stats)
-        bare.append(bare_forward(model, task, n, 0, store.chunk_size, store.manifest.batch, device))
-        inline.append(ingest_once(label, model, task, n, chunk, batch, device, True, out)[1])
-    best_bare = min(bare)
-    t = min(thread, key=lambda s: s["loop_s"])
-    i = min(inline, key=lambda s: s["loop_s"])
+    data = get_task(task).generate(n, 0, tokenizer=getattr(model, "tokenizer", None))
+    runs: dict[str, list[tuple[float, float]]] = {}  # contender -> [(seconds, bytes)]
+    setup, twin = [], []
+    sae_skip = peers.saelens_available() if "sae" in wanted else "not asked (--peers)"
+    one = sae_hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    store = None
+    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all alike
+        store, st = ingest_once(label, model, task, n, chunk, batch, device, out)
+        runs.setdefault("actstore", []).append((st["loop_s"], st["bytes_written"]))
+        setup.append(st["setup_s"])
+        twin.append(st.get("twin_s", 0.0))
+        c, b = store.chunk_size, store.manifest.batch
+        runs.setdefault("bare", []).append((bare_forward(model, task, n, 0, c, b, device), 0))
+        if "floor" in wanted:
+            runs.setdefault("floor", []).append(peers.raw_zarr_floor(out / "acts", tmp / "floor", c))
+        if HAS_OUTPUTS_FLAG:
+            st = ingest_once(label, model, task, n, chunk, batch, device, out, outputs=False)[1]
+            runs.setdefault("actstore_nooutputs", []).append((st["loop_s"], st["bytes_written"]))
+        if "notebook" in wanted:
+            hooks = {h.name: h.positions for h in store.manifest.hooks}
+            for saver in ("np", "torch"):
+                runs.setdefault(f"{saver}save", []).append(
+                    peers.notebook_loop(model, data, hooks, c, b, device, tmp / "nb", saver))
+        if sae_skip is None:
+            st = ingest_once(label, model, task, n, chunk, batch, device, out, hooks=[one],
+                             outputs=not HAS_OUTPUTS_FLAG)[1]
+            runs.setdefault("one:actstore", []).append((st["loop_s"], st["bytes_written"]))
+            sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
+            runs.setdefault("one:saelens", []).append(sae[:2])
+            if "notebook" in wanted:
+                runs.setdefault("one:npsave", []).append(
+                    peers.notebook_loop(model, data, {one: "all"}, c, b, device, tmp / "nb", "np"))
+    assert store is not None
+    best = {k: min(v, key=lambda r: r[0]) for k, v in runs.items()}
     values = sum(int(np.prod(h.shape[1:])) for h in store.manifest.hooks) * store.n_examples
     disk = sum(f.stat().st_size for f in (out / "acts").rglob("*") if f.is_file() and f.name != "zarr.json")
-    line = (f"{label:<16} task={task:<11} n={n} chunk={store.chunk_size} batch={store.manifest.batch} "
-            f"threads={torch.get_num_threads()} bare_forward_s={best_bare:.2f} "
-            f"ingest_s={t['loop_s']:.2f} ratio={t['loop_s'] / best_bare:.2f} "
-            f"ingest_inline_s={i['loop_s']:.2f} ratio_inline={i['loop_s'] / best_bare:.2f} "
-            f"MB/s={t['bytes_written'] / 1e6 / t['loop_s']:.1f} MB={t['bytes_written'] / 1e6:.1f} "
-            f"bytes/value={disk / values:.3f} setup_s={t['setup_s']:.2f} "
+    ours_s, ours_b = best["actstore"]
+    bare_s = best["bare"][0]
+    head = (f"{label:<16} task={task:<11} n={n} chunk={store.chunk_size} batch={store.manifest.batch} "
+            f"threads={torch.get_num_threads()}")
+    line = (f"{head} hooks=default bare_forward_s={bare_s:.2f} ingest={rate(n, ours_b, ours_s)} "
+            f"ratio={ours_s / bare_s:.2f} twin_s={min(twin):.2f} setup_s={min(setup):.2f} "
+            f"bytes/value={disk / values:.3f} "
             f"decomposition_err={store.manifest.decomposition.get('max_abs_error', float('nan')):.2g}")
-    shutil.rmtree(out, ignore_errors=True)
-    return line
+    if "actstore_nooutputs" in best:
+        s_, b_ = best["actstore_nooutputs"]
+        line += f" ingest_no_outputs={rate(n, b_, s_)} ratio_no_outputs={s_ / bare_s:.2f}"
+    else:
+        line += " ingest_no_outputs=skipped(ingest takes no outputs= yet)"
+    if "floor" in best:
+        s_, b_ = best["floor"]
+        line += f" floor_write={rate(n, b_, s_)} of_floor={(ours_b / ours_s) / (b_ / s_):.2f}"
+    for k in ("npsave", "torchsave"):
+        if k in best:
+            s_, b_ = best[k]
+            line += f" {k}={rate(n, b_, s_)} {k}_vs_ingest={s_ / ours_s:.2f}"
+    lines = [line]
+    if sae_skip is not None:
+        lines.append(f"{head} hook={one} saelens=skipped ({sae_skip})")
+    else:
+        s_a, b_a = best["one:actstore"]
+        s_s, b_s = best["one:saelens"]
+        line = (f"{head} hook={one} actstore{'_no_outputs' if HAS_OUTPUTS_FLAG else '(with outputs)'}="
+                f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f}")
+        if "one:npsave" in best:
+            s_, b_ = best["one:npsave"]
+            line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"
+        lines.append(line)
+    for p in (out, tmp / "floor", tmp / "nb", tmp / "sae"):
+        shutil.rmtree(p, ignore_errors=True)
+    return lines
 
 
 def main() -> int:
@@ -130,6 +209,12 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--models", default="gpt2,zoo", help="comma list: gpt2, zoo (every zoo model) or zoo:NAME")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time of each is shown")
+    p.add_argument("--peers", default="notebook,floor,sae",
+                   help="comma list of peers to run beside actstore: notebook, floor, sae (default all)")
+    p.add_argument("--sae-hook", default=None,
+                   help="the one hook of the SAELens line (default: the last block's hook_resid_post)")
+    p.add_argument("--sae-checks", action="store_true",
+                   help="check SAELens's padding, non-empty-directory and repeated-rows behaviour (first model)")
     p.add_argument("--dir", default=None, help="where to write the stores (default: a temporary directory)")
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -140,8 +225,10 @@ def main() -> int:
         specs.append("gpt2")
     zoo = [s for s in ZOO_TASKS if "zoo" in wanted or s in wanted]
     tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="actstore-bench-"))
-    print(f"# device={device} torch={torch.__version__} cores={os.cpu_count()}; ingest_s: background writer "
-          "thread (the default), ingest_inline_s: chunks written inline")
+    wanted_peers = set(args.peers.split(",")) if args.peers else set()
+    print(f"# device={device} torch={torch.__version__} cores={os.cpu_count()} threads={torch.get_num_threads()}; "
+          f"each contender: seconds, examples/s, MB/s written; best of {args.repeats} interleaved")
+    checked = not args.sae_checks
     for spec in specs + zoo:
         try:
             if spec == "gpt2":
@@ -153,8 +240,20 @@ def main() -> int:
             continue
         model.to(device)
         big = spec == "gpt2"
-        print(measure(label, model, task, args.n if big else args.zoo_n, None if big else args.zoo_chunk,
-                      args.batch if big else 512, device, args.repeats, tmp), flush=True)
+        n = args.n if big else args.zoo_n
+        for line in measure(label, model, task, n, None if big else args.zoo_chunk, args.batch if big else 512,
+                            device, args.repeats, tmp, wanted_peers, args.sae_hook):
+            print(line, flush=True)
+        if not checked:
+            checked = True
+            why = peers.saelens_available()
+            if why is not None:
+                print(f"# saelens checks skipped: {why}")
+            else:
+                data = get_task(task).generate(min(n, 256), 0, tokenizer=getattr(model, "tokenizer", None))
+                hook = args.sae_hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+                for line in peers.saelens_checks(model, data, hook, 32, device, tmp):
+                    print(f"# saelens {label}: {line}", flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -30,8 +30,10 @@ Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.5.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -162,8 +164,87 @@ def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-unt
     return np.concatenate(out)
 
 
+def tl_head_dla_fast(model, store, target: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """[example, answer, layer*head] per-head DLA as a skilled TransformerLens user computes it.
+
+    Same examples and batches as tl_head_dla, but: only hook_z is cached (names_filter), the forward
+    stops after the last block (stop_at_layer: no ln_final, no unembedding), and every product is taken
+    at the answer positions only: z[answer] @ W_O -> [batch, answer, layer, head, d_model], divided by
+    the final LayerNorm scale recomputed from the last residual at those positions, dotted with the
+    answer direction W_U[:, correct] (- W_U[:, counter]).
+    """
+    ex = store.examples
+    width = store.manifest.width
+    tokens = np.zeros((ex.height, width), dtype=np.int64)
+    for i, row in enumerate(ex.get_column("tokens").to_list()):
+        tokens[i, : len(row)] = row
+    lengths = ex.get_column("length").to_numpy()
+    pos = torch.from_numpy(np.array(ex.get_column("answer_positions").to_list(), dtype=np.int64))
+    ans = torch.from_numpy(np.array(ex.get_column("answer_tokens").to_list(), dtype=np.int64))
+    ctr = (torch.from_numpy(np.array(ex.get_column("counter_tokens").to_list(), dtype=np.int64))
+           if target == "diff" else None)
+    cfg = model.cfg
+    bidirectional = cfg.attention_dir != "causal"
+    w_o = torch.stack([model.blocks[layer].attn.W_O for layer in range(cfg.n_layers)])  # [layer, head, d_head, d_model]
+    w_u = model.W_U  # [d_model, vocab]
+    norm = cfg.normalization_type
+    keep = lambda name: name.endswith("hook_z")  # noqa: E731
+    out = []
+    batch = store.manifest.batch
+    with torch.inference_mode():
+        for b0 in range(0, ex.height, batch):
+            sl = slice(b0, b0 + batch)
+            toks = torch.from_numpy(tokens[sl])
+            real = torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]
+            hooks = [(f"blocks.{layer}.attn.hook_attn_scores",
+                      lambda s, hook, real=real: s.masked_fill(~real[:, None, None, :], float("-inf")))
+                     for layer in range(cfg.n_layers)] if bidirectional else []
+            with model.hooks(fwd_hooks=hooks):
+                resid, cache = model.run_with_cache(toks, attention_mask=real.long(), names_filter=keep,
+                                                    stop_at_layer=cfg.n_layers)
+            rows = torch.arange(toks.shape[0])[:, None]
+            p = pos[sl]
+            z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][rows, p] for layer in range(cfg.n_layers)], 2)
+            x = resid[rows, p]  # [batch, answer, d_model]
+            if norm in ("LN", "LNPre"):
+                x = x - x.mean(-1, keepdim=True)
+            scale = ((x.pow(2).mean(-1, keepdim=True) + cfg.eps).sqrt() if norm in ("LN", "LNPre", "RMS", "RMSPre")
+                     else torch.ones_like(x[..., :1]))  # [batch, answer, 1]
+            direction = w_u[:, ans[sl]].permute(1, 2, 0)  # [batch, answer, d_model]
+            if ctr is not None:
+                direction = direction - w_u[:, ctr[sl]].permute(1, 2, 0)
+            direction = direction / scale
+            # [batch, answer, layer, head]: z @ W_O @ direction, the direction folded through W_O first
+            dw = torch.einsum("lhdm,bam->balhd", w_o, direction)
+            attrs = torch.einsum("balhd,balhd->balh", z, dw)
+            out.append(attrs.flatten(2).double().numpy())
+    return np.concatenate(out)
+
+
+def cold_query(path: Path, target: str) -> tuple[float, float, float]:
+    """(process_s, import_s, query_s) of a fresh process that imports actstore, opens the store and runs
+    the first head DLA: what one query costs from a shell (page cache warm: the store was just written)."""
+    code = ("import time,sys,json; t0=time.perf_counter(); import actstore; from actstore.query import dla; "
+            "t1=time.perf_counter(); s=actstore.open_store(sys.argv[1]); d=dla(s, level='head', target=sys.argv[2]); "
+            "t2=time.perf_counter(); print(json.dumps([t1-t0, t2-t1, d.height]))")
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code, str(path), target], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"cold query failed: {res.stderr.strip().splitlines()[-1:]}")
+    process_s = time.perf_counter() - t
+    import_s, query_s, _ = json.loads(res.stdout.strip().splitlines()[-1])
+    return process_s, import_s, query_s
+
+
+def break_even(ingest_s: float, tl_s: float, query_s: float) -> str:
+    """Queries after which ingest-once + k queries costs less than k recomputations."""
+    if tl_s <= query_s:
+        return "never"
+    return str(int(np.floor(ingest_s / (tl_s - query_s))) + 1)
+
+
 def measure(label: str, model, task: str, params: dict | None, n: int, repeats: int,  # type: ignore[no-untyped-def]
-            tl_repeats: int, tmp: Path) -> str:
+            tl_repeats: int, seeds_baseline: bool, tmp: Path) -> str:
     out = tmp / label.replace(":", "_")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -182,7 +263,13 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
         meta.append(best(lambda: meta_checked(out), 1)[0])
         meta_plain.append(best(lambda: meta_unchecked(out, n_chunks), 1)[0])
     raw_s, dla_s = min(raw), min(warm)
-    tl_s, tl = best(lambda: tl_head_dla(model, store, target), tl_repeats)
+    cold = min((cold_query(out, target) for _ in range(repeats)), key=lambda c: c[0])
+    tl_s, tl = best(lambda: tl_head_dla_fast(model, store, target), tl_repeats)
+    seeds = ""
+    if seeds_baseline:
+        seeds_s, tl_seeds = best(lambda: tl_head_dla(model, store, target), tl_repeats)
+        seeds = (f"tl_seeds_s={seeds_s:.2f} speedup_vs_seeds={seeds_s / dla_s:.1f} "
+                 f"fast_vs_seeds_err={float(np.abs(tl_seeds - tl).max()):.2g} ")
     heads = table.filter(pl.col("component").str.contains(r"^L\d+H\d+$")).sort(
         "example_id", "answer_idx", "layer", "head", maintain_order=True)
     ours = heads.get_column("value").to_numpy().reshape(tl.shape)
@@ -201,8 +288,11 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
             f"raw_s={raw_s:.3f} raw_MB/s={mb / raw_s:.0f} dla_s={dla_s:.3f} dla_MB/s={mb / dla_s:.0f} "
             f"read_ratio={raw_s / dla_s:.2f} check_cost={raw_s / min(plain):.2f} "
             f"meta_s={min(meta):.3f} meta_check_cost={min(meta) / min(meta_plain):.2f} dla_cold_s={cold_s:.3f} "
-            f"tl_s={tl_s:.2f} speedup={tl_s / dla_s:.1f} "
-            f"speedup_cold={tl_s / cold_s:.1f} "
+            f"tl_s={tl_s:.3f} speedup={tl_s / dla_s:.1f} speedup_first={tl_s / cold_s:.1f} "
+            f"cold_process_s={cold[0]:.2f} cold_import_s={cold[1]:.2f} cold_query_s={cold[2]:.3f} "
+            f"speedup_cold={tl_s / cold[0]:.2f} speedup_cold_query={tl_s / cold[2]:.2f} "
+            f"break_even_warm={break_even(ingest_s, tl_s, dla_s)} "
+            f"break_even_cold={break_even(ingest_s, tl_s, cold[0])} {seeds}"
             f"rows={table.height} max_err={max_err:.2g} sum_err={sum_err:.2g} ingest_s={ingest_s:.1f}")
     shutil.rmtree(out, ignore_errors=True)
     return line
@@ -215,6 +305,8 @@ def main() -> int:
     p.add_argument("--models", default="gpt2,zoo", help="comma list: gpt2, zoo (every zoo model) or zoo:NAME")
     p.add_argument("--repeats", type=int, default=5, help="interleaved raw-read / dla runs; the best of each is shown")
     p.add_argument("--tl-repeats", type=int, default=1, help="TransformerLens runs (the best is shown)")
+    p.add_argument("--no-seeds-baseline", action="store_true",
+                   help="skip the seeds' TransformerLens code (logit_attrs at every position; slow on GPT-2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--untrained", action="store_true",
                    help="zoo architectures with random weights where trained ones are not installed")
@@ -246,7 +338,8 @@ def main() -> int:
             print(f"{spec:<16} skipped: {type(e).__name__}: {e}")
             continue
         model.to("cpu").eval()
-        print(measure(label, model, task, params, n, args.repeats, args.tl_repeats, tmp), flush=True)
+        print(measure(label, model, task, params, n, args.repeats, args.tl_repeats, not args.no_seeds_baseline, tmp),
+              flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -1,0 +1,180 @@
+"""The peers `benchmarks/ingest.py` times actstore's ingest against, on the same model, tokens and hooks.
+
+- notebook loop: `run_with_cache(names_filter=hooks)` per batch, then each hook's float16 array
+  saved with `np.save` (one file per hook and batch) or the batch's dict with `torch.save`;
+- SAELens: `sae_lens.CacheActivationsRunner` (one hook per run; the `bench` extra installs it);
+- raw zarr floor: the arrays actstore stored, written again chunk by chunk through plain zarr with
+  the same chunks, shards and codecs, with no actstore code (no commit records, digests or fsync).
+
+Each returns (seconds, bytes written). None of this is actstore API: it is what a user writes today.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.storage import LocalStore
+
+from actstore.datasets.base import TaskData
+from actstore.ingest.forward import attention_mask
+from actstore.store.layout import chunk_ranges
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _mask_hooks(model: Any, real: torch.Tensor) -> list[tuple[str, Any]]:
+    """Pad-key masking for bidirectional models (TransformerLens ignores attention_mask there)."""
+    if model.cfg.attention_dir == "causal":
+        return []
+    return [(f"blocks.{layer}.attn.hook_attn_scores",
+             lambda s, hook, real=real: s.masked_fill(~real[:, None, None, :], float("-inf")))
+            for layer in range(model.cfg.n_layers)]
+
+
+def notebook_loop(model: Any, data: TaskData, hooks: dict[str, str], chunk: int, batch: int, device: torch.device,
+                  out: Path, saver: str) -> tuple[float, int]:
+    """run_with_cache + np.save / torch.save per batch, same batches as ingest; hooks: {name: 'all'|'answer'}.
+
+    An 'answer' hook keeps only the answer positions ([batch, answer, ...]) as actstore stores it; values
+    are cast to float16 on the device first, as actstore does.
+    """
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tokens = torch.from_numpy(data.tokens)
+    lengths = torch.from_numpy(data.lengths)
+    answer_pos = torch.from_numpy(data.answer_pos)
+    names = set(hooks)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        k = 0
+        for start, stop in chunk_ranges(len(tokens), chunk):
+            for b0 in range(start, stop, batch):
+                b1 = min(b0 + batch, stop)
+                toks = tokens[b0:b1].to(device)
+                real = attention_mask(lengths[b0:b1], tokens.shape[1]).to(device)
+                with model.hooks(fwd_hooks=_mask_hooks(model, real.bool())):
+                    _, cache = model.run_with_cache(toks, attention_mask=real, names_filter=lambda n: n in names)
+                rows = torch.arange(b1 - b0, device=device)[:, None]
+                arrays = {}
+                for name, positions in hooks.items():
+                    act = cache[name]
+                    if positions == "answer":
+                        p = answer_pos[b0:b1].to(device)
+                        # [batch, answer, ...]; pattern: [batch, answer, head, key_pos] (query_pos picked)
+                        act = act[rows, :, p] if name.endswith(("hook_pattern", "hook_attn_scores")) else act[rows, p]
+                    arrays[name] = act.to(torch.float16).cpu()
+                if saver == "torch":
+                    torch.save(arrays, out / f"batch_{k:06d}.pt")
+                else:
+                    for name, a in arrays.items():
+                        np.save(out / f"{name}.{k:06d}.npy", a.numpy())
+                k += 1
+    sync()
+    return time.perf_counter() - t, dir_bytes(out)
+
+
+def raw_zarr_floor(src_acts: Path, out: Path, chunk: int) -> tuple[float, int]:
+    """Write every array under `src_acts` again through plain zarr, same metadata, `chunk` rows a write.
+
+    The arrays are read into memory first (not timed); only creating and writing is timed.
+    """
+    src = zarr.open_group(LocalStore(src_acts, read_only=True), mode="r", zarr_format=3)
+    arrays = {name: (a, np.asarray(a[:])) for name, a in src.arrays()}
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    dst = zarr.open_group(LocalStore(out), mode="w", zarr_format=3)
+    for name, (a, values) in arrays.items():
+        new = dst.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
+                               compressors=a.compressors, filters=a.filters, serializer=a.serializer,
+                               fill_value=a.fill_value)
+        for start, stop in chunk_ranges(a.shape[0], chunk):
+            new[start:stop] = values[start:stop]
+    return time.perf_counter() - t, dir_bytes(out)
+
+
+def saelens_available() -> str | None:
+    """None if sae_lens imports, else why not (the benchmark then skips SAELens with that line)."""
+    try:
+        import sae_lens  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is not there
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def saelens_runner(model: Any, data: TaskData, hook: str, batch: int, device: torch.device, out: Path,
+                   buffer_rows: int | None = None, clear: bool = True) -> tuple[float, int, Any]:
+    """SAELens's CacheActivationsRunner over the same tokens (padded rows as they are), one hook, float16.
+
+    Its module's `load_model` is replaced so that it takes our model object; its buffer is sized to
+    the data exactly (`buffer_rows` examples; default all of them) so that no row is repeated.
+    clear=False runs into `out` as it is (to see what a second run does).
+    Returns (seconds of run(), bytes written, the runner's Dataset).
+    """
+    from datasets import Dataset
+    from sae_lens import cache_activations_runner as car
+    from sae_lens.config import CacheActivationsRunnerConfig
+
+    logging.getLogger("sae_lens").setLevel(logging.ERROR)
+    car.load_model = lambda **kwargs: model  # type: ignore[assignment]
+    n, width = data.tokens.shape
+    rows = n if buffer_rows is None else buffer_rows
+    with torch.inference_mode():
+        d_in = int(np.prod(model.run_with_cache(torch.from_numpy(data.tokens[:1]).to(device),
+                                                names_filter=[hook])[1][hook].shape[2:]))
+    bytes_per_token = d_in * 2
+    cfg = CacheActivationsRunnerConfig(
+        dataset_path="actstore-bench", model_name="actstore-bench", model_batch_size=batch, hook_name=hook,
+        d_in=d_in, training_tokens=n * width, context_size=width, new_cached_activations_path=str(out),
+        shuffle=False, dtype="float16", device=str(device), prepend_bos=False, streaming=False,
+        buffer_size_gb=(rows * width * bytes_per_token + 0.5) / 1e9)
+    dataset = Dataset.from_dict({"tokens": data.tokens.tolist()})
+    if clear:
+        shutil.rmtree(out, ignore_errors=True)
+    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars
+        runner = car.CacheActivationsRunner(cfg, override_dataset=dataset)
+        t = time.perf_counter()
+        result = runner.run()
+        seconds = time.perf_counter() - t
+    return seconds, dir_bytes(out), result
+
+
+def saelens_checks(model: Any, data: TaskData, hook: str, batch: int, device: torch.device, tmp: Path) -> list[str]:
+    """Check the SAELens shortcomings named in issue 14 on a small run; one line per finding, as observed."""
+    out = tmp / "sae-checks"
+    lines = []
+    _, _, ds = saelens_runner(model, data, hook, batch, device, out)
+    n, width = data.tokens.shape
+    ids = np.asarray(ds["token_ids"])
+    pad = np.arange(width)[None, :] >= data.lengths[:, None]  # [example, pos] True on right padding
+    lines.append(f"padding: {ds.num_rows} rows x {ids.shape[1]} positions for {n} examples, {int(pad.any(1).sum())} "
+                 f"of them padded: {int(pad.sum())} pad positions stored as rows like real tokens (all token_id == "
+                 f"pad id {data.pad_id}: {bool((ids[pad] == data.pad_id).all())}); no length or mask column: "
+                 f"columns={ds.column_names}")
+    try:
+        again = saelens_runner(model, data, hook, batch, device, out, clear=False)[2]
+        lines.append(f"non-empty directory: a second run into the same directory ran ({again.num_rows} rows)")
+    except Exception as e:  # noqa: BLE001 - the refusal is what is checked
+        lines.append(f"non-empty directory / resume: a second run into the same directory raises "
+                     f"{type(e).__name__}: {str(e)[:90]}...; the runner has no resume option")
+    big = tmp / "sae-checks-big"
+    _, _, ds2 = saelens_runner(model, data, hook, batch, device, big, buffer_rows=2 * n)
+    toks = np.asarray(ds2["token_ids"])
+    uniq = len({r.tobytes() for r in toks})
+    lines.append(f"buffer larger than the data (2x): {ds2.num_rows} rows written for {n} examples "
+                 f"({uniq} distinct token rows): rows repeated={ds2.num_rows > n}")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(big, ignore_errors=True)
+    return lines
+
