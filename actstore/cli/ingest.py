@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=non_negative_int, default=None, metavar="K",
                    help="keep the K most likely output tokens at each answer in meta/topk (token, logit, prob); "
                         "0 keeps none (default 10, or the whole output vocabulary if smaller)")
+    p.add_argument("--no-outputs", dest="outputs", action="store_false",
+                   help="keep no meta/outputs, topk or twin baselines: each forward pass stops after the deepest "
+                        "stored hook (faster when the hooks are early; DLA still works from meta/examples)")
     p.add_argument("--overwrite", action="store_true", help="replace a store of a different run at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=run)
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     store = ingest(args.task, args.model, args.n, args.seed, args.out, hooks=args.hooks, positions=args.positions,
                    dtype=args.dtype, chunk=args.chunk, batch=args.batch, device=args.device,
                    task_params=parse_params(args.param), overwrite=args.overwrite, quiet=args.quiet,
-                   top_k=args.top_k)
+                   top_k=args.top_k, outputs=args.outputs)
     if not args.quiet:
         dec = store.manifest.decomposition or {}
         err = f"{dec['max_abs_error']:.3g}" if "max_abs_error" in dec else dec.get("status", "-")

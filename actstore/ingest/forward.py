@@ -9,6 +9,11 @@ Padding: examples are right-padded; the model always runs with
 attention_mask = (arange(pos) < lengths[:, None]). TransformerLens applies that mask only to
 causal attention, so for bidirectional models a hook on every `hook_attn_scores` masks the
 pad keys as well.
+
+Early stop: when a store keeps no outputs, nothing after the deepest stored hook matters, so
+the capture hooks raise `StopForward` once every stored hook has fired in the pass (the pass
+ends right there: no later block, no final LayerNorm, no unembedding). `run_hooks` runs such a
+pass and checks every hook fired.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class Sink:
     key_mask:   [batch, pos] bool, True on real tokens (for bidirectional masking)
     capture:    False while a pass runs whose activations are not stored (the corrupted twin's):
                 the capture hooks do nothing, the masking hooks still apply
+    stop:       True during a `run_hooks` pass: the capture hook that empties `pending` (the stored
+                hooks not yet fired in this pass) raises StopForward
     """
 
     target: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -45,6 +52,13 @@ class Sink:
     key_mask: torch.Tensor | None = None
     non_blocking: bool = False
     capture: bool = True
+    stop: bool = False
+    pending: set[str] = field(default_factory=set)
+
+
+class StopForward(Exception):
+    """Raised by the last capture hook of a pass that keeps no outputs: the rest of the pass is not run
+    (control flow inside actstore.ingest, never seen by a caller)."""
 
 
 def select_answers(act: torch.Tensor, axis: int, answer_pos: torch.Tensor) -> torch.Tensor:
@@ -67,9 +81,26 @@ def capture_hooks(sink: Sink, choices: list[tuple[str, str, tuple[str, ...]]]) -
             if positions == "answer":
                 act = select_answers(act, axis, _set(sink.answer_pos, "answer_pos"))
             sink.target[name].copy_(act.detach(), non_blocking=sink.non_blocking)
+            if sink.stop:
+                sink.pending.discard(name)
+                if not sink.pending:
+                    raise StopForward
 
         hooks.append((name, hook))
     return hooks
+
+
+def run_hooks(model: Any, sink: Sink, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+    """One pass of `tokens` [batch, pos] that fills `sink.target` and stops after the last stored hook
+    fires (the capture hooks must be registered). RuntimeError if a stored hook never fired."""
+    sink.pending, sink.stop = set(sink.target), True
+    try:
+        model(tokens, attention_mask=mask, return_type=None)
+    except StopForward:
+        return
+    finally:
+        sink.stop = False
+    raise RuntimeError(f"hooks {sorted(sink.pending)} did not fire in the forward pass")
 
 
 def _set(value: torch.Tensor | None, what: str) -> torch.Tensor:

@@ -40,7 +40,7 @@ from actstore.errors import (InvalidParameterError, StoreCorruptError, StoreExis
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
 from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, answer_topk, attention_mask,
-                                     bidirectional_mask_hooks, capture_hooks)
+                                     bidirectional_mask_hooks, capture_hooks, run_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outputs_frame, token_names, tokens_frame,
                                   topk_frame)
@@ -85,6 +85,7 @@ def ingest(
     stats: dict[str, float] | None = None,
     top_k: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    outputs: bool = True,
 ) -> Store:
     """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
 
@@ -105,10 +106,15 @@ def ingest(
                 corrupted twins' forward passes), examples and bytes_written by this call
     top_k:      the most likely output tokens kept per answer in meta/topk (token, logit, prob);
                 0 keeps none; default 10, or the whole output vocabulary if it is smaller
+    outputs:    False keeps no meta/outputs, meta/topk or twin baselines, so each forward pass stops right
+                after the deepest stored hook (no later blocks, no unembedding); queries that read outputs
+                see them empty (docs/store.md, "Ingest without outputs")
     storage_options: options of the fsspec filesystem when `out` is a URL (s3://bucket/store, ...)
     """
     t0 = time.perf_counter()
     check_n_seed(n, seed)
+    if not isinstance(outputs, bool):
+        raise InvalidParameterError(f"outputs must be True or False, got {outputs!r}")
     if dtype not in DTYPES:
         raise InvalidParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     for label, v in (("chunk", chunk), ("batch", batch)):
@@ -129,7 +135,7 @@ def ingest(
         net.to(dev)
     data = task_obj.generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
     _check_fits(data, net.cfg)
-    top_k = _top_k(top_k, int(net.cfg.d_vocab_out))
+    top_k = _top_k(top_k, int(net.cfg.d_vocab_out), outputs)
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     probe_n = min(batch, n, chunk or batch)
@@ -147,7 +153,7 @@ def ingest(
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
         decomposition=decomposition, package_version=__version__, weights_sha256=model_info.weights_digest(net),
-        top_k=top_k,
+        top_k=top_k, outputs=outputs,
     )
     manifest.validate()
     if decomposition.get("status") == "failed" and not quiet:
@@ -208,7 +214,8 @@ class _Loop:
             self.free.put(bufs)
         self.bytes_written = 0
         self.twin_s = 0.0  # seconds in the twins' forward passes
-        self.twin = data.corrupted_tokens is not None  # run the twins' pass (see _match_committed_columns)
+        # run the twins' pass (see _match_committed_columns); a store without outputs needs no twin baselines
+        self.twin = data.corrupted_tokens is not None and manifest.outputs
         self.columns: dict[str, list[str]] | None = None  # the meta columns to write, when not all
 
     def run(self) -> int:
@@ -235,14 +242,16 @@ class _Loop:
         parts have columns this ingest does not make."""
         if first == 0:
             return
-        stored = {t: list(part_schema(part_path(self.out, t, 0))) for t in META_TABLES}
+        tables = [t for t in META_TABLES if t in meta_tables(self.manifest)]  # outputs: where the store keeps them
+        stored = {t: list(part_schema(part_path(self.out, t, 0))) for t in tables}
         one = self.data.slice(0, 1)
         fake = {k: np.zeros((1, one.n_answers)) for k in ("correct_logit", "counter_logit", "logit_diff", "prob",
                                                           "rank", "loss", "correct")}
         fake.update({f"corrupted_{k}": np.zeros((1, one.n_answers)) for k in TWIN_OUTPUTS})
         made = {"examples": examples_frame(one, 0).columns, "tokens": tokens_frame(one, 0).columns,
                 "outputs": outputs_frame(one, 0, fake).columns}
-        for t in META_TABLES:
+        made = {t: made[t] for t in tables}
+        for t in tables:
             lacking = [c for c in stored[t] if c not in made[t]]
             if lacking:
                 raise StoreExistsError(
@@ -250,7 +259,7 @@ class _Loop:
                     f"({', '.join(lacking)}): another actstore version wrote them; pass --overwrite to rewrite it")
         if stored != made:
             self.columns = stored
-            self.twin = self.twin and "corrupted_correct_logit" in stored["outputs"]
+            self.twin = self.twin and "corrupted_correct_logit" in stored.get("outputs", [])
 
     def _run(self, first: int) -> int:
         if first == len(self.ranges):
@@ -297,6 +306,9 @@ class _Loop:
         mask = attention_mask(t.lengths, self.manifest.width)
         sink.target = {name: buf[b0 - start:b1 - start] for name, buf in bufs.items()}
         sink.answer_pos, sink.key_mask = t.answer_pos, mask.bool()
+        if not self.manifest.outputs:  # nothing after the deepest stored hook is kept: stop there
+            run_hooks(self.net, sink, t.tokens, mask)
+            return {}
         logits = self.net(t.tokens, attention_mask=mask, return_type="logits")
         at_answers = answer_logits(logits, t.answer_pos)
         del logits
@@ -325,8 +337,9 @@ class _Loop:
         k, bufs, outs = item
         start, stop = self.ranges[k]
         part = self.data.slice(start, stop)
-        meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start),
-                "outputs": outputs_frame(part, start, outs)}
+        meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start)}
+        if "outputs" in meta_tables(self.manifest):
+            meta["outputs"] = outputs_frame(part, start, outs)
         if "topk" in meta_tables(self.manifest):
             meta["topk"] = topk_frame(part, start, outs, self.names)
         if self.columns is not None:  # resuming chunks an earlier version wrote: keep their columns
@@ -440,9 +453,13 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _top_k(top_k: int | None, d_vocab_out: int) -> int:
-    """The top-k the manifest records: DEFAULT_TOP_K capped at the output vocabulary unless asked;
-    InvalidParameterError for more tokens than the model outputs."""
+def _top_k(top_k: int | None, d_vocab_out: int, outputs: bool = True) -> int:
+    """The top-k the manifest records: DEFAULT_TOP_K capped at the output vocabulary unless asked, 0
+    without outputs; InvalidParameterError for more tokens than the model outputs, or any without outputs."""
+    if not outputs:
+        if top_k:
+            raise InvalidParameterError(f"top_k={top_k} needs the outputs; drop --top-k or --no-outputs")
+        return 0
     if top_k is None:
         return min(DEFAULT_TOP_K, d_vocab_out)
     if top_k > d_vocab_out:

@@ -51,8 +51,10 @@ PARAM_DIMS: dict[str, tuple[str, ...]] = {
 
 def meta_tables(manifest: Any) -> tuple[str, ...]:
     """The meta tables every committed chunk of this store has a part of: META_TABLES, plus topk
-    where the manifest's top_k is positive (a store written before top-k has top_k None)."""
-    return (*META_TABLES, *(("topk",) if getattr(manifest, "top_k", None) else ()))
+    where the manifest's top_k is positive (a store written before top-k has top_k None), less
+    outputs where the manifest's outputs is false (readers show it empty, with its columns)."""
+    base = META_TABLES if getattr(manifest, "outputs", True) else tuple(t for t in META_TABLES if t != "outputs")
+    return (*base, *(("topk",) if getattr(manifest, "top_k", None) else ()))
 
 
 def acts_path(root: StorePath, hook: str) -> StorePath:

@@ -69,6 +69,8 @@ class Manifest:
     weights_sha256: digest of the model's parameters (same spec, other weights: another run)
     top_k:         tokens kept per answer in meta/topk (0: none); None for a store written before the
                    top-k table existed (left out of the stored manifest, so its digest is unchanged)
+    outputs:       whether meta/outputs (and meta/topk) were written; False for an ingest that kept no
+                   outputs (its forward passes stopped after the deepest stored hook; top_k is then 0)
     """
 
     model_spec: str
@@ -91,6 +93,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     weights_sha256: str = ""
     top_k: int | None = None
+    outputs: bool = True
 
     # fields recorded but not compared when deciding whether a rerun may resume
     NON_IDENTITY = ("decomposition", "package_version")
@@ -121,7 +124,7 @@ class Manifest:
                 f"{FORMAT_VERSION}); re-ingest with this version"
             )
         names = {f.name for f in fields(cls)}
-        optional = ("decomposition", "package_version", "weights_sha256", "top_k")
+        optional = ("decomposition", "package_version", "weights_sha256", "top_k", "outputs")
         missing = sorted(n for n in names if n not in d and n not in optional)
         if missing:
             raise StoreFormatError(f"manifest lacks field(s) {', '.join(missing)}")
@@ -146,6 +149,10 @@ class Manifest:
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
                                        or self.top_k < 0):
             raise bad(f"top_k must be a non-negative integer, got {self.top_k!r}")
+        if not isinstance(self.outputs, bool):
+            raise bad(f"outputs must be true or false, got {self.outputs!r}")
+        if not self.outputs and self.top_k:
+            raise bad(f"top_k is {self.top_k} but the store keeps no outputs (top_k must be 0)")
         if self.dtype not in DTYPES:
             raise bad(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not isinstance(self.model_config, dict):

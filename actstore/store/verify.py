@@ -265,6 +265,8 @@ class _Decomposition:
         self.missing = [h for h in self.needed if h not in store.hooks]
         recorded = store.manifest.decomposition or {}
         self.skipped = recorded.get("reason", "skipped at ingest") if recorded.get("status") == "skipped" else None
+        if not store.manifest.outputs:
+            self.skipped = "the store keeps no outputs (logits) to rebuild"
         self.max_error = 0.0
         self.worst = (0.0, 0.0, 0.0)  # (error / tolerance, error, tolerance) of the tightest answer
         self.n_answers = 0
