@@ -78,6 +78,14 @@ class OutputWriteError(ActstoreError, OSError):
     """A file the user named (-o, a report, a dataset, training output) could not be written."""
 
 
+class ClusterError(ActstoreError, ConnectionError):
+    """A Dask scheduler that cannot be reached (--scheduler ADDRESS, client=)."""
+
+
+class XarrayExtraError(ActstoreError, ImportError):
+    """store.to_xarray() on an install without xarray (the xarray extra: actstore[xarray])."""
+
+
 class ModelMismatchError(ActstoreError, ValueError):
     """A model whose weights differ from those a store was ingested with."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 
+from actstore.cli.cluster import add_cluster_options, cluster_client
 from actstore.cli.output import add_output_options, output_format, write_frames, write_table
 
 
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "such as carry_2")
     add_where_option(p)
     add_output_options(p)
+    add_cluster_options(p)
     p.set_defaults(handler=run_attention)
 
 
@@ -122,8 +124,9 @@ def run_attention(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     common: dict[str, Any] = dict(layers=layers, heads=heads, query=parse_selector(args.query),
                                   key=parse_selector(args.key), where=parse_where(args.where, store))
-    if args.aggregate is None and not by:  # raw rows: streamed, the table may not fit in memory
-        write_frames(attention_frames(store, **common), pl.DataFrame(schema=RAW_SCHEMA), args)
-    else:
-        write_table(attention(store, aggregate=args.aggregate, group_by=by, **common), args)
+    with cluster_client(args) as client:
+        if args.aggregate is None and not by:  # raw rows: streamed, the table may not fit in memory
+            write_frames(attention_frames(store, client=client, **common), pl.DataFrame(schema=RAW_SCHEMA), args)
+        else:
+            write_table(attention(store, aggregate=args.aggregate, group_by=by, client=client, **common), args)
     return 0

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from actstore.cli.args import non_negative_int
 from actstore.cli.attention import add_where_option, int_list, parse_where
-from actstore.cli.output import add_output_options, output_format, write_table
+from actstore.cli.cluster import add_cluster_options, cluster_client
+from actstore.cli.output import add_output_options, output_format, write_frames, write_table
 
 if TYPE_CHECKING:
     import polars as pl
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one row per component and answer (or position, token): mean, std, n, 95%% interval over "
                         "examples")
     add_output_options(p)
+    add_cluster_options(p)
     p.set_defaults(handler=run_dla)
 
     p = sub.add_parser("logit-lens", help="accumulated residual after each stage, read on the answer direction",
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="final LayerNorm scale of the full stream (cached, default) or recomputed per stage")
     p.add_argument("--mean", action="store_true", help="one row per stage and answer: mean, std, n, 95%% interval")
     add_output_options(p)
+    add_cluster_options(p)
     p.set_defaults(handler=run_logit_lens)
 
     p = sub.add_parser("circuit", help="weight circuits: full OV / QK of a head, virtual OV, composition scores, "
@@ -133,29 +136,33 @@ def mean_keys(table: pl.DataFrame, params: dict[str, Any]) -> list[str]:
 
 
 def run_dla(args: argparse.Namespace) -> int:
-    from actstore.query import derived
-    from actstore.query.breakdown import breakdown
-    from actstore.store import open_store
-
     output_format(args)  # a bad -o fails before the query runs
-    params = {"level": args.level, **readout_params(args)}
-    store = open_store(args.store)
-    table = derived.cached(store, "dla", params)
-    write_table(breakdown(table, group_by=[], keys=mean_keys(table, params)) if args.mean else table, args)
+    _readout_table(args, "dla", {"level": args.level, **readout_params(args)})
     return 0
 
 
 def run_logit_lens(args: argparse.Namespace) -> int:
-    from actstore.query import derived
-    from actstore.query.breakdown import breakdown
+    output_format(args)
+    _readout_table(args, "logit_lens", {"ln": args.ln, **readout_params(args)})
+    return 0
+
+
+def _readout_table(args: argparse.Namespace, table: str, params: dict[str, Any]) -> None:
+    """The per-example table streamed to the output (through the derived/ cache), or with --mean its
+    statistics from per-chunk partials; on a cluster with --workers / --scheduler."""
+    from actstore.query import streamed
+    from actstore.query.summary import GroupSpec
     from actstore.store import open_store
 
-    output_format(args)
-    params = {"ln": args.ln, **readout_params(args)}
     store = open_store(args.store)
-    table = derived.cached(store, "logit_lens", params)
-    write_table(breakdown(table, group_by=[], keys=mean_keys(table, params)) if args.mean else table, args)
-    return 0
+    with cluster_client(args) as client:
+        if args.mean:
+            _, plan = streamed.plan_for(store, table, params)
+            spec = GroupSpec(keys=tuple(mean_keys(plan.empty(), params)))
+            write_table(streamed.summary(store, table, params, spec, client), args)
+        else:
+            frames, empty = streamed.rows(store, table, params, client)
+            write_frames(frames, empty, args)
 
 
 def run_circuit(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 
 from actstore.cli.args import positive_int
 from actstore.cli.attention import add_where_option, int_list, parse_where
+from actstore.cli.cluster import add_cluster_options, cluster_client
 from actstore.cli.output import add_output_options, output_format, write_frames, write_table
 
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what --correlate correlates (default activation)")
     add_where_option(p)
     add_output_options(p)
+    add_cluster_options(p)
     p.set_defaults(handler=run_neurons)
 
 
@@ -62,15 +64,15 @@ def run_neurons(args: argparse.Namespace) -> int:
     common = dict(direction=check_direction(args.direction), through_head=args.through_head,
                   pos=parse_selector(args.pos), answer=args.answer, final_ln=True if args.final_ln else None,
                   attention_weighted=args.attention_weighted, where=parse_where(args.where, store))
-    if args.correlate is not None:
-        table = neuron_correlation(store, layers, args.correlate, value=args.value, **common)
-        write_table(table.sort(table["r"].abs().fill_nan(None), descending=True, nulls_last=True), args)
-        return 0
-    elif args.top_k is not None:
-        rank_by: RankBy = args.rank_by or "projection"  # argparse choices=RANK_BY
-        write_table(neurons(store, layers, top_k=args.top_k, rank_by=rank_by, **common), args)
-    else:  # every row: streamed, the table may not fit in memory (neuron_frames checks every layer first)
-        write_frames(neuron_frames(store, layers, **common), pl.DataFrame(schema=SCHEMA), args)
+    with cluster_client(args) as client:
+        if args.correlate is not None:
+            table = neuron_correlation(store, layers, args.correlate, value=args.value, client=client, **common)
+            write_table(table.sort(table["r"].abs().fill_nan(None), descending=True, nulls_last=True), args)
+        elif args.top_k is not None:
+            rank_by: RankBy = args.rank_by or "projection"  # argparse choices=RANK_BY
+            write_table(neurons(store, layers, top_k=args.top_k, rank_by=rank_by, client=client, **common), args)
+        else:  # every row: streamed, the table may not fit in memory (neuron_frames checks every layer first)
+            write_frames(neuron_frames(store, layers, client=client, **common), pl.DataFrame(schema=SCHEMA), args)
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from actstore.cli.cluster import add_cluster_options, cluster_client
 from actstore.cli.output import add_output_options, write_table
 
 TABLES = {"dla": "dla", "logit-lens": "logit_lens", "attention": "attention", "neurons": "neurons"}
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--value", default=None, help="value column (default: value, or projection for neurons)")
     add_derived_options(p)
     add_output_options(p)
+    add_cluster_options(p)
     p.set_defaults(handler=run_breakdown)
 
 
@@ -96,11 +98,23 @@ def run_breakdown(args: argparse.Namespace) -> int:
 
     from actstore.errors import InvalidParameterError
     from actstore.query import derived
+    from actstore.query import streamed
     from actstore.query.breakdown import breakdown
+    from actstore.query.summary import GroupSpec
     from actstore.store import open_store
 
     store = open_store(args.store)
     table_name = TABLES[args.of]
+    if not args.input and table_name in streamed.TABLES:  # per-chunk partials, never the whole table
+        if args.value is not None and not args.value.strip():
+            raise InvalidParameterError("--value is empty; name a numeric column of the table (default: value)")
+        spec = GroupSpec(by=tuple(args.group_by), value=args.value or "value")
+        with cluster_client(args) as client:
+            write_table(streamed.summary(store, table_name, derived_params(args).get(table_name), spec, client), args)
+        return 0
+    if args.workers is not None or args.scheduler is not None:
+        raise InvalidParameterError("--workers / --scheduler stream the dla and logit-lens tables only; drop them "
+                                    "for --input or --of attention / neurons")
     if args.input:
         path = Path(args.input)
         if not path.is_file():

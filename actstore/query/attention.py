@@ -36,6 +36,7 @@ from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
 from actstore.query.breakdown import with_interval
 from actstore.query.chunks import Chunk, ExampleArrays, stream
+from actstore.query.executor import Job, run
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
@@ -50,7 +51,7 @@ UNIT_COLUMNS = ("example_id", "q_pos", "q_role", "k_pos", "k_role")  # group col
 def attention(store: Store, layers: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
               query: Selector = None, key: Selector = None, aggregate: Aggregate | None = None,
               group_by: str | Sequence[str] | None = None,
-              where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
+              where: pl.Expr | Mapping[str, Any] | None = None, client: Any = None) -> pl.DataFrame:
     """Attention probabilities of the chosen heads from `query` positions/roles to `key` ones.
 
     layers, heads: ints or lists (None: all; heads apply in every chosen layer).
@@ -58,37 +59,67 @@ def attention(store: Store, layers: int | Sequence[int] | None = None, heads: in
     aggregate:     None for raw rows, 'mean' for group statistics (implied by `group_by`).
     group_by:      group columns besides layer and head (see the module docstring).
     where:         keep only examples matching this (Polars expression or {label: value(s)}).
+    client:        a dask.distributed Client to run the chunks on (the same table, row for row).
     """
-    layers_, heads_, by_, hooks = _check(store, layers, heads, aggregate, group_by)
-    plan = _Plan(store, query, key, where)
-    if aggregate is None and not by_:
-        frames = list(_raw_frames(plan, layers_, heads_, hooks))
-        return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=RAW_SCHEMA)
-    key_group = "pos" if "k_pos" in by_ else "role" if "k_role" in by_ else "all"
-    groups = _Grouping(plan, layers_, heads_, by_)
-    parts = []
-    for chunk in plan.scan(hooks):
-        for li, hook in enumerate(hooks):
-            codes, values, entropy = plan.units(li, heads_, hook, chunk, key_group, by_, groups.label_codes)
-            if values.size:
-                parts.append(Moments.of(groups.keys.encode([codes[c] for c in groups.columns]), values, entropy))
-    return groups.frame(Moments.merge(parts) if parts else None)
+    plan = AttentionPlan(store, layers, heads, query, key, aggregate, group_by, where)
+    parts = run(Job(attention_plan, plan.params), store, client, plan)
+    if plan.groups is None:  # raw rows
+        frames = list(parts)
+        return pl.concat(frames, rechunk=False) if frames else plan.empty()
+    moments = [m for chunk_moments in parts for m in chunk_moments]
+    return plan.groups.frame(Moments.merge(moments) if moments else None)
 
 
 def attention_frames(store: Store, layers: int | Sequence[int] | None = None,
                      heads: int | Sequence[int] | None = None, query: Selector = None, key: Selector = None,
-                     where: pl.Expr | Mapping[str, Any] | None = None) -> Iterator[pl.DataFrame]:
+                     where: pl.Expr | Mapping[str, Any] | None = None, client: Any = None) -> Iterator[pl.DataFrame]:
     """The raw rows of `attention(...)` one chunk at a time (bounded memory: for writing a table
     too big to hold, e.g. to Parquet); concatenated they equal attention(store, ...)."""
-    layers_, heads_, _, hooks = _check(store, layers, heads, None, None)
-    yield from _raw_frames(_Plan(store, query, key, where), layers_, heads_, hooks)
+    plan = AttentionPlan(store, layers, heads, query, key, None, None, where)
+    return run(Job(attention_plan, plan.params), store, client, plan)
 
 
-def _raw_frames(plan: "_Plan", layers: list[int], heads: list[int], hooks: list[str]) -> Iterator[pl.DataFrame]:
-    for chunk in plan.scan(hooks):
-        frame = plan.raw_chunk(layers, heads, hooks, chunk)
-        if frame.height:
-            yield frame
+def attention_plan(store: Store, **params: Any) -> "AttentionPlan":
+    """The executor's entry point (executor.Job): attention's plan on `store`."""
+    return AttentionPlan(store, **params)
+
+
+class AttentionPlan:
+    """attention resolved against a store. Partials per chunk: its raw rows (a table, left out when
+    empty), or a list of Moments (one per layer with units) for an aggregate."""
+
+    def __init__(self, store: Store, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
+                 query: Selector, key: Selector, aggregate: Aggregate | None, group_by: str | Sequence[str] | None,
+                 where: pl.Expr | Mapping[str, Any] | None) -> None:
+        self.params = dict(layers=layers, heads=heads, query=query, key=key, aggregate=aggregate, group_by=group_by,
+                           where=where)
+        self.layers, self.heads, self.by, self.hooks = _check(store, layers, heads, aggregate, group_by)
+        self.plan = _Plan(store, query, key, where)
+        self.key_group = "pos" if "k_pos" in self.by else "role" if "k_role" in self.by else "all"
+        raw = aggregate is None and not self.by
+        self.groups = None if raw else _Grouping(self.plan, self.layers, self.heads, self.by)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.plan.ranges()
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[Any]:
+        for chunk in self.plan.scan(self.hooks, ranges):
+            if self.groups is None:
+                frame = self.plan.raw_chunk(self.layers, self.heads, self.hooks, chunk)
+                if frame.height:
+                    yield frame
+                continue
+            moments = []
+            for li, hook in enumerate(self.hooks):
+                codes, values, entropy = self.plan.units(li, self.heads, hook, chunk, self.key_group, self.by,
+                                                         self.groups.label_codes)
+                if values.size:
+                    moments.append(Moments.of(self.groups.keys.encode([codes[c] for c in self.groups.columns]),
+                                              values, entropy))
+            yield moments
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=RAW_SCHEMA)
 
 
 def _check(store: Store, layers: int | Sequence[int] | None, heads: int | Sequence[int] | None,
@@ -176,9 +207,12 @@ class _Plan:
         self.causal = store.arch.causal
         self.query = query
 
-    def scan(self, hooks: list[str]) -> Iterator[Chunk]:
-        """The committed chunks holding at least one selected query row, with these pattern hooks."""
-        ranges = [(a, b) for a, b in self.store.chunks() if self.q_mask[a:b].any()]
+    def ranges(self) -> list[tuple[int, int]]:
+        """The committed chunks holding at least one selected query row."""
+        return [(a, b) for a, b in self.store.chunks() if self.q_mask[a:b].any()]
+
+    def scan(self, hooks: list[str], ranges: Sequence[tuple[int, int]]) -> Iterator[Chunk]:
+        """Chunks `ranges` (a subset of `ranges()`) with these pattern hooks."""
         return stream(self.store, [], hooks, examples=self.arrays, ranges=ranges, label="attention")
 
     def _read(self, hook: str, chunk: Chunk, heads: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

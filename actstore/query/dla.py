@@ -19,6 +19,7 @@ for a vector read as it is, to the final residual stream . v); see attribution.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import COMPUTE, Component, check_level, direct_attribution, required_hooks
 from actstore.query.chunks import ExampleArrays, stream
+from actstore.query.executor import Job, run
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Weights
 from actstore.query.tables import ColumnType, item_frame
@@ -38,37 +40,65 @@ ITEM_SCHEMA: dict[str, ColumnType] = {"component": pl.String, "layer": pl.Int64,
 
 
 def dla(store: Store, level: Level = "head", target: Any = "correct", *, pos: Any = None, answer: int = 0,
-        final_ln: bool | None = None) -> pl.DataFrame:
+        final_ln: bool | None = None, client: Any = None) -> pl.DataFrame:
     """Direct logit attribution at `level` ('layer' | 'head' | 'neuron' | 'path') toward `target`
     (see the module docstring) at the answer positions or at `pos`, one row per (example, position,
     [token,] component), float64. answer: with pos, whose tokens 'correct' / 'diff' read; final_ln:
-    read a vector target after the final LayerNorm (True) or as it is (False; see targets.py)."""
-    check_level(level)
-    weights = Weights.from_store(store)
-    tgt = parse_target(target, weights, store, final_ln)
-    ex = ExampleArrays.from_examples(store.examples, store.n_answers)
-    at = ReadAt.build(store, pos, answer, examples=ex)
-    at_answer, full = required_hooks(weights, level)
-    at.check_hooks(store, at_answer, full, f"dla level={level!r}")
-    check_counter(store, at.arrays, tgt)
-    readout = tgt.readout(weights, answer_token_ids(at.arrays, tgt.kind))
-    constants = {"target": tgt.label}
-    frames: list[pl.DataFrame] = []
-    items: pl.DataFrame | None = None
-    for chunk in stream(store, at_answer, full, tokens=level == "path", examples=at.arrays, answer_dtype=COMPUTE,
-                        ranges=at.ranges(store)):
-        rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(readout, chunk.answer_pos.shape)
-        per_row = []
-        for row in rows:
-            values, comps = direct_attribution(weights, readout, chunk, level=level, target=row)
-            per_row.append(values)
-        if items is None:
-            items = component_items(comps, level)
-        frames.append(at.frame(chunk.start, chunk.stop, items, np.stack(per_row, axis=2), constants,
-                               tgt.tokens if tgt.per_token else None))
-    if not frames:
-        return at.empty(component_items([], level), {"target": pl.String}, tgt.per_token)
-    return pl.concat(frames, rechunk=False)
+    read a vector target after the final LayerNorm (True) or as it is (False; see targets.py);
+    client: a dask.distributed Client to run the chunks on (the same table, row for row)."""
+    plan = DlaPlan(store, level, target, pos, answer, final_ln)
+    frames = list(run(Job(dla_plan, plan.params), store, client, plan))
+    return pl.concat(frames, rechunk=False) if frames else plan.empty()
+
+
+def dla_frames(store: Store, level: Level = "head", target: Any = "correct", *, pos: Any = None, answer: int = 0,
+               final_ln: bool | None = None, client: Any = None) -> Iterator[pl.DataFrame]:
+    """The rows of `dla(...)` one chunk at a time (for tables too big to hold); parameters as dla's."""
+    plan = DlaPlan(store, level, target, pos, answer, final_ln)
+    return run(Job(dla_plan, plan.params), store, client, plan)
+
+
+def dla_plan(store: Store, level: Level = "head", target: Any = "correct", pos: Any = None, answer: int = 0,
+             final_ln: bool | None = None) -> "DlaPlan":
+    """The executor's entry point (executor.Job): dla's plan on `store`."""
+    return DlaPlan(store, level, target, pos, answer, final_ln)
+
+
+class DlaPlan:
+    """dla resolved against a store (parameters checked, read-out built); one table per chunk."""
+
+    def __init__(self, store: Store, level: Level, target: Any, pos: Any, answer: int,
+                 final_ln: bool | None) -> None:
+        check_level(level)
+        self.params = dict(level=level, target=target, pos=pos, answer=answer, final_ln=final_ln)
+        self.store, self.level = store, level
+        self.weights = Weights.from_store(store)
+        self.tgt = parse_target(target, self.weights, store, final_ln)
+        ex = ExampleArrays.from_examples(store.examples, store.n_answers)
+        self.at = ReadAt.build(store, pos, answer, examples=ex)
+        self.hooks = required_hooks(self.weights, level)
+        self.at.check_hooks(store, *self.hooks, f"dla level={level!r}")
+        check_counter(store, self.at.arrays, self.tgt)
+        self.readout = self.tgt.readout(self.weights, answer_token_ids(self.at.arrays, self.tgt.kind))
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.at.ranges(self.store)
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+        tgt = self.tgt
+        for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
+                            answer_dtype=COMPUTE, ranges=ranges, label="dla"):
+            rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape)
+            per_row = []
+            for row in rows:
+                values, comps = direct_attribution(self.weights, self.readout, chunk, level=self.level, target=row)
+                per_row.append(values)
+            yield self.at.frame(chunk.start, chunk.stop, component_items(comps, self.level),
+                                np.stack(per_row, axis=2), {"target": tgt.label},
+                                tgt.tokens if tgt.per_token else None)
+
+    def empty(self) -> pl.DataFrame:
+        return self.at.empty(component_items([], self.level), {"target": pl.String}, self.tgt.per_token)
 
 
 def check_counter(store: Store, ex: ExampleArrays, target: ReadTarget) -> None:

@@ -18,16 +18,17 @@ the way: each stage is the accumulated stream . v, the same under both ln modes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
-
-from typing import Any
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import direct_attribution, make_target, required_hooks
 from actstore.query.chunks import Chunk, ExampleArrays, stream
 from actstore.query.dla import answer_token_ids, check_counter
+from actstore.query.executor import Job, run
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import item_frame
@@ -106,29 +107,60 @@ def _recomputed(weights: Weights, readout: Readout, chunk: Chunk, target: str | 
 
 
 def logit_lens(store: Store, target: Any = "correct", ln: LensNorm = "cached", *, pos: Any = None,
-               answer: int = 0, final_ln: bool | None = None) -> pl.DataFrame:
+               answer: int = 0, final_ln: bool | None = None, client: Any = None) -> pl.DataFrame:
     """Accumulated residual read on the target's direction after each stage, one row per
     (example, position, [token,] stage): example_id, answer_idx, answer_pos (at pos=: example_id, pos,
-    role), target, [token,] layer, stage, value. target, pos, answer, final_ln: as dla takes them."""
-    if ln not in LN_MODES:
-        raise InvalidParameterError(f"ln must be one of {', '.join(LN_MODES)}, got {ln!r}")
-    weights = Weights.from_store(store)
-    tgt = parse_target(target, weights, store, final_ln)
-    ex = ExampleArrays.from_examples(store.examples, store.n_answers)
-    at = ReadAt.build(store, pos, answer, examples=ex)
-    at_answer, _ = required_hooks(weights, "layer")
-    at.check_hooks(store, at_answer, [], "logit_lens")
-    check_counter(store, at.arrays, tgt)
-    readout = tgt.readout(weights, answer_token_ids(at.arrays, tgt.kind))
-    order = stages(weights)
-    items = item_frame({"layer": [s[0] for s in order], "stage": [s[1] for s in order]},
-                       {"layer": pl.Int64, "stage": pl.String})
-    frames = []
-    for chunk in stream(store, at_answer, examples=at.arrays, ranges=at.ranges(store)):
-        rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(readout, chunk.answer_pos.shape)
-        values = np.stack([lens_values(weights, readout, chunk, row, ln) for row in rows], axis=2)
-        frames.append(at.frame(chunk.start, chunk.stop, items, values, {"target": tgt.label},
-                               tgt.tokens if tgt.per_token else None))
-    if not frames:
-        return at.empty(items, {"target": pl.String}, tgt.per_token)
-    return pl.concat(frames, rechunk=False)
+    role), target, [token,] layer, stage, value. target, pos, answer, final_ln: as dla takes them;
+    client: a dask.distributed Client to run the chunks on (the same table, row for row)."""
+    plan = LensPlan(store, target, ln, pos, answer, final_ln)
+    frames = list(run(Job(lens_plan, plan.params), store, client, plan))
+    return pl.concat(frames, rechunk=False) if frames else plan.empty()
+
+
+def logit_lens_frames(store: Store, target: Any = "correct", ln: LensNorm = "cached", *, pos: Any = None,
+                      answer: int = 0, final_ln: bool | None = None, client: Any = None) -> Iterator[pl.DataFrame]:
+    """The rows of `logit_lens(...)` one chunk at a time; parameters as logit_lens's."""
+    plan = LensPlan(store, target, ln, pos, answer, final_ln)
+    return run(Job(lens_plan, plan.params), store, client, plan)
+
+
+def lens_plan(store: Store, target: Any = "correct", ln: LensNorm = "cached", pos: Any = None, answer: int = 0,
+              final_ln: bool | None = None) -> "LensPlan":
+    """The executor's entry point (executor.Job): logit_lens's plan on `store`."""
+    return LensPlan(store, target, ln, pos, answer, final_ln)
+
+
+class LensPlan:
+    """logit_lens resolved against a store; one table per chunk."""
+
+    def __init__(self, store: Store, target: Any, ln: LensNorm, pos: Any, answer: int,
+                 final_ln: bool | None) -> None:
+        if ln not in LN_MODES:
+            raise InvalidParameterError(f"ln must be one of {', '.join(LN_MODES)}, got {ln!r}")
+        self.params = dict(target=target, ln=ln, pos=pos, answer=answer, final_ln=final_ln)
+        self.store, self.ln = store, ln
+        self.weights = Weights.from_store(store)
+        self.tgt = parse_target(target, self.weights, store, final_ln)
+        ex = ExampleArrays.from_examples(store.examples, store.n_answers)
+        self.at = ReadAt.build(store, pos, answer, examples=ex)
+        self.at_answer, _ = required_hooks(self.weights, "layer")
+        self.at.check_hooks(store, self.at_answer, [], "logit_lens")
+        check_counter(store, self.at.arrays, self.tgt)
+        self.readout = self.tgt.readout(self.weights, answer_token_ids(self.at.arrays, self.tgt.kind))
+        order = stages(self.weights)
+        self.items = item_frame({"layer": [s[0] for s in order], "stage": [s[1] for s in order]},
+                                {"layer": pl.Int64, "stage": pl.String})
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.at.ranges(self.store)
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+        tgt = self.tgt
+        for chunk in stream(self.store, self.at_answer, examples=self.at.arrays, ranges=ranges, label="logit lens"):
+            rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape)
+            values = np.stack([lens_values(self.weights, self.readout, chunk, row, self.ln) for row in rows], axis=2)
+            yield self.at.frame(chunk.start, chunk.stop, self.items, values, {"target": tgt.label},
+                                tgt.tokens if tgt.per_token else None)
+
+    def empty(self) -> pl.DataFrame:
+        return self.at.empty(self.items, {"target": pl.String}, self.tgt.per_token)

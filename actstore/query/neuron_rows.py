@@ -65,6 +65,19 @@ class TopK:
         picked = [np.take_along_axis(a, order, axis=0) for a in cand]
         self.best = NeuronRows(*picked)
 
+    def merge(self, other: "TopK") -> None:
+        """Fold in the TopK of later rows (another chunk's): as if its rows had been added here."""
+        if other.best is None:
+            return
+        if self.best is None:
+            self.best = other.best
+            return
+        cand = tuple(np.concatenate([getattr(self.best, f), getattr(other.best, f)])
+                     for f in ("example_id", "pos", "activation", "projection"))
+        key = cand[2] if self.value == "activation" else cand[3]
+        order = np.argsort(-self.sign * key.astype(np.float64), axis=0, kind="stable")[: self.k]
+        self.best = NeuronRows(*[np.take_along_axis(a, order, axis=0) for a in cand])
+
     def frame(self, layer: int) -> pl.DataFrame:
         """Rows sorted by neuron then rank (1 = best): the neurons table's columns plus rank."""
         schema = SCHEMA | {"rank": pl.Int64}

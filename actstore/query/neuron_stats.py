@@ -13,7 +13,7 @@ over a store of any size in bounded memory:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.directions import DirectionSpec
+from actstore.query.executor import Job, run
 from actstore.query.neurons import NeuronPlan, mlp_layers
 from actstore.query.selectors import Selector, check_labels
 from actstore.query.tables import ColumnType
@@ -43,21 +44,33 @@ class Comoments:
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         """x: [row, d] neuron values; y: [row] label values (rows with NaN y dropped)."""
+        self.merge(Comoments.of(x, y))
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray) -> "Comoments":
+        """The moments of one batch of rows (x: [row, d]; y: [row], rows with NaN y dropped)."""
         ok = np.isfinite(y)
         x, y = x[ok].astype(np.float64), y[ok].astype(np.float64)
-        nb = y.size
+        out = cls(x.shape[1])
+        if y.size == 0:
+            return out
+        out.n, out.mx, out.my = y.size, x.mean(axis=0), float(y.mean())
+        dx, dy = x - out.mx, y - out.my
+        out.m2x, out.m2y, out.cxy = (dx * dx).sum(axis=0), float(dy @ dy), dy @ dx
+        return out
+
+    def merge(self, other: "Comoments") -> None:
+        """Fold in the moments of other rows (Chan et al.'s pairwise update)."""
+        nb = other.n
         if nb == 0:
             return
-        mxb, myb = x.mean(axis=0), y.mean()
-        dx, dy = x - mxb, y - myb
-        m2xb, m2yb, cxyb = (dx * dx).sum(axis=0), float(dy @ dy), dy @ dx
         n = self.n + nb
-        deltax, deltay = mxb - self.mx, myb - self.my
+        deltax, deltay = other.mx - self.mx, other.my - self.my
         f = self.n * nb / n
-        self.m2x += m2xb + deltax * deltax * f
-        self.m2y += m2yb + deltay * deltay * f
-        self.cxy += cxyb + deltax * deltay * f
-        self.mx += deltax * nb / n
+        self.m2x = self.m2x + other.m2x + deltax * deltax * f
+        self.m2y += other.m2y + deltay * deltay * f
+        self.cxy = self.cxy + other.cxy + deltax * deltay * f
+        self.mx = self.mx + deltax * nb / n
         self.my += deltay * nb / n
         self.n = n
 
@@ -71,35 +84,60 @@ class Comoments:
 def neuron_correlation(store: Store, layers: int | Sequence[int] | None, label: str, value: NeuronValue = "activation",
                        direction: DirectionSpec = "answer", through_head: Any = None, pos: Selector = None, *,
                        answer: int = 0, final_ln: bool | None = None, attention_weighted: bool = False,
-                       where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
+                       where: pl.Expr | Mapping[str, Any] | None = None, client: Any = None) -> pl.DataFrame:
     """Pearson r between each neuron's `value` and the numeric example label `label`.
 
     Rows are the neuron query's rows (same layers/pos/direction/through_head parameters as
     `neurons`); examples whose label is null are left out. Returns layer, neuron, r, n.
+    client: a dask.distributed Client to run the chunks on (the same table, bit for bit).
     """
-    if value not in NEURON_VALUES:
-        raise InvalidParameterError(f"value must be one of {', '.join(NEURON_VALUES)}, got {value!r}")
-    examples = store.examples
-    check_labels(examples, [label], "neuron_correlation label")
-    dtype = examples.schema[label]
-    if not (dtype.is_numeric() or dtype == pl.Boolean):
-        raise InvalidParameterError(f"neuron_correlation: label {label!r} is {dtype}, not numeric")
-    y_all = examples.get_column(label).cast(pl.Float64).fill_null(np.nan).to_numpy()
-    plans = [NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
-                              attention_weighted=attention_weighted, where=where)
-             for layer in mlp_layers(store, layers, through_head)]
-    frames = [_correlation(plan, y_all, value) for plan in plans]
+    options = dict(direction=direction, through_head=through_head, pos=pos, answer=answer, final_ln=final_ln,
+                   attention_weighted=attention_weighted, where=where)
+    plans = [CorrelationPlan(store, layer, options, label, value) for layer in mlp_layers(store, layers, through_head)]
+    frames = []
+    for plan in plans:
+        moments: Comoments | None = None
+        for part in run(Job(correlation_plan, plan.params), store, client, plan):
+            if moments is None:
+                moments = part
+            else:
+                moments.merge(part)
+        frames.append(_frame(plan.layer, moments))
     return pl.concat(frames) if len(frames) > 1 else frames[0]
 
 
-def _correlation(plan: NeuronPlan, y_all: np.ndarray, value: str) -> pl.DataFrame:
-    layer = plan.layer
-    moments: Comoments | None = None
-    for rows in plan.stream():
-        x = rows.activation if value == "activation" else rows.projection
-        if moments is None:
-            moments = Comoments(x.shape[1])
-        moments.add(x, y_all[rows.example_id])
+def correlation_plan(store: Store, layer: int, options: Mapping[str, Any], label: str,
+                     value: NeuronValue) -> "CorrelationPlan":
+    """The executor's entry point (executor.Job): one layer of a neuron correlation on `store`."""
+    return CorrelationPlan(store, layer, options, label, value)
+
+
+class CorrelationPlan:
+    """One MLP layer of neuron_correlation; partials: a Comoments per chunk."""
+
+    def __init__(self, store: Store, layer: int, options: Mapping[str, Any], label: str, value: NeuronValue) -> None:
+        if value not in NEURON_VALUES:
+            raise InvalidParameterError(f"value must be one of {', '.join(NEURON_VALUES)}, got {value!r}")
+        examples = store.examples
+        check_labels(examples, [label], "neuron_correlation label")
+        dtype = examples.schema[label]
+        if not (dtype.is_numeric() or dtype == pl.Boolean):
+            raise InvalidParameterError(f"neuron_correlation: label {label!r} is {dtype}, not numeric")
+        self.params = dict(layer=layer, options=dict(options), label=label, value=value)
+        self.layer, self.value = layer, value
+        self.y = examples.get_column(label).cast(pl.Float64).fill_null(np.nan).to_numpy()
+        self.plan = NeuronPlan.build(store, layer, **options)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.plan.ranges()
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[Comoments]:
+        for rows in self.plan.stream(ranges):
+            x = rows.activation if self.value == "activation" else rows.projection
+            yield Comoments.of(x, self.y[rows.example_id])
+
+
+def _frame(layer: int, moments: Comoments | None) -> pl.DataFrame:
     if moments is None:
         return pl.DataFrame(schema=CORRELATION_SCHEMA)
     d = moments.mx.size

@@ -38,6 +38,7 @@ from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
 from actstore.query.chunks import Chunk, ExampleArrays, stream
+from actstore.query.executor import Job, run
 from actstore.query.neuron_rows import SCHEMA, NeuronRows, TopK
 from actstore.query.readout import Weights
 from actstore.query.selectors import Roles, Selector, example_filter, select_positions
@@ -50,38 +51,71 @@ from actstore.query.options import RANK_BY, RankBy
 def neurons(store: Store, layers: int | Sequence[int] | None = None, direction: DirectionSpec = "answer",
             through_head: Any = None, pos: Selector = None, top_k: int | None = None, *, answer: int = 0,
             final_ln: bool | None = None, attention_weighted: bool = False, rank_by: RankBy = "projection",
-            where: pl.Expr | Mapping[str, Any] | None = None) -> pl.DataFrame:
-    """Activation and projection of every neuron of `layers` at the chosen positions (see module doc)."""
+            where: pl.Expr | Mapping[str, Any] | None = None, client: Any = None) -> pl.DataFrame:
+    """Activation and projection of every neuron of `layers` at the chosen positions (see module doc);
+    client: a dask.distributed Client to run the chunks on (the same table, row for row)."""
     if rank_by not in RANK_BY:
         raise InvalidParameterError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise InvalidParameterError(f"top_k must be a positive int or None, got {top_k!r}")
-    plans = [NeuronPlan.build(store, layer, direction, through_head, pos, answer=answer, final_ln=final_ln,
-                              attention_weighted=attention_weighted, where=where)
-             for layer in mlp_layers(store, layers, through_head)]
+    options = dict(direction=direction, through_head=through_head, pos=pos, answer=answer, final_ln=final_ln,
+                   attention_weighted=attention_weighted, where=where)
+    reduce: tuple[Any, ...] = ("rows",) if top_k is None else ("top_k", int(top_k), rank_by)
+    plans = [LayerPlan(store, layer, options, reduce) for layer in mlp_layers(store, layers, through_head)]
     frames = []
     for plan in plans:
+        parts = run(Job(layer_plan, plan.params), store, client, plan)
         if top_k is not None:
             best = TopK(int(top_k), rank_by)
-            for rows in plan.stream():
-                best.add(rows)
+            for part in parts:
+                best.merge(part)
             frames.append(best.frame(plan.layer))
         else:
-            frames.extend(rows.frame(plan.layer) for rows in plan.stream())
+            frames.extend(parts)
     if not frames:
         return pl.DataFrame(schema=SCHEMA)
     return pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
 
 
 def neuron_frames(store: Store, layers: int | Sequence[int] | None = None, direction: DirectionSpec = "answer",
-                  through_head: Any = None, pos: Selector = None, **options: Any) -> Iterator[pl.DataFrame]:
+                  through_head: Any = None, pos: Selector = None, client: Any = None,
+                  **options: Any) -> Iterator[pl.DataFrame]:
     """The rows of `neurons(...)` (without top_k) one chunk at a time, layer after layer, for tables too
     big to hold; options: answer, final_ln, attention_weighted, where."""
-    plans = [NeuronPlan.build(store, layer, direction, through_head, pos, **options)
-             for layer in mlp_layers(store, layers, through_head)]
+    options = dict(direction=direction, through_head=through_head, pos=pos, **options)
+    plans = [LayerPlan(store, layer, options, ("rows",)) for layer in mlp_layers(store, layers, through_head)]
     for plan in plans:
-        for rows in plan.stream():
-            yield rows.frame(plan.layer)
+        yield from run(Job(layer_plan, plan.params), store, client, plan)
+
+
+def layer_plan(store: Store, layer: int, options: Mapping[str, Any], reduce: tuple[Any, ...]) -> "LayerPlan":
+    """The executor's entry point (executor.Job): one layer of a neuron query on `store`."""
+    return LayerPlan(store, layer, options, reduce)
+
+
+class LayerPlan:
+    """One MLP layer of a neuron query. Partials per chunk: reduce ('rows',) its rows as a table,
+    ('top_k', k, rank_by) its TopK."""
+
+    def __init__(self, store: Store, layer: int, options: Mapping[str, Any], reduce: tuple[Any, ...]) -> None:
+        self.params = dict(layer=layer, options=dict(options), reduce=tuple(reduce))
+        self.layer, self.reduce = layer, tuple(reduce)
+        self.plan = NeuronPlan.build(store, layer, **options)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.plan.ranges()
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[Any]:
+        for rows in self.plan.stream(ranges):
+            if self.reduce[0] == "rows":
+                yield rows.frame(self.layer)
+            else:
+                best = TopK(self.reduce[1], self.reduce[2])
+                best.add(rows)
+                yield best
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=SCHEMA)
 
 
 def mlp_layers(store: Store, layers: int | Sequence[int] | None, through_head: Any = None) -> list[int]:
@@ -234,13 +268,17 @@ class NeuronPlan:
             e, p, j = e[ok], p[ok], j[ok]
         return e, p, j
 
-    def stream(self) -> Iterator[NeuronRows]:
-        """NeuronRows of each committed chunk with selected rows, in example order."""
-        rows = {start: self.rows(start, stop) for start, stop in self.store.chunks()}
-        ranges = [(start, stop) for start, stop in self.store.chunks() if rows[start][0].size]
-        for chunk in stream(self.store, [], self.needed_hooks(), examples=self.arrays, ranges=ranges,
-                            label=f"neurons L{self.layer}"):
-            yield self.chunk_rows(chunk, *rows.pop(chunk.start))
+    def ranges(self) -> list[tuple[int, int]]:
+        """The committed chunks with selected rows."""
+        if self.pos is None and self.keep is None:
+            return list(self.store.chunks())
+        return [(start, stop) for start, stop in self.store.chunks() if self.rows(start, stop)[0].size]
+
+    def stream(self, ranges: Sequence[tuple[int, int]] | None = None) -> Iterator[NeuronRows]:
+        """NeuronRows of each chunk of `ranges` (default `ranges()`), in example order."""
+        for chunk in stream(self.store, [], self.needed_hooks(), examples=self.arrays,
+                            ranges=self.ranges() if ranges is None else ranges, label=f"neurons L{self.layer}"):
+            yield self.chunk_rows(chunk, *self.rows(chunk.start, chunk.stop))
 
     def chunk_rows(self, chunk: Chunk, e: np.ndarray, p: np.ndarray, j: np.ndarray) -> NeuronRows:
         start, stop = chunk.start, chunk.stop

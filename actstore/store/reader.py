@@ -27,6 +27,7 @@ import zarr
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.store.arch import Arch
 from actstore.store.checked import checked_store
+from actstore.store.chunk_read import ChunkLayout, read_rows
 from actstore.store.fs import RemotePath, StorePath
 from actstore.store.integrity import Ledger
 from actstore.store.layout import (ACTS, DERIVED, META_TABLES, OPTIONAL_META_TABLES, PARAMS, as_array, chunk_ranges,
@@ -45,6 +46,7 @@ class Store:
         self.ledger = ledger if ledger is not None else Ledger.load(self.path, manifest)
         self._n_committed_chunks = len(self.ledger.commits)
         self._arrays: dict[str, zarr.Array] = {}
+        self._layouts: dict[str, ChunkLayout | None] = {}
         self._checked_parts: dict[str, list[StorePath]] = {}
 
     def __repr__(self) -> str:
@@ -134,11 +136,27 @@ class Store:
                 f"read {name}: rows [{start}, {stop}) are outside the {n} committed examples of {self.path}")
         if start == stop:
             return np.zeros((0, *info.shape[1:]), dtype=info.dtype)
+        if self.direct_reads and isinstance(self.path, Path):  # a remote store reads through Zarr
+            layout = self._layout(name)
+            rows = None if layout is None else read_rows(layout, self.path, f"{ACTS}/{name}", start, stop,
+                                                         self.ledger.expected)
+            if rows is not None:
+                return rows
         try:
             return np.asarray(self._array(name)[start:stop])
         except ValueError as e:  # zarr's crc32c mismatch
             raise StoreCorruptError(f"{self.path}: array acts/{name} rows [{start}, {stop}): {e}; "
                                     f"run `actstore verify`") from None
+
+    # decode a local store's chunks straight from their files (store/chunk_read.py), with the same
+    # checks; False reads every array through Zarr (benchmarks/reads.py compares the two)
+    direct_reads: bool = True
+
+    def _layout(self, name: str) -> ChunkLayout | None:
+        """How a hook's chunks are decoded directly from their files; None: through Zarr (another layout)."""
+        if name not in self._layouts:  # from the array's zarr.json, checked against its record as it opened
+            self._layouts[name] = ChunkLayout.of(self._array(name).metadata.to_dict())
+        return self._layouts[name]
 
     def _array(self, name: str) -> zarr.Array:
         arr = self._arrays.get(name)
@@ -234,6 +252,13 @@ class Store:
         from actstore.query.sql import sql  # noqa: PLC0415 (the query layer is imported on use)
 
         return sql(self, query, params, attach=attach)
+
+    def to_xarray(self, hooks: list[str] | None = None) -> Any:
+        """The committed activations as a lazy Dask-backed xarray.Dataset, example labels as coordinates,
+        reads checked (see actstore.store.xarray; needs the xarray extra)."""
+        from actstore.store.xarray import to_xarray  # noqa: PLC0415 (xarray is optional)
+
+        return to_xarray(self, hooks)
 
 
 def _reopen(path: StorePath) -> Store:

@@ -1,0 +1,175 @@
+"""The per-example read-out tables (dla, logit_lens) as streams, and their summaries, for the CLI.
+
+`rows(store, table, params, client)` gives the table chunk by chunk: from the checked derived/
+cache when it holds the table, else computed, locally filling the cache as the chunks pass (a
+table is cached only once every chunk went through; on a cluster nothing is cached, the rows are
+computed on the workers). `summary(...)` gives `breakdown`'s statistics from per-chunk partials
+(summary.py): from the cached rows cut back into the store's chunks, or computed (locally or on
+a cluster). Either way memory holds one chunk's rows, and the numbers are the same bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actstore.errors import ActstoreError, InvalidParameterError
+from actstore.query import derived
+from actstore.query.dla import DlaPlan, dla_plan
+from actstore.query.executor import Job
+from actstore.query.logit_lens import LensPlan, lens_plan
+from actstore.query.summary import GroupSpec, summarise
+from actstore.store.cache import read_checked, write_checked
+from actstore.store.reader import Store
+
+TABLES = ("dla", "logit_lens")
+BATCH_ROWS = 1 << 16  # rows per batch read back from a cached file
+
+
+def plan_for(store: Store, table: str, params: Mapping[str, Any] | None) -> tuple[Job, Any]:
+    """The job and the (validated) plan of a read-out table with `params` (derived defaults filled in)."""
+    if table not in TABLES:
+        raise InvalidParameterError(f"no streamed table {table!r}; streamed tables: {', '.join(TABLES)}")
+    full = derived.params_for(table, params)
+    if table == "dla":
+        plan: Any = DlaPlan(store, full.get("level", "head"), full.get("target", "correct"), full.get("pos"),
+                            full.get("answer", 0), full.get("final_ln"))
+        return Job(dla_plan, plan.params), plan
+    plan = LensPlan(store, full.get("target", "correct"), full.get("ln", "cached"), full.get("pos"),
+                    full.get("answer", 0), full.get("final_ln"))
+    return Job(lens_plan, plan.params), plan
+
+
+def rows(store: Store, table: str, params: Mapping[str, Any] | None = None,
+         client: Any = None) -> tuple[Iterator[pl.DataFrame], pl.DataFrame]:
+    """The table's rows chunk by chunk, and an empty table with its columns (see the module docstring)."""
+    job, plan = plan_for(store, table, params)
+    if client is not None:
+        from actstore.query.executor import run  # noqa: PLC0415
+
+        return run(job, store, client, plan), plan.empty()
+    path = derived.cache_path(store, table, derived.params_for(table, params))
+    data = read_checked(path)
+    if data is not None:
+        return cached_frames(data), plan.empty()
+    return _filling(path, plan.partials(plan.ranges()), plan.empty()), plan.empty()
+
+
+def summary(store: Store, table: str, params: Mapping[str, Any] | None, spec: GroupSpec,
+            client: Any = None) -> pl.DataFrame:
+    """`breakdown`'s statistics of the table per `spec`, from per-chunk partials (never the whole table)."""
+    job, plan = plan_for(store, table, params)
+    if client is None:
+        path = derived.cache_path(store, table, derived.params_for(table, params))
+        data = read_checked(path)
+        plan = _Cached(plan, data) if data is not None else _Filling(plan, path)
+    return summarise(store, job, spec, client, plan)
+
+
+def cached_frames(data: bytes) -> Iterator[pl.DataFrame]:
+    """A cached Parquet file's rows, batch by batch (the bytes were checked against their record)."""
+    for batch in pq.ParquetFile(pa.BufferReader(data)).iter_batches(batch_size=BATCH_ROWS):
+        yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
+
+
+def by_chunk(frames: Iterator[pl.DataFrame], ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+    """Rows in example order cut into one table per chunk of `ranges` (chunks without rows left out)."""
+    stops = np.asarray([stop for _, stop in ranges], dtype=np.int64)
+    held: list[pl.DataFrame] = []
+    k = 0
+    for frame in frames:
+        while frame.height:
+            ids = frame.get_column("example_id").to_numpy()
+            while k < stops.size and ids[0] >= stops[k]:  # this frame starts in a later chunk
+                if held:
+                    yield pl.concat(held)
+                    held = []
+                k += 1
+            cut = int(np.searchsorted(ids, stops[k], side="left")) if k < stops.size else frame.height
+            held.append(frame.slice(0, cut))
+            frame = frame.slice(cut)
+    if held:
+        yield pl.concat(held)
+
+
+class _Cached:
+    """A plan whose chunk rows come from its cached table instead of being computed."""
+
+    def __init__(self, plan: Any, data: bytes) -> None:
+        self.plan, self.data = plan, data
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.plan.ranges()
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+        return by_chunk(cached_frames(self.data), ranges)
+
+    def empty(self) -> pl.DataFrame:
+        return self.plan.empty()
+
+
+class _Filling(_Cached):
+    """A plan whose computed chunk rows also go to the derived/ cache as they pass."""
+
+    def __init__(self, plan: Any, path: Path) -> None:
+        super().__init__(plan, b"")
+        self.path = path
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+        return _filling(self.path, self.plan.partials(ranges), self.plan.empty())
+
+
+def _filling(path: Path, frames: Iterator[pl.DataFrame], empty: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """`frames` passed through, written to the cache file `path` on the way; the file is recorded
+    (store/cache.py) only if every frame went through. A cache that cannot be written (read-only
+    store, full disk) is given up silently: the rows still flow, nothing is left behind."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    writer: pq.ParquetWriter | None = None
+    ok = True
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        ok = False
+    try:
+        for frame in frames:
+            if ok:
+                try:
+                    writer = _write(writer, tmp, frame)
+                except OSError:
+                    ok = False
+            yield frame
+        if ok:
+            try:
+                writer = _write(writer, tmp, empty) if writer is None else writer
+                writer.close()
+                writer = None
+                write_checked(path, lambda target: os.replace(tmp, target))
+            except OSError as e:
+                if isinstance(e, ActstoreError):
+                    raise
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
+        tmp.unlink(missing_ok=True)
+
+
+def _write(writer: pq.ParquetWriter | None, tmp: Path, frame: pl.DataFrame) -> pq.ParquetWriter:
+    arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if writer is None:
+        writer = pq.ParquetWriter(tmp, arrow.schema, compression="zstd", compression_level=1)
+    writer.write_table(arrow.cast(writer.schema))
+    return writer
+
+
+__all__ = ["by_chunk", "cached_frames", "plan_for", "rows", "summary"]

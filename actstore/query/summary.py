@@ -1,0 +1,181 @@
+"""Streamed group statistics: mean, std, n per group of a table that arrives chunk by chunk.
+
+Each chunk's rows reduce to a `GroupStats` partial (per group: n, mean and m2, the sum of squared
+deviations from the group's mean in that chunk), computed with sequential sums (np.bincount) so
+that the same rows give the same bits on any machine; `GroupStats.combine` folds the partials in
+chunk order with Chan et al.'s parallel update. Memory holds one chunk's rows and one partial per
+chunk (a few numbers per group), never the per-example table, whatever the store's size.
+
+Groups come out in the order of their first row (as Polars' group_by(maintain_order=True) orders
+them on the whole table), then `finish` sorts by the label columns, as `breakdown` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from actstore.errors import InvalidParameterError, UnknownColumnError
+from actstore.query.breakdown import KEY_COLUMNS, with_interval
+from actstore.query.executor import Job, run
+from actstore.store.reader import Store
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """How rows are grouped: the label columns `by` (joined from the examples when the table lacks
+    them), the item `keys` (None: those of KEY_COLUMNS in the table) and the `value` summarised."""
+
+    by: tuple[str, ...] = ()
+    keys: tuple[str, ...] | None = None
+    value: str = "value"
+
+    def columns(self, table: pl.DataFrame) -> list[str]:
+        """The group columns of `table`: by..., then its item keys."""
+        keys = [k for k in KEY_COLUMNS if k in table.columns and k not in self.by] if self.keys is None \
+            else list(self.keys)
+        for k in keys:
+            if k not in table.columns:
+                raise UnknownColumnError(f"breakdown: no key column {k!r} in the table (columns: "
+                                         f"{', '.join(table.columns)})")
+        return [*self.by, *keys]
+
+    def check(self, table: pl.DataFrame) -> None:
+        """One-line errors for a value column the table lacks or that is not numeric."""
+        if self.value not in table.columns:
+            raise UnknownColumnError(f"breakdown: no value column {self.value!r} in the table (columns: "
+                                     f"{', '.join(table.columns)})")
+        if not table.schema[self.value].is_numeric():
+            raise InvalidParameterError(f"breakdown: value column {self.value!r} is {table.schema[self.value]}, "
+                                        "not numeric")
+
+
+@dataclass
+class GroupStats:
+    """Per group (rows of `keys`): n [group] int64, mean and m2 [group] float64."""
+
+    keys: pl.DataFrame
+    n: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def of(cls, table: pl.DataFrame, columns: Sequence[str], value: str) -> "GroupStats":
+        """The statistics of `value` in `table` per group of `columns` (rows with a null value skipped)."""
+        table = table.filter(pl.col(value).is_not_null())
+        keys, inverse = group_index(table.select(columns))
+        x = table.get_column(value).cast(pl.Float64).to_numpy()
+        n = np.bincount(inverse, minlength=keys.height)
+        mean = np.bincount(inverse, x, minlength=keys.height) / np.maximum(n, 1)
+        m2 = np.bincount(inverse, (x - mean[inverse]) ** 2, minlength=keys.height)
+        return cls(keys, n.astype(np.int64), mean, m2)
+
+    @classmethod
+    def combine(cls, parts: Iterable["GroupStats"]) -> "GroupStats | None":
+        """The statistics of the union of disjoint row sets, folded in the order given (None if none)."""
+        parts = [p for p in parts if p.keys.height]
+        if not parts:
+            return None
+        keys, inverse = group_index(pl.concat([p.keys for p in parts], how="vertical_relaxed"))
+        n, mean, m2 = (np.concatenate([getattr(p, f) for p in parts]) for f in ("n", "mean", "m2"))
+        total = np.bincount(inverse, n, minlength=keys.height)
+        grand = np.bincount(inverse, n * mean, minlength=keys.height) / total
+        m2_all = np.bincount(inverse, m2 + n * (mean - grand[inverse]) ** 2, minlength=keys.height)
+        return cls(keys, total.astype(np.int64), grand, m2_all)
+
+    def frame(self) -> pl.DataFrame:
+        """keys..., mean, std (ddof 1, null where n < 2), n, ci_low, ci_high (95% Student t)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            std = np.where(self.n > 1, np.sqrt(np.maximum(self.m2, 0) / (self.n - 1)), np.nan)
+        stats = pl.DataFrame({"mean": self.mean, "std": std, "n": self.n},
+                             schema={"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64})
+        stats = stats.with_columns(pl.when(pl.col("n") > 1).then(pl.col("std")).otherwise(None).alias("std"))
+        return with_interval(pl.concat([self.keys, stats], how="horizontal"))
+
+
+def group_index(keys: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """The distinct rows of `keys` in order of first appearance, and each row's index among them."""
+    if not keys.width:  # no group columns: one group
+        return pl.DataFrame(), np.zeros(keys.height, dtype=np.int64)
+    groups = keys.with_row_index("_row").group_by(keys.columns, maintain_order=True).agg(pl.col("_row"))
+    inverse = np.empty(keys.height, dtype=np.int64)
+    rows = groups.get_column("_row")
+    sizes = rows.list.len().to_numpy()
+    inverse[rows.explode().to_numpy()] = np.repeat(np.arange(groups.height, dtype=np.int64), sizes)
+    return groups.drop("_row"), inverse
+
+
+def with_labels(table: pl.DataFrame, labels: pl.DataFrame | None) -> pl.DataFrame:
+    """`table` with the label columns of `labels` (rows indexed by example_id 0..n-1) added by example_id."""
+    if labels is None or not labels.width:
+        return table
+    if "example_id" not in table.columns:
+        raise UnknownColumnError("breakdown: joining labels needs an example_id column in the table")
+    return pl.concat([table, labels[table.get_column("example_id").to_numpy()]], how="horizontal")
+
+
+def finish(stats: GroupStats | None, spec: GroupSpec, empty_keys: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The summary table (sorted by the label columns), or an empty one with the columns it would have."""
+    if stats is None:
+        schema = dict(empty_keys) | {"mean": pl.Float64, "std": pl.Float64, "n": pl.Int64, "ci_low": pl.Float64,
+                                     "ci_high": pl.Float64}
+        return pl.DataFrame(schema=schema)
+    out = stats.frame()
+    return out.sort(list(spec.by), maintain_order=True, nulls_last=True) if spec.by else out
+
+
+class SummaryPlan:
+    """Any plan whose partials are a chunk's rows (a `empty()` table gives its columns), reduced to
+    a GroupStats per chunk: the rows never leave the process that computed them."""
+
+    def __init__(self, store: Store, inner: Job, spec: GroupSpec, plan: Any = None) -> None:
+        built: Any = inner.build(store) if plan is None else plan  # a row plan (dla, ...): it has empty()
+        self.inner = built
+        self.spec = spec
+        empty = built.empty()
+        spec.check(empty)
+        missing = [c for c in spec.by if c not in empty.columns]
+        self.labels = label_columns(store, missing) if missing else None
+        labelled = with_labels(empty, self.labels.clear() if self.labels is not None else None)
+        self.columns = spec.columns(labelled)
+        self.empty_keys = dict(labelled.select(self.columns).schema)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.inner.ranges()
+
+    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[GroupStats]:
+        for frame in self.inner.partials(ranges):
+            yield GroupStats.of(with_labels(frame, self.labels), self.columns, self.spec.value)
+
+
+def summary_plan(store: Store, inner: Job, spec: GroupSpec) -> SummaryPlan:
+    """The executor's entry point (executor.Job): a summary of `inner`'s rows on `store`."""
+    return SummaryPlan(store, inner, spec)
+
+
+def summarise(store: Store, inner: Job, spec: GroupSpec, client: Any = None, plan: Any = None) -> pl.DataFrame:
+    """`spec`'s statistics of the rows of the streamed query `inner`, chunk by chunk (locally or on
+    `client`), as `breakdown` gives them: by..., keys..., mean, std, n, ci_low, ci_high."""
+    summary = SummaryPlan(store, inner, spec, plan)
+    parts = run(Job(summary_plan, {"inner": inner, "spec": spec}), store, client, summary)
+    return finish(GroupStats.combine(parts), spec, summary.empty_keys)
+
+
+def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:
+    """The label `columns` of the store's examples (row i: example i); one-line error naming a missing one."""
+    examples = store.examples
+    absent = [c for c in columns if c not in examples.columns]
+    if absent:
+        base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens",
+                "counter_tokens", "corrupted_tokens"}
+        label_cols = [c for c in examples.columns if c not in base] or examples.columns
+        raise UnknownColumnError(f"breakdown: no label column {absent[0]!r} (labels of these examples: "
+                                 f"{', '.join(label_cols)})")
+    return examples.select(columns)
+
+
+__all__ = ["GroupSpec", "GroupStats", "SummaryPlan", "finish", "summarise", "group_index", "with_labels"]

@@ -1,0 +1,203 @@
+"""Direct chunk reads of a local store's activation arrays: file -> checks -> decompress -> array.
+
+For the arrays a store writes (chunked along the example axis only; codecs `bytes` little-endian,
+then blosc, zstd or nothing, then crc32c), reading a row range through Zarr costs several times
+the work itself (async store calls, the codec pipeline's thread hops, a copy into the output).
+This module does the same decode on the calling thread, with every check Zarr's checked read
+makes: the file is a regular file of the size and crc32c tail its commit record says, and the
+crc32c of the rest of the file equals that tail. Whole chunks decompress straight into the
+output array.
+
+`ChunkLayout.of(metadata)` describes an array whose zarr.json this path decodes, and is None for
+any other (sharding, transpose, big-endian data, v2 chunk keys, no crc32c, chunks across another
+axis): the caller then reads through Zarr. It is made from the array's metadata document as
+checked against its record, so nothing here trusts an unchecked file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+from numcodecs import Blosc, Zstd
+
+from actstore.errors import StoreCorruptError
+
+# data types whose zarr v3 name is also their numpy name (a store writes float16 / float32)
+_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                     "float16", "float32", "float64"})
+_TAIL = 4  # bytes of the crc32c codec's checksum, little-endian, at the end of every chunk file
+
+# decodes a chunk's compressed body into `out` (C-contiguous, exactly the chunk's bytes)
+Decoder = Callable[[bytes, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """How to decode the chunks of one array straight from their files.
+
+    shape:      the array's shape [example, ...]
+    chunk_rows: examples per chunk (every chunk spans the other axes whole)
+    dtype:      little-endian numpy dtype of the stored values
+    decode:     the compressor's decoder, or None for uncompressed chunks
+    separator:  the chunk key separator ('c/3/0/0' or 'c.3.0.0')
+    """
+
+    shape: tuple[int, ...]
+    chunk_rows: int
+    dtype: np.dtype
+    decode: Decoder | None
+    separator: str
+
+    @classmethod
+    def of(cls, metadata: dict[str, Any]) -> "ChunkLayout | None":
+        """The layout for an array's zarr.json document (as a dict), or None if this path cannot decode it."""
+        try:
+            return cls._of(metadata)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            return None
+
+    @classmethod
+    def _of(cls, m: dict[str, Any]) -> "ChunkLayout | None":
+        if m.get("zarr_format") != 3 or m.get("node_type") != "array" or m.get("storage_transformers"):
+            return None
+        shape = tuple(int(s) for s in m["shape"])
+        grid = m["chunk_grid"]
+        chunks = tuple(int(c) for c in grid["configuration"]["chunk_shape"])
+        if grid["name"] != "regular" or not shape or len(chunks) != len(shape) or chunks[1:] != shape[1:] \
+                or chunks[0] < 1:
+            return None
+        keys = m["chunk_key_encoding"]
+        separator = (keys.get("configuration") or {}).get("separator", "/")
+        if keys["name"] != "default" or separator not in ("/", "."):
+            return None
+        if not isinstance(m["data_type"], str) or m["data_type"] not in _DTYPES:
+            return None
+        dtype = np.dtype(m["data_type"]).newbyteorder("<")
+        codecs = [(c["name"], c.get("configuration") or {}) if isinstance(c, dict) else (c, {}) for c in m["codecs"]]
+        if len(codecs) not in (2, 3) or codecs[0][0] != "bytes" or codecs[-1][0] != "crc32c":
+            return None
+        if dtype.itemsize > 1 and codecs[0][1].get("endian", "little") != "little":
+            return None
+        decode = _decoder(codecs[1][0]) if len(codecs) == 3 else None
+        if len(codecs) == 3 and decode is None:
+            return None
+        return cls(shape, chunks[0], dtype, decode, separator)
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        return (self.chunk_rows, *self.shape[1:])
+
+    def key(self, chunk: int) -> str:
+        """The chunk's key under its array ('c/3/0/0')."""
+        return self.separator.join(["c", str(chunk), *["0"] * (len(self.shape) - 1)])
+
+
+def _decoder(name: str) -> Decoder | None:
+    if name == "blosc":  # the blosc header says everything decompression needs
+        return _blosc_into
+    if name == "zstd":
+        return _zstd_into
+    return None
+
+
+_BLOSC, _ZSTD = Blosc(), Zstd()
+
+
+def _blosc_into(body: bytes, out: np.ndarray) -> None:
+    # blosc fills a larger buffer than it needs without a word: the header's size must be the chunk's
+    if len(body) < 16 or int.from_bytes(body[4:8], "little") != out.nbytes:
+        raise ValueError(f"its blosc header does not describe {out.nbytes} bytes")
+    _BLOSC.decode(body, out=out)
+
+
+def _zstd_into(body: bytes, out: np.ndarray) -> None:
+    data = _ZSTD.decode(body)  # a copy: zstd frames need not record their size up front
+    if len(data) != out.nbytes:
+        raise ValueError(f"it decompresses to {len(data)} bytes, not {out.nbytes}")
+    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+
+
+def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop: int,
+              expected: Callable[[str], Any]) -> np.ndarray | None:
+    """Rows [start, stop) of the array at `root / array_rel`: [stop - start, *shape[1:]] in `layout.dtype`.
+
+    expected(rel) gives the record of a chunk file (`rel` relative to `root`, as the ledger names
+    files): [size, sha256, crc32c tail hex]. None if some chunk has no such record (the caller reads
+    through Zarr, which checks it its own way). StoreCorruptError naming the file if a chunk is
+    missing, not a regular file, or differs from its record or its checksum.
+    None also for rows outside [0, shape[0]) or an empty range.
+    """
+    if not 0 <= start < stop <= layout.shape[0]:
+        return None
+    first, last = start // layout.chunk_rows, (stop - 1) // layout.chunk_rows
+    records = []
+    for k in range(first, last + 1):
+        rel = f"{array_rel}/{layout.key(k)}"
+        want = expected(rel)
+        if not isinstance(want, (list, tuple)) or len(want) != 3:
+            return None
+        records.append((k, rel, want))
+    out = np.empty((stop - start, *layout.shape[1:]), dtype=layout.dtype)
+    scratch: np.ndarray | None = None
+    for k, rel, want in records:
+        c0 = k * layout.chunk_rows
+        lo, hi = max(start, c0), min(stop, c0 + layout.chunk_rows)
+        if (lo, hi) == (c0, c0 + layout.chunk_rows):  # a whole chunk: decoded in place
+            decode_chunk(layout, root, rel, want, out[lo - start:hi - start])
+        else:
+            if scratch is None:
+                scratch = np.empty(layout.chunk_shape, dtype=layout.dtype)
+            decode_chunk(layout, root, rel, want, scratch)
+            out[lo - start:hi - start] = scratch[lo - c0:hi - c0]
+    return out
+
+
+def decode_chunk(layout: ChunkLayout, root: Path, rel: str, want: Any, out: np.ndarray) -> None:
+    """Decode chunk file `root / rel` into `out` [chunk_rows, ...] (C-contiguous), after checking its size
+    and crc32c tail against `want` ([size, sha256, tail hex]) and its crc32c against the tail."""
+    body, tail = _read_checked(root, rel, int(want[0]), str(want[2]))
+    if google_crc32c.value(body) != int.from_bytes(tail, "little"):
+        raise _corrupt(root, rel, "fails its crc32c check (its bytes changed)")
+    try:
+        if layout.decode is None:
+            if len(body) != out.nbytes:
+                raise ValueError(f"it holds {len(body)} bytes, not {out.nbytes}")
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(body, dtype=np.uint8)
+        else:
+            layout.decode(body, out)
+    except (ValueError, RuntimeError, TypeError, MemoryError) as e:
+        raise _corrupt(root, rel, f"does not decode to a chunk of {layout.chunk_shape} {layout.dtype} ({e})") from None
+
+
+def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[bytes, bytes]:
+    """(body, 4-byte tail) of chunk file `root / rel`, which must be a regular file of `size` bytes ending
+    in `tail_hex`; StoreCorruptError otherwise."""
+    path = root / rel
+    try:  # O_NONBLOCK: opening a FIFO planted where a chunk belongs must not block
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise _corrupt(root, rel, "is missing") from None
+    except OSError as e:
+        raise _corrupt(root, rel, f"cannot be read ({e.strerror})") from None
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _corrupt(root, rel, "is not a regular file")
+        if info.st_size != size or size < _TAIL:
+            raise _corrupt(root, rel, "differs from its record (checksum mismatch)")
+        body = f.read(size - _TAIL)
+        tail = f.read(_TAIL)
+    if len(body) != size - _TAIL or tail.hex() != tail_hex:
+        raise _corrupt(root, rel, "differs from its record (checksum mismatch)")
+    return body, tail
+
+
+def _corrupt(root: Path, rel: str, what: str) -> StoreCorruptError:
+    return StoreCorruptError(f"store {str(root)!r} is corrupt: chunk file {rel} {what}; run `actstore verify {root}`")

@@ -1,0 +1,195 @@
+"""Streamed queries on a real Dask LocalCluster (2 single-threaded worker processes) give the same
+tables, bit for bit, as the local run; per-chunk summaries match the whole-table breakdown; the
+CLI's --workers / --scheduler; store.to_xarray() reads what store.read reads."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import actstore
+from actstore.cli import main
+from actstore.errors import ClusterError, UnknownColumnError
+from actstore.query import streamed
+from actstore.query.attention import attention, attention_frames
+from actstore.query.breakdown import breakdown
+from actstore.query.dla import dla, dla_plan
+from actstore.query.executor import Job, connect, split
+from actstore.query.logit_lens import logit_lens
+from actstore.query.neuron_stats import neuron_correlation
+from actstore.query.neurons import neurons
+from actstore.query.summary import GroupSpec, GroupStats, summarise
+
+
+@pytest.fixture(scope="module")
+def client():
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=50)
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def store(tiny_store, tmp_path_factory):
+    """The ln_mlp store (3 chunks: 16, 16, 8 examples), copied so that derived/ caches stay ours."""
+    path = tmp_path_factory.mktemp("cluster") / "store"
+    shutil.copytree(tiny_store("ln_mlp").path, path)
+    return actstore.open_store(path)
+
+
+def same(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    assert a.height > 0
+    assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.parametrize("level", ["layer", "head", "neuron", "path"])
+def test_dla_per_example_is_identical_on_the_cluster(store, client, level):
+    same(dla(store, level=level), dla(store, level=level, client=client))
+
+
+def test_readouts_at_positions_and_token_lists_are_identical(store, client):
+    same(dla(store, target=[0, 1, 2], pos="all"), dla(store, target=[0, 1, 2], pos="all", client=client))
+    for ln in ("cached", "recompute"):
+        same(logit_lens(store, ln=ln), logit_lens(store, ln=ln, client=client))
+    same(logit_lens(store, target="W_U[:,7] - W_U[:,3]", pos=-1),
+         logit_lens(store, target="W_U[:,7] - W_U[:,3]", pos=-1, client=client))
+
+
+def test_dla_mean_and_breakdown_stream_identically_and_match_the_whole_table(store, client):
+    table = dla(store, level="head")
+    for spec, whole in [(GroupSpec(), breakdown(table, group_by=[])),
+                        (GroupSpec(by=("carry_2",)), breakdown(table, "carry_2", store)),
+                        (GroupSpec(by=("carry_2", "carry_1")), breakdown(table, ["carry_2", "carry_1"], store))]:
+        local = summarise(store, Job(dla_plan, {"level": "head"}), spec)
+        same(local, summarise(store, Job(dla_plan, {"level": "head"}), spec, client=client))
+        assert local.columns == whole.columns
+        keys = [c for c in whole.columns if c not in ("mean", "std", "n", "ci_low", "ci_high")]
+        assert_frame_equal(local.select(keys, "n"), whole.select(keys, "n"))  # same groups, same order
+        for col in ("mean", "std", "ci_low", "ci_high"):
+            np.testing.assert_allclose(local[col].to_numpy(), whole[col].to_numpy(), rtol=1e-9, atol=1e-12)
+    n_carry = int(store.examples["carry_2"].sum())
+    by = summarise(store, Job(dla_plan, {"level": "head"}), GroupSpec(by=("carry_2",)))
+    assert sorted(by["n"].unique().to_list()) == sorted({n_carry, store.n_examples - n_carry})
+    with pytest.raises(UnknownColumnError, match="no label column 'nosuch'"):
+        summarise(store, Job(dla_plan, {}), GroupSpec(by=("nosuch",)))
+
+
+def test_summary_from_the_derived_cache_is_identical_to_a_fresh_and_a_cluster_run(store, client):
+    params = {"level": "layer"}
+    spec = GroupSpec(by=("carry_2",))
+    for f in store.derived_dir.glob("dla-level=layer-*"):
+        f.unlink()
+    fresh = streamed.summary(store, "dla", params, spec)  # computes and fills the cache
+    assert list(store.derived_dir.glob("dla-level=layer-target=correct-*.parquet"))
+    from_cache = streamed.summary(store, "dla", params, spec)
+    on_cluster = streamed.summary(store, "dla", params, spec, client)
+    same(fresh, from_cache)
+    same(fresh, on_cluster)
+    frames, _ = streamed.rows(store, "dla", params)
+    same(pl.concat(list(frames)), dla(store, level="layer"))
+
+
+def test_attention_raw_and_aggregated_are_identical(store, client):
+    same(attention(store, query="=", key=["a0", "a1"]), attention(store, query="=", key=["a0", "a1"], client=client))
+    same(pl.concat(list(attention_frames(store, layers=[1], client=client))), attention(store, layers=[1]))
+    for by in (["k_role", "carry_2"], ["k_pos"], ["q_role"]):
+        same(attention(store, group_by=by), attention(store, group_by=by, client=client))
+    same(attention(store, aggregate="mean", where={"carry_2": True}),
+         attention(store, aggregate="mean", where={"carry_2": True}, client=client))
+
+
+def test_neuron_rows_top_k_and_correlation_are_identical(store, client):
+    same(neurons(store, [0, 2]), neurons(store, [0, 2], client=client))
+    same(neurons(store, pos="=", top_k=3), neurons(store, pos="=", top_k=3, client=client))
+    top = neurons(store, 1, top_k=2, rank_by="-activation", client=client)
+    rows = neurons(store, 1)
+    want = rows.sort("activation", maintain_order=True).group_by("neuron", maintain_order=True).head(2)
+    assert top.sort("neuron", "rank")["activation"].to_list() == want.sort("neuron")["activation"].to_list()
+    same(neuron_correlation(store, None, "a"), neuron_correlation(store, None, "a", client=client))
+
+
+def test_split_keeps_order_and_covers_every_chunk():
+    ranges = [(i * 10, i * 10 + 10) for i in range(7)]
+    parts = split(ranges, 3)
+    assert [r for p in parts for r in p] == ranges and [len(p) for p in parts] == [2, 3, 2]
+    assert split(ranges[:2], 8) == [[ranges[0]], [ranges[1]]] and split([], 4) == []
+
+
+def test_group_stats_combine_in_parts_equals_one_pass():
+    rng = np.random.default_rng(0)
+    table = pl.DataFrame({"g": rng.integers(0, 3, 1000), "value": rng.normal(5, 2, 1000)})
+    whole = GroupStats.of(table, ["g"], "value")
+    parts = GroupStats.combine(GroupStats.of(table.slice(i, 250), ["g"], "value") for i in range(0, 1000, 250))
+    assert parts is not None and parts.keys.equals(whole.keys) and parts.n.tolist() == whole.n.tolist()
+    np.testing.assert_allclose(parts.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(parts.m2, whole.m2, rtol=1e-10)
+    want = table.group_by("g", maintain_order=True).agg(pl.col("value").var(), pl.len())
+    np.testing.assert_allclose(parts.m2 / (parts.n - 1), want["value"], rtol=1e-10)
+
+
+def test_by_chunk_cuts_rows_at_chunk_boundaries():
+    frames = [pl.DataFrame({"example_id": [0, 0, 1, 2]}), pl.DataFrame({"example_id": [2, 3, 5]}),
+              pl.DataFrame({"example_id": [6, 7]})]
+    got = [f["example_id"].to_list() for f in streamed.by_chunk(iter(frames), [(0, 2), (2, 4), (4, 6), (6, 8)])]
+    assert got == [[0, 0, 1], [2, 2, 3], [5], [6, 7]]
+
+
+def cli_csv(capsys, argv: list[str]) -> str:
+    assert main(argv) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_cli_workers_and_scheduler_print_the_same_bytes(store, client, capsys):
+    path = str(store.path)
+    here = cli_csv(capsys, ["dla", path, "--mean", "--format", "csv"])
+    assert pl.read_csv(io.StringIO(here))["n"].unique().to_list() == [store.n_examples]
+    assert cli_csv(capsys, ["dla", path, "--mean", "--format", "csv", "--workers", "2"]) == here
+    address = client.scheduler.address
+    split_here = cli_csv(capsys, ["breakdown", path, "--group-by", "carry_2", "--format", "csv"])
+    assert cli_csv(capsys, ["breakdown", path, "--group-by", "carry_2", "--format", "csv", "--scheduler",
+                            address]) == split_here
+    for argv in (["logit-lens", path], ["attention", path, "--group-by", "k_role"],
+                 ["neurons", path, "--layers", "1", "--top-k", "2"]):
+        assert cli_csv(capsys, [*argv, "--format", "csv", "--scheduler", address]) == \
+            cli_csv(capsys, [*argv, "--format", "csv"])
+
+
+def test_cli_refuses_an_unreachable_scheduler_in_one_line(store, capsys):
+    assert main(["dla", str(store.path), "--scheduler", "tcp://127.0.0.1:1", "--format", "csv"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'" in err, err
+    assert main(["dla", str(store.path), "--scheduler", "x", "--workers", "2"]) != 0
+    assert "pass one" in capsys.readouterr().err
+    with pytest.raises(ClusterError):
+        connect("tcp://127.0.0.1:1", timeout=1)
+
+
+def test_to_xarray_reads_what_the_store_reads(store):
+    ds = store.to_xarray()
+    assert set(ds.data_vars) == set(store.hooks)
+    z = "blocks.1.attn.hook_z"
+    assert ds[z].dims == tuple(store.hook_info(z).dims) and ds[z].chunks[0] == (16, 16, 8)
+    for name in store.hooks:
+        np.testing.assert_array_equal(ds[name].values, store.read(name))
+    assert ds["carry_2"].values.tolist() == store.examples["carry_2"].to_list()
+    picked = ds[z].sel(example_id=[7, 3]).values
+    np.testing.assert_array_equal(picked, store.read(z)[[7, 3]])
+    carry = ds[z].where(ds["carry_2"], drop=True).mean("example").values
+    want = store.read(z)[store.examples["carry_2"].to_numpy()].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(carry, want, rtol=1e-5)
+
+
+def test_to_xarray_on_the_cluster_reopens_the_store(store, client):
+    ds = store.to_xarray(["blocks.0.mlp.hook_post"])
+    got = ds["blocks.0.mlp.hook_post"].sum("example").compute().values  # the workers read the chunks
+    want = store.read("blocks.0.mlp.hook_post").sum(axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
