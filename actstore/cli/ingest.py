@@ -13,12 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest", help="run a model over a task dataset and store its activations (resumable)",
         description="Run MODEL over N examples of TASK and stream the chosen activations into a store. "
-                    "Rerunning the same command resumes after the last committed chunk.")
+                    "Rerunning the same command resumes after the last committed chunk; rerunning it with a larger "
+                    "--n grows the store (its first examples are the same).")
     p.add_argument("--task", required=True,
                    help="task name (addition, list_update, brackets, ioi, days; prompts reads your file: "
                         "--param file=PATH.jsonl|csv, see docs/prompts.md)")
     p.add_argument("--model", required=True, help="model spec, e.g. zoo:addition")
-    p.add_argument("--n", type=int, required=True, help="number of examples")
+    p.add_argument("--n", type=int, required=True,
+                   help="number of examples (a larger --n on a store of the same run appends the next examples)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--out", required=True, help="store directory (created; resumed if it holds this run)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="task parameter, repeatable")
@@ -40,16 +42,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "stored hook (faster when the hooks are early; DLA still works from meta/examples)")
     p.add_argument("--overwrite", action="store_true", help="replace a store of a different run at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    dist = p.add_mutually_exclusive_group()
+    dist.add_argument("--shard", metavar="I/N",
+                      help="write only chunks k with k %% N == I; start shards 0/N .. N-1/N by hand (any machines "
+                           "sharing the store's directory, in any order); the last to finish completes the store")
+    dist.add_argument("--workers", type=int, metavar="N",
+                      help="run N shards on a local Dask cluster of N single-threaded processes (one per GPU where "
+                           "there are several: shard i on cuda:(i mod GPUs)); each loads the model from its spec")
+    dist.add_argument("--scheduler", metavar="ADDRESS",
+                      help="run one shard on each worker of the Dask cluster at ADDRESS (tcp://host:port)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from actstore.ingest import ingest
+    from actstore.ingest.cluster import ingest_on_cluster
 
-    store = ingest(args.task, args.model, args.n, args.seed, args.out, hooks=args.hooks, positions=args.positions,
-                   dtype=args.dtype, chunk=args.chunk, batch=args.batch, device=args.device,
-                   task_params=parse_params(args.param), overwrite=args.overwrite, quiet=args.quiet,
-                   top_k=args.top_k, outputs=args.outputs)
+    kwargs = dict(hooks=args.hooks, positions=args.positions, dtype=args.dtype, chunk=args.chunk, batch=args.batch,
+                  device=args.device, task_params=parse_params(args.param), overwrite=args.overwrite,
+                  top_k=args.top_k, outputs=args.outputs)
+    if args.workers is not None or args.scheduler is not None:
+        store = ingest_on_cluster(args.task, args.model, args.n, args.seed, args.out, workers=args.workers,
+                                  scheduler=args.scheduler, **kwargs)
+    else:
+        store = ingest(args.task, args.model, args.n, args.seed, args.out, quiet=args.quiet, shard=args.shard,
+                       **kwargs)
+    if args.shard is not None and not store.finished:
+        if not args.quiet:
+            print(f"shard {args.shard} done: {store.n_examples} of {store.manifest.n} examples committed in a row "
+                  f"in {store.path}; the store is finished once every shard is", file=sys.stderr)
+        return 0
     if not args.quiet:
         dec = store.manifest.decomposition or {}
         err = f"{dec['max_abs_error']:.3g}" if "max_abs_error" in dec else dec.get("status", "-")

@@ -215,11 +215,18 @@ def concat_task_data(parts: list[TaskData]) -> TaskData:
 
 
 def generate_range(task: Any, start: int, stop: int, seed: int, tokenizer: Any = None) -> TaskData:
-    """Examples [start, stop) of any task: its `generate_range`, or (a registered task that has only
-    `generate`) a slice of `generate(stop, ...)`."""
-    if hasattr(task, "generate_range"):
+    """Examples [start, stop) of any task: its `generate_range`, or a slice of `generate(stop, ...)` for a
+    registered task that has no `generate_range` or overrides `generate` below the class that defines it
+    (a subclass of a built-in task that edits its examples)."""
+    if hasattr(task, "generate_range") and issubclass(_owner(type(task), "generate_range"),
+                                                      _owner(type(task), "generate")):
         return task.generate_range(start, stop, seed, tokenizer)
     return task.generate(stop, seed, tokenizer=tokenizer).slice(start, stop)
+
+
+def _owner(cls: type, attr: str) -> type:
+    """The class in `cls`'s MRO that defines `attr`."""
+    return next((c for c in cls.__mro__ if attr in c.__dict__), object)
 
 
 def check_range(start: Any, stop: Any, seed: Any) -> None:

@@ -1,12 +1,16 @@
 """`ingest(...)`: run a model over a task dataset and stream the chosen activations into a store.
 
 Order of work, so that bad input leaves nothing behind and a crash loses at most a chunk:
-1. check the parameters and the output path; load the model; generate all N examples once
-   (examples never depend on the chunk size); resolve the hooks;
+1. check the parameters and the output path; load the model; make the first batch's examples
+   (a task makes any range of its examples alone, the same whatever n: actstore.datasets.base,
+   so each chunk's examples are made when the loop reaches it and memory stays flat in n);
+   resolve the hooks;
 2. probe the first batch (hook shapes, decomposition check) and build the manifest;
 3. refuse a store of another run (or remove it with overwrite); create the store if absent;
-4. resume after the last committed chunk: batches are aligned inside chunks, so a rerun
-   computes every chunk from the same batches and writes the same bytes;
+   grow a store of the same run with a smaller n (actstore.ingest.grow);
+4. write every chunk (of this shard: actstore.ingest.shards) that has no commit record:
+   batches are aligned inside chunks, so a rerun computes every chunk from the same batches and
+   writes the same bytes;
 5. chunk k is filled batch by batch in place, then handed to the background writer, which
    compresses, writes and commits it while the model computes chunk k+1. For a task with
    corrupted twins, each batch runs a second forward pass of the twins' tokens (same attention
@@ -16,6 +20,8 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob
 import math
 import os
@@ -24,6 +30,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +41,14 @@ from tqdm.auto import tqdm
 
 from actstore import __version__
 from actstore.datasets import get_task
-from actstore.datasets.base import TaskData, check_n_seed
-from actstore.errors import (InvalidParameterError, StoreCorruptError, StoreExistsError, StoreFormatError,
-                             StoreWriteError)
+from actstore.datasets.base import TaskData, check_n_seed, generate_range
+from actstore.errors import (IncompleteStoreWarning, InvalidParameterError, StoreCorruptError, StoreExistsError,
+                             StoreFormatError, StoreWriteError)
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
+from actstore.ingest.grow import finish_growth, grow_store, growth_differences, read_intent
+from actstore.ingest.shards import (all_committed, committed_ok, discard_chunks, parse_shard, shard_chunks,
+                                    store_digests, writer_locks)
 from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, answer_topk, attention_mask,
                                      bidirectional_mask_hooks, capture_hooks, run_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
@@ -46,11 +56,10 @@ from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outp
                                   topk_frame)
 from actstore.ingest.probe import probe_batch
 from actstore.store.arch import Arch
-from actstore.store.commits import committed_prefix
+from actstore.store.commits import commit_path, committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, meta_tables, part_path
 from actstore.store.parts import part_schema
 from actstore.store.fs import RemotePath, StorePath
-from actstore.store.lock import store_lock
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
 from actstore.store.reader import Store
@@ -85,6 +94,7 @@ def ingest(
     stats: dict[str, float] | None = None,
     top_k: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    shard: str | tuple[int, int] | None = None,
     outputs: bool = True,
 ) -> Store:
     """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
@@ -110,11 +120,18 @@ def ingest(
                 after the deepest stored hook (no later blocks, no unembedding); queries that read outputs
                 see them empty (docs/store.md, "Ingest without outputs")
     storage_options: options of the fsspec filesystem when `out` is a URL (s3://bucket/store, ...)
+    shard:      'i/N' or (i, N): write only the chunks k with k % N == i (see actstore.ingest.shards); the
+                shards of one store run together, in any order, and their store is byte-identical to an
+                unsharded ingest's. Returns the store open (unfinished until every shard is done)
     """
     t0 = time.perf_counter()
     check_n_seed(n, seed)
     if not isinstance(outputs, bool):
         raise InvalidParameterError(f"outputs must be True or False, got {outputs!r}")
+    shard = parse_shard(shard)
+    if shard != (0, 1) and overwrite:
+        raise InvalidParameterError("--overwrite cannot be used with --shard (one shard would delete the others' "
+                                    "chunks); remove the store first, then start the shards")
     if dtype not in DTYPES:
         raise InvalidParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     for label, v in (("chunk", chunk), ("batch", batch)):
@@ -133,18 +150,24 @@ def ingest(
         dev = next(net.parameters()).device  # a model object given: run it where it is
     elif next(net.parameters()).device != dev:
         net.to(dev)
-    data = task_obj.generate(n, seed, tokenizer=getattr(net, "tokenizer", None))
+    tokenizer = getattr(net, "tokenizer", None)
+    probe_n = min(batch, n, chunk or batch)
+    data = generate_range(task_obj, 0, probe_n, seed, tokenizer)  # the first batch; the loop makes the rest
+
+    def source(start: int, stop: int) -> TaskData:
+        return generate_range(task_obj, start, stop, seed, tokenizer)
+
     _check_fits(data, net.cfg)
     top_k = _top_k(top_k, int(net.cfg.d_vocab_out), outputs)
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
-    probe_n = min(batch, n, chunk or batch)
     t = _batch_tensors(data, 0, probe_n, dev)
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
                                         [c.name for c in choices], dtype)
-    infos = _hook_infos(choices, shapes, data, dtype)
+    infos = _hook_infos(choices, shapes, data, n, dtype)
     if not infos:
         raise InvalidParameterError(f"none of the hooks {', '.join(hooks or ['default'])} runs in this model")
+    auto_chunk = chunk is None
     chunk = _auto_chunk(infos, n) if chunk is None else min(int(chunk), n)  # a chunk never exceeds the dataset
     manifest = Manifest(
         model_spec=spec, model_config=model_info.config_dict(net),
@@ -166,16 +189,23 @@ def ingest(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreWriteError(f"cannot create the directory of --out {str(out)!r}: {e.strerror or e}") from None
-    with store_lock(out):  # before the path is inspected: never replace or create a store another ingest holds
-        manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet)
+    # before the path is inspected: never replace or create a store another ingest (or the same shard) holds
+    with writer_locks(out, shard) as creating:
+        with creating():
+            manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet, auto_chunk)
         t1 = time.perf_counter()
         names = token_names(getattr(task_obj, "vocab", None), getattr(net, "tokenizer", None),
                             data.extra.get("classes"), int(net.cfg.d_vocab), int(net.cfg.d_vocab_out))
-        loop = _Loop(out, manifest, net, data, dev, buffers, quiet=quiet, background=background, names=names)
+        loop = _Loop(out, manifest, net, source, data.slice(0, 1), dev, buffers, quiet=quiet, background=background,
+                     names=names, shard=shard, finishing=creating)
         done = loop.run()
     if stats is not None:
         stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, twin_s=loop.twin_s, examples=float(done),
                      bytes_written=float(loop.bytes_written))
+    if shard != (0, 1):  # the other shards may still be writing: no warning that the store is unfinished
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IncompleteStoreWarning)
+            return open_store(out)
     return open_store(out)
 
 
@@ -199,11 +229,16 @@ def _batch_tensors(data: TaskData, b0: int, b1: int, dev: torch.device) -> _Batc
 
 
 class _Loop:
-    """The forward loop of one ingest (resuming after the committed chunks)."""
+    """The forward loop of one ingest (writing the chunks of its shard that have no commit record)."""
 
-    def __init__(self, out: StorePath, manifest: Manifest, net: Any, data: TaskData, dev: torch.device,
-                 buffers: list[dict[str, torch.Tensor]], quiet: bool, background: bool, names: TokenNames) -> None:
-        self.out, self.manifest, self.net, self.data, self.dev = out, manifest, net, data, dev
+    def __init__(self, out: StorePath, manifest: Manifest, net: Any, source: Callable[[int, int], TaskData],
+                 probe: TaskData, dev: torch.device, buffers: list[dict[str, torch.Tensor]], quiet: bool,
+                 background: bool, names: TokenNames, shard: tuple[int, int] = (0, 1),
+                 finishing: Callable[[], Any] = contextlib.nullcontext) -> None:
+        self.out, self.manifest, self.net, self.dev = out, manifest, net, dev
+        self.source = source  # examples [start, stop), made as each chunk is reached
+        self.data = probe  # one example, for the meta columns a chunk makes
+        self.shard, self.finishing = shard, finishing
         self.names = names  # token strings of meta/topk
         self.quiet, self.background = quiet, background
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
@@ -215,21 +250,27 @@ class _Loop:
         self.bytes_written = 0
         self.twin_s = 0.0  # seconds in the twins' forward passes
         # run the twins' pass (see _match_committed_columns); a store without outputs needs no twin baselines
-        self.twin = data.corrupted_tokens is not None and manifest.outputs
+        self.twin = probe.corrupted_tokens is not None and manifest.outputs
         self.columns: dict[str, list[str]] | None = None  # the meta columns to write, when not all
 
     def run(self) -> int:
         """Compute and write every uncommitted chunk (the caller holds the store's lock); returns the
         number of examples written. A failed write leaves the committed chunks as they were."""
-        first = committed_prefix(self.out, len(self.ranges))
-        self._match_committed_columns(first)
+        n_chunks = len(self.ranges)
+        digests = store_digests(self.out)
+        todo = [k for k in shard_chunks(n_chunks, self.shard)
+                if not committed_ok(self.out, self.manifest, k, digests)]
+        self._match_committed_columns(committed_prefix(self.out, n_chunks))
         try:
-            self.writer.discard_uncommitted(first)
-            done = self._run(first)
-            self.writer.finish()
+            discard_chunks(self.out, self.manifest, todo)
+            done = self._run(todo)
+            with self.finishing():  # shards finishing together write the completion record one at a time
+                if all_committed(self.out, n_chunks):
+                    self.writer.finish()
             return done
-        except OSError as e:  # disk full, a filesystem gone read-only: the committed prefix stays valid
-            self.writer.discard_uncommitted(committed_prefix(self.out, len(self.ranges)), best_effort=True)
+        except OSError as e:  # disk full, a filesystem gone read-only: the committed chunks stay valid
+            with contextlib.suppress(OSError):
+                discard_chunks(self.out, self.manifest, [k for k in todo if not commit_path(self.out, k).exists()])
             raise StoreWriteError(f"writing store {str(self.out)!r} failed: {e.strerror or e}; the chunks "
                                   "committed so far are kept, rerun the same ingest to resume") from None
         finally:
@@ -261,15 +302,17 @@ class _Loop:
             self.columns = stored
             self.twin = self.twin and "corrupted_correct_logit" in stored.get("outputs", [])
 
-    def _run(self, first: int) -> int:
-        if first == len(self.ranges):
+    def _run(self, todo: list[int]) -> int:
+        if not todo:
             return 0
         m = self.manifest
         sink = Sink(non_blocking=self.pinned)
         arch = Arch.from_config(m.model_config)
         fwd = [] if arch.causal else bidirectional_mask_hooks(sink, arch.n_layers)
         fwd += capture_hooks(sink, [(h.name, h.positions, _source_dims(h)) for h in m.hooks])
-        bar = _progress(m.n, self.ranges[first][0], self.quiet)
+        mine = shard_chunks(len(self.ranges), self.shard)
+        total = sum(self.ranges[k][1] - self.ranges[k][0] for k in mine)
+        bar = _progress(total, total - sum(self.ranges[k][1] - self.ranges[k][0] for k in todo), self.quiet)
         # the bar's MB/s: activation bytes (stored dtype, before compression) captured per second
         example_bytes = sum(int(np.prod(h.shape[1:])) for h in m.hooks) * np.dtype(m.dtype).itemsize
         done = 0
@@ -279,13 +322,14 @@ class _Loop:
         try:
             with BackgroundWriter(self._write, depth=WRITE_QUEUE_DEPTH, threaded=self.background) as writer, \
                     torch.inference_mode(), self.net.hooks(fwd_hooks=fwd):
-                for k in range(first, len(self.ranges)):
+                for k in todo:
                     start, stop = self.ranges[k]
+                    data = self._chunk_data(start, stop)
                     bufs = self.free.get()
                     outs = []
                     for b0 in range(start, stop, m.batch):
                         b1 = min(b0 + m.batch, stop)
-                        outs.append(self._forward(sink, bufs, start, b0, b1))
+                        outs.append(self._forward(sink, bufs, data, start, b0, b1))
                         bar.update(b1 - b0)
                         done += b1 - b0
                         elapsed = time.perf_counter() - started
@@ -294,15 +338,34 @@ class _Loop:
                     if self.pinned:
                         torch.cuda.synchronize(self.dev)
                     merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
-                    writer.submit((k, bufs, merged))
+                    writer.submit((k, bufs, merged, data))
         finally:
             bar.close()
-        return m.n - self.ranges[first][0]
+        return done
 
-    def _forward(self, sink: Sink, bufs: dict[str, torch.Tensor], start: int, b0: int,
+    def _chunk_data(self, start: int, stop: int) -> TaskData:
+        """Examples [start, stop), checked against the model and padded to the store's width."""
+        data = self.source(start, stop)
+        _check_fits(data, self.net.cfg)
+        width = int(data.tokens.shape[1])
+        if width != self.manifest.width:  # a task whose width follows its examples (one with only `generate`)
+            if width > self.manifest.width:
+                raise InvalidParameterError(
+                    f"task {data.task}: examples {start}..{stop - 1} are {width} tokens wide, wider than the store's "
+                    f"{self.manifest.width}; give the task a fixed width (as the built-in tasks have)")
+            pad = ((0, 0), (0, self.manifest.width - width))
+            data = dataclasses.replace(
+                data, tokens=np.pad(data.tokens, pad, constant_values=data.pad_id),
+                roles=np.pad(data.roles, pad, constant_values=""),
+                corrupted_tokens=None if data.corrupted_tokens is None else
+                np.pad(data.corrupted_tokens, pad, constant_values=data.pad_id))
+        return data
+
+    def _forward(self, sink: Sink, bufs: dict[str, torch.Tensor], data: TaskData, start: int, b0: int,
                  b1: int) -> dict[str, np.ndarray]:
-        """Run examples [b0, b1) (inside the chunk starting at `start`); returns their answer outputs."""
-        t = _batch_tensors(self.data, b0, b1, self.dev)
+        """Run examples [b0, b1) (inside the chunk starting at `start`, whose examples are `data`); returns their
+        answer outputs."""
+        t = _batch_tensors(data, b0 - start, b1 - start, self.dev)
         mask = attention_mask(t.lengths, self.manifest.width)
         sink.target = {name: buf[b0 - start:b1 - start] for name, buf in bufs.items()}
         sink.answer_pos, sink.key_mask = t.answer_pos, mask.bool()
@@ -333,10 +396,9 @@ class _Loop:
         self.twin_s += time.perf_counter() - started  # answer_outputs copied to the host: the pass is done
         return {f"corrupted_{k}": twin[k] for k in TWIN_OUTPUTS if k in twin}
 
-    def _write(self, item: tuple[int, dict[str, torch.Tensor], dict[str, np.ndarray]]) -> None:
-        k, bufs, outs = item
+    def _write(self, item: tuple[int, dict[str, torch.Tensor], dict[str, np.ndarray], TaskData]) -> None:
+        k, bufs, outs, part = item
         start, stop = self.ranges[k]
-        part = self.data.slice(start, stop)
         meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start)}
         if "outputs" in meta_tables(self.manifest):
             meta["outputs"] = outputs_frame(part, start, outs)
@@ -383,7 +445,8 @@ def _source_dims(h: HookInfo) -> tuple[str, ...]:
                  for d in h.dims)
 
 
-def _hook_infos(choices: list, shapes: dict[str, tuple[int, ...]], data: TaskData, dtype: str) -> list[HookInfo]:
+def _hook_infos(choices: list, shapes: dict[str, tuple[int, ...]], data: TaskData, n: int,
+                dtype: str) -> list[HookInfo]:
     infos = []
     for c in choices:
         shape = shapes.get(c.name)
@@ -392,7 +455,7 @@ def _hook_infos(choices: list, shapes: dict[str, tuple[int, ...]], data: TaskDat
         if shape is None:
             raise InvalidParameterError(f"hook {c.name!r} did not fire in a forward pass; it cannot be stored")
         dims = hook_dims(c.name, 1 + len(shape))
-        full = [len(data), *shape]
+        full = [n, *shape]
         if c.positions == "answer":
             axis = pos_axis(dims)
             if full[axis] != data.tokens.shape[1]:
@@ -478,11 +541,16 @@ def _resume_differences(old: Manifest, new: Manifest) -> list[str]:
 
 
 def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
-                 params: Callable[[], dict[str, np.ndarray]], quiet: bool = False) -> Manifest:
-    """Create the store, or return the stored manifest of the same run to resume it (lock held)."""
+                 params: Callable[[], dict[str, np.ndarray]], quiet: bool = False,
+                 auto_chunk: bool = False) -> Manifest:
+    """Create the store, or return the stored manifest of the same run to resume (or grow) it (lock held)."""
     _remove_leftovers(out)
     if out.exists():
         if is_store(out):
+            if not overwrite:
+                grown = _grow(out, manifest, auto_chunk)
+                if grown is not None:
+                    return grown
             try:
                 old = read_manifest(out)
                 diffs = _resume_differences(old, manifest)
@@ -508,6 +576,29 @@ def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
             raise StoreExistsError(f"{out} exists and is not an actstore store; choose another --out")
     create_store(out, manifest, params())
     return manifest
+
+
+def _grow(out: StorePath, manifest: Manifest, auto_chunk: bool) -> Manifest | None:
+    """The grown manifest where `out` holds this run with another n (or a growth to finish: see
+    actstore.ingest.grow); None where it holds no such store (then the caller resumes or refuses)."""
+    if isinstance(out, RemotePath):
+        return None  # a remote store is not grown: refused as another run
+    try:
+        old = read_manifest(out)
+    except StoreFormatError:
+        return None
+    if growth_differences(old, manifest, auto_chunk):
+        return None
+    if read_intent(out) is not None:
+        return finish_growth(out, manifest.n)
+    if old.n == manifest.n:
+        return None
+    try:
+        Store(out, old)  # its records agree with the manifest: safe to grow
+    except StoreCorruptError as e:
+        raise StoreExistsError(f"{out} holds a store this ingest cannot grow ({e}); pass --overwrite to replace "
+                               "it or choose another --out") from None
+    return grow_store(out, old, manifest.n)
 
 
 def _remove_store(out: StorePath) -> None:

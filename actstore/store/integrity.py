@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from actstore.store.layout import ACTS, COMMITS, PARAMS, chunk_ranges, commit_pa
 from actstore.store.manifest import Manifest
 
 STORE_RECORD = "store.json"
+GROW_RECORD = "grow.json"  # the intent of a growth in progress (actstore.ingest.grow): the store is refused meanwhile
 COMPLETE_RECORD = "complete.json"
 
 
@@ -60,14 +61,22 @@ def weights_sha256(weights: Iterable[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
-def write_store_record(root: Path, manifest: Manifest) -> None:
-    """Record the manifest digest and every metadata document and weight chunk under `root`."""
+def write_store_record(root: Path, manifest: Manifest, previous: list[str] | None = None,
+                       known: Mapping[str, list[Any]] | None = None) -> None:
+    """Record the manifest digest and every metadata document and weight chunk under `root`; `previous`:
+    the sha256 of every earlier store record of a grown store (its older commit records name one of them);
+    `known`: the [size, sha256(, tail)] of weight chunks already hashed and on disk (from the weight
+    cache), by path relative to `root`, used instead of reading them again."""
     metadata = {str(p.relative_to(root)): file_digest(p)[1]
                 for sub in (ACTS, PARAMS) for p in sorted((root / sub).rglob("zarr.json"))}
     tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
-    params = {str(p.relative_to(root)): file_digest(p, fsync=True, tail=tail)
-              for p in sorted((root / PARAMS).rglob("*")) if p.is_file() and p.name != "zarr.json"}
-    record = {"manifest_sha256": manifest_digest(manifest), "metadata": metadata, "params": params}
+    known = known or {}
+    params = {rel: list(known[rel]) if rel in known else file_digest(p, fsync=True, tail=tail)
+              for p in sorted((root / PARAMS).rglob("*")) if p.is_file() and p.name != "zarr.json"
+              for rel in (str(p.relative_to(root)),)}
+    record: dict[str, Any] = {"manifest_sha256": manifest_digest(manifest), "metadata": metadata, "params": params}
+    if previous:
+        record["previous"] = list(previous)
     (root / COMMITS).mkdir(exist_ok=True)
     atomic_write_bytes(root / COMMITS / STORE_RECORD, _dump(record))
 
@@ -108,9 +117,12 @@ class Ledger:
             problems.append(what)
 
         path = root / COMMITS / STORE_RECORD
+        if (root / COMMITS / GROW_RECORD).exists():
+            bad(f"its ingest was growing it ({COMMITS}/{GROW_RECORD}) when it stopped; rerun that ingest to finish")
         metadata: dict[str, str] = {}
         params: dict[str, list[Any]] = {}
         store_sha = ""
+        earlier: set[str] = set()
         try:
             raw = read_file(path)
         except StoreCorruptError:
@@ -125,6 +137,7 @@ class Ledger:
                 metadata = {str(k): str(v) for k, v in dict(rec["metadata"]).items()}
                 params = {str(k): [int(v[0]), *(str(x) for x in v[1:3])] for k, v in dict(rec["params"]).items()}
                 recorded_manifest = str(rec["manifest_sha256"])
+                earlier = {str(d) for d in rec.get("previous", [])}  # store records before growths
                 store_sha = bytes_digest(raw)
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 bad(f"its store record {COMMITS}/{STORE_RECORD} is unreadable ({_short(e)})")
@@ -155,7 +168,7 @@ class Ledger:
                 bad(f"commit record {COMMITS}/{k:05d}.json describes chunk {record.chunk} "
                     f"[{record.start}, {record.stop}), not chunk {k} {list(ranges[k])}")
                 break
-            if store_sha and record.store != store_sha:
+            if store_sha and record.store != store_sha and record.store not in earlier:
                 bad(f"commit record {COMMITS}/{k:05d}.json belongs to another store record "
                     "(the manifest, weights or array metadata were replaced)")
             commits.append(record)

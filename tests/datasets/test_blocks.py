@@ -67,6 +67,19 @@ def test_generate_range_of_a_task_with_only_generate() -> None:
     same(generate_range(OnlyGenerate(), 10, 30, 2), inner.generate(30, 2).slice(10, 30))
 
 
+def test_generate_range_of_a_subclass_that_overrides_generate() -> None:
+    """A subclass of a block task that edits generate's examples gets its own examples from ranges too."""
+    from actstore.datasets.addition import Addition
+
+    class Shifted(Addition):
+        def generate(self, n: int, seed: int, tokenizer: object = None) -> TaskData:
+            data = super().generate(n, seed, tokenizer)
+            return TaskData(**{**data.__dict__, "answer_tokens": 9 - data.answer_tokens})
+
+    got = generate_range(Shifted(), 5, 9, 1)
+    np.testing.assert_array_equal(got.answer_tokens, 9 - get_task("addition").generate(9, 1).answer_tokens[5:9])
+
+
 @pytest.mark.parametrize("start, stop, message", [(-1, 5, "start must be a non-negative integer"),
                                                    (5, 5, "stop must be an integer above start=5"),
                                                    (0, 2_000_001, "n must be at most")])

@@ -1,0 +1,168 @@
+"""Sharded ingest: several processes write disjoint chunks of one store.
+
+Shard i of N (`--shard i/N`, 0 <= i < N) owns the chunks k with k % N == i, so every shard gets
+about the same work however far the store has got, and a shard never waits for another. Locks
+(local stores), all `flock` on sibling files of the store:
+- `.STORE.lock`: a plain ingest holds it exclusively (as before); every shard holds it shared, so
+  shards of one store run together while a plain ingest and a shard refuse each other;
+- `.STORE.shard-i-of-N.lock`: held exclusively by shard i, so two processes of one shard refuse
+  each other;
+- `.STORE.create.lock`: held while a shard creates or checks the store (the first shard to arrive
+  creates it; the others wait, then find it and reuse it).
+
+A chunk counts once its commit record exists, whichever process wrote it; the completion record is
+written by whichever process sees every chunk committed at its end (or by a final plain rerun).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ContextManager
+
+from actstore.errors import InvalidParameterError, StoreCorruptError, StoreLockedError, StoreWriteError
+from actstore.store.commits import read_commit, read_file
+from actstore.store.fs import StorePath
+from actstore.store.integrity import COMPLETE_RECORD, STORE_RECORD
+from actstore.store.layout import COMMITS, chunk_file, chunk_ranges, commit_path, meta_tables, part_path
+from actstore.store.lock import store_lock
+from actstore.store.manifest import Manifest
+
+_SHARD = re.compile(r"(\d+)/(\d+)")
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """(i, N) from 'i/N' or a pair; (0, 1) for None (the whole store); InvalidParameterError otherwise."""
+    if shard is None:
+        return 0, 1
+    if isinstance(shard, str):
+        m = _SHARD.fullmatch(shard.strip())
+        if m is None:
+            raise InvalidParameterError(f"--shard must be I/N (shard I of N, 0 <= I < N), got {shard!r}")
+        i, n = int(m.group(1)), int(m.group(2))
+    else:
+        i, n = shard
+    if isinstance(i, bool) or isinstance(n, bool) or not (isinstance(i, int) and isinstance(n, int)) \
+            or not 0 <= i < n:
+        raise InvalidParameterError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
+    return i, n
+
+
+def shard_chunks(n_chunks: int, shard: tuple[int, int]) -> list[int]:
+    """The chunks shard (i, N) owns: k % N == i."""
+    i, n = shard
+    return list(range(i, n_chunks, n))
+
+
+def committed_ok(root: StorePath, manifest: Manifest, k: int, store_digests: set[str]) -> bool:
+    """Whether chunk k has a commit record of this store (its range, a current or earlier store record)."""
+    try:
+        record = read_commit(root, k)
+    except (StoreCorruptError, OSError):  # an unreadable record is redone
+        return False
+    ranges = chunk_ranges(manifest.n, manifest.chunk)
+    return (record is not None and (record.chunk, record.start, record.stop) == (k, *ranges[k])
+            and record.store in store_digests)
+
+
+def store_digests(root: StorePath) -> set[str]:
+    """sha256 of the store record and of every earlier one (a grown store): what commit records may name."""
+    raw = read_file(root / COMMITS / STORE_RECORD)
+    if raw is None:
+        return set()
+    try:
+        previous = {str(d) for d in json.loads(raw).get("previous", [])}
+    except (ValueError, AttributeError):
+        previous = set()
+    return {hashlib.sha256(raw).hexdigest(), *previous}
+
+
+def all_committed(root: StorePath, n_chunks: int) -> bool:
+    return all(commit_path(root, k).exists() for k in range(n_chunks))
+
+
+def discard_chunks(root: StorePath, manifest: Manifest, chunks: list[int]) -> None:
+    """Remove every file of `chunks` (left by a crash or a stale record), so they are rewritten whole;
+    and the completion record, if any chunk is to be rewritten."""
+    if not chunks:
+        return
+    (root / COMMITS / COMPLETE_RECORD).unlink(missing_ok=True)
+    for k in chunks:
+        commit_path(root, k).unlink(missing_ok=True)
+        for h in manifest.hooks:
+            chunk_file(root, h.name, k, len(h.shape)).unlink(missing_ok=True)
+        for table in meta_tables(manifest):
+            part_path(root, table, k).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writer_locks(out: Any, shard: tuple[int, int]) -> Iterator[Callable[[], ContextManager[None]]]:
+    """Hold what a writer of shard `shard` holds for its whole run; yields the lock to take while
+    creating or checking the store. A plain ingest (shard (0, 1)) holds the store lock alone."""
+    if shard == (0, 1):
+        with store_lock(out):
+            yield contextlib.nullcontext
+        return
+    if not isinstance(out, Path):
+        raise InvalidParameterError(f"--shard writes a local store; {out} is remote (ingest it unsharded)")
+    out = out.absolute()
+    i, n = shard
+    base = out.parent / f".{out.name}"
+    with _flock(Path(f"{base}.lock"), out, shared=True), \
+            _flock(Path(f"{base}.shard-{i}-of-{n}.lock"), out, shared=False, what=f"shard {i}/{n} of"):
+        yield lambda: _flock(Path(f"{base}.create.lock"), out, shared=False, wait=True)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, store: Path, shared: bool, wait: bool = False, what: str = "") -> Iterator[None]:
+    """flock `path` (created if absent); removed on release unless another process still holds it."""
+    fd = _acquire(path, store, shared, wait, what)
+    try:
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else holds it: safe to remove
+            path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _acquire(path: Path, store: Path, shared: bool, wait: bool, what: str) -> int:
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    for attempt in range(50):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreWriteError(f"cannot write the store at {str(store)!r}: its lock file {path.name} cannot be "
+                                  f"made ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            os.close(fd)
+            if shared and attempt < 3:  # a shard releasing its shared lock holds it exclusively for a moment
+                time.sleep(0.05)
+                continue
+            holder = f"another process writes {what} {str(store)!r}" if what else \
+                f"another ingest is writing {str(store)!r}"
+            raise StoreLockedError(f"{holder}; wait for it to finish or choose another output path") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # removed by its last holder as we opened it: lock the new one
+    raise StoreLockedError(f"cannot lock {path.name} beside {str(store)!r}; retry")
+
+
+__all__ = ["all_committed", "committed_ok", "discard_chunks", "parse_shard", "shard_chunks", "store_digests",
+           "writer_locks"]
