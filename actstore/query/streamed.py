@@ -4,8 +4,8 @@
 cache when it holds the table, else computed, locally filling the cache as the chunks pass (a
 table is cached only once every chunk went through; on a cluster nothing is cached, the rows are
 computed on the workers). `summary(...)` gives `breakdown`'s statistics from per-chunk partials
-(summary.py): from the cached rows cut back into the store's chunks, or computed (locally or on
-a cluster). Either way memory holds one chunk's rows, and the numbers are the same bit for bit.
+(summary.py), computed locally or on a cluster: memory holds one chunk's rows, and the numbers
+are the same bit for bit either way.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,7 +26,7 @@ from actstore.query.dla import DlaPlan, dla_plan
 from actstore.query.executor import Job
 from actstore.query.logit_lens import LensPlan, lens_plan
 from actstore.query.summary import GroupSpec, summarise
-from actstore.store.cache import read_checked, write_checked
+from actstore.store.cache import read_checked, record_path, write_checked
 from actstore.store.reader import Store
 
 TABLES = ("dla", "logit_lens")
@@ -65,12 +64,16 @@ def rows(store: Store, table: str, params: Mapping[str, Any] | None = None,
 
 def summary(store: Store, table: str, params: Mapping[str, Any] | None, spec: GroupSpec,
             client: Any = None) -> pl.DataFrame:
-    """`breakdown`'s statistics of the table per `spec`, from per-chunk partials (never the whole table)."""
+    """`breakdown`'s statistics of the table per `spec`, from per-chunk partials (never the whole table).
+
+    Always computed from the store (locally, filling the derived/ cache if it lacks the table, or on
+    `client`): reading a cached table back costs about what recomputing it does, and more memory.
+    """
     job, plan = plan_for(store, table, params)
     if client is None:
         path = derived.cache_path(store, table, derived.params_for(table, params))
-        data = read_checked(path)
-        plan = _Cached(plan, data) if data is not None else _Filling(plan, path)
+        if not (path.is_file() and record_path(path).is_file()):  # (a bad one is found, and redone, when read)
+            plan = _Filling(plan, path)
     return summarise(store, job, spec, client, plan)
 
 
@@ -80,51 +83,20 @@ def cached_frames(data: bytes) -> Iterator[pl.DataFrame]:
         yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
 
 
-def by_chunk(frames: Iterator[pl.DataFrame], ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
-    """Rows in example order cut into one table per chunk of `ranges` (chunks without rows left out)."""
-    stops = np.asarray([stop for _, stop in ranges], dtype=np.int64)
-    held: list[pl.DataFrame] = []
-    k = 0
-    for frame in frames:
-        while frame.height:
-            ids = frame.get_column("example_id").to_numpy()
-            while k < stops.size and ids[0] >= stops[k]:  # this frame starts in a later chunk
-                if held:
-                    yield pl.concat(held)
-                    held = []
-                k += 1
-            cut = int(np.searchsorted(ids, stops[k], side="left")) if k < stops.size else frame.height
-            held.append(frame.slice(0, cut))
-            frame = frame.slice(cut)
-    if held:
-        yield pl.concat(held)
+class _Filling:
+    """A plan whose computed chunk rows also go to the derived/ cache as they pass."""
 
-
-class _Cached:
-    """A plan whose chunk rows come from its cached table instead of being computed."""
-
-    def __init__(self, plan: Any, data: bytes) -> None:
-        self.plan, self.data = plan, data
+    def __init__(self, plan: Any, path: Path) -> None:
+        self.plan, self.path = plan, path
 
     def ranges(self) -> list[tuple[int, int]]:
         return self.plan.ranges()
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
-        return by_chunk(cached_frames(self.data), ranges)
+        return _filling(self.path, self.plan.partials(ranges), self.plan.empty())
 
     def empty(self) -> pl.DataFrame:
         return self.plan.empty()
-
-
-class _Filling(_Cached):
-    """A plan whose computed chunk rows also go to the derived/ cache as they pass."""
-
-    def __init__(self, plan: Any, path: Path) -> None:
-        super().__init__(plan, b"")
-        self.path = path
-
-    def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
-        return _filling(self.path, self.plan.partials(ranges), self.plan.empty())
 
 
 def _filling(path: Path, frames: Iterator[pl.DataFrame], empty: pl.DataFrame) -> Iterator[pl.DataFrame]:
@@ -172,4 +144,4 @@ def _write(writer: pq.ParquetWriter | None, tmp: Path, frame: pl.DataFrame) -> p
     return writer
 
 
-__all__ = ["by_chunk", "cached_frames", "plan_for", "rows", "summary"]
+__all__ = ["cached_frames", "plan_for", "rows", "summary"]

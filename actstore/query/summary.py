@@ -2,9 +2,9 @@
 
 Each chunk's rows reduce to a `GroupStats` partial (per group: n, mean and m2, the sum of squared
 deviations from the group's mean in that chunk), computed with sequential sums (np.bincount) so
-that the same rows give the same bits on any machine; `GroupStats.combine` folds the partials in
-chunk order with Chan et al.'s parallel update. Memory holds one chunk's rows and one partial per
-chunk (a few numbers per group), never the per-example table, whatever the store's size.
+that the same rows give the same bits on any machine; `GroupStats.fold` merges the partials one by
+one in chunk order with Chan et al.'s parallel update. Memory holds one chunk's rows and one total per
+group (a few numbers each), never the per-example table, whatever the store's size.
 
 Groups come out in the order of their first row (as Polars' group_by(maintain_order=True) orders
 them on the whole table), then `finish` sorts by the label columns, as `breakdown` does.
@@ -66,7 +66,8 @@ class GroupStats:
     @classmethod
     def of(cls, table: pl.DataFrame, columns: Sequence[str], value: str) -> "GroupStats":
         """The statistics of `value` in `table` per group of `columns` (rows with a null value skipped)."""
-        table = table.filter(pl.col(value).is_not_null())
+        if table.get_column(value).null_count():
+            table = table.filter(pl.col(value).is_not_null())
         keys, inverse = group_index(table.select(columns))
         x = table.get_column(value).cast(pl.Float64).to_numpy()
         n = np.bincount(inverse, minlength=keys.height)
@@ -86,6 +87,14 @@ class GroupStats:
         grand = np.bincount(inverse, n * mean, minlength=keys.height) / total
         m2_all = np.bincount(inverse, m2 + n * (mean - grand[inverse]) ** 2, minlength=keys.height)
         return cls(keys, total.astype(np.int64), grand, m2_all)
+
+    @classmethod
+    def fold(cls, parts: Iterable["GroupStats"]) -> "GroupStats | None":
+        """`combine` one partial at a time, in the order given: memory holds one partial per group."""
+        total: GroupStats | None = None
+        for part in parts:
+            total = part if total is None else cls.combine([total, part])
+        return total
 
     def frame(self) -> pl.DataFrame:
         """keys..., mean, std (ddof 1, null where n < 2), n, ci_low, ci_high (95% Student t)."""
@@ -162,7 +171,7 @@ def summarise(store: Store, inner: Job, spec: GroupSpec, client: Any = None, pla
     `client`), as `breakdown` gives them: by..., keys..., mean, std, n, ci_low, ci_high."""
     summary = SummaryPlan(store, inner, spec, plan)
     parts = run(Job(summary_plan, {"inner": inner, "spec": spec}), store, client, summary)
-    return finish(GroupStats.combine(parts), spec, summary.empty_keys)
+    return finish(GroupStats.fold(parts), spec, summary.empty_keys)
 
 
 def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:

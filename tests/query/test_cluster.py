@@ -83,18 +83,18 @@ def test_dla_mean_and_breakdown_stream_identically_and_match_the_whole_table(sto
         summarise(store, Job(dla_plan, {}), GroupSpec(by=("nosuch",)))
 
 
-def test_summary_from_the_derived_cache_is_identical_to_a_fresh_and_a_cluster_run(store, client):
+def test_summary_filling_the_cache_is_identical_to_a_cluster_run_and_rows_come_back_from_it(store, client):
     params = {"level": "layer"}
     spec = GroupSpec(by=("carry_2",))
     for f in store.derived_dir.glob("dla-level=layer-*"):
         f.unlink()
-    fresh = streamed.summary(store, "dla", params, spec)  # computes and fills the cache
+    filling = streamed.summary(store, "dla", params, spec)  # computes and fills the cache on the way
     assert list(store.derived_dir.glob("dla-level=layer-target=correct-*.parquet"))
-    from_cache = streamed.summary(store, "dla", params, spec)
-    on_cluster = streamed.summary(store, "dla", params, spec, client)
-    same(fresh, from_cache)
-    same(fresh, on_cluster)
-    frames, _ = streamed.rows(store, "dla", params)
+    same(filling, streamed.summary(store, "dla", params, spec))
+    same(filling, streamed.summary(store, "dla", params, spec, client))
+    frames, _ = streamed.rows(store, "dla", params)  # from the cache
+    same(pl.concat(list(frames)), dla(store, level="layer"))
+    frames, _ = streamed.rows(store, "dla", params, client)
     same(pl.concat(list(frames)), dla(store, level="layer"))
 
 
@@ -134,13 +134,6 @@ def test_group_stats_combine_in_parts_equals_one_pass():
     np.testing.assert_allclose(parts.m2, whole.m2, rtol=1e-10)
     want = table.group_by("g", maintain_order=True).agg(pl.col("value").var(), pl.len())
     np.testing.assert_allclose(parts.m2 / (parts.n - 1), want["value"], rtol=1e-10)
-
-
-def test_by_chunk_cuts_rows_at_chunk_boundaries():
-    frames = [pl.DataFrame({"example_id": [0, 0, 1, 2]}), pl.DataFrame({"example_id": [2, 3, 5]}),
-              pl.DataFrame({"example_id": [6, 7]})]
-    got = [f["example_id"].to_list() for f in streamed.by_chunk(iter(frames), [(0, 2), (2, 4), (4, 6), (6, 8)])]
-    assert got == [[0, 0, 1], [2, 2, 3], [5], [6, 7]]
 
 
 def cli_csv(capsys, argv: list[str]) -> str:

@@ -71,3 +71,60 @@ def test_dla_over_a_store_larger_than_the_cap(tmp_path):
     print(f"store {size_mb:.0f} MB, imports {got['base_mb']:.0f} MB, dla adds {added:.0f} MB (cap {CAP_MB} MB)")
     assert got["rows"] == N * store.n_answers * (2 + 2 * (4 + 1 + 1))
     assert added < CAP_MB
+
+
+STREAM_SCRIPT = r"""
+import json, sys
+import actstore
+from actstore.query import streamed
+from actstore.query.summary import GroupSpec
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+store = actstore.open_store(sys.argv[1])
+store.examples  # the meta tables every query reads, before the baseline
+base = hwm()
+params = {"level": "neuron"}
+if sys.argv[2] == "mean":
+    table = streamed.summary(store, "dla", params, GroupSpec(by=("carry_2",)))
+    rows = int(table["n"].sum())
+else:
+    frames, _ = streamed.rows(store, "dla", params)
+    rows = sum(f.height for f in frames)
+print(json.dumps({"base_mb": base, "peak_mb": hwm(), "rows": rows}))
+"""
+
+
+def stream_peak(path, mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(path), mode], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_summaries_and_row_streams_hold_one_chunk_not_the_table(tmp_path):
+    """A neuron-level dla of 2000 examples is ~8M rows (~470 MB as a table); its carry split and its
+    rows streamed into the derived/ cache each add well under half of that (one 50-example chunk)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(
+            n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=512, n_ctx=16, d_vocab=12, act_fn="relu",
+            normalization_type="LN", seed=0, device="cpu"))
+    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    torch.set_num_threads(1)
+    n = 2000
+    store = actstore.ingest("addition", model, n, 0, tmp_path / "s", hooks=["z", "post", "scale"], dtype="float32",
+                            chunk=50, batch=250, quiet=True)
+    rows = n * store.n_answers * (2 + 2 * (2 + 1 + 512 + 1))
+    table_mb = rows * 60 / 2**20  # ~60 bytes a row in memory (ids, strings, layer, head, neuron, value)
+    for mode in ("mean", "rows", "mean"):  # computed (filling the cache), rows from the cache, computed again
+        got = stream_peak(tmp_path / "s", mode)
+        added = got["peak_mb"] - got["base_mb"]
+        print(f"{mode}: {rows} rows (~{table_mb:.0f} MB as a table), streaming adds {added:.0f} MB")
+        assert got["rows"] == rows
+        assert added < table_mb / 2, (mode, added, table_mb)
+    assert list((tmp_path / "s" / "derived").glob("dla-level=neuron-*.parquet"))  # the rows filled the cache
