@@ -65,10 +65,10 @@ class Job:
         return hashlib.sha256(raw).hexdigest()
 
 
-def store_address(store: Store) -> str:
-    """Where a worker opens `store`: its URL where it has one, else its path."""
-    url = getattr(store, "url", None)
-    return str(url) if url else str(store.path)
+def store_address(store: Store) -> Any:
+    """Where a worker opens `store`: its path (a local Path, or a RemotePath that pickles as its URL
+    and storage options)."""
+    return store.path
 
 
 def store_fingerprint(store: Store) -> str:
@@ -117,13 +117,13 @@ def worker_count(client: Any) -> int:
 
 # --- on a worker ------------------------------------------------------------------------------
 
-_PLANS: OrderedDict[tuple[str, str], tuple[Store, ChunkPlan]] = OrderedDict()
+_PLANS: OrderedDict[tuple[str, str], tuple[Store, ChunkPlan]] = OrderedDict()  # by (address, job token)
 _PLAN_CACHE = 2  # plans kept per worker process (a plan holds a store's per-example arrays)
 
 
-def run_batch(address: str, fingerprint: str, job: Job, token: str, batch: Sequence[Range]) -> list[Any]:
+def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Sequence[Range]) -> list[Any]:
     """Worker side: the partials of `batch`'s chunks, from the store at `address` (opened here)."""
-    key = (address, token)
+    key = (str(address), token)
     cached = _PLANS.get(key)
     if cached is None:
         from actstore.store.open import open_store  # noqa: PLC0415 (the store layer opens lazily on workers)

@@ -10,7 +10,8 @@ are the same bit for bit either way.
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from actstore.query.executor import Job
 from actstore.query.logit_lens import LensPlan, lens_plan
 from actstore.query.summary import GroupSpec, summarise
 from actstore.store.cache import read_checked, record_path, write_checked
+from actstore.store.fs import StorePath
 from actstore.store.reader import Store
 
 TABLES = ("dla", "logit_lens")
@@ -86,7 +88,7 @@ def cached_frames(data: bytes) -> Iterator[pl.DataFrame]:
 class _Filling:
     """A plan whose computed chunk rows also go to the derived/ cache as they pass."""
 
-    def __init__(self, plan: Any, path: Path) -> None:
+    def __init__(self, plan: Any, path: StorePath) -> None:
         self.plan, self.path = plan, path
 
     def ranges(self) -> list[tuple[int, int]]:
@@ -99,17 +101,22 @@ class _Filling:
         return self.plan.empty()
 
 
-def _filling(path: Path, frames: Iterator[pl.DataFrame], empty: pl.DataFrame) -> Iterator[pl.DataFrame]:
+def _filling(path: StorePath, frames: Iterator[pl.DataFrame], empty: pl.DataFrame) -> Iterator[pl.DataFrame]:
     """`frames` passed through, written to the cache file `path` on the way; the file is recorded
     (store/cache.py) only if every frame went through. A cache that cannot be written (read-only
-    store, full disk) is given up silently: the rows still flow, nothing is left behind."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    store, full disk) is given up silently: the rows still flow, nothing is left behind. The rows
+    of a remote store's table go to a local temporary file first, uploaded once complete."""
+    folder = path.parent if isinstance(path, Path) else Path(tempfile.gettempdir())
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.part"
     writer: pq.ParquetWriter | None = None
     ok = True
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         ok = False
+
+    def place(target: Path) -> None:
+        shutil.move(tmp, target)
     try:
         for frame in frames:
             if ok:
@@ -123,7 +130,7 @@ def _filling(path: Path, frames: Iterator[pl.DataFrame], empty: pl.DataFrame) ->
                 writer = _write(writer, tmp, empty) if writer is None else writer
                 writer.close()
                 writer = None
-                write_checked(path, lambda target: os.replace(tmp, target))
+                write_checked(path, place)
             except OSError as e:
                 if isinstance(e, ActstoreError):
                     raise

@@ -98,14 +98,14 @@ class HookArray:
         return _reopen, (_address(self.store), self.name, self.shape[0])
 
 
-def _reopen(address: str, name: str, n_examples: int) -> HookArray:
-    store = _OPEN.get(address)
+def _reopen(address: Any, name: str, n_examples: int) -> HookArray:
+    store = _OPEN.get(str(address))
     if store is None or store.n_examples < n_examples:
         from actstore.store.open import open_store  # noqa: PLC0415 (open.py imports this package's reader)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            store = _OPEN[address] = open_store(address)
+            store = _OPEN[str(address)] = open_store(address)
     if store.n_examples < n_examples:
         raise StoreCorruptError(f"store {address} holds {store.n_examples} committed examples here, fewer than the "
                                 f"{n_examples} of the Dataset; rerun")
@@ -114,9 +114,8 @@ def _reopen(address: str, name: str, n_examples: int) -> HookArray:
     return out
 
 
-def _address(store: Store) -> str:
-    url = getattr(store, "url", None)
-    return str(url) if url else str(store.path)
+def _address(store: Store) -> Any:
+    return store.path  # a Path, or a RemotePath that pickles with its storage options
 
 
 def _token(store: Store) -> str:
