@@ -22,7 +22,7 @@ from actstore.errors import MODELS_EXTRA, ActstoreError, needs_models_extra
 
 # modules under actstore.cli that register commands, in help order
 COMMAND_MODULES = ["dataset", "models", "ingest", "inspect", "sql", "dla", "attention", "neurons", "probe", "compare",
-                   "weights", "directions", "interventions", "charts"]
+                   "weights", "directions", "interventions", "charts", "unlock"]
 
 
 def build_parser() -> argparse.ArgumentParser:

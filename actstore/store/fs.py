@@ -255,13 +255,11 @@ def store_path(path: "str | os.PathLike[str] | RemotePath", what: str = "store",
         raise InvalidParameterError(f"{what} path {text!r} is not valid UTF-8; rename it or choose "
                                     "another") from None
     parts = split_url(text) if isinstance(path, str) else None
-    if parts is None:
-        return Path(path)
-    proto, rest = parts
+    proto, rest = parts if parts is not None else ("file", text)
     if proto in LOCAL_PROTOCOLS:
         if storage_options:
             raise InvalidParameterError(f"{what} {text!r} is local: storage_options apply to remote URLs only")
-        return Path(rest)
+        return Path(path) if parts is None else Path(rest)
     if not rest.strip("/"):
         raise InvalidParameterError(f"{what} URL {text!r} names no bucket or prefix; e.g. {proto}://bucket/store")
     return RemotePath(*_filesystem(proto, text, storage_options), storage_options)
@@ -314,4 +312,5 @@ def _first(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-__all__ = ["RemotePath", "StorePath", "is_remote", "store_path", "relative", "children", "zarr_store", "arrow_filesystem", "split_url"]
+__all__ = ["RemotePath", "StorePath", "is_remote", "store_path", "relative", "children", "zarr_store",
+           "arrow_filesystem", "split_url"]
