@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
+import torch
 
 from actstore.errors import InvalidParameterError
 from actstore.models import load_model, model_config_dict, processing_of
@@ -46,14 +48,46 @@ def params_dict(model: Any) -> dict[str, np.ndarray]:
     return {name: p.detach().float().cpu().numpy() for name, p in model.named_parameters()}
 
 
+SAMPLE_STRIDE = 61  # prime, so the sample does not follow a row or head of any common width
+# model -> (parameter state key, digest): one hash per model object while its weights stay as they are
+_DIGESTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]]" = weakref.WeakKeyDictionary()
+
+
 def weights_digest(model: Any) -> str:
     """sha256 of the model's parameters (names and float32 values, in name order).
 
     Part of a store's identity: the same spec with other weights (retrained, processed
-    differently) is another run, never resumed into the same store.
+    differently) is another run, never resumed into the same store. Computed once per model
+    object and kept while every parameter is the same tensor (storage, shape, dtype, device) at
+    the same torch version counter, which any in-place edit (`p.add_(...)`, `p[...] = x`,
+    `load_state_dict`) advances, and with the same sum over every SAMPLE_STRIDE-th value (an edit
+    through `p.data` bypasses the counter; the sample catches any that changes a row or a head).
+    `forget_weights_digest(model)` drops it.
     """
     named = sorted(model.named_parameters(), key=lambda kv: kv[0])
-    return weights_sha256((name, p.detach().float().cpu().numpy()) for name, p in named)
+    with torch.no_grad():
+        key = tuple((name, p.data_ptr(), p._version, tuple(p.shape), p.dtype, p.device,
+                     float(p.detach().reshape(-1)[::SAMPLE_STRIDE].double().sum())) for name, p in named)
+    try:
+        cached = _DIGESTS.get(model)
+    except TypeError:  # not weak-referenceable: never cached
+        cached = None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    digest = weights_sha256((name, p.detach().float().cpu().numpy()) for name, p in named)
+    try:
+        _DIGESTS[model] = (key, digest)
+    except TypeError:
+        pass
+    return digest
+
+
+def forget_weights_digest(model: Any) -> None:
+    """Drop the cached weights digest of `model` (after editing its weights through `p.data`)."""
+    try:
+        _DIGESTS.pop(model, None)
+    except TypeError:
+        pass
 
 
 def _plain(v: Any) -> Any:

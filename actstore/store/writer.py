@@ -37,9 +37,10 @@ from actstore.store.fs import RemotePath, StorePath, relative, zarr_store
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
 from actstore.store.layout import (ACTS, COMMITS, PARAMS, as_array, chunk_file, chunk_ranges, compressors,
-                                   meta_tables, param_dims, part_path)
+                                   meta_tables, part_path)
 from actstore.store.manifest import MANIFEST_KEY, Manifest
 from actstore.store.parts import write_part
+from actstore.store.weight_cache import cache_dir, place_params
 
 # Test hook: "K:PHASE" makes the process SIGKILL itself after chunk K's PHASE
 # ('arrays', 'meta' or 'commit') is written; used by the crash/resume tests only.
@@ -60,7 +61,7 @@ def create_store(path: StorePath, manifest: Manifest, params: Mapping[str, np.nd
     path = Path(path)
     tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
     try:
-        _build(tmp, manifest, params)
+        _build(tmp, manifest, params, cache_dir())
         fsync_dir(tmp)
         if path.exists():
             path.rmdir()  # an empty directory the caller made; rename needs it gone
@@ -78,7 +79,7 @@ def _create_remote(path: RemotePath, manifest: Manifest, params: Mapping[str, np
     """create_store on an object store: built locally, uploaded with the root zarr.json last."""
     with tempfile.TemporaryDirectory(prefix="actstore-create-") as folder:
         tmp = Path(folder) / "store"
-        _build(tmp, manifest, params)
+        _build(tmp, manifest, params, cache_dir())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         try:
             path.fs.pipe({(path / str(p.relative_to(tmp))).path: p.read_bytes()
@@ -88,8 +89,9 @@ def _create_remote(path: RemotePath, manifest: Manifest, params: Mapping[str, np
             raise StoreWriteError(f"cannot create a store at {path.url!r}: {e}") from None
 
 
-def _build(tmp: Path, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
-    """The whole skeleton of a new store in the local directory `tmp` (which must not exist)."""
+def _build(tmp: Path, manifest: Manifest, params: Mapping[str, np.ndarray], cache: Path | None = None) -> None:
+    """The whole skeleton of a new store in the local directory `tmp` (which must not exist); the weights
+    come from the weight cache `cache` where it holds them (weight_cache.py)."""
     root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3,
                            attributes={MANIFEST_KEY: manifest.to_dict()})
     acts = root.create_group(ACTS)
@@ -98,15 +100,9 @@ def _build(tmp: Path, manifest: Manifest, params: Mapping[str, np.ndarray]) -> N
         acts.create_array(h.name, shape=h.shape, chunks=(manifest.chunk, *h.shape[1:]), dtype=h.dtype,
                           serializer=BytesCodec(), compressors=codecs, fill_value=0,
                           dimension_names=h.dims)
-    group = root.create_group(PARAMS)
-    for name, value in params.items():
-        value = np.ascontiguousarray(value, dtype=np.float32)
-        arr = group.create_array(name, shape=value.shape, chunks=value.shape or (1,), dtype="float32",
-                                 serializer=BytesCodec(), compressors=compressors(manifest.codec),
-                                 fill_value=0, dimension_names=param_dims(name, value.ndim),
-                                 config=_WRITE_CONFIG)
-        arr[...] = value
-    write_store_record(tmp, manifest)
+    root.create_group(PARAMS)
+    known = place_params(tmp / PARAMS, params, manifest.codec, manifest.weights_sha256, cache)
+    write_store_record(tmp, manifest, known={f"{PARAMS}/{rel}": d for rel, d in known.items()})
 
 
 def remove_store(path: StorePath) -> None:

@@ -1,0 +1,127 @@
+"""The weight cache (actstore.store.weight_cache): params/ linked from one entry per weights digest is byte-identical
+to params/ written directly and verifies; a damaged entry is detected and rebuilt, never used; a store copied
+away keeps its weights; a model edited in place after hashing is hashed again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+from tiny_models import tiny_model  # noqa: E402
+
+import actstore  # noqa: E402
+from actstore.ingest.model_info import weights_digest  # noqa: E402
+from actstore.store.integrity import weights_sha256  # noqa: E402
+from actstore.store.verify import verify  # noqa: E402
+from actstore.store.weight_cache import ENV, RECORD  # noqa: E402
+
+KW = dict(hooks=["blocks.0.hook_resid_pre"], chunk=16, batch=8, quiet=True)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("addition")
+
+
+def entry_of(cache: Path) -> Path:
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+def test_linked_params_equal_params_written_directly(model, tmp_path, monkeypatch):
+    cache = Path(os.environ[ENV])
+    a = actstore.ingest("addition", model, 20, 0, tmp_path / "a", **KW).path
+    b = actstore.ingest("addition", model, 20, 1, tmp_path / "b", **KW).path
+    monkeypatch.setenv(ENV, "off")
+    direct = actstore.ingest("addition", model, 20, 0, tmp_path / "direct", **KW).path
+    assert tree_bytes(a / "params") == tree_bytes(direct / "params") == tree_bytes(b / "params")
+    assert (a / "_commits/store.json").read_bytes() == (direct / "_commits/store.json").read_bytes()
+    chunk = a / "params/embed.W_E/c/0/0"
+    assert chunk.stat().st_nlink == 3 and chunk.stat().st_ino == (b / "params/embed.W_E/c/0/0").stat().st_ino
+    assert direct.joinpath("params/embed.W_E/c/0/0").stat().st_nlink == 1
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
+    for s in (a, b, direct):
+        assert verify(s).passed
+
+
+@pytest.mark.parametrize("how", ["in place", "replaced"])
+def test_a_damaged_entry_is_detected_and_rebuilt(model, tmp_path, how):
+    cache = Path(os.environ[ENV])
+    first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
+    victim = entry_of(cache) / "params/blocks.0.attn.W_O/c/0/0/0"
+    data = bytearray(victim.read_bytes())
+    data[20] ^= 0xFF  # inside the blosc payload: the crc32c tail and the size stay as recorded
+    if how == "in place":  # every store linking the file sees it too, and its reads say so
+        with open(victim, "r+b") as f:
+            f.write(bytes(data))
+    else:  # a new file under the same name: the stores keep their own inode
+        tmp = victim.with_name("x")
+        tmp.write_bytes(bytes(data))
+        os.replace(tmp, victim)
+    second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW)
+    assert verify(second.path).passed
+    np.testing.assert_array_equal(second.param("blocks.0.attn.W_O"), model.blocks[0].attn.W_O.detach().numpy())
+    assert entry_of(cache).joinpath("params/blocks.0.attn.W_O/c/0/0/0").read_bytes() != bytes(data)
+    assert verify(first).passed == (how == "replaced")
+
+
+def test_an_unreadable_record_is_rebuilt(model, tmp_path):
+    cache = Path(os.environ[ENV])
+    actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW)
+    (entry_of(cache) / RECORD).write_text("{not json")
+    assert verify(actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW).path).passed
+
+
+def test_a_copied_store_keeps_its_weights(model, tmp_path):
+    cache = Path(os.environ[ENV])
+    store = actstore.ingest("addition", model, 20, 0, tmp_path / "s", **KW).path
+    shutil.copytree(store, tmp_path / "copy")
+    shutil.rmtree(store)
+    shutil.rmtree(cache)
+    assert verify(tmp_path / "copy").passed
+
+
+def test_an_unusable_cache_falls_back_to_writing_params(model, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(ENV, str(blocker / "cache"))
+    store = actstore.ingest("addition", model, 20, 0, tmp_path / "s", **KW)
+    assert verify(store.path).passed and store.path.joinpath("params/embed.W_E/c/0/0").stat().st_nlink == 1
+
+
+def test_an_entry_no_store_links_is_pruned_by_other_weights(tmp_path):
+    cache = Path(os.environ[ENV])
+    first = actstore.ingest("addition", tiny_model("addition", seed=1), 20, 0, tmp_path / "a", **KW).path
+    old = entry_of(cache).name
+    shutil.rmtree(first)
+    actstore.ingest("addition", tiny_model("addition", seed=2), 20, 0, tmp_path / "b", **KW)
+    assert entry_of(cache).name != old
+
+
+def test_a_model_edited_in_place_after_hashing_is_hashed_again(tmp_path):
+    model = tiny_model("addition", seed=3)
+
+    def fresh() -> str:
+        return weights_sha256((n, p.detach().numpy()) for n, p in sorted(model.named_parameters()))
+
+    before = weights_digest(model)
+    with torch.no_grad():
+        model.blocks[1].attn.W_O[0, 0, 0] += 1.0  # through the parameter: its version counter moves
+    assert weights_digest(model) == fresh() != before
+    edited = weights_digest(model)
+    model.blocks[0].attn.W_V.data[1] = 0.0  # through .data: the counter stays, the value sample moves
+    assert weights_digest(model) == fresh() != edited
+    store = actstore.ingest("addition", model, 20, 0, tmp_path / "s", **KW)
+    assert store.manifest.weights_sha256 == fresh() and verify(store.path).passed
+    np.testing.assert_array_equal(store.param("blocks.0.attn.W_V")[1], 0.0)
