@@ -111,8 +111,10 @@ def ingest(
     device:     'auto' (CUDA when available; a model object stays on its device), 'cpu' or 'cuda'
     overwrite:  replace a store of a different run at `out` instead of refusing
     background: write chunks on a background thread (False: write inline, for comparison)
-    stats:      if given, filled with timings: setup_s (model, data, probe, store creation), loop_s
-                (forward + writing, until the last commit), twin_s (the part of loop_s spent in the
+    stats:      if given, filled with timings: setup_s (model, data, probe, store creation), split into
+                model_s (loading or placing the model), probe_s (hook shapes and the decomposition check),
+                digest_s (the weights' sha256), create_s (creating the store, weights included) and the rest;
+                loop_s (forward + writing, until the last commit), twin_s (the part of loop_s spent in the
                 corrupted twins' forward passes), examples and bytes_written by this call
     top_k:      the most likely output tokens kept per answer in meta/topk (token, logit, prob);
                 0 keeps none; default 10, or the whole output vocabulary if it is smaller
@@ -150,6 +152,7 @@ def ingest(
         dev = next(net.parameters()).device  # a model object given: run it where it is
     elif next(net.parameters()).device != dev:
         net.to(dev)
+    t_model = time.perf_counter()
     tokenizer = getattr(net, "tokenizer", None)
     probe_n = min(batch, n, chunk or batch)
     data = generate_range(task_obj, 0, probe_n, seed, tokenizer)  # the first batch; the loop makes the rest
@@ -162,8 +165,13 @@ def ingest(
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     t = _batch_tensors(data, 0, probe_n, dev)
+    t_probe = time.perf_counter()
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
                                         [c.name for c in choices], dtype)
+    t_probe = time.perf_counter() - t_probe
+    t_digest = time.perf_counter()
+    digest = model_info.weights_digest(net)
+    t_digest = time.perf_counter() - t_digest
     infos = _hook_infos(choices, shapes, data, n, dtype)
     if not infos:
         raise InvalidParameterError(f"none of the hooks {', '.join(hooks or ['default'])} runs in this model")
@@ -175,7 +183,7 @@ def ingest(
         model_dtype=str(net.cfg.dtype).removeprefix("torch."), task=data.task, task_params=dict(data.params),
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
-        decomposition=decomposition, package_version=__version__, weights_sha256=model_info.weights_digest(net),
+        decomposition=decomposition, package_version=__version__, weights_sha256=digest,
         top_k=top_k, outputs=outputs,
     )
     manifest.validate()
@@ -191,16 +199,19 @@ def ingest(
         raise StoreWriteError(f"cannot create the directory of --out {str(out)!r}: {e.strerror or e}") from None
     # before the path is inspected: never replace or create a store another ingest (or the same shard) holds
     with writer_locks(out, shard) as creating:
+        t_create = time.perf_counter()
         with creating():
             manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet, auto_chunk)
         t1 = time.perf_counter()
+        t_create = t1 - t_create
         names = token_names(getattr(task_obj, "vocab", None), getattr(net, "tokenizer", None),
                             data.extra.get("classes"), int(net.cfg.d_vocab), int(net.cfg.d_vocab_out))
         loop = _Loop(out, manifest, net, source, data.slice(0, 1), dev, buffers, quiet=quiet, background=background,
                      names=names, shard=shard, finishing=creating)
         done = loop.run()
     if stats is not None:
-        stats.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1, twin_s=loop.twin_s, examples=float(done),
+        stats.update(setup_s=t1 - t0, model_s=t_model - t0, probe_s=t_probe, digest_s=t_digest, create_s=t_create,
+                     loop_s=time.perf_counter() - t1, twin_s=loop.twin_s, examples=float(done),
                      bytes_written=float(loop.bytes_written))
     if shard != (0, 1):  # the other shards may still be writing: no warning that the store is unfinished
         with warnings.catch_warnings():
