@@ -66,6 +66,10 @@ class StoreLockedError(StoreExistsError):
     """Another process holds the store's write lock (an ingest is writing it)."""
 
 
+class RemoteStoreError(ActstoreError, OSError):
+    """A remote store's server could not be reached or refused a request (endpoint, credentials, network)."""
+
+
 class RemoteExtraError(ActstoreError, ImportError):
     """A store URL whose protocol needs a package this install lacks (s3:// needs s3fs: actstore[s3])."""
 

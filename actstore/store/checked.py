@@ -18,10 +18,10 @@ from pathlib import Path
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.abc.store import Store as ZarrStore
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import LocalStore
 
 from actstore.errors import StoreCorruptError
-from actstore.store.fs import RemotePath, zarr_store
+from actstore.store.fs import GuardedFsspecStore, RemotePath, zarr_store
 from actstore.store.integrity import Ledger
 
 
@@ -62,7 +62,7 @@ class CheckedStore(LocalStore):
     __hash__ = object.__hash__
 
 
-class CheckedRemoteStore(FsspecStore):
+class CheckedRemoteStore(GuardedFsspecStore):
     """FsspecStore over `root / prefix` of a remote store, read-only, whose reads are checked against `ledger`."""
 
     def __init__(self, ledger: Ledger, prefix: str) -> None:

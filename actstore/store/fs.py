@@ -19,12 +19,16 @@ Credentials and endpoints come from fsspec's usual sources (AWS_ENDPOINT_URL, AW
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
-from actstore.errors import InvalidParameterError, RemoteExtraError, StoreWriteError
+from zarr.storage import FsspecStore
+
+from actstore.errors import ActstoreError, InvalidParameterError, RemoteExtraError, RemoteStoreError, StoreWriteError
 
 S3_EXTRA = "pip install 'actstore[s3]'"
 LOCAL_PROTOCOLS = ("file", "local")
@@ -32,6 +36,49 @@ LOCAL_PROTOCOLS = ("file", "local")
 # which would hide a chunk another process committed since; any given option wins
 _DEFAULTS: dict[str, dict[str, Any]] = {"s3": {"use_listings_cache": False}}
 _create_lock = threading.Lock()  # a conditional create on a filesystem that is not a server (memory://)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def remote_error(url: str, e: BaseException) -> RemoteStoreError:
+    """One line for a failure of the remote filesystem itself (unreachable endpoint, bad credentials)."""
+    return RemoteStoreError(f"{url}: the storage server failed ({type(e).__name__}: {_first(e)}); check the "
+                            "endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or storage_options)")
+
+
+def _guarded(method: F) -> F:
+    """OSErrors pass (FileNotFoundError means absent); any other failure of the filesystem library
+    (botocore's EndpointConnectionError, ...) becomes one RemoteStoreError line."""
+    @functools.wraps(method)
+    def run(self: "RemotePath", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, ActstoreError):
+            raise
+        except Exception as e:  # noqa: BLE001 - each library has its own error types
+            raise remote_error(self.url, e) from None
+    return run  # type: ignore[return-value]
+
+
+class GuardedFsspecStore(FsspecStore):
+    """Zarr's FsspecStore whose reads and writes fail as RemoteStoreError, not a library's own error."""
+
+    async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get(key, *args, **kwargs)
+        except (OSError, ActstoreError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise remote_error(f"{self.path}/{key}", e) from None
+
+    async def set(self, key: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().set(key, *args, **kwargs)
+        except (OSError, ActstoreError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise remote_error(f"{self.path}/{key}", e) from None
 
 
 class RemotePath:
@@ -76,7 +123,7 @@ class RemotePath:
     def joinpath(self, *parts: str | os.PathLike[str]) -> "RemotePath":
         path = self.path
         for part in parts:
-            path = f"{path}/{os.fspath(part).strip('/')}"
+            path = f"{path.rstrip('/')}/{os.fspath(part).strip('/')}"
         return RemotePath(self.fs, path, self.storage_options)
 
     @property
@@ -93,28 +140,36 @@ class RemotePath:
 
     @property
     def parent(self) -> "RemotePath":
-        head = self.path.rsplit("/", 1)[0] if "/" in self.path.strip("/") else self.path
+        if "/" in self.path.strip("/"):
+            head = self.path.rsplit("/", 1)[0]
+        else:  # memory:///name sits under the root '/'; s3://bucket has no parent
+            head = "/" if self.path.startswith("/") and self.path != "/" else self.path
         return RemotePath(self.fs, head, self.storage_options)
 
     def with_name(self, name: str) -> "RemotePath":
         return self.parent / name
 
     def relative_to(self, other: "RemotePath") -> PurePosixPath:
-        if not self.path.startswith(other.path + "/"):
+        base = other.path.rstrip("/") + "/"
+        if not self.path.startswith(base):
             raise ValueError(f"{self.url} is not under {other.url}")
-        return PurePosixPath(self.path[len(other.path) + 1:])
+        return PurePosixPath(self.path[len(base):])
 
     # --- queries ------------------------------------------------------------------------------
 
+    @_guarded
     def exists(self) -> bool:
         return bool(self.fs.exists(self.path))
 
+    @_guarded
     def is_file(self) -> bool:
         return bool(self.fs.isfile(self.path))
 
+    @_guarded
     def is_dir(self) -> bool:
         return bool(self.fs.isdir(self.path))
 
+    @_guarded
     def iterdir(self) -> list["RemotePath"]:
         try:
             names = self.fs.ls(self.path, detail=False)
@@ -127,6 +182,7 @@ class RemotePath:
         """Entries directly under this prefix whose name matches `pattern` (no '/' in it)."""
         return [p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern)]
 
+    @_guarded
     def rglob(self, pattern: str) -> list["RemotePath"]:
         """Every object (not prefix) under this prefix whose name matches `pattern`."""
         try:
@@ -136,11 +192,13 @@ class RemotePath:
         return [RemotePath(self.fs, str(f), self.storage_options) for f in sorted(found)
                 if fnmatch.fnmatchcase(str(f).rsplit("/", 1)[-1], pattern)]
 
+    @_guarded
     def stat(self) -> os.stat_result:
         """An os.stat_result whose st_size is the object's size (other fields 0)."""
         size = int(self.fs.size(self.path))
         return os.stat_result((0o100644, 0, 0, 1, 0, 0, size, 0, 0, 0))
 
+    @_guarded
     def total_bytes(self) -> int:
         """Bytes of every object under this prefix (one listing)."""
         try:
@@ -151,6 +209,7 @@ class RemotePath:
 
     # --- reads and writes ---------------------------------------------------------------------
 
+    @_guarded
     def read_bytes_or_none(self) -> bytes | None:
         """The object's bytes, or None if there is none."""
         try:
@@ -166,11 +225,13 @@ class RemotePath:
             raise FileNotFoundError(self.url)
         return data
 
+    @_guarded
     def write_bytes(self, data: bytes) -> int:
         """Put the object in one request: readers see the old object or the new one, never a part."""
         self.fs.pipe_file(self.path, bytes(data))
         return len(data)
 
+    @_guarded
     def create_exclusive(self, data: bytes) -> bool:
         """Create the object only if none exists (S3: a PUT with If-None-Match: *); False if one did."""
         try:
@@ -186,6 +247,7 @@ class RemotePath:
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to do: a prefix exists while an object under it does."""
 
+    @_guarded
     def unlink(self, missing_ok: bool = False) -> None:
         try:
             self.fs.rm_file(self.path)
@@ -193,6 +255,7 @@ class RemotePath:
             if not missing_ok:
                 raise
 
+    @_guarded
     def rmtree(self) -> None:
         """Remove every object under this prefix (the root zarr.json first, so the prefix stops
         being a store before its files go)."""
@@ -285,10 +348,10 @@ def _filesystem(proto: str, url: str, storage_options: dict[str, Any] | None) ->
 
 def zarr_store(path: StorePath, read_only: bool) -> Any:
     """A Zarr v3 store rooted at `path` (a LocalStore, or an FsspecStore over the same filesystem)."""
-    from zarr.storage import FsspecStore, LocalStore  # noqa: PLC0415
+    from zarr.storage import LocalStore  # noqa: PLC0415
 
     if isinstance(path, RemotePath):
-        return FsspecStore.from_url(path.url, storage_options=_options(path), read_only=read_only)
+        return GuardedFsspecStore.from_url(path.url, storage_options=_options(path), read_only=read_only)
     return LocalStore(path, read_only=read_only)
 
 

@@ -24,8 +24,10 @@ from polars.testing import assert_frame_equal
 import actstore
 from actstore import query
 from actstore.cli import main
-from actstore.errors import (InvalidParameterError, StoreCorruptError, StoreLockedError, StoreNotFoundError)
+from actstore.errors import (InvalidParameterError, RemoteStoreError, StoreCorruptError, StoreLockedError,
+                             StoreNotFoundError)
 from actstore.store.fs import RemotePath, store_path
+from actstore.store.directions import direction_problems, load_direction, save_direction
 from actstore.store.lock import store_lock
 from actstore.store.verify import verify
 from actstore.store.writer import KILL_ENV
@@ -220,6 +222,13 @@ def test_memory_urls_ingest_verify_query_and_pickle(local_ref):
         np.testing.assert_array_equal(again.read(again.hooks[-1]), store.read(store.hooks[-1]))
         assert store.sql("SELECT sum(length) FROM examples").fetchall() == \
             actstore.open_store(local_ref).sql("SELECT sum(length) FROM examples").fetchall()
+        vec = np.linspace(-1.0, 1.0, store.arch.d_model)
+        save_direction(store.path, "probe", vec, info={"kind": "test"})
+        np.testing.assert_array_equal(load_direction(url, "probe").vector, vec)  # bit for bit, read back by URL
+        assert direction_problems(store.path) == [] and verify(url).passed
+        fs = fsspec.filesystem("memory")
+        fs.pipe_file(url.removeprefix("memory:/") + "/directions/probe.json", b'{"vector": [0]}')
+        assert any("probe.json" in p for p in direction_problems(store.path))  # its digest record disagrees
         with store_lock(store.path), pytest.raises(StoreLockedError):  # one writer per store here too
             with store_lock(store_path(url)):
                 pass
@@ -269,3 +278,10 @@ def test_s3_without_s3fs_names_the_extra():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "pip install 'actstore[s3]'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_endpoint_is_one_error_line():
+    opts = {"endpoint_url": "http://127.0.0.1:9", "key": "x", "secret": "y",  # loopback, nothing listens
+            "config_kwargs": {"retries": {"max_attempts": 1}}}
+    with pytest.raises(RemoteStoreError, match="s3://bucket/store/zarr.json: the storage server failed .*endpoint"):
+        actstore.open_store("s3://bucket/store", storage_options=opts)
