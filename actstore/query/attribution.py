@@ -106,7 +106,6 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
     """Each component's direct attribution at each answer: ([example, answer, component] float64, components)."""
     check_level(level)
     tgt = target if isinstance(target, Target) else make_target(readout, chunk, target)
-    u = tgt.take(readout.u)  # [e, a, d_model]
     blocks: list[np.ndarray] = []  # each [e, a, k], divided by the final scale at the end
     comps: list[Component] = []
 
@@ -114,11 +113,9 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
         blocks.append(values if values.ndim == 3 else values[..., None])
         comps.extend(names)
 
-    w_e = weights.param(Arch.W_E)
-    add(np.einsum("eam,eam->ea", w_e[chunk.input_tokens].astype(np.float64), u), [Component("embed")])
+    add(tgt.dot(weights.param(Arch.W_E), chunk.input_tokens, readout.u), [Component("embed")])  # [e, a]
     if weights.arch.pos_in_resid:
-        w_pos = weights.param(Arch.W_pos)
-        add(np.einsum("eam,eam->ea", w_pos[chunk.answer_pos].astype(np.float64), u), [Component("pos_embed")])
+        add(tgt.dot(weights.param(Arch.W_pos), chunk.answer_pos, readout.u), [Component("pos_embed")])
 
     n_heads = weights.arch.n_heads
     for layer in range(weights.arch.n_layers):

@@ -248,7 +248,7 @@ class Target:
 
     correct, counter: [example, answer] row indices into a Readout (counter None for 'correct').
     `take(table)` gathers a per-token table for every answer: [example, answer, ...] (for a fixed
-    row, a read-only broadcast view of that row).
+    row, a read-only broadcast view of that row). `dot(left, ids, table)` is left[ids] . take(table).
     """
 
     KINDS = ("correct", "diff")
@@ -272,10 +272,54 @@ class Target:
     def take(self, table: np.ndarray) -> np.ndarray:
         if self.row is not None:
             return np.broadcast_to(table[self.row], self.correct.shape + table.shape[1:])
-        out = table[self.correct]
-        if self.kind == "diff":
-            out = out - table[self.counter]
-        return out
+        if self.kind != "diff":
+            return table[self.correct]
+        pairs = self._pairs()
+        if pairs is None:
+            return table[self.correct] - table[self.counter]
+        correct, counter, inverse = pairs  # the same differences, each computed once and gathered
+        return (table[correct] - table[counter])[inverse]
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(correct rows, counter rows, [example, answer] index into them) of the distinct (correct,
+        counter) pairs, or None where they are not fewer than half the answers (kept: a chunk's
+        Target takes one table per layer and kind)."""
+        if not hasattr(self, "_pair_rows"):
+            self._pair_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+            if self.correct.size and self.counter is not None:
+                key = self.correct * (int(self.counter.max()) + 1) + self.counter
+                _, first, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
+                if 2 * first.size <= key.size:
+                    self._pair_rows = (self.correct.ravel()[first], self.counter.ravel()[first],
+                                       inverse.reshape(key.shape))
+        return self._pair_rows
+
+    def dot(self, left: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """[example, answer] float64: left[ids] . take(table) at every answer (e.g. an embedding's share of
+        the target: left W_E [token, d_model], ids the input tokens, table the Readout's u [row, d_model]).
+
+        Computed once per distinct (id, target rows) combination and gathered: the rows of `left` come
+        from few tokens, and answers are many.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return np.zeros(ids.shape)
+        parts = [ids] if self.row is not None else [ids, self.correct]
+        if self.row is None and self.kind == "diff" and self.counter is not None:
+            parts.append(self.counter)
+        key = np.zeros(ids.shape, dtype=np.int64)
+        for part in parts:  # < 2**63 for any vocabulary below 2**21 tokens
+            key = key * (int(part.max()) + 1) + part
+        _, first, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
+        lhs = left[ids.ravel()[first]].astype(np.float64)
+        if self.row is not None:
+            values = np.einsum("pm,m->p", lhs, table[self.row])
+        else:
+            rhs = table[self.correct.ravel()[first]]
+            if len(parts) == 3:
+                rhs = rhs - table[parts[2].ravel()[first]]
+            values = np.einsum("pm,pm->p", lhs, rhs)
+        return values[inverse].reshape(ids.shape)
 
 
 def _numpy(x: Any) -> np.ndarray:
