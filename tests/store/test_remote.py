@@ -35,6 +35,7 @@ from actstore.store.writer import KILL_ENV
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS / "ingest"))
+from conformance import StoreConformance  # noqa: E402
 from crash_driver import ARGS as CRASH_ARGS  # noqa: E402
 from s3_server import s3_server  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
@@ -285,3 +286,19 @@ def test_an_unreachable_endpoint_is_one_error_line():
             "config_kwargs": {"retries": {"max_attempts": 1}}}
     with pytest.raises(RemoteStoreError, match="s3://bucket/store/zarr.json: the storage server failed .*endpoint"):
         actstore.open_store("s3://bucket/store", storage_options=opts)
+
+
+@pytest.fixture(scope="module")
+def memory_store():
+    url = f"memory://actstore-{uuid.uuid4().hex[:8]}/conformance"
+    actstore.ingest(model=tiny_model("addition"), out=url, **ARGS)
+    yield url
+    fsspec.filesystem("memory").rm(url.removeprefix("memory:/"), recursive=True)
+
+
+class TestMemoryUrlStore(StoreConformance):
+    """The on-disk contract, through a URL: a store ingested to memory://."""
+
+    @pytest.fixture()
+    def store_path(self, memory_store) -> str:
+        return memory_store
