@@ -302,3 +302,19 @@ class TestMemoryUrlStore(StoreConformance):
     @pytest.fixture()
     def store_path(self, memory_store) -> str:
         return memory_store
+
+
+def test_intervention_sweeps_are_written_into_a_url_store_and_read_back():
+    from actstore.interventions.api import patch
+
+    url = f"memory://actstore-{uuid.uuid4().hex[:8]}/sweeps"
+    model = tiny_model("addition")
+    try:
+        store = actstore.ingest(model=model, out=url, **{**ARGS, "n": 24})
+        rows = patch(store, "resid_pre", "layer", model=model, examples=8)
+        again = actstore.open_store(url)
+        assert again.sql("SELECT count(*) FROM interventions").fetchall() == [(rows.height,)]
+        assert_frame_equal(patch(again, "resid_pre", "layer", model=model, examples=8), rows)  # read back, not rerun
+        assert verify(url).passed
+    finally:
+        fsspec.filesystem("memory").rm(url.removeprefix("memory:/"), recursive=True)
