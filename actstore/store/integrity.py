@@ -30,8 +30,8 @@ import numpy as np
 
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import (CommitRecord, atomic_write_bytes, commit_files, committed_prefix, file_digest,
-                                    read_file)
-from actstore.store.fs import StorePath
+                                    read_file, read_remote_files)
+from actstore.store.fs import RemotePath, StorePath
 from actstore.store.layout import ACTS, COMMITS, PARAMS, chunk_ranges, commit_path
 from actstore.store.manifest import Manifest
 
@@ -150,10 +150,11 @@ class Ledger:
         n = committed_prefix(root, manifest.n_chunks)
         ranges = chunk_ranges(manifest.n, manifest.chunk)
         commits, digests = [], []
+        fetched = read_remote_files([commit_path(root, k) for k in range(n)]) if isinstance(root, RemotePath) else []
         for k in range(n):
             where = commit_path(root, k)
             try:
-                raw_commit = read_file(where)
+                raw_commit = fetched[k] if fetched else read_file(where)
             except StoreCorruptError:
                 bad(f"commit record {COMMITS}/{k:05d}.json is not a regular file")
                 break

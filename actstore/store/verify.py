@@ -26,7 +26,7 @@ import polars as pl
 
 from actstore.errors import StoreCorruptError
 from actstore.store.cache import cache_problems
-from actstore.store.commits import CommitRecord, commit_files, file_digest, read_file
+from actstore.store.commits import CommitRecord, commit_files, file_digest, read_file, read_remote_files
 from actstore.store.fs import RemotePath, StorePath, relative, store_path
 from actstore.store.decomposition import decomposed_logits, required_hooks, rounding_bound
 from actstore.store.integrity import Ledger, bytes_digest, weights_sha256
@@ -154,9 +154,12 @@ def _check_array_metadata(store: Store, bad: Any) -> None:
 
 def _check_recorded_metadata(ledger: Ledger, bad: Any) -> None:
     """Every zarr.json under acts/ and params/ is the one recorded at creation (codecs, fill value, shape)."""
-    for rel, digest in sorted(ledger.metadata.items()):
+    items = sorted(ledger.metadata.items())
+    remote = isinstance(ledger.root, RemotePath)
+    fetched = read_remote_files([ledger.root / rel for rel, _ in items]) if remote else []  # concurrently
+    for i, (rel, digest) in enumerate(items):
         try:
-            data = read_file(ledger.root / rel)
+            data = fetched[i] if remote else read_file(ledger.root / rel)
         except StoreCorruptError as e:
             bad(f"array metadata {rel}: {_short(e)}")
             continue
