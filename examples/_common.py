@@ -63,7 +63,7 @@ class Example:
     def store(self, task: str, model: str, **ingest_kw: Any) -> Any:
         """The store of `model` on `task` with --n/--seed at --out. actstore.ingest decides: the
         same complete run (same task, parameters, model spec and weights digest) is reused as it
-        is, a partial one resumed; a store of another run is replaced."""
+        is, a partial one resumed, a smaller one grown; a store of another run (or a larger one) is replaced."""
         a = self.args
         out: Path = a.out
         t = time.perf_counter()
@@ -72,7 +72,7 @@ class Example:
         try:
             st = actstore.ingest(task, model, overwrite=a.fresh, **kw)
         except StoreExistsError as e:
-            if "another run" not in str(e) and "cannot resume" not in str(e):
+            if "another run" not in str(e) and "cannot resume" not in str(e) and "is smaller" not in str(e):
                 raise
             print(f"store: {_show(out)} holds another run; replacing it")
             st = actstore.ingest(task, model, overwrite=True, **kw)

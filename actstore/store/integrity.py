@@ -81,6 +81,17 @@ def write_store_record(root: Path, manifest: Manifest, previous: list[str] | Non
     atomic_write_bytes(root / COMMITS / STORE_RECORD, _dump(record))
 
 
+def store_records(root: StorePath, store_sha256: str) -> set[str]:
+    """`store_sha256` and the digests of the store records before it (a grown store's `previous`): the store
+    records that a commit record (of a chunk or an intervention sweep) may name."""
+    try:
+        raw = read_file(root / COMMITS / STORE_RECORD)
+        previous = json.loads(raw or b"{}").get("previous", []) if raw and bytes_digest(raw) == store_sha256 else []
+    except (StoreCorruptError, ValueError, AttributeError):
+        previous = []
+    return {store_sha256, *(str(d) for d in previous)}
+
+
 def write_complete_record(root: StorePath, n_chunks: int) -> None:
     """Mark a finished ingest: every chunk committed, and the digests of their commit records."""
     records = {f"{k:05d}": file_digest(commit_path(root, k))[1] for k in range(n_chunks)}

@@ -28,7 +28,7 @@ import polars as pl
 from actstore.errors import StoreCorruptError
 from actstore.store.commits import atomic_write_bytes, file_digest, read_file
 from actstore.store.fs import StorePath, children
-from actstore.store.integrity import bytes_digest
+from actstore.store.integrity import bytes_digest, store_records
 from actstore.store.parts import write_part
 
 SWEEPS = "interventions"
@@ -110,7 +110,7 @@ class SweepWriter:
             return False
         try:
             rec = json.loads(raw)
-            ok = (rec["spec"] == self.spec_sha256 and rec["store"] == self.store_sha256
+            ok = (rec["spec"] == self.spec_sha256 and rec["store"] in store_records(self.root, self.store_sha256)
                   and [rec["start"], rec["stop"]] == list(self.ranges[k]))
             return bool(ok) and file_digest(part_file(self.root, self.sweep, k)) == rec["file"]
         except (ValueError, KeyError, TypeError, FileNotFoundError, StoreCorruptError):
@@ -206,7 +206,7 @@ def checked_parts(root: StorePath, sweep: str, store_sha256: str) -> list[bytes]
         rec = json.loads(rec_raw)
         if rec.get("spec") != spec_sha:
             raise bad(f"commit record {k:05d} was written for another spec")
-        if rec.get("store") != store_sha256:
+        if rec.get("store") not in store_records(root, store_sha256):  # a grown store: its earlier records too
             raise bad(f"commit record {k:05d} was written against another store record")
         data = read_file(part_file(root, sweep, k))
         if data is None or [len(data), bytes_digest(data)] != rec.get("file"):

@@ -111,7 +111,8 @@ ROWS = [
     row(*ING, "--n", "16", "--out", "{file}", says="is a file"),
     row(*ING, "--n", "16", "--out", "{out}/{bad}", says="is not valid UTF-8"),
     row(*ING, "--n", "16", "--out", "{out}/{long}", says="File name too long"),
-    row(*ING, "--n", "16", "--out", "{add}", says="holds a store of another run"),
+    row(*ING, "--n", "16", "--out", "{add}", says="--n 16 is smaller"),  # a store of the same run, 256 examples
+    row(*ING, "--n", "16", "--seed", "7", "--out", "{add}", says="holds a store of another run"),
     row(*ING, "--n", "16", "--out", "{fs}/s", says="not a writable directory", fs="ro", marks=slow),
     row(*ING, "--n", "256", "--chunk", "64", "--out", "{fs}/s", says="No space left on device", fs=600,
         keeps_commits=True, marks=slow),

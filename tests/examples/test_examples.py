@@ -283,9 +283,14 @@ def test_seed000_reuses_then_replaces_store(tmp_path: Path) -> None:
     sweeps = re.compile(r"^sweep ([0-9a-f]{16}): ", flags=re.MULTILINE)
     assert sweeps.findall(first.stdout) and sweeps.findall(again.stdout) == sweeps.findall(first.stdout)
     assert set(sweeps.findall(first.stdout)) <= {p.name for p in (out / "interventions").iterdir()}
-    other = subprocess.run([*args, "--n", "96"], check=False, capture_output=True, text=True, env=env, timeout=600)
-    assert other.returncode == 0 and "holds another run; replacing it" in other.stdout
+    # a larger --n grows the store (its first 64 examples and their stored sweeps stay); another seed replaces it
+    grown = subprocess.run([*args, "--n", "96"], check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert grown.returncode == 0 and "store: ingested 96" in grown.stdout, grown.stderr
+    assert sweeps.findall(grown.stdout) == sweeps.findall(first.stdout)
     assert actstore.open_store(out).n_examples == 96
+    other = subprocess.run([*args, "--n", "96", "--seed", "1"], check=False, capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert other.returncode == 0 and "holds another run; replacing it" in other.stdout
 
 
 @needs_zoo("addition")
