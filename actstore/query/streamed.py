@@ -33,6 +33,7 @@ from actstore.store.reader import Store
 
 TABLES = ("dla", "logit_lens")
 BATCH_ROWS = 1 << 16  # rows per batch read back from a cached file
+ROW_GROUP = 1 << 19  # rows per row group of a cached file
 
 
 def plan_for(store: Store, table: str, params: Mapping[str, Any] | None) -> tuple[Job, Any]:
@@ -108,47 +109,82 @@ def _filling(path: StorePath, frames: Iterator[pl.DataFrame], empty: pl.DataFram
     of a remote store's table go to a local temporary file first, uploaded once complete."""
     folder = path.parent if isinstance(path, Path) else Path(tempfile.gettempdir())
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.part"
-    writer: pq.ParquetWriter | None = None
-    ok = True
+    out: _RowGroups | None = _RowGroups(tmp)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        ok = False
+        out = None
 
     def place(target: Path) -> None:
         shutil.move(tmp, target)
     try:
         for frame in frames:
-            if ok:
+            if out is not None:
                 try:
-                    writer = _write(writer, tmp, frame)
+                    out.add(frame)
                 except OSError:
-                    ok = False
+                    out.abandon()
+                    out = None
             yield frame
-        if ok:
+        if out is not None:
             try:
-                writer = _write(writer, tmp, empty) if writer is None else writer
-                writer.close()
-                writer = None
+                out.close(empty)
                 write_checked(path, place)
             except OSError as e:
                 if isinstance(e, ActstoreError):
                     raise
     finally:
-        if writer is not None:
-            try:
-                writer.close()
-            except OSError:
-                pass
+        if out is not None:
+            out.abandon()
         tmp.unlink(missing_ok=True)
 
 
-def _write(writer: pq.ParquetWriter | None, tmp: Path, frame: pl.DataFrame) -> pq.ParquetWriter:
-    arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-    if writer is None:
-        writer = pq.ParquetWriter(tmp, arrow.schema, compression="zstd", compression_level=1)
-    writer.write_table(arrow.cast(writer.schema))
-    return writer
+class _RowGroups:
+    """Tables written into one Parquet file in row groups of up to ROW_GROUP rows, so that a table
+    of fewer rows is one row group, as a whole-table write gives it (DuckDB reads row groups in
+    parallel, and sums over one group come out the same from run to run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.held: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, frame: pl.DataFrame) -> None:
+        arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        self.schema = self.schema or arrow.schema
+        self.held.append(arrow.cast(self.schema))
+        self.rows += frame.height
+        if self.rows >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.held or self.schema is None:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd", compression_level=1)
+        self.writer.write_table(pa.concat_tables(self.held), row_group_size=ROW_GROUP)
+        self.held, self.rows = [], 0
+
+    def close(self, empty: pl.DataFrame) -> None:
+        """Write what is held (or, if no row came, `empty`'s columns) and close the file."""
+        if self.schema is None:
+            self.add(empty)
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def abandon(self) -> None:
+        """Stop writing (the partial file is removed by the caller)."""
+        self.held = []
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass
+            self.writer = None
 
 
 __all__ = ["cached_frames", "plan_for", "rows", "summary"]
