@@ -29,6 +29,7 @@ from actstore.errors import (InvalidParameterError, RemoteStoreError, StoreCorru
 from actstore.store.fs import RemotePath, store_path
 from actstore.store.directions import direction_problems, load_direction, save_direction
 from actstore.store.lock import store_lock
+from actstore.store.open import is_store
 from actstore.store.verify import verify
 from actstore.store.writer import KILL_ENV
 
@@ -318,3 +319,29 @@ def test_intervention_sweeps_are_written_into_a_url_store_and_read_back():
         assert verify(url).passed
     finally:
         fsspec.filesystem("memory").rm(url.removeprefix("memory:/"), recursive=True)
+
+
+def test_overwrite_foreign_prefix_and_a_cut_short_upload_at_a_url(local_ref):
+    base = f"memory://actstore-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    root = base.removeprefix("memory:/")
+    model = tiny_model("addition")
+    try:
+        url = f"{base}/s"
+        actstore.ingest(model=model, out=url, **{**ARGS, "seed": 9})
+        with pytest.raises(actstore.errors.StoreExistsError, match="another run"):
+            actstore.ingest(model=model, out=url, **ARGS)
+        actstore.ingest(model=model, out=url, overwrite=True, **ARGS)  # the root zarr.json goes first, then the rest
+        assert remote_tree(url) == local_tree(local_ref)
+        fs.pipe_file(f"{root}/foreign/notes.txt", b"not a store")
+        with pytest.raises(actstore.errors.StoreExistsError, match="is not an actstore store"):
+            actstore.ingest(model=model, out=f"{base}/foreign", **ARGS)
+        assert fs.cat_file(f"{root}/foreign/notes.txt") == b"not a store"  # left alone
+        for rel, data in local_tree(local_ref).items():  # an upload cut short: everything but the root zarr.json
+            if rel.startswith(("acts/", "params/", "_commits/store.json")):
+                fs.pipe_file(f"{root}/cut/{rel}", data)
+        assert not is_store(f"{base}/cut")
+        actstore.ingest(model=model, out=f"{base}/cut", **ARGS)  # removed, then created whole
+        assert remote_tree(f"{base}/cut") == local_tree(local_ref)
+    finally:
+        fs.rm(root, recursive=True)
