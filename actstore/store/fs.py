@@ -5,7 +5,8 @@ A local path (or `file://` URL) stays a `pathlib.Path`, and every local guarante
 of a local store pays nothing for remote support. Any other URL (`s3://bucket/prefix`,
 `memory://name`) becomes a `RemotePath`, which offers the part of the Path API the store modules
 use (`/`, name, parent, exists, glob, unlink, ...) over an fsspec filesystem, plus whole-object
-reads and writes. The store modules branch on `is_remote(path)` only where the protocol differs:
+reads and writes. The store modules branch on `isinstance(path, RemotePath)` only where the
+protocol differs:
 
     local                               object store
     temporary file + fsync + rename     one PUT (atomic: readers see the old object or the new one)
@@ -28,13 +29,13 @@ from typing import Any, TypeVar, Union
 
 from zarr.storage import FsspecStore
 
-from actstore.errors import ActstoreError, InvalidParameterError, RemoteExtraError, RemoteStoreError, StoreWriteError
+from actstore.errors import ActstoreError, InvalidParameterError, RemoteExtraError, RemoteStoreError
 
 S3_EXTRA = "pip install 'actstore[s3]'"
 LOCAL_PROTOCOLS = ("file", "local")
 # a remote writer's options that differ from fsspec's defaults: s3fs caches directory listings,
 # which would hide a chunk another process committed since; any given option wins
-_DEFAULTS: dict[str, dict[str, Any]] = {"s3": {"use_listings_cache": False}}
+_DEFAULTS: dict[str, dict[str, Any]] = {"s3": {"use_listings_cache": False}, "s3a": {"use_listings_cache": False}}
 _create_lock = threading.Lock()  # a conditional create on a filesystem that is not a server (memory://)
 
 
@@ -70,7 +71,7 @@ class GuardedFsspecStore(FsspecStore):
         except (OSError, ActstoreError, ValueError):
             raise
         except Exception as e:  # noqa: BLE001
-            raise remote_error(f"{self.path}/{key}", e) from None
+            raise remote_error(self._url(key), e) from None
 
     async def set(self, key: str, *args: Any, **kwargs: Any) -> None:
         try:
@@ -78,7 +79,10 @@ class GuardedFsspecStore(FsspecStore):
         except (OSError, ActstoreError, ValueError):
             raise
         except Exception as e:  # noqa: BLE001
-            raise remote_error(f"{self.path}/{key}", e) from None
+            raise remote_error(self._url(key), e) from None
+
+    def _url(self, key: str) -> str:
+        return f"{self.fs.unstrip_protocol(self.path)}/{key}"
 
 
 class RemotePath:
@@ -242,6 +246,10 @@ class RemotePath:
                     self.fs.pipe_file(self.path, bytes(data), mode="create")
         except FileExistsError:
             return False
+        except TypeError:  # a filesystem whose pipe_file has no mode="create": no lock can be held there
+            raise RemoteStoreError(f"{self.url}: {type(self.fs).__name__} cannot create an object only if it is "
+                                   "absent, so actstore cannot hold a store's write lock there; write the store "
+                                   "to a local path or s3://") from None
         return True
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
@@ -365,10 +373,6 @@ def arrow_filesystem(path: RemotePath) -> Any:
     from pyarrow.fs import FSSpecHandler, PyFileSystem  # noqa: PLC0415
 
     return PyFileSystem(FSSpecHandler(path.fs))
-
-
-def remote_write_error(path: RemotePath, e: BaseException) -> StoreWriteError:
-    return StoreWriteError(f"cannot write {path.url}: {_first(e)}")
 
 
 def _first(e: BaseException) -> str:
