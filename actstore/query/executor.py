@@ -117,13 +117,13 @@ def worker_count(client: Any) -> int:
 
 # --- on a worker ------------------------------------------------------------------------------
 
-_PLANS: OrderedDict[tuple[str, str], tuple[Store, ChunkPlan]] = OrderedDict()  # by (address, job token)
+_PLANS: OrderedDict[tuple[str, str, str], tuple[Store, ChunkPlan]] = OrderedDict()  # (address, store, job)
 _PLAN_CACHE = 2  # plans kept per worker process (a plan holds a store's per-example arrays)
 
 
 def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Sequence[Range]) -> list[Any]:
     """Worker side: the partials of `batch`'s chunks, from the store at `address` (opened here)."""
-    key = (str(address), token)
+    key = (str(address), fingerprint, token)  # a store re-ingested with other parameters is opened anew
     cached = _PLANS.get(key)
     if cached is None:
         from actstore.store.open import open_store  # noqa: PLC0415 (the store layer opens lazily on workers)
