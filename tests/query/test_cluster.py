@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sys
 
 import numpy as np
 import polars as pl
@@ -186,3 +187,13 @@ def test_to_xarray_on_the_cluster_reopens_the_store(store, client):
     got = ds["blocks.0.mlp.hook_post"].sum("example").compute().values  # the workers read the chunks
     want = store.read("blocks.0.mlp.hook_post").sum(axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_to_xarray_without_xarray_names_the_extra(store, monkeypatch):
+    from actstore.errors import XarrayExtraError
+
+    with pytest.raises(actstore.errors.UnknownHookError, match="closest stored"):
+        store.to_xarray(["blocks.0.attn.hook_zz"])
+    monkeypatch.setitem(sys.modules, "xarray", None)  # as on an install without the xarray extra
+    with pytest.raises(XarrayExtraError, match=r"pip install 'actstore\[xarray\]'"):
+        store.to_xarray()
