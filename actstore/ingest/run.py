@@ -201,7 +201,8 @@ def ingest(
     with writer_locks(out, shard) as creating:
         t_create = time.perf_counter()
         with creating():
-            manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet, auto_chunk)
+            manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet, auto_chunk,
+                                    exclusive=shard == (0, 1))
         t1 = time.perf_counter()
         t_create = t1 - t_create
         names = token_names(getattr(task_obj, "vocab", None), getattr(net, "tokenizer", None),
@@ -553,13 +554,13 @@ def _resume_differences(old: Manifest, new: Manifest) -> list[str]:
 
 def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
                  params: Callable[[], dict[str, np.ndarray]], quiet: bool = False,
-                 auto_chunk: bool = False) -> Manifest:
+                 auto_chunk: bool = False, exclusive: bool = True) -> Manifest:
     """Create the store, or return the stored manifest of the same run to resume (or grow) it (lock held)."""
     _remove_leftovers(out)
     if out.exists():
         if is_store(out):
             if not overwrite:
-                grown = _grow(out, manifest, auto_chunk)
+                grown = _grow(out, manifest, auto_chunk, exclusive)
                 if grown is not None:
                     return grown
             try:
@@ -589,7 +590,7 @@ def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
     return manifest
 
 
-def _grow(out: StorePath, manifest: Manifest, auto_chunk: bool) -> Manifest | None:
+def _grow(out: StorePath, manifest: Manifest, auto_chunk: bool, exclusive: bool) -> Manifest | None:
     """The grown manifest where `out` holds this run with another n (or a growth to finish: see
     actstore.ingest.grow); None where it holds no such store (then the caller resumes or refuses)."""
     if isinstance(out, RemotePath):
@@ -605,10 +606,13 @@ def _grow(out: StorePath, manifest: Manifest, auto_chunk: bool) -> Manifest | No
     if old.n == manifest.n:
         return None
     try:
-        Store(out, old)  # its records agree with the manifest: safe to grow
+        finished = Store(out, old).finished  # its records agree with the manifest: safe to grow
     except StoreCorruptError as e:
         raise StoreExistsError(f"{out} holds a store this ingest cannot grow ({e}); pass --overwrite to replace "
                                "it or choose another --out") from None
+    if not exclusive and not finished:  # shards of the old n may still be writing it
+        raise StoreExistsError(f"{out} holds an unfinished store of this run with n={old.n}; a shard grows only a "
+                               f"finished store: finish it (rerun with --n {old.n}) or grow it without --shard")
     return grow_store(out, old, manifest.n)
 
 

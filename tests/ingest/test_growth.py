@@ -121,3 +121,15 @@ def test_a_growth_killed_midway_is_refused_then_finished_by_a_rerun(tmp_path, di
         ingest(out, 60)
     ingest(out, BIG)  # the same ingest finishes the growth, then writes the new chunks
     check_grown(out, direct)
+
+
+def test_shards_grow_a_finished_store_but_not_an_unfinished_one(tmp_path, direct) -> None:
+    out = tmp_path / "store"
+    ingest(out, SMALL)
+    ingest(out, BIG, shard="0/2")  # the first shard to arrive grows it, the second finds it grown
+    ingest(out, BIG, shard="1/2")
+    check_grown(out, direct)
+    other = tmp_path / "other"
+    ingest(other, SMALL, shard="0/2")  # shard 1 of the 40-example run has not written yet
+    with pytest.raises(StoreExistsError, match=r"a shard grows only a finished store"):
+        ingest(other, BIG, shard="1/2")
