@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -197,3 +198,26 @@ def test_to_xarray_without_xarray_names_the_extra(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "xarray", None)  # as on an install without the xarray extra
     with pytest.raises(XarrayExtraError, match=r"pip install 'actstore\[xarray\]'"):
         store.to_xarray()
+
+
+@pytest.mark.slow  # a moto server and a second cluster: ~20 s on a quiet machine, 65 s under load
+def test_an_s3_store_is_reopened_by_the_workers(store):
+    """Workers open an s3:// store (moto on 127.0.0.1) from its URL and read it checked, as here."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from dask.distributed import Client, LocalCluster
+    from s3_server import s3_server
+
+    with s3_server() as bucket:  # before the workers start: they inherit its endpoint
+        import s3fs
+
+        url = f"{bucket}/cluster/store"
+        s3fs.S3FileSystem(skip_instance_cache=True).put(str(store.path), url, recursive=True)
+        remote = actstore.open_store(url)
+        spec = GroupSpec(by=("carry_2",))
+        want = summarise(store, Job(dla_plan, {"level": "layer"}), spec)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=50) as cluster, Client(cluster) as c:
+            same(summarise(remote, Job(dla_plan, {"level": "layer"}), spec, client=c), want)
+            same(attention(remote, group_by=["k_role"], client=c), attention(store, group_by=["k_role"]))
+            got = remote.to_xarray(["blocks.1.attn.hook_z"])["blocks.1.attn.hook_z"].sum("example").compute()
+        np.testing.assert_allclose(got.values, store.read("blocks.1.attn.hook_z").sum(axis=0), rtol=1e-5)
