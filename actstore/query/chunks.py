@@ -12,12 +12,10 @@ arrays from a TransformerLens cache exactly as it runs on a store.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -140,26 +138,6 @@ def padded_tokens(examples: pl.DataFrame, width: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the pages of the chunk just freed back to the OS (glibc's malloc_trim; no-op elsewhere).
-
-    glibc keeps freed chunk-sized blocks in per-thread heaps (Zarr decompresses on its own
-    threads), so without this a stream's resident size creeps up chunk after chunk; trimming
-    once per chunk costs well under a millisecond.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str], what: str) -> None:
     """Raise a one-line error naming the first hook `what` needs that the store lacks (or lacks at all positions)."""
     stored = set(store.hooks)
@@ -173,14 +151,31 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
                                         f"the answer positions only; re-ingest with --hooks {name}:all")
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_POOLS.clear)
+
+
+def reader_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's `workers` reading threads, shared by every scan and kept between scans.
+
+    Threads that live on keep their malloc arenas: a chunk-sized array freed after one read is
+    reused by the next. Fresh threads per query (or memory handed back per chunk) made every
+    read fault its pages in anew, a third of a GPT-2-shaped DLA's CPU time on a 2-core VM.
+    """
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actstore-read")
+    return _POOLS[workers]
+
+
 def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
            examples: ExampleArrays | None = None, workers: int = 2, answer_dtype: Any = None,
            ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks") -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
     answer_hooks: gathered at the answer positions (`Chunk.at_answer`); full_hooks: as stored
-    (`Chunk.full`). A hook in both lists is read once. Hooks are read on `workers` threads (Zarr
-    decompression releases the GIL), the next chunk's while the caller works on this one; answer
+    (`Chunk.full`). A hook in both lists is read once. Hooks are read on `workers` threads (see
+    reader_pool; decompression releases the GIL), the next chunk's while the caller works on this one; answer
     positions are gathered as each array arrives, so only hooks wanted in full stay in memory.
     answer_dtype: cast the answer-position values to this dtype on the reading threads (e.g.
     float32, so that the float16 -> float32 conversion overlaps the reads).
@@ -191,7 +186,7 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
     dims = {name: store.hook_info(name).dims for name in names}
     answers, fulls = set(answer_hooks), set(full_hooks)
-    pool = ThreadPoolExecutor(max_workers=min(workers, len(names))) if workers > 1 and len(names) > 1 else None
+    pool = reader_pool(min(workers, len(names))) if workers > 1 and len(names) > 1 else None
 
     def load(name: str, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         # gather the answers at once, so that a big all-position array is dropped right away
@@ -206,6 +201,7 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
         return [pool.submit(load, name, start, stop) for name in names]  # type: ignore[union-attr]
 
     ranges = list(store.chunks()) if ranges is None else list(ranges)
+    pending: list[Any] | None = None
     try:
         pending = submit(*ranges[0]) if pool is not None and ranges else None
         for k, (start, stop) in enumerate(tracked(ranges, label)):
@@ -230,8 +226,6 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
             )
             del loaded
             yield chunk
-            if k + 1 < len(ranges):  # (after the last chunk the query is about done with memory)
-                release_freed_memory()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    finally:  # a scan left early: the next chunk's reads not yet started are dropped
+        for future in pending or ():
+            future.cancel()
