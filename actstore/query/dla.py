@@ -87,7 +87,7 @@ class DlaPlan:
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
         for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
-                            answer_dtype=COMPUTE, ranges=ranges, label="dla"):
+                            answer_dtype=COMPUTE, ranges=ranges):
             rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape)
             per_row = []
             for row in rows:

@@ -156,7 +156,7 @@ class LensPlan:
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
-        for chunk in stream(self.store, self.at_answer, examples=self.at.arrays, ranges=ranges, label="logit lens"):
+        for chunk in stream(self.store, self.at_answer, examples=self.at.arrays, ranges=ranges):
             rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape)
             values = np.stack([lens_values(self.weights, self.readout, chunk, row, self.ln) for row in rows], axis=2)
             yield self.at.frame(chunk.start, chunk.stop, self.items, values, {"target": tgt.label},
