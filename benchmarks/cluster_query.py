@@ -5,8 +5,9 @@
 Prints one figure per line: the carry split of `dla --level LEVEL` (per-chunk partials, never
 the per-example table) run here (seconds, MB of peak RSS added over the opened store), then on a
 LocalCluster of N single-threaded workers (seconds of a second run, speed-up over the first N;
-cluster start-up, imports and plans on the workers not counted), and checks that every result equals the local one exactly. Measure on a quiet machine:
-with other work on the cores, workers only share them.
+cluster start-up, imports and plans on the workers not counted), and checks that every result
+equals the local one exactly. Measure on a quiet machine: with other work on the cores, workers
+only share them.
 """
 
 from __future__ import annotations
