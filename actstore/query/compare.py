@@ -151,9 +151,6 @@ def _check_column(ea: pl.DataFrame, eb: pl.DataFrame, col_a: str, col_b: str, a:
         first = bad.row(0, named=True)
         mode = " (clean vs corrupted)" if corrupted else ""
         hint = ("" if corrupted else " (different tokenizers or data?)" if col_a == "tokens" else "")
-        n_a, n_b = a.manifest.n, b.manifest.n
-        if n_a != n_b:  # the tasks draw examples for the whole n at once: another n, other examples
-            hint = f" (A was made with n={n_a}, B with n={n_b}: a task's examples depend on n; ingest both with one n)"
         raise InvalidParameterError(
             f"compare{mode}: {what}{hint}, first at example {first['example_id']} (A's {col_a} "
             f"{_short(first['x'])} vs B's {col_b} {_short(first['y'])}; {bad.height} of {pair.height} examples); "
