@@ -13,6 +13,7 @@ to the task's fixed width (the longest example it can make), whatever the range.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -222,6 +223,22 @@ def generate_range(task: Any, start: int, stop: int, seed: int, tokenizer: Any =
                                                       _owner(type(task), "generate")):
         return task.generate_range(start, stop, seed, tokenizer)
     return task.generate(stop, seed, tokenizer=tokenizer).slice(start, stop)
+
+
+def range_source(task: Any, n: int, seed: int, tokenizer: Any = None) -> Callable[[int, int], TaskData]:
+    """A function of (start, stop) giving examples [start, stop) of `generate(n, seed)`: made range by range
+    for a block task; for any other (whose examples may depend on n) all n are made once, on first use."""
+    if hasattr(task, "generate_range") and issubclass(_owner(type(task), "generate_range"),
+                                                      _owner(type(task), "generate")):
+        return lambda start, stop: task.generate_range(start, stop, seed, tokenizer)
+    whole: list[TaskData] = []
+
+    def from_whole(start: int, stop: int) -> TaskData:
+        if not whole:
+            whole.append(task.generate(n, seed, tokenizer=tokenizer))
+        return whole[0].slice(start, stop)
+
+    return from_whole
 
 
 def _owner(cls: type, attr: str) -> type:

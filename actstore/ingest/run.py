@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from actstore import __version__
 from actstore.datasets import get_task
-from actstore.datasets.base import TaskData, check_n_seed, generate_range
+from actstore.datasets.base import TaskData, check_n_seed, range_source
 from actstore.errors import (IncompleteStoreWarning, InvalidParameterError, StoreCorruptError, StoreExistsError,
                              StoreFormatError, StoreWriteError)
 from actstore.ingest import model_info
@@ -155,10 +155,8 @@ def ingest(
     t_model = time.perf_counter()
     tokenizer = getattr(net, "tokenizer", None)
     probe_n = min(batch, n, chunk or batch)
-    data = generate_range(task_obj, 0, probe_n, seed, tokenizer)  # the first batch; the loop makes the rest
-
-    def source(start: int, stop: int) -> TaskData:
-        return generate_range(task_obj, start, stop, seed, tokenizer)
+    source = range_source(task_obj, n, seed, tokenizer)  # a block task makes each chunk when the loop reaches it
+    data = source(0, probe_n)  # the first batch
 
     _check_fits(data, net.cfg)
     top_k = _top_k(top_k, int(net.cfg.d_vocab_out), outputs)
