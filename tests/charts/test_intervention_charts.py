@@ -176,7 +176,10 @@ def test_drop_degenerate(store):
     gone = rows.join(kept, on=["layer", "head", "example_id", "answer_idx", "metric"], how="anti")
     assert set(gone.get_column("metric").unique()) == {"logit_diff"}
     assert (gone.get_column("clean") == 0).all() and (gone.get_column("value") == 0).all()
-    assert set(gone.get_column("answer_idx").unique()) == {2, 3}
+    # the twin changes c1 always, c0 where carry_0 flips (not always: twin_carry_flipped), c2 and c3 never
+    same = {i for i in range(4) if not store.examples.get_column(f"twin_differs_{i}").all()}
+    assert {2, 3} <= same and 1 not in same
+    assert set(gone.get_column("answer_idx").unique()) == same
     assert drop_degenerate(rows, None).height == rows.height
 
 

@@ -88,8 +88,8 @@ def test_correlation_with_open_proportion(tiny_store):
 
 def test_correlation_filtered_and_refused(tiny_store):
     store = tiny_store("bidir")
-    kept = store.examples.filter(pl.col("starts_open")).height
-    r = neuron_correlation(store, 1, "n_brackets", where={"starts_open": True})
+    kept = store.examples.filter(pl.col("balanced")).height
+    r = neuron_correlation(store, 1, "n_brackets", where={"balanced": True})
     assert r["n"].unique().to_list() == [kept] and 0 < kept < N_EXAMPLES
     with pytest.raises(InvalidParameterError, match="label 'failure' is String, not numeric"):
         neuron_correlation(store, 1, "failure")
