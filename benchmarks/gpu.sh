@@ -39,13 +39,14 @@ else
 fi
 "$py" - "$device" <<'EOF'
 import sys
-import duckdb, numcodecs, polars, torch, transformer_lens, zarr
+from importlib.metadata import version
+import duckdb, numcodecs, polars, torch, transformer_lens, zarr  # noqa: F401
 import actstore
 from actstore.query import dla  # noqa: F401
+names = ("zarr", "numcodecs", "polars", "duckdb", "transformer_lens", "transformers", "numpy", "pyarrow")
 print(f"# python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} "
-      f"available={torch.cuda.is_available()} zarr {zarr.__version__} numcodecs {numcodecs.__version__} "
-      f"polars {polars.__version__} duckdb {duckdb.__version__} transformer_lens {transformer_lens.__version__} "
-      f"actstore from {actstore.__file__}")
+      f"available={torch.cuda.is_available()} " + " ".join(f"{n} {version(n)}" for n in names)
+      + f" actstore from {actstore.__file__}")
 if sys.argv[1] == "cuda":
     if not torch.cuda.is_available():
         sys.exit("torch sees no CUDA device")
