@@ -56,7 +56,7 @@ tar -C "$work/site" -cf - . | xz -9 -T0 >"$out.tmp"
 mv "$out.tmp" "$out"
 size=$(stat -c %s "$out")
 mib() { awk -v t="$1" 'BEGIN {printf "%.1f", t / 1048576}'; }
-echo "$(ls "$work/wheels"/*.whl | wc -l) wheels, $(mib "$wheels") MiB -> $out $(mib "$size") MiB" \
+echo "$(find "$work/wheels" -name "*.whl" | wc -l) wheels, $(mib "$wheels") MiB -> $out $(mib "$size") MiB" \
      "(unpacked $(mib "$(du -sb "$work/site" | cut -f1)") MiB)"
 if (( size > 60 * 1048576 )); then
   echo "over 60 MiB: the device call carries 64 MiB including the working tree" >&2
