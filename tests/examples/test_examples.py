@@ -270,6 +270,7 @@ def test_seed000_list_update(tmp_path: Path) -> None:
     assert_charts(charts, ["logit_lens", "dla_by_head_changed", "attention", "ov_L1H0", "patch_resid_pre", "patch_v"])
 
 
+@pytest.mark.slow  # 40 s: three ingests of the seed script; the other seeds run by default
 @needs_zoo("list_update")
 def test_seed000_reuses_then_replaces_store(tmp_path: Path) -> None:
     out = tmp_path / "store"
