@@ -591,14 +591,18 @@ def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
 def _grow(out: StorePath, manifest: Manifest, auto_chunk: bool, exclusive: bool) -> Manifest | None:
     """The grown manifest where `out` holds this run with another n (or a growth to finish: see
     actstore.ingest.grow); None where it holds no such store (then the caller resumes or refuses)."""
-    if isinstance(out, RemotePath):
-        return None  # a remote store is not grown: refused as another run
     try:
         old = read_manifest(out)
     except StoreFormatError:
         return None
     if growth_differences(old, manifest, auto_chunk):
         return None
+    if isinstance(out, RemotePath):
+        if old.n == manifest.n:
+            return None  # the same run: resumed
+        raise StoreExistsError(f"{out} holds {old.n} examples of this run; a store at a URL is not grown (growth "
+                               f"is local only): ingest --n {manifest.n} to a local path and upload it, or to "
+                               f"another URL")
     if read_intent(out) is not None:
         return finish_growth(out, manifest.n)
     if old.n == manifest.n:

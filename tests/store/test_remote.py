@@ -24,8 +24,8 @@ from polars.testing import assert_frame_equal
 import actstore
 from actstore import query
 from actstore.cli import main
-from actstore.errors import (InvalidParameterError, RemoteStoreError, StoreCorruptError, StoreLockedError,
-                             StoreNotFoundError)
+from actstore.errors import (InvalidParameterError, RemoteStoreError, StoreCorruptError, StoreExistsError,
+                             StoreLockedError, StoreNotFoundError)
 from actstore.store.fs import RemotePath, store_path
 from actstore.store.directions import direction_problems, load_direction, save_direction
 from actstore.store.lock import store_lock
@@ -234,6 +234,22 @@ def test_memory_urls_ingest_verify_query_and_pickle(local_ref):
         with store_lock(store.path), pytest.raises(StoreLockedError):  # one writer per store here too
             with store_lock(store_path(url)):
                 pass
+    finally:
+        fsspec.filesystem("memory").rm(url.removeprefix("memory:/"), recursive=True)
+
+
+def test_a_store_at_a_url_is_reused_at_its_n_and_not_grown():
+    url = f"memory://actstore-{uuid.uuid4().hex[:8]}/store"
+    args = {**ARGS, "n": 20}
+    try:
+        first = actstore.ingest(model=tiny_model("addition"), out=url, **args)
+        again = actstore.ingest(model=tiny_model("addition"), out=url, **args)  # the same run: served as it is
+        assert again.n_examples == first.n_examples == 20
+        with pytest.raises(StoreExistsError) as e:
+            actstore.ingest(model=tiny_model("addition"), out=url, **{**args, "n": 30})
+        msg = str(e.value)
+        assert "holds 20 examples of this run" in msg and "growth is local only" in msg and "\n" not in msg
+        assert actstore.open_store(url).n_examples == 20 and verify(url).passed  # left as it was
     finally:
         fsspec.filesystem("memory").rm(url.removeprefix("memory:/"), recursive=True)
 
