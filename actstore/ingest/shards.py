@@ -22,17 +22,16 @@ import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ContextManager
 
-from actstore.errors import InvalidParameterError, StoreCorruptError, StoreLockedError, StoreWriteError
+from actstore.errors import InvalidParameterError, StoreCorruptError
 from actstore.store.commits import read_commit, read_file
 from actstore.store.fs import StorePath
 from actstore.store.integrity import COMPLETE_RECORD, STORE_RECORD
 from actstore.store.layout import COMMITS, chunk_file, chunk_ranges, commit_path, meta_tables, part_path
-from actstore.store.lock import store_lock
+from actstore.store.lock import acquire_flock, store_lock
 from actstore.store.manifest import Manifest
 
 _SHARD = re.compile(r"(\d+)/(\d+)")
@@ -123,7 +122,7 @@ def writer_locks(out: Any, shard: tuple[int, int]) -> Iterator[Callable[[], Cont
 @contextlib.contextmanager
 def _flock(path: Path, store: Path, shared: bool, wait: bool = False, what: str = "") -> Iterator[None]:
     """flock `path` (created if absent); removed on release unless another process still holds it."""
-    fd = _acquire(path, store, shared, wait, what)
+    fd = acquire_flock(path, store, shared, wait, what)
     try:
         yield
     finally:
@@ -134,34 +133,6 @@ def _flock(path: Path, store: Path, shared: bool, wait: bool = False, what: str 
             pass
         finally:
             os.close(fd)
-
-
-def _acquire(path: Path, store: Path, shared: bool, wait: bool, what: str) -> int:
-    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
-    for attempt in range(50):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise StoreWriteError(f"cannot write the store at {str(store)!r}: its lock file {path.name} cannot be "
-                                  f"made ({e.strerror or e})") from None
-        try:
-            fcntl.flock(fd, mode)
-        except BlockingIOError:
-            os.close(fd)
-            if shared and attempt < 3:  # a shard releasing its shared lock holds it exclusively for a moment
-                time.sleep(0.05)
-                continue
-            holder = f"another process writes {what} {str(store)!r}" if what else \
-                f"another ingest is writing {str(store)!r}"
-            raise StoreLockedError(f"{holder}; wait for it to finish or choose another output path") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # removed by its last holder as we opened it: lock the new one
-    raise StoreLockedError(f"cannot lock {path.name} beside {str(store)!r}; retry")
 
 
 __all__ = ["all_committed", "committed_ok", "discard_chunks", "parse_shard", "shard_chunks", "store_digests",

@@ -46,7 +46,7 @@ def store_lock(store: StorePath) -> Iterator[None]:
         return
     store = Path(store)
     path = store.absolute().parent / f".{store.absolute().name}.lock"
-    fd = _acquire(path, store)
+    fd = acquire_flock(path, store)
     try:
         yield
     finally:
@@ -56,8 +56,12 @@ def store_lock(store: StorePath) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
-def _acquire(path: Path, store: Path) -> int:
-    while True:
+def acquire_flock(path: Path, store: Path, shared: bool = False, wait: bool = False, what: str = "") -> int:
+    """A descriptor holding `flock` on the lock file `path` of the store at `store` (created if absent):
+    exclusive, or shared (shards of one store); at once or, with `wait`, blocking. StoreLockedError
+    naming `what` the holder writes ("shard 1/2 of") if another process holds it."""
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    for attempt in range(50):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -65,12 +69,15 @@ def _acquire(path: Path, store: Path) -> int:
             raise StoreWriteError(f"cannot {verb} at {str(store)!r}: its lock file {path.name} cannot be made "
                                   f"({e.strerror or e})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode)
         except BlockingIOError:
             os.close(fd)
-            raise StoreLockedError(
-                f"another ingest is writing {str(store)!r}; "
-                "wait for it to finish or choose another output path") from None
+            if shared and attempt < 3:  # a shard releasing its shared lock holds it exclusively for a moment
+                time.sleep(0.05)
+                continue
+            holder = f"another process writes {what} {str(store)!r}" if what else \
+                f"another ingest is writing {str(store)!r}"
+            raise StoreLockedError(f"{holder}; wait for it to finish or choose another output path") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -78,6 +85,7 @@ def _acquire(path: Path, store: Path) -> int:
         if same:
             return fd
         os.close(fd)  # the holder removed this file as we opened it: lock the new one
+    raise StoreLockedError(f"cannot lock {path.name} beside {str(store)!r}; retry")
 
 
 @contextlib.contextmanager
@@ -133,4 +141,4 @@ def break_lock(store: "str | os.PathLike[str] | RemotePath", storage_options: di
     return what
 
 
-__all__ = ["store_lock", "lock_path", "break_lock"]
+__all__ = ["acquire_flock", "store_lock", "lock_path", "break_lock"]
