@@ -76,13 +76,7 @@ def _with_labels(table: pl.DataFrame, by: list[str], examples: Any) -> pl.DataFr
     if not isinstance(labels, pl.DataFrame):
         raise InvalidParameterError(
             f"breakdown: examples must be a store or a Polars DataFrame, got {type(labels).__name__}")
-    absent = [c for c in missing if c not in labels.columns]
-    if absent:
-        base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens",
-                "counter_tokens", "corrupted_tokens"}
-        label_cols = [c for c in labels.columns if c not in base] or labels.columns
-        raise UnknownColumnError(f"breakdown: no label column {absent[0]!r} (labels of these examples: "
-                                 f"{', '.join(label_cols)})")
+    check_label_columns(labels, missing)
     if "example_id" not in table.columns or "example_id" not in labels.columns:
         raise UnknownColumnError("breakdown: joining labels needs an example_id column in both tables")
     return table.join(labels.select("example_id", *missing), on="example_id", how="left", maintain_order="left")
@@ -124,3 +118,14 @@ def _central_prob(t: float, df: int) -> float:
         term *= c2 * (2 * k) / (2 * k + 1)
         total += term
     return 2 / math.pi * (theta + s * total)
+
+
+def check_label_columns(examples: pl.DataFrame, columns: Sequence[str]) -> None:
+    """UnknownColumnError naming the first of `columns` that `examples` lacks, and the labels it has."""
+    absent = [c for c in columns if c not in examples.columns]
+    if absent:
+        base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens",
+                "counter_tokens", "corrupted_tokens"}
+        label_cols = [c for c in examples.columns if c not in base] or examples.columns
+        raise UnknownColumnError(f"breakdown: no label column {absent[0]!r} (labels of these examples: "
+                                 f"{', '.join(label_cols)})")

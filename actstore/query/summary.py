@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError, UnknownColumnError
-from actstore.query.breakdown import KEY_COLUMNS, with_interval
+from actstore.query.breakdown import KEY_COLUMNS, check_label_columns, with_interval
 from actstore.query.executor import Job, run
 from actstore.store.reader import Store
 
@@ -177,13 +177,7 @@ def summarise(store: Store, inner: Job, spec: GroupSpec, client: Any = None, pla
 def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:
     """The label `columns` of the store's examples (row i: example i); one-line error naming a missing one."""
     examples = store.examples
-    absent = [c for c in columns if c not in examples.columns]
-    if absent:
-        base = {"example_id", "split", "text", "tokens", "length", "answer_positions", "answer_tokens",
-                "counter_tokens", "corrupted_tokens"}
-        label_cols = [c for c in examples.columns if c not in base] or examples.columns
-        raise UnknownColumnError(f"breakdown: no label column {absent[0]!r} (labels of these examples: "
-                                 f"{', '.join(label_cols)})")
+    check_label_columns(examples, columns)
     return examples.select(columns)
 
 
