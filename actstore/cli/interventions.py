@@ -2,7 +2,8 @@
 
 Both print one row per target, answer and metric (mean over examples, the clean and corrupted
 baselines, the normalised score, n and a 95% interval); --per-example prints the stored rows.
-The full table is the SQL view `interventions` afterwards.
+The full table is the SQL view `interventions` afterwards. --workers N / --scheduler ADDRESS
+compute the sweep's parts on Dask workers (this process writes them; the same bytes).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from typing import Any
 
 from actstore.cli.args import positive_int
+from actstore.cli.cluster import add_cluster_options, cluster_client
 from actstore.cli.output import add_output_options, output_format, write_table
 
 HOOK_HELP = "resid_pre, resid_mid, resid_post, attn_out, mlp_out (by layer); z, q, k, v, pattern (by head)"
@@ -71,6 +73,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-example", action="store_true", help="print every stored row, not the per-target summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_output_options(p)
+    add_cluster_options(p)  # the sweep's parts on Dask workers, written here: the same bytes
 
 
 def _options(args: argparse.Namespace, store: Any) -> dict[str, Any]:
@@ -112,7 +115,9 @@ def run_patch(args: argparse.Namespace) -> int:
                                         "drop --method/--pos/--grain/--hook")
         if args.receiver_input is not None and args.path_to.strip() == "logits":
             raise InvalidParameterError("--receiver-input applies to receiver heads, not to --path-to logits")
-        rows = path_patch(store, args.path_to, args.receiver_input or "q", mode=args.mode or "noise", **opts)
+        with cluster_client(args) as client:
+            rows = path_patch(store, args.path_to, args.receiver_input or "q", mode=args.mode or "noise",
+                              client=client, **opts)
     else:
         if args.receiver_input is not None:
             raise InvalidParameterError("--receiver-input applies to path patching; add --path-to RECEIVERS")
@@ -120,10 +125,13 @@ def run_patch(args: argparse.Namespace) -> int:
         grain = args.grain or _default_grain(hook)
         if args.method == "atp":
             opts.pop("rows", None)
-            rows = attribution_patch(store, hook, grain, pos=args.pos, mode=args.mode or "denoise", **opts)
+            with cluster_client(args) as client:
+                rows = attribution_patch(store, hook, grain, pos=args.pos, mode=args.mode or "denoise",
+                                         client=client, **opts)
             _report_agreement(store, rows)
         else:
-            rows = patch(store, hook, grain, pos=args.pos, mode=args.mode or "denoise", **opts)
+            with cluster_client(args) as client:
+                rows = patch(store, hook, grain, pos=args.pos, mode=args.mode or "denoise", client=client, **opts)
     _write(rows, args)
     return 0
 
@@ -135,8 +143,9 @@ def run_ablate(args: argparse.Namespace) -> int:
     output_format(args)
     store = open_store(args.store)
     opts = _options(args, store)
-    rows = ablate(store, args.hook, args.grain or _default_grain(args.hook).split(",")[0], method=args.method,
-                  mean_over=args.mean_over, pos=args.pos, seed=args.seed, **opts)
+    with cluster_client(args) as client:
+        rows = ablate(store, args.hook, args.grain or _default_grain(args.hook).split(",")[0], method=args.method,
+                      mean_over=args.mean_over, pos=args.pos, seed=args.seed, client=client, **opts)
     _write(rows, args)
     return 0
 
