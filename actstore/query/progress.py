@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import IO, Any
 
-from tqdm.auto import tqdm
-
 _reporter: ContextVar[Callable[[str, int], Any] | None] = ContextVar("actstore_query_progress", default=None)
 
 
@@ -23,6 +21,8 @@ def progress(file: IO[str] | None = None, leave: bool = False) -> Iterator[None]
     """Within this block, every streamed query draws a bar of its chunks on `file` (stderr)."""
 
     def make(what: str, total: int) -> Any:
+        from tqdm.auto import tqdm  # noqa: PLC0415 (0.2 s to import; only a terminal shows bars)
+
         return tqdm(total=total, desc=what, unit="chunk", file=file or sys.stderr, leave=leave,
                     mininterval=0.2)
 
