@@ -59,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-by", action="append", required=True, metavar="LABEL",
                    help="label column of the examples to split by (repeat for several)")
     p.add_argument("--of", choices=tuple(TABLES), default="dla", help="which table to split (default dla)")
-    p.add_argument("--input", default=None, metavar="FILE.parquet",
-                   help="split this Parquet table (with example_id) instead of a derived one")
+    p.add_argument("--input", default=None, metavar="FILE",
+                   help="split this table file (Parquet, or CSV if it ends in .csv; with example_id to join labels) "
+                        "instead of a derived one; read batch by batch, here")
     p.add_argument("--value", default=None, help="value column (default: value, or projection for neurons)")
     add_derived_options(p)
     add_output_options(p)
@@ -94,39 +95,24 @@ def attach_pairs(pairs: list[str] | None) -> dict[str, str]:
 
 
 def run_breakdown(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from actstore.errors import InvalidParameterError
-    from actstore.query import derived
     from actstore.query import streamed
-    from actstore.query.breakdown import breakdown
+    from actstore.query.breakdown_file import breakdown_file
     from actstore.query.summary import GroupSpec
     from actstore.store import open_store
 
-    store = open_store(args.store)
-    table_name = TABLES[args.of]
-    if not args.input and table_name in streamed.TABLES:  # per-chunk partials, never the whole table
-        if args.value is not None and not args.value.strip():
-            raise InvalidParameterError("--value is empty; name a numeric column of the table (default: value)")
-        spec = GroupSpec(by=tuple(args.group_by), value=args.value or "value")
-        with cluster_client(args) as client:
-            write_table(streamed.summary(store, table_name, derived_params(args).get(table_name), spec, client), args)
-        return 0
-    if args.workers is not None or args.scheduler is not None:
-        raise InvalidParameterError("--workers / --scheduler stream the dla and logit-lens tables only; drop them "
-                                    "for --input or --of attention / neurons")
-    if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise InvalidParameterError(f"--input {str(path)!r} is not a file")
-        try:
-            table = pl.read_parquet(path)
-        except (OSError, pl.exceptions.PolarsError) as e:
-            raise InvalidParameterError(f"--input {str(path)!r} is not a readable Parquet file ({e})") from None
-    else:
-        table = derived.cached(store, table_name, derived_params(args).get(table_name))
     if args.value is not None and not args.value.strip():
         raise InvalidParameterError("--value is empty; name a numeric column of the table (default: value)")
-    value = args.value or ("projection" if table_name == "neurons" and "value" not in table.columns else "value")
-    write_table(breakdown(table, group_by=args.group_by, examples=store.examples, value=value), args)
+    if args.input and (args.workers is not None or args.scheduler is not None):
+        raise InvalidParameterError("--workers / --scheduler run a store's chunks on a cluster; --input FILE is read "
+                                    "here, batch by batch: drop them")
+    store = open_store(args.store)
+    if args.input:
+        write_table(breakdown_file(Path(args.input), args.group_by, store, value=args.value), args)
+        return 0
+    table_name = TABLES[args.of]  # per-chunk partials, never the whole table
+    value = args.value or ("projection" if table_name == "neurons" else "value")
+    spec = GroupSpec(by=tuple(args.group_by), value=value)
+    with cluster_client(args) as client:
+        write_table(streamed.summary(store, table_name, derived_params(args).get(table_name), spec, client), args)
     return 0

@@ -4,8 +4,8 @@
 cache when it holds the table, else computed, locally filling the cache as the chunks pass (a
 table is cached only once every chunk went through; on a cluster nothing is cached, the rows are
 computed on the workers). `summary(...)` gives `breakdown`'s statistics from per-chunk partials
-(summary.py), computed locally or on a cluster: memory holds one chunk's rows, and the numbers
-are the same bit for bit either way.
+(summary.py) of these tables and of the raw attention and neuron rows, computed locally or on a
+cluster: memory holds one chunk's rows, and the numbers are the same bit for bit either way.
 """
 
 from __future__ import annotations
@@ -23,15 +23,19 @@ import pyarrow.parquet as pq
 
 from actstore.errors import ActstoreError, InvalidParameterError
 from actstore.query import derived
+from actstore.query.attention import AttentionPlan, attention_plan
 from actstore.query.dla import DlaPlan, dla_plan
 from actstore.query.executor import Job
 from actstore.query.logit_lens import LensPlan, lens_plan
-from actstore.query.summary import GroupSpec, summarise
+from actstore.query.neurons import LayerPlan, layer_plan, mlp_layers
+from actstore.query.summary import GroupSpec, summarise, summarise_each
 from actstore.store.cache import read_checked, record_path, write_checked
 from actstore.store.fs import StorePath
 from actstore.store.reader import Store
 
 TABLES = ("dla", "logit_lens")
+ROW_TABLES = ("attention", "neurons")  # raw rows, summarised per chunk (never cached by a summary: they are large)
+NEURON_OPTIONS = ("direction", "through_head", "pos", "answer", "final_ln", "attention_weighted", "where")
 BATCH_ROWS = 1 << 16  # rows per batch read back from a cached file
 ROW_GROUP = 1 << 19  # rows per row group of a cached file
 
@@ -69,15 +73,45 @@ def summary(store: Store, table: str, params: Mapping[str, Any] | None, spec: Gr
             client: Any = None) -> pl.DataFrame:
     """`breakdown`'s statistics of the table per `spec`, from per-chunk partials (never the whole table).
 
-    Always computed from the store (locally, filling the derived/ cache if it lacks the table, or on
-    `client`): reading a cached table back costs about what recomputing it does, and more memory.
+    table: dla, logit_lens, or the raw rows of attention / neurons (ROW_TABLES).
+    Always computed from the store (locally, filling the derived/ cache if it lacks a dla or logit_lens
+    table, or on `client`): reading a cached table back costs about what recomputing it does, and more
+    memory. Raw attention and neuron rows are not cached on the way (they are many: d_mlp rows per
+    example and position for neurons).
     """
+    if table in ROW_TABLES:
+        return summarise_each(store, row_plans(store, table, params), spec, client)
     job, plan = plan_for(store, table, params)
     if client is None:
         path = derived.cache_path(store, table, derived.params_for(table, params))
         if not (path.is_file() and record_path(path).is_file()):  # (a bad one is found, and redone, when read)
             plan = _Filling(plan, path)
     return summarise(store, job, spec, client, plan)
+
+
+def row_plans(store: Store, table: str, params: Mapping[str, Any] | None) -> list[tuple[Job, Any]]:
+    """The jobs and (validated) plans whose chunk partials are the raw rows of `table` (attention or
+    neurons, with the derived defaults), in the table's order: attention's one, or one per MLP layer."""
+    full = derived.params_for(table, params)
+    if table == "attention":
+        extra = sorted(set(full) - {"layers", "heads", "query", "key", "where"})
+        if extra:
+            raise InvalidParameterError(f"breakdown of attention rows takes layers, heads, query, key and where, "
+                                        f"not {', '.join(extra)} (an aggregate is not a table of rows)")
+        plan: Any = AttentionPlan(store, full.get("layers"), full.get("heads"), full.get("query"), full.get("key"),
+                                  None, None, full.get("where"))
+        return [(Job(attention_plan, plan.params), plan)]
+    if table != "neurons":
+        raise InvalidParameterError(f"no table of rows {table!r}; tables of rows: {', '.join(ROW_TABLES)}")
+    extra = sorted(set(full) - {"layers", *NEURON_OPTIONS})
+    if extra:
+        raise InvalidParameterError(f"breakdown of neuron rows takes layers, {', '.join(NEURON_OPTIONS)}, not "
+                                    f"{', '.join(extra)} (top-k rows are not the table of rows)")
+    options = {k: full.get(k, default) for k, default in zip(NEURON_OPTIONS, ("answer", None, None, 0, None, False,
+                                                                               None))}
+    plans = [LayerPlan(store, layer, options, ("rows",))
+             for layer in mlp_layers(store, full.get("layers"), options["through_head"])]
+    return [(Job(layer_plan, p.params), p) for p in plans]
 
 
 def cached_frames(data: bytes) -> Iterator[pl.DataFrame]:
@@ -187,4 +221,4 @@ class _RowGroups:
             self.writer = None
 
 
-__all__ = ["cached_frames", "plan_for", "rows", "summary"]
+__all__ = ["cached_frames", "plan_for", "row_plans", "rows", "summary"]

@@ -85,6 +85,8 @@ class GroupStats:
         n, mean, m2 = (np.concatenate([getattr(p, f) for p in parts]) for f in ("n", "mean", "m2"))
         total = np.bincount(inverse, n, minlength=keys.height)
         grand = np.bincount(inverse, n * mean, minlength=keys.height) / total
+        alone = np.bincount(inverse, minlength=keys.height)[inverse] == 1  # a group in one part only
+        grand[inverse[alone]] = mean[alone]  # kept as it is (n * mean / n may differ in the last bit)
         m2_all = np.bincount(inverse, m2 + n * (mean - grand[inverse]) ** 2, minlength=keys.height)
         return cls(keys, total.astype(np.int64), grand, m2_all)
 
@@ -169,9 +171,22 @@ def summary_plan(store: Store, inner: Job, spec: GroupSpec) -> SummaryPlan:
 def summarise(store: Store, inner: Job, spec: GroupSpec, client: Any = None, plan: Any = None) -> pl.DataFrame:
     """`spec`'s statistics of the rows of the streamed query `inner`, chunk by chunk (locally or on
     `client`), as `breakdown` gives them: by..., keys..., mean, std, n, ci_low, ci_high."""
-    summary = SummaryPlan(store, inner, spec, plan)
-    parts = run(Job(summary_plan, {"inner": inner, "spec": spec}), store, client, summary)
-    return finish(GroupStats.fold(parts), spec, summary.empty_keys)
+    return summarise_each(store, [(inner, plan)], spec, client)
+
+
+def summarise_each(store: Store, inners: Sequence[tuple[Job, Any]], spec: GroupSpec,
+                   client: Any = None) -> pl.DataFrame:
+    """`summarise` of the rows of several streamed queries taken as one table, theirs one after
+    another (e.g. a neuron table, layer after layer); each (job, plan or None) runs in turn."""
+    totals: list[GroupStats] = []
+    empty_keys: dict[str, pl.DataType] = {}
+    for inner, plan in inners:
+        summary = SummaryPlan(store, inner, spec, plan)
+        empty_keys = summary.empty_keys
+        total = GroupStats.fold(run(Job(summary_plan, {"inner": inner, "spec": spec}), store, client, summary))
+        if total is not None:
+            totals.append(total)
+    return finish(GroupStats.fold(totals), spec, empty_keys)
 
 
 def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:
@@ -181,4 +196,5 @@ def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:
     return examples.select(columns)
 
 
-__all__ = ["GroupSpec", "GroupStats", "SummaryPlan", "finish", "summarise", "group_index", "with_labels"]
+__all__ = ["GroupSpec", "GroupStats", "SummaryPlan", "finish", "group_index", "summarise", "summarise_each",
+           "with_labels"]

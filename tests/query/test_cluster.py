@@ -221,3 +221,21 @@ def test_an_s3_store_is_reopened_by_the_workers(store):
             same(attention(remote, group_by=["k_role"], client=c), attention(store, group_by=["k_role"]))
             got = remote.to_xarray(["blocks.1.attn.hook_z"])["blocks.1.attn.hook_z"].sum("example").compute()
         np.testing.assert_allclose(got.values, store.read("blocks.1.attn.hook_z").sum(axis=0), rtol=1e-5)
+
+
+def test_attention_and_neuron_breakdowns_are_identical_on_the_cluster(store, client, capsys):
+    """Raw attention and neuron rows summarised per chunk: the cluster's table is the local one, bit for bit,
+    and the CLI's --scheduler prints the same bytes (the groups and n of the whole-table breakdown)."""
+    for table, spec in [("attention", GroupSpec(by=("carry_2",))),
+                        ("neurons", GroupSpec(by=("a",), value="activation"))]:
+        same(streamed.summary(store, table, None, spec), streamed.summary(store, table, None, spec, client))
+    path, address = str(store.path), client.scheduler.address
+    for of, whole in [("attention", breakdown(attention(store), "carry_2", store)),
+                      ("neurons", breakdown(neurons(store), "carry_2", store, value="projection"))]:
+        argv = ["breakdown", path, "--group-by", "carry_2", "--of", of, "--format", "csv"]
+        here = cli_csv(capsys, argv)
+        assert cli_csv(capsys, [*argv, "--scheduler", address]) == here
+        keys = [c for c in whole.columns if c not in ("mean", "std", "ci_low", "ci_high")]
+        assert_frame_equal(pl.read_csv(io.StringIO(here), schema=whole.schema).select(keys), whole.select(keys))
+    assert main(["breakdown", path, "--group-by", "carry_2", "--input", path, "--workers", "2"]) != 0
+    assert "--input FILE is read here" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""breakdown of attention rows, neuron rows and table files, streamed per chunk / per batch: the same
+groups in the same order with the same n as the whole-table breakdown, means and stds to the last
+bits of the sums; one-line errors for files that do not fit the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from actstore.errors import InvalidParameterError, UnknownColumnError
+from actstore.query import streamed
+from actstore.query.attention import attention
+from actstore.query.breakdown import breakdown
+from actstore.query.breakdown_file import breakdown_file
+from actstore.query.dla import dla
+from actstore.query.neurons import neurons
+from actstore.query.summary import GroupSpec, GroupStats
+
+STATS = ("mean", "std", "ci_low", "ci_high")
+
+
+def matches(got: pl.DataFrame, whole: pl.DataFrame) -> None:
+    """`got` has `whole`'s columns, groups (in order) and n exactly; its statistics agree to ~1e-12."""
+    assert got.height > 0 and got.columns == whole.columns and got.schema == whole.schema
+    keys = [c for c in whole.columns if c not in STATS]
+    assert_frame_equal(got.select(keys), whole.select(keys), check_exact=True)
+    for col in STATS:
+        a, b = got[col].to_numpy(), whole[col].to_numpy()
+        assert np.array_equal(np.isnan(a), np.isnan(b)), col
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13, err_msg=col)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_store):
+    return tiny_store("ln_mlp")  # 40 examples in chunks of 16, 16, 8; 3 layers of 64 neurons
+
+
+@pytest.mark.parametrize("by", [("carry_2",), ("carry_2", "carry_1"), ()])
+def test_attention_rows_summarised_per_chunk_match_the_whole_table(store, by):
+    whole = breakdown(attention(store), list(by), store)
+    got = streamed.summary(store, "attention", None, GroupSpec(by=by))
+    matches(got, whole)
+    assert got.columns[:len(by) + 4] == [*by, "layer", "head", "q_role", "k_role"]
+
+
+def test_neuron_rows_summarised_per_chunk_and_layer_match_the_whole_table(store):
+    table = neurons(store)
+    for value in ("projection", "activation"):
+        whole = breakdown(table, "carry_2", store, value=value)
+        got = streamed.summary(store, "neurons", None, GroupSpec(by=("carry_2",), value=value))
+        matches(got, whole)
+    assert got.height == 2 * 3 * 64 and got["layer"].unique().to_list() == [0, 1, 2]
+    one = streamed.summary(store, "neurons", {"layers": [1], "pos": "="}, GroupSpec(by=("a",), value="activation"))
+    matches(one, breakdown(neurons(store, [1], pos="="), "a", store, value="activation"))
+    with pytest.raises(InvalidParameterError, match="not top_k"):
+        streamed.summary(store, "neurons", {"top_k": 3}, GroupSpec())
+    with pytest.raises(UnknownColumnError, match="no label column 'nosuch'"):
+        streamed.summary(store, "attention", None, GroupSpec(by=("nosuch",)))
+    with pytest.raises(UnknownColumnError, match="no value column 'value'"):
+        streamed.summary(store, "neurons", None, GroupSpec())
+
+
+def test_attention_only_store_has_no_neuron_rows_to_split(tiny_store):
+    with pytest.raises(InvalidParameterError, match="attention-only"):
+        streamed.summary(tiny_store("ln_attn"), "neurons", None, GroupSpec(value="projection"))
+
+
+def test_groups_seen_in_one_part_only_keep_their_statistics_exactly():
+    rng = np.random.default_rng(1)
+    a = GroupStats.of(pl.DataFrame({"g": [0] * 7, "value": rng.normal(size=7) / 3}), ["g"], "value")
+    b = GroupStats.of(pl.DataFrame({"g": [1] * 5, "value": rng.normal(size=5) / 3}), ["g"], "value")
+    both = GroupStats.fold([a, b])
+    assert both is not None and both.keys["g"].to_list() == [0, 1]
+    assert both.mean.tolist() == [*a.mean, *b.mean] and both.m2.tolist() == [*a.m2, *b.m2]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_table_file_read_in_small_batches_matches_the_whole_table(store, tmp_path, fmt):
+    table = dla(store, level="head")
+    path = tmp_path / f"dla.{fmt}"
+    getattr(table, f"write_{fmt}")(path)
+    whole = breakdown(table, ["carry_2", "carry_1"], store)
+    for batch in (37, 1 << 16):  # 37 rows (CSV: a 1 KiB block) at a time: batches cut through groups
+        got = breakdown_file(path, ["carry_2", "carry_1"], store, batch_rows=batch, csv_block_bytes=batch * 28)
+        matches(got, whole)
+    n_all = breakdown_file(path, [], store)
+    matches(n_all, breakdown(table, [], store))
+    assert n_all["n"].unique().to_list() == [store.n_examples]
+
+
+def test_a_table_file_with_its_own_labels_and_a_neuron_table_default_value(store, tmp_path):
+    table = neurons(store, [0]).with_columns(odd=pl.col("example_id") % 2 == 1)
+    table.write_parquet(tmp_path / "n.parquet")
+    got = breakdown_file(tmp_path / "n.parquet", "odd", batch_rows=100)  # no store needed: odd is in the file
+    matches(got, breakdown(table, "odd", value="projection"))
+    assert got["n"].sum() == table.height
+
+
+def test_table_files_that_do_not_fit_the_store_are_one_line_errors(store, tmp_path):
+    f = tmp_path / "t.parquet"
+
+    def refused(frame: pl.DataFrame, match: str, **kwargs: object) -> None:
+        frame.write_parquet(f)
+        with pytest.raises((InvalidParameterError, UnknownColumnError), match=match) as err:
+            breakdown_file(f, "carry_2", store, batch_rows=2, **kwargs)
+        assert "\n" not in str(err.value)
+
+    n = store.n_examples
+    refused(pl.DataFrame({"example_id": [0, 1, n], "value": [1.0, 2.0, 3.0]}),
+            f"row 2: example_id {n} is not an example of store .* \\(0..{n - 1}\\)")
+    refused(pl.DataFrame({"example_id": [0, -1], "value": [1.0, 2.0]}), "row 1: example_id -1")
+    refused(pl.DataFrame({"example_id": [0, None], "value": [1.0, 2.0]}), "row 1: example_id is null")
+    refused(pl.DataFrame({"example_id": ["0"], "value": [1.0]}), "example_id is String, not an integer")
+    refused(pl.DataFrame({"value": [1.0]}), "needs an example_id column")
+    refused(pl.DataFrame({"example_id": [0], "value": ["x"]}), "value column 'value' is String, not numeric")
+    refused(pl.DataFrame({"example_id": [0], "v": [1.0]}), "no value column 'value'")
+    pl.DataFrame({"example_id": [0], "value": [1.0]}).write_parquet(f)
+    with pytest.raises(UnknownColumnError, match="no label column 'nosuch'"):
+        breakdown_file(f, "nosuch", store)
+    with pytest.raises(InvalidParameterError, match="is not a file"):
+        breakdown_file(tmp_path / "missing.parquet", "carry_2", store)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InvalidParameterError, match="is not a readable Parquet file"):
+        breakdown_file(tmp_path / "bad.parquet", "carry_2", store)
+    (tmp_path / "late.csv").write_text("example_id,value\n" + "0,1\n" * 200 + "1,1.5\n")
+    with pytest.raises(InvalidParameterError, match="late.csv.*convert it to Parquet"):
+        breakdown_file(tmp_path / "late.csv", "carry_2", store, csv_block_bytes=256)
