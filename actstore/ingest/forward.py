@@ -125,6 +125,25 @@ def answer_logits(logits: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tenso
     return logits[rows, answer_pos].float()
 
 
+def answer_pass(model: Any, tokens: torch.Tensor, mask: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tensor:
+    """One pass of `tokens` [batch, pos] (attention `mask` [batch, pos]) with the registered hooks firing as
+    in a plain pass; returns the logits [batch, answer, vocab] float32 at the answer positions only.
+
+    The blocks and the final LayerNorm run on every position (their hooks see [batch, pos, ...]); the
+    unembedding runs on the answer positions only, as `residual @ W_U + b_U` (for a GPT-2-small shape on 20
+    tokens, unembedding every position is ~1/6 of the pass). The unembed module's own hooks never fire
+    (no store keeps them: the probe's pass stops before the unembedding too).
+    """
+    resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    logits = torch.matmul(select_answers(resid, 1, answer_pos), model.W_U) + model.b_U  # [batch, answer, vocab]
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:  # Gemma-2's soft cap, applied in the model's dtype as TransformerLens does
+        logits = cap * torch.tanh(logits / cap)
+    return logits.float()
+
+
 def answer_outputs(logits: torch.Tensor, correct: torch.Tensor, counter: torch.Tensor | None) -> dict[str, np.ndarray]:
     """Per answer: correct/counter logit, logit diff, prob, rank (0 = top), loss, correct (argmax).
 

@@ -49,7 +49,7 @@ from actstore.ingest.background import BackgroundWriter
 from actstore.ingest.grow import finish_growth, grow_store, growth_differences, read_intent
 from actstore.ingest.shards import (all_committed, committed_ok, discard_chunks, parse_shard, shard_chunks,
                                     store_digests, writer_locks)
-from actstore.ingest.forward import (Sink, answer_logits, answer_outputs, answer_topk, attention_mask,
+from actstore.ingest.forward import (Sink, answer_outputs, answer_pass, answer_topk, attention_mask,
                                      bidirectional_mask_hooks, capture_hooks, run_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outputs_frame, token_names, tokens_frame,
@@ -382,9 +382,7 @@ class _Loop:
         if not self.manifest.outputs:  # nothing after the deepest stored hook is kept: stop there
             run_hooks(self.net, sink, t.tokens, mask)
             return {}
-        logits = self.net(t.tokens, attention_mask=mask, return_type="logits")
-        at_answers = answer_logits(logits, t.answer_pos)
-        del logits
+        at_answers = answer_pass(self.net, t.tokens, mask, t.answer_pos)
         out = answer_outputs(at_answers, t.answer_tokens, t.counter_tokens)
         if self.manifest.top_k:
             out.update(answer_topk(at_answers, self.manifest.top_k))
@@ -396,13 +394,15 @@ class _Loop:
     def _twin_outputs(self, sink: Sink, t: _BatchTensors, mask: torch.Tensor) -> dict[str, np.ndarray]:
         """The clean answer (and counter) token read on the corrupted twins' run: one more forward pass,
         same attention mask, nothing captured; {'corrupted_' + column: [batch, answer]}."""
+        if t.corrupted_tokens is None:
+            raise RuntimeError("the twins' pass runs only for a task with corrupted twins")  # self.twin says so
         started = time.perf_counter()
         sink.capture = False
         try:
-            logits = self.net(t.corrupted_tokens, attention_mask=mask, return_type="logits")
+            logits = answer_pass(self.net, t.corrupted_tokens, mask, t.answer_pos)
         finally:
             sink.capture = True
-        twin = answer_outputs(answer_logits(logits, t.answer_pos), t.answer_tokens, t.counter_tokens)
+        twin = answer_outputs(logits, t.answer_tokens, t.counter_tokens)
         self.twin_s += time.perf_counter() - started  # answer_outputs copied to the host: the pass is done
         return {f"corrupted_{k}": twin[k] for k in TWIN_OUTPUTS if k in twin}
 
