@@ -2,7 +2,9 @@
 
 For a GPT-2-small-shaped model with random weights (on the ioi task) and each zoo model (on its
 own task), on the same tokens, batches and hooks, interleaved `--repeats` times (best of each):
-- bare:      the model's forward pass alone (same tokens, masks, batch edges);
+- bare:      the model's forward pass alone (same tokens, masks, batch edges); for a task with corrupted
+             twins also `bare_clean+twin`: the clean and the twin tokens' passes per batch (an ingest with
+             outputs runs both: the twins' pass gives the corrupted_* baselines), ratio_vs_clean+twin;
 - actstore:  `actstore.ingest` (forward + capture + compress + write + fsync + commit records +
              outputs table, until the last commit; setup reported apart as setup_s), and with
              `outputs=False` (no logits, outputs table or corrupted twins) once ingest takes it;
@@ -88,10 +90,13 @@ def zoo_model(spec: str):
         return model
 
 
-def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, device: torch.device) -> float:
-    """Seconds for model forward over the batches ingest runs (same tokens, mask and batch edges)."""
+def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, device: torch.device,
+                 twin: bool = False) -> float:
+    """Seconds for model forward over the batches ingest runs (same tokens, mask and batch edges); with `twin`,
+    each batch also runs its corrupted twins' tokens (the second pass an ingest with outputs makes for them)."""
     data = get_task(task).generate(n, seed, tokenizer=getattr(model, "tokenizer", None))
     tokens = torch.from_numpy(data.tokens)
+    twins = torch.from_numpy(data.corrupted_tokens) if twin else None
     lengths = torch.from_numpy(data.lengths)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
@@ -102,7 +107,10 @@ def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, de
             for b0 in range(start, stop, batch):
                 b1 = min(b0 + batch, stop)
                 toks = tokens[b0:b1].to(device)
-                model(toks, attention_mask=attention_mask(lengths[b0:b1].to(device), tokens.shape[1]))
+                mask = attention_mask(lengths[b0:b1].to(device), tokens.shape[1])
+                model(toks, attention_mask=mask)
+                if twins is not None:
+                    model(twins[b0:b1].to(device), attention_mask=mask)
         sync()
         return time.perf_counter() - t
 
@@ -138,6 +146,8 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         twin.append(st.get("twin_s", 0.0))
         c, b = store.chunk_size, store.manifest.batch
         runs.setdefault("bare", []).append((bare_forward(model, task, n, 0, c, b, device), 0))
+        if data.corrupted_tokens is not None:  # what the bare model costs for the same two passes per batch
+            runs.setdefault("bare_twin", []).append((bare_forward(model, task, n, 0, c, b, device, twin=True), 0))
         if "floor" in wanted:
             runs.setdefault("floor", []).append(peers.raw_zarr_floor(out / "acts", tmp / "floor", c))
         if HAS_OUTPUTS_FLAG:
@@ -167,6 +177,8 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             f"threads={torch.get_num_threads()}")
     line = (f"{head} hooks=default bare_forward_s={bare_s:.2f} ingest={rate(n, ours_b, ours_s)} "
             f"ratio={ours_s / bare_s:.2f} twin_s={min(twin):.2f} setup_s={min(setup):.2f} "
+            + (f"bare_clean+twin_s={best['bare_twin'][0]:.2f} ratio_vs_clean+twin={ours_s / best['bare_twin'][0]:.2f} "
+               if "bare_twin" in best else "") +
             f"bytes/value={disk / values:.3f} "
             f"decomposition_err={store.manifest.decomposition.get('max_abs_error', float('nan')):.2g}")
     if "actstore_nooutputs" in best:
