@@ -136,7 +136,7 @@ class _Source:
                                             column_types=types, include_columns=columns, strings_can_be_null=True))
                 reader: Iterator[Any] = iter(opened)
             else:
-                opened = pq.ParquetFile(self.path)
+                opened = pq.ParquetFile(self.path, pre_buffer=False)  # pre-buffering holds the file's columns
                 reader = opened.iter_batches(batch_size=self.batch_rows, columns=columns)
         except (OSError, pa.ArrowException) as e:
             if opened is not None:

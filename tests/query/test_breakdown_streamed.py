@@ -127,3 +127,82 @@ def test_table_files_that_do_not_fit_the_store_are_one_line_errors(store, tmp_pa
     (tmp_path / "late.csv").write_text("example_id,value\n" + "0,1\n" * 200 + "1,1.5\n")
     with pytest.raises(InvalidParameterError, match="late.csv.*convert it to Parquet"):
         breakdown_file(tmp_path / "late.csv", "carry_2", store, csv_block_bytes=256)
+
+
+def test_cli_breakdown_of_a_csv_file_and_of_neuron_rows(store, tmp_path, capsys):
+    import io
+
+    from actstore.cli import main
+
+    path = tmp_path / "lens.csv"
+    assert main(["logit-lens", str(store.path), "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["breakdown", str(store.path), "--group-by", "carry_2", "--input", str(path), "--format", "csv"]) == 0
+    got = pl.read_csv(io.StringIO(capsys.readouterr().out))
+    assert got.columns[:3] == ["carry_2", "target", "answer_idx"] and "stage" in got.columns
+    assert got.filter(pl.col("stage") == "resid_post")["n"].sum() == store.n_examples * store.n_answers
+    assert main(["breakdown", str(store.path), "--group-by", "a", "--of", "neurons", "--value", "activation",
+                 "--format", "csv"]) == 0
+    got = pl.read_csv(io.StringIO(capsys.readouterr().out))
+    assert got.height == store.examples["a"].n_unique() * 3 * 64 and got["n"].sum() == 40 * store.n_answers * 3 * 64
+
+
+MEMORY_SCRIPT = r"""
+import json, sys
+import actstore
+from actstore.query import streamed
+from actstore.query.breakdown_file import breakdown_file
+from actstore.query.summary import GroupSpec
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+store = actstore.open_store(sys.argv[1])
+store.examples  # the meta table every query reads, before the baseline
+base, n = hwm(), {}
+n["neurons"] = int(streamed.summary(store, "neurons", None, GroupSpec(by=("carry_2",), value="projection"))["n"].sum())
+n["attention"] = int(streamed.summary(store, "attention", None, GroupSpec(by=("carry_2",)))["n"].sum())
+n["file"] = int(breakdown_file(sys.argv[2], "carry_2", store)["n"].sum())
+print(json.dumps({"added_mb": hwm() - base, "n": n}))
+"""
+
+
+def test_breakdowns_of_neuron_rows_and_of_a_file_hold_a_chunk_not_the_table(tmp_path):
+    """2000 examples x 4 answers x 2 layers x 512 neurons: 8.2M neuron rows (~340 MB as a table, +1.2 GB
+    to split it whole); the streamed splits of those rows, of the attention rows and of the rows written
+    to a Parquet file, one after another, add under half the table (measured ~120 MB: a chunk, a batch, the
+    libraries' memory pools)."""
+    import json
+    import subprocess
+    import sys
+    import warnings
+
+    import torch
+
+    import actstore
+    from actstore.query.neurons import neuron_frames
+    from actstore.query.tables import write_parquet_frames
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(
+            n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=512, n_ctx=16, d_vocab=12, act_fn="relu",
+            normalization_type="LN", seed=0, device="cpu"))
+    torch.set_num_threads(1)
+    n = 2000
+    big = actstore.ingest("addition", model, n, 0, tmp_path / "s", hooks=["post", "pattern", "scale"],
+                          dtype="float32", chunk=100, batch=250, quiet=True)
+    rows = n * big.n_answers * 2 * 512
+    assert write_parquet_frames(neuron_frames(big), tmp_path / "n.parquet") == rows
+    table_mb = rows * 44 / 2**20  # example_id, pos, layer, neuron (int64), activation (f32), projection (f64)
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "s"), str(tmp_path / "n.parquet")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{rows} neuron rows (~{table_mb:.0f} MB as a table): streamed splits add {got['added_mb']:.0f} MB")
+    assert got["n"]["neurons"] == got["n"]["file"] == rows
+    assert got["n"]["attention"] > n * big.n_answers  # every layer, head and query row's keys
+    assert got["added_mb"] < table_mb / 2
