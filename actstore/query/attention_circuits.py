@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError, UnknownHookError
-from actstore.query.chunks import ExampleArrays, stream
+from actstore.query.chunks import example_arrays, stream
 from actstore.query.directions import parse_head
 from actstore.query.readout import Weights
 from actstore.query.residual import ResidualPlan
@@ -67,7 +67,7 @@ def mean_queries(store: Store, layer: int, where: pl.Expr | Mapping[str, Any] | 
     (ones without LayerNorm), per-position token if constant over the examples else -1 [pos])."""
     arch, width = store.arch, int(store.manifest.width)
     weights = Weights.from_store(store)
-    arrays = ExampleArrays.from_examples(store.examples, store.n_answers)
+    arrays = example_arrays(store)
     keep = example_filter(store.examples, where)
     q_hook = f"blocks.{layer}.attn.hook_q"
     stored_q = q_hook in store.hooks and store.hook_info(q_hook).positions == "all"
@@ -194,7 +194,7 @@ def virtual_pattern(store: Store, first: Any, second: Any, aggregate: str | None
                                     f"where the second attends); re-ingest with --hooks {p1}:all")
     at_answers = store.hook_info(p2).positions != "all"
     width = int(store.manifest.width)
-    arrays = ExampleArrays.from_examples(store.examples, store.n_answers)
+    arrays = example_arrays(store)
     keep = example_filter(store.examples, where)
     label = {"first": f"L{l1}H{h1}", "second": f"L{l2}H{h2}"}
     total, count = np.zeros((width, width)), np.zeros((width, width), dtype=np.int64)

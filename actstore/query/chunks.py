@@ -13,6 +13,7 @@ arrays from a TransformerLens cache exactly as it runs on a store.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,19 +109,22 @@ class ExampleArrays:
 
     @classmethod
     def from_examples(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
-        ids = examples.get_column("example_id").to_numpy().astype(np.int64)
-        if not np.array_equal(ids, np.arange(ids.size)):
-            raise StoreCorruptError("meta/examples: example_id is not 0..n-1 in order; run `actstore verify`")
+        """The arrays of an examples table (all of a store's rows, ids 0..n-1 in order)."""
+        return cls.concat([cls._of(examples, n_answers)], n_answers)
+
+    @classmethod
+    def _of(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
+        n = examples.height
 
         def matrix(col: str | pl.Expr) -> np.ndarray:
             expr = pl.col(col) if isinstance(col, str) else col
             out = examples.select(expr.list.to_array(n_answers)).to_series().to_numpy()
-            return np.asarray(out, dtype=np.int64).reshape(ids.size, n_answers)
+            return np.asarray(out, dtype=np.int64).reshape(n, n_answers)
 
         counter = examples.get_column("counter_tokens")
-        has_counter = counter.null_count() < examples.height
+        has_counter = counter.null_count() < n
         return cls(
-            example_id=ids,
+            example_id=examples.get_column("example_id").to_numpy().astype(np.int64),
             lengths=examples.get_column("length").to_numpy().astype(np.int64),
             answer_pos=matrix("answer_positions"),
             answer_tokens=matrix("answer_tokens"),
@@ -128,6 +132,47 @@ class ExampleArrays:
             if has_counter else None,
             input_tokens=matrix(pl.col("tokens").list.gather(pl.col("answer_positions"))),
         )
+
+    @classmethod
+    def concat(cls, parts: Sequence["ExampleArrays"], n_answers: int) -> "ExampleArrays":
+        """One store's arrays from its parts' in order; StoreCorruptError unless ids are 0..n-1."""
+        ids = np.concatenate([p.example_id for p in parts]) if parts else np.zeros(0, np.int64)
+        if not np.array_equal(ids, np.arange(ids.size)):
+            raise StoreCorruptError("meta/examples: example_id is not 0..n-1 in order; run `actstore verify`")
+
+        def cat(field: str) -> np.ndarray:
+            return np.concatenate([getattr(p, field) for p in parts]) if parts else np.zeros((0, n_answers), np.int64)
+
+        counters = [p.counter_tokens for p in parts]
+        if any(c is not None for c in counters):  # a part with no counterfactual at all: -1 (as fill_null)
+            counter: np.ndarray | None = np.concatenate(
+                [c if c is not None else np.full((p.example_id.size, n_answers), -1, np.int64)
+                 for p, c in zip(parts, counters)])
+        else:
+            counter = None
+        return cls(example_id=ids, lengths=cat("lengths").reshape(-1), answer_pos=cat("answer_pos"),
+                   answer_tokens=cat("answer_tokens"), counter_tokens=counter, input_tokens=cat("input_tokens"))
+
+
+ARRAY_COLUMNS = ("example_id", "length", "answer_positions", "answer_tokens", "counter_tokens", "tokens")
+_ARRAYS: "weakref.WeakKeyDictionary[Store, ExampleArrays]" = weakref.WeakKeyDictionary()
+
+
+def example_arrays(store: Store) -> ExampleArrays:
+    """The store's ExampleArrays, built once per opened store from only the columns they need, one
+    meta part at a time: a query never holds the whole examples table (about 1 KB per example)."""
+    arrays = _ARRAYS.get(store)
+    if arrays is None:
+        if "examples" in store.__dict__:  # the whole table is loaded already
+            arrays = ExampleArrays.from_examples(store.examples, store.n_answers)
+        else:
+            arrays = ExampleArrays.concat([ExampleArrays._of(part, store.n_answers)
+                                           for part in store.meta_parts("examples", ARRAY_COLUMNS)], store.n_answers)
+        for a in vars(arrays).values():  # shared by every query on this store: never written to
+            if a is not None:
+                a.setflags(write=False)
+        _ARRAYS[store] = arrays
+    return arrays
 
 
 def padded_tokens(examples: pl.DataFrame, width: int) -> np.ndarray:
@@ -151,6 +196,7 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
                                         f"the answer positions only; re-ingest with --hooks {name}:all")
 
 
+READ_THREADS = 2  # reading threads per scan; a Dask worker sets its own thread count (executor.run_batch)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
     os.register_at_fork(after_in_child=_POOLS.clear)
@@ -169,7 +215,7 @@ def reader_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
-           examples: ExampleArrays | None = None, workers: int = 2, answer_dtype: Any = None,
+           examples: ExampleArrays | None = None, workers: int | None = None, answer_dtype: Any = None,
            ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks") -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
@@ -177,12 +223,14 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     (`Chunk.full`). A hook in both lists is read once. Hooks are read on `workers` threads (see
     reader_pool; decompression releases the GIL), the next chunk's while the caller works on this one; answer
     positions are gathered as each array arrives, so only hooks wanted in full stay in memory.
+    workers: reading threads (default READ_THREADS; 1 reads on the calling thread).
     answer_dtype: cast the answer-position values to this dtype on the reading threads (e.g.
     float32, so that the float16 -> float32 conversion overlaps the reads).
     ranges: only these committed [start, stop) chunks (a query that selects no row of a chunk
     skips it); label: what the progress bar calls the work.
     """
-    ex = examples or ExampleArrays.from_examples(store.examples, store.n_answers)
+    ex = examples or example_arrays(store)
+    workers = READ_THREADS if workers is None else workers
     names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
     dims = {name: store.hook_info(name).dims for name in names}
     answers, fulls = set(answer_hooks), set(full_hooks)

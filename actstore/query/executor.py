@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from actstore.errors import ClusterError, StoreCorruptError
+from actstore.query import chunks
 from actstore.store.reader import Store
 
 Range = tuple[int, int]
@@ -139,6 +140,7 @@ def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Seque
         while len(_PLANS) > _PLAN_CACHE:
             _PLANS.popitem(last=False)
     store, plan = cached
+    chunks.READ_THREADS = worker_threads()  # a single-threaded worker reads on its one thread
     committed = store.n_examples
     if batch and batch[-1][1] > committed:  # a snapshot older than the driver's: re-count the commits
         store = store.refresh()
@@ -148,6 +150,16 @@ def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Seque
         plan = job.build(store)
         _PLANS[key] = (store, plan)
     return list(plan.partials(batch))
+
+
+def worker_threads() -> int:
+    """The thread count of the Dask worker running this task (2 outside a worker)."""
+    try:
+        from distributed import get_worker  # noqa: PLC0415
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 2
 
 
 # --- clusters ---------------------------------------------------------------------------------

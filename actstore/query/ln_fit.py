@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.chunks import ExampleArrays, stream
+from actstore.query.chunks import example_arrays, stream
 from actstore.query.directions import parse_head
 from actstore.query.readout import Weights
 from actstore.query.residual import ResidualPlan
@@ -101,7 +101,7 @@ def fit_layernorm(store: Store, ln: str = "ln_final", layer: int | None = None, 
     """
     plan = ResidualPlan.build(store, ln, layer, use_stored)
     weights = Weights.from_store(store)
-    arrays = ExampleArrays.from_examples(store.examples, store.n_answers)
+    arrays = example_arrays(store)
     width = int(store.manifest.width)
     roles = Roles.from_tokens(store.tokens, arrays.example_id.size, width) if _has_role(pos) else None
     keep = example_filter(store.examples, where)

@@ -25,7 +25,7 @@ from typing import Union
 import numpy as np
 
 from actstore.errors import InvalidParameterError, UnknownHookError
-from actstore.query.chunks import ExampleArrays, pos_axis, stream
+from actstore.query.chunks import ExampleArrays, example_arrays, pos_axis, stream
 from actstore.query.selectors import Roles
 from actstore.store.arch import hooks_named
 from actstore.store.reader import Store
@@ -119,7 +119,7 @@ def position_items(store: Store, pos: PosSpec) -> list[PosItem]:
 
 def resolve_positions(store: Store, pos: PosSpec, arrays: ExampleArrays | None = None) -> list[Rows]:
     """Each item of `pos` (see the module doc) as per-example positions; one-line errors for bad items."""
-    arrays = arrays or ExampleArrays.from_examples(store.examples, store.n_answers)
+    arrays = arrays or example_arrays(store)
     width = int(store.manifest.width)
     lengths = arrays.lengths
     roles: Roles | None = None

@@ -17,6 +17,8 @@ gathers the hooks there and the attribution math runs unchanged; `frame` drops t
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,9 +26,9 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.chunks import ExampleArrays, check_hooks
+from actstore.query.chunks import ExampleArrays, check_hooks, example_arrays
 from actstore.query.selectors import Roles, select_positions
-from actstore.query.tables import ColumnType, long_frame
+from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
 
 ALL = "all"  # pos='all': every real position
@@ -61,7 +63,7 @@ class ReadAt:
 
     @classmethod
     def build(cls, store: Store, pos: Any = None, answer: int = 0, examples: ExampleArrays | None = None) -> "ReadAt":
-        ex = examples or ExampleArrays.from_examples(store.examples, store.n_answers)
+        ex = examples or example_arrays(store)
         if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < store.n_answers:
             raise InvalidParameterError(f"answer={answer!r}: expected an answer index in [0, {store.n_answers})")
         if pos is None:
@@ -114,9 +116,16 @@ class ReadAt:
         and the token axis has length 1); constants: string columns after the keys (e.g. target).
         """
         e, s, t, k = values.shape
-        if self.at_answers and tokens is None:  # the answer tables as they always were
-            return long_frame(self.arrays.example_id[start:stop], self.arrays.answer_pos[start:stop], items,
-                              values[:, :, 0, :], constants)
+        if self.at_answers and tokens is None:  # the answer tables as they always were (tables.long_frame)
+            head = _kept(_KEYS, (id(self.arrays), start, stop, k), self.arrays, lambda: pl.DataFrame({
+                "example_id": np.repeat(self.arrays.example_id[start:stop], s * k),
+                "answer_idx": np.tile(np.repeat(np.arange(s, dtype=np.int64), k), e),
+                "answer_pos": np.repeat(self.arrays.answer_pos[start:stop].reshape(-1), k),
+            }, schema=ANSWER_KEYS))
+            if constants:
+                head = head.with_columns(pl.lit(v, dtype=pl.String).alias(n) for n, v in constants.items())
+            value = np.ascontiguousarray(values[:, :, 0, :], dtype=np.float64).reshape(-1)
+            return pl.concat([head, tiled(items, e * s), pl.DataFrame({"value": value})], how="horizontal")
         per_slot = t * k
         slot = np.repeat(np.arange(e * s), per_slot)
         if self.at_answers:
@@ -147,3 +156,32 @@ class ReadAt:
         """A typed empty table with the columns `frame` gives."""
         schema = dict(self.keys) | dict(constants) | ({"token": pl.Int64} if per_token else {})
         return pl.DataFrame(schema=schema | dict(items.schema) | {"value": pl.Float64})
+
+
+KEPT_ROWS = 1 << 20  # rows of key and item columns kept for the next chunks and queries (~30 MB each)
+_TILED: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
+_KEYS: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
+
+
+def _kept(cache: OrderedDict[Any, tuple[Any, pl.DataFrame]], key: Any, ref: Any,
+          make: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+    """make(), kept in `cache` under `key` while the caches hold at most KEPT_ROWS rows; a hit needs the
+    very object `ref` the frame was made from (kept alive with it, so its id stays unique)."""
+    hit = cache.get(key)
+    if hit is not None and hit[0] is ref:
+        cache.move_to_end(key)
+        return hit[1]
+    frame = make()
+    if frame.height <= KEPT_ROWS:
+        cache[key] = (ref, frame)
+        while sum(f.height for _, f in cache.values()) > KEPT_ROWS:
+            cache.popitem(last=False)
+    return frame
+
+
+def tiled(items: pl.DataFrame, reps: int) -> pl.DataFrame:
+    """`items` repeated `reps` times, row after row (the item columns of a long table), kept while small:
+    every chunk of a store has the same shape but the last, and a kept items frame (query/memo.py)
+    is the same object in later queries."""
+    return _kept(_TILED, (id(items), reps), items,
+                 lambda: items[np.tile(np.arange(items.height), reps)] if items.height else items.clear())

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from actstore.errors import StoreCorruptError
+from actstore.errors import StoreCorruptError, UnknownColumnError
 from actstore.store.commits import read_file
 from actstore.store.fs import RemotePath, StorePath, children, relative
 from actstore.store.layout import META, META_TABLES, OPTIONAL_META_TABLES, part_path
@@ -22,12 +23,17 @@ if TYPE_CHECKING:
     from actstore.store.integrity import Ledger
 
 
+def part_bytes(df: pl.DataFrame) -> bytes:
+    """The bytes of a part holding `df` (what write_part writes)."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", compression_level=3, statistics=True)
+    return buf.getvalue()
+
+
 def write_part(df: pl.DataFrame, path: StorePath) -> None:
     """Write one part atomically."""
     if isinstance(path, RemotePath):
-        buf = io.BytesIO()
-        df.write_parquet(buf, compression="zstd", compression_level=3, statistics=True)
-        path.write_bytes(buf.getvalue())
+        path.write_bytes(part_bytes(df))
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -57,18 +63,41 @@ def checked_part(ledger: "Ledger", table: str, k: int) -> bytes:
     return data
 
 
-def read_parts(ledger: "Ledger", table: str, n_chunks: int) -> pl.DataFrame:
-    """Rows of the first `n_chunks` (committed) parts of a meta table, in example order.
+def read_parts(ledger: "Ledger", table: str, n_chunks: int, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """Rows of the first `n_chunks` (committed) parts of a meta table, in example order (only
+    `columns`, in that order, when given).
 
     Each part's bytes are read once, checked against its commit record (size and sha256), and
     only then decoded, so a damaged part never reaches the Parquet reader.
     """
+    frames = list(iter_parts(ledger, table, n_chunks, columns))
+    if not frames:
+        empty = _empty(ledger.root, table)
+        return empty if columns is None else empty.select(_checked_columns(empty.schema, table, columns))
+    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+
+
+def iter_parts(ledger: "Ledger", table: str, n_chunks: int, columns: Sequence[str] | None = None
+               ) -> Iterator[pl.DataFrame]:
+    """The first `n_chunks` parts of a meta table one at a time, each checked before it is decoded;
+    with `columns`, only those are decoded (UnknownColumnError naming one a part lacks)."""
     if table not in (*META_TABLES, *OPTIONAL_META_TABLES):
         raise ValueError(f"unknown meta table {table!r}")
-    frames = [pl.read_parquet(io.BytesIO(checked_part(ledger, table, k))) for k in range(n_chunks)]
-    if not frames:
-        return _empty(ledger.root, table)
-    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    for k in range(n_chunks):
+        raw = io.BytesIO(checked_part(ledger, table, k))
+        if columns is None:
+            yield pl.read_parquet(raw)
+            continue
+        wanted = _checked_columns(pl.read_parquet_schema(raw), table, columns)
+        raw.seek(0)
+        yield pl.read_parquet(raw, columns=wanted)
+
+
+def _checked_columns(schema: Mapping[str, Any], table: str, columns: Sequence[str]) -> list[str]:
+    for c in columns:
+        if c not in schema:
+            raise UnknownColumnError(f"meta/{table} has no column {c!r} (columns: {', '.join(schema)})")
+    return list(columns)
 
 
 # the columns every store has, for tables with no committed rows and no part to copy a schema from

@@ -15,7 +15,7 @@ an ingest see committed chunks only); `refresh()` re-counts. Uncommitted rows ar
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from actstore.store.integrity import Ledger
 from actstore.store.layout import (ACTS, DERIVED, META_TABLES, OPTIONAL_META_TABLES, PARAMS, as_array, chunk_ranges,
                                    meta_tables, part_path)
 from actstore.store.manifest import HookInfo, Manifest
-from actstore.store.parts import checked_part, read_parts
+from actstore.store.parts import checked_part, iter_parts, read_parts
 
 
 class Store:
@@ -216,12 +216,23 @@ class Store:
         answer: token_id, str_token (null where unknown), logit, prob; empty if the store keeps none."""
         return self.meta_table("topk")
 
-    def meta_table(self, table: str) -> pl.DataFrame:
+    def meta_table(self, table: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """A meta table's committed rows, each part checked against its commit record as it is read (an
-        optional table this store does not keep, such as topk with top_k 0: empty, with its columns)."""
+        optional table this store does not keep, such as topk with top_k 0: empty, with its columns).
+
+        columns: decode only these (UnknownColumnError naming one the table lacks); not cached, so a
+        query needing a few columns of a large store never holds the whole table.
+        """
         self._check_table(table)
         stored = table in meta_tables(self.manifest)
-        return read_parts(self.ledger, table, self._n_committed_chunks if stored else 0)
+        return read_parts(self.ledger, table, self._n_committed_chunks if stored else 0, columns)
+
+    def meta_parts(self, table: str, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+        """A meta table's committed parts one at a time (one per chunk, in order), each checked as it
+        is read; only `columns` when given. Memory holds one part."""
+        self._check_table(table)
+        stored = table in meta_tables(self.manifest)
+        return iter_parts(self.ledger, table, self._n_committed_chunks if stored else 0, columns)
 
     def _check_table(self, table: str) -> None:
         if table not in (*META_TABLES, *OPTIONAL_META_TABLES):

@@ -123,3 +123,22 @@ def test_refusals(tmp_path, tiny_store):
         dla(tiny_store("ln_mlp", counter=False), target="diff")
     with pytest.raises(InvalidParameterError, match="level must be one of"):
         dla(tiny_store("ln_mlp"), level="heads")
+
+
+def test_streamed_queries_read_only_the_example_columns_they_need(tiny_store):
+    from polars.testing import assert_frame_equal
+
+    from actstore.query.dla import dla_plan
+    from actstore.query.executor import Job
+    from actstore.query.summary import GroupSpec, summarise
+
+    path = tiny_store("ln_mlp").path
+    lean = actstore.open_store(path)
+    job = Job(dla_plan, {"level": "head"})
+    table, split = dla(lean, level="head"), summarise(lean, job, GroupSpec(by=("carry_1",)))
+    assert "examples" not in vars(lean)  # the whole examples table was never loaded
+    full = actstore.open_store(path)
+    full.examples  # noqa: B018  (loaded first: the arrays and labels come from it)
+    assert_frame_equal(dla(full, level="head"), table, check_exact=True)
+    assert_frame_equal(summarise(full, job, GroupSpec(by=("carry_1",))), split, check_exact=True)
+    assert split.get_column("n").sum() == table.height and split.height > 2

@@ -11,7 +11,8 @@ import pytest
 from synthetic_store import CHUNK, N, synthetic_values, write_synthetic
 
 from actstore import open_store
-from actstore.errors import InvalidParameterError, StoreFormatError, StoreNotFoundError, UnknownHookError
+from actstore.errors import (InvalidParameterError, StoreFormatError, StoreNotFoundError, UnknownColumnError,
+                             UnknownHookError)
 from actstore.store.writer import ChunkWriter
 
 
@@ -37,6 +38,18 @@ def test_read_api(synthetic):
     assert store.tokens.height == N * 5 and store.tokens["role"].null_count() == 2 * N
     assert store.outputs.height == 2 * N
     assert store.derived_dir == synthetic / "derived"
+
+
+def test_meta_columns_read_part_by_part(synthetic):
+    store = open_store(synthetic)
+    cols = store.meta_table("examples", ["label", "example_id"])
+    assert cols.columns == ["label", "example_id"]
+    assert cols.equals(store.examples.select("label", "example_id"))
+    parts = list(store.meta_parts("examples", ["example_id"]))
+    assert [p.height for p in parts] == [4, 4, 2]  # one per committed chunk
+    assert [p["example_id"].to_list() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(UnknownColumnError, match="meta/examples has no column 'lable'"):
+        store.meta_table("examples", ["lable"])
 
 
 def test_bad_reads_name_what_to_fix(synthetic):
