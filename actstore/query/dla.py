@@ -27,7 +27,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import COMPUTE, Component, check_level, direct_attribution, required_hooks
-from actstore.query.chunks import ExampleArrays, stream
+from actstore.query.chunks import ExampleArrays, example_arrays, stream
 from actstore.query.executor import Job, run
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Weights
@@ -74,7 +74,7 @@ class DlaPlan:
         self.store, self.level = store, level
         self.weights = Weights.from_store(store)
         self.tgt = parse_target(target, self.weights, store, final_ln)
-        ex = ExampleArrays.from_examples(store.examples, store.n_answers)
+        ex = example_arrays(store)
         self.at = ReadAt.build(store, pos, answer, examples=ex)
         self.hooks = required_hooks(self.weights, level)
         self.at.check_hooks(store, *self.hooks, f"dla level={level!r}")
