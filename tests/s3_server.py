@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import urllib.request
 from collections.abc import Iterator
 
 BUCKET = "actstore-test"
@@ -28,6 +29,9 @@ def s3_server(bucket: str = BUCKET) -> Iterator[str]:
     if not ipaddress.ip_address(host).is_loopback:  # the tests reach nothing outside this machine
         server.stop()
         raise RuntimeError(f"moto bound {host}, not a loopback address")
+    # moto keeps its buckets in this process after a server stops: start every server empty
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"),
+                           timeout=30).close()
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_SESSION_TOKEN": "testing",
            "AWS_EC2_METADATA_DISABLED": "true"}

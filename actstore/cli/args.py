@@ -49,6 +49,17 @@ def thread_count(text: str) -> int:
     return value
 
 
+def worker_count(text: str) -> int:
+    """An argparse type: local Dask worker processes (single-threaded), 1 .. this machine's CPU count.
+    More only contend for the CPUs, and a huge count would start processes until memory runs out."""
+    value = _int(text)
+    cpus = os.cpu_count() or 1
+    if not 1 <= value <= cpus:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{cpus} (this machine's CPUs; each worker is one "
+                                         f"single-threaded process), got {value}")
+    return value
+
+
 def float_in(low: float, high: float) -> Callable[[str], float]:
     """An argparse type: a number x with low < x <= high."""
 

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from actstore.cli.args import positive_int
+from actstore.cli.args import worker_count
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distributed (Dask)")
-    g.add_argument("--workers", type=positive_int, default=None, metavar="N",
+    g.add_argument("--workers", type=worker_count, default=None, metavar="N",
                    help="run the chunks on a local Dask cluster of N single-threaded worker processes, started and "
                         "closed by this command")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from actstore.cli import parse_params
-from actstore.cli.args import non_negative_int
+from actstore.cli.args import non_negative_int, worker_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dist.add_argument("--shard", metavar="I/N",
                       help="write only chunks k with k %% N == I; start shards 0/N .. N-1/N by hand (any machines "
                            "sharing the store's directory, in any order); the last to finish completes the store")
-    dist.add_argument("--workers", type=int, metavar="N",
+    dist.add_argument("--workers", type=worker_count, metavar="N",
                       help="run N shards on a local Dask cluster of N single-threaded processes (one per GPU where "
                            "there are several: shard i on cuda:(i mod GPUs)); each loads the model from its spec")
     dist.add_argument("--scheduler", metavar="ADDRESS",

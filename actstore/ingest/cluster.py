@@ -29,20 +29,24 @@ def ingest_on_cluster(task: str, model: Any, n: int, seed: int, out: str | os.Pa
                                     "model spec (zoo:NAME, a pretrained name or a checkpoint path), not a model object")
     if (workers is None) == (scheduler is None):
         raise InvalidParameterError("pass one of workers (local processes) or scheduler (a cluster's address)")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise InvalidParameterError(f"--workers must be a positive integer, got {workers!r}")
+    cpus = os.cpu_count() or 1
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= cpus):
+        raise InvalidParameterError(f"--workers must be an integer in 1..{cpus} (this machine's CPUs; each worker is "
+                                    f"one single-threaded process), got {workers!r}")
     if kwargs.get("overwrite"):
         raise InvalidParameterError("--overwrite cannot be used with --workers / --scheduler; remove the store first")
     if kwargs.get("shard") is not None:
         raise InvalidParameterError("--shard cannot be used with --workers / --scheduler (they make the shards)")
     from dask.distributed import Client, LocalCluster  # noqa: PLC0415 (the cluster extra, only here)
 
+    from actstore.query.executor import connect  # noqa: PLC0415 (one ClusterError line for a bad address)
+
     cluster = None
     if workers is not None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        client = connect(str(scheduler))
     try:
         addresses = sorted(client.scheduler_info()["workers"])
         if not addresses:

@@ -76,7 +76,7 @@ def read_intent(root: Path) -> dict[str, Any] | None:
         intent = json.loads(raw)
         return {"n": int(intent["n"]), "from_n": int(intent["from_n"]),
                 "previous": [str(d) for d in intent["previous"]]}
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: int(1e400)
         raise StoreFormatError(f"{root}/{COMMITS}/{GROW_RECORD} is unreadable ({e}); re-ingest with --overwrite") \
             from None
 

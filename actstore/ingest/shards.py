@@ -34,7 +34,8 @@ from actstore.store.layout import COMMITS, chunk_file, chunk_ranges, commit_path
 from actstore.store.lock import acquire_flock, store_lock
 from actstore.store.manifest import Manifest
 
-_SHARD = re.compile(r"(\d+)/(\d+)")
+_SHARD = re.compile(r"(\d+)/(\d+)", re.ASCII)
+_MAX_SHARDS = 2**31 - 1  # far beyond any chunk count; keeps the shard's lock file name short
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -47,10 +48,13 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
             raise InvalidParameterError(f"--shard must be I/N (shard I of N, 0 <= I < N), got {shard!r}")
         i, n = int(m.group(1)), int(m.group(2))
     else:
-        i, n = shard
+        try:
+            i, n = shard
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"shard must be 'I/N' or a pair (I, N), got {shard!r}") from None
     if isinstance(i, bool) or isinstance(n, bool) or not (isinstance(i, int) and isinstance(n, int)) \
-            or not 0 <= i < n:
-        raise InvalidParameterError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
+            or not 0 <= i < n <= _MAX_SHARDS:
+        raise InvalidParameterError(f"--shard must be I/N with 0 <= I < N <= {_MAX_SHARDS}, got {shard!r}")
     return i, n
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 from zarr.storage import FsspecStore
 
@@ -36,6 +37,8 @@ LOCAL_PROTOCOLS = ("file", "local")
 # a remote writer's options that differ from fsspec's defaults: s3fs caches directory listings,
 # which would hide a chunk another process committed since; any given option wins
 _DEFAULTS: dict[str, dict[str, Any]] = {"s3": {"use_listings_cache": False}, "s3a": {"use_listings_cache": False}}
+# 's3:/bucket/x' or '://x': a URL with a slash or the protocol missing, not a local directory 's3:'
+_URLISH = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)|://")
 _create_lock = threading.Lock()  # a conditional create on a filesystem that is not a server (memory://)
 
 
@@ -73,8 +76,19 @@ class GuardedFsspecStore(FsspecStore):
         except Exception as e:  # noqa: BLE001
             raise remote_error(self._url(key), e) from None
 
+    # set by a chunk writer: called with (object path, bytes, the filesystem's PUT response) after each PUT, so
+    # the writer can digest what it sent instead of reading it back (store/writer.py); None on a copy zarr makes
+    on_put: Callable[[str, bytes, Any], None] | None = None
+
     async def set(self, key: str, *args: Any, **kwargs: Any) -> None:
         try:
+            if self.on_put is not None and len(args) == 1 and not kwargs and not self.read_only:
+                data = args[0].to_bytes()  # a whole object (no byte range): put it here to keep the response
+                if not self._is_open:
+                    await self._open()
+                path = f"{self.path.rstrip('/')}/{key.lstrip('/')}"
+                self.on_put(path, data, await self.fs._pipe_file(path, data))
+                return
             await super().set(key, *args, **kwargs)
         except (OSError, ActstoreError, ValueError):
             raise
@@ -236,6 +250,12 @@ class RemotePath:
         return len(data)
 
     @_guarded
+    def put(self, data: bytes) -> Any:
+        """write_bytes that returns the filesystem's response (S3: put_object's, with the ETag; None where the
+        filesystem gives none)."""
+        return self.fs.pipe_file(self.path, bytes(data))
+
+    @_guarded
     def create_exclusive(self, data: bytes) -> bool:
         """Create the object only if none exists (S3: a PUT with If-None-Match: *); False if one did."""
         try:
@@ -326,6 +346,9 @@ def store_path(path: "str | os.PathLike[str] | RemotePath", what: str = "store",
         raise InvalidParameterError(f"{what} path {text!r} is not valid UTF-8; rename it or choose "
                                     "another") from None
     parts = split_url(text) if isinstance(path, str) else None
+    if parts is None and isinstance(path, str) and _URLISH.match(text):
+        raise InvalidParameterError(f"{what} {text!r} looks like a URL with a '/' missing (PROTOCOL://...); write "
+                                    f"the URL in full, or ./{text} for a local directory of that name")
     proto, rest = parts if parts is not None else ("file", text)
     if proto in LOCAL_PROTOCOLS:
         if storage_options:
@@ -333,6 +356,12 @@ def store_path(path: "str | os.PathLike[str] | RemotePath", what: str = "store",
         return Path(path) if parts is None else Path(rest)
     if not rest.strip("/"):
         raise InvalidParameterError(f"{what} URL {text!r} names no bucket or prefix; e.g. {proto}://bucket/store")
+    if "?" in rest:  # s3fs reads ?versionId=... as an object version, other filesystems as part of the key
+        raise InvalidParameterError(f"{what} URL {text!r} has a query string; name the store by bucket and prefix "
+                                    "alone (filesystem options go in storage_options)")
+    if any(seg in ("", ".", "..") for seg in rest.strip("/").split("/")):  # keys hold them literally: another store
+        raise InvalidParameterError(f"{what} URL {text!r} has an empty, '.' or '..' path segment, which an object "
+                                    f"store keeps literally; name the prefix plainly, e.g. {proto}://bucket/dir/store")
     return RemotePath(*_filesystem(proto, text, storage_options), storage_options)
 
 
@@ -351,15 +380,23 @@ def _filesystem(proto: str, url: str, storage_options: dict[str, Any] | None) ->
                                     "s3://bucket/prefix or memory://name") from None
     except TypeError as e:
         raise InvalidParameterError(f"{url}: storage_options not accepted ({_first(e)})") from None
+    except OSError as e:  # e.g. zip:// with no archive: the URL names no filesystem a store can live on
+        raise InvalidParameterError(f"{url}: {proto}:// cannot hold a store here ({_first(e)}); use a local path, "
+                                    "s3://bucket/prefix or memory://name") from None
     return fs, str(path)
 
 
-def zarr_store(path: StorePath, read_only: bool) -> Any:
-    """A Zarr v3 store rooted at `path` (a LocalStore, or an FsspecStore over the same filesystem)."""
+def zarr_store(path: StorePath, read_only: bool,
+               on_put: Callable[[str, bytes, Any], None] | None = None) -> Any:
+    """A Zarr v3 store rooted at `path` (a LocalStore, or an FsspecStore over the same filesystem, calling
+    `on_put` after each object it puts)."""
     from zarr.storage import LocalStore  # noqa: PLC0415
 
     if isinstance(path, RemotePath):
-        return GuardedFsspecStore.from_url(path.url, storage_options=_options(path), read_only=read_only)
+        store = cast(GuardedFsspecStore, GuardedFsspecStore.from_url(path.url, storage_options=_options(path),
+                                                                     read_only=read_only))
+        store.on_put = on_put
+        return store
     return LocalStore(path, read_only=read_only)
 
 

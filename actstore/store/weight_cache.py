@@ -123,8 +123,10 @@ def _checked_record(entry: Path, tail: bool) -> dict[str, Any] | None:
         _remove(entry)
         return None
     folder = entry / "params"
-    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
-    if on_disk != set(files):
+    found = list(folder.rglob("*")) if folder.is_dir() else []
+    on_disk = {str(p.relative_to(folder)) for p in found if p.is_file()}
+    # a symlink is no file the cache wrote: a store would link the link, and lose its weight with the target
+    if on_disk != set(files) or any(p.is_symlink() for p in (entry, folder, *found)):
         _remove(entry)
         return None
     changed = [rel for rel in files if _stat(folder / rel) != stats.get(rel)]
@@ -206,7 +208,10 @@ def _remove(entry: Path) -> None:
         os.rename(entry, trash)
     except OSError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_symlink():  # rmtree refuses a link; the link goes, not what it points to
+        trash.unlink()
+    else:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _clear_arrays(folder: Path) -> None:
