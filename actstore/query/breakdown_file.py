@@ -55,7 +55,7 @@ def breakdown_file(path: str | Path, group_by: str | Sequence[str], examples: An
     columns = spec.columns(labelled)
     needed = {*columns, value, *(("example_id",) if labels is not None else ())}
     read = [c for c in empty.columns if c in needed]
-    where = str(getattr(examples, "path", "the examples table"))
+    where = f"store {examples.path}" if hasattr(examples, "path") else "the examples table"
     parts = (GroupStats.of(batch if labels is None else _join(batch, labels, offset, path, where), columns, value)
              for offset, batch in source.batches(read))
     return finish(GroupStats.fold(parts), spec, dict(labelled.select(columns).schema))
@@ -97,7 +97,7 @@ def _join(batch: pl.DataFrame, labels: pl.DataFrame, offset: int, path: Path, wh
     if bad.len():
         row = int(bad[0])
         raise InvalidParameterError(f"breakdown: {str(path)!r} row {offset + row}: example_id {ids[row]} is not an "
-                                    f"example of store {where} (0..{n - 1}); was the table made from another store?")
+                                    f"example of {where} (0..{n - 1}); was the table made from another store?")
     return with_labels(batch, labels)
 
 
