@@ -18,6 +18,7 @@ runs once sure no writer is alive. A lock is never taken over silently.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -63,11 +64,14 @@ def acquire_flock(path: Path, store: Path, shared: bool = False, wait: bool = Fa
     mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
     for attempt in range(50):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a symlink planted as the lock file would have us create or lock a file elsewhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             verb = "write the store" if store.exists() else "create a store"
+            odd = {errno.EISDIR: "it is a directory", errno.ELOOP: "it is a symbolic link"}.get(e.errno or 0)
+            why = f"{odd}; remove {str(path)!r} if no ingest is running" if odd else e.strerror or str(e)
             raise StoreWriteError(f"cannot {verb} at {str(store)!r}: its lock file {path.name} cannot be made "
-                                  f"({e.strerror or e})") from None
+                                  f"({why})") from None
         try:
             fcntl.flock(fd, mode)
         except BlockingIOError:
