@@ -9,22 +9,29 @@ own task): ingests n examples (default hooks, float16), then measures, best of -
            interleaved. dla_cold_s: the first call, which also reads the weights (GPT-2: W_E and
            W_U alone are 300 MB) and folds the answer directions into them; later queries on
            the store in the same process reuse both;
-- tl_s:    TransformerLens over the same examples and batches: run_with_cache (names_filter: hook_z
-           and ln_final.hook_scale) + stack_head_results + logit_attrs, as the seeds do (at every
-           position; the answer positions are picked afterwards);
+- tl_s:    TransformerLens over the same examples and batches, as a skilled user computes it
+           (tl_head_dla_fast: hook_z only, stop_at_layer, products at the answers), on --device;
+           tl_seeds_s: the seeds' code (run_with_cache + stack_head_results + logit_attrs at every
+           position), unless --no-seeds-baseline;
+- cold:    cold-vs-cold, each side in a fresh process from a shell: cold_process_s imports actstore,
+           opens the store and runs the first head DLA; tl_cold_process_s imports torch and
+           TransformerLens, builds or loads the model and recomputes the same DLA (tl_cold);
+           speedup_cold = tl_cold_process_s / cold_process_s. Warm-vs-warm is speedup = tl_s / dla_s
+           (model loaded, store opened, both in this process); speedup_first = tl_s / dla_cold_s;
 - check_cost: raw_s over the same reads through plain Zarr (no record checks: no sha256 of each
            chunk against its commit record, no missing-chunk detection), i.e. what checking every
            read costs; meta_check_cost: opening the store and reading its three meta tables
            (records cross-checked, every part's sha256) over plain Parquet reads of the same parts;
-- max_err: the largest |store head DLA - TransformerLens head DLA| (float16 activations),
-  sum_err: the largest |sum of all components - (stored logit - b_U)| over the answers;
-  speedup = tl_s / dla_s, speedup_cold = tl_s / dla_cold_s.
+- max_err: the largest |store head DLA - TransformerLens head DLA|; err_tol = 4 eps(stored dtype) x
+  max |TL head DLA| (float16 storage: an error of ~eps x M on a DLA of magnitude M is expected, e.g.
+  0.11 on zoo:addition's 'diff' values of ~280; float32 storage leaves ~3e-5 there), err_ok says
+  whether max_err is within it; sum_err: the largest |sum of all components - (stored logit - b_U)|.
 Page cache is warm for both reads (the store was just written).
 
     python benchmarks/query.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--tl-repeats 1]
-                               [--untrained]   (zoo architectures with random weights until trained)
+                               [--device cpu|cuda] [--untrained]   (zoo architectures, random weights)
 
-Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.5.
+Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.8 on every model.
 """
 
 from __future__ import annotations
@@ -127,7 +134,8 @@ def meta_unchecked(path: Path, n_chunks: int) -> int:
 
 
 def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """[example, answer, layer*head] per-head DLA recomputed with TransformerLens, batch by batch."""
+    """[example, answer, layer*head] per-head DLA recomputed with TransformerLens, batch by batch (on the
+    model's device; the values come back to the CPU)."""
     ex = store.examples
     width = store.manifest.width
     tokens = np.zeros((ex.height, width), dtype=np.int64)
@@ -141,11 +149,12 @@ def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-unt
     keep = lambda name: name.endswith("hook_z") or name == "ln_final.hook_scale"  # noqa: E731
     out = []
     batch = store.manifest.batch
+    device = model.cfg.device
     with torch.inference_mode():
         for b0 in range(0, ex.height, batch):
             sl = slice(b0, b0 + batch)
-            toks = torch.from_numpy(tokens[sl])
-            real = torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]
+            toks = torch.from_numpy(tokens[sl]).to(device)
+            real = (torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]).to(device)
             hooks = [(f"blocks.{layer}.attn.hook_attn_scores",
                       lambda s, hook, real=real: s.masked_fill(~real[:, None, None, :], float("-inf")))
                      for layer in range(model.cfg.n_layers)] if bidirectional else []
@@ -159,8 +168,9 @@ def tl_head_dla(model, store, target: str) -> np.ndarray:  # type: ignore[no-unt
             if ctr is not None:
                 ctr_full = torch.zeros(toks.shape, dtype=torch.long)
                 ctr_full[rows, pos[sl]] = torch.from_numpy(ctr[sl])
-            attrs = cache.logit_attrs(stack, tok_full, incorrect_tokens=ctr_full)  # [component, batch, pos]
-            out.append(attrs[:, rows, pos[sl]].permute(1, 2, 0).double().numpy())
+                ctr_full = ctr_full.to(device)
+            attrs = cache.logit_attrs(stack, tok_full.to(device), incorrect_tokens=ctr_full)  # [component, batch, pos]
+            out.append(attrs[:, rows, pos[sl]].permute(1, 2, 0).double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -171,7 +181,7 @@ def tl_head_dla_fast(model, store, target: str) -> np.ndarray:  # type: ignore[n
     stops after the last block (stop_at_layer: no ln_final, no unembedding), and every product is taken
     at the answer positions only: z[answer] @ W_O -> [batch, answer, layer, head, d_model], divided by
     the final LayerNorm scale recomputed from the last residual at those positions, dotted with the
-    answer direction W_U[:, correct] (- W_U[:, counter]).
+    answer direction W_U[:, correct] (- W_U[:, counter]). Runs on the model's device (cfg.device).
     """
     ex = store.examples
     width = store.manifest.width
@@ -179,11 +189,12 @@ def tl_head_dla_fast(model, store, target: str) -> np.ndarray:  # type: ignore[n
     for i, row in enumerate(ex.get_column("tokens").to_list()):
         tokens[i, : len(row)] = row
     lengths = ex.get_column("length").to_numpy()
-    pos = torch.from_numpy(np.array(ex.get_column("answer_positions").to_list(), dtype=np.int64))
-    ans = torch.from_numpy(np.array(ex.get_column("answer_tokens").to_list(), dtype=np.int64))
-    ctr = (torch.from_numpy(np.array(ex.get_column("counter_tokens").to_list(), dtype=np.int64))
-           if target == "diff" else None)
     cfg = model.cfg
+    device = cfg.device
+    pos = torch.from_numpy(np.array(ex.get_column("answer_positions").to_list(), dtype=np.int64)).to(device)
+    ans = torch.from_numpy(np.array(ex.get_column("answer_tokens").to_list(), dtype=np.int64)).to(device)
+    ctr = (torch.from_numpy(np.array(ex.get_column("counter_tokens").to_list(), dtype=np.int64)).to(device)
+           if target == "diff" else None)
     bidirectional = cfg.attention_dir != "causal"
     w_o = torch.stack([model.blocks[layer].attn.W_O for layer in range(cfg.n_layers)])  # [layer, head, d_head, d_model]
     w_u = model.W_U  # [d_model, vocab]
@@ -194,15 +205,15 @@ def tl_head_dla_fast(model, store, target: str) -> np.ndarray:  # type: ignore[n
     with torch.inference_mode():
         for b0 in range(0, ex.height, batch):
             sl = slice(b0, b0 + batch)
-            toks = torch.from_numpy(tokens[sl])
-            real = torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]
+            toks = torch.from_numpy(tokens[sl]).to(device)
+            real = (torch.arange(width)[None] < torch.as_tensor(np.array(lengths[sl]))[:, None]).to(device)
             hooks = [(f"blocks.{layer}.attn.hook_attn_scores",
                       lambda s, hook, real=real: s.masked_fill(~real[:, None, None, :], float("-inf")))
                      for layer in range(cfg.n_layers)] if bidirectional else []
             with model.hooks(fwd_hooks=hooks):
                 resid, cache = model.run_with_cache(toks, attention_mask=real.long(), names_filter=keep,
                                                     stop_at_layer=cfg.n_layers)
-            rows = torch.arange(toks.shape[0])[:, None]
+            rows = torch.arange(toks.shape[0], device=toks.device)[:, None]
             p = pos[sl]
             z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][rows, p] for layer in range(cfg.n_layers)], 2)
             x = resid[rows, p]  # [batch, answer, d_model]
@@ -217,7 +228,7 @@ def tl_head_dla_fast(model, store, target: str) -> np.ndarray:  # type: ignore[n
             # [batch, answer, layer, head]: z @ W_O @ direction, the direction folded through W_O first
             dw = torch.einsum("lhdm,bam->balhd", w_o, direction)
             attrs = torch.einsum("balhd,balhd->balh", z, dw)
-            out.append(attrs.flatten(2).double().numpy())
+            out.append(attrs.flatten(2).double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -236,6 +247,54 @@ def cold_query(path: Path, target: str) -> tuple[float, float, float]:
     return process_s, import_s, query_s
 
 
+TL_COLD = """
+import json, sys, time, warnings
+t0 = time.perf_counter()
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+sys.path.insert(0, sys.argv[1])
+import torch
+import query as q
+import actstore
+store = actstore.open_store(sys.argv[2])
+label, device, target = sys.argv[3], sys.argv[4], sys.argv[5]
+if label == "gpt2-small-shape":
+    model = q.gpt2_small_shape()
+elif label.endswith("(untrained)"):
+    model = q.untrained_zoo(label.removeprefix("zoo:").removesuffix("(untrained)"))
+else:
+    from actstore.models import load_model
+    model = load_model(label)
+model.to(device).eval()
+t1 = time.perf_counter()
+out = q.tl_head_dla_fast(model, store, target)
+print(json.dumps([t1 - t0, time.perf_counter() - t1, out.shape[0]]))
+"""
+
+
+def tl_cold(path: Path, label: str, device: str, target: str) -> tuple[float, float, float]:
+    """(process_s, setup_s, dla_s) of a fresh process that imports torch, TransformerLens and this script,
+    builds or loads the model (the GPT-2 shape is built with random weights, as in this process; a zoo
+    model is loaded from the package) and recomputes the head DLA over the store's examples: the cold
+    baseline a cold store query is compared with (both sides then pay their imports and set-up)."""
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", TL_COLD, str(Path(__file__).resolve().parent), str(path), label,
+                          device, target], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"cold TransformerLens run failed: {res.stderr.strip().splitlines()[-1:]}")
+    process_s = time.perf_counter() - t
+    setup_s, dla_s, _ = json.loads(res.stdout.strip().splitlines()[-1])
+    return process_s, setup_s, dla_s
+
+
+def tolerance(store, reference: np.ndarray) -> tuple[float, str]:  # type: ignore[no-untyped-def]
+    """What max_err may reach: activations stored in float16 (eps 9.8e-4) carry a relative error of up to
+    half an eps each, so a head's DLA of magnitude M is off by up to ~eps * M (zoo:addition's 'diff'
+    values reach ~280, so 0.1 is expected there); float32 storage leaves TransformerLens's own float32
+    rounding. Returns (4 * eps(stored dtype) * max |reference|, the stored dtype)."""
+    dtype = str(store.manifest.dtype)
+    return 4 * float(np.finfo(np.dtype(dtype)).eps) * float(np.abs(reference).max(initial=0.0)), dtype
+
+
 def break_even(ingest_s: float, tl_s: float, query_s: float) -> str:
     """Queries after which ingest-once + k queries costs less than k recomputations."""
     if tl_s <= query_s:
@@ -244,7 +303,7 @@ def break_even(ingest_s: float, tl_s: float, query_s: float) -> str:
 
 
 def measure(label: str, model, task: str, params: dict | None, n: int, repeats: int,  # type: ignore[no-untyped-def]
-            tl_repeats: int, seeds_baseline: bool, tmp: Path) -> str:
+            tl_repeats: int, seeds_baseline: bool, tmp: Path, device: str = "cpu") -> str:
     out = tmp / label.replace(":", "_")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -265,6 +324,7 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
     raw_s, dla_s = min(raw), min(warm)
     cold = min((cold_query(out, target) for _ in range(repeats)), key=lambda c: c[0])
     tl_s, tl = best(lambda: tl_head_dla_fast(model, store, target), tl_repeats)
+    tl_cold_run = min((tl_cold(out, label, device, target) for _ in range(tl_repeats)), key=lambda c: c[0])
     seeds = ""
     if seeds_baseline:
         seeds_s, tl_seeds = best(lambda: tl_head_dla(model, store, target), tl_repeats)
@@ -274,6 +334,7 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
         "example_id", "answer_idx", "layer", "head", maintain_order=True)
     ours = heads.get_column("value").to_numpy().reshape(tl.shape)
     max_err = float(np.abs(ours - tl).max())
+    tol, stored = tolerance(store, tl)
     sums = table.group_by("example_id", "answer_idx").agg(pl.col("value").sum()).join(
         store.outputs, on=["example_id", "answer_idx"])
     b_u = store.param("unembed.b_U").astype(np.float64)
@@ -288,12 +349,14 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
             f"raw_s={raw_s:.3f} raw_MB/s={mb / raw_s:.0f} dla_s={dla_s:.3f} dla_MB/s={mb / dla_s:.0f} "
             f"read_ratio={raw_s / dla_s:.2f} check_cost={raw_s / min(plain):.2f} "
             f"meta_s={min(meta):.3f} meta_check_cost={min(meta) / min(meta_plain):.2f} dla_cold_s={cold_s:.3f} "
-            f"tl_s={tl_s:.3f} speedup={tl_s / dla_s:.1f} speedup_first={tl_s / cold_s:.1f} "
+            f"tl_device={device} tl_s={tl_s:.3f} speedup={tl_s / dla_s:.1f} speedup_first={tl_s / cold_s:.1f} "
             f"cold_process_s={cold[0]:.2f} cold_import_s={cold[1]:.2f} cold_query_s={cold[2]:.3f} "
-            f"speedup_cold={tl_s / cold[0]:.2f} speedup_cold_query={tl_s / cold[2]:.2f} "
+            f"tl_cold_process_s={tl_cold_run[0]:.2f} tl_cold_setup_s={tl_cold_run[1]:.2f} "
+            f"tl_cold_dla_s={tl_cold_run[2]:.3f} speedup_cold={tl_cold_run[0] / cold[0]:.2f} "
             f"break_even_warm={break_even(ingest_s, tl_s, dla_s)} "
-            f"break_even_cold={break_even(ingest_s, tl_s, cold[0])} {seeds}"
-            f"rows={table.height} max_err={max_err:.2g} sum_err={sum_err:.2g} ingest_s={ingest_s:.1f}")
+            f"break_even_cold={break_even(ingest_s, tl_cold_run[0], cold[0])} {seeds}"
+            f"rows={table.height} max_err={max_err:.2g} err_tol={tol:.2g}({stored}) "
+            f"err_ok={'yes' if max_err <= tol else 'NO'} sum_err={sum_err:.2g} ingest_s={ingest_s:.1f}")
     shutil.rmtree(out, ignore_errors=True)
     return line
 
@@ -308,6 +371,8 @@ def main() -> int:
     p.add_argument("--no-seeds-baseline", action="store_true",
                    help="skip the seeds' TransformerLens code (logit_attrs at every position; slow on GPT-2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--device", default="cpu", help="where the model runs: ingest and the TransformerLens baseline "
+                   "(cpu, cuda); store queries always run on the CPU")
     p.add_argument("--untrained", action="store_true",
                    help="zoo architectures with random weights where trained ones are not installed")
     p.add_argument("--dir", default=None, help="where to write the stores (default: a temporary directory)")
@@ -317,8 +382,10 @@ def main() -> int:
     wanted = args.models.split(",")
     zoo = [s for s in ZOO_MODELS if "zoo" in wanted or s in wanted]
     tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="actstore-qbench-"))
-    print(f"# torch={torch.__version__} cores={os.cpu_count()} threads={torch.get_num_threads()}; "
-          "per-head DLA from the store vs recomputed with TransformerLens (CPU)")
+    print(f"# torch={torch.__version__} cores={os.cpu_count()} threads={torch.get_num_threads()} "
+          f"device={args.device}; per-head DLA from the store (CPU) vs recomputed with TransformerLens; warm: "
+          "both in this process (model loaded, imports done); cold: both in a fresh process (imports, store "
+          "open / model load included); err_tol scales with the stored dtype (see tolerance())")
     for spec in (["gpt2"] if "gpt2" in wanted else []) + zoo:
         try:
             if spec == "gpt2":
@@ -337,9 +404,9 @@ def main() -> int:
         except Exception as e:  # noqa: BLE001 - a missing zoo model skips its line
             print(f"{spec:<16} skipped: {type(e).__name__}: {e}")
             continue
-        model.to("cpu").eval()
-        print(measure(label, model, task, params, n, args.repeats, args.tl_repeats, not args.no_seeds_baseline, tmp),
-              flush=True)
+        model.to(args.device).eval()
+        print(measure(label, model, task, params, n, args.repeats, args.tl_repeats, not args.no_seeds_baseline, tmp,
+                      args.device), flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -26,11 +26,13 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.attribution import COMPUTE, Component, check_level, direct_attribution, required_hooks
-from actstore.query.chunks import ExampleArrays, example_arrays, stream
+from actstore.query.attribution import (COMPUTE, Component, check_level, direct_attribution, make_target,
+                                        required_hooks)
+from actstore.query.chunks import Chunk, ExampleArrays, example_arrays, stream
 from actstore.query.executor import Job, run
+from actstore.query.memo import memo
 from actstore.query.read_at import ReadAt
-from actstore.query.readout import Weights
+from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import ColumnType, item_frame
 from actstore.query.targets import ANSWER_KINDS, ReadTarget, parse_target
 from actstore.store.reader import Store
@@ -79,7 +81,7 @@ class DlaPlan:
         self.hooks = required_hooks(self.weights, level)
         self.at.check_hooks(store, *self.hooks, f"dla level={level!r}")
         check_counter(store, self.at.arrays, self.tgt)
-        self.readout = self.tgt.readout(self.weights, answer_token_ids(self.at.arrays, self.tgt.kind))
+        self.readout = answer_readout(store, self.weights, self.at.arrays, self.tgt)
 
     def ranges(self) -> list[tuple[int, int]]:
         return self.at.ranges(self.store)
@@ -88,14 +90,20 @@ class DlaPlan:
         tgt = self.tgt
         for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
                             answer_dtype=COMPUTE, ranges=ranges):
-            rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape)
+            rows = ([chunk_target(self.store, self.readout, self.at.arrays, chunk, tgt.kind)]
+                    if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape))
             per_row = []
             for row in rows:
                 values, comps = direct_attribution(self.weights, self.readout, chunk, level=self.level, target=row)
                 per_row.append(values)
-            yield self.at.frame(chunk.start, chunk.stop, component_items(comps, self.level),
-                                np.stack(per_row, axis=2), {"target": tgt.label},
+            values = np.stack(per_row, axis=2) if len(per_row) > 1 else per_row[0][:, :, None, :]
+            yield self.at.frame(chunk.start, chunk.stop, self.items(comps), values, {"target": tgt.label},
                                 tgt.tokens if tgt.per_token else None)
+
+    def items(self, comps: list[Component]) -> pl.DataFrame:
+        """component_items, kept with the store: the same frame for every chunk and later queries."""
+        return memo(self.store).get(("dla items", self.level, tuple(c.name for c in comps)), (),
+                                    lambda: component_items(comps, self.level))
 
     def empty(self) -> pl.DataFrame:
         return self.at.empty(component_items([], self.level), {"target": pl.String}, self.tgt.per_token)
@@ -106,6 +114,24 @@ def check_counter(store: Store, ex: ExampleArrays, target: ReadTarget) -> None:
     if target.kind == "diff" and ex.counter_tokens is None:
         raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
                                     f"examples of store {store.path} have none; use target='correct'")
+
+
+def answer_readout(store: Store, weights: Weights, ex: ExampleArrays, target: ReadTarget) -> Readout:
+    """The Readout a target reads; for 'correct' / 'diff', that of the store's answer tokens, kept with
+    the store (query/memo.py) so that later queries skip gathering and sorting every answer's tokens."""
+    if target.kind not in ANSWER_KINDS:
+        return target.readout(weights, answer_token_ids(ex, target.kind))
+    return memo(store).get(("answer readout", target.kind), (weights, ex),
+                           lambda: target.readout(weights, answer_token_ids(ex, target.kind)))
+
+
+def chunk_target(store: Store, readout: Readout, ex: ExampleArrays, chunk: Chunk, kind: str) -> Target:
+    """The Target of a chunk's answers toward 'correct' / 'diff', kept with the store for later queries
+    together with what it computes (its folded tables gathered at every answer, the embeddings' share),
+    within the store's byte budget."""
+    kept = memo(store)
+    return kept.get(("answer target", kind, chunk.start, chunk.stop), (readout, ex),
+                    lambda: make_target(readout, chunk, kind).keep(kept.budget))
 
 
 def answer_token_ids(ex: ExampleArrays, target: str) -> np.ndarray:

@@ -124,8 +124,8 @@ class ReadAt:
             }, schema=ANSWER_KEYS))
             if constants:
                 head = head.with_columns(pl.lit(v, dtype=pl.String).alias(n) for n, v in constants.items())
-            value = np.ascontiguousarray(values[:, :, 0, :], dtype=np.float64).reshape(-1)
-            return pl.concat([head, tiled(items, e * s), pl.DataFrame({"value": value})], how="horizontal")
+            flat = np.ascontiguousarray(values[:, :, 0, :], dtype=np.float64).reshape(-1)
+            return pl.concat([head, tiled(items, e * s), pl.DataFrame({"value": flat})], how="horizontal")
         per_slot = t * k
         slot = np.repeat(np.arange(e * s), per_slot)
         if self.at_answers:

@@ -261,6 +261,26 @@ class Target:
                                         "use target='correct'")
         self.kind, self.correct, self.counter = kind, correct, counter
         self.row: int | None = None
+        self._budget: Any = None  # see keep()
+        self._kept: dict[tuple[int, ...], tuple[tuple[Any, ...], np.ndarray]] = {}
+        self.kept_bytes = 0
+
+    def keep(self, budget: Any) -> "Target":
+        """Keep what take() and dot() compute (read-only) while `budget` (query/memo.Budget) has room:
+        for a Target that later queries on the same chunk reuse. Returns self."""
+        self._budget = budget
+        return self
+
+    def _kept_or(self, refs: tuple[Any, ...], key: tuple[int, ...], make: Callable[[], np.ndarray]) -> np.ndarray:
+        hit = self._kept.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], refs)):
+            return hit[1]
+        out = make()
+        if self._budget is not None and self._budget.take(out.nbytes):
+            out.setflags(write=False)
+            self._kept[key] = (refs, out)
+            self.kept_bytes += out.nbytes
+        return out
 
     @classmethod
     def fixed(cls, row: int, shape: tuple[int, ...]) -> "Target":
@@ -272,6 +292,11 @@ class Target:
     def take(self, table: np.ndarray) -> np.ndarray:
         if self.row is not None:
             return np.broadcast_to(table[self.row], self.correct.shape + table.shape[1:])
+        if self._budget is not None:
+            return self._kept_or((table,), (id(table),), lambda: self._take(table))
+        return self._take(table)
+
+    def _take(self, table: np.ndarray) -> np.ndarray:
         if self.kind != "diff":
             return table[self.correct]
         pairs = self._pairs()
@@ -287,11 +312,9 @@ class Target:
         if not hasattr(self, "_pair_rows"):
             self._pair_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
             if self.correct.size and self.counter is not None:
-                key = self.correct * (int(self.counter.max()) + 1) + self.counter
-                _, first, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
-                if 2 * first.size <= key.size:
-                    self._pair_rows = (self.correct.ravel()[first], self.counter.ravel()[first],
-                                       inverse.reshape(key.shape))
+                (correct, counter), inverse = distinct_rows([self.correct, self.counter])
+                if 2 * correct.size <= self.correct.size:
+                    self._pair_rows = (correct, counter, inverse)
         return self._pair_rows
 
     def dot(self, left: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -304,22 +327,60 @@ class Target:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size == 0:
             return np.zeros(ids.shape)
+        base = ids.base if ids.base is not None else ids
+        if self._budget is not None and not base.flags.writeable:  # a view of arrays that never change
+            where = (id(left), id(table), ids.__array_interface__["data"][0], *ids.shape, *ids.strides)
+            return self._kept_or((left, table, base), where, lambda: self._dot(left, ids, table))
+        return self._dot(left, ids, table)
+
+    def _dot(self, left: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
         parts = [ids] if self.row is not None else [ids, self.correct]
         if self.row is None and self.kind == "diff" and self.counter is not None:
             parts.append(self.counter)
-        key = np.zeros(ids.shape, dtype=np.int64)
-        for part in parts:  # < 2**63 for any vocabulary below 2**21 tokens
-            key = key * (int(part.max()) + 1) + part
-        _, first, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
-        lhs = left[ids.ravel()[first]].astype(np.float64)
+        distinct, inverse = distinct_rows(parts)
+        lhs = left[distinct[0]].astype(np.float64)
         if self.row is not None:
             values = np.einsum("pm,m->p", lhs, table[self.row])
         else:
-            rhs = table[self.correct.ravel()[first]]
+            rhs = table[distinct[1]]
             if len(parts) == 3:
-                rhs = rhs - table[parts[2].ravel()[first]]
+                rhs = rhs - table[distinct[2]]
             values = np.einsum("pm,pm->p", lhs, rhs)
-        return values[inverse].reshape(ids.shape)
+        return values[inverse]
+
+
+DENSE_KEYS = 1 << 16  # distinct_rows counts keys in a flag table up to this many slots, or 8 per element
+
+
+def distinct_rows(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct combinations of same-shaped non-negative int arrays, in sorted order (as np.unique
+    of their mixed-radix key), and where each element's combination is: ([part values [p]], inverse
+    [same shape]), inverse indexing the p combinations.
+
+    The keys are counted in a flag table when their range is small (token ids and rows are), which
+    is O(n), not np.unique's sort; the combinations and their order are the same either way.
+    """
+    shape = parts[0].shape
+    bases = [int(part.max()) + 1 if part.size else 1 for part in parts]
+    grid = np.zeros(shape, dtype=np.int64)
+    for part, base in zip(parts, bases):  # < 2**63 for any vocabulary below 2**21 tokens
+        grid = grid * base + part
+    key = grid.ravel()
+    span = int(np.prod(bases, dtype=np.float64))
+    if span <= max(DENSE_KEYS, 8 * key.size):
+        seen = np.zeros(span, dtype=bool)
+        seen[key] = True
+        keys = np.flatnonzero(seen)
+        slot = np.empty(span, dtype=np.int64)
+        slot[keys] = np.arange(keys.size)
+        inverse = slot[key]
+    else:
+        keys, inverse = np.unique(key, return_inverse=True)
+    values = []
+    for base in reversed(bases):  # the parts back out of the key, last first
+        values.append(keys % base)
+        keys = keys // base
+    return values[::-1], inverse.reshape(shape)
 
 
 def _numpy(x: Any) -> np.ndarray:

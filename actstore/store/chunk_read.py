@@ -124,6 +124,19 @@ def _zstd_into(body: bytes, out: np.ndarray) -> None:
     out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
 
 
+# every float16 bit pattern's float32 value, as numpy converts it (NaN payloads and signed zeros included)
+_HALF_TO_SINGLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def to_float32(array: np.ndarray) -> np.ndarray:
+    """`array` as a new float32 array: float16 through a 256 KB lookup table of numpy's own conversion
+    (so bit for bit what `astype(np.float32)` gives; numpy's float16 cast is a scalar loop, ~1.4x slower
+    here), any other dtype through astype."""
+    if array.dtype == np.float16:
+        return np.take(_HALF_TO_SINGLE, array.view(np.uint16), mode="clip")  # clip: no bounds check, none needed
+    return array.astype(np.float32)
+
+
 def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop: int,
               expected: Callable[[str], Any]) -> np.ndarray | None:
     """Rows [start, stop) of the array at `root / array_rel`: [stop - start, *shape[1:]] in `layout.dtype`.

@@ -1,0 +1,81 @@
+"""What a store's queries keep between them: per-store-constant arrays, within a byte budget.
+
+A store opened once and queried many times (a notebook, a benchmark, a report) asks for the same
+derived arrays on every query: the target's rows for each chunk's answers, the embeddings' share
+of the target, the folded tables gathered at every answer. They depend only on the store (an
+opened Store is a snapshot: its committed chunks do not change) and on objects the key names, so
+they are computed once and kept here, weakly keyed by the Store, least recently used first out.
+
+Kept arrays are read-only. A Memo holds at most `budget` bytes of what its `Budget` counts (large
+stores simply keep less: each entry counts itself, and an entry that does not fit is not kept).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from actstore.store.reader import Store
+
+BUDGET = 48 << 20  # bytes of kept arrays per store
+ENTRIES = 64  # kept entries per store
+
+
+class Budget:
+    """Bytes kept by a store's entries (each entry may grow after it is made: see readout.Target)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, nbytes: int) -> bool:
+        """Reserve `nbytes` if they fit; whether they did."""
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        return True
+
+
+class Memo:
+    """One store's kept entries: key -> (the objects the value was made from, value)."""
+
+    def __init__(self, budget: int = BUDGET, entries: int = ENTRIES) -> None:
+        self.budget = Budget(budget)
+        self.entries = entries
+        self._kept: OrderedDict[Hashable, tuple[tuple[Any, ...], Any]] = OrderedDict()
+
+    def get(self, key: Hashable, refs: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """The value kept under `key`, made by `make()` if absent or made from other objects.
+
+        refs: objects the value depends on that the key cannot name by value (a Readout, a store's
+        ExampleArrays): a hit needs the very same objects (`is`); holding them keeps them alive.
+        A value that keeps arrays after it is made counts them in `self.budget` and says how many
+        in its `kept_bytes` (given back when it is dropped).
+        """
+        hit = self._kept.get(key)
+        if hit is not None and len(hit[0]) == len(refs) and all(a is b for a, b in zip(hit[0], refs)):
+            self._kept.move_to_end(key)
+            return hit[1]
+        if hit is not None:
+            self._drop(key)
+        value = make()
+        self._kept[key] = (refs, value)
+        while len(self._kept) > self.entries:
+            self._drop(next(iter(self._kept)))
+        return value
+
+    def _drop(self, key: Hashable) -> None:
+        _, value = self._kept.pop(key)
+        self.budget.used -= int(getattr(value, "kept_bytes", 0))
+
+
+_MEMOS: "weakref.WeakKeyDictionary[Store, Memo]" = weakref.WeakKeyDictionary()
+
+
+def memo(store: Store) -> Memo:
+    """The Memo of an opened store (made on first use, gone with the Store)."""
+    found = _MEMOS.get(store)
+    if found is None:
+        found = _MEMOS[store] = Memo()
+    return found
