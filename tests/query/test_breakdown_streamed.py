@@ -68,12 +68,16 @@ def test_attention_only_store_has_no_neuron_rows_to_split(tiny_store):
 
 
 def test_groups_seen_in_one_part_only_keep_their_statistics_exactly():
-    rng = np.random.default_rng(1)
-    a = GroupStats.of(pl.DataFrame({"g": [0] * 7, "value": rng.normal(size=7) / 3}), ["g"], "value")
-    b = GroupStats.of(pl.DataFrame({"g": [1] * 5, "value": rng.normal(size=5) / 3}), ["g"], "value")
+    """Folding a neuron table's layers (disjoint groups) keeps each layer's numbers: n * mean / n is not
+    always mean (a folded mean is no longer a plain sum / n)."""
+    mean = np.random.default_rng(1).normal(size=64)
+    n = np.full(64, 7, dtype=np.int64)
+    assert (n * mean / n != mean).any()  # the rounding the fold must not apply
+    a = GroupStats(pl.DataFrame({"layer": [0] * 64, "neuron": range(64)}), n, mean, mean ** 2)
+    b = GroupStats(pl.DataFrame({"layer": [1] * 64, "neuron": range(64)}), n, -mean, mean ** 2)
     both = GroupStats.fold([a, b])
-    assert both is not None and both.keys["g"].to_list() == [0, 1]
-    assert both.mean.tolist() == [*a.mean, *b.mean] and both.m2.tolist() == [*a.m2, *b.m2]
+    assert both is not None and both.keys.equals(pl.concat([a.keys, b.keys])) and both.n.tolist() == [7] * 128
+    assert both.mean.tolist() == [*mean, *-mean] and both.m2.tolist() == [*mean ** 2, *mean ** 2]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
