@@ -70,6 +70,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="examples per forward pass (default 16)")
     p.add_argument("--rows", type=positive_int, default=None,
                    help="rows per patched forward pass, examples x variants (default 512)")
+    p.add_argument("--part", type=positive_int, default=None,
+                   help="examples per stored part: the unit of resuming and of work on --workers (default 256)")
     p.add_argument("--per-example", action="store_true", help="print every stored row, not the per-target summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_output_options(p)
@@ -91,6 +93,8 @@ def _options(args: argparse.Namespace, store: Any) -> dict[str, Any]:
         opts["batch"] = args.batch
     if args.rows is not None:
         opts["rows"] = args.rows
+    if args.part is not None:
+        opts["part"] = args.part
     return opts
 
 

@@ -140,12 +140,13 @@ def cli_matches_local(local: Path, path: Path, capsys, cluster_args: list[str]) 
     """`actstore ablate` on a copy of `local` with `cluster_args` prints and stores what it does locally."""
     shutil.copytree(local, path)
     shutil.rmtree(path / SWEEPS, ignore_errors=True)
-    argv = ["--hook", "z", "--grain", "head", "--method", "mean", "--examples", "12", "--quiet", "--format", "csv",
-            "--per-example"]
+    argv = ["--hook", "z", "--grain", "head", "--method", "mean", "--examples", "12", "--part", "6", "--quiet",
+            "--format", "csv", "--per-example"]
     here = run_cli(["ablate", str(local), *argv], capsys)
     there = run_cli(["ablate", str(path), *argv, *cluster_args], capsys)
     assert here == there and len(here.splitlines()) == 1 + 2 * 3 * 12 * 4 * 4  # header + layers x heads x ... rows
     (sid,) = [p.name for p in (path / SWEEPS).iterdir()]
+    assert len(list((path / SWEEPS / sid).glob("part-*.parquet"))) == 2
     assert sweep_files(local / SWEEPS / sid) == sweep_files(path / SWEEPS / sid)
 
 
