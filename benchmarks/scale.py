@@ -7,7 +7,8 @@ For zoo:addition stores grown to each size in turn (a larger n appends to the co
 ingest cost per example is over the examples each step added; model load, data and store set-up
 are reported apart and left out of it), measures, each in a fresh subprocess (peak RSS is that
 process's VmHWM, imports included):
-- ingest:   seconds per added example, and bytes on disk per example after the step (the
+- ingest:   seconds per added example (wall, set-up left out; and CPU seconds of every thread of the
+            ingest call, set-up included: under 1 s), and bytes on disk per example after the step (the
             model's weights under params/ left out: they do not grow with examples);
 - DLA:      `actstore dla STORE --level head --mean` (streamed per-chunk partials), wall and RSS;
 - SQL:      `actstore sql STORE` a GROUP BY over the carry labels of the examples table;
@@ -17,7 +18,8 @@ process's VmHWM, imports included):
             and the same DLA read from it against the local store;
 - gpt2:     a GPT-2-small-shaped model (random weights, on ioi) at the answer positions only,
             --gpt2-n examples: ingest and the same DLA.
-Per-example ratios are against the smallest size measured in the same run.
+Per-example ratios are against the smallest size measured in the same run; the load column is the
+highest 1-minute load average seen by that row's measurements (2 cores: above ~2, others share them).
 
 Goals (issue 13): time linear in examples (cost per example at the largest size within 1.2x of the
 smallest), memory flat (DLA peak RSS at the largest size within 1.2x of the smallest), a
@@ -31,6 +33,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -56,6 +59,12 @@ def peak_mb() -> float:
     return float("nan")
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 # ---- children: one measurement each, a last line "RESULT {json}" ----
 
 def child_ingest(job: dict[str, Any]) -> dict[str, Any]:
@@ -69,11 +78,11 @@ def child_ingest(job: dict[str, Any]) -> dict[str, Any]:
 
         model = gpt2_small_shape()
     stats: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     actstore.ingest(job["task"], model, job["n"], 0, job["out"], quiet=True, stats=stats,
                     positions=job.get("positions", "all"), model_spec=job.get("spec"))
-    wall = time.perf_counter() - start
-    return {"wall": wall, "setup": stats.get("setup_s", 0.0)}
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"wall": wall, "setup": stats.get("setup_s", 0.0), "ingest_cpu": cpu}
 
 
 def child_cli(job: dict[str, Any]) -> dict[str, Any]:
@@ -137,14 +146,15 @@ def measure_sizes(sizes: list[int], work: Path, skip: set[str]) -> list[dict[str
         ing = run_child({"kind": "ingest", "task": "addition", "model": "zoo:addition", "spec": "zoo:addition",
                          "n": n, "out": str(store)})
         row: dict[str, Any] = {"n": n, "added": n - prev, "ingest": ing["wall"] - ing["setup"],
-                               "setup": ing["setup"], "bytes": disk_bytes(store)}
+                               "ingest_cpu": ing["ingest_cpu"], "setup": ing["setup"], "bytes": disk_bytes(store),
+                               "load": ing["load"]}
         dla = run_child({"kind": "cli", "argv": dla_argv(str(store), work)})
-        row.update(dla=dla["wall"], dla_rss=dla["rss"])
+        row.update(dla=dla["wall"], dla_rss=dla["rss"], load=max(row["load"], dla["load"]))
         sql = run_child({"kind": "cli", "argv": ["sql", str(store), SQL, "-o", str(work / "sql.csv")]})
         row.update(sql=sql["wall"], sql_rss=sql["rss"])
         if "workers" not in skip:
             w = run_child({"kind": "workers", "store": str(store)})
-            row.update(w1=w["w1"], w2=w["w2"])
+            row.update(w1=w["w1"], w2=w["w2"], w_load=w["load"])
         rows.append(row)
         prev = n
         print(f"  {n}: {row}", file=sys.stderr, flush=True)
@@ -181,22 +191,25 @@ def table(rows: list[dict[str, Any]], s3: dict[str, Any] | None, gpt2: dict[str,
     """The markdown table and the goals, met or missed."""
     base = rows[0]
     us = lambda r, k, per: 1e6 * r[k] / r[per]  # noqa: E731  (microseconds per example)
-    out = ["| store | examples | ingest µs/ex (x smallest) | bytes/ex | DLA s | DLA µs/ex (x) | DLA peak RSS | "
-           "SQL s | SQL peak RSS | 1 / 2 workers s | 2w speed-up |", "|" + "---|" * 11]
+    out = ["| store | examples | ingest µs/ex (x smallest) | ingest CPU µs/ex | bytes/ex | DLA s | DLA µs/ex (x) | "
+           "DLA peak RSS | SQL s | SQL peak RSS | 1 / 2 workers s | 2w speed-up | load |", "|" + "---|" * 13]
     for r in rows:
         ing, dla = us(r, "ingest", "added"), us(r, "dla", "n")
         w = (f"{r['w1']:.2f} / {r['w2']:.2f} | {r['w1'] / r['w2']:.2f}x" if "w1" in r else "- | -")
         out.append(f"| zoo:addition | {r['n']} | {ing:.1f} ({ing / us(base, 'ingest', 'added'):.2f}x) | "
+                   f"{us(r, 'ingest_cpu', 'added'):.1f} | "
                    f"{r['bytes'] / r['n']:.0f} | {r['dla']:.2f} | {dla:.1f} ({dla / us(base, 'dla', 'n'):.2f}x) | "
-                   f"{r['dla_rss']:.0f} MB | {r['sql']:.3f} | {r['sql_rss']:.0f} MB | {w} |")
+                   f"{r['dla_rss']:.0f} MB | {r['sql']:.3f} | {r['sql_rss']:.0f} MB | {w} | "
+                   f"{max(r['load'], r.get('w_load', 0)):.1f} |")
     if s3:
-        out.append(f"| zoo:addition on moto S3 | {s3['n']} | upload {1e6 * s3['upload'] / s3['n']:.1f} | - | "
+        out.append(f"| zoo:addition on moto S3 | {s3['n']} | upload {1e6 * s3['upload'] / s3['n']:.1f} | - | - | "
                    f"{s3['s3']:.2f} (local {s3['local']:.2f}: **{s3['s3'] / s3['local']:.2f}x**) | - | "
-                   f"{s3['s3_rss']:.0f} MB | - | - | - | - |")
+                   f"{s3['s3_rss']:.0f} MB | - | - | - | - | - |")
     if gpt2:
         out.append(f"| GPT-2-small shape, answer positions | {gpt2['n']} | "
-                   f"{1e6 * gpt2['ingest'] / gpt2['n']:.0f} | {gpt2['bytes'] / gpt2['n']:.0f} | {gpt2['dla']:.2f} | "
-                   f"{1e6 * gpt2['dla'] / gpt2['n']:.0f} | {gpt2['dla_rss']:.0f} MB | - | - | - | - |")
+                   f"{1e6 * gpt2['ingest'] / gpt2['n']:.0f} | - | {gpt2['bytes'] / gpt2['n']:.0f} | "
+                   f"{gpt2['dla']:.2f} | "
+                   f"{1e6 * gpt2['dla'] / gpt2['n']:.0f} | {gpt2['dla_rss']:.0f} MB | - | - | - | - | - |")
     top = rows[-1]
     linear = None if len(rows) < 2 else (top["ingest"] / top["added"]) / (base["ingest"] / base["added"]) <= 1.2
     flat = None if len(rows) < 2 else top["dla_rss"] <= 1.2 * base["dla_rss"]
@@ -222,8 +235,10 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         job = json.loads(args.child)
+        load = os.getloadavg()[0]
         result = CHILDREN[job["kind"]](job)
-        print("RESULT " + json.dumps({**result, "rss": peak_mb()}), flush=True)
+        print("RESULT " + json.dumps({**result, "rss": peak_mb(), "cpu": cpu_s(),
+                                      "load": max(load, os.getloadavg()[0])}), flush=True)
         return
     try:
         sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})

@@ -89,8 +89,11 @@ def run(job: Job, store: Store, client: Any = None, plan: ChunkPlan | None = Non
     if client is None:
         yield from plan.partials(ranges)
         return
-    batches = split(ranges, BATCHES_PER_WORKER * max(worker_count(client), 1))
     address, fingerprint, token = store_address(store), store_fingerprint(store), job.token()
+    if str(address).startswith("memory://"):
+        raise ClusterError(f"store {address} lives in this process's memory, which Dask workers cannot open; "
+                           "copy it to a local path or an object store (s3://...), or run without a cluster")
+    batches = split(ranges, BATCHES_PER_WORKER * max(worker_count(client), 1))
     futures = [client.submit(run_batch, address, fingerprint, job, token, batch, pure=False) for batch in batches]
     try:
         for future in futures:

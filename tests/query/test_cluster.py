@@ -239,3 +239,22 @@ def test_attention_and_neuron_breakdowns_are_identical_on_the_cluster(store, cli
         assert_frame_equal(pl.read_csv(io.StringIO(here), schema=whole.schema).select(keys), whole.select(keys))
     assert main(["breakdown", path, "--group-by", "carry_2", "--input", path, "--workers", "2"]) != 0
     assert "--input FILE is read here" in capsys.readouterr().err
+
+
+def test_workers_read_on_their_own_threads_and_memory_stores_are_refused(store, client, tmp_path):
+    from actstore.query.executor import worker_threads
+
+    assert client.submit(worker_threads, pure=False).result() == 1  # single-threaded workers read inline
+    assert worker_threads() == 2  # here: the reading pool
+    url = f"memory://actstore-cluster-{tmp_path.name}/store"
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(store.path), url.removeprefix("memory://"), recursive=True)
+    try:
+        mem = actstore.open_store(url)
+        assert mem.n_examples == store.n_examples
+        with pytest.raises(ClusterError, match="lives in this process.s memory, which Dask workers cannot open"):
+            summarise(mem, Job(dla_plan, {"level": "layer"}), GroupSpec(), client=client)
+    finally:
+        fs.rm(url.removeprefix("memory://"), recursive=True)
