@@ -11,12 +11,16 @@ one. A killed worker's chunks are redone by a rerun (of the same command, or of 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from actstore.datasets import get_task
+from actstore.datasets.base import check_n_seed
 from actstore.errors import InvalidParameterError
 from actstore.ingest.shards import parse_shard
-from actstore.store.open import open_store
+from actstore.store.fs import RemotePath
+from actstore.store.open import open_store, utf8_path
 from actstore.store.reader import Store
 
 
@@ -37,13 +41,20 @@ def ingest_on_cluster(task: str, model: Any, n: int, seed: int, out: str | os.Pa
         raise InvalidParameterError("--overwrite cannot be used with --workers / --scheduler; remove the store first")
     if kwargs.get("shard") is not None:
         raise InvalidParameterError("--shard cannot be used with --workers / --scheduler (they make the shards)")
+    # what every worker would refuse, refused here before a cluster starts (its workers' logs are not one line)
+    check_n_seed(n, seed)
+    get_task(task, **(kwargs.get("task_params") or {}))
+    if isinstance(utf8_path(out, "--out", kwargs.get("storage_options")), RemotePath):
+        raise InvalidParameterError(f"--workers / --scheduler write shards of a local (or shared-filesystem) store; "
+                                    f"{out} is a URL: ingest it without them, or to a local path")
     from dask.distributed import Client, LocalCluster  # noqa: PLC0415 (the cluster extra, only here)
 
     from actstore.query.executor import connect  # noqa: PLC0415 (one ClusterError line for a bad address)
 
     cluster = None
     if workers is not None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.CRITICAL)
         client = Client(cluster)
     else:
         client = connect(str(scheduler))

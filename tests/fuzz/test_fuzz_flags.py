@@ -93,3 +93,16 @@ def test_a_url_with_a_slash_missing_creates_no_local_directory(tmp_path, monkeyp
 def test_unlock_refuses_odd_urls_in_one_line(capsys, url):
     assert main(["unlock", url]) == 2
     assert "URL" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("change", [{"--task": "nosuch"}, {"--n": "0"}, {"--out": "memory://fuzz-workers/store"},
+                                    {"--param": "digits=0"}], ids=["task", "n", "url", "param"])
+def test_ingest_on_workers_refuses_what_every_worker_would_before_starting_a_cluster(tmp_path, capsys, change):
+    """Each used to start the cluster and have every worker fail (the nanny's log lines on stderr); a
+    memory:// store was written into a worker's memory and lost."""
+    flags = {"--task": "addition", "--model": "zoo:addition", "--n": "16", "--out": str(tmp_path / "store"),
+             "--workers": "1", **change}
+    assert main(["ingest", "--quiet", *[x for kv in flags.items() for x in kv]]) == 2
+    line = one_error_line(capsys)
+    assert any(word in line for word in ("nosuch", "n must be", "is a URL", "digits"))
+    assert list(tmp_path.iterdir()) == []
