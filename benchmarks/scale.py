@@ -146,8 +146,8 @@ def measure_sizes(sizes: list[int], work: Path, skip: set[str]) -> list[dict[str
         ing = run_child({"kind": "ingest", "task": "addition", "model": "zoo:addition", "spec": "zoo:addition",
                          "n": n, "out": str(store)})
         row: dict[str, Any] = {"n": n, "added": n - prev, "ingest": ing["wall"] - ing["setup"],
-                               "ingest_cpu": ing["ingest_cpu"], "setup": ing["setup"], "bytes": disk_bytes(store),
-                               "load": ing["load"]}
+                               "ingest_cpu": ing["ingest_cpu"], "ingest_rss": ing["rss"], "setup": ing["setup"],
+                               "bytes": disk_bytes(store), "load": ing["load"]}
         dla = run_child({"kind": "cli", "argv": dla_argv(str(store), work)})
         row.update(dla=dla["wall"], dla_rss=dla["rss"], load=max(row["load"], dla["load"]))
         sql = run_child({"kind": "cli", "argv": ["sql", str(store), SQL, "-o", str(work / "sql.csv")]})
@@ -179,8 +179,14 @@ def measure_gpt2(n: int, work: Path) -> dict[str, Any]:
     ing = run_child({"kind": "ingest", "task": "ioi", "model": "gpt2-shape", "spec": "gpt2-small-shape", "n": n,
                      "out": str(store), "positions": "answer"})
     dla = run_child({"kind": "cli", "argv": dla_argv(str(store), work)})
-    return {"n": n, "ingest": ing["wall"] - ing["setup"], "setup": ing["setup"], "bytes": disk_bytes(store),
+    return {"n": n, "ingest": ing["wall"] - ing["setup"], "setup": ing["setup"], "ingest_rss": ing["rss"],
+            "bytes": disk_bytes(store),
             "dla": dla["wall"], "dla_rss": dla["rss"]}
+
+
+def slope(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    """Bytes of `key` (MB) per example between rows a and b."""
+    return (b[key] - a[key]) * 2**20 / (b["n"] - a["n"])
 
 
 def verdict(ok: bool | None) -> str:
@@ -191,23 +197,25 @@ def table(rows: list[dict[str, Any]], s3: dict[str, Any] | None, gpt2: dict[str,
     """The markdown table and the goals, met or missed."""
     base = rows[0]
     us = lambda r, k, per: 1e6 * r[k] / r[per]  # noqa: E731  (microseconds per example)
-    out = ["| store | examples | ingest µs/ex (x smallest) | ingest CPU µs/ex | bytes/ex | DLA s | DLA µs/ex (x) | "
-           "DLA peak RSS | SQL s | SQL peak RSS | 1 / 2 workers s | 2w speed-up | load |", "|" + "---|" * 13]
+    out = ["| store | examples | ingest µs/ex (x smallest) | ingest CPU µs/ex | ingest peak RSS | bytes/ex | DLA s | "
+           "DLA µs/ex (x) | DLA peak RSS | SQL s | SQL peak RSS | 1 / 2 workers s | 2w speed-up | load |",
+           "|" + "---|" * 14]
     for r in rows:
         ing, dla = us(r, "ingest", "added"), us(r, "dla", "n")
         w = (f"{r['w1']:.2f} / {r['w2']:.2f} | {r['w1'] / r['w2']:.2f}x" if "w1" in r else "- | -")
         out.append(f"| zoo:addition | {r['n']} | {ing:.1f} ({ing / us(base, 'ingest', 'added'):.2f}x) | "
-                   f"{us(r, 'ingest_cpu', 'added'):.1f} | "
+                   f"{us(r, 'ingest_cpu', 'added'):.1f} | {r['ingest_rss']:.0f} MB | "
                    f"{r['bytes'] / r['n']:.0f} | {r['dla']:.2f} | {dla:.1f} ({dla / us(base, 'dla', 'n'):.2f}x) | "
                    f"{r['dla_rss']:.0f} MB | {r['sql']:.3f} | {r['sql_rss']:.0f} MB | {w} | "
                    f"{max(r['load'], r.get('w_load', 0)):.1f} |")
     if s3:
-        out.append(f"| zoo:addition on moto S3 | {s3['n']} | upload {1e6 * s3['upload'] / s3['n']:.1f} | - | - | "
+        out.append(f"| zoo:addition on moto S3 | {s3['n']} | upload {1e6 * s3['upload'] / s3['n']:.1f} | - | - | - | "
                    f"{s3['s3']:.2f} (local {s3['local']:.2f}: **{s3['s3'] / s3['local']:.2f}x**) | - | "
                    f"{s3['s3_rss']:.0f} MB | - | - | - | - | - |")
     if gpt2:
         out.append(f"| GPT-2-small shape, answer positions | {gpt2['n']} | "
-                   f"{1e6 * gpt2['ingest'] / gpt2['n']:.0f} | - | {gpt2['bytes'] / gpt2['n']:.0f} | "
+                   f"{1e6 * gpt2['ingest'] / gpt2['n']:.0f} | - | {gpt2['ingest_rss']:.0f} MB | "
+                   f"{gpt2['bytes'] / gpt2['n']:.0f} | "
                    f"{gpt2['dla']:.2f} | "
                    f"{1e6 * gpt2['dla'] / gpt2['n']:.0f} | {gpt2['dla_rss']:.0f} MB | - | - | - | - | - |")
     top = rows[-1]
@@ -216,7 +224,9 @@ def table(rows: list[dict[str, Any]], s3: dict[str, Any] | None, gpt2: dict[str,
     million = next((r for r in rows if r["n"] >= MILLION), None)
     speed = [r["w1"] / r["w2"] for r in rows if "w1" in r]
     out += ["", f"- time linear (ingest per example at {top['n']} within 1.2x of {base['n']}): {verdict(linear)}",
-            f"- memory flat (DLA peak RSS at {top['n']} within 1.2x of {base['n']}): {verdict(flat)}",
+            f"- memory flat (DLA peak RSS at {top['n']} within 1.2x of {base['n']}): {verdict(flat)}"
+            + (f"; DLA {slope(base, top, 'dla_rss'):+.0f} and ingest {slope(base, top, 'ingest_rss'):+.0f} bytes of "
+               "peak RSS per added example" if len(rows) > 1 else ""),
             f"- 1M-example DLA under {RSS_CAP_MB} MB RSS: "
             f"{verdict(None if million is None else million['dla_rss'] < RSS_CAP_MB)}",
             f"- 2 workers >= 1.6x one (best over sizes {max(speed):.2f}x): {verdict(max(speed) >= 1.6)}" if speed
