@@ -12,6 +12,7 @@ stores simply keep less: each entry counts itself, and an entry that does not fi
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -28,13 +29,19 @@ class Budget:
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> bool:
         """Reserve `nbytes` if they fit; whether they did."""
-        if self.used + nbytes > self.limit:
-            return False
-        self.used += nbytes
-        return True
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                return False
+            self.used += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
 
 
 class Memo:
@@ -44,6 +51,7 @@ class Memo:
         self.budget = Budget(budget)
         self.entries = entries
         self._kept: OrderedDict[Hashable, tuple[tuple[Any, ...], Any]] = OrderedDict()
+        self._lock = threading.RLock()  # queries may run on several threads (a threaded Dask worker)
 
     def get(self, key: Hashable, refs: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """The value kept under `key`, made by `make()` if absent or made from other objects.
@@ -53,29 +61,34 @@ class Memo:
         A value that keeps arrays after it is made counts them in `self.budget` and says how many
         in its `kept_bytes` (given back when it is dropped).
         """
-        hit = self._kept.get(key)
-        if hit is not None and len(hit[0]) == len(refs) and all(a is b for a, b in zip(hit[0], refs)):
-            self._kept.move_to_end(key)
-            return hit[1]
-        if hit is not None:
-            self._drop(key)
-        value = make()
-        self._kept[key] = (refs, value)
-        while len(self._kept) > self.entries:
-            self._drop(next(iter(self._kept)))
-        return value
+        with self._lock:
+            hit = self._kept.get(key)
+            if hit is not None and len(hit[0]) == len(refs) and all(a is b for a, b in zip(hit[0], refs)):
+                self._kept.move_to_end(key)
+                return hit[1]
+            if hit is not None:
+                self._drop(key)
+            value = make()
+            self._kept[key] = (refs, value)
+            while len(self._kept) > self.entries:
+                self._drop(next(iter(self._kept)))
+            return value
 
     def _drop(self, key: Hashable) -> None:
         _, value = self._kept.pop(key)
-        self.budget.used -= int(getattr(value, "kept_bytes", 0))
+        self.budget.give(int(getattr(value, "kept_bytes", 0)))
 
 
 _MEMOS: "weakref.WeakKeyDictionary[Store, Memo]" = weakref.WeakKeyDictionary()
 
 
+_MEMOS_LOCK = threading.Lock()
+
+
 def memo(store: Store) -> Memo:
     """The Memo of an opened store (made on first use, gone with the Store)."""
-    found = _MEMOS.get(store)
-    if found is None:
-        found = _MEMOS[store] = Memo()
-    return found
+    with _MEMOS_LOCK:
+        found = _MEMOS.get(store)
+        if found is None:
+            found = _MEMOS[store] = Memo()
+        return found

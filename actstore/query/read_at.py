@@ -17,6 +17,7 @@ gathers the hooks there and the attribution math runs unchanged; `frame` drops t
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -161,21 +162,24 @@ class ReadAt:
 KEPT_ROWS = 1 << 20  # rows of key and item columns kept for the next chunks and queries (~30 MB each)
 _TILED: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
 _KEYS: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
+_KEPT_LOCK = threading.Lock()
 
 
 def _kept(cache: OrderedDict[Any, tuple[Any, pl.DataFrame]], key: Any, ref: Any,
           make: Callable[[], pl.DataFrame]) -> pl.DataFrame:
     """make(), kept in `cache` under `key` while the caches hold at most KEPT_ROWS rows; a hit needs the
     very object `ref` the frame was made from (kept alive with it, so its id stays unique)."""
-    hit = cache.get(key)
-    if hit is not None and hit[0] is ref:
-        cache.move_to_end(key)
-        return hit[1]
+    with _KEPT_LOCK:  # queries may run on several threads
+        hit = cache.get(key)
+        if hit is not None and hit[0] is ref:
+            cache.move_to_end(key)
+            return hit[1]
     frame = make()
     if frame.height <= KEPT_ROWS:
-        cache[key] = (ref, frame)
-        while sum(f.height for _, f in cache.values()) > KEPT_ROWS:
-            cache.popitem(last=False)
+        with _KEPT_LOCK:
+            cache[key] = (ref, frame)
+            while sum(f.height for _, f in cache.values()) > KEPT_ROWS:
+                cache.popitem(last=False)
     return frame
 
 
