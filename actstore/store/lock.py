@@ -123,9 +123,12 @@ def _describe(path: RemotePath) -> str:
     try:
         raw = path.read_bytes_or_none()
         rec = json.loads(raw or b"{}")
-        return f"lock object {path.url}: pid {rec.get('pid')} on {rec.get('host')} since {rec.get('since')}"
+        pid, host, since = (rec.get(k) for k in ("pid", "host", "since"))
     except (OSError, ValueError, AttributeError):
-        return f"lock object {path.url}"
+        pid = host = since = None
+    if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in (pid, host, since)):
+        return f"lock object {path.url}, which does not name its holder"  # not one a writer of ours made
+    return f"lock object {path.url}: pid {pid} on {host} since {since}"
 
 
 def break_lock(store: "str | os.PathLike[str] | RemotePath", storage_options: dict | None = None) -> str | None:

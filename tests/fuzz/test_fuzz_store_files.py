@@ -154,3 +154,23 @@ def test_a_weight_cache_entry_holding_a_symlink_is_rebuilt_and_never_linked(mode
     outside.unlink()
     assert data_files(second) == data_files(first) and verify(second).passed
 
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"[1, 2]", b'{"pid": [], "host": {"a": 1}, "since": true}',
+                                     b"\xff\xfe" * 100])
+def test_a_remote_lock_object_of_any_content_is_refused_then_unlocked(model, capsys, content):
+    import fsspec  # noqa: PLC0415
+
+    from actstore.cli import main  # noqa: PLC0415
+    from actstore.errors import StoreLockedError  # noqa: PLC0415
+
+    url = f"memory://fuzz-lock-{len(content)}-{content[:3].hex()}/store"
+    lock = url.removeprefix("memory:/").replace("/store", "/.store.lock")
+    fsspec.filesystem("memory").pipe_file(lock, content)
+    with pytest.raises(StoreLockedError) as e:
+        actstore.ingest("addition", model, 16, 0, url, **KW)
+    assert "which does not name its holder" in one_line(e)
+    assert f"actstore unlock {url.replace('memory://', 'memory:///')}" in one_line(e)
+    assert main(["unlock", url]) == 0 and "does not name its holder" in capsys.readouterr().err
+    assert actstore.ingest("addition", model, 16, 0, url, **KW).finished
+    fsspec.filesystem("memory").rm(url.removeprefix("memory:/").removesuffix("/store"), recursive=True)
