@@ -47,8 +47,8 @@ from actstore.errors import (IncompleteStoreWarning, InvalidParameterError, Stor
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
 from actstore.ingest.grow import finish_growth, grow_store, growth_differences, read_intent
-from actstore.ingest.shards import (all_committed, committed_ok, discard_chunks, parse_shard, shard_chunks,
-                                    store_digests, writer_locks)
+from actstore.ingest.shards import (all_committed, discard_chunks, parse_shard, shard_chunks, store_digests,
+                                    uncommitted, writer_locks)
 from actstore.ingest.forward import (Sink, answer_outputs, answer_pass, answer_topk, attention_mask,
                                      bidirectional_mask_hooks, capture_hooks, run_hooks)
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
@@ -268,8 +268,7 @@ class _Loop:
         number of examples written. A failed write leaves the committed chunks as they were."""
         n_chunks = len(self.ranges)
         digests = store_digests(self.out)
-        todo = [k for k in shard_chunks(n_chunks, self.shard)
-                if not committed_ok(self.out, self.manifest, k, digests)]
+        todo = uncommitted(self.out, self.manifest, shard_chunks(n_chunks, self.shard), digests)
         self._match_committed_columns(committed_prefix(self.out, n_chunks))
         try:
             discard_chunks(self.out, self.manifest, todo)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from actstore.errors import InvalidParameterError, StoreCorruptError
-from actstore.store.commits import read_commit, read_file
-from actstore.store.fs import StorePath
+from actstore.store.commits import commit_files, committed_prefix, read_commit, read_file
+from actstore.store.fs import RemotePath, StorePath
 from actstore.store.integrity import COMPLETE_RECORD, STORE_RECORD
 from actstore.store.layout import COMMITS, chunk_file, chunk_ranges, commit_path, meta_tables, part_path
 from actstore.store.lock import acquire_flock, store_lock
@@ -88,21 +88,31 @@ def store_digests(root: StorePath) -> set[str]:
 
 
 def all_committed(root: StorePath, n_chunks: int) -> bool:
-    return all(commit_path(root, k).exists() for k in range(n_chunks))
+    return committed_prefix(root, n_chunks) == n_chunks  # remote: one listing, not a request per chunk
+
+
+def uncommitted(root: StorePath, manifest: Manifest, chunks: list[int], store_digests: set[str]) -> list[int]:
+    """The chunks of `chunks` without a commit record of this store (see committed_ok); only the records
+    listed are read (a fresh store at a URL costs one listing, not a request per chunk)."""
+    listed = set(commit_files(root))
+    return [k for k in chunks if k not in listed or not committed_ok(root, manifest, k, store_digests)]
 
 
 def discard_chunks(root: StorePath, manifest: Manifest, chunks: list[int]) -> None:
     """Remove every file of `chunks` (left by a crash or a stale record), so they are rewritten whole;
-    and the completion record, if any chunk is to be rewritten."""
+    and the completion record, if any chunk is to be rewritten. Each chunk's record goes before its files."""
     if not chunks:
         return
-    (root / COMMITS / COMPLETE_RECORD).unlink(missing_ok=True)
-    for k in chunks:
-        commit_path(root, k).unlink(missing_ok=True)
-        for h in manifest.hooks:
-            chunk_file(root, h.name, k, len(h.shape)).unlink(missing_ok=True)
-        for table in meta_tables(manifest):
-            part_path(root, table, k).unlink(missing_ok=True)
+    records = [root / COMMITS / COMPLETE_RECORD, *(commit_path(root, k) for k in chunks)]
+    files = [chunk_file(root, h.name, k, len(h.shape)) for k in chunks for h in manifest.hooks]
+    files += [part_path(root, table, k) for k in chunks for table in meta_tables(manifest)]
+    if isinstance(root, RemotePath):  # one listing, then bulk deletes of what exists: the records, then the files
+        present = {p.path for p in root.rglob("*")}
+        root.unlink_many([p for p in records if isinstance(p, RemotePath) and p.path in present])
+        root.unlink_many([p for p in files if isinstance(p, RemotePath) and p.path in present])
+        return
+    for path in records + files:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -140,4 +150,4 @@ def _flock(path: Path, store: Path, shared: bool, wait: bool = False, what: str 
 
 
 __all__ = ["all_committed", "committed_ok", "discard_chunks", "parse_shard", "shard_chunks", "store_digests",
-           "writer_locks"]
+           "uncommitted", "writer_locks"]

@@ -7,7 +7,9 @@ chunk, which lets `verify` name a chunk whose bytes changed after the commit. Re
 the committed chunks as the contiguous prefix 0, 1, 2, ... of records.
 
 On an object store (store/fs.py) the record is one PUT, which is atomic by itself: there is no
-temporary object, rename or fsync, and the record is still written after every file it names.
+temporary object, rename or fsync, and the record is still written after every file it names. Its
+digests are of the objects as the server holds them: read back, or taken from the bytes sent where
+the PUT's ETag proves the server holds exactly those (`put_digest`).
 """
 
 from __future__ import annotations
@@ -105,6 +107,20 @@ def bytes_digest_list(data: bytes, tail: bool = False) -> list[Any]:
     """What file_digest says of a file holding `data`."""
     digest: list[Any] = [len(data), hashlib.sha256(data).hexdigest()]
     return [*digest, bytes(data[-4:]).hex()] if tail else digest
+
+
+def put_digest(data: bytes, response: Any, tail: bool = False) -> list[Any] | None:
+    """What file_digest would read back from an object just put with `data`, where the PUT's response proves
+    the server holds exactly those bytes; None where it does not (then read the object back).
+
+    The proof: S3's ETag of a single-request PUT is the MD5 of the object's bytes. A multipart upload's ETag
+    ('...-N'), an encrypted object's (SSE-KMS / SSE-C: not an MD5) or a filesystem that gives no response
+    proves nothing, so those are read back as before.
+    """
+    etag = response.get("ETag") if isinstance(response, dict) else None
+    if not isinstance(etag, str) or etag.strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest():
+        return None
+    return bytes_digest_list(data, tail)
 
 
 def atomic_write_bytes(path: StorePath, data: bytes) -> None:

@@ -26,7 +26,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 from zarr.storage import FsspecStore
 
@@ -76,8 +76,19 @@ class GuardedFsspecStore(FsspecStore):
         except Exception as e:  # noqa: BLE001
             raise remote_error(self._url(key), e) from None
 
+    # set by a chunk writer: called with (object path, bytes, the filesystem's PUT response) after each PUT, so
+    # the writer can digest what it sent instead of reading it back (store/writer.py); None on a copy zarr makes
+    on_put: Callable[[str, bytes, Any], None] | None = None
+
     async def set(self, key: str, *args: Any, **kwargs: Any) -> None:
         try:
+            if self.on_put is not None and len(args) == 1 and not kwargs and not self.read_only:
+                data = args[0].to_bytes()  # a whole object (no byte range): put it here to keep the response
+                if not self._is_open:
+                    await self._open()
+                path = f"{self.path.rstrip('/')}/{key.lstrip('/')}"
+                self.on_put(path, data, await self.fs._pipe_file(path, data))
+                return
             await super().set(key, *args, **kwargs)
         except (OSError, ActstoreError, ValueError):
             raise
@@ -239,6 +250,12 @@ class RemotePath:
         return len(data)
 
     @_guarded
+    def put(self, data: bytes) -> Any:
+        """write_bytes that returns the filesystem's response (S3: put_object's, with the ETag; None where the
+        filesystem gives none)."""
+        return self.fs.pipe_file(self.path, bytes(data))
+
+    @_guarded
     def create_exclusive(self, data: bytes) -> bool:
         """Create the object only if none exists (S3: a PUT with If-None-Match: *); False if one did."""
         try:
@@ -265,6 +282,13 @@ class RemotePath:
         except FileNotFoundError:
             if not missing_ok:
                 raise
+
+    @_guarded
+    def unlink_many(self, objects: list["RemotePath"]) -> None:
+        """Delete `objects` (which must exist) of this filesystem in as few requests as it allows (S3: one
+        bulk delete per 1000), in no particular order."""
+        if objects:
+            self.fs.rm([o.path for o in objects])
 
     @_guarded
     def rmtree(self) -> None:
@@ -369,12 +393,17 @@ def _filesystem(proto: str, url: str, storage_options: dict[str, Any] | None) ->
     return fs, str(path)
 
 
-def zarr_store(path: StorePath, read_only: bool) -> Any:
-    """A Zarr v3 store rooted at `path` (a LocalStore, or an FsspecStore over the same filesystem)."""
+def zarr_store(path: StorePath, read_only: bool,
+               on_put: Callable[[str, bytes, Any], None] | None = None) -> Any:
+    """A Zarr v3 store rooted at `path` (a LocalStore, or an FsspecStore over the same filesystem, calling
+    `on_put` after each object it puts)."""
     from zarr.storage import LocalStore  # noqa: PLC0415
 
     if isinstance(path, RemotePath):
-        return GuardedFsspecStore.from_url(path.url, storage_options=_options(path), read_only=read_only)
+        store = cast(GuardedFsspecStore, GuardedFsspecStore.from_url(path.url, storage_options=_options(path),
+                                                                     read_only=read_only))
+        store.on_put = on_put
+        return store
     return LocalStore(path, read_only=read_only)
 
 

@@ -7,8 +7,10 @@ arrays and meta parts, then its commit record (see `commits.py`).
 
 On an object store (store/fs.py) there is no rename: the skeleton is built in a local temporary
 directory as above and uploaded with the root `zarr.json` (the manifest) last, so the prefix is a
-store only once everything else is there. Chunks are written through Zarr's FsspecStore, and each
-file's digest is taken from the object as the server holds it.
+store only once everything else is there. Chunks are written through Zarr's FsspecStore (a chunk's
+arrays at once, then its parts at once, then its commit object), and each file's digest is of the
+object as the server holds it: taken from the bytes sent where the PUT's ETag proves the server holds
+exactly those (commits.put_digest), read back otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -32,14 +35,14 @@ from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
 from actstore.store.commits import (CommitRecord, commit_files, commit_path, committed_prefix, file_digest, fsync_dir,
-                                    write_commit)
+                                    put_digest, write_commit)
 from actstore.store.fs import RemotePath, StorePath, relative, zarr_store
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
 from actstore.store.layout import (ACTS, COMMITS, PARAMS, as_array, chunk_file, chunk_ranges, compressors,
                                    meta_tables, part_path)
 from actstore.store.manifest import MANIFEST_KEY, Manifest
-from actstore.store.parts import write_part
+from actstore.store.parts import part_bytes, write_part
 from actstore.store.weight_cache import cache_dir, place_params
 
 # Test hook: "K:PHASE" makes the process SIGKILL itself after chunk K's PHASE
@@ -136,7 +139,9 @@ class ChunkWriter:
     def __init__(self, path: StorePath, manifest: Manifest) -> None:
         self.root: StorePath = path if isinstance(path, RemotePath) else Path(path)
         self.manifest = manifest
-        group = zarr.open_group(zarr_store(self.root / ACTS, read_only=False), mode="r+", zarr_format=3)
+        self._sent: dict[str, list[Any]] = {}  # remote: {object path: digest} of the chunk's puts the server proved
+        group = zarr.open_group(zarr_store(self.root / ACTS, read_only=False, on_put=self._proved), mode="r+",
+                                zarr_format=3)
         self.arrays = {h.name: as_array(group, ACTS, h.name, self.root).with_config(_WRITE_CONFIG)
                        for h in manifest.hooks}
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
@@ -163,22 +168,46 @@ class ChunkWriter:
             await asyncio.gather(*(arr.async_array.setitem(slice(start, stop), acts[name])
                                    for name, arr in self.arrays.items()))
 
+        self._sent.clear()
         sync(put_all())
         self._maybe_die(k, "arrays")
         paths = [chunk_file(self.root, name, k, arr.ndim) for name, arr in self.arrays.items()]
-        for table in self.tables:
-            paths.append(part_path(self.root, table, k))
-            write_part(meta[table], paths[-1])
+        parts = [part_path(self.root, table, k) for table in self.tables]
+        if isinstance(self.root, RemotePath):  # one PUT each, all at once (the commit object still waits for them)
+            list(self._pool.map(lambda t, p: self._put_part(meta[t], p), self.tables, parts))
+        else:
+            for table, path in zip(self.tables, parts):
+                write_part(meta[table], path)
+        paths += parts
         self._maybe_die(k, "meta")
         n_arrays = len(self.arrays)
         tails = [self._crc32c_tail] * n_arrays + [False] * len(self.tables)
-        digests = self._pool.map(lambda f, t: file_digest(f, fsync=True, tail=t), paths, tails)  # sha256 drops the GIL
+        digests = self._pool.map(self._digest, paths, tails)  # sha256 drops the GIL
         files = {relative(f, self.root): d for f, d in zip(paths, digests)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
         if k == len(self.ranges) - 1 and committed_prefix(self.root, len(self.ranges)) == len(self.ranges):
             self.finish()
         return sum(int(v[0]) for v in files.values())
+
+    def _proved(self, path: str, data: bytes, response: Any) -> None:
+        """on_put of the remote arrays: keep the digest of a PUT the server's response proves."""
+        digest = put_digest(data, response, self._crc32c_tail)
+        if digest is not None:
+            self._sent[path] = digest
+
+    def _put_part(self, frame: pl.DataFrame, path: RemotePath) -> None:
+        data = part_bytes(frame)
+        digest = put_digest(data, path.put(data))
+        if digest is not None:
+            self._sent[path.path] = digest
+
+    def _digest(self, path: StorePath, tail: bool) -> list[Any]:
+        """file_digest of a file just written (fsynced locally); a remote object the PUT proved is not read back."""
+        if isinstance(path, RemotePath) and path.path in self._sent:
+            digest = self._sent[path.path]
+            return digest if tail else digest[:2]
+        return file_digest(path, fsync=True, tail=tail)
 
     def finish(self) -> None:
         """Write the completion record once every chunk is committed (idempotent)."""
