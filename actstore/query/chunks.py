@@ -24,6 +24,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.query.progress import tracked
+from actstore.store.chunk_read import to_float32
 from actstore.store.reader import Store
 
 
@@ -242,7 +243,8 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
         arr = store.read(name, start, stop)
         picked = at_answers(arr, dims[name], ex.answer_pos[start:stop]) if name in answers else None  # a copy
         if picked is not None and answer_dtype is not None:
-            picked = picked.astype(answer_dtype, copy=False)
+            picked = (to_float32(picked) if picked.dtype == np.float16 and np.dtype(answer_dtype) == np.float32
+                      else picked.astype(answer_dtype, copy=False))  # to_float32: the same bits, faster
         return picked, (arr if name in fulls else None)
 
     def submit(start: int, stop: int) -> list[Any]:
