@@ -9,8 +9,8 @@
 #   GPU_CHECK=1 PY=... SITE_TAR=.whl/site-cp311.tar.xz OUT=/tmp/out bash benchmarks/gpu.sh
 #                                     # here, to check the mechanism: CPU, tiny sizes, no CUDA needed
 #
-# query.py has no --device: its TransformerLens baseline and the store's DLA run on the CPU there too,
-# so its figures are the 16-core machine's CPU figures, not CUDA ones.
+# query.py --device cuda: ingest and the TransformerLens baseline (warm, and cold in a fresh process) run
+# on CUDA; the store's DLA runs on the CPU, as it does on any reader.
 set -euo pipefail
 py=${PY:-python3}
 tar_file=${SITE_TAR:-.whl/site-cp312.tar.xz}
@@ -56,8 +56,8 @@ status=0
 echo "## ingest: --device $device --models gpt2,zoo:addition --peers notebook,floor ${ingest_args[*]} (timeout ${t_ingest}s)"
 timeout "$t_ingest" "$py" benchmarks/ingest.py --device "$device" --models gpt2,zoo:addition \
   --peers notebook,floor "${ingest_args[@]}" || { status=$?; echo "## ingest exited $status"; }
-echo "## query: --models gpt2,zoo:addition ${query_args[*]} (timeout ${t_query}s; CPU reads and TL baseline)"
-timeout "$t_query" "$py" benchmarks/query.py --models gpt2,zoo:addition "${query_args[@]}" \
+echo "## query: --device $device --models gpt2,zoo:addition ${query_args[*]} (timeout ${t_query}s; store DLA on the CPU)"
+timeout "$t_query" "$py" benchmarks/query.py --device "$device" --models gpt2,zoo:addition "${query_args[@]}" \
   || { status=$?; echo "## query exited $status"; }
 echo "## done, status $status"
 exit "$status"

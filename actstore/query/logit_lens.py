@@ -27,8 +27,9 @@ import polars as pl
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import direct_attribution, make_target, required_hooks
 from actstore.query.chunks import Chunk, example_arrays, stream
-from actstore.query.dla import answer_token_ids, check_counter
+from actstore.query.dla import answer_readout, check_counter, chunk_target
 from actstore.query.executor import Job, run
+from actstore.query.memo import memo
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import item_frame
@@ -146,10 +147,10 @@ class LensPlan:
         self.at_answer, _ = required_hooks(self.weights, "layer")
         self.at.check_hooks(store, self.at_answer, [], "logit_lens")
         check_counter(store, self.at.arrays, self.tgt)
-        self.readout = self.tgt.readout(self.weights, answer_token_ids(self.at.arrays, self.tgt.kind))
+        self.readout = answer_readout(store, self.weights, self.at.arrays, self.tgt)
         order = stages(self.weights)
-        self.items = item_frame({"layer": [s[0] for s in order], "stage": [s[1] for s in order]},
-                                {"layer": pl.Int64, "stage": pl.String})
+        self.items = memo(store).get(("lens items", tuple(order)), (), lambda: item_frame(
+            {"layer": [s[0] for s in order], "stage": [s[1] for s in order]}, {"layer": pl.Int64, "stage": pl.String}))
 
     def ranges(self) -> list[tuple[int, int]]:
         return self.at.ranges(self.store)
@@ -157,7 +158,8 @@ class LensPlan:
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
         for chunk in stream(self.store, self.at_answer, examples=self.at.arrays, ranges=ranges):
-            rows = [tgt.kind] if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape)
+            rows = ([chunk_target(self.store, self.readout, self.at.arrays, chunk, tgt.kind)]
+                    if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape))
             values = np.stack([lens_values(self.weights, self.readout, chunk, row, self.ln) for row in rows], axis=2)
             yield self.at.frame(chunk.start, chunk.stop, self.items, values, {"target": tgt.label},
                                 tgt.tokens if tgt.per_token else None)
