@@ -43,8 +43,9 @@ class Sources:
     groups: np.ndarray
 
 
-def check_cluster_model(store: Store, model: Any) -> None:
-    """Refuse, before any work, what workers cannot reproduce: a model object, a store in memory."""
+def check_cluster(client: Any, store: Store, model: Any) -> None:
+    """Refuse, before any work, what workers cannot run: a model object, a store in memory, a
+    cluster without workers (its tasks would wait forever)."""
     if model is not None and not isinstance(model, str):
         raise InvalidParameterError("client= / --workers / --scheduler: each worker loads the model from its spec; "
                                     "pass a model spec (zoo:NAME, a pretrained name or a checkpoint path) or none "
@@ -52,6 +53,9 @@ def check_cluster_model(store: Store, model: Any) -> None:
     if isinstance(store.path, RemotePath) and "memory" in _protocols(store.path):
         raise InvalidParameterError(f"store {store.path} lives in this process's memory: Dask workers cannot read "
                                     "it; write it to a path or an s3:// URL the workers reach")
+    if worker_count(client) < 1:
+        raise ClusterError(f"the Dask cluster at {getattr(client.scheduler, 'address', client)} has no workers; start "
+                           "some (`dask worker ADDRESS`) or use --workers N for a local cluster")
 
 
 def _protocols(path: RemotePath) -> tuple[str, ...]:
@@ -64,6 +68,7 @@ def cluster_parts(client: Any, store: Store, plan: SweepPlan, model: str | None,
     """(k, rows of part k) for parts first..n_parts-1 of the plan's sweep, computed on `client`'s
     workers and yielded in part order. ClusterError if the cluster loses a part."""
     spec = plan.spec
+    workers = max(1, worker_count(client))
     todo = iter(range(first, spec.n_parts))
     address, fingerprint = store_address(store), store_fingerprint(store)
     model_spec = store.manifest.model_spec if model is None else model
@@ -77,7 +82,7 @@ def cluster_parts(client: Any, store: Store, plan: SweepPlan, model: str | None,
                                 k, sid, pure=False)
 
     window: deque[tuple[int, Any]] = deque()
-    for _ in range(PARTS_PER_WORKER * max(1, worker_count(client))):
+    for _ in range(PARTS_PER_WORKER * workers):
         k = next(todo, None)
         if k is not None:
             window.append(submit(k))
@@ -168,4 +173,4 @@ def _worker_device(device: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-__all__ = ["Sources", "check_cluster_model", "cluster_parts", "part_on_worker"]
+__all__ = ["Sources", "check_cluster", "cluster_parts", "part_on_worker"]

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actstore.errors import ActstoreError, StoreWriteError
-from actstore.interventions.cluster import check_cluster_model, cluster_parts
+from actstore.interventions.cluster import check_cluster, cluster_parts
 from actstore.interventions.forward import Runner
 from actstore.interventions.model import model_for
 from actstore.interventions.rows import ensure_means, part_rows, plan_sweep
@@ -42,7 +42,7 @@ def run_sweep(store: Store, spec: SweepSpec, model: Any = None, device: str = "a
     spec.validate()
     plan = plan_sweep(store, spec)
     if client is not None:
-        check_cluster_model(store, model)
+        check_cluster(client, store, model)
     sid = sweep_id(spec.to_dict())
     if any(s.sweep == sid and s.complete for s in list_sweeps(store.path)):
         return read_sweep(store.path, sid, store.ledger.store_sha256)

@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 
 import actstore
 from actstore.cli import main
-from actstore.errors import InvalidParameterError
+from actstore.errors import ClusterError, InvalidParameterError
 from actstore.interventions import ablate, attribution_patch, patch, path_patch
 from actstore.store.sweeps import COMMITS_DIR, COMPLETE, SWEEPS
 
@@ -128,6 +128,17 @@ def test_a_model_object_or_a_store_in_memory_is_refused_before_anything_is_writt
                           quiet=True)
     with pytest.raises(InvalidParameterError, match="memory: Dask workers cannot read it"):
         ablate(mem, "z", "head", method="zero", client=client)
+
+
+def test_a_cluster_without_workers_is_one_error_not_a_hang(stores):
+    from dask.distributed import Client, LocalCluster
+
+    _, remote = stores
+    before = sweep_files(remote / SWEEPS)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as empty:
+        with pytest.raises(ClusterError, match="has no workers; start some"):
+            ablate(remote, "z", "head", method="zero", examples=N, part=PART, client=empty)
+    assert sweep_files(remote / SWEEPS) == before  # nothing written
 
 
 def run_cli(argv: list[str], capsys) -> str:
