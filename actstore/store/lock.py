@@ -94,9 +94,6 @@ def acquire_flock(path: Path, store: Path, shared: bool = False, wait: bool = Fa
 
 @contextlib.contextmanager
 def _remote_lock(store: RemotePath) -> Iterator[None]:
-    if store.parent.path == store.path:
-        raise InvalidParameterError(f"store URL {store.url!r} is a bucket root; name a prefix inside it "
-                                    f"(e.g. {store.url.rstrip('/')}/store): its lock object lives beside it")
     path = _lock_object(store)
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                       time.gmtime())}
@@ -115,6 +112,9 @@ def _remote_lock(store: RemotePath) -> Iterator[None]:
 
 
 def _lock_object(store: RemotePath) -> RemotePath:
+    if store.parent.path == store.path:  # no store is written there, so none can have left a lock
+        raise InvalidParameterError(f"store URL {store.url!r} is a bucket root; name a prefix inside it "
+                                    f"(e.g. {store.url.rstrip('/')}/store): its lock object lives beside it")
     return store.parent / f".{store.name}.lock"
 
 

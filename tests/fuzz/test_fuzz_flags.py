@@ -89,8 +89,9 @@ def test_a_url_with_a_slash_missing_creates_no_local_directory(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("url", ["memory://a//b", "s3://bucket/x?versionId=3"])
-def test_unlock_refuses_odd_urls_in_one_line(capsys, url):
+@pytest.mark.parametrize("url", ["memory://a//b", "s3://bucket/x?versionId=3", "s3://bucket", "s3://bucket/"])
+def test_unlock_refuses_odd_urls_and_bucket_roots_in_one_line(capsys, url):
+    """A bucket root holds no store (ingest refuses one), so no lock of one can be left: it said 'not locked'."""
     assert main(["unlock", url]) == 2
     assert "URL" in one_error_line(capsys)
 
