@@ -13,7 +13,9 @@ chunk, one array after another (the order of benchmarks/query.py's raw read), wi
 - floor:     by hand, no records: read the file, crc32c, decompress with numcodecs, np.frombuffer
 and prints MB/s over the uncompressed bytes and each reader's speed relative to plain zarr
 (`x_zarr` > 1: faster), measured best of --repeats, interleaved. Then per-head DLA
-(actstore.query.dla, warm) and read_ratio = direct_s / dla_s, as benchmarks/query.py defines it.
+(actstore.query.dla, warm) and read_ratio = direct_s / dla_s, as benchmarks/query.py defines it, and
+read_ratio_cpu: the same over CPU time (the process's, reading threads included), which a loaded
+machine disturbs far less than wall time but which gives no credit for reading on two threads.
 Page cache is warm for every reader (the store was just written or read).
 
     python benchmarks/reads.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--dir DIR]
@@ -31,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -136,17 +139,24 @@ def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: 
     if len(set(nbytes.values())) != 1:
         raise RuntimeError(f"{label}: readers disagree on the bytes read: {nbytes}")
     times: dict[str, list[float]] = {name: [] for name in [*readers, "dla"]}
+    cpu: dict[str, list[float]] = {"direct": [], "dla": []}
     for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all
         for name, fn in readers.items():
+            c0 = time.process_time()
             times[name].append(best(lambda fn=fn: fn(store, hooks), 1)[0])
+            if name == "direct":
+                cpu["direct"].append(time.process_time() - c0)
+        c0 = time.process_time()
         times["dla"].append(best(lambda: dla(store, level="head", target=target), 1)[0])
+        cpu["dla"].append(time.process_time() - c0)
     t = {name: min(v) for name, v in times.items()}
     mb = next(iter(nbytes.values())) / 1e6
     speeds = " ".join(f"{name}_MB/s={mb / t[name]:.0f}" for name in readers)
     ratios = " ".join(f"{name}_x_zarr={t['zarr'] / t[name]:.2f}" for name in readers if name != "zarr")
     return (f"{label:<16} n={store.n_examples} chunk={store.chunk_size} hooks={len(hooks)} touched_MB={mb:.1f} "
             f"{speeds} {ratios} direct_s={t['direct']:.4f} dla_s={t['dla']:.4f} "
-            f"read_ratio={t['direct'] / t['dla']:.2f}")
+            f"read_ratio={t['direct'] / t['dla']:.2f} direct_cpu_s={min(cpu['direct']):.4f} "
+            f"dla_cpu_s={min(cpu['dla']):.4f} read_ratio_cpu={min(cpu['direct']) / min(cpu['dla']):.2f}")
 
 
 def main() -> int:
