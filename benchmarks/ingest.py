@@ -159,8 +159,8 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
                 runs.setdefault(f"{saver}save", []).append(
                     peers.notebook_loop(model, data, hooks, c, b, device, tmp / "nb", saver))
         if sae_skip is None:
-            st = ingest_once(label, model, task, n, chunk, batch, device, out, hooks=[one],
-                             outputs=not HAS_OUTPUTS_FLAG)[1]
+            st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "one", hooks=[one],
+                             outputs=not HAS_OUTPUTS_FLAG)[1]  # not `out`: bytes/value reads the default store
             runs.setdefault("one:actstore", []).append((st["loop_s"], st["bytes_written"]))
             sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
             runs.setdefault("one:saelens", []).append(sae[:2])
@@ -205,7 +205,7 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             s_, b_ = best["one:npsave"]
             line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"
         lines.append(line)
-    for p in (out, tmp / "floor", tmp / "nb", tmp / "sae"):
+    for p in (out, tmp / "one", tmp / "floor", tmp / "nb", tmp / "sae"):
         shutil.rmtree(p, ignore_errors=True)
     return lines
 
