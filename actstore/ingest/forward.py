@@ -130,8 +130,8 @@ def answer_pass(model: Any, tokens: torch.Tensor, mask: torch.Tensor, answer_pos
     in a plain pass; returns the logits [batch, answer, vocab] float32 at the answer positions only.
 
     The blocks and the final LayerNorm run on every position (their hooks see [batch, pos, ...]); the
-    unembedding runs on the answer positions only, as `residual @ W_U + b_U` (for a GPT-2-small shape on 20
-    tokens, unembedding every position is ~1/6 of the pass). The unembed module's own hooks never fire
+    unembedding runs on the answer positions only, as `residual @ W_U + b_U` (for GPT-2 small, unembedding
+    every position is ~30% of the pass's multiply-adds). The unembed module's own hooks never fire
     (no store keeps them: the probe's pass stops before the unembedding too).
     """
     resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
