@@ -11,7 +11,6 @@ one. A killed worker's chunks are redone by a rerun (of the same command, or of 
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -47,14 +46,13 @@ def ingest_on_cluster(task: str, model: Any, n: int, seed: int, out: str | os.Pa
     if isinstance(utf8_path(out, "--out", kwargs.get("storage_options")), RemotePath):
         raise InvalidParameterError(f"--workers / --scheduler write shards of a local (or shared-filesystem) store; "
                                     f"{out} is a URL: ingest it without them, or to a local path")
-    from dask.distributed import Client, LocalCluster  # noqa: PLC0415 (the cluster extra, only here)
+    from dask.distributed import Client  # noqa: PLC0415 (the cluster extra, only here)
 
-    from actstore.query.executor import connect  # noqa: PLC0415 (one ClusterError line for a bad address)
+    from actstore.query.executor import connect, local_cluster  # noqa: PLC0415 (one ClusterError line for a bad address)
 
     cluster = None
     if workers is not None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.CRITICAL)
+        cluster = local_cluster(workers)
         client = Client(cluster)
     else:
         client = connect(str(scheduler))

@@ -258,3 +258,16 @@ def test_workers_read_on_their_own_threads_and_memory_stores_are_refused(store, 
             summarise(mem, Job(dla_plan, {"level": "layer"}), GroupSpec(), client=client)
     finally:
         fs.rm(url.removeprefix("memory://"), recursive=True)
+
+
+def _worker_env() -> tuple[str | None, str | None]:
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_our_local_cluster_keeps_glibc_trimming_default_and_one_thread():
+    from actstore.query.executor import LocalClient
+
+    with LocalClient(1) as c:
+        assert c.submit(_worker_env, pure=False).result() == (None, "1")
