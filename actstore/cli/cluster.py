@@ -16,14 +16,16 @@ from typing import Any
 from actstore.cli.args import worker_count
 
 
-def add_cluster_options(p: argparse.ArgumentParser) -> None:
+def add_cluster_options(p: argparse.ArgumentParser, unit: str = "chunks", threads: str = "one thread each") -> None:
+    """--workers / --scheduler; `unit`: what the workers are given (a query's chunks, a sweep's parts),
+    `threads`: how many threads each uses."""
     g = p.add_argument_group("distributed (Dask)")
     g.add_argument("--workers", type=worker_count, default=None, metavar="N",
-                   help="run the chunks on a local Dask cluster of N single-threaded worker processes, started and "
-                        "closed by this command")
+                   help=f"run the {unit} on a local Dask cluster of N worker processes ({threads}), started "
+                        "and closed by this command")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run the chunks on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786); "
-                        "its workers must reach the store at the same path or URL")
+                   help=f"run the {unit} on the Dask cluster whose scheduler is at ADDRESS (e.g. "
+                        "tcp://10.0.0.5:8786); its workers must reach the store at the same path or URL")
 
 
 @contextmanager

@@ -75,7 +75,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-example", action="store_true", help="print every stored row, not the per-target summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_output_options(p)
-    add_cluster_options(p)  # the sweep's parts on Dask workers, written here: the same bytes
+    add_cluster_options(p, "sweep's parts", "each at this process's torch thread count")  # written here: same bytes
 
 
 def _options(args: argparse.Namespace, store: Any) -> dict[str, Any]:
