@@ -35,7 +35,7 @@ from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
 from actstore.query.breakdown import with_interval
-from actstore.query.chunks import Chunk, ExampleArrays, stream
+from actstore.query.chunks import Chunk, example_arrays, stream
 from actstore.query.executor import Job, run
 from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
 from actstore.query.tables import ColumnType
@@ -194,14 +194,13 @@ class _Plan:
 
     def __init__(self, store: Store, query: Selector, key: Selector, where: pl.Expr | Mapping[str, Any] | None):
         self.store = store
-        ex = store.examples
-        self.arrays = ExampleArrays.from_examples(ex, store.n_answers)
+        self.arrays = example_arrays(store)
         self.ids, self.lengths, self.answer_pos = self.arrays.example_id, self.arrays.lengths, self.arrays.answer_pos
         self.width = int(store.manifest.width)
         self.roles = Roles.from_tokens(store.tokens, len(self.ids), self.width)
         self.q_mask = select_positions(query, self.lengths, self.roles.codes, self.roles, self.width, "query")
         self.k_mask = select_positions(key, self.lengths, self.roles.codes, self.roles, self.width, "key")
-        keep = example_filter(ex, where)
+        keep = None if where is None else example_filter(store.examples, where)  # the table only for a filter
         if keep is not None:
             self.q_mask &= keep[:, None]
         self.causal = store.arch.causal

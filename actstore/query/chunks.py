@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +111,7 @@ class ExampleArrays:
     @classmethod
     def from_examples(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
         """The arrays of an examples table (all of a store's rows, ids 0..n-1 in order)."""
-        return cls.concat([cls._of(examples, n_answers)], n_answers)
+        return cls.concat([cls._of(examples, n_answers)], n_answers, examples.height)
 
     @classmethod
     def _of(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
@@ -135,24 +135,27 @@ class ExampleArrays:
         )
 
     @classmethod
-    def concat(cls, parts: Sequence["ExampleArrays"], n_answers: int) -> "ExampleArrays":
-        """One store's arrays from its parts' in order; StoreCorruptError unless ids are 0..n-1."""
-        ids = np.concatenate([p.example_id for p in parts]) if parts else np.zeros(0, np.int64)
-        if not np.array_equal(ids, np.arange(ids.size)):
+    def concat(cls, parts: Iterable["ExampleArrays"], n_answers: int, n: int) -> "ExampleArrays":
+        """One store's arrays from its `n` examples' parts in order, each copied into place as it comes
+        (memory: the result and one part); StoreCorruptError unless ids are 0..n-1."""
+        ids, lengths = np.empty(n, np.int64), np.empty(n, np.int64)
+        mats = {f: np.empty((n, n_answers), np.int64) for f in ("answer_pos", "answer_tokens", "counter_tokens",
+                                                                  "input_tokens")}
+        at, has_counter = 0, False
+        for part in parts:
+            stop = at + part.example_id.size
+            if stop > n:
+                break
+            ids[at:stop], lengths[at:stop] = part.example_id, part.lengths
+            for f, out in mats.items():
+                value = getattr(part, f)
+                out[at:stop] = -1 if value is None else value  # a part with no counterfactual: -1 (as fill_null)
+            has_counter |= part.counter_tokens is not None
+            at = stop
+        if at != n or not np.array_equal(ids, np.arange(n)):
             raise StoreCorruptError("meta/examples: example_id is not 0..n-1 in order; run `actstore verify`")
-
-        def cat(field: str) -> np.ndarray:
-            return np.concatenate([getattr(p, field) for p in parts]) if parts else np.zeros((0, n_answers), np.int64)
-
-        counters = [p.counter_tokens for p in parts]
-        if any(c is not None for c in counters):  # a part with no counterfactual at all: -1 (as fill_null)
-            counter: np.ndarray | None = np.concatenate(
-                [c if c is not None else np.full((p.example_id.size, n_answers), -1, np.int64)
-                 for p, c in zip(parts, counters)])
-        else:
-            counter = None
-        return cls(example_id=ids, lengths=cat("lengths").reshape(-1), answer_pos=cat("answer_pos"),
-                   answer_tokens=cat("answer_tokens"), counter_tokens=counter, input_tokens=cat("input_tokens"))
+        return cls(example_id=ids, lengths=lengths, answer_pos=mats["answer_pos"], answer_tokens=mats["answer_tokens"],
+                   counter_tokens=mats["counter_tokens"] if has_counter else None, input_tokens=mats["input_tokens"])
 
 
 ARRAY_COLUMNS = ("example_id", "length", "answer_positions", "answer_tokens", "counter_tokens", "tokens")
@@ -167,8 +170,9 @@ def example_arrays(store: Store) -> ExampleArrays:
         if "examples" in store.__dict__:  # the whole table is loaded already
             arrays = ExampleArrays.from_examples(store.examples, store.n_answers)
         else:
-            arrays = ExampleArrays.concat([ExampleArrays._of(part, store.n_answers)
-                                           for part in store.meta_parts("examples", ARRAY_COLUMNS)], store.n_answers)
+            arrays = ExampleArrays.concat((ExampleArrays._of(part, store.n_answers)
+                                           for part in store.meta_parts("examples", ARRAY_COLUMNS)),
+                                          store.n_answers, store.n_examples)
         for a in vars(arrays).values():  # shared by every query on this store: never written to
             if a is not None:
                 a.setflags(write=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
 import warnings
 from collections import OrderedDict
@@ -196,14 +197,21 @@ def local_cluster(workers: int) -> Any:
 
     Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which hands freed memory back to the
     system after every large free; each chunk read (or torch pass) then faults its pages in anew
-    (1.7-1.9x the time of an intervention sweep here). Our workers keep glibc's default.
+    (1.7-1.9x the time of an intervention sweep here). Our workers keep glibc's default (unless
+    this process's environment sets it), and this process's environment is left as it was (Dask's
+    nanny sets OMP_NUM_THREADS=1 and the rest in it, for every later subprocess).
     """
     import dask  # noqa: PLC0415
     from dask.distributed import LocalCluster  # noqa: PLC0415
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                            silence_logs=logging.CRITICAL)
+    saved = dict(os.environ)  # Dask's nanny writes its worker variables into this process's environment
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                silence_logs=logging.CRITICAL)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def connect(address: str, timeout: float = 10.0) -> Any:

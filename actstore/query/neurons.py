@@ -37,7 +37,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
-from actstore.query.chunks import Chunk, ExampleArrays, stream
+from actstore.query.chunks import Chunk, example_arrays, stream
 from actstore.query.executor import Job, run
 from actstore.query.neuron_rows import SCHEMA, NeuronRows, TopK
 from actstore.query.readout import Weights
@@ -162,9 +162,8 @@ class NeuronPlan:
         self.store, self.layer, self.direction, self.head = store, layer, direction, head
         self.pos, self.answer, self.attention_weighted, self.keep = pos, answer, attention_weighted, keep
         self.weights = Weights.from_store(store)
-        ex = store.examples
-        n, a = ex.height, store.n_answers
-        self.arrays = ExampleArrays.from_examples(ex, a)
+        self.arrays = example_arrays(store)
+        n, a = self.arrays.example_id.size, store.n_answers
         self.ids, self.lengths, self.answer_pos = self.arrays.example_id, self.arrays.lengths, self.arrays.answer_pos
         self.width = int(store.manifest.width)
         self.roles = Roles.from_tokens(store.tokens, n, self.width) if pos is not None else None
@@ -204,7 +203,7 @@ class NeuronPlan:
                                             f"neurons (layer {layer}): a head reads only earlier layers' outputs")
         elif attention_weighted:
             raise InvalidParameterError("attention_weighted needs through_head (the head whose pattern weights)")
-        keep = example_filter(store.examples, where)
+        keep = None if where is None else example_filter(store.examples, where)  # the table only for a filter
         plan = cls(store, layer, dirn, head, pos, int(answer), bool(attention_weighted), keep)
         plan._check_hooks()
         return plan

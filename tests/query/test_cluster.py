@@ -266,8 +266,12 @@ def _worker_env() -> tuple[str | None, str | None]:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
 
 
-def test_our_local_cluster_keeps_glibc_trimming_default_and_one_thread():
+def test_our_local_cluster_keeps_glibc_trimming_default_and_one_thread(monkeypatch):
+
     from actstore.query.executor import LocalClient
 
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # an earlier cluster here may have set it
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with LocalClient(1) as c:
         assert c.submit(_worker_env, pure=False).result() == (None, "1")
+        assert _worker_env() == (None, None)  # this process's environment is left as it was
