@@ -17,6 +17,7 @@ a query gives the same result, bit for bit, wherever its chunks ran.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -221,9 +222,16 @@ def connect(address: str, timeout: float = 10.0) -> Any:
 
     if not address.strip():
         raise ClusterError("--scheduler is empty; give the scheduler's address, e.g. tcp://127.0.0.1:8786")
+    import dask  # noqa: PLC0415
+
+    saved = copy.deepcopy(dask.config.config)
     try:
         return Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError, TypeError) as e:
+        # a Client that failed to connect has already made itself dask's scheduler: later dask
+        # computations in this process would ask for it ("no Client active")
+        dask.config.config.clear()
+        dask.config.config.update(saved)
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ClusterError(f"cannot reach the Dask scheduler at {address!r} ({reason[:160]}); start one with "
                            "`dask scheduler` or use --workers N for a local cluster") from None

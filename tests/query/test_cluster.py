@@ -168,6 +168,19 @@ def test_cli_refuses_an_unreachable_scheduler_in_one_line(store, capsys):
         connect("tcp://127.0.0.1:1", timeout=1)
 
 
+@pytest.mark.parametrize("address", ["inproc://nowhere"])
+def test_a_failed_connect_leaves_dask_on_its_own_scheduler(store, address):
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
+        connect(address, timeout=1)
+    assert dask.config.get("scheduler", None) == before  # not a client that never connected
+    ds = store.to_xarray(["blocks.0.mlp.hook_post"])  # computes here afterwards
+    np.testing.assert_allclose(ds["blocks.0.mlp.hook_post"].sum("example").values,
+                               store.read("blocks.0.mlp.hook_post").sum(axis=0), rtol=1e-5)
+
+
 def test_to_xarray_reads_what_the_store_reads(store):
     ds = store.to_xarray()
     assert set(ds.data_vars) == set(store.hooks)
