@@ -12,7 +12,6 @@ so a killed run resumes as a local one does.
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +21,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from actstore.errors import ClusterError, InvalidParameterError, StoreCorruptError
+from actstore.errors import ClusterError, InvalidParameterError
 from actstore.interventions.forward import Runner
 from actstore.interventions.model import model_for
 from actstore.interventions.rows import SweepPlan, part_rows
 from actstore.interventions.spec import SweepSpec
-from actstore.query.executor import store_address, store_fingerprint, worker_count
+from actstore.query.executor import open_planned, store_address, store_fingerprint, worker_count
 from actstore.store.fs import RemotePath
 from actstore.store.reader import Store
 
@@ -144,16 +143,9 @@ def _worker_model(address: Any, fingerprint: str, model_spec: str, device: str, 
     """The store (with examples up to `stop` committed) and the model, opened once per worker process."""
     key = (str(address), fingerprint, model_spec, device)
     if key not in _MODEL:
-        from actstore.store.open import open_store  # noqa: PLC0415 (opened lazily on the worker)
-
         _MODEL.clear()
         _PLAN.clear()
-        with warnings.catch_warnings():  # the driver already warned about an unfinished store
-            warnings.simplefilter("ignore")
-            store = open_store(address)
-        if store_fingerprint(store) != fingerprint:
-            raise StoreCorruptError(f"store {address} is not the store the sweep was planned on (it was replaced or "
-                                    "re-ingested meanwhile); rerun the sweep")
+        store = open_planned(address, fingerprint, "sweep")
         _MODEL[key] = (store, Runner(model_for(store, model_spec, _worker_device(device))))
     store, runner = _MODEL[key]
     if stop > store.n_examples:  # a snapshot older than the driver's: re-count the commits

@@ -128,19 +128,26 @@ _PLANS: OrderedDict[tuple[str, str, str], tuple[Store, ChunkPlan]] = OrderedDict
 _PLAN_CACHE = 2  # plans kept per worker process (a plan holds a store's per-example arrays)
 
 
+def open_planned(address: Any, fingerprint: str, what: str) -> Store:
+    """Worker side: the store at `address`, which must be the one the driver planned its `what` (a
+    query, a sweep) on; StoreCorruptError if it was replaced or re-ingested meanwhile."""
+    from actstore.store.open import open_store  # noqa: PLC0415 (the store layer opens lazily on workers)
+
+    with warnings.catch_warnings():  # the driver already warned about an unfinished store
+        warnings.simplefilter("ignore")
+        store = open_store(address)
+    if store_fingerprint(store) != fingerprint:
+        raise StoreCorruptError(f"store {address} is not the store the {what} was planned on (it was replaced "
+                                f"or re-ingested meanwhile); rerun the {what}")
+    return store
+
+
 def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Sequence[Range]) -> list[Any]:
     """Worker side: the partials of `batch`'s chunks, from the store at `address` (opened here)."""
     key = (str(address), fingerprint, token)  # a store re-ingested with other parameters is opened anew
     cached = _PLANS.get(key)
     if cached is None:
-        from actstore.store.open import open_store  # noqa: PLC0415 (the store layer opens lazily on workers)
-
-        with warnings.catch_warnings():  # the driver already warned about an unfinished store
-            warnings.simplefilter("ignore")
-            store = open_store(address)
-        if store_fingerprint(store) != fingerprint:
-            raise StoreCorruptError(f"store {address} is not the store the query was planned on (it was replaced "
-                                    "or re-ingested meanwhile); rerun the query")
+        store = open_planned(address, fingerprint, "query")
         cached = (store, job.build(store))
         _PLANS[key] = cached
         while len(_PLANS) > _PLAN_CACHE:
