@@ -31,3 +31,13 @@ def _own_weight_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     """Each test ingests with its own weight cache (actstore.store.weight_cache), outside its tmp_path: a test
     that damages a store's weights in place never reaches another test's stores through shared links."""
     monkeypatch.setenv("ACTSTORE_WEIGHT_CACHE", str(tmp_path_factory.mktemp("weight-cache")))
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real Dask LocalCluster of 2 single-threaded worker processes (the one `--workers 2` starts) and
+    its client, shared by a test module."""
+    from actstore.query.executor import LocalClient
+
+    with LocalClient(2) as c:
+        yield c

@@ -25,18 +25,6 @@ N, PART = 16, 8  # two parts of 8 examples: both workers get one
 
 
 @pytest.fixture(scope="module")
-def client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=50)
-    c = Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
 def stores(_templates, tmp_path_factory) -> tuple[Path, Path]:
     """Two copies of the zoo:addition store (24 examples, z and pattern stored): local and cluster runs."""
     base = tmp_path_factory.mktemp("iv-cluster")

@@ -29,18 +29,6 @@ from actstore.query.summary import GroupSpec, GroupStats, summarise
 
 
 @pytest.fixture(scope="module")
-def client():
-    from dask.distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=50)
-    c = Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
 def store(tiny_store, tmp_path_factory):
     """The ln_mlp store (3 chunks: 16, 16, 8 examples), copied so that derived/ caches stay ours."""
     path = tmp_path_factory.mktemp("cluster") / "store"
