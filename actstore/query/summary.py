@@ -192,9 +192,6 @@ def summarise_each(store: Store, inners: Sequence[tuple[Job, Any]], spec: GroupS
 def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:
     """The label `columns` of the store's examples (row i: example i); one-line error naming a missing one.
     Only these columns are read, part by part: never the whole examples table."""
-    if "examples" in store.__dict__:  # the whole table is loaded already
-        check_label_columns(store.examples, columns)
-        return store.examples.select(columns)
     try:
         return store.meta_table("examples", list(dict.fromkeys(columns)))  # only these columns are decoded
     except UnknownColumnError:

@@ -73,7 +73,7 @@ def read_parts(ledger: "Ledger", table: str, n_chunks: int, columns: Sequence[st
     frames = list(iter_parts(ledger, table, n_chunks, columns))
     if not frames:
         empty = _empty(ledger.root, table)
-        return empty if columns is None else empty.select(_checked_columns(empty.schema, table, columns))
+        return empty if columns is None else empty.select(checked_columns(empty.schema, table, columns))
     return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
 
 
@@ -88,12 +88,13 @@ def iter_parts(ledger: "Ledger", table: str, n_chunks: int, columns: Sequence[st
         if columns is None:
             yield pl.read_parquet(raw)
             continue
-        wanted = _checked_columns(pl.read_parquet_schema(raw), table, columns)
+        wanted = checked_columns(pl.read_parquet_schema(raw), table, columns)
         raw.seek(0)
         yield pl.read_parquet(raw, columns=wanted)
 
 
-def _checked_columns(schema: Mapping[str, Any], table: str, columns: Sequence[str]) -> list[str]:
+def checked_columns(schema: Mapping[str, Any], table: str, columns: Sequence[str]) -> list[str]:
+    """`columns` as a list; UnknownColumnError naming the first that meta `table`'s `schema` lacks."""
     for c in columns:
         if c not in schema:
             raise UnknownColumnError(f"meta/{table} has no column {c!r} (columns: {', '.join(schema)})")

@@ -33,7 +33,7 @@ from actstore.store.integrity import Ledger
 from actstore.store.layout import (ACTS, DERIVED, META_TABLES, OPTIONAL_META_TABLES, PARAMS, as_array, chunk_ranges,
                                    meta_tables, part_path)
 from actstore.store.manifest import HookInfo, Manifest
-from actstore.store.parts import checked_part, iter_parts, read_parts
+from actstore.store.parts import checked_columns, checked_part, iter_parts, read_parts
 
 
 class Store:
@@ -221,9 +221,13 @@ class Store:
         optional table this store does not keep, such as topk with top_k 0: empty, with its columns).
 
         columns: decode only these (UnknownColumnError naming one the table lacks); not cached, so a
-        query needing a few columns of a large store never holds the whole table.
+        query needing a few columns of a large store never holds the whole table (selected from the
+        whole table instead when that is loaded already).
         """
         self._check_table(table)
+        if columns is not None and table in self.__dict__:  # the cached property holds it: no reading
+            loaded = self.__dict__[table]
+            return loaded.select(checked_columns(loaded.schema, table, columns))
         stored = table in meta_tables(self.manifest)
         return read_parts(self.ledger, table, self._n_committed_chunks if stored else 0, columns)
 

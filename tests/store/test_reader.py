@@ -50,6 +50,10 @@ def test_meta_columns_read_part_by_part(synthetic):
     assert [p["example_id"].to_list() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     with pytest.raises(UnknownColumnError, match="meta/examples has no column 'lable'"):
         store.meta_table("examples", ["lable"])
+    assert "examples" in vars(store)  # loaded by the comparison above: selected from, the same rows
+    assert store.meta_table("examples", ["label", "example_id"]).equals(cols)
+    with pytest.raises(UnknownColumnError, match="meta/examples has no column 'lable'"):
+        store.meta_table("examples", ["lable"])
 
 
 def test_bad_reads_name_what_to_fix(synthetic):
