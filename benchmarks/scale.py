@@ -33,7 +33,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,26 +42,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from cluster_query import peak_mb  # benchmarks/cluster_query.py (this script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 SQL = ("SELECT carry_0, carry_1, carry_2, count(*) AS n, avg(sum) AS mean_sum "
        "FROM examples GROUP BY ALL ORDER BY ALL")
 RSS_CAP_MB = 2048
 MILLION = 1_000_000
-
-
-def peak_mb() -> float:
-    """This process's peak resident set (VmHWM), in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_s() -> float:
-    """CPU seconds (user + system) of this process and its waited-for children."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 # ---- children: one measurement each, a last line "RESULT {json}" ----
@@ -247,7 +233,7 @@ def main() -> None:
         job = json.loads(args.child)
         load = os.getloadavg()[0]
         result = CHILDREN[job["kind"]](job)
-        print("RESULT " + json.dumps({**result, "rss": peak_mb(), "cpu": cpu_s(),
+        print("RESULT " + json.dumps({**result, "rss": peak_mb(),
                                       "load": max(load, os.getloadavg()[0])}), flush=True)
         return
     try:

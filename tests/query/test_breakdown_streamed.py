@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from peak_memory import run_script
 from polars.testing import assert_frame_equal
 
 from actstore.errors import InvalidParameterError, UnknownColumnError
@@ -152,16 +153,10 @@ def test_cli_breakdown_of_a_csv_file_and_of_neuron_rows(store, tmp_path, capsys)
 
 
 MEMORY_SCRIPT = r"""
-import json, sys
 import actstore
 from actstore.query import streamed
 from actstore.query.breakdown_file import breakdown_file
 from actstore.query.summary import GroupSpec
-
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
 store = actstore.open_store(sys.argv[1])
 store.examples  # the meta table every query reads, before the baseline
 base, n = hwm(), {}
@@ -177,9 +172,6 @@ def test_breakdowns_of_neuron_rows_and_of_a_file_hold_a_chunk_not_the_table(tmp_
     to split it whole); the streamed splits of those rows, of the attention rows and of the rows written
     to a Parquet file, one after another, add under half the table (measured ~120 MB: a chunk, a batch, the
     libraries' memory pools)."""
-    import json
-    import subprocess
-    import sys
     import warnings
 
     import torch
@@ -202,10 +194,7 @@ def test_breakdowns_of_neuron_rows_and_of_a_file_hold_a_chunk_not_the_table(tmp_
     rows = n * big.n_answers * 2 * 512
     assert write_parquet_frames(neuron_frames(big), tmp_path / "n.parquet") == rows
     table_mb = rows * 44 / 2**20  # example_id, pos, layer, neuron (int64), activation (f32), projection (f64)
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "s"), str(tmp_path / "n.parquet")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_script(MEMORY_SCRIPT, tmp_path / "s", tmp_path / "n.parquet")
     print(f"{rows} neuron rows (~{table_mb:.0f} MB as a table): streamed splits add {got['added_mb']:.0f} MB")
     assert got["n"]["neurons"] == got["n"]["file"] == rows
     assert got["n"]["attention"] > n * big.n_answers  # every layer, head and query row's keys

@@ -13,13 +13,12 @@ MALLOC_ARENA_MAX=1 in the environment brings it to about +60 MB.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
+
+from peak_memory import run_script
 
 import actstore
 
@@ -27,15 +26,9 @@ CAP_MB = 256  # what the query may add on top of the imports
 N, CHUNK = 11000, 128
 
 SCRIPT = r"""
-import json, sys
 import numpy as np, polars as pl, zarr, duckdb
 import actstore
 from actstore.query import dla, logit_lens
-
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
 store = actstore.open_store(sys.argv[1])
 base = hwm()
 table = dla(store, level=sys.argv[2])
@@ -46,9 +39,7 @@ print(json.dumps({"base_mb": base, "peak_mb": hwm(), "rows": rows, "total": tota
 
 
 def query_peak(path, level: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(path), level], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_script(SCRIPT, path, level)
 
 
 @pytest.mark.slow
@@ -74,15 +65,9 @@ def test_dla_over_a_store_larger_than_the_cap(tmp_path):
 
 
 STREAM_SCRIPT = r"""
-import json, sys
 import actstore
 from actstore.query import streamed
 from actstore.query.summary import GroupSpec
-
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
 store = actstore.open_store(sys.argv[1])
 store.examples  # the meta tables every query reads, before the baseline
 base = hwm()
@@ -98,10 +83,7 @@ print(json.dumps({"base_mb": base, "peak_mb": hwm(), "rows": rows}))
 
 
 def stream_peak(path, mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(path), mode], capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_script(STREAM_SCRIPT, path, mode)
 
 
 def test_summaries_and_row_streams_hold_one_chunk_not_the_table(tmp_path):

@@ -10,6 +10,8 @@ import polars as pl
 import pytest
 from query_models import tiny_model
 
+from peak_memory import run_script
+
 import actstore
 from actstore.errors import InvalidParameterError, UnknownColumnError, UnknownHookError
 from actstore.query.pca import pca
@@ -279,16 +281,10 @@ def test_zoo_reads_the_carry_off_layer_1(zoo):
 # --- beyond memory ----------------------------------------------------------------------------
 
 MEMORY_SCRIPT = r"""
-import json, sys
 import numpy as np, polars as pl, zarr
 import actstore
 from actstore.query.pca import pca
 from actstore.query.probes import probe
-
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
 store = actstore.open_store(sys.argv[1])
 store.examples, store.tokens
 base = hwm()
@@ -302,9 +298,6 @@ print(json.dumps({"base_mb": base, "peak_mb": hwm(), "rows": table.height, "pca_
 def test_probe_and_pca_over_a_store_larger_than_the_cap(tmp_path):
     """The residual stream of 16384 examples (d_model 512, float32, every position: 440 MB per hook, 880 MB
     in all) is probed and PCA'd by a subprocess that may add at most CAP_MB to its resident memory."""
-    import json
-    import subprocess
-    import sys
     import warnings
 
     import torch
@@ -323,10 +316,7 @@ def test_probe_and_pca_over_a_store_larger_than_the_cap(tmp_path):
                             dtype="float32", chunk=256, batch=512, quiet=True)
     size_mb = sum(store.hook_info(h).example_bytes for h in store.hooks) * n / 2**20
     assert size_mb > 5 * cap_mb, size_mb
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "big")], capture_output=True,
-                         text=True, timeout=900)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_script(MEMORY_SCRIPT, tmp_path / "big", timeout=900)
     added = got["peak_mb"] - got["base_mb"]
     print(f"store {size_mb:.0f} MB, imports {got['base_mb']:.0f} MB, probe + pca add {added:.0f} MB (cap {cap_mb})")
     assert got["rows"] == 2 * 2 * 2 and got["pca_rows"] == n
