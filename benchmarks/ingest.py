@@ -10,8 +10,14 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
              `outputs=False` (no logits, outputs table or corrupted twins) once ingest takes it;
 - notebook:  `run_with_cache(names_filter=...)` + `np.save` per hook and batch (`npsave`) or
              `torch.save` of the batch's dict (`torchsave`), float16, no labels, no resume;
-- floor:     the arrays actstore stored, written again through plain zarr with the same chunks,
-             shards and codecs and no actstore code (what writing costs at best);
+- floor:     `floor_ingest`: the pipeline a skilled user writes with plain zarr (same model, tokens,
+             batches and hooks; forward hooks into preallocated per-chunk float16 buffers, each pass
+             stopped after the deepest hook's block, each chunk written inline into arrays with
+             actstore's chunks, shards and codecs; no outputs, meta tables, records, digests or fsync):
+             of_floor = floor_ingest_s / actstore's seconds without outputs, of_floor_outputs = the same
+             over actstore's seconds with outputs (>= 0.7 is the goal; > 1 means actstore is faster);
+             and `write_floor`: the arrays actstore stored, written again through plain zarr, no model
+             (what writing alone costs); write_bound=yes when that write takes longer than the bare forward;
 - SAELens:   `CacheActivationsRunner` (sae-lens 6, the `bench` extra: pip install 'actstore[bench]';
              skipped with a line when it is not installed). It caches one hook per run, so it gets
              its own line: one hook (--sae-hook, default the last block's hook_resid_post) for
@@ -150,6 +156,9 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             runs.setdefault("bare_twin", []).append((bare_forward(model, task, n, 0, c, b, device, twin=True), 0))
         if "floor" in wanted:
             runs.setdefault("floor", []).append(peers.raw_zarr_floor(out / "acts", tmp / "floor", c))
+            hooks = {h.name: h.positions for h in store.manifest.hooks}
+            runs.setdefault("floor_ingest", []).append(
+                peers.floor_ingest(model, data, out / "acts", hooks, c, b, device, tmp / "floor"))
         if HAS_OUTPUTS_FLAG:
             st = ingest_once(label, model, task, n, chunk, batch, device, out, outputs=False)[1]
             runs.setdefault("actstore_nooutputs", []).append((st["loop_s"], st["bytes_written"]))
@@ -188,7 +197,12 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         line += " ingest_no_outputs=skipped(ingest takes no outputs= yet)"
     if "floor" in best:
         s_, b_ = best["floor"]
-        line += f" floor_write={rate(n, b_, s_)} of_floor={(ours_b / ours_s) / (b_ / s_):.2f}"
+        f_s = best["floor_ingest"][0]
+        line += f" floor_ingest_s={f_s:.2f}"
+        if "actstore_nooutputs" in best:
+            line += f" of_floor={f_s / best['actstore_nooutputs'][0]:.2f}"
+        line += (f" of_floor_outputs={f_s / ours_s:.2f} write_floor={rate(n, b_, s_)} "
+                 f"write_bound={'yes' if s_ > bare_s else 'no'}")
     for k in ("npsave", "torchsave"):
         if k in best:
             s_, b_ = best[k]

@@ -3,8 +3,15 @@
 - notebook loop: `run_with_cache(names_filter=hooks)` per batch, then each hook's float16 array
   saved with `np.save` (one file per hook and batch) or the batch's dict with `torch.save`;
 - SAELens: `sae_lens.CacheActivationsRunner` (one hook per run; the `bench` extra installs it);
-- raw zarr floor: the arrays actstore stored, written again chunk by chunk through plain zarr with
-  the same chunks, shards and codecs, with no actstore code (no commit records, digests or fsync).
+- raw zarr floor, write only (`raw_zarr_floor`): the arrays actstore stored, written again chunk by
+  chunk through plain zarr with the same chunks, shards and codecs, with no actstore code (no commit
+  records, digests or fsync) and no model: what writing alone costs;
+- raw zarr floor ingest (`floor_ingest`): the whole pipeline a skilled user would write with plain
+  zarr: the same model, tokens, batches and hooks, captured by forward hooks straight into
+  preallocated per-chunk float16 numpy buffers, each pass stopped after the deepest hook's block
+  (`stop_at_layer`; no final LayerNorm or unembedding unless a hook needs them), each full chunk
+  written inline with plain zarr into arrays with actstore's chunks, shards and codecs; no outputs,
+  meta tables, labels, commit records, digests or fsync, no background thread.
 
 Each returns (seconds, bytes written). None of this is actstore API: it is what a user writes today.
 """
@@ -101,6 +108,67 @@ def raw_zarr_floor(src_acts: Path, out: Path, chunk: int) -> tuple[float, int]:
                                fill_value=a.fill_value)
         for start, stop in chunk_ranges(a.shape[0], chunk):
             new[start:stop] = values[start:stop]
+    return time.perf_counter() - t, dir_bytes(out)
+
+
+def _deepest_block(names: list[str]) -> int | None:
+    """1 + the deepest block index among hook names, or None when a hook lies after the blocks (ln_final)."""
+    layers = []
+    for name in names:
+        parts = name.split(".")
+        if parts[0] != "blocks":
+            return None
+        layers.append(int(parts[1]))
+    return max(layers) + 1
+
+
+def floor_ingest(model: Any, data: TaskData, src_acts: Path, hooks: dict[str, str], chunk: int, batch: int,
+                 device: torch.device, out: Path) -> tuple[float, int]:
+    """The raw-zarr floor of an ingest without outputs (see the module docstring); hooks: {name: 'all'|'answer'}.
+
+    The arrays' metadata (shape, chunks, shards, codecs) is read from actstore's store at `src_acts` and
+    the arrays are created before the clock starts (actstore's loop_s leaves store creation out too); the
+    examples are made before it too (actstore makes each chunk's inside loop_s). Timed: every forward
+    pass, the capture into the buffers [chunk, ...] per hook and every chunk's zarr write.
+    """
+    src = zarr.open_group(LocalStore(src_acts, read_only=True), mode="r", zarr_format=3)
+    shutil.rmtree(out, ignore_errors=True)
+    dst = zarr.open_group(LocalStore(out), mode="w", zarr_format=3)
+    arrays = {}
+    for name in hooks:
+        a = src[name]
+        arrays[name] = dst.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
+                                        compressors=a.compressors, filters=a.filters, serializer=a.serializer,
+                                        fill_value=a.fill_value, config={"write_empty_chunks": True})
+    bufs = {name: np.empty((chunk, *a.shape[1:]), dtype=np.float16) for name, a in arrays.items()}
+    views = {name: torch.from_numpy(b) for name, b in bufs.items()}  # torch views of the numpy buffers
+    rows_at: dict[str, Any] = {}  # the batch's rows [r0, r1) of the chunk and its answer positions
+
+    def capture(act: torch.Tensor, hook: Any) -> None:
+        if hooks[hook.name] == "answer":
+            p = rows_at["answer"]
+            idx = torch.arange(act.shape[0], device=act.device)[:, None]
+            act = act[idx, :, p] if hook.name.endswith(("hook_pattern", "hook_attn_scores")) else act[idx, p]
+        views[hook.name][rows_at["r0"]:rows_at["r1"]].copy_(act.to(torch.float16))
+
+    stop = _deepest_block(list(hooks))
+    tokens = torch.from_numpy(data.tokens)
+    lengths = torch.from_numpy(data.lengths)
+    answer_pos = torch.from_numpy(data.answer_pos)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for start, stop_ex in chunk_ranges(len(tokens), chunk):
+            for b0 in range(start, stop_ex, batch):
+                b1 = min(b0 + batch, stop_ex)
+                rows_at.update(r0=b0 - start, r1=b1 - start, answer=answer_pos[b0:b1].to(device))
+                real = attention_mask(lengths[b0:b1], tokens.shape[1]).to(device)
+                fwd = [(name, capture) for name in hooks] + _mask_hooks(model, real.bool())
+                with model.hooks(fwd_hooks=fwd):
+                    model(tokens[b0:b1].to(device), attention_mask=real, stop_at_layer=stop, return_type=None)
+            sync()
+            for name, arr in arrays.items():
+                arr[start:stop_ex] = bufs[name][: stop_ex - start]
     return time.perf_counter() - t, dir_bytes(out)
 
 
