@@ -15,7 +15,7 @@ from zarr.storage import LocalStore
 
 import actstore
 from actstore.errors import StoreCorruptError
-from actstore.store.chunk_read import ChunkLayout, read_rows
+from actstore.store.chunk_read import _CAST_BLOCK, ChunkLayout, read_rows, to_float32
 from actstore.store.commits import file_digest
 from actstore.store.layout import DEFAULT_CODEC, compressors
 from actstore.store.manifest import HookInfo
@@ -186,3 +186,15 @@ def test_layouts_the_direct_path_does_not_decode_have_none(tmp_path, change):
     else:
         meta["data_type"] = "string"
     assert ChunkLayout.of(meta) is None
+
+
+def test_to_float32_is_numpy_cast_across_its_blocks() -> None:
+    """A float16 array longer than one conversion block (and not a multiple of it), contiguous and
+    strided: bit for bit numpy's cast, shape kept."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    half = np.concatenate([every, every[:_CAST_BLOCK + 4]]).reshape(-1, 7, 1)  # 98308 values
+    for a in (half, half[:, 2:5], half[::3]):
+        out = to_float32(a)
+        assert out.shape == a.shape and out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out.view(np.uint32), a.astype(np.float32).view(np.uint32))
+    assert to_float32(half[:0]).shape == (0, 7, 1)
