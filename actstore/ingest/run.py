@@ -96,6 +96,7 @@ def ingest(
     storage_options: dict[str, Any] | None = None,
     shard: str | tuple[int, int] | None = None,
     outputs: bool = True,
+    twins: bool = True,
 ) -> Store:
     """Ingest `n` examples of `task` (seed `seed`) through `model` into the store at `out`; returns it open.
 
@@ -121,6 +122,9 @@ def ingest(
     outputs:    False keeps no meta/outputs, meta/topk or twin baselines, so each forward pass stops right
                 after the deepest stored hook (no later blocks, no unembedding); queries that read outputs
                 see them empty (docs/store.md, "Ingest without outputs")
+    twins:      False skips the corrupted twins' forward pass of a task with twins (one pass per batch instead of
+                two); meta/outputs' corrupted_* baseline columns are then null. Only with outputs (without
+                them no twin pass runs anyway); recorded in the manifest, so a resume must match it
     storage_options: options of the fsspec filesystem when `out` is a URL (s3://bucket/store, ...)
     shard:      'i/N' or (i, N): write only the chunks k with k % N == i (see actstore.ingest.shards); the
                 shards of one store run together, in any order, and their store is byte-identical to an
@@ -130,6 +134,8 @@ def ingest(
     check_n_seed(n, seed)
     if not isinstance(outputs, bool):
         raise InvalidParameterError(f"outputs must be True or False, got {outputs!r}")
+    if not isinstance(twins, bool):
+        raise InvalidParameterError(f"twins must be True or False, got {twins!r}")
     shard = parse_shard(shard)
     if shard != (0, 1) and overwrite:
         raise InvalidParameterError("--overwrite cannot be used with --shard (one shard would delete the others' "
@@ -182,7 +188,7 @@ def ingest(
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
         decomposition=decomposition, package_version=__version__, weights_sha256=digest,
-        top_k=top_k, outputs=outputs,
+        top_k=top_k, outputs=outputs, twins=twins or not outputs,  # no outputs: no twin pass to skip
     )
     manifest.validate()
     if decomposition.get("status") == "failed" and not quiet:
@@ -260,7 +266,7 @@ class _Loop:
         self.bytes_written = 0
         self.twin_s = 0.0  # seconds in the twins' forward passes
         # run the twins' pass (see _match_committed_columns); a store without outputs needs no twin baselines
-        self.twin = probe.corrupted_tokens is not None and manifest.outputs
+        self.twin = probe.corrupted_tokens is not None and manifest.outputs and manifest.twins
         self.columns: dict[str, list[str]] | None = None  # the meta columns to write, when not all
 
     def run(self) -> int:

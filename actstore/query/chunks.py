@@ -13,10 +13,12 @@ arrays from a TransformerLens cache exactly as it runs on a store.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -108,6 +110,23 @@ class ExampleArrays:
     counter_tokens: np.ndarray | None
     input_tokens: np.ndarray    # [example, answer] token at each answer position
 
+    @property
+    def has_counter(self) -> bool:
+        return self.counter_tokens is not None
+
+    def rows(self, start: int, stop: int) -> "ExampleArrays":
+        """Examples [start, stop) of these (views)."""
+        sl = slice(start, stop)
+        return ExampleArrays(self.example_id[sl], self.lengths[sl], self.answer_pos[sl], self.answer_tokens[sl],
+                             None if self.counter_tokens is None else self.counter_tokens[sl], self.input_tokens[sl])
+
+    def answer_ids(self, target: str) -> np.ndarray:
+        """Every token id (with repeats) whose direction a query toward `target` ('correct' / 'diff') reads."""
+        ids = [self.answer_tokens.ravel()]
+        if target == "diff" and self.counter_tokens is not None:
+            ids.append(self.counter_tokens[self.counter_tokens >= 0])
+        return np.concatenate(ids) if ids[0].size or len(ids) > 1 else np.zeros(0, dtype=np.int64)
+
     @classmethod
     def from_examples(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
         """The arrays of an examples table (all of a store's rows, ids 0..n-1 in order)."""
@@ -115,22 +134,15 @@ class ExampleArrays:
 
     @classmethod
     def _of(cls, examples: pl.DataFrame, n_answers: int) -> "ExampleArrays":
-        n = examples.height
-
         def matrix(col: str | pl.Expr) -> np.ndarray:
-            expr = pl.col(col) if isinstance(col, str) else col
-            out = examples.select(expr.list.to_array(n_answers)).to_series().to_numpy()
-            return np.asarray(out, dtype=np.int64).reshape(n, n_answers)
+            return _matrix(examples, col, n_answers)
 
-        counter = examples.get_column("counter_tokens")
-        has_counter = counter.null_count() < n
         return cls(
             example_id=examples.get_column("example_id").to_numpy().astype(np.int64),
             lengths=examples.get_column("length").to_numpy().astype(np.int64),
             answer_pos=matrix("answer_positions"),
             answer_tokens=matrix("answer_tokens"),
-            counter_tokens=matrix(pl.col("counter_tokens").fill_null(pl.lit([-1] * n_answers, dtype=pl.List(pl.Int64))))
-            if has_counter else None,
+            counter_tokens=matrix(_counter(n_answers)) if _has_counter(examples) else None,
             input_tokens=matrix(pl.col("tokens").list.gather(pl.col("answer_positions"))),
         )
 
@@ -158,13 +170,148 @@ class ExampleArrays:
                    counter_tokens=mats["counter_tokens"] if has_counter else None, input_tokens=mats["input_tokens"])
 
 
+def _matrix(examples: pl.DataFrame, col: str | pl.Expr, n_answers: int) -> np.ndarray:
+    """[example, answer] int64 of a list column (or expression) of an examples frame."""
+    expr = pl.col(col) if isinstance(col, str) else col
+    out = examples.select(expr.list.to_array(n_answers)).to_series().to_numpy()
+    return np.asarray(out, dtype=np.int64).reshape(examples.height, n_answers)
+
+
+def _counter(n_answers: int) -> pl.Expr:
+    """counter_tokens with a missing list as -1s (an example without a counterfactual)."""
+    return pl.col("counter_tokens").fill_null(pl.lit([-1] * n_answers, dtype=pl.List(pl.Int64)))
+
+
+def _has_counter(examples: pl.DataFrame) -> bool:
+    return examples.get_column("counter_tokens").null_count() < examples.height
+
+
 ARRAY_COLUMNS = ("example_id", "length", "answer_positions", "answer_tokens", "counter_tokens", "tokens")
+ANSWER_COLUMNS = ("answer_tokens", "counter_tokens")
 _ARRAYS: "weakref.WeakKeyDictionary[Store, ExampleArrays]" = weakref.WeakKeyDictionary()
 
 
+class ExampleIndex:
+    """A store's per-example arrays, read from the examples part of the chunk a scan reaches: memory
+    holds a few chunks' arrays, not the store's (~140 B per example), whatever the store's size.
+
+    `rows(start, stop)` gives examples [start, stop) as ExampleArrays, from the parts they span, each
+    read and checked once (ids start..stop-1 in order) and kept while the kept parts total at most
+    KEEP_BYTES (a small store's every part, so that warm repeated queries read none again; a large
+    store's first ones) besides the RECENT last read. `answer_ids` and `has_counter` (whole-store
+    facts) come from one pass over only the answer and counterfactual token columns, when first asked.
+    """
+
+    KEEP_BYTES = 16 << 20
+    RECENT = 4
+
+    def __init__(self, store: Store) -> None:
+        self._store = weakref.ref(store)  # the index is kept per store (weakly keyed): no cycle back to it
+        self.n, self.chunk, self.n_answers = store.n_examples, store.chunk_size, store.n_answers
+        self._kept: dict[int, ExampleArrays] = {}
+        self._recent: OrderedDict[int, ExampleArrays] = OrderedDict()
+        self._kept_bytes = 0
+        self._tokens: tuple[np.ndarray, np.ndarray | None] | None = None  # distinct answer, counter ids
+        self._lock = threading.RLock()  # plans may run on several threads (a threaded Dask worker)
+
+    def _live(self) -> Store:
+        store = self._store()
+        if store is None:  # an index is only handed out with its store
+            raise ReferenceError("the store of this ExampleIndex was closed")
+        return store
+
+    @property
+    def has_counter(self) -> bool:
+        """Whether any example of the store has counterfactual tokens."""
+        return self._answer_tokens()[1] is not None
+
+    def answer_ids(self, target: str) -> np.ndarray:
+        """The distinct token ids whose directions a query toward `target` ('correct' / 'diff') reads."""
+        answers, counters = self._answer_tokens()
+        return np.union1d(answers, counters) if target == "diff" and counters is not None else answers
+
+    def _answer_tokens(self) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            if self._tokens is None:
+                answers, counters, has = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], False
+                for part in self._live().meta_parts("examples", ANSWER_COLUMNS):
+                    answers.append(np.unique(_matrix(part, "answer_tokens", self.n_answers)))
+                    if _has_counter(part):
+                        has = True
+                        counter = _matrix(part, _counter(self.n_answers), self.n_answers)
+                        counters.append(np.unique(counter[counter >= 0]))
+                self._tokens = (np.unique(np.concatenate(answers)), np.unique(np.concatenate(counters)) if has
+                                else None)
+            return self._tokens
+
+    def rows(self, start: int, stop: int) -> ExampleArrays:
+        """Examples [start, stop) (0 <= start <= stop <= n); read-only arrays."""
+        if not 0 <= start <= stop <= self.n:
+            raise InvalidParameterError(f"examples [{start}, {stop}) are not among the store's {self.n}")
+        if start == stop:
+            return ExampleArrays.concat([], self.n_answers, 0)
+        first, last = start // self.chunk, (stop - 1) // self.chunk
+        parts = [self._part(k) for k in range(first, last + 1)]
+        lo = first * self.chunk
+        if len(parts) == 1:
+            part = parts[0]
+            return part if (start, stop) == (lo, lo + len(part.example_id)) else part.rows(start - lo, stop - lo)
+        fields = {f: np.concatenate([getattr(p, f) for p in parts]) for f in
+                  ("example_id", "lengths", "answer_pos", "answer_tokens", "input_tokens")}
+        counter = np.concatenate([p.counter_tokens for p in parts]) if parts[0].has_counter else None
+        return ExampleArrays(counter_tokens=counter, **fields).rows(start - lo, stop - lo)
+
+    def _part(self, k: int) -> ExampleArrays:
+        with self._lock:
+            hit = self._kept.get(k)
+            if hit is None and k in self._recent:
+                self._recent.move_to_end(k)
+                hit = self._recent[k]
+            if hit is not None:
+                return hit
+            store = self._live()
+            lo, hi = k * self.chunk, min((k + 1) * self.chunk, self.n)
+            part = store.meta_part("examples", k, ARRAY_COLUMNS)
+            arrays = ExampleArrays._of(part, self.n_answers)
+            if part.height != hi - lo or not np.array_equal(arrays.example_id, np.arange(lo, hi)):
+                raise StoreCorruptError(f"{store.path}: meta/examples part {k}: example_id is not {lo}..{hi - 1} in "
+                                        f"order (ids must be 0..n-1); run `actstore verify`")
+            if arrays.counter_tokens is None and self.has_counter:  # as a whole table fills them: -1
+                arrays = replace(arrays, counter_tokens=np.full((hi - lo, self.n_answers), -1, dtype=np.int64))
+            nbytes = 0
+            for a in vars(arrays).values():  # shared by every query on this store: never written to
+                if a is not None:
+                    a.setflags(write=False)
+                    nbytes += a.nbytes
+            if self._kept_bytes + nbytes <= self.KEEP_BYTES:
+                self._kept[k], self._kept_bytes = arrays, self._kept_bytes + nbytes
+            else:
+                self._recent[k] = arrays
+                while len(self._recent) > self.RECENT:
+                    self._recent.popitem(last=False)
+            return arrays
+
+
+_INDEXES: "weakref.WeakKeyDictionary[Store, ExampleIndex]" = weakref.WeakKeyDictionary()
+_INDEXES_LOCK = threading.Lock()
+
+
+def example_index(store: Store) -> ExampleIndex:
+    """The store's ExampleIndex (one per opened store): what a streamed query reads its examples from."""
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(store)
+        if index is None:
+            index = _INDEXES[store] = ExampleIndex(store)
+        return index
+
+
+Examples = ExampleArrays | ExampleIndex  # what a scan reads its chunks' examples from
+
+
 def example_arrays(store: Store) -> ExampleArrays:
-    """The store's ExampleArrays, built once per opened store from only the columns they need, one
-    meta part at a time: a query never holds the whole examples table (about 1 KB per example)."""
+    """The store's ExampleArrays for all its examples at once (~140 B per example), built once per opened
+    store from only the columns they need, one meta part at a time: for queries that need every example
+    at once (position selectors, probes); a scan reads through `example_index` instead."""
     arrays = _ARRAYS.get(store)
     if arrays is None:
         if "examples" in store.__dict__:  # the whole table is loaded already
@@ -186,6 +333,19 @@ def padded_tokens(examples: pl.DataFrame, width: int) -> np.ndarray:
     for i, row in enumerate(examples.get_column("tokens").to_list()):
         out[i, : len(row)] = row
     return out
+
+
+def chunk_tokens(store: Store, start: int, stop: int) -> np.ndarray:
+    """[example, width] token ids of examples [start, stop), right-padded with 0: from the examples
+    parts they span (only their tokens column), or from the whole table if it is loaded already."""
+    width = store.manifest.width
+    if "examples" in store.__dict__:
+        return padded_tokens(store.examples.slice(start, stop - start), width)
+    chunk = store.chunk_size
+    first, last = start // chunk, max(start, stop - 1) // chunk
+    parts = [store.meta_part("examples", k, ["tokens"]) for k in range(first, last + 1)] if stop > start else []
+    frame = pl.concat(parts) if len(parts) > 1 else parts[0] if parts else pl.DataFrame({"tokens": []})
+    return padded_tokens(frame.slice(start - first * chunk, stop - start), width)
 
 
 def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str], what: str) -> None:
@@ -220,7 +380,7 @@ def reader_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
-           examples: ExampleArrays | None = None, workers: int | None = None, answer_dtype: Any = None,
+           examples: Examples | None = None, workers: int | None = None, answer_dtype: Any = None,
            ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks") -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
@@ -234,46 +394,47 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     ranges: only these committed [start, stop) chunks (a query that selects no row of a chunk
     skips it); label: what the progress bar calls the work.
     """
-    ex = examples or example_arrays(store)
+    ex = examples or example_index(store)
     workers = READ_THREADS if workers is None else workers
     names = list(dict.fromkeys([*answer_hooks, *full_hooks]))
     dims = {name: store.hook_info(name).dims for name in names}
     answers, fulls = set(answer_hooks), set(full_hooks)
     pool = reader_pool(min(workers, len(names))) if workers > 1 and len(names) > 1 else None
 
-    def load(name: str, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def load(name: str, start: int, stop: int, answer_pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         # gather the answers at once, so that a big all-position array is dropped right away
         # and the next read reuses its memory (keeping a chunk's arrays alive costs page faults)
         arr = store.read(name, start, stop)
-        picked = at_answers(arr, dims[name], ex.answer_pos[start:stop]) if name in answers else None  # a copy
+        picked = at_answers(arr, dims[name], answer_pos) if name in answers else None  # a copy
         if picked is not None and answer_dtype is not None:
             picked = (to_float32(picked) if picked.dtype == np.float16 and np.dtype(answer_dtype) == np.float32
                       else picked.astype(answer_dtype, copy=False))  # to_float32: the same bits, faster
         return picked, (arr if name in fulls else None)
 
-    def submit(start: int, stop: int) -> list[Any]:
-        return [pool.submit(load, name, start, stop) for name in names]  # type: ignore[union-attr]
+    def submit(start: int, stop: int) -> tuple[ExampleArrays, list[Any]]:
+        rows = ex.rows(start, stop)  # this chunk's examples, read here (not on the reading threads)
+        return rows, [pool.submit(load, name, start, stop, rows.answer_pos)  # type: ignore[union-attr]
+                      for name in names]
 
     ranges = list(store.chunks()) if ranges is None else list(ranges)
-    pending: list[Any] | None = None
+    pending: tuple[ExampleArrays, list[Any]] | None = None
     try:
         pending = submit(*ranges[0]) if pool is not None and ranges else None
         for k, (start, stop) in enumerate(tracked(ranges, label)):
             if pending is not None:  # this chunk's reads are in flight; start the next one's
-                results = [f.result() for f in pending]
+                rows, futures = pending
+                results = [f.result() for f in futures]
                 pending = submit(*ranges[k + 1]) if k + 1 < len(ranges) else None
             else:
-                results = [load(name, start, stop) for name in names]
+                rows = ex.rows(start, stop)
+                results = [load(name, start, stop, rows.answer_pos) for name in names]
             loaded = dict(zip(names, results))
             del results
-            sl = slice(start, stop)
             chunk = Chunk(
-                example_id=ex.example_id[sl], lengths=ex.lengths[sl],
-                tokens=(padded_tokens(store.examples.slice(start, stop - start), store.manifest.width)
-                        if tokens else None),
-                answer_pos=ex.answer_pos[sl], answer_tokens=ex.answer_tokens[sl],
-                counter_tokens=None if ex.counter_tokens is None else ex.counter_tokens[sl],
-                input_tokens=ex.input_tokens[sl],
+                example_id=rows.example_id, lengths=rows.lengths,
+                tokens=chunk_tokens(store, start, stop) if tokens else None,
+                answer_pos=rows.answer_pos, answer_tokens=rows.answer_tokens,
+                counter_tokens=rows.counter_tokens, input_tokens=rows.input_tokens,
                 at_answer={n: a for n, (a, _) in loaded.items() if a is not None},
                 full={n: f for n, (_, f) in loaded.items() if f is not None},
                 start=start,
@@ -281,5 +442,5 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
             del loaded
             yield chunk
     finally:  # a scan left early: the next chunk's reads not yet started are dropped
-        for future in pending or ():
+        for future in pending[1] if pending is not None else ():
             future.cancel()

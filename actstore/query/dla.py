@@ -28,7 +28,7 @@ import polars as pl
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import (COMPUTE, Component, check_level, direct_attribution, make_target,
                                         required_hooks)
-from actstore.query.chunks import Chunk, ExampleArrays, example_arrays, stream
+from actstore.query.chunks import Chunk, Examples, stream
 from actstore.query.executor import Job, run
 from actstore.query.memo import memo
 from actstore.query.read_at import ReadAt
@@ -76,8 +76,7 @@ class DlaPlan:
         self.store, self.level = store, level
         self.weights = Weights.from_store(store)
         self.tgt = parse_target(target, self.weights, store, final_ln)
-        ex = example_arrays(store)
-        self.at = ReadAt.build(store, pos, answer, examples=ex)
+        self.at = ReadAt.build(store, pos, answer)
         self.hooks = required_hooks(self.weights, level)
         self.at.check_hooks(store, *self.hooks, f"dla level={level!r}")
         check_counter(store, self.at.arrays, self.tgt)
@@ -109,14 +108,14 @@ class DlaPlan:
         return self.at.empty(component_items([], self.level), {"target": pl.String}, self.tgt.per_token)
 
 
-def check_counter(store: Store, ex: ExampleArrays, target: ReadTarget) -> None:
+def check_counter(store: Store, ex: Examples, target: ReadTarget) -> None:
     """'diff' needs counterfactual tokens: a one-line error naming the store if its task has none."""
-    if target.kind == "diff" and ex.counter_tokens is None:
+    if target.kind == "diff" and not ex.has_counter:
         raise InvalidParameterError(f"target 'diff' needs counterfactual tokens, and the {store.manifest.task!r} "
                                     f"examples of store {store.path} have none; use target='correct'")
 
 
-def answer_readout(store: Store, weights: Weights, ex: ExampleArrays, target: ReadTarget) -> Readout:
+def answer_readout(store: Store, weights: Weights, ex: Examples, target: ReadTarget) -> Readout:
     """The Readout a target reads; for 'correct' / 'diff', that of the store's answer tokens, kept with
     the store (query/memo.py) so that later queries skip gathering and sorting every answer's tokens."""
     if target.kind not in ANSWER_KINDS:
@@ -125,7 +124,7 @@ def answer_readout(store: Store, weights: Weights, ex: ExampleArrays, target: Re
                            lambda: target.readout(weights, answer_token_ids(ex, target.kind)))
 
 
-def chunk_target(store: Store, readout: Readout, ex: ExampleArrays, chunk: Chunk, kind: str) -> Target:
+def chunk_target(store: Store, readout: Readout, ex: Examples, chunk: Chunk, kind: str) -> Target:
     """The Target of a chunk's answers toward 'correct' / 'diff', kept with the store for later queries
     together with what it computes (its folded tables gathered at every answer, the embeddings' share),
     within the store's byte budget."""
@@ -134,12 +133,9 @@ def chunk_target(store: Store, readout: Readout, ex: ExampleArrays, chunk: Chunk
                     lambda: make_target(readout, chunk, kind).keep(kept.budget))
 
 
-def answer_token_ids(ex: ExampleArrays, target: str) -> np.ndarray:
-    """Every token id whose direction a query toward `target` reads."""
-    ids = [ex.answer_tokens.ravel()]
-    if target == "diff" and ex.counter_tokens is not None:
-        ids.append(ex.counter_tokens[ex.counter_tokens >= 0])
-    return np.concatenate(ids) if ids[0].size or len(ids) > 1 else np.zeros(0, dtype=np.int64)
+def answer_token_ids(ex: Examples, target: str) -> np.ndarray:
+    """The token ids (repeats allowed) whose directions a query toward `target` reads."""
+    return ex.answer_ids(target)
 
 
 def component_items(comps: list[Component], level: str) -> pl.DataFrame:

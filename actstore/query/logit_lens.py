@@ -26,7 +26,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import direct_attribution, make_target, required_hooks
-from actstore.query.chunks import Chunk, example_arrays, stream
+from actstore.query.chunks import Chunk, stream
 from actstore.query.dla import answer_readout, check_counter, chunk_target
 from actstore.query.executor import Job, run
 from actstore.query.memo import memo
@@ -142,8 +142,7 @@ class LensPlan:
         self.store, self.ln = store, ln
         self.weights = Weights.from_store(store)
         self.tgt = parse_target(target, self.weights, store, final_ln)
-        ex = example_arrays(store)
-        self.at = ReadAt.build(store, pos, answer, examples=ex)
+        self.at = ReadAt.build(store, pos, answer)
         self.at_answer, _ = required_hooks(self.weights, "layer")
         self.at.check_hooks(store, self.at_answer, [], "logit_lens")
         check_counter(store, self.at.arrays, self.tgt)

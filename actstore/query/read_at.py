@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.chunks import ExampleArrays, check_hooks, example_arrays
+from actstore.query.chunks import ExampleArrays, Examples, check_hooks, example_arrays, example_index
 from actstore.query.selectors import Roles, select_positions
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
@@ -42,14 +42,15 @@ class ReadAt:
     """The positions a query reads (see the module docstring).
 
     pos:    the selector as given (None: the answer positions)
-    arrays: the store's ExampleArrays with answer_pos / input_tokens (and, for pos, answer_tokens /
-            counter_tokens of answer `answer`) at the read positions [example, slot]
+    arrays: at the answer positions, the store's ExampleIndex (read chunk by chunk); for pos, its
+            ExampleArrays with answer_pos / input_tokens, answer_tokens / counter_tokens of answer
+            `answer`, at the read positions [example, slot]
     valid:  [example, slot] bool, False on padded slots (None: every slot is real)
     role:   [example, slot] role codes (-1: none) and their Roles, for the `role` column (pos only)
     """
 
     pos: Any
-    arrays: ExampleArrays
+    arrays: Examples
     valid: np.ndarray | None = None
     role: np.ndarray | None = None
     roles: Roles | None = None
@@ -63,15 +64,15 @@ class ReadAt:
         return ANSWER_KEYS if self.at_answers else POS_KEYS
 
     @classmethod
-    def build(cls, store: Store, pos: Any = None, answer: int = 0, examples: ExampleArrays | None = None) -> "ReadAt":
-        ex = examples or example_arrays(store)
+    def build(cls, store: Store, pos: Any = None, answer: int = 0, examples: Examples | None = None) -> "ReadAt":
         if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < store.n_answers:
             raise InvalidParameterError(f"answer={answer!r}: expected an answer index in [0, {store.n_answers})")
         if pos is None:
             if answer:
                 raise InvalidParameterError("answer= chooses whose tokens 'correct' / 'diff' read at pos=; without "
                                             "pos the query reads every answer at its own position")
-            return cls(None, ex)
+            return cls(None, examples or example_index(store))
+        ex = examples if isinstance(examples, ExampleArrays) else example_arrays(store)  # every example at once
         if isinstance(pos, (list, tuple)) and not pos:
             raise InvalidParameterError("pos: an empty list selects nothing; pass pos=None for the answer positions")
         width = int(store.manifest.width)
@@ -117,11 +118,12 @@ class ReadAt:
         and the token axis has length 1); constants: string columns after the keys (e.g. target).
         """
         e, s, t, k = values.shape
+        rows = self.arrays.rows(start, stop)
         if self.at_answers and tokens is None:  # the answer tables as they always were (tables.long_frame)
             head = _kept(_KEYS, (id(self.arrays), start, stop, k), self.arrays, lambda: pl.DataFrame({
-                "example_id": np.repeat(self.arrays.example_id[start:stop], s * k),
+                "example_id": np.repeat(rows.example_id, s * k),
                 "answer_idx": np.tile(np.repeat(np.arange(s, dtype=np.int64), k), e),
-                "answer_pos": np.repeat(self.arrays.answer_pos[start:stop].reshape(-1), k),
+                "answer_pos": np.repeat(rows.answer_pos.reshape(-1), k),
             }, schema=ANSWER_KEYS))
             if constants:
                 head = head.with_columns(pl.lit(v, dtype=pl.String).alias(n) for n, v in constants.items())
@@ -131,15 +133,15 @@ class ReadAt:
         slot = np.repeat(np.arange(e * s), per_slot)
         if self.at_answers:
             head = pl.DataFrame({
-                "example_id": self.arrays.example_id[start:stop].repeat(s)[slot],
+                "example_id": rows.example_id.repeat(s)[slot],
                 "answer_idx": np.tile(np.arange(s, dtype=np.int64), e)[slot],
-                "answer_pos": self.arrays.answer_pos[start:stop].reshape(-1)[slot],
+                "answer_pos": rows.answer_pos.reshape(-1)[slot],
             }, schema=ANSWER_KEYS)
         else:
             assert self.roles is not None and self.role is not None
             head = pl.DataFrame({
-                "example_id": self.arrays.example_id[start:stop].repeat(s)[slot],
-                "pos": self.arrays.answer_pos[start:stop].reshape(-1)[slot],
+                "example_id": rows.example_id.repeat(s)[slot],
+                "pos": rows.answer_pos.reshape(-1)[slot],
             }, schema={"example_id": pl.Int64, "pos": pl.Int64}).with_columns(
                 self.roles.strings(self.role[start:stop].reshape(-1)[slot]).alias("role"))
         for name, value in constants.items():

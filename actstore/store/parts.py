@@ -84,13 +84,18 @@ def iter_parts(ledger: "Ledger", table: str, n_chunks: int, columns: Sequence[st
     if table not in (*META_TABLES, *OPTIONAL_META_TABLES):
         raise ValueError(f"unknown meta table {table!r}")
     for k in range(n_chunks):
-        raw = io.BytesIO(checked_part(ledger, table, k))
-        if columns is None:
-            yield pl.read_parquet(raw)
-            continue
-        wanted = checked_columns(pl.read_parquet_schema(raw), table, columns)
-        raw.seek(0)
-        yield pl.read_parquet(raw, columns=wanted)
+        yield read_part(ledger, table, k, columns)
+
+
+def read_part(ledger: "Ledger", table: str, k: int, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """Committed part k of a meta table (the rows of chunk k), checked before it is decoded; with
+    `columns`, only those are decoded (UnknownColumnError naming one the part lacks)."""
+    raw = io.BytesIO(checked_part(ledger, table, k))
+    if columns is None:
+        return pl.read_parquet(raw)
+    wanted = checked_columns(pl.read_parquet_schema(raw), table, columns)
+    raw.seek(0)
+    return pl.read_parquet(raw, columns=wanted)
 
 
 def checked_columns(schema: Mapping[str, Any], table: str, columns: Sequence[str]) -> list[str]:

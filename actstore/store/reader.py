@@ -33,7 +33,7 @@ from actstore.store.integrity import Ledger
 from actstore.store.layout import (ACTS, DERIVED, META_TABLES, OPTIONAL_META_TABLES, PARAMS, as_array, chunk_ranges,
                                    meta_tables, part_path)
 from actstore.store.manifest import HookInfo, Manifest
-from actstore.store.parts import checked_columns, checked_part, iter_parts, read_parts
+from actstore.store.parts import checked_columns, checked_part, iter_parts, read_part, read_parts
 
 
 class Store:
@@ -237,6 +237,14 @@ class Store:
         self._check_table(table)
         stored = table in meta_tables(self.manifest)
         return iter_parts(self.ledger, table, self._n_committed_chunks if stored else 0, columns)
+
+    def meta_part(self, table: str, k: int, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """Committed part k of a meta table: the rows of chunk k (`list(self.chunks())[k]`), checked as it
+        is read; only `columns` when given. IndexError for a chunk that is not committed."""
+        self._check_table(table)
+        if not 0 <= k < self._n_committed_chunks or table not in meta_tables(self.manifest):
+            raise IndexError(f"{self.path}: meta/{table} has no committed part {k}")
+        return read_part(self.ledger, table, k, columns)
 
     def _check_table(self, table: str) -> None:
         if table not in (*META_TABLES, *OPTIONAL_META_TABLES):

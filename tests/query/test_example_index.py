@@ -1,0 +1,79 @@
+"""ExampleIndex: a scan's per-example arrays read from the examples part of each chunk it reaches.
+
+Every range gives what the whole-store ExampleArrays gives, a query over a store reads no array of
+every example, and a store too large to keep its parts gives the same tables from re-read parts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import actstore
+from actstore.errors import InvalidParameterError
+from actstore.query import chunks, dla, logit_lens
+from actstore.query.chunks import ExampleIndex, example_arrays, example_index
+
+FIELDS = ("example_id", "lengths", "answer_pos", "answer_tokens", "counter_tokens", "input_tokens")
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_rows_match_the_whole_store_arrays(tiny_store, counter):
+    store = tiny_store("ln_mlp", counter=counter)
+    whole = example_arrays(actstore.open_store(store.path))
+    index = ExampleIndex(store)
+    assert store.chunk_size == 16 and index.n == 40
+    for start, stop in [(0, 16), (16, 32), (32, 40), (3, 37), (15, 17), (39, 40), (5, 5), (0, 40)]:
+        got = index.rows(start, stop)
+        for f in FIELDS:
+            want = getattr(whole, f)
+            if want is None:
+                assert getattr(got, f) is None
+            else:
+                np.testing.assert_array_equal(getattr(got, f), want[start:stop], err_msg=f"{f} [{start}, {stop})")
+    assert index.has_counter is counter
+    for target in ("correct", "diff"):
+        assert index.answer_ids(target).tolist() == np.unique(whole.answer_ids(target)).tolist()
+    assert not index.rows(0, 16).answer_pos.flags.writeable  # shared between queries
+    with pytest.raises(InvalidParameterError, match=r"\[30, 41\) are not among the store's 40"):
+        index.rows(30, 41)
+
+
+def test_a_dla_reads_no_array_of_every_example(tiny_store):
+    store = actstore.open_store(tiny_store("ln_mlp").path)
+    dla(store, level="head", target="diff")
+    logit_lens(store)
+    assert store not in chunks._ARRAYS  # the whole-store arrays were never built
+    index = example_index(store)
+    assert sorted(index._kept) == [0, 1, 2]  # three small parts: all kept for the next query
+
+
+def test_parts_read_again_give_the_same_tables(tiny_store, monkeypatch):
+    path = tiny_store("ln_mlp").path
+    want = {t: dla(actstore.open_store(path), level="head", target=t) for t in ("correct", "diff")}
+    lens = logit_lens(actstore.open_store(path))
+    monkeypatch.setattr(ExampleIndex, "KEEP_BYTES", 0)  # a store too large to keep any part
+    monkeypatch.setattr(ExampleIndex, "RECENT", 1)
+    store = actstore.open_store(path)
+    for t, table in want.items():
+        assert dla(store, level="head", target=t).equals(table)
+    assert logit_lens(store).equals(lens)
+    index = example_index(store)
+    assert not index._kept and list(index._recent) == [2]
+
+
+def test_at_pos_the_arrays_of_every_example(tiny_store):
+    store = actstore.open_store(tiny_store("ln_mlp").path)
+    table = dla(store, level="layer", pos=-1)
+    assert table.get_column("example_id").n_unique() == 40
+    assert store in chunks._ARRAYS  # a position selector picks over every example at once
+
+
+def test_meta_part_is_one_chunk(tiny_store):
+    store = tiny_store("ln_mlp")
+    parts = list(store.meta_parts("examples", ["example_id", "length"]))
+    for k, part in enumerate(parts):
+        assert store.meta_part("examples", k, ["example_id", "length"]).equals(part)
+    assert store.meta_part("examples", 2, ["example_id"])["example_id"].to_list() == list(range(32, 40))
+    with pytest.raises(IndexError, match="no committed part 3"):
+        store.meta_part("examples", 3)
