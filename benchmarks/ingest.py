@@ -7,7 +7,8 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
              outputs runs both: the twins' pass gives the corrupted_* baselines), ratio_vs_clean+twin;
 - actstore:  `actstore.ingest` (forward + capture + compress + write + fsync + commit records +
              outputs table, until the last commit; setup reported apart as setup_s), and with
-             `outputs=False` (no logits, outputs table or corrupted twins) once ingest takes it;
+             `outputs=False` (no logits, outputs table or corrupted twins), and for a task with twins with
+             outputs but `twins=False` (one forward pass per batch: ratio_no_twins against the one-pass bare);
 - notebook:  `run_with_cache(names_filter=...)` + `np.save` per hook and batch (`npsave`) or
              `torch.save` of the batch's dict (`torchsave`), float16, no labels, no resume;
 - floor:     `floor_ingest`: the pipeline a skilled user writes with plain zarr (same model, tokens,
@@ -62,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ingest_peers as peers  # noqa: E402
 
 HAS_OUTPUTS_FLAG = "outputs" in inspect.signature(ingest_fn).parameters  # engineer P's outputs=False
+HAS_TWINS_FLAG = "twins" in inspect.signature(ingest_fn).parameters
 
 ZOO_TASKS = {"zoo:addition": "addition", "zoo:list_update": "list_update", "zoo:brackets": "brackets", "zoo:lm": "ioi"}
 
@@ -122,10 +124,12 @@ def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, de
 
 
 def ingest_once(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device,
-                out: Path, hooks: list[str] | None = None, outputs: bool = True):
+                out: Path, hooks: list[str] | None = None, outputs: bool = True, twins: bool = True):
     shutil.rmtree(out, ignore_errors=True)
     stats: dict[str, float] = {}
-    extra = {} if outputs else {"outputs": False}
+    extra: dict[str, bool] = {} if outputs else {"outputs": False}
+    if not twins:
+        extra["twins"] = False
     store = actstore.ingest(task, model, n, 0, out, chunk=chunk, batch=batch, device=str(device), quiet=True,
                             model_spec=label, hooks=hooks, stats=stats, **extra)
     return store, stats
@@ -162,6 +166,9 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         if HAS_OUTPUTS_FLAG:
             st = ingest_once(label, model, task, n, chunk, batch, device, out, outputs=False)[1]
             runs.setdefault("actstore_nooutputs", []).append((st["loop_s"], st["bytes_written"]))
+        if HAS_TWINS_FLAG and data.corrupted_tokens is not None:
+            st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "notwins", twins=False)[1]
+            runs.setdefault("actstore_notwins", []).append((st["loop_s"], st["bytes_written"]))
         if "notebook" in wanted:
             hooks = {h.name: h.positions for h in store.manifest.hooks}
             for saver in ("np", "torch"):
@@ -195,6 +202,9 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         line += f" ingest_no_outputs={rate(n, b_, s_)} ratio_no_outputs={s_ / bare_s:.2f}"
     else:
         line += " ingest_no_outputs=skipped(ingest takes no outputs= yet)"
+    if "actstore_notwins" in best:
+        s_, b_ = best["actstore_notwins"]
+        line += f" ingest_no_twins={rate(n, b_, s_)} ratio_no_twins={s_ / bare_s:.2f}"
     if "floor" in best:
         s_, b_ = best["floor"]
         f_s = best["floor_ingest"][0]
@@ -219,7 +229,7 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             s_, b_ = best["one:npsave"]
             line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"
         lines.append(line)
-    for p in (out, tmp / "one", tmp / "floor", tmp / "nb", tmp / "sae"):
+    for p in (out, tmp / "notwins", tmp / "one", tmp / "floor", tmp / "nb", tmp / "sae"):
         shutil.rmtree(p, ignore_errors=True)
     return lines
 

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-outputs", dest="outputs", action="store_false",
                    help="keep no meta/outputs, topk or twin baselines: each forward pass stops after the deepest "
                         "stored hook (faster when the hooks are early; DLA still works from meta/examples)")
+    p.add_argument("--no-twins", dest="twins", action="store_false",
+                   help="skip the corrupted twins' forward pass (one pass per batch instead of two for a task with "
+                        "twins): meta/outputs' corrupted_* baseline columns are then null")
     p.add_argument("--overwrite", action="store_true", help="replace a store of a different run at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     dist = p.add_mutually_exclusive_group()
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = dict(hooks=args.hooks, positions=args.positions, dtype=args.dtype, chunk=args.chunk, batch=args.batch,
                   device=args.device, task_params=parse_params(args.param), overwrite=args.overwrite,
-                  top_k=args.top_k, outputs=args.outputs)
+                  top_k=args.top_k, outputs=args.outputs, twins=args.twins)
     if args.workers is not None or args.scheduler is not None:
         store = ingest_on_cluster(args.task, args.model, args.n, args.seed, args.out, workers=args.workers,
                                   scheduler=args.scheduler, **kwargs)

@@ -71,6 +71,9 @@ class Manifest:
                    top-k table existed (left out of the stored manifest, so its digest is unchanged)
     outputs:       whether meta/outputs (and meta/topk) were written; False for an ingest that kept no
                    outputs (its forward passes stopped after the deepest stored hook; top_k is then 0)
+    twins:         False when an ingest with outputs skipped the corrupted twins' forward pass (the
+                   meta/outputs corrupted_* columns are null); True otherwise, and for stores written
+                   before the option (left out of the stored manifest while True, so their digest is unchanged)
     """
 
     model_spec: str
@@ -94,6 +97,7 @@ class Manifest:
     weights_sha256: str = ""
     top_k: int | None = None
     outputs: bool = True
+    twins: bool = True
 
     # fields recorded but not compared when deciding whether a rerun may resume
     NON_IDENTITY = ("decomposition", "package_version")
@@ -110,6 +114,8 @@ class Manifest:
         d["hooks"] = [h.to_dict() for h in self.hooks]
         if self.top_k is None:  # a store from before meta/topk: its manifest never had the field
             del d["top_k"]
+        if self.twins:  # the default, and every store from before the option: never written
+            del d["twins"]
         return _plain(d)
 
     @classmethod
@@ -124,7 +130,7 @@ class Manifest:
                 f"{FORMAT_VERSION}); re-ingest with this version"
             )
         names = {f.name for f in fields(cls)}
-        optional = ("decomposition", "package_version", "weights_sha256", "top_k", "outputs")
+        optional = ("decomposition", "package_version", "weights_sha256", "top_k", "outputs", "twins")
         missing = sorted(n for n in names if n not in d and n not in optional)
         if missing:
             raise StoreFormatError(f"manifest lacks field(s) {', '.join(missing)}")
@@ -151,6 +157,10 @@ class Manifest:
             raise bad(f"top_k must be a non-negative integer, got {self.top_k!r}")
         if not isinstance(self.outputs, bool):
             raise bad(f"outputs must be true or false, got {self.outputs!r}")
+        if not isinstance(self.twins, bool):
+            raise bad(f"twins must be true or false, got {self.twins!r}")
+        if not self.outputs and not self.twins:
+            raise bad("twins is false but the store keeps no outputs (twins applies to outputs only: must be true)")
         if not self.outputs and self.top_k:
             raise bad(f"top_k is {self.top_k} but the store keeps no outputs (top_k must be 0)")
         if self.dtype not in DTYPES:
