@@ -13,10 +13,16 @@ chunk, one array after another (the order of benchmarks/query.py's raw read), wi
 - floor:     by hand, no records: read the file, crc32c, decompress with numcodecs, np.frombuffer
 and prints MB/s over the uncompressed bytes and each reader's speed relative to plain zarr
 (`x_zarr` > 1: faster), measured best of --repeats, interleaved. Then per-head DLA
-(actstore.query.dla, warm) and read_ratio = direct_s / dla_s, as benchmarks/query.py defines it, and
-read_ratio_cpu: the same over CPU time (the process's, reading threads included), which a loaded
-machine disturbs far less than wall time but which gives no credit for reading on two threads.
-Page cache is warm for every reader (the store was just written or read).
+(actstore.query.dla, warm) and read_ratio = direct_s / dla_s, as benchmarks/query.py defines it
+(best of the repeats, and the ratio of the medians beside it); stream_s: the DLA's scan alone
+(chunks.stream on its reading threads, answers gathered and cast, no math); read_ratio_cpu: the
+ratio over CPU time (the process's, reading threads included), which a loaded machine disturbs far
+less than wall time but which gives no credit for reading on two threads; dla_faults: minor page
+faults per DLA (median; each costs microseconds here, and thousands per query meant fresh memory
+on every query). Every reader checks it reads the same bytes, the scan too; page cache is warm for
+every reader (the store was just written or read), and the DLA has run once before timing. Note
+that `direct` on the main thread decodes blosc on blosc's own 2 threads (numcodecs uses them from
+the main thread only); the scan decodes one array per reading thread.
 
     python benchmarks/reads.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--dir DIR]
                                [--untrained]
@@ -30,7 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +57,8 @@ from query import ZOO_MODELS, best, gpt2_small_shape, raw_read, raw_read_uncheck
 
 import actstore  # noqa: E402
 from actstore.query import dla  # noqa: E402
-from actstore.query.attribution import required_hooks  # noqa: E402
+from actstore.query.attribution import COMPUTE, required_hooks  # noqa: E402
+from actstore.query.chunks import stream  # noqa: E402
 from actstore.query.readout import Weights  # noqa: E402
 from actstore.store.layout import ACTS, chunk_file  # noqa: E402
 
@@ -138,25 +147,40 @@ def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: 
     nbytes = {name: fn(store, hooks) for name, fn in readers.items()}  # warms the page cache and each reader
     if len(set(nbytes.values())) != 1:
         raise RuntimeError(f"{label}: readers disagree on the bytes read: {nbytes}")
-    times: dict[str, list[float]] = {name: [] for name in [*readers, "dla"]}
+    if stream_read(store, hooks) != next(iter(nbytes.values())):
+        raise RuntimeError(f"{label}: the query's scan reads other bytes than the readers")
+    timed: dict[str, Callable[[], object]] = {name: (lambda fn=fn: fn(store, hooks)) for name, fn in readers.items()}
+    timed["stream"] = lambda: stream_read(store, hooks)
+    timed["dla"] = lambda: dla(store, level="head", target=target)
+    times: dict[str, list[float]] = {name: [] for name in timed}
     cpu: dict[str, list[float]] = {"direct": [], "dla": []}
+    faults: list[int] = []
     for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all
-        for name, fn in readers.items():
-            c0 = time.process_time()
-            times[name].append(best(lambda fn=fn: fn(store, hooks), 1)[0])
-            if name == "direct":
-                cpu["direct"].append(time.process_time() - c0)
-        c0 = time.process_time()
-        times["dla"].append(best(lambda: dla(store, level="head", target=target), 1)[0])
-        cpu["dla"].append(time.process_time() - c0)
+        for name, fn in timed.items():
+            c0, f0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            times[name].append(best(fn, 1)[0])
+            if name in cpu:
+                cpu[name].append(time.process_time() - c0)
+            if name == "dla":
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     t = {name: min(v) for name, v in times.items()}
+    med = {name: statistics.median(v) for name, v in times.items()}
     mb = next(iter(nbytes.values())) / 1e6
     speeds = " ".join(f"{name}_MB/s={mb / t[name]:.0f}" for name in readers)
     ratios = " ".join(f"{name}_x_zarr={t['zarr'] / t[name]:.2f}" for name in readers if name != "zarr")
     return (f"{label:<16} n={store.n_examples} chunk={store.chunk_size} hooks={len(hooks)} touched_MB={mb:.1f} "
-            f"{speeds} {ratios} direct_s={t['direct']:.4f} dla_s={t['dla']:.4f} "
-            f"read_ratio={t['direct'] / t['dla']:.2f} direct_cpu_s={min(cpu['direct']):.4f} "
-            f"dla_cpu_s={min(cpu['dla']):.4f} read_ratio_cpu={min(cpu['direct']) / min(cpu['dla']):.2f}")
+            f"{speeds} {ratios} direct_s={t['direct']:.4f} (median {med['direct']:.4f}) "
+            f"stream_s={t['stream']:.4f} dla_s={t['dla']:.4f} (median {med['dla']:.4f}) "
+            f"read_ratio={t['direct'] / t['dla']:.2f} (of medians {med['direct'] / med['dla']:.2f}) "
+            f"direct_cpu_s={min(cpu['direct']):.4f} dla_cpu_s={min(cpu['dla']):.4f} "
+            f"read_ratio_cpu={min(cpu['direct']) / min(cpu['dla']):.2f} dla_faults={statistics.median(faults):.0f}")
+
+
+def stream_read(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """The DLA's own scan alone (chunks.stream as dla runs it: reading threads, answer positions gathered
+    and cast to the math's dtype), no math; returns the bytes read, as the readers do."""
+    row_bytes = sum(store.hook_info(h).example_bytes for h in hooks)
+    return sum(row_bytes * len(chunk) for chunk in stream(store, hooks, answer_dtype=COMPUTE))
 
 
 def main() -> int:
