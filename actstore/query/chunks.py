@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -417,14 +417,21 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
                       for name in names]
 
     ranges = list(store.chunks()) if ranges is None else list(ranges)
-    pending: tuple[ExampleArrays, list[Any]] | None = None
+    # chunks whose reads are queued while this one's are awaited: with answers only, the next one too, so
+    # that no reading thread idles at this chunk's tail (it costs one chunk's gathered answers); arrays
+    # wanted in full would then be held for three chunks at once, so those scans queue the next chunk
+    # only once this one's reads are done
+    depth = 1 if fulls else 2
+    queued: deque[tuple[ExampleArrays, list[Any]]] = deque()
     try:
-        pending = submit(*ranges[0]) if pool is not None and ranges else None
         for k, (start, stop) in enumerate(tracked(ranges, label)):
-            if pending is not None:  # this chunk's reads are in flight; start the next one's
-                rows, futures = pending
+            if pool is not None:
+                while len(queued) < depth and k + len(queued) < len(ranges):
+                    queued.append(submit(*ranges[k + len(queued)]))
+                rows, futures = queued.popleft()
                 results = [f.result() for f in futures]
-                pending = submit(*ranges[k + 1]) if k + 1 < len(ranges) else None
+                if not queued and k + 1 < len(ranges):  # read the next chunk while the caller works on this one
+                    queued.append(submit(*ranges[k + 1]))
             else:
                 rows = ex.rows(start, stop)
                 results = [load(name, start, stop, rows.answer_pos) for name in names]
@@ -441,6 +448,7 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
             )
             del loaded
             yield chunk
-    finally:  # a scan left early: the next chunk's reads not yet started are dropped
-        for future in pending[1] if pending is not None else ():
-            future.cancel()
+    finally:  # a scan left early: the next chunks' reads not yet started are dropped
+        for _, futures in queued:
+            for future in futures:
+                future.cancel()
