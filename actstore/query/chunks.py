@@ -87,7 +87,9 @@ def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -
     axis = pos_axis(dims)
     if dims[axis] == "answer":
         return array
-    moved = np.moveaxis(array, axis, 1)  # [example, pos, ...]
+    # [example, pos, ...] (moveaxis only where pos is not axis 1 already: its Python cost showed per hook
+    # and chunk on a many-hook store)
+    moved = array if axis == 1 else np.moveaxis(array, axis, 1)
     if answer_pos.shape[0] and (answer_pos == answer_pos[:1]).all():  # the same positions in every example
         cols = answer_pos[0]
         if (np.diff(cols) == 1).all():  # a contiguous run (a slice copies much faster than fancy indexing)
@@ -96,7 +98,7 @@ def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -
             picked = moved[:, cols]
     else:
         picked = moved[np.arange(array.shape[0])[:, None], answer_pos]  # [example, answer, ...]
-    return np.moveaxis(picked, 1, axis)
+    return picked if axis == 1 else np.moveaxis(picked, 1, axis)
 
 
 @dataclass(frozen=True)
