@@ -25,7 +25,9 @@ only per-group moments. Raw rows (about 45 bytes each in memory) are built a chu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,9 +37,9 @@ from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.attention_stats import (
     GroupKeys, Moments, candidate_keys, raw_indices, row_entropy, selected_pairs, unit_masses)
 from actstore.query.breakdown import with_interval
-from actstore.query.chunks import Chunk, example_arrays, stream
+from actstore.query.chunks import Chunk, example_index, stream
 from actstore.query.executor import Job, run
-from actstore.query.selectors import Roles, Selector, check_labels, example_filter, select_positions
+from actstore.query.selectors import Selector, check_labels, example_filter, select_positions
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
 from actstore.query.options import AGGREGATES, Aggregate
@@ -132,7 +134,8 @@ def _check(store: Store, layers: int | Sequence[int] | None, heads: int | Sequen
     if aggregate is not None and aggregate not in AGGREGATES:
         raise InvalidParameterError(f"aggregate must be None or one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     labels = [c for c in by_ if c not in UNIT_COLUMNS]
-    check_labels(store.examples, labels, "attention group_by")
+    if labels:  # the examples table only for labels
+        check_labels(store.examples, labels, "attention group_by")
     if len(set(by_)) != len(by_) or {"layer", "head"} & set(by_):
         raise InvalidParameterError(f"attention group_by={by_}: give each column once (layer and head are always "
                                     "groups)")
@@ -157,16 +160,15 @@ class _Grouping:
         self.values: dict[str, pl.Series] = {"layer": pl.Series(layers, dtype=pl.Int64),
                                              "head": pl.Series(heads, dtype=pl.Int64)}
         self.label_codes: dict[str, np.ndarray] = {}
-        examples = plan.store.examples
         for c in by:
             if c in ("q_pos", "k_pos"):
                 self.values[c] = positions
             elif c in ("q_role", "k_role"):
                 self.values[c] = roles
             elif c == "example_id":
-                self.values[c] = pl.Series(plan.ids, dtype=pl.Int64)
+                self.values[c] = pl.Series(np.arange(plan.n), dtype=pl.Int64)
             else:  # a label: dense rank codes, nulls last
-                series = examples.get_column(c)
+                series = plan.store.examples.get_column(c)
                 uniq = series.drop_nulls().unique().sort()
                 code = series.rank("dense").cast(pl.Int64) - 1
                 self.label_codes[c] = code.fill_null(uniq.len()).to_numpy()
@@ -189,30 +191,66 @@ class _Grouping:
         return out.with_columns(entropy=pl.Series(moments.entropy()))
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """A chunk's examples as a query sees them: lengths [example], role codes and the query and key
+    masks [example, pos]."""
+
+    lengths: np.ndarray
+    codes: np.ndarray
+    q_mask: np.ndarray
+    k_mask: np.ndarray
+
+
 class _Plan:
-    """What a query reads: examples kept, query and key masks over positions, roles; per chunk."""
+    """What a query reads: examples kept, query and key masks over positions, roles; per chunk, from
+    that chunk's meta parts (memory holds a chunk's masks and roles, not the store's)."""
+
+    RECENT = 2  # chunks' rows kept: ranges() reads each chunk's, and the scan asks for them again
 
     def __init__(self, store: Store, query: Selector, key: Selector, where: pl.Expr | Mapping[str, Any] | None):
         self.store = store
-        self.arrays = example_arrays(store)
-        self.ids, self.lengths, self.answer_pos = self.arrays.example_id, self.arrays.lengths, self.arrays.answer_pos
+        self.index = example_index(store)
+        self.n = self.index.n
         self.width = int(store.manifest.width)
-        self.roles = Roles.from_tokens(store.tokens, len(self.ids), self.width)
-        self.q_mask = select_positions(query, self.lengths, self.roles.codes, self.roles, self.width, "query")
-        self.k_mask = select_positions(key, self.lengths, self.roles.codes, self.roles, self.width, "key")
-        keep = None if where is None else example_filter(store.examples, where)  # the table only for a filter
-        if keep is not None:
-            self.q_mask &= keep[:, None]
+        self.roles = self.index.role_names()  # the names; codes per chunk (rows())
+        none = np.zeros(0, dtype=np.int64)
+        for spec, what in ((query, "query"), (key, "key")):  # one-line errors before any chunk is read
+            select_positions(spec, none, np.zeros((0, self.width), np.int16), self.roles, self.width, what)
+        self.keep = None if where is None else example_filter(store.examples, where)  # the table only for a filter
         self.causal = store.arch.causal
-        self.query = query
+        self.query, self.key = query, key
+        self._recent: dict[tuple[int, int], _Rows] = {}
+        self._lock = threading.Lock()  # a threaded Dask worker may run one plan's chunks on several threads
+
+    def rows(self, start: int, stop: int) -> _Rows:
+        """The lengths, role codes and masks of examples [start, stop)."""
+        with self._lock:
+            hit = self._recent.get((start, stop))
+        if hit is not None:
+            return hit
+        lengths = self.index.rows(start, stop).lengths
+        roles = self.index.roles(start, stop, self.width)
+        q_mask = select_positions(self.query, lengths, roles.codes, roles, self.width, "query")
+        if self.keep is not None:
+            q_mask &= self.keep[start:stop, None]
+        out = _Rows(lengths, roles.codes, q_mask,
+                    select_positions(self.key, lengths, roles.codes, roles, self.width, "key"))
+        with self._lock:
+            self._recent[(start, stop)] = out
+            while len(self._recent) > self.RECENT:
+                self._recent.pop(next(iter(self._recent)))
+        return out
 
     def ranges(self) -> list[tuple[int, int]]:
         """The committed chunks holding at least one selected query row."""
-        return [(a, b) for a, b in self.store.chunks() if self.q_mask[a:b].any()]
+        if self.query is None and self.keep is None:  # every real position of every example
+            return list(self.store.chunks())
+        return [(a, b) for a, b in self.store.chunks() if self.rows(a, b).q_mask.any()]
 
     def scan(self, hooks: list[str], ranges: Sequence[tuple[int, int]]) -> Iterator[Chunk]:
         """Chunks `ranges` (a subset of `ranges()`) with these pattern hooks."""
-        return stream(self.store, [], hooks, examples=self.arrays, ranges=ranges, label="attention")
+        return stream(self.store, [], hooks, examples=self.index, ranges=ranges, label="attention")
 
     def _read(self, hook: str, chunk: Chunk, heads: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """pattern [example, head, query, key], q_pos [example, query], q_sel [example, query] of a chunk."""
@@ -221,9 +259,9 @@ class _Plan:
         pattern = chunk.full[hook]
         if heads != list(range(pattern.shape[1])):
             pattern = pattern[:, heads]
-        sel = self.q_mask[start:stop]
+        sel = self.rows(start, stop).q_mask
         if info.dims[2] == "answer":
-            q_pos = self.answer_pos[start:stop]
+            q_pos = chunk.answer_pos
             q_sel = np.take_along_axis(sel, q_pos, axis=1)
             stored = np.zeros_like(sel)
             np.put_along_axis(stored, q_pos, True, axis=1)
@@ -248,13 +286,14 @@ class _Plan:
             patterns.append(pattern)
         stacked = np.stack(patterns, axis=1)  # [example, layer, head, query, key]
         del patterns
-        cand = candidate_keys(q_pos, self.lengths[start:stop][:, None], self.width, self.causal)
-        pairs = selected_pairs(q_sel, self.k_mask[start:stop], cand)
+        rows = self.rows(start, stop)
+        cand = candidate_keys(q_pos, rows.lengths[:, None], self.width, self.causal)
+        pairs = selected_pairs(q_sel, rows.k_mask, cand)
         e, li, hi, qi, k = raw_indices(pairs, len(layers), len(heads))
         qp = q_pos[e, qi]
-        codes = self.roles.codes[start:stop]
+        codes = rows.codes
         return pl.DataFrame({
-            "example_id": self.ids[start:stop][e], "layer": np.asarray(layers, dtype=np.int64)[li],
+            "example_id": chunk.example_id[e], "layer": np.asarray(layers, dtype=np.int64)[li],
             "head": np.asarray(heads, dtype=np.int64)[hi], "q_pos": qp.astype(np.int64), "k_pos": k.astype(np.int64),
             "q_role": self.roles.strings(codes[e, qp]), "k_role": self.roles.strings(codes[e, k]),
             "value": stacked[e, li, hi, qi, k].astype(np.float32),
@@ -272,9 +311,10 @@ class _Plan:
         rows = np.moveaxis(pattern, 2, 1)[q_sel].astype(np.float64)  # [row, head, key], rows in (e, qi) order
         del pattern
         qp = q_pos[e, qi]
-        cand = candidate_keys(qp, self.lengths[start:stop][e], self.width, self.causal)  # [row, key]
-        pairs = cand & self.k_mask[start:stop][e]
-        codes = self.roles.codes[start:stop][e]  # [row, key]
+        chunk_rows = self.rows(start, stop)
+        cand = candidate_keys(qp, chunk_rows.lengths[e], self.width, self.causal)  # [row, key]
+        pairs = cand & chunk_rows.k_mask[e]
+        codes = chunk_rows.codes[e]  # [row, key]
         n_roles = len(self.roles.names)
         mass, exists = unit_masses(rows, pairs, key_group, key_roles=codes, n_roles=n_roles)
         entropy = row_entropy(rows, cand)  # [row, head]

@@ -26,6 +26,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.query.progress import tracked
+from actstore.query.selectors import Roles
 from actstore.store.chunk_read import to_float32
 from actstore.store.reader import Store
 
@@ -190,6 +191,7 @@ def _has_counter(examples: pl.DataFrame) -> bool:
 
 ARRAY_COLUMNS = ("example_id", "length", "answer_positions", "answer_tokens", "counter_tokens", "tokens")
 ANSWER_COLUMNS = ("answer_tokens", "counter_tokens")
+PAIR_BASE = 1 << 32  # (answer, counterfactual) pair keys: answer * PAIR_BASE + counterfactual + 1 (token ids < 2**31)
 _ARRAYS: "weakref.WeakKeyDictionary[Store, ExampleArrays]" = weakref.WeakKeyDictionary()
 
 
@@ -198,10 +200,11 @@ class ExampleIndex:
     holds a few chunks' arrays, not the store's (~140 B per example), whatever the store's size.
 
     `rows(start, stop)` gives examples [start, stop) as ExampleArrays, from the parts they span, each
-    read and checked once (ids start..stop-1 in order) and kept while the kept parts total at most
-    KEEP_BYTES (a small store's every part, so that warm repeated queries read none again; a large
-    store's first ones) besides the RECENT last read. `answer_ids` and `has_counter` (whole-store
-    facts) come from one pass over only the answer and counterfactual token columns, when first asked.
+    read and checked once (ids start..stop-1 in order). A store whose parts' arrays total at most
+    KEEP_BYTES keeps them all, so that warm repeated queries read none again; a larger one keeps the
+    RECENT last read only, so that its memory does not grow with the store. `answer_ids` and
+    `has_counter` (whole-store facts) come from one pass over only the answer and counterfactual
+    token columns, when first asked; `roles` from the chunk's tokens part.
     """
 
     KEEP_BYTES = 16 << 20
@@ -214,6 +217,8 @@ class ExampleIndex:
         self._recent: OrderedDict[int, ExampleArrays] = OrderedDict()
         self._kept_bytes = 0
         self._tokens: tuple[np.ndarray, np.ndarray | None] | None = None  # distinct answer, counter ids
+        self._role_names: tuple[str, ...] | None = None
+        self._pairs: dict[bool, np.ndarray] = {}
         self._lock = threading.RLock()  # plans may run on several threads (a threaded Dask worker)
 
     def _live(self) -> Store:
@@ -245,6 +250,51 @@ class ExampleIndex:
                 self._tokens = (np.unique(np.concatenate(answers)), np.unique(np.concatenate(counters)) if has
                                 else None)
             return self._tokens
+
+    def answer_pairs(self, counter: bool) -> np.ndarray:
+        """The store's distinct answer tokens, sorted; with `counter`, its distinct (answer, counterfactual)
+        pairs as sorted keys answer * PAIR_BASE + counterfactual + 1 (counterfactual -1: none), in the order
+        np.unique(pairs, axis=0) gives them. One pass over the two token columns."""
+        with self._lock:
+            if counter not in self._pairs:
+                keys = [np.zeros(0, np.int64)]
+                for part in self._live().meta_parts("examples", ANSWER_COLUMNS):
+                    key = _matrix(part, "answer_tokens", self.n_answers)
+                    if counter:
+                        other = _matrix(part, _counter(self.n_answers), self.n_answers) if _has_counter(part) \
+                            else np.full_like(key, -1)
+                        key = key * PAIR_BASE + other + 1
+                    keys.append(np.unique(key))
+                self._pairs[counter] = np.unique(np.concatenate(keys))
+            return self._pairs[counter]
+
+    def role_names(self) -> Roles:
+        """The store's distinct token roles (codes: none), from one pass over the tokens' role column."""
+        with self._lock:
+            if self._role_names is None:
+                names: set[str] = set()
+                for part in self._live().meta_parts("tokens", ["role"]):
+                    names.update(r for r in part.get_column("role").drop_nulls().unique().to_list() if r)
+                self._role_names = tuple(sorted(names))
+            return Roles(np.zeros((0, 0), dtype=np.int16), self._role_names)
+
+    def roles(self, start: int, stop: int, width: int) -> Roles:
+        """Roles of examples [start, stop): codes [example, width] into the store's `role_names`, the same
+        codes as Roles.from_tokens(store.tokens, ...) rows [start, stop), from those chunks' tokens parts."""
+        names = self.role_names().names
+        codes = np.full((stop - start, width), -1, dtype=np.int16)
+        if stop <= start:
+            return Roles(codes, names)
+        store = self._live()
+        for k in range(start // self.chunk, (stop - 1) // self.chunk + 1):
+            part = store.meta_part("tokens", k, ["example_id", "pos", "role"])
+            code = part.get_column("role").fill_null("").replace_strict(
+                list(names), list(range(len(names))), default=-1, return_dtype=pl.Int16).to_numpy()
+            ex = part.get_column("example_id").to_numpy() - start
+            pos = part.get_column("pos").to_numpy()
+            keep = (ex >= 0) & (ex < stop - start) & (pos >= 0) & (pos < width)
+            codes[ex[keep], pos[keep]] = code[keep]
+        return Roles(codes, names)
 
     def rows(self, start: int, stop: int) -> ExampleArrays:
         """Examples [start, stop) (0 <= start <= stop <= n); read-only arrays."""
@@ -285,7 +335,7 @@ class ExampleIndex:
                 if a is not None:
                     a.setflags(write=False)
                     nbytes += a.nbytes
-            if self._kept_bytes + nbytes <= self.KEEP_BYTES:
+            if nbytes * self.n <= self.KEEP_BYTES * max(1, hi - lo) and self._kept_bytes + nbytes <= self.KEEP_BYTES:
                 self._kept[k], self._kept_bytes = arrays, self._kept_bytes + nbytes
             else:
                 self._recent[k] = arrays

@@ -30,7 +30,7 @@ from actstore.query.attribution import (COMPUTE, Component, check_level, direct_
                                         required_hooks)
 from actstore.query.chunks import Chunk, Examples, stream
 from actstore.query.executor import Job, run
-from actstore.query.memo import memo
+from actstore.query.memo import keeps_chunks, memo
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import ColumnType, item_frame
@@ -127,7 +127,9 @@ def answer_readout(store: Store, weights: Weights, ex: Examples, target: ReadTar
 def chunk_target(store: Store, readout: Readout, ex: Examples, chunk: Chunk, kind: str) -> Target:
     """The Target of a chunk's answers toward 'correct' / 'diff', kept with the store for later queries
     together with what it computes (its folded tables gathered at every answer, the embeddings' share),
-    within the store's byte budget."""
+    within the store's byte budget (for a store of few enough chunks: memo.keeps_chunks)."""
+    if not keeps_chunks(store):
+        return make_target(readout, chunk, kind)
     kept = memo(store)
     return kept.get(("answer target", kind, chunk.start, chunk.stop), (readout, ex),
                     lambda: make_target(readout, chunk, kind).keep(kept.budget))

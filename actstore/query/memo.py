@@ -24,6 +24,17 @@ BUDGET = 48 << 20  # bytes of kept arrays per store
 ENTRIES = 64  # kept entries per store
 
 
+SCAN_ENTRIES = ENTRIES // 2  # per-chunk entries a scan keeps at most (the rest: per-query entries)
+
+
+def keeps_chunks(store: Store) -> bool:
+    """Whether a scan of `store` keeps per-chunk entries for the next query: only if it has at most
+    SCAN_ENTRIES committed chunks. A longer scan evicts each entry (least recently used first) before
+    the next scan reaches its chunk, so nothing it kept would ever be reused: a one-shot scan of a
+    large store would fill the budget for nothing, in memory and time."""
+    return -(-store.n_examples // max(1, store.chunk_size)) <= SCAN_ENTRIES
+
+
 class Budget:
     """Bytes kept by a store's entries (each entry may grow after it is made: see readout.Target)."""
 

@@ -28,6 +28,7 @@ correlation of neuron values with a numeric label.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,11 +38,11 @@ import polars as pl
 from actstore.errors import InvalidParameterError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
-from actstore.query.chunks import Chunk, example_arrays, stream
+from actstore.query.chunks import PAIR_BASE, Chunk, example_index, stream
 from actstore.query.executor import Job, run
 from actstore.query.neuron_rows import SCHEMA, NeuronRows, TopK
 from actstore.query.readout import Weights
-from actstore.query.selectors import Roles, Selector, example_filter, select_positions
+from actstore.query.selectors import Selector, example_filter, select_positions
 from actstore.store.arch import Arch
 from actstore.store.reader import Store
 from actstore.query.options import RANK_BY, RankBy
@@ -162,14 +163,16 @@ class NeuronPlan:
         self.store, self.layer, self.direction, self.head = store, layer, direction, head
         self.pos, self.answer, self.attention_weighted, self.keep = pos, answer, attention_weighted, keep
         self.weights = Weights.from_store(store)
-        self.arrays = example_arrays(store)
-        n, a = self.arrays.example_id.size, store.n_answers
-        self.ids, self.lengths, self.answer_pos = self.arrays.example_id, self.arrays.lengths, self.arrays.answer_pos
+        self.index = example_index(store)  # each chunk's examples and roles from its meta parts
         self.width = int(store.manifest.width)
-        self.roles = Roles.from_tokens(store.tokens, n, self.width) if pos is not None else None
+        if pos is not None:  # one-line errors before any chunk is read
+            select_positions(pos, np.zeros(0, np.int64), np.zeros((0, self.width), np.int16), self.index.role_names(),
+                             self.width, "pos")
         self.post_hook = store.arch.mlp_post(layer)
         self.norm = self.weights.arch.norm is not None
-        self.readout, self.target_of = self._readout(n, a)
+        self.readout, self.pairs = self._readout()
+        self._recent: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()  # a threaded Dask worker may run one plan's chunks on several threads
 
     @classmethod
     def build(cls, store: Store, layer: int, direction: DirectionSpec, through_head: Any, pos: Selector, *,
@@ -192,7 +195,7 @@ class NeuronPlan:
             raise InvalidParameterError(f"neurons answer={answer!r}: expected an answer index in "
                                         f"[0, {store.n_answers})")
         dirn = parse_direction(direction, arch.d_model, final_ln, store=store)
-        if dirn.kind == "diff" and store.examples.get_column("counter_tokens").null_count() == store.examples.height:
+        if dirn.kind == "diff" and not example_index(store).has_counter:
             raise InvalidParameterError(f"direction 'diff' needs counterfactual tokens, and the examples of store "
                                         f"{store.path} have none; use direction='answer' or a vector")
         head = None
@@ -225,46 +228,58 @@ class NeuronPlan:
                 raise UnknownHookError(f"neurons needs {name!r}, which store {self.store.path} does not hold "
                                        f"(stored hooks: {', '.join(self.store.hooks)})")
 
-    def _readout(self, n: int, a: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """[target, d_mlp] folded readouts and [example, answer] -> target index (None for a vector)."""
+    def _readout(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """[target, d_mlp] folded readouts and the sorted keys of their (answer, counterfactual) token pairs
+        (None for a vector; see `target_of`)."""
         d = self.direction
         if d.kind == "vector":
             correct = counter = None
-            target_of = None
+            keys = None
         else:
-            tokens = self.arrays.answer_tokens
-            pairs = tokens[..., None]
-            if d.kind == "diff":
-                counter_m = self.arrays.counter_tokens
-                if counter_m is None:
-                    counter_m = np.full((n, a), -1, dtype=np.int64)
-                pairs = np.stack([tokens, counter_m], axis=-1)
-            uniq, inverse = np.unique(pairs.reshape(-1, pairs.shape[-1]), axis=0, return_inverse=True)
-            target_of = inverse.reshape(n, a)
-            correct = uniq[:, 0]
-            counter = uniq[:, 1] if d.kind == "diff" else None
+            keys = self.index.answer_pairs(d.kind == "diff")  # [target] sorted: np.unique's order of the pairs
+            correct, counter = np.divmod(keys, PAIR_BASE) if d.kind == "diff" else (keys, None)
+            if counter is not None:
+                counter = counter - 1
             if counter is not None and (counter < 0).any():
                 raise InvalidParameterError(f"direction 'diff': some examples of store {self.store.path} have no "
                                             f"counterfactual token")
         dirs = target_directions(self.weights, d, correct if correct is not None else np.zeros(0, np.int64), counter)
         if self.head is not None:
             dirs = pull_back(self.weights, dirs, *self.head)
-        return neuron_readout(self.weights, self.layer, dirs), target_of
+        return neuron_readout(self.weights, self.layer, dirs), keys
+
+    def target_of(self, chunk: Chunk) -> np.ndarray:
+        """[example, answer] index of each answer's target (its token pair) among the readout's rows."""
+        assert self.pairs is not None
+        key = chunk.answer_tokens
+        if self.direction.kind == "diff":
+            counter = chunk.counter_tokens if chunk.counter_tokens is not None else np.full_like(key, -1)
+            key = key * PAIR_BASE + counter + 1
+        return np.searchsorted(self.pairs, key)
 
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Selected rows of examples [start, stop): local example index, position, answer index [row]."""
+        with self._lock:
+            hit = self._recent.get((start, stop))
+        if hit is not None:
+            return hit
         if self.pos is None:
-            e, j = np.nonzero(np.ones((stop - start, self.answer_pos.shape[1]), dtype=bool))
-            p = self.answer_pos[start:stop][e, j]
+            answer_pos = self.index.rows(start, stop).answer_pos
+            e, j = np.nonzero(np.ones(answer_pos.shape, dtype=bool))
+            p = answer_pos[e, j]
         else:
-            assert self.roles is not None
-            mask = select_positions(self.pos, self.lengths[start:stop], self.roles.codes[start:stop], self.roles,
-                                    self.width, "pos")
+            roles = self.index.roles(start, stop, self.width)
+            mask = select_positions(self.pos, self.index.rows(start, stop).lengths, roles.codes, roles, self.width,
+                                    "pos")
             e, p = np.nonzero(mask)
             j = np.full(e.size, self.answer)
         if self.keep is not None:
             ok = self.keep[start:stop][e]
             e, p, j = e[ok], p[ok], j[ok]
+        with self._lock:  # ranges() computes every chunk's rows; the scan asks for each again
+            self._recent[(start, stop)] = (e, p, j)
+            while len(self._recent) > 2:
+                self._recent.pop(next(iter(self._recent)))
         return e, p, j
 
     def ranges(self) -> list[tuple[int, int]]:
@@ -275,14 +290,13 @@ class NeuronPlan:
 
     def stream(self, ranges: Sequence[tuple[int, int]] | None = None) -> Iterator[NeuronRows]:
         """NeuronRows of each chunk of `ranges` (default `ranges()`), in example order."""
-        for chunk in stream(self.store, [], self.needed_hooks(), examples=self.arrays,
+        for chunk in stream(self.store, [], self.needed_hooks(), examples=self.index,
                             ranges=self.ranges() if ranges is None else ranges, label=f"neurons L{self.layer}"):
             yield self.chunk_rows(chunk, *self.rows(chunk.start, chunk.stop))
 
     def chunk_rows(self, chunk: Chunk, e: np.ndarray, p: np.ndarray, j: np.ndarray) -> NeuronRows:
-        start, stop = chunk.start, chunk.stop
         post = self._at(chunk, self.post_hook, e, p)  # [row, d_mlp]
-        q = self.answer_pos[start:stop][e, j]  # the position the direction is read at (through a head)
+        q = chunk.answer_pos[e, j]  # the position the direction is read at (through a head)
         scale = np.ones(e.size)
         if self.norm and self.head is not None:
             scale /= self._at(chunk, Arch.ln_scale(self.head[0], "ln1"), e, p)[:, 0]
@@ -290,15 +304,15 @@ class NeuronPlan:
             scale /= self._at(chunk, Arch.final_scale, e, q if self.head is not None else p)[:, 0]
         if self.attention_weighted and self.head is not None:
             scale *= self._pattern(chunk, e, p, q, j)
-        readout = self.readout[0][None, :] if self.target_of is None else self.readout[self.target_of[start:stop][e, j]]
-        return NeuronRows(self.ids[start:stop][e], p, post.astype(np.float32, copy=False),
+        readout = self.readout[0][None, :] if self.pairs is None else self.readout[self.target_of(chunk)[e, j]]
+        return NeuronRows(chunk.example_id[e], p, post.astype(np.float32, copy=False),
                           projections(post, readout, scale))
 
     def _at(self, chunk: Chunk, hook: str, e: np.ndarray, p: np.ndarray) -> np.ndarray:
         """A [example, pos, ...] hook's values at rows (e, p): [row, ...], mapping p to answers if needed."""
         arr = chunk.full[hook]
         if self.store.hook_info(hook).positions == "answer":
-            return arr[e, self._answer_index(hook, chunk.start, e, p)]
+            return arr[e, self._answer_index(hook, chunk, e, p)]
         return arr[e, p]
 
     def _pattern(self, chunk: Chunk, e: np.ndarray, p: np.ndarray, q: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -307,8 +321,9 @@ class NeuronPlan:
         qi = j if self.store.hook_info(hook).dims[2] == "answer" else q
         return arr[e, self.head[1], qi, p].astype(np.float64)  # type: ignore[index]
 
-    def _answer_index(self, hook: str, start: int, e: np.ndarray, p: np.ndarray) -> np.ndarray:
-        ans = self.answer_pos[start:][e]  # [row, answer]
+    def _answer_index(self, hook: str, chunk: Chunk, e: np.ndarray, p: np.ndarray) -> np.ndarray:
+        start = chunk.start
+        ans = chunk.answer_pos[e]  # [row, answer]
         hit = ans == p[:, None]
         if not hit.any(axis=1).all():
             r = int(np.argmin(hit.any(axis=1)))

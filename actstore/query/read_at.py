@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.chunks import ExampleArrays, Examples, check_hooks, example_arrays, example_index
+from actstore.query.chunks import ExampleArrays, ExampleIndex, Examples, check_hooks, example_arrays, example_index
 from actstore.query.selectors import Roles, select_positions
 from actstore.query.tables import ColumnType
 from actstore.store.reader import Store
@@ -120,11 +120,16 @@ class ReadAt:
         e, s, t, k = values.shape
         rows = self.arrays.rows(start, stop)
         if self.at_answers and tokens is None:  # the answer tables as they always were (tables.long_frame)
-            head = _kept(_KEYS, (id(self.arrays), start, stop, k), self.arrays, lambda: pl.DataFrame({
-                "example_id": np.repeat(rows.example_id, s * k),
-                "answer_idx": np.tile(np.repeat(np.arange(s, dtype=np.int64), k), e),
-                "answer_pos": np.repeat(rows.answer_pos.reshape(-1), k),
-            }, schema=ANSWER_KEYS))
+            def keys() -> pl.DataFrame:
+                return pl.DataFrame({
+                    "example_id": np.repeat(rows.example_id, s * k),
+                    "answer_idx": np.tile(np.repeat(np.arange(s, dtype=np.int64), k), e),
+                    "answer_pos": np.repeat(rows.answer_pos.reshape(-1), k),
+                }, schema=ANSWER_KEYS)
+            n = self.arrays.n if isinstance(self.arrays, ExampleIndex) else self.arrays.example_id.size
+            # kept for the next query only if a whole scan's keys fit (a longer scan evicts each first)
+            head = _kept(_KEYS, (id(self.arrays), start, stop, k), self.arrays, keys) if n * s * k <= KEPT_ROWS \
+                else keys()
             if constants:
                 head = head.with_columns(pl.lit(v, dtype=pl.String).alias(n) for n, v in constants.items())
             flat = np.ascontiguousarray(values[:, :, 0, :], dtype=np.float64).reshape(-1)

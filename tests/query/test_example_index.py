@@ -11,7 +11,8 @@ import pytest
 
 import actstore
 from actstore.errors import InvalidParameterError
-from actstore.query import chunks, dla, logit_lens
+from actstore.query import attention, chunks, dla, logit_lens, neurons
+from actstore.query.selectors import Roles
 from actstore.query.chunks import ExampleIndex, example_arrays, example_index
 
 FIELDS = ("example_id", "lengths", "answer_pos", "answer_tokens", "counter_tokens", "input_tokens")
@@ -77,3 +78,29 @@ def test_meta_part_is_one_chunk(tiny_store):
     assert store.meta_part("examples", 2, ["example_id"])["example_id"].to_list() == list(range(32, 40))
     with pytest.raises(IndexError, match="no committed part 3"):
         store.meta_part("examples", 3)
+
+
+def test_attention_and_neurons_read_roles_chunk_by_chunk(tiny_store):
+    path = tiny_store("ln_mlp").path
+    whole = actstore.open_store(path)
+    names = Roles.from_tokens(whole.tokens, 40, whole.manifest.width).names
+    store = actstore.open_store(path)
+    index = example_index(store)
+    assert index.role_names().names == names and names
+    for start, stop in [(0, 16), (16, 40), (7, 33)]:
+        np.testing.assert_array_equal(index.roles(start, stop, store.manifest.width).codes,
+                                      Roles.from_tokens(whole.tokens, 40, whole.manifest.width).codes[start:stop])
+    role = names[-1]
+    got = {"att": attention(store, query=role), "att_mean": attention(store, query=role, group_by="k_role"),
+           "neurons": neurons(store, layers=0, pos=role, top_k=None)}
+    assert store not in chunks._ARRAYS and "tokens" not in vars(store) and "examples" not in vars(store)
+    assert got["att"].height and got["neurons"].height
+    codes = Roles.from_tokens(whole.tokens, 40, whole.manifest.width).codes  # the whole-table oracle
+    picked = {(int(e), int(p)) for e, p in zip(*np.nonzero(codes == names.index(role)))}
+    att = got["att"]
+    assert set(zip(att["example_id"].to_list(), att["q_pos"].to_list())) == picked
+    k_code = codes[att["example_id"].to_numpy(), att["k_pos"].to_numpy()]
+    assert att["k_role"].to_list() == [names[c] if c >= 0 else None for c in k_code]
+    assert set(zip(got["neurons"]["example_id"].to_list(), got["neurons"]["pos"].to_list())) == picked
+    assert got["att_mean"]["k_role"].drop_nulls().unique().sort().to_list() == sorted(
+        {names[c] for c in k_code if c >= 0})

@@ -90,3 +90,19 @@ def test_warm_queries_equal_the_first_and_stores_never_share(tiny_store, kind: s
     assert not dla(other, level="head", target=target).equals(first)
     assert dla(store, level="head", target=target, pos=-1).height > 0
     assert dla(store, level="head", target=target).equals(first)
+
+
+def test_a_scan_of_more_chunks_than_it_could_keep_keeps_none(tiny_store, monkeypatch) -> None:
+    import actstore
+    from actstore.query import memo as memo_module
+
+    path = tiny_store("ln_mlp", "float16").path
+    want = dla(actstore.open_store(path), level="head", target="diff")
+    monkeypatch.setattr(memo_module, "SCAN_ENTRIES", 2)  # the store has 3 chunks
+    store = actstore.open_store(path)
+    assert dla(store, level="head", target="diff").equals(want)
+    assert memo(store).budget.used == 0  # no chunk's target or its gathered tables kept
+    assert not [k for k in memo(store)._kept if k[0] == "answer target"]
+    monkeypatch.setattr(memo_module, "SCAN_ENTRIES", 3)
+    assert dla(store, level="head", target="diff").equals(want)
+    assert len([k for k in memo(store)._kept if k[0] == "answer target"]) == 3 and memo(store).budget.used > 0
