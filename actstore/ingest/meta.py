@@ -19,6 +19,7 @@ Columns (see DESIGN.md):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,9 @@ def tokens_frame(data: TaskData, start: int) -> pl.DataFrame:
         pl.Series("example_id", (ex + start).astype(np.int64)),
         pl.Series("pos", pos.astype(np.int64)),
         pl.Series("token_id", data.tokens[ex, pos].astype(np.int64)),
-        pl.Series("str_token", [data.str_tokens[e][p] for e, p in zip(ex.tolist(), pos.tolist())], dtype=pl.String),
+        # real tokens are each example's first `length`: one flat list in the row-major order of np.nonzero
+        pl.Series("str_token", list(chain.from_iterable(s[:k] for s, k in zip(data.str_tokens, data.lengths.tolist()))),
+                  dtype=pl.String),
         pl.Series("role", roles, dtype=pl.String),
     ]).with_columns(pl.when(pl.col("role") == "").then(None).otherwise(pl.col("role")).alias("role"))
 

@@ -11,8 +11,10 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
 4. write every chunk (of this shard: actstore.ingest.shards) that has no commit record:
    batches are aligned inside chunks, so a rerun computes every chunk from the same batches and
    writes the same bytes;
-5. chunk k is filled batch by batch in place, then handed to the background writer, which
-   compresses, writes and commits it while the model computes chunk k+1. For a task with
+5. chunk k is filled batch by batch in place (its examples made on a helper thread while chunk k-1
+   ran), then handed to the background writer, which compresses and writes it while the model
+   computes chunk k+1; its fsync, digests and commit record follow on the writer's committer thread
+   (store/writer.py) while the writer encodes chunk k+1. For a task with
    corrupted twins, each batch runs a second forward pass of the twins' tokens (same attention
    mask, nothing captured) for the twin's baseline outputs (`meta/outputs` corrupted_* columns).
    The `top_k` most likely tokens at each answer go to `meta/topk` from the same answer logits.
@@ -32,6 +34,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,7 +261,7 @@ class _Loop:
         self.names = names  # token strings of meta/topk
         self.quiet, self.background = quiet, background
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
-        self.writer = ChunkWriter(out, manifest)
+        self.writer = ChunkWriter(out, manifest, defer_commit=True)  # chunk k commits while k+1 is written
         self.pinned = dev.type == "cuda"
         self.free: queue.Queue = queue.Queue()
         for bufs in buffers:
@@ -279,11 +282,13 @@ class _Loop:
         try:
             discard_chunks(self.out, self.manifest, todo)
             done = self._run(todo)
+            self.writer.flush()  # the last chunk's commit
             with self.finishing():  # shards finishing together write the completion record one at a time
                 if all_committed(self.out, n_chunks):
                     self.writer.finish()
             return done
         except OSError as e:  # disk full, a filesystem gone read-only: the committed chunks stay valid
+            self.writer.close()  # no commit in flight while the uncommitted chunks are removed
             with contextlib.suppress(OSError):
                 discard_chunks(self.out, self.manifest, [k for k in todo if not commit_path(self.out, k).exists()])
             raise StoreWriteError(f"writing store {str(self.out)!r} failed: {e.strerror or e}; the chunks "
@@ -331,15 +336,17 @@ class _Loop:
         # the bar's MB/s: activation bytes (stored dtype, before compression) captured per second
         example_bytes = sum(int(np.prod(h.shape[1:])) for h in m.hooks) * np.dtype(m.dtype).itemsize
         done = 0
+        ahead: _Ahead | None = None
         started = time.perf_counter()
         # torch keeps every core: on 2 cores, leaving one to the writer made a GPT-2-small-shaped
         # ingest 1.7x slower (the forward dominates; the writer thread mostly waits on I/O and codecs)
         try:
             with BackgroundWriter(self._write, depth=WRITE_QUEUE_DEPTH, threaded=self.background) as writer, \
                     torch.inference_mode(), self.net.hooks(fwd_hooks=fwd):
+                ahead = _Ahead(self._chunk_data, [self.ranges[k] for k in todo])
                 for k in todo:
                     start, stop = self.ranges[k]
-                    data = self._chunk_data(start, stop)
+                    data = ahead.next()
                     bufs = self.free.get()
                     outs = []
                     for b0 in range(start, stop, m.batch):
@@ -356,6 +363,8 @@ class _Loop:
                     writer.submit((k, bufs, merged, data))
         finally:
             bar.close()
+            if ahead is not None:
+                ahead.close()
         return done
 
     def _chunk_data(self, start: int, stop: int) -> TaskData:
@@ -424,6 +433,31 @@ class _Loop:
         acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
         self.bytes_written += self.writer.write_chunk(k, acts, meta)
         self.free.put(bufs)
+
+
+class _Ahead:
+    """Makes each chunk's examples on a helper thread while the model runs the chunk before: `next()` returns
+    make(*ranges[i]) for i = 0, 1, ... (its error raised there) and starts making the one after."""
+
+    def __init__(self, make: Callable[[int, int], TaskData], ranges: list[tuple[int, int]]) -> None:
+        self._make, self._ranges = make, ranges
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-examples")
+        self._i = 0
+        self._next: Future | None = self._pool.submit(make, *ranges[0]) if ranges else None
+
+    def next(self) -> TaskData:
+        if self._next is None:
+            raise IndexError("no chunk left to make")
+        current = self._next
+        self._i += 1
+        self._next = self._pool.submit(self._make, *self._ranges[self._i]) if self._i < len(self._ranges) else None
+        return current.result()
+
+    def close(self) -> None:
+        """Drop the chunk being made ahead (after an error or at the end)."""
+        if self._next is not None:
+            self._next.cancel()
+        self._pool.shutdown(wait=True)
 
 
 MAX_CHUNK_BYTES = 2**31 - 1  # Blosc compresses at most this many bytes at once

@@ -5,6 +5,12 @@ weights) in a hidden sibling directory and renames it into place, so a store eit
 with its manifest and weights or not at all. `ChunkWriter.write_chunk` writes one chunk's
 arrays and meta parts, then its commit record (see `commits.py`).
 
+Deferred commits (`ChunkWriter(..., defer_commit=True)`, what ingest uses on a local store): making
+chunk k's files durable (fsync), hashing them and writing its commit record run on a committer
+thread while the caller goes on to encode and write chunk k+1. The record is still written only
+after every file of its chunk is durable, and records are written in chunk order, so what a crash
+leaves is what it left before: committed chunks whole, anything else discarded by the resume.
+
 On an object store (store/fs.py) there is no rename: the skeleton is built in a local temporary
 directory as above and uploaded with the root `zarr.json` (the manifest) last, so the prefix is a
 store only once everything else is there. Chunks are written through Zarr's FsspecStore (a chunk's
@@ -19,7 +25,7 @@ import asyncio
 import os
 import shutil
 import signal
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Mapping
 import tempfile
 from pathlib import Path
@@ -134,9 +140,14 @@ def remove_interrupted_creation(path: RemotePath) -> None:
 
 
 class ChunkWriter:
-    """Writes chunks of an existing store; not thread-safe (use one writer thread)."""
+    """Writes chunks of an existing store; not thread-safe (use one writer thread).
 
-    def __init__(self, path: StorePath, manifest: Manifest) -> None:
+    defer_commit: write_chunk returns once the chunk's files are written; their fsync, digests and the
+    commit record follow on a committer thread (at most one chunk behind). `flush()` waits for it and
+    raises its error; a commit's error is also raised by the next write_chunk.
+    """
+
+    def __init__(self, path: StorePath, manifest: Manifest, defer_commit: bool = False) -> None:
         self.root: StorePath = path if isinstance(path, RemotePath) else Path(path)
         self.manifest = manifest
         self._sent: dict[str, list[Any]] = {}  # remote: {object path: digest} of the chunk's puts the server proved
@@ -150,9 +161,14 @@ class ChunkWriter:
         self._crc32c_tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
         self._kill = _parse_kill(os.environ.get(KILL_ENV))
         self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="actstore-digest")
+        # one committer thread; a remote store's digests come from its PUTs (self._sent), so it commits inline
+        self._committer = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-commit")
+                           if defer_commit and not isinstance(self.root, RemotePath) else None)
+        self._pending: Future | None = None  # the commit of the chunk written last, while deferred
 
     def write_chunk(self, k: int, acts: Mapping[str, np.ndarray], meta: Mapping[str, pl.DataFrame]) -> int:
-        """Write chunk k (arrays [stop - start, ...] per hook, one frame per meta table), then commit it.
+        """Write chunk k (arrays [stop - start, ...] per hook, one frame per meta table), then commit it
+        (deferred: hand the commit to the committer thread, after the previous chunk's commit is done).
 
         Returns the bytes written to disk (compressed chunks and parts).
         """
@@ -180,15 +196,32 @@ class ChunkWriter:
                 write_part(meta[table], path)
         paths += parts
         self._maybe_die(k, "meta")
-        n_arrays = len(self.arrays)
-        tails = [self._crc32c_tail] * n_arrays + [False] * len(self.tables)
+        if self._committer is None:
+            return self._commit(k, paths)
+        self.flush()  # chunk k-1's record before chunk k's: records stay in order, one chunk in flight
+        self._pending = self._committer.submit(self._commit, k, paths)
+        return sum(os.stat(p).st_size for p in paths if isinstance(p, Path))  # deferred: local stores only
+
+    def _commit(self, k: int, paths: list[StorePath]) -> int:
+        """Make chunk k's written files durable, hash them, then write its commit record; returns their bytes."""
+        start, stop = self.ranges[k]
+        tails = [self._crc32c_tail] * len(self.arrays) + [False] * len(self.tables)
         digests = self._pool.map(self._digest, paths, tails)  # sha256 drops the GIL
         files = {relative(f, self.root): d for f, d in zip(paths, digests)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
-        if k == len(self.ranges) - 1 and committed_prefix(self.root, len(self.ranges)) == len(self.ranges):
+        # deferred: the caller finishes after flush(), under its shards' finishing lock (two shards finishing
+        # at once would race on the completion record's temporary file)
+        if self._committer is None and k == len(self.ranges) - 1 and \
+                committed_prefix(self.root, len(self.ranges)) == len(self.ranges):
             self.finish()
         return sum(int(v[0]) for v in files.values())
+
+    def flush(self) -> None:
+        """Wait for the deferred commit in flight (if any); raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _proved(self, path: str, data: bytes, response: Any) -> None:
         """on_put of the remote arrays: keep the digest of a PUT the server's response proves."""
@@ -215,6 +248,9 @@ class ChunkWriter:
             write_complete_record(self.root, len(self.ranges))
 
     def close(self) -> None:
+        """Wait for a deferred commit in flight (its error is not raised here: call flush() first for it)."""
+        if self._committer is not None:
+            self._committer.shutdown()
         self._pool.shutdown()
 
     def discard_uncommitted(self, first: int, best_effort: bool = False) -> None:
@@ -241,6 +277,10 @@ class ChunkWriter:
 
     def _maybe_die(self, k: int, phase: str) -> None:
         if self._kill == (k, phase):
+            if phase != "commit" and self._pending is not None:
+                # the test hook's kill points name a state with every earlier chunk committed; crashes
+                # between a chunk's write and the previous chunk's commit are left to the timed kills
+                self._pending.result()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
