@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from actstore.errors import InvalidParameterError
+from actstore.errors import InvalidParameterError, UnknownColumnError
 from actstore.query.directions import DirectionSpec
 from actstore.query.executor import Job, run
 from actstore.query.neurons import NeuronPlan, mlp_layers
@@ -118,8 +118,12 @@ class CorrelationPlan:
     def __init__(self, store: Store, layer: int, options: Mapping[str, Any], label: str, value: NeuronValue) -> None:
         if value not in NEURON_VALUES:
             raise InvalidParameterError(f"value must be one of {', '.join(NEURON_VALUES)}, got {value!r}")
-        examples = store.examples
-        check_labels(examples, [label], "neuron_correlation label")
+        try:  # only the label's column, part by part: never the whole examples table
+            examples = store.meta_table("examples", [label])
+            check_labels(examples, [label], "neuron_correlation label")
+        except UnknownColumnError:
+            check_labels(store.examples, [label], "neuron_correlation label")  # its message, naming the labels
+            raise
         dtype = examples.schema[label]
         if not (dtype.is_numeric() or dtype == pl.Boolean):
             raise InvalidParameterError(f"neuron_correlation: label {label!r} is {dtype}, not numeric")
