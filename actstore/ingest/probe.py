@@ -3,15 +3,27 @@
 Run before the store is created, so that the manifest (hook shapes and the check's result) is
 complete when it is first written and never rewritten.
 
-Sized to what is stored: the shapes come from one example's pass, stopped once every chosen hook
-has fired. The decomposition check runs only where the store keeps every hook it reads (each
-layer's hook_z and MLP hook_post, the final LayerNorm scale), since nothing else in the store
-can use its result, and then on the first CHECK_EXAMPLES examples (verify repeats it on every
-stored example). Otherwise it is recorded as skipped, naming a hook it would need.
+Sized to what is stored, in one forward pass: the decomposition check runs only where the store
+keeps every hook it reads (each layer's hook_z and MLP hook_post, the final LayerNorm scale),
+since nothing else in the store can use its result, and then on the first CHECK_EXAMPLES
+examples (verify repeats it on every stored example); the hook shapes come from that same pass.
+Otherwise it is recorded as skipped, naming a hook it would need, and the shapes come from one
+example's pass, stopped once every chosen hook has fired.
+
+On a CPU the probe runs with one intra-op thread (restored after): its pass is a few dozen
+tokens, too small for a second thread to pay for the synchronisation at every op, and it leaves
+the other core to the weights' sha256, which ingest computes at the same time.
+
+The check's pass is the ingest's own (`forward.answer_pass`: blocks and final LayerNorm on every
+position, the unembedding on the answer positions only), so its logits are the ones the store
+records as outputs; the rebuilt logits - b_U are compared with them over the whole output
+vocabulary at each answer position, in float64.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,15 +31,15 @@ import torch
 
 from actstore.errors import StoreFormatError
 from actstore.ingest import model_info
-from actstore.ingest.forward import (Sink, StopForward, answer_logits, attention_mask, bidirectional_mask_hooks,
+from actstore.ingest.forward import (Sink, StopForward, answer_pass, attention_mask, bidirectional_mask_hooks,
                                      select_answers)
 from actstore.store.arch import Arch
-from actstore.store.decomposition import decomposed_logits, required_hooks
+from actstore.store.decomposition import final_residual, required_hooks, unembed
 
 # above this max error (relative to 1 + max |logit|) the check is recorded as failed
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 HALF_TOLERANCE = 2e-2
-CHECK_EXAMPLES = 16  # examples of the first batch the decomposition check runs on
+CHECK_EXAMPLES = 4  # examples of the first batch the decomposition check runs on
 
 
 def probe_batch(
@@ -43,50 +55,53 @@ def probe_batch(
 
     tokens [batch, pos], lengths [batch], answer_pos / answer_tokens [batch, answer], on the model's device.
     """
-    try:
-        arch = Arch.from_config(model_info.config_dict(model))
-    except StoreFormatError as e:  # an architecture direct attribution does not cover: record, do not fail
-        arch, unsupported = None, str(e)
-    needed = required_hooks(arch) if arch is not None else []
-    missing = [h for h in needed if h not in model.hook_dict]
-    unstored = [h for h in needed if h not in hook_names]
-    shapes = _shapes(model, tokens[:1], lengths[:1], hook_names)
+    with _one_cpu_thread(tokens.device):
+        return _probe(model, tokens, lengths, answer_pos, answer_tokens, hook_names, stored_dtype)
+
+
+def _probe(model: Any, tokens: torch.Tensor, lengths: torch.Tensor, answer_pos: torch.Tensor,
+           answer_tokens: torch.Tensor, hook_names: list[str],
+           stored_dtype: str) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    arch, skipped = _checkable(model, hook_names)
     if arch is None:
-        return shapes, {"status": "skipped", "reason": unsupported}
-    if missing:
-        return shapes, {"status": "skipped", "reason": f"model lacks hook(s) {', '.join(missing)}"}
-    if unstored:
-        return shapes, {"status": "skipped", "reason": f"the store does not keep {unstored[0]}"
-                        f"{f' and {len(unstored) - 1} more hook(s)' if len(unstored) > 1 else ''} it needs"}
+        return _shapes(model, tokens[:1], lengths[:1], hook_names), {"status": "skipped", "reason": skipped}
+    needed = required_hooks(arch)
     k = min(CHECK_EXAMPLES, int(tokens.shape[0]))
     tokens, lengths, answer_pos, answer_tokens = tokens[:k], lengths[:k], answer_pos[:k], answer_tokens[:k]
-    captured: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    captured: dict[str, np.ndarray] = {}  # {hook: [k, answer, ...] float64} of the hooks the check reads
     key_mask = attention_mask(lengths, tokens.shape[1]).bool()
+
+    def shape_hook(act: torch.Tensor, hook: Any) -> None:
+        shapes[hook.name] = tuple(act.shape[1:])
 
     def keep_hook(act: torch.Tensor, hook: Any) -> None:
         captured[hook.name] = select_answers(act, 1, answer_pos).double().cpu().numpy()
 
-    fwd = _masking(model, key_mask) + [(h, keep_hook) for h in needed]
+    fwd = (_masking(model, key_mask) + [(h, shape_hook) for h in hook_names if h in model.hook_dict]
+           + [(h, keep_hook) for h in needed])
     with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
-        logits = model(tokens, attention_mask=key_mask.long(), return_type="logits")
+        logits = answer_pass(model, tokens, key_mask.long(), answer_pos)  # [k, answer, vocab] float32
 
     params = dict(model.named_parameters())
     names = list(params)
     state: dict[str, np.ndarray] = {}
 
-    def param(name: str) -> np.ndarray:  # only the weights the rebuild reads, each copied once
+    def param(name: str) -> np.ndarray:  # only the weights the rebuild reads, each made a numpy array once
         if name not in state:
             state[name] = params[name].detach().float().cpu().numpy()
         return state[name]
 
-    b_u = param("unembed.b_U") if "unembed.b_U" in params else np.zeros(logits.shape[-1])
-    target = answer_logits(logits, answer_pos).double().cpu().numpy() - b_u[None, None, :]  # [batch, answer, vocab]
+    b_u = param("unembed.b_U") if "unembed.b_U" in params else np.zeros(logits.shape[-1], np.float32)
+    target = logits.double().cpu().numpy() - b_u  # [k, answer, vocab]
     toks = tokens.gather(1, answer_pos).cpu().numpy()
     pos = answer_pos.cpu().numpy()
-    rebuilt = decomposed_logits(arch, param, names, toks, pos, captured.__getitem__)
     np_dtype = np.dtype(stored_dtype)
-    stored = decomposed_logits(arch, param, names, toks, pos, lambda h: captured[h].astype(np_dtype),
-                               vocab=answer_tokens.cpu().numpy())
+    # one rebuild of both: the first k rows from full-precision values, the last k from values rounded as stored
+    normed = final_residual(arch, param, names, np.concatenate([toks, toks]), np.concatenate([pos, pos]),
+                            lambda h: np.concatenate([captured[h], captured[h].astype(np_dtype)]))
+    rebuilt = unembed(arch, param, normed[:k])  # [k, answer, vocab]
+    stored = unembed(arch, param, normed[k:], vocab=answer_tokens.cpu().numpy())  # [k, answer]
     correct = np.take_along_axis(target, answer_tokens.cpu().numpy()[..., None], -1)[..., 0]
     error = float(np.abs(rebuilt - target).max())
     scale = float(np.abs(target).max())
@@ -100,6 +115,37 @@ def probe_batch(
         "n_examples": int(tokens.shape[0]),
         "components": _components(arch),
     }
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """One torch intra-op thread while the block runs on a CPU device (the thread count is restored after)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _checkable(model: Any, hook_names: list[str]) -> tuple[Arch | None, str]:
+    """(the model's Arch, '') where the check can run on a store of `hook_names`, else (None, why not)."""
+    try:
+        arch = Arch.from_config(model_info.config_dict(model))
+    except StoreFormatError as e:  # an architecture direct attribution does not cover: record, do not fail
+        return None, str(e)
+    needed = required_hooks(arch)
+    missing = [h for h in needed if h not in model.hook_dict]
+    if missing:
+        return None, f"model lacks hook(s) {', '.join(missing)}"
+    unstored = [h for h in needed if h not in hook_names]
+    if unstored:
+        more = f" and {len(unstored) - 1} more hook(s)" if len(unstored) > 1 else ""
+        return None, f"the store does not keep {unstored[0]}{more} it needs"
+    return arch, ""
 
 
 def _masking(model: Any, key_mask: torch.Tensor) -> list[tuple[str, Any]]:

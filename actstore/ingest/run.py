@@ -117,7 +117,8 @@ def ingest(
     background: write chunks on a background thread (False: write inline, for comparison)
     stats:      if given, filled with timings: setup_s (model, data, probe, store creation), split into
                 model_s (loading or placing the model), probe_s (hook shapes and the decomposition check),
-                digest_s (the weights' sha256), create_s (creating the store, weights included) and the rest;
+                digest_s (the wait for the weights' sha256 after the probe, beside which it runs), create_s
+                (creating the store, weights included) and the rest;
                 loop_s (forward + writing, until the last commit), twin_s (the part of loop_s spent in the
                 corrupted twins' forward passes), examples and bytes_written by this call
     top_k:      the most likely output tokens kept per answer in meta/topk (token, logit, prob);
@@ -172,12 +173,13 @@ def ingest(
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     t = _batch_tensors(data, 0, probe_n, dev)
+    digest_of = model_info.weights_digest_later(net)  # hashed on another thread while the probe runs
     t_probe = time.perf_counter()
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
                                         [c.name for c in choices], dtype)
     t_probe = time.perf_counter() - t_probe
     t_digest = time.perf_counter()
-    digest = model_info.weights_digest(net)
+    digest = digest_of()
     t_digest = time.perf_counter() - t_digest
     infos = _hook_infos(choices, shapes, data, n, dtype)
     if not infos:

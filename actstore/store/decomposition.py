@@ -8,7 +8,9 @@ LayerNorm is linear once its scale is fixed, so with the stored `ln_final.hook_s
 
 Ingest checks this on its first batch with full-precision activations and records the max
 error; `verify` repeats it on the stored (possibly float16) values against the stored logits.
-Pure numpy, float64.
+Pure numpy, float64. Only the rows and columns a product reads are converted to float64 (the
+embedding and unembedding matrices of a GPT-2-small shape are 39M values each), and the full
+unembedding runs in column blocks, so no float64 copy of a whole weight is ever made.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 
 from actstore.errors import InvalidParameterError
 from actstore.store.arch import Arch
+
+UNEMBED_BLOCK = 512  # vocabulary columns per float64 block of the full unembedding ([d_model, 512]: 3 MB)
 
 
 def required_hooks(arch: Arch) -> list[str]:
@@ -44,16 +48,16 @@ def answer_residual(
     act(name):         the hook's value at the answer positions, [example, answer, ...]
     returns            [example, answer, d_model] float64
     """
-    resid = param(arch.W_E).astype(np.float64)[tokens]  # [e, a, d_model]
+    resid = _f64(param(arch.W_E)[tokens])  # [e, a, d_model]: only the answer tokens' rows
     if arch.pos_in_resid:
-        resid = resid + param(arch.W_pos).astype(np.float64)[positions]
+        resid = resid + _f64(param(arch.W_pos)[positions])
     for layer in arch.layers:
-        z = act(arch.z(layer)).astype(np.float64)  # [e, a, head, d_head]
-        w_o = param(arch.attn_weight(layer, "W_O")).astype(np.float64)  # [head, d_head, d_model]
+        z = _f64(act(arch.z(layer)))  # [e, a, head, d_head]
+        w_o = _f64(param(arch.attn_weight(layer, "W_O")))  # [head, d_head, d_model]
         resid = resid + np.einsum("eahd,hdm->eam", z, w_o) + param(arch.attn_weight(layer, "b_O"))
         if arch.has_mlp:
-            post = act(arch.mlp_post(layer)).astype(np.float64)  # [e, a, d_mlp]
-            resid = resid + post @ param(arch.mlp_weight(layer, "W_out")).astype(np.float64)
+            post = _f64(act(arch.mlp_post(layer)))  # [e, a, d_mlp]
+            resid = resid + post @ _f64(param(arch.mlp_weight(layer, "W_out")))
             resid = resid + param(arch.mlp_weight(layer, "b_out"))
     return resid
 
@@ -69,7 +73,7 @@ def normalize_final(
         raise InvalidParameterError(f"the decomposition needs {arch.final_scale} for a model with LayerNorm")
     if arch.layer_norm:
         resid = resid - resid.mean(-1, keepdims=True)
-    out = resid / scale.astype(np.float64)
+    out = resid / _f64(scale)
     w, b = arch.ln_weight(None, "ln_final", "w"), arch.ln_weight(None, "ln_final", "b")
     if w in param_names:
         out = out * param(w)
@@ -91,13 +95,34 @@ def decomposed_logits(
 
     vocab: optional [example, answer] token ids; then returns only those logits, [example, answer].
     """
+    return unembed(arch, param, final_residual(arch, param, param_names, tokens, positions, act), vocab)
+
+
+def final_residual(
+    arch: Arch,
+    param: Callable[[str], np.ndarray],
+    param_names: list[str],
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    act: Callable[[str], np.ndarray],
+) -> np.ndarray:
+    """The rebuilt residual stream after ln_final at the answer positions: [example, answer, d_model] float64."""
     resid = answer_residual(arch, param, tokens, positions, act)
     scale = act(arch.final_scale) if arch.norm is not None else None
-    normed = normalize_final(arch, param, resid, scale, param_names)  # [e, a, d_model]
-    w_u = param(arch.W_U).astype(np.float64)  # [d_model, d_vocab_out]
-    if vocab is None:
-        return normed @ w_u
-    return np.einsum("eam,mea->ea", normed, w_u[:, vocab])
+    return normalize_final(arch, param, resid, scale, param_names)
+
+
+def unembed(arch: Arch, param: Callable[[str], np.ndarray], normed: np.ndarray,
+            vocab: np.ndarray | None = None) -> np.ndarray:
+    """normed [example, answer, d_model] @ W_U in float64: [example, answer, vocab] (without b_U), or with
+    `vocab` ([example, answer] token ids) only those logits, [example, answer]."""
+    w_u = param(arch.W_U)  # [d_model, d_vocab_out], in the dtype `param` gives
+    if vocab is not None:
+        return np.einsum("eam,mea->ea", normed, _f64(w_u[:, vocab]))
+    out = np.empty((*normed.shape[:-1], w_u.shape[1]))
+    for j in range(0, w_u.shape[1], UNEMBED_BLOCK):
+        out[..., j:j + UNEMBED_BLOCK] = normed @ _f64(w_u[:, j:j + UNEMBED_BLOCK])
+    return out
 
 
 def rounding_bound(
@@ -117,21 +142,26 @@ def rounding_bound(
     of the final LayerNorm scale itself. vocab: [example, answer] token ids; logits: the rebuilt
     [example, answer] values.
     """
-    g = param(arch.W_U).astype(np.float64)[:, vocab].transpose(1, 2, 0)  # [e, a, d_model]
+    g = _f64(param(arch.W_U)[:, vocab]).transpose(1, 2, 0)  # [e, a, d_model]
     w = arch.ln_weight(None, "ln_final", "w")
     if w in param_names:
         g = g * param(w)
     if arch.layer_norm:
         g = g - g.mean(-1, keepdims=True)  # the LayerNorm centres the residual stream first
     if arch.norm is not None:
-        g = g / act(arch.final_scale).astype(np.float64)
+        g = g / _f64(act(arch.final_scale))
     total = np.abs(logits).astype(np.float64)
     for layer in arch.layers:
-        z = act(arch.z(layer)).astype(np.float64)  # [e, a, head, d_head]
-        w_o = param(arch.attn_weight(layer, "W_O")).astype(np.float64)  # [head, d_head, d_model]
+        z = _f64(act(arch.z(layer)))  # [e, a, head, d_head]
+        w_o = _f64(param(arch.attn_weight(layer, "W_O")))  # [head, d_head, d_model]
         total += np.einsum("eahd,eahd->ea", np.abs(z), np.abs(np.einsum("hdm,eam->eahd", w_o, g)))
         if arch.has_mlp:
-            post = act(arch.mlp_post(layer)).astype(np.float64)  # [e, a, d_mlp]
-            w_out = param(arch.mlp_weight(layer, "W_out")).astype(np.float64)  # [d_mlp, d_model]
+            post = _f64(act(arch.mlp_post(layer)))  # [e, a, d_mlp]
+            w_out = _f64(param(arch.mlp_weight(layer, "W_out")))  # [d_mlp, d_model]
             total += np.einsum("ean,ean->ea", np.abs(post), np.abs(np.einsum("nm,eam->ean", w_out, g)))
     return unit * total
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    """`a` as float64 (the same array, not a copy, when it already is)."""
+    return np.asarray(a, dtype=np.float64)

@@ -16,9 +16,13 @@ an error naming the file, never a wrong weight.
 
 Never trusted blindly: a file of an entry is used as recorded only while its (inode, size,
 mtime, ctime) match the record (any write to it, through any link, changes its ctime); else it
-is hashed again, and a file whose bytes differ from the record has the entry removed and
-rebuilt from the model. An entry that no store links any more is removed by the next ingest
-of other weights into the same cache.
+is checked again, and a file whose bytes differ from the record has the entry removed and
+rebuilt from the model. Linking or deleting any store's link also changes the shared inode's
+ctime (and nothing else), so a weight chunk whose inode, size and mtime still match and only
+its ctime moved is read again and its crc32c checked against the recorded tail (the check every
+read makes, and what ties a chunk to its record on the read path: integrity.py); any other
+change (or a file without a crc32c tail) is hashed again with sha256. An entry that no store
+links any more is removed by the next ingest of other weights into the same cache.
 
 ```
 CACHE/<key>/record.json        {"key", "files": {path: [size, sha256, crc32c tail]}, "stat": {path: [...]}}
@@ -37,16 +41,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec
 from zarr.storage import LocalStore
 
-from actstore.store.commits import file_digest, fsync_dir
+from actstore.errors import StoreCorruptError
+from actstore.store.commits import file_digest, fsync_dir, open_regular
 from actstore.store.layout import compressors, param_dims
 
 ENV = "ACTSTORE_WEIGHT_CACHE"
 RECORD = "record.json"
+TAIL = 4  # bytes of a chunk's crc32c (little-endian) at its end, when the codec chain ends in crc32c
 LAYOUT = 1  # bump when the bytes written for the same weights change
 
 
@@ -111,6 +118,32 @@ def _digest(path: Path, tail: bool) -> list[Any]:
     return file_digest(path, tail=tail and path.name != "zarr.json")
 
 
+def _only_ctime(now: list[int], was: Any) -> bool:
+    """Whether two [inode, size, mtime_ns, ctime_ns] differ in ctime alone (a link made or removed)."""
+    return isinstance(was, list) and len(was) == 4 and now[:3] == was[:3]
+
+
+def _crc_matches(path: Path, want: list[Any]) -> bool:
+    """Whether the chunk file at `path` is `want[0]` bytes ending in the tail `want[2]` (hex), and the crc32c
+    of the bytes before the tail equals it."""
+    try:
+        fd = open_regular(path)
+    except (OSError, StoreCorruptError):
+        return False
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != want[0] or size < TAIL:
+            return False
+        crc, left = 0, size - TAIL
+        while left:
+            block = f.read(min(left, 1 << 22))
+            if not block:
+                return False
+            crc = google_crc32c.extend(crc, block)
+            left -= len(block)
+        return f.read(TAIL) == bytes.fromhex(str(want[2])) == crc.to_bytes(TAIL, "little")
+
+
 def _checked_record(entry: Path, tail: bool) -> dict[str, Any] | None:
     """The entry's record if every file still holds what it records; None if there is no entry. An entry
     whose files differ from its record (or whose record is unreadable) is removed, then None."""
@@ -129,10 +162,14 @@ def _checked_record(entry: Path, tail: bool) -> dict[str, Any] | None:
     if on_disk != set(files) or any(p.is_symlink() for p in (entry, folder, *found)):
         _remove(entry)
         return None
-    changed = [rel for rel in files if _stat(folder / rel) != stats.get(rel)]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # sha256 drops the GIL
-        fresh = list(pool.map(lambda rel: _digest(folder / rel, tail), changed))
-    if any(d != list(files[rel]) for rel, d in zip(changed, fresh)):
+    now = {rel: _stat(folder / rel) for rel in files}
+    moved = [rel for rel in files if now[rel] != stats.get(rel)]
+    relinked = {rel for rel in moved if _only_ctime(now[rel], stats.get(rel)) and len(files[rel]) == 3}
+    rehash = [rel for rel in moved if rel not in relinked]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # sha256 and crc32c drop the GIL
+        fresh = list(pool.map(lambda rel: _digest(folder / rel, tail), rehash))
+        intact = list(pool.map(lambda rel: _crc_matches(folder / rel, files[rel]), relinked))
+    if any(d != list(files[rel]) for rel, d in zip(rehash, fresh)) or not all(intact):
         _remove(entry)  # bytes differ from what was recorded: never used, rebuilt from the model
         return None
     return {"key": record.get("key"), "files": files, "stat": stats}
@@ -169,11 +206,14 @@ def _build_entry(cache: Path, key: str, params: Mapping[str, np.ndarray], codec:
 
 def _link_tree(src: Path, dest: Path, files: Mapping[str, Any]) -> None:
     """Hard-link each recorded file of `src` to the same place under `dest` (copy where a link fails)."""
+    made: set[Path] = set()
     for rel in files:
         if rel == "zarr.json":
             continue  # the params group's own document: the store has made it
         target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in made:  # each directory made once (parents included)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.update(target.parents)
         try:
             os.link(src / rel, target)
         except OSError:

@@ -1,5 +1,6 @@
 """The weight cache (actstore.store.weight_cache): params/ linked from one entry per weights digest is byte-identical
-to params/ written directly and verifies; a damaged entry is detected and rebuilt, never used; a store copied
+to params/ written directly and verifies; a damaged entry is detected and rebuilt, never used (also when its
+mtime was put back); deleting a store that linked an entry costs no re-hash of its weights; a store copied
 away keeps its weights; a model edited in place after hashing is hashed again."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import actstore  # noqa: E402
 from actstore.ingest.model_info import weights_digest  # noqa: E402
 from actstore.store.integrity import weights_sha256  # noqa: E402
 from actstore.store.verify import verify  # noqa: E402
+from actstore.store import weight_cache  # noqa: E402
 from actstore.store.weight_cache import ENV, RECORD  # noqa: E402
 
 KW = dict(hooks=["blocks.0.hook_resid_pre"], chunk=16, batch=8, quiet=True)
@@ -55,16 +57,20 @@ def test_linked_params_equal_params_written_directly(model, tmp_path, monkeypatc
         assert verify(s).passed
 
 
-@pytest.mark.parametrize("how", ["in place", "replaced"])
+@pytest.mark.parametrize("how", ["in place", "in place, mtime put back", "replaced"])
 def test_a_damaged_entry_is_detected_and_rebuilt(model, tmp_path, how):
     cache = Path(os.environ[ENV])
     first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
     victim = entry_of(cache) / "params/blocks.0.attn.W_O/c/0/0/0"
     data = bytearray(victim.read_bytes())
     data[20] ^= 0xFF  # inside the blosc payload: the crc32c tail and the size stay as recorded
-    if how == "in place":  # every store linking the file sees it too, and its reads say so
+    if how.startswith("in place"):  # every store linking the file sees it too, and its reads say so
+        was = victim.stat()
         with open(victim, "r+b") as f:
             f.write(bytes(data))
+        if how.endswith("put back"):  # only the ctime tells: the crc32c check of the bytes catches it
+            os.utime(victim, ns=(was.st_atime_ns, was.st_mtime_ns))
+            assert victim.stat().st_mtime_ns == was.st_mtime_ns and victim.stat().st_ino == was.st_ino
     else:  # a new file under the same name: the stores keep their own inode
         tmp = victim.with_name("x")
         tmp.write_bytes(bytes(data))
@@ -74,6 +80,22 @@ def test_a_damaged_entry_is_detected_and_rebuilt(model, tmp_path, how):
     np.testing.assert_array_equal(second.param("blocks.0.attn.W_O"), model.blocks[0].attn.W_O.detach().numpy())
     assert entry_of(cache).joinpath("params/blocks.0.attn.W_O/c/0/0/0").read_bytes() != bytes(data)
     assert verify(first).passed == (how == "replaced")
+
+
+def test_deleting_a_linked_store_costs_no_rehash_of_the_weights(model, tmp_path, monkeypatch):
+    cache = Path(os.environ[ENV])
+    first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
+    chunk = entry_of(cache) / "params/embed.W_E/c/0/0"
+    was = chunk.stat()
+    shutil.rmtree(first)  # unlinking changes the shared inode's ctime and nothing else
+    assert chunk.stat().st_ctime_ns != was.st_ctime_ns or chunk.stat().st_nlink != was.st_nlink
+    hashed: list[str] = []
+    real = weight_cache.file_digest
+    monkeypatch.setattr(weight_cache, "file_digest", lambda p, *a, **k: hashed.append(p.name) or real(p, *a, **k))
+    second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW).path
+    assert hashed and set(hashed) == {"zarr.json"}  # the arrays' small metadata documents only
+    assert (second / "params/embed.W_E/c/0/0").stat().st_ino == was.st_ino  # the entry was used, not rebuilt
+    assert verify(second).passed
 
 
 def test_an_unreadable_record_is_rebuilt(model, tmp_path):
