@@ -130,3 +130,26 @@ def test_reading_needs_no_torch_or_transformer_lens(synthetic):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_part_with_other_example_ids_is_refused_when_a_scan_reaches_it(tmp_path, monkeypatch):
+    import polars as pl
+    import synthetic_store
+
+    from actstore.errors import StoreCorruptError
+    from actstore.query.chunks import ExampleIndex
+
+    made = synthetic_store.synthetic_meta
+
+    def shifted(start: int, stop: int):  # chunk 1's examples table says 5..8 (committed and recorded as written)
+        meta = made(start, stop)
+        if start == CHUNK:
+            meta["examples"] = meta["examples"].with_columns(pl.col("example_id") + 1)
+        return meta
+
+    monkeypatch.setattr(synthetic_store, "synthetic_meta", shifted)
+    store = open_store(synthetic_store.write_synthetic(tmp_path / "s"))
+    index = ExampleIndex(store)
+    assert index.rows(0, CHUNK).example_id.tolist() == list(range(CHUNK))  # the parts before it read fine
+    with pytest.raises(StoreCorruptError, match=r"meta/examples part 1: example_id is not 4\.\.7 in order"):
+        index.rows(CHUNK, 2 * CHUNK)
