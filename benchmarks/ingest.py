@@ -29,6 +29,7 @@ larger than the data) on the first model and prints what it saw.
 
     python benchmarks/ingest.py [--n 256] [--zoo-n 16384] [--device auto] [--models gpt2,zoo:addition]
                                 [--peers notebook,floor,sae] [--sae-hook NAME] [--sae-checks] [--repeats 2]
+                                [--threads N]
 
 Goals (issue 14): with outputs, ingest <= 1.2x the bare forward pass (<= 1.5x on a CPU was the
 earlier target); without outputs, at least as fast as SAELens on the same hook; >= 0.7 of the
@@ -251,8 +252,12 @@ def main() -> int:
                    help="the one hook of the SAELens line (default: the last block's hook_resid_post)")
     p.add_argument("--sae-checks", action="store_true",
                    help="check SAELens's padding, non-empty-directory and repeated-rows behaviour (first model)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for every contender (default torch's own; 1 is less hurt by a loaded machine)")
     p.add_argument("--dir", default=None, help="where to write the stores (default: a temporary directory)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     wanted = args.models.split(",")
