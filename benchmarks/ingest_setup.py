@@ -1,0 +1,91 @@
+"""An ingest's fixed setup (issue 14 item 2: under 1.5 s for a GPT-2-small shape), split as `ingest(stats=...)`
+splits it: setup_s = model_s + probe_s (hook shapes, decomposition check) + digest_s (the wait for the
+weights' sha256) + create_s (the store, params/ from the weight cache) + the rest.
+
+Each model runs in a fresh process (`--repeats` ingests of `--n` examples into the same path, removed
+between them, as benchmarks/ingest.py does), so the first line is the cold setup (first weights digest and
+first imports in the process) and `best` the best of the later ones, interleaved across the given
+checkouts (`--compare DIR`: another actstore source tree, e.g. `git archive REV actstore | tar -x -C DIR`,
+run under the same conditions). The weight cache is a fresh temporary one, shared by the checkouts; an
+untimed ingest of each model builds its entry first, so every timed ingest links it (the cold line is a
+new process ingesting a model whose weights the cache already holds).
+
+    python benchmarks/ingest_setup.py [--models gpt2,zoo:addition] [--n 32] [--repeats 4] [--compare DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+KEYS = ("setup_s", "model_s", "probe_s", "digest_s", "create_s")
+
+CHILD = """
+import json, os, shutil, sys, warnings
+warnings.simplefilter("ignore")
+sys.path.insert(0, {here!r})
+from ingest import ZOO_TASKS, gpt2_small_shape, zoo_model
+import actstore
+spec, n, out = {spec!r}, {n}, {out!r}
+model = gpt2_small_shape("cpu") if spec == "gpt2" else zoo_model(spec)
+task = "ioi" if spec == "gpt2" else ZOO_TASKS[spec]
+shutil.rmtree(out, ignore_errors=True)
+st = {{}}
+actstore.ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
+print(json.dumps({{"actstore": actstore.__file__, **st}}), flush=True)
+for _ in range({repeats} - 1):
+    input()  # the parent says when: the checkouts take turns
+    shutil.rmtree(out, ignore_errors=True)
+    st = {{}}
+    actstore.ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
+    print(json.dumps(st), flush=True)
+shutil.rmtree(out, ignore_errors=True)
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="gpt2,zoo:addition,zoo:list_update,zoo:brackets,zoo:lm")
+    p.add_argument("--n", type=int, default=32, help="examples per ingest (default 32)")
+    p.add_argument("--repeats", type=int, default=4, help="ingests per process (the first is the cold one)")
+    p.add_argument("--compare", action="append", default=[], help="another actstore source tree to time alike")
+    args = p.parse_args()
+    trees = [str(HERE.parent)] + [str(Path(c).absolute()) for c in args.compare]
+    with tempfile.TemporaryDirectory(prefix="actstore-setup-") as tmp:
+        env = {**os.environ, "ACTSTORE_WEIGHT_CACHE": str(Path(tmp) / "weights"), "HF_HUB_OFFLINE": "1"}
+        for spec in args.models.split(","):
+            warm = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / "warm"), repeats=1)
+            subprocess.run([sys.executable, "-c", warm], cwd=tmp, env={**env, "PYTHONPATH": trees[0]}, check=True,
+                           stdout=subprocess.DEVNULL)  # builds the cache entry
+            procs, firsts = [], []
+            for i, tree in enumerate(trees):
+                code = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / f"s{i}"),
+                                    repeats=args.repeats)
+                procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=tmp, text=True,
+                                              env={**env, "PYTHONPATH": tree}, stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE))
+                firsts.append(json.loads(procs[-1].stdout.readline()))  # its cold ingest, before the next starts
+            runs: list[list[dict]] = [[] for _ in trees]
+            for _ in range(args.repeats - 1):
+                for i, proc in enumerate(procs):
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write("\n")
+                    proc.stdin.flush()
+                    runs[i].append(json.loads(proc.stdout.readline()))
+            for proc in procs:
+                proc.communicate()
+            for i, (tree, first) in enumerate(zip(trees, firsts)):
+                best = min(runs[i], key=lambda st: st["setup_s"]) if runs[i] else first
+                print(f"{spec:<16} n={args.n} tree={tree} load={os.getloadavg()[0]:.1f}\n"
+                      f"  cold: " + " ".join(f"{k}={first[k]:.3f}" for k in KEYS) + "\n"
+                      f"  best of {len(runs[i])}: " + " ".join(f"{k}={best[k]:.3f}" for k in KEYS), flush=True)
+
+
+if __name__ == "__main__":
+    main()
