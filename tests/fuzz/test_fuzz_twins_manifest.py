@@ -90,3 +90,14 @@ def test_a_crashed_no_twins_ingest_refuses_a_twins_resume_and_resumes_its_own(mo
     assert files(root) == before
     store = actstore.ingest("addition", model, 12, 0, root, twins=False, **KW)
     assert files(root) == files(off) and store.manifest.twins is False
+
+
+def test_a_no_twins_store_grows_into_the_direct_no_twins_store(model, off, tmp_path):
+    import shutil
+
+    root = shutil.copytree(off, tmp_path / "grown")
+    grown = actstore.ingest("addition", model, 20, 0, root, twins=False, **KW)
+    direct = actstore.ingest("addition", model, 20, 0, tmp_path / "direct", twins=False, **KW)
+    data = {k: v for k, v in files(grown.path).items() if not k.startswith("_commits")}
+    assert data == {k: v for k, v in files(direct.path).items() if not k.startswith("_commits")}
+    assert grown.manifest.twins is False and grown.outputs["corrupted_logit_diff"].null_count() == grown.outputs.height
