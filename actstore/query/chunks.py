@@ -102,6 +102,17 @@ def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -
     return picked if axis == 1 else np.moveaxis(picked, 1, axis)
 
 
+def _check_positions(ids: np.ndarray, lengths: np.ndarray, n_tokens: np.ndarray, answer_pos: np.ndarray) -> None:
+    """StoreCorruptError unless each example's length is in [1, its token count] and its answer positions
+    [example, answer] in [0, length): values no digest vouches for, and a negative one would wrap to another
+    position (a silently wrong number)."""
+    bad = (lengths < 1) | (lengths > n_tokens) | ((answer_pos < 0) | (answer_pos >= lengths[:, None])).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise StoreCorruptError(f"meta/examples: example {ids[i]} has length {lengths[i]} and answer positions "
+                                f"{answer_pos[i].tolist()}, outside its {n_tokens[i]} tokens; run `actstore verify`")
+
+
 @dataclass(frozen=True)
 class ExampleArrays:
     """Per-example arrays of a whole store, from its examples table (ids 0..n-1 in order)."""
@@ -140,10 +151,14 @@ class ExampleArrays:
         def matrix(col: str | pl.Expr) -> np.ndarray:
             return _matrix(examples, col, n_answers)
 
+        ids = examples.get_column("example_id").to_numpy().astype(np.int64)
+        lengths = examples.get_column("length").to_numpy().astype(np.int64)
+        answer_pos = matrix("answer_positions")
+        _check_positions(ids, lengths, examples.get_column("tokens").list.len().to_numpy(), answer_pos)
         return cls(
-            example_id=examples.get_column("example_id").to_numpy().astype(np.int64),
-            lengths=examples.get_column("length").to_numpy().astype(np.int64),
-            answer_pos=matrix("answer_positions"),
+            example_id=ids,
+            lengths=lengths,
+            answer_pos=answer_pos,
             answer_tokens=matrix("answer_tokens"),
             counter_tokens=matrix(_counter(n_answers)) if _has_counter(examples) else None,
             input_tokens=matrix(pl.col("tokens").list.gather(pl.col("answer_positions"))),

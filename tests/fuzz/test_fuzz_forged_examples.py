@@ -5,7 +5,8 @@ passes (`actstore verify` notices: its decomposition re-check on the stored exam
 refuse them with one StoreCorruptError line, never read another position (numpy's negative indices wrap) nor
 fail with a raw IndexError / Polars error.
 
-Found by review, not fixed: the same in f055e53's whole-store arrays and today's per-chunk ExampleIndex."""
+Found by review (the same in f055e53's whole-store arrays and in the per-chunk ExampleIndex); fixed in
+query/chunks.py ExampleArrays._of, which every example array of a query comes from."""
 
 from __future__ import annotations
 
@@ -70,8 +71,6 @@ FORGERIES: dict[str, tuple[str, Callable[[dict], object], Callable[[object], pl.
 }
 
 
-@pytest.mark.xfail(strict=True, reason="ExampleIndex (and the pos= whole-store arrays) never check answer "
-                   "positions and lengths against the store's width: silently wrong numbers or raw errors")
 @pytest.mark.parametrize("name", list(FORGERIES))
 def test_impossible_example_values_are_one_line_never_a_number(clean, tmp_path, name):
     column, edit, query = FORGERIES[name]
