@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
+from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
 from actstore.store.chunk_read import to_float32
@@ -345,11 +346,7 @@ class ExampleIndex:
                                         f"order (ids must be 0..n-1); run `actstore verify`")
             if arrays.counter_tokens is None and self.has_counter:  # as a whole table fills them: -1
                 arrays = replace(arrays, counter_tokens=np.full((hi - lo, self.n_answers), -1, dtype=np.int64))
-            nbytes = 0
-            for a in vars(arrays).values():  # shared by every query on this store: never written to
-                if a is not None:
-                    a.setflags(write=False)
-                    nbytes += a.nbytes
+            nbytes = _read_only(arrays)
             if nbytes * self.n <= self.KEEP_BYTES * max(1, hi - lo) and self._kept_bytes + nbytes <= self.KEEP_BYTES:
                 self._kept[k], self._kept_bytes = arrays, self._kept_bytes + nbytes
             else:
@@ -359,17 +356,23 @@ class ExampleIndex:
             return arrays
 
 
+def _read_only(arrays: ExampleArrays) -> int:
+    """Marks every array of `arrays` read-only (shared by every query on the store: never written to);
+    returns their bytes."""
+    nbytes = 0
+    for a in vars(arrays).values():
+        if a is not None:
+            a.setflags(write=False)
+            nbytes += a.nbytes
+    return nbytes
+
+
 _INDEXES: "weakref.WeakKeyDictionary[Store, ExampleIndex]" = weakref.WeakKeyDictionary()
-_INDEXES_LOCK = threading.Lock()
 
 
 def example_index(store: Store) -> ExampleIndex:
     """The store's ExampleIndex (one per opened store): what a streamed query reads its examples from."""
-    with _INDEXES_LOCK:
-        index = _INDEXES.get(store)
-        if index is None:
-            index = _INDEXES[store] = ExampleIndex(store)
-        return index
+    return per_store(_INDEXES, store, lambda: ExampleIndex(store))
 
 
 Examples = ExampleArrays | ExampleIndex  # what a scan reads its chunks' examples from
@@ -387,9 +390,7 @@ def example_arrays(store: Store) -> ExampleArrays:
             arrays = ExampleArrays.concat((ExampleArrays._of(part, store.n_answers)
                                            for part in store.meta_parts("examples", ARRAY_COLUMNS)),
                                           store.n_answers, store.n_examples)
-        for a in vars(arrays).values():  # shared by every query on this store: never written to
-            if a is not None:
-                a.setflags(write=False)
+        _read_only(arrays)
         _ARRAYS[store] = arrays
     return arrays
 

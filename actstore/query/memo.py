@@ -16,7 +16,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 from actstore.store.reader import Store
 
@@ -91,15 +91,20 @@ class Memo:
 
 
 _MEMOS: "weakref.WeakKeyDictionary[Store, Memo]" = weakref.WeakKeyDictionary()
+_PER_STORE_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
-_MEMOS_LOCK = threading.Lock()
+def per_store(registry: "weakref.WeakKeyDictionary[Store, T]", store: Store, make: Callable[[], T]) -> T:
+    """`registry`'s value for an opened store, made by `make()` on first use (once, whichever thread asks
+    first) and gone with the Store: the registry is weakly keyed."""
+    with _PER_STORE_LOCK:
+        found = registry.get(store)
+        if found is None:
+            found = registry[store] = make()
+        return found
 
 
 def memo(store: Store) -> Memo:
     """The Memo of an opened store (made on first use, gone with the Store)."""
-    with _MEMOS_LOCK:
-        found = _MEMOS.get(store)
-        if found is None:
-            found = _MEMOS[store] = Memo()
-        return found
+    return per_store(_MEMOS, store, Memo)
