@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -211,6 +211,37 @@ PAIR_BASE = 1 << 32  # (answer, counterfactual) pair keys: answer * PAIR_BASE + 
 _ARRAYS: "weakref.WeakKeyDictionary[Store, ExampleArrays]" = weakref.WeakKeyDictionary()
 
 
+@dataclass(frozen=True)
+class AnswerFacts:
+    """A store's whole-store answer facts, from one pass over its answer and counterfactual token columns.
+
+    answers:  [token] distinct answer token ids, sorted
+    counters: [token] distinct counterfactual token ids, sorted; None if no example has any
+    pairs:    [pair] distinct (answer, counterfactual) keys answer * PAIR_BASE + counterfactual + 1, sorted
+              (counterfactual -1: none)
+    """
+
+    answers: np.ndarray
+    counters: np.ndarray | None
+    pairs: np.ndarray
+
+    @classmethod
+    def of(cls, parts: Iterable[pl.DataFrame], n_answers: int) -> "AnswerFacts":
+        """The facts of examples parts holding ANSWER_COLUMNS, one part at a time."""
+        answers, counters, pairs, has = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], False
+        for part in parts:
+            answer = _matrix(part, "answer_tokens", n_answers)
+            answers.append(np.unique(answer))
+            other = np.full_like(answer, -1)
+            if _has_counter(part):
+                has = True
+                other = _matrix(part, _counter(n_answers), n_answers)
+                counters.append(np.unique(other[other >= 0]))
+            pairs.append(np.unique(answer * PAIR_BASE + other + 1))
+        return cls(np.unique(np.concatenate(answers)), np.unique(np.concatenate(counters)) if has else None,
+                   np.unique(np.concatenate(pairs)))
+
+
 class ExampleIndex:
     """A store's per-example arrays, read from the examples part of the chunk a scan reaches: memory
     holds a few chunks' arrays, not the store's (~140 B per example), whatever the store's size.
@@ -225,6 +256,7 @@ class ExampleIndex:
 
     KEEP_BYTES = 16 << 20
     RECENT = 4
+    PENDING = 2
 
     def __init__(self, store: Store) -> None:
         self._store = weakref.ref(store)  # the index is kept per store (weakly keyed): no cycle back to it
@@ -232,9 +264,9 @@ class ExampleIndex:
         self._kept: dict[int, ExampleArrays] = {}
         self._recent: OrderedDict[int, ExampleArrays] = OrderedDict()
         self._kept_bytes = 0
-        self._tokens: tuple[np.ndarray, np.ndarray | None] | None = None  # distinct answer, counter ids
+        self._answer_facts: AnswerFacts | None = None
         self._role_names: tuple[str, ...] | None = None
-        self._pairs: dict[bool, np.ndarray] = {}
+        self._pending: OrderedDict[int, Future[ExampleArrays]] = OrderedDict()  # parts read ahead (prefetch)
         self._lock = threading.RLock()  # plans may run on several threads (a threaded Dask worker)
 
     def _live(self) -> Store:
@@ -246,43 +278,27 @@ class ExampleIndex:
     @property
     def has_counter(self) -> bool:
         """Whether any example of the store has counterfactual tokens."""
-        return self._answer_tokens()[1] is not None
+        return self._facts().counters is not None
 
     def answer_ids(self, target: str) -> np.ndarray:
         """The distinct token ids whose directions a query toward `target` ('correct' / 'diff') reads."""
-        answers, counters = self._answer_tokens()
-        return np.union1d(answers, counters) if target == "diff" and counters is not None else answers
-
-    def _answer_tokens(self) -> tuple[np.ndarray, np.ndarray | None]:
-        with self._lock:
-            if self._tokens is None:
-                answers, counters, has = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], False
-                for part in self._live().meta_parts("examples", ANSWER_COLUMNS):
-                    answers.append(np.unique(_matrix(part, "answer_tokens", self.n_answers)))
-                    if _has_counter(part):
-                        has = True
-                        counter = _matrix(part, _counter(self.n_answers), self.n_answers)
-                        counters.append(np.unique(counter[counter >= 0]))
-                self._tokens = (np.unique(np.concatenate(answers)), np.unique(np.concatenate(counters)) if has
-                                else None)
-            return self._tokens
+        facts = self._facts()
+        return np.union1d(facts.answers, facts.counters) if target == "diff" and facts.counters is not None \
+            else facts.answers
 
     def answer_pairs(self, counter: bool) -> np.ndarray:
         """The store's distinct answer tokens, sorted; with `counter`, its distinct (answer, counterfactual)
         pairs as sorted keys answer * PAIR_BASE + counterfactual + 1 (counterfactual -1: none), in the order
-        np.unique(pairs, axis=0) gives them. One pass over the two token columns."""
+        np.unique(pairs, axis=0) gives them."""
+        facts = self._facts()
+        return facts.pairs if counter else facts.answers
+
+    def _facts(self) -> "AnswerFacts":
         with self._lock:
-            if counter not in self._pairs:
-                keys = [np.zeros(0, np.int64)]
-                for part in self._live().meta_parts("examples", ANSWER_COLUMNS):
-                    key = _matrix(part, "answer_tokens", self.n_answers)
-                    if counter:
-                        other = _matrix(part, _counter(self.n_answers), self.n_answers) if _has_counter(part) \
-                            else np.full_like(key, -1)
-                        key = key * PAIR_BASE + other + 1
-                    keys.append(np.unique(key))
-                self._pairs[counter] = np.unique(np.concatenate(keys))
-            return self._pairs[counter]
+            if self._answer_facts is None:
+                self._answer_facts = AnswerFacts.of(self._live().meta_parts("examples", ANSWER_COLUMNS),
+                                                    self.n_answers)
+            return self._answer_facts
 
     def role_names(self) -> Roles:
         """The store's distinct token roles (codes: none), from one pass over the tokens' role column."""
@@ -329,6 +345,20 @@ class ExampleIndex:
         counter = np.concatenate([p.counter_tokens for p in parts]) if parts[0].has_counter else None
         return ExampleArrays(counter_tokens=counter, **fields).rows(start - lo, stop - lo)
 
+    def prefetch(self, start: int, stop: int) -> None:
+        """Start reading the parts of examples [start, stop) on the process's meta thread, so that a later
+        `rows` finds them read (the scan asks for the next chunk's while it reads this one's hooks); at most
+        PENDING parts wait at once (the oldest dropped). Errors surface in the `rows` that needs the part."""
+        if not 0 <= start < stop <= self.n:
+            return
+        with self._lock:
+            for k in range(start // self.chunk, (stop - 1) // self.chunk + 1):
+                if k in self._kept or k in self._recent or k in self._pending:
+                    continue
+                self._pending[k] = meta_pool().submit(self._read, k)
+                while len(self._pending) > self.PENDING:
+                    self._pending.popitem(last=False)[1].cancel()
+
     def _part(self, k: int) -> ExampleArrays:
         with self._lock:
             hit = self._kept.get(k)
@@ -337,16 +367,14 @@ class ExampleIndex:
                 hit = self._recent[k]
             if hit is not None:
                 return hit
-            store = self._live()
+            pending = self._pending.pop(k, None)
+        # read outside the lock: the meta thread may be reading another part meanwhile
+        arrays = pending.result() if pending is not None and not pending.cancelled() else self._read(k)
+        with self._lock:
+            if k in self._kept or k in self._recent:
+                return self._part(k)
+            nbytes = sum(a.nbytes for a in vars(arrays).values() if a is not None)
             lo, hi = k * self.chunk, min((k + 1) * self.chunk, self.n)
-            part = store.meta_part("examples", k, ARRAY_COLUMNS)
-            arrays = ExampleArrays._of(part, self.n_answers)
-            if part.height != hi - lo or not np.array_equal(arrays.example_id, np.arange(lo, hi)):
-                raise StoreCorruptError(f"{store.path}: meta/examples part {k}: example_id is not {lo}..{hi - 1} in "
-                                        f"order (ids must be 0..n-1); run `actstore verify`")
-            if arrays.counter_tokens is None and self.has_counter:  # as a whole table fills them: -1
-                arrays = replace(arrays, counter_tokens=np.full((hi - lo, self.n_answers), -1, dtype=np.int64))
-            nbytes = _read_only(arrays)
             if nbytes * self.n <= self.KEEP_BYTES * max(1, hi - lo) and self._kept_bytes + nbytes <= self.KEEP_BYTES:
                 self._kept[k], self._kept_bytes = arrays, self._kept_bytes + nbytes
             else:
@@ -354,6 +382,20 @@ class ExampleIndex:
                 while len(self._recent) > self.RECENT:
                     self._recent.popitem(last=False)
             return arrays
+
+    def _read(self, k: int) -> ExampleArrays:
+        """Part k's arrays, read, checked and made read-only (on any thread; shares no state but the facts)."""
+        store = self._live()
+        lo, hi = k * self.chunk, min((k + 1) * self.chunk, self.n)
+        part = store.meta_part("examples", k, ARRAY_COLUMNS)
+        arrays = ExampleArrays._of(part, self.n_answers)
+        if part.height != hi - lo or not np.array_equal(arrays.example_id, np.arange(lo, hi)):
+            raise StoreCorruptError(f"{store.path}: meta/examples part {k}: example_id is not {lo}..{hi - 1} in "
+                                    f"order (ids must be 0..n-1); run `actstore verify`")
+        if arrays.counter_tokens is None and self.has_counter:  # as a whole table fills them: -1
+            arrays = replace(arrays, counter_tokens=np.full((hi - lo, self.n_answers), -1, dtype=np.int64))
+        _read_only(arrays)
+        return arrays
 
 
 def _read_only(arrays: ExampleArrays) -> int:
@@ -431,8 +473,17 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
 
 READ_THREADS = 2  # reading threads per scan; a Dask worker sets its own thread count (executor.run_batch)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_META: dict[int, ThreadPoolExecutor] = {}
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
     os.register_at_fork(after_in_child=_POOLS.clear)
+    os.register_at_fork(after_in_child=_META.clear)
+
+
+def meta_pool() -> ThreadPoolExecutor:
+    """The process's one thread that reads examples parts ahead of a scan (ExampleIndex.prefetch): beside
+    the reading threads, so that a chunk's examples part (read, sha256, Parquet decode) is not read in
+    line with its hooks; one thread, so that at most one part is decoded at a time."""
+    return _META.setdefault(0, ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-meta"))
 
 
 def reader_pool(workers: int) -> ThreadPoolExecutor:
@@ -496,12 +547,16 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
             if pool is not None:
                 while len(queued) < depth and k + len(queued) < len(ranges):
                     queued.append(submit(*ranges[k + len(queued)]))
+                if isinstance(ex, ExampleIndex) and k + len(queued) < len(ranges):
+                    ex.prefetch(*ranges[k + len(queued)])  # the examples of the next chunk to queue, meanwhile
                 rows, futures = queued.popleft()
                 results = [f.result() for f in futures]
                 if not queued and k + 1 < len(ranges):  # read the next chunk while the caller works on this one
                     queued.append(submit(*ranges[k + 1]))
             else:
                 rows = ex.rows(start, stop)
+                if isinstance(ex, ExampleIndex) and k + 1 < len(ranges):
+                    ex.prefetch(*ranges[k + 1])  # the next chunk's examples, read beside this one's hooks
                 results = [load(name, start, stop, rows.answer_pos) for name in names]
             loaded = dict(zip(names, results))
             del results

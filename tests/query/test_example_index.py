@@ -104,3 +104,64 @@ def test_attention_and_neurons_read_roles_chunk_by_chunk(tiny_store):
     assert set(zip(got["neurons"]["example_id"].to_list(), got["neurons"]["pos"].to_list())) == picked
     assert got["att_mean"]["k_role"].drop_nulls().unique().sort().to_list() == sorted(
         {names[c] for c in k_code if c >= 0})
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_whole_store_facts_come_from_one_pass(tiny_store, monkeypatch, counter):
+    path = tiny_store("ln_mlp", counter=counter).path
+    whole = example_arrays(actstore.open_store(path))
+    store = actstore.open_store(path)
+    passes = []
+    read = type(store).meta_parts
+    monkeypatch.setattr(type(store), "meta_parts", lambda self, *a, **k: passes.append(a) or read(self, *a, **k))
+    index = ExampleIndex(store)
+    counters = whole.counter_tokens if counter else np.full_like(whole.answer_tokens, -1)
+    pairs = np.unique(np.stack([whole.answer_tokens.ravel(), counters.ravel()], axis=1), axis=0)
+    assert index.answer_pairs(True).tolist() == [a * chunks.PAIR_BASE + c + 1 for a, c in pairs.tolist()]
+    assert index.answer_pairs(False).tolist() == np.unique(whole.answer_tokens).tolist()
+    assert index.answer_ids("correct").tolist() == np.unique(whole.answer_tokens).tolist()
+    assert index.answer_ids("diff").tolist() == np.unique(whole.answer_ids("diff")).tolist()
+    assert index.has_counter is counter
+    assert passes == [("examples", chunks.ANSWER_COLUMNS)]  # one pass over two columns serves every fact
+
+
+def test_prefetched_parts_give_the_same_rows(tiny_store, monkeypatch):
+    path = tiny_store("ln_mlp").path
+    whole = example_arrays(actstore.open_store(path))
+    monkeypatch.setattr(ExampleIndex, "KEEP_BYTES", 0)  # nothing kept: every part is read (or prefetched) again
+    monkeypatch.setattr(ExampleIndex, "RECENT", 1)
+    store = actstore.open_store(path)  # held: an index keeps its store weakly
+    index = ExampleIndex(store)
+    index.prefetch(16, 40)
+    assert sorted(index._pending) == [1, 2]
+    index.prefetch(0, 8)  # at most PENDING wait: the oldest (part 1) is dropped
+    assert sorted(index._pending) == [0, 2]
+    for start, stop in [(16, 32), (32, 40), (0, 16), (3, 37)]:
+        got = index.rows(start, stop)
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(got, f), getattr(whole, f)[start:stop], err_msg=f)
+    assert not index._pending
+    index.prefetch(40, 41)  # out of range: ignored (rows() gives the error)
+    assert not index._pending
+
+
+def test_a_damaged_prefetched_part_fails_where_it_is_read(tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    from actstore.errors import StoreCorruptError
+
+    path = tmp_path / "store"
+    shutil.copytree(tiny_store("ln_mlp").path, path)
+    part = path / "meta" / "examples" / "part-00001.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    monkeypatch.setattr(ExampleIndex, "KEEP_BYTES", 0)
+    store = actstore.open_store(path)
+    index = ExampleIndex(store)
+    index.prefetch(16, 32)  # no error yet: only the chunk that needs the part fails
+    np.testing.assert_array_equal(index.rows(0, 16).example_id, np.arange(16))
+    with pytest.raises(StoreCorruptError, match="part-00001"):
+        index.rows(16, 32)
+    with pytest.raises(StoreCorruptError, match="part-00001"):  # and again: nothing bad was kept
+        index.rows(20, 24)
