@@ -322,8 +322,10 @@ class ExampleIndex:
             part = store.meta_part("tokens", k, ["example_id", "pos", "role"])
             code = part.get_column("role").fill_null("").replace_strict(
                 list(names), list(range(len(names))), default=-1, return_dtype=pl.Int16).to_numpy()
-            ex = part.get_column("example_id").to_numpy() - start
+            ex = part.get_column("example_id").to_numpy()
             pos = part.get_column("pos").to_numpy()
+            _check_tokens_part(store, k, ex - k * self.chunk, pos, self._part(k).lengths)
+            ex = ex - start
             keep = (ex >= 0) & (ex < stop - start) & (pos >= 0) & (pos < width)
             codes[ex[keep], pos[keep]] = code[keep]
         return Roles(codes, names)
@@ -396,6 +398,23 @@ class ExampleIndex:
             arrays = replace(arrays, counter_tokens=np.full((hi - lo, self.n_answers), -1, dtype=np.int64))
         _read_only(arrays)
         return arrays
+
+
+def _check_tokens_part(store: Store, k: int, ex: np.ndarray, pos: np.ndarray, lengths: np.ndarray) -> None:
+    """StoreCorruptError unless meta/tokens part k holds exactly one row per real token of its chunk's examples.
+
+    ex, pos: [row] each row's example (offset in the chunk) and position; lengths: [example] of the chunk.
+    A row missing, doubled, of another chunk's example or past its example's length would give the
+    example other roles, so role-selected queries would return other numbers, silently."""
+    ok = ex.size == int(lengths.sum()) and bool(((ex >= 0) & (ex < lengths.size)).all())
+    ok = ok and bool(((pos >= 0) & (pos < lengths[ex])).all())
+    if ok:
+        seen = np.zeros(ex.size, dtype=bool)
+        seen[(np.cumsum(lengths) - lengths)[ex] + pos] = True  # each (example, pos) its own slot
+        ok = bool(seen.all())
+    if not ok:
+        raise StoreCorruptError(f"{store.path}: meta/tokens part {k} does not hold one row per token of its "
+                                f"chunk's examples; run `actstore verify`")
 
 
 def _read_only(arrays: ExampleArrays) -> int:
