@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from actstore.errors import ClusterError, InvalidParameterError
+from actstore.errors import ClusterError, InvalidParameterError, StoreCorruptError
 from actstore.interventions.forward import Runner
 from actstore.interventions.model import model_for
 from actstore.interventions.rows import SweepPlan, part_rows
@@ -150,6 +150,8 @@ def _worker_model(address: Any, fingerprint: str, model_spec: str, device: str, 
     store, runner = _MODEL[key]
     if stop > store.n_examples:  # a snapshot older than the driver's: re-count the commits
         store = store.refresh()
+        if store_fingerprint(store) != fingerprint:  # grown meanwhile: not the store the sweep was planned on
+            raise StoreCorruptError(f"store {address} changed since the sweep was planned; rerun the sweep")
         _MODEL[key] = (store, runner)
     return store, runner
 

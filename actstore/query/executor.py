@@ -157,6 +157,8 @@ def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Seque
     committed = store.n_examples
     if batch and batch[-1][1] > committed:  # a snapshot older than the driver's: re-count the commits
         store = store.refresh()
+        if store_fingerprint(store) != fingerprint:  # grown meanwhile: not the store the query was planned on
+            raise StoreCorruptError(f"store {address} changed since the query was planned; rerun the query")
         if batch[-1][1] > store.n_examples:
             raise StoreCorruptError(f"store {address}: the worker sees {store.n_examples} committed examples, fewer "
                                     f"than the driver planned ({batch[-1][1]}); rerun the query")

@@ -14,6 +14,7 @@ an ingest see committed chunks only); `refresh()` re-counts. Uncommitted rows ar
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterator, Sequence
 from functools import cached_property
@@ -64,8 +65,17 @@ class Store:
         return str(self.path)
 
     def refresh(self) -> "Store":
-        """A new snapshot of the same store (sees chunks committed since this one was opened)."""
-        return Store(self.path, self.manifest)
+        """A new snapshot of the same store (sees chunks committed since this one was opened, and examples a
+        growth of the same run added); StoreCorruptError if another run replaced it at its path."""
+        from actstore.store.open import read_manifest  # noqa: PLC0415 (open imports this module)
+
+        manifest, n = read_manifest(self.path), self.manifest.n
+        as_before = dataclasses.replace(manifest, n=n, hooks=tuple(dataclasses.replace(h, shape=(n, *h.shape[1:]))
+                                                                   for h in manifest.hooks))
+        if manifest.n < n or self.manifest.differences(as_before):  # a growth changes n and the hooks' shapes only
+            raise StoreCorruptError(f"store {str(self.path)!r} was replaced by another run since it was opened; "
+                                    "open it again")
+        return Store(self.path, manifest)
 
     # --- shape of the store -------------------------------------------------------------------
 
