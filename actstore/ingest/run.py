@@ -605,6 +605,8 @@ def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
             try:
                 old = read_manifest(out)
                 diffs = _resume_differences(old, manifest)
+                if old.n < manifest.n:  # a growth refused: name what keeps it from growing, not n and the shapes
+                    diffs = growth_differences(old, manifest, auto_chunk) or diffs
                 if not diffs and not overwrite:
                     Store(out, old)  # its records agree with the manifest: safe to resume into
             except (StoreFormatError, StoreCorruptError) as e:

@@ -70,3 +70,13 @@ def test_a_store_replaced_under_an_open_snapshot(model, tmp_path):
     got = queries(actstore.open_store(tmp_path / "s"))  # same path, a new Store: nothing of `old` reused
     assert {k: v.equals(other[k]) for k, v in got.items()} == dict.fromkeys(other, True)
     assert not got["dla"].equals(before["dla"])
+
+
+@pytest.mark.parametrize("change, named", [(dict(twins=False), "twins"),
+                                           (dict(dtype="float32"), "dtype, hooks")])  # each hook's dtype
+def test_a_refused_growth_names_only_what_keeps_it_from_growing(model, tmp_path, change, named):
+    """A growth refused for another field said 'differs in: hooks, n, twins', as if n could not grow."""
+    actstore.ingest("addition", model, 8, 0, tmp_path / "s", **KW)
+    with pytest.raises(actstore.errors.StoreExistsError) as e:
+        actstore.ingest("addition", model, 16, 0, tmp_path / "s", **KW, **change)
+    assert str(e.value).split("differs in: ")[1].split(")")[0] == named
