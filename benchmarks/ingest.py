@@ -14,9 +14,13 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
 - floor:     `floor_ingest`: the pipeline a skilled user writes with plain zarr (same model, tokens,
              batches and hooks; forward hooks into preallocated per-chunk float16 buffers, each pass
              stopped after the deepest hook's block, each chunk written inline into arrays with
-             actstore's chunks, shards and codecs; no outputs, meta tables, records, digests or fsync):
+             actstore's chunks, shards and codecs; no outputs, meta tables, records, digests or fsync;
+             its examples made inside its clock by the same task generator, all n at once, as the tokens
+             must come from somewhere: actstore makes each chunk's inside its loop_s too):
              of_floor = floor_ingest_s / actstore's seconds without outputs, of_floor_outputs = the same
              over actstore's seconds with outputs (>= 0.7 is the goal; > 1 means actstore is faster);
+             of_floor_pretok = the same floor with its examples made before its clock (floor_pretok_s:
+             what the floor was until 2026-12-06 23:00, a pipeline fed ready-made tokens);
              and `write_floor`: the arrays actstore stored, written again through plain zarr, no model
              (what writing alone costs); write_bound=yes when that write takes longer than the bare forward;
 - SAELens:   `CacheActivationsRunner` (sae-lens 6, the `bench` extra: pip install 'actstore[bench]';
@@ -162,7 +166,10 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         if "floor" in wanted:
             runs.setdefault("floor", []).append(peers.raw_zarr_floor(out / "acts", tmp / "floor", c))
             hooks = {h.name: h.positions for h in store.manifest.hooks}
+            make = lambda: get_task(task).generate(n, 0, tokenizer=getattr(model, "tokenizer", None))  # noqa: E731
             runs.setdefault("floor_ingest", []).append(
+                peers.floor_ingest(model, data, out / "acts", hooks, c, b, device, tmp / "floor", make=make))
+            runs.setdefault("floor_pretok", []).append(
                 peers.floor_ingest(model, data, out / "acts", hooks, c, b, device, tmp / "floor"))
         if HAS_OUTPUTS_FLAG:
             st = ingest_once(label, model, task, n, chunk, batch, device, out, outputs=False)[1]
@@ -208,10 +215,11 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         line += f" ingest_no_twins={rate(n, b_, s_)} ratio_no_twins={s_ / bare_s:.2f}"
     if "floor" in best:
         s_, b_ = best["floor"]
-        f_s = best["floor_ingest"][0]
-        line += f" floor_ingest_s={f_s:.2f}"
+        f_s, p_s = best["floor_ingest"][0], best["floor_pretok"][0]
+        line += f" floor_ingest_s={f_s:.2f} floor_pretok_s={p_s:.2f}"
         if "actstore_nooutputs" in best:
-            line += f" of_floor={f_s / best['actstore_nooutputs'][0]:.2f}"
+            line += (f" of_floor={f_s / best['actstore_nooutputs'][0]:.2f}"
+                     f" of_floor_pretok={p_s / best['actstore_nooutputs'][0]:.2f}")
         line += (f" of_floor_outputs={f_s / ours_s:.2f} write_floor={rate(n, b_, s_)} "
                  f"write_bound={'yes' if s_ > bare_s else 'no'}")
     for k in ("npsave", "torchsave"):

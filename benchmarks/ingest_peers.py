@@ -11,7 +11,10 @@
   preallocated per-chunk float16 numpy buffers, each pass stopped after the deepest hook's block
   (`stop_at_layer`; no final LayerNorm or unembedding unless a hook needs them), each full chunk
   written inline with plain zarr into arrays with actstore's chunks, shards and codecs; no outputs,
-  meta tables, labels, commit records, digests or fsync, no background thread.
+  meta tables, labels, commit records, digests or fsync, no background thread. Given `make`, it makes
+  its examples inside its clock (the tokens must come from somewhere: the same task generator, all n at
+  once before the first pass; that call also makes the labels, roles and strings the floor then drops);
+  without it the examples come ready-made (the pre-tokenized floor).
 
 Each returns (seconds, bytes written). None of this is actstore API: it is what a user writes today.
 """
@@ -23,6 +26,7 @@ import io
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +127,14 @@ def _deepest_block(names: list[str]) -> int | None:
 
 
 def floor_ingest(model: Any, data: TaskData, src_acts: Path, hooks: dict[str, str], chunk: int, batch: int,
-                 device: torch.device, out: Path) -> tuple[float, int]:
+                 device: torch.device, out: Path, make: Callable[[], TaskData] | None = None) -> tuple[float, int]:
     """The raw-zarr floor of an ingest without outputs (see the module docstring); hooks: {name: 'all'|'answer'}.
 
     The arrays' metadata (shape, chunks, shards, codecs) is read from actstore's store at `src_acts` and
-    the arrays are created before the clock starts (actstore's loop_s leaves store creation out too); the
-    examples are made before it too (actstore makes each chunk's inside loop_s). Timed: every forward
-    pass, the capture into the buffers [chunk, ...] per hook and every chunk's zarr write.
+    the arrays are created before the clock starts (actstore's loop_s leaves store creation out too).
+    Timed: with `make`, making the examples (`make()`, which must return `data`'s examples: actstore makes
+    each chunk's inside loop_s); every forward pass, the capture into the buffers [chunk, ...] per hook and
+    every chunk's zarr write. Without `make`, `data` is used as given (made before the clock).
     """
     src = zarr.open_group(LocalStore(src_acts, read_only=True), mode="r", zarr_format=3)
     shutil.rmtree(out, ignore_errors=True)
@@ -152,11 +157,16 @@ def floor_ingest(model: Any, data: TaskData, src_acts: Path, hooks: dict[str, st
         views[hook.name][rows_at["r0"]:rows_at["r1"]].copy_(act.to(torch.float16))
 
     stop = _deepest_block(list(hooks))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t = time.perf_counter()
+    if make is not None:
+        made = make()
+        if not np.array_equal(made.tokens, data.tokens):
+            raise ValueError("floor_ingest: make() gave other tokens than data")
+        data = made
     tokens = torch.from_numpy(data.tokens)
     lengths = torch.from_numpy(data.lengths)
     answer_pos = torch.from_numpy(data.answer_pos)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t = time.perf_counter()
     with torch.inference_mode():
         for start, stop_ex in chunk_ranges(len(tokens), chunk):
             for b0 in range(start, stop_ex, batch):

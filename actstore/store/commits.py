@@ -93,14 +93,19 @@ def file_digest(path: StorePath, fsync: bool = False, tail: bool = False) -> lis
     h = hashlib.sha256()
     size = 0
     last = b""
-    with os.fdopen(open_regular(path), "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-            size += len(block)
-            last = (last + block)[-4:]
+    buf = bytearray(_DIGEST_BLOCK)  # one buffer read into: no new bytes object (and its page faults) per block
+    view = memoryview(buf)
+    with os.fdopen(open_regular(path), "rb", buffering=0) as f:
+        while k := f.readinto(buf):
+            h.update(view[:k])
+            size += k
+            last = (last + bytes(view[max(0, k - 4):k]))[-4:]
         if fsync:
             os.fsync(f.fileno())
     return [size, h.hexdigest(), last.hex()] if tail else [size, h.hexdigest()]
+
+
+_DIGEST_BLOCK = 1 << 20
 
 
 def bytes_digest_list(data: bytes, tail: bool = False) -> list[Any]:
