@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -113,6 +114,9 @@ def discard_chunks(root: StorePath, manifest: Manifest, chunks: list[int]) -> No
         return
     for path in records + files:
         path.unlink(missing_ok=True)
+    for path in files[:len(chunks) * len(manifest.hooks)]:  # a killed Zarr write's temporary beside its chunk file
+        for stray in path.parent.glob(f"{glob.escape(path.name)}.*.partial"):
+            stray.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
