@@ -22,7 +22,8 @@ ctime (and nothing else), so a weight chunk whose inode, size and mtime still ma
 its ctime moved is read again and its crc32c checked against the recorded tail (the check every
 read makes, and what ties a chunk to its record on the read path: integrity.py); any other
 change (or a file without a crc32c tail) is hashed again with sha256. An entry that no store
-links any more is removed by the next ingest of other weights into the same cache.
+links any more is removed by the next ingest of other weights into the same cache, as is what a
+killed ingest left building or removing an entry.
 
 ```
 CACHE/<key>/record.json        {"key", "files": {path: [size, sha256, crc32c tail]}, "stat": {path: [...]}}
@@ -35,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -232,13 +234,32 @@ def _refresh_stat(entry: Path, record: dict[str, Any]) -> None:
 
 
 def _prune(cache: Path, keep: str) -> None:
-    """Remove every other entry that no store links (each of its chunk files has a single link)."""
+    """Remove every other entry that no store links (each of its chunk files has a single link), and what
+    killed ingests left building or removing an entry (a whole copy of the weights each)."""
     for entry in cache.iterdir():
+        left = _LEFTOVER.fullmatch(entry.name)
+        if left is not None and not _running(int(left.group(1))) and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
         if entry.name == keep or entry.name.startswith(".") or not entry.is_dir():
             continue
         chunks = [p for p in (entry / "params").rglob("*") if p.is_file() and p.name != "zarr.json"]
         if all(p.stat().st_nlink == 1 for p in chunks):
             _remove(entry)
+
+
+_LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.(?:building|removing)-(\d+)")  # _build_entry's and _remove's names
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id runs (or exists but is not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _remove(entry: Path) -> None:
