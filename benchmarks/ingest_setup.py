@@ -2,15 +2,18 @@
 splits it: setup_s = model_s + probe_s (hook shapes, decomposition check) + digest_s (the wait for the
 weights' sha256) + create_s (the store, params/ from the weight cache) + the rest.
 
-Each model runs in a fresh process (`--repeats` ingests of `--n` examples into the same path, removed
-between them, as benchmarks/ingest.py does), so the first line is the cold setup (first weights digest and
-first imports in the process) and `best` the best of the later ones, interleaved across the given
-checkouts (`--compare DIR`: another actstore source tree, e.g. `git archive REV actstore | tar -x -C DIR`,
-run under the same conditions). The weight cache is a fresh temporary one, shared by the checkouts; an
-untimed ingest of each model builds its entry first, so every timed ingest links it (the cold line is a
-new process ingesting a model whose weights the cache already holds).
+Each model runs in `--processes` fresh processes one after another (each `--repeats` ingests of `--n`
+examples into the same path, removed between them, as benchmarks/ingest.py does), so `cold` is the best
+first ingest of a process (first weights digest, first forward pass and first imports in the process) and
+`warm` the best of the later ones, interleaved across the given checkouts (`--compare DIR`: another
+actstore source tree, e.g. `git archive REV actstore | tar -x -C DIR`, run under the same conditions).
+The weight cache is a fresh temporary one, shared by the checkouts; an untimed ingest of each model builds
+its entry first, so every timed ingest links it (the cold line is a new process ingesting a model whose
+weights the cache already holds). setup_cpu_s is the process's CPU seconds (every thread) over the span
+of setup_s: less sensitive to other load than the wall clock.
 
-    python benchmarks/ingest_setup.py [--models gpt2,zoo:addition] [--n 32] [--repeats 4] [--compare DIR]
+    python benchmarks/ingest_setup.py [--models gpt2,zoo:addition] [--n 32] [--repeats 4] [--processes 3]
+                                      [--compare DIR]
 """
 
 from __future__ import annotations
@@ -24,26 +27,46 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-KEYS = ("setup_s", "model_s", "probe_s", "digest_s", "create_s")
+KEYS = ("setup_s", "model_s", "probe_s", "digest_s", "create_s", "setup_cpu_s")
 
 CHILD = """
 import json, os, shutil, sys, warnings
 warnings.simplefilter("ignore")
 sys.path.insert(0, {here!r})
 from ingest import ZOO_TASKS, gpt2_small_shape, zoo_model
+import time
 import actstore
+from actstore.ingest import run as run_mod
+_run = run_mod._Loop.run
+_cpu = {{}}  # process CPU seconds (every thread) from the ingest's start to its forward loop's
+
+
+def _timed_run(self):
+    _cpu["setup"] = time.process_time() - _cpu["start"]
+    return _run(self)
+
+
+run_mod._Loop.run = _timed_run
+
+
+def ingest(*args, **kwargs):
+    _cpu["start"] = time.process_time()
+    actstore.ingest(*args, **kwargs)
+    kwargs["stats"]["setup_cpu_s"] = _cpu["setup"]
+
+
 spec, n, out = {spec!r}, {n}, {out!r}
 model = gpt2_small_shape("cpu") if spec == "gpt2" else zoo_model(spec)
 task = "ioi" if spec == "gpt2" else ZOO_TASKS[spec]
 shutil.rmtree(out, ignore_errors=True)
 st = {{}}
-actstore.ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
+ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
 print(json.dumps({{"actstore": actstore.__file__, **st}}), flush=True)
 for _ in range({repeats} - 1):
     input()  # the parent says when: the checkouts take turns
     shutil.rmtree(out, ignore_errors=True)
     st = {{}}
-    actstore.ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
+    ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
     print(json.dumps(st), flush=True)
 shutil.rmtree(out, ignore_errors=True)
 """
@@ -54,6 +77,7 @@ def main() -> None:
     p.add_argument("--models", default="gpt2,zoo:addition,zoo:list_update,zoo:brackets,zoo:lm")
     p.add_argument("--n", type=int, default=32, help="examples per ingest (default 32)")
     p.add_argument("--repeats", type=int, default=4, help="ingests per process (the first is the cold one)")
+    p.add_argument("--processes", type=int, default=3, help="fresh processes per model and tree (best cold of them)")
     p.add_argument("--compare", action="append", default=[], help="another actstore source tree to time alike")
     args = p.parse_args()
     trees = [str(HERE.parent)] + [str(Path(c).absolute()) for c in args.compare]
@@ -63,28 +87,33 @@ def main() -> None:
             warm = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / "warm"), repeats=1)
             subprocess.run([sys.executable, "-c", warm], cwd=tmp, env={**env, "PYTHONPATH": trees[0]}, check=True,
                            stdout=subprocess.DEVNULL)  # builds the cache entry
-            procs, firsts = [], []
+            firsts: list[list[dict]] = [[] for _ in trees]  # each fresh process's first (cold) ingest
+            runs: list[list[dict]] = [[] for _ in trees]  # the later (warm) ingests
+            for _ in range(args.processes):
+                procs = []
+                for i, tree in enumerate(trees):
+                    code = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / f"s{i}"),
+                                        repeats=args.repeats)
+                    procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=tmp, text=True,
+                                                  env={**env, "PYTHONPATH": tree}, stdin=subprocess.PIPE,
+                                                  stdout=subprocess.PIPE))
+                    assert procs[-1].stdout is not None
+                    firsts[i].append(json.loads(procs[-1].stdout.readline()))  # cold, before the next one starts
+                for _ in range(args.repeats - 1):
+                    for i, proc in enumerate(procs):
+                        assert proc.stdin is not None and proc.stdout is not None
+                        proc.stdin.write("\n")
+                        proc.stdin.flush()
+                        runs[i].append(json.loads(proc.stdout.readline()))
+                for proc in procs:
+                    proc.communicate()
             for i, tree in enumerate(trees):
-                code = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / f"s{i}"),
-                                    repeats=args.repeats)
-                procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=tmp, text=True,
-                                              env={**env, "PYTHONPATH": tree}, stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE))
-                firsts.append(json.loads(procs[-1].stdout.readline()))  # its cold ingest, before the next starts
-            runs: list[list[dict]] = [[] for _ in trees]
-            for _ in range(args.repeats - 1):
-                for i, proc in enumerate(procs):
-                    assert proc.stdin is not None and proc.stdout is not None
-                    proc.stdin.write("\n")
-                    proc.stdin.flush()
-                    runs[i].append(json.loads(proc.stdout.readline()))
-            for proc in procs:
-                proc.communicate()
-            for i, (tree, first) in enumerate(zip(trees, firsts)):
-                best = min(runs[i], key=lambda st: st["setup_s"]) if runs[i] else first
+                cold = min(firsts[i], key=lambda st: st["setup_s"])
+                best = min(runs[i], key=lambda st: st["setup_s"]) if runs[i] else cold
                 print(f"{spec:<16} n={args.n} tree={tree} load={os.getloadavg()[0]:.1f}\n"
-                      f"  cold: " + " ".join(f"{k}={first[k]:.3f}" for k in KEYS) + "\n"
-                      f"  best of {len(runs[i])}: " + " ".join(f"{k}={best[k]:.3f}" for k in KEYS), flush=True)
+                      f"  cold, best of {len(firsts[i])} processes: " + " ".join(f"{k}={cold[k]:.3f}" for k in KEYS)
+                      + " (all: " + " ".join(f"{st['setup_s']:.2f}" for st in firsts[i]) + ")\n"
+                      f"  warm, best of {len(runs[i])}: " + " ".join(f"{k}={best[k]:.3f}" for k in KEYS), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from actstore.errors import InvalidParameterError
 from actstore.store.arch import Arch
 
 UNEMBED_BLOCK = 512  # vocabulary columns per float64 block of the full unembedding ([d_model, 512]: 3 MB)
+MATMUL_BLOCK = 512  # weight rows per float64 block of a residual product ([512, d_model]: 3 MB)
+FEW_ROWS = 64  # below this many rows a residual product runs in pieces of SERIAL_MACS (see _matmul)
+SERIAL_MACS = 1 << 18  # OpenBLAS runs a gemm of at most 65536 * 4 multiply-adds on one thread
 
 
 def required_hooks(arch: Arch) -> list[str]:
@@ -48,18 +51,20 @@ def answer_residual(
     act(name):         the hook's value at the answer positions, [example, answer, ...]
     returns            [example, answer, d_model] float64
     """
-    resid = _f64(param(arch.W_E)[tokens])  # [e, a, d_model]: only the answer tokens' rows
+    lead = tokens.shape  # [e, a]
+    resid = _f64(param(arch.W_E)[tokens.reshape(-1)])  # [e*a, d_model]: only the answer tokens' rows
     if arch.pos_in_resid:
-        resid = resid + _f64(param(arch.W_pos)[positions])
+        resid = resid + _f64(param(arch.W_pos)[positions.reshape(-1)])
     for layer in arch.layers:
         z = _f64(act(arch.z(layer)))  # [e, a, head, d_head]
-        w_o = _f64(param(arch.attn_weight(layer, "W_O")))  # [head, d_head, d_model]
-        resid = resid + np.einsum("eahd,hdm->eam", z, w_o) + param(arch.attn_weight(layer, "b_O"))
+        w_o = param(arch.attn_weight(layer, "W_O"))  # [head, d_head, d_model]
+        resid = resid + _matmul(z.reshape(resid.shape[0], -1), w_o.reshape(-1, w_o.shape[-1]))
+        resid = resid + param(arch.attn_weight(layer, "b_O"))
         if arch.has_mlp:
             post = _f64(act(arch.mlp_post(layer)))  # [e, a, d_mlp]
-            resid = resid + post @ _f64(param(arch.mlp_weight(layer, "W_out")))
+            resid = resid + _matmul(post.reshape(resid.shape[0], -1), param(arch.mlp_weight(layer, "W_out")))
             resid = resid + param(arch.mlp_weight(layer, "b_out"))
-    return resid
+    return resid.reshape(*lead, -1)
 
 
 def normalize_final(
@@ -160,6 +165,24 @@ def rounding_bound(
             w_out = _f64(param(arch.mlp_weight(layer, "W_out")))  # [d_mlp, d_model]
             total += np.einsum("ean,ean->ea", np.abs(post), np.abs(np.einsum("nm,eam->ean", w_out, g)))
     return unit * total
+
+
+def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [rows, k] float64 @ w [k, n] in float64: [rows, n]. w is converted MATMUL_BLOCK rows at a time (no
+    float64 copy of a whole weight: W_out of a GPT-2-small shape is 2.4M values per layer). With few rows (the
+    ingest probe's) each product is cut into pieces of at most SERIAL_MACS multiply-adds, which OpenBLAS runs
+    on the calling thread: its threads, woken for each small product, cost more than they give (several
+    times slower on 2 busy cores) and take the core the weights' sha256 runs on meanwhile."""
+    out = np.zeros((x.shape[0], w.shape[1]))
+    work = x.shape[0] * w.shape[1]
+    step = MATMUL_BLOCK  # a power of two dividing MATMUL_BLOCK, so no piece straddles two blocks
+    while x.shape[0] < FEW_ROWS and step > 8 and step * work > SERIAL_MACS:
+        step //= 2
+    for i in range(0, w.shape[0], MATMUL_BLOCK):
+        block = _f64(w[i:i + MATMUL_BLOCK])
+        for j in range(0, block.shape[0], step):
+            out += x[:, i + j:i + j + step] @ block[j:j + step]
+    return out
 
 
 def _f64(a: np.ndarray) -> np.ndarray:

@@ -57,7 +57,8 @@ def weights_sha256(weights: Iterable[tuple[str, np.ndarray]]) -> str:
     h = hashlib.sha256()
     for name, value in weights:
         h.update(name.encode())
-        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+        # the array's own buffer, not a copy: no 600 MB of copying with the GIL held (hashlib drops it)
+        h.update(np.ascontiguousarray(value, dtype=np.float32).reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 
