@@ -22,6 +22,7 @@ component . v, not divided by the final LayerNorm scale, summing to resid_final 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +102,20 @@ def final_scale(weights: Weights, chunk: Chunk, readout: Readout | None = None) 
     return chunk.at_answer[Arch.final_scale][..., 0].astype(np.float64)
 
 
+def head_values(z: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """[e, a, head] float64: each head's output at each answer read along the target, z [e, a, head, d_head]
+    (stored activations) dotted with table [e, a, head, d_head] (the folded head table at each answer,
+    COMPUTE). Row by row: rows [i, j) of the result are head_values(z[i:j], table[i:j]), bit for bit."""
+    return np.einsum("eahd,eahd->eah", z.astype(COMPUTE, copy=False), table).astype(np.float64)
+
+
 def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: str = "head",
-                       target: str | Target = "correct") -> tuple[np.ndarray, list[Component]]:
-    """Each component's direct attribution at each answer: ([example, answer, component] float64, components)."""
+                       target: str | Target = "correct",
+                       heads: Mapping[int, np.ndarray] | None = None) -> tuple[np.ndarray, list[Component]]:
+    """Each component's direct attribution at each answer: ([example, answer, component] float64, components).
+
+    heads: layer -> head_values of that layer's hook_z toward this target, computed already (e.g. on the
+    reading threads: chunks.stream(products=)); the other layers' come from chunk.at_answer."""
     check_level(level)
     tgt = target if isinstance(target, Target) else make_target(readout, chunk, target)
     blocks: list[np.ndarray] = []  # each [e, a, k], divided by the final scale at the end
@@ -119,19 +131,20 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
 
     n_heads = weights.arch.n_heads
     for layer in range(weights.arch.n_layers):
-        z = chunk.at_answer[Arch.z(layer)].astype(COMPUTE, copy=False)  # [e, a, head, d_head]
-        heads = np.einsum("eahd,eahd->eah", z, tgt.take(compute_table(readout, "head", layer)))  # [e, a, head]
-        heads = heads.astype(np.float64)
+        if heads is not None and layer in heads:
+            per_head = heads[layer]  # [e, a, head]
+        else:
+            per_head = head_values(chunk.at_answer[Arch.z(layer)], tgt.take(compute_table(readout, "head", layer)))
         attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
         if level == "layer":
-            add(heads.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])
+            add(per_head.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])
         elif level == "path" and layer > 0:
             values, sources = path_attribution(weights, readout, chunk, tgt, layer)  # [e, a, head, source]
             add(values.reshape(*values.shape[:2], -1),
                 [Component(f"{src}>L{layer}H{h}", layer, h, source=src) for h in range(n_heads) for src in sources])
             add(attn_bias, [Component(f"attn_bias{layer}", layer)])
         else:
-            add(heads, [Component(f"L{layer}H{h}", layer, h) for h in range(n_heads)])
+            add(per_head, [Component(f"L{layer}H{h}", layer, h) for h in range(n_heads)])
             add(attn_bias, [Component(f"attn_bias{layer}", layer)])
         if not weights.arch.has_mlp:
             continue

@@ -16,7 +16,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,7 +28,7 @@ from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHoo
 from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
-from actstore.store.chunk_read import to_float32
+from actstore.store.chunk_read import float32_into, to_float32
 from actstore.store.reader import Store
 
 
@@ -58,6 +58,7 @@ class Chunk:
     at_answer: dict[str, np.ndarray] = field(default_factory=dict)
     full: dict[str, np.ndarray] = field(default_factory=dict)
     start: int = 0  # row of the store's first example in this chunk
+    products: dict[str, np.ndarray] = field(default_factory=dict)  # hook -> what stream(products=) made of it
 
     def __len__(self) -> int:
         return int(self.example_id.shape[0])
@@ -79,28 +80,43 @@ def pos_axis(dims: Sequence[str]) -> int:
     raise InvalidParameterError(f"array with axes {tuple(dims)} has no position axis")
 
 
-def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray:
+def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray, dtype: Any = None) -> np.ndarray:
     """A hook's value at each example's answer positions: the pos axis becomes [answer].
 
-    array: [example, ..., pos, ...] with axis names `dims`; returned unchanged if already 'answer',
-           else as a new array (never a view of `array`, so that a big chunk can be freed)
+    array: [example, ..., pos, ...] with axis names `dims`; returned unchanged if already 'answer'
+           (and of `dtype`), else as a new array (never a view of `array`, so that a big chunk can be freed)
     answer_pos: [example, answer]
+    dtype: the values as this dtype (None: as stored); float16 -> float32 is converted as it is gathered
+           (chunk_read.to_float32: the same bits as astype, without a float16 copy first)
     """
     axis = pos_axis(dims)
     if dims[axis] == "answer":
-        return array
+        return array if dtype is None else _as(array, dtype)
     # [example, pos, ...] (moveaxis only where pos is not axis 1 already: its Python cost showed per hook
     # and chunk on a many-hook store)
     moved = array if axis == 1 else np.moveaxis(array, axis, 1)
     if answer_pos.shape[0] and (answer_pos == answer_pos[:1]).all():  # the same positions in every example
         cols = answer_pos[0]
         if (np.diff(cols) == 1).all():  # a contiguous run (a slice copies much faster than fancy indexing)
-            picked = moved[:, int(cols[0]):int(cols[-1]) + 1].copy()
+            run = moved[:, int(cols[0]):int(cols[-1]) + 1]
+            if axis == 1:  # a view, copied (and cast) once
+                return run.copy() if dtype is None else _as(run, dtype, copied=False)
+            picked = run.copy()
         else:
             picked = moved[:, cols]
     else:
         picked = moved[np.arange(array.shape[0])[:, None], answer_pos]  # [example, answer, ...]
-    return picked if axis == 1 else np.moveaxis(picked, 1, axis)
+    picked = picked if axis == 1 else np.moveaxis(picked, 1, axis)
+    return picked if dtype is None else _as(picked, dtype)
+
+
+def _as(array: np.ndarray, dtype: Any, copied: bool = True) -> np.ndarray:
+    """`array` as `dtype`: float16 -> float32 through chunk_read.to_float32 (C-contiguous, the same bits as
+    astype, faster); copied: `array` is a copy already (kept as it is where its dtype is `dtype`), else a
+    view to copy (C-contiguous)."""
+    if array.dtype == np.float16 and np.dtype(dtype) == np.float32:
+        return to_float32(array)
+    return array.astype(dtype, copy=False) if copied else np.array(array, dtype=dtype, order="C")
 
 
 def _check_positions(ids: np.ndarray, lengths: np.ndarray, n_tokens: np.ndarray, answer_pos: np.ndarray) -> None:
@@ -490,6 +506,54 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
                                         f"the answer positions only; re-ingest with --hooks {name}:all")
 
 
+Product = Callable[[np.ndarray, slice], np.ndarray]  # (answer values of some rows, those rows) -> their product
+Products = Callable[[ExampleArrays, int, int], Mapping[str, Product]]
+PRODUCT_BLOCK = 1 << 16  # answer values per block of answer_product (256 KB as float32: they stay in cache)
+
+
+def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray, dtype: Any,
+                   fn: Product) -> np.ndarray:
+    """fn(values, rows) over blocks of rows of at_answers(array, dims, answer_pos, dtype), concatenated
+    along the example axis: what fn(at_answers(...), slice(None)) gives wherever fn works row by row
+    (an einsum over each example's values), without the whole answer array in memory: each block is
+    gathered (and cast) into one reused buffer and goes to fn while it is still in cache. fn must return
+    a new array (never a view of its values).
+
+    array: [example, ...] a chunk's hook as read; answer_pos: [example, answer]
+    """
+    n = array.shape[0]
+    axis = pos_axis(dims)
+    per_row = max(1, array[:1].size if dims[axis] == "answer" else
+                  array[:1].size // max(1, array.shape[axis]) * answer_pos.shape[1])
+    rows = max(1, PRODUCT_BLOCK // per_row)
+    if n <= rows:
+        return fn(at_answers(array, dims, answer_pos, dtype), slice(0, n))
+    run = _answer_run(array, dims, answer_pos)
+    parts = []
+    if run is not None and array.dtype == np.float16 and dtype is not None and np.dtype(dtype) == np.float32:
+        buffer = np.empty((rows, *run.shape[1:]), dtype=np.float32)
+        for r in range(0, n, rows):
+            block = buffer[:min(rows, n - r)]
+            float32_into(run[r:r + rows], block)
+            parts.append(fn(block, slice(r, r + block.shape[0])))
+    else:
+        for r in range(0, n, rows):
+            sl = slice(r, min(n, r + rows))
+            parts.append(fn(at_answers(array[sl], dims, answer_pos[sl], dtype), sl))
+    return np.concatenate(parts)
+
+
+def _answer_run(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray | None:
+    """The view [example, answer, ...] of `array` at the answer positions where they are one run of
+    positions (the same in every example) on axis 1, else None."""
+    if pos_axis(dims) != 1 or dims[1] == "answer" or not answer_pos.shape[0] or not answer_pos.shape[1]:
+        return None
+    cols = answer_pos[0]
+    if not ((answer_pos == answer_pos[:1]).all() and (np.diff(cols) == 1).all()):
+        return None
+    return array[:, int(cols[0]):int(cols[-1]) + 1]
+
+
 READ_THREADS = 2  # reading threads per scan; a Dask worker sets its own thread count (executor.run_batch)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _META: dict[int, ThreadPoolExecutor] = {}
@@ -519,7 +583,8 @@ def reader_pool(workers: int) -> ThreadPoolExecutor:
 
 def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] = (), *, tokens: bool = False,
            examples: Examples | None = None, workers: int | None = None, answer_dtype: Any = None,
-           ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks") -> Iterator[Chunk]:
+           ranges: Sequence[tuple[int, int]] | None = None, label: str = "chunks",
+           products: Products | None = None) -> Iterator[Chunk]:
     """Committed chunks of `store` in order, each with the hooks asked for (see `Chunk`).
 
     answer_hooks: gathered at the answer positions (`Chunk.at_answer`); full_hooks: as stored
@@ -531,6 +596,10 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     float32, so that the float16 -> float32 conversion overlaps the reads).
     ranges: only these committed [start, stop) chunks (a query that selects no row of a chunk
     skips it); label: what the progress bar calls the work.
+    products: products(rows, start, stop), called here as a chunk's reads are queued, gives per answer
+    hook a function of its answer values that the reading thread applies instead of keeping them
+    (`Chunk.products`, not `Chunk.at_answer`), a block of rows at a time (see answer_product): the
+    math on a hook starts as soon as its read lands, beside the other hooks' reads.
     """
     ex = examples or example_index(store)
     workers = READ_THREADS if workers is None else workers
@@ -539,19 +608,21 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     answers, fulls = set(answer_hooks), set(full_hooks)
     pool = reader_pool(min(workers, len(names))) if workers > 1 and len(names) > 1 else None
 
-    def load(name: str, start: int, stop: int, answer_pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def load(name: str, start: int, stop: int, answer_pos: np.ndarray,
+             product: Product | None) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         # gather the answers at once, so that a big all-position array is dropped right away
         # and the next read reuses its memory (keeping a chunk's arrays alive costs page faults)
         arr = store.read(name, start, stop)
-        picked = at_answers(arr, dims[name], answer_pos) if name in answers else None  # a copy
-        if picked is not None and answer_dtype is not None:
-            picked = (to_float32(picked) if picked.dtype == np.float16 and np.dtype(answer_dtype) == np.float32
-                      else picked.astype(answer_dtype, copy=False))  # to_float32: the same bits, faster
-        return picked, (arr if name in fulls else None)
+        full = arr if name in fulls else None
+        if name in answers and product is not None:
+            return None, full, answer_product(arr, dims[name], answer_pos, answer_dtype, product)
+        picked = at_answers(arr, dims[name], answer_pos, answer_dtype) if name in answers else None  # a copy
+        return picked, full, None
 
     def submit(start: int, stop: int) -> tuple[ExampleArrays, list[Any]]:
         rows = ex.rows(start, stop)  # this chunk's examples, read here (not on the reading threads)
-        return rows, [pool.submit(load, name, start, stop, rows.answer_pos)  # type: ignore[union-attr]
+        fns = products(rows, start, stop) if products is not None else {}
+        return rows, [pool.submit(load, name, start, stop, rows.answer_pos, fns.get(name))  # type: ignore[union-attr]
                       for name in names]
 
     ranges = list(store.chunks()) if ranges is None else list(ranges)
@@ -576,7 +647,8 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
                 rows = ex.rows(start, stop)
                 if isinstance(ex, ExampleIndex) and k + 1 < len(ranges):
                     ex.prefetch(*ranges[k + 1])  # the next chunk's examples, read beside this one's hooks
-                results = [load(name, start, stop, rows.answer_pos) for name in names]
+                fns = products(rows, start, stop) if products is not None else {}
+                results = [load(name, start, stop, rows.answer_pos, fns.get(name)) for name in names]
             loaded = dict(zip(names, results))
             del results
             chunk = Chunk(
@@ -584,9 +656,10 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
                 tokens=chunk_tokens(store, start, stop) if tokens else None,
                 answer_pos=rows.answer_pos, answer_tokens=rows.answer_tokens,
                 counter_tokens=rows.counter_tokens, input_tokens=rows.input_tokens,
-                at_answer={n: a for n, (a, _) in loaded.items() if a is not None},
-                full={n: f for n, (_, f) in loaded.items() if f is not None},
+                at_answer={n: a for n, (a, _, _) in loaded.items() if a is not None},
+                full={n: f for n, (_, f, _) in loaded.items() if f is not None},
                 start=start,
+                products={n: p for n, (_, _, p) in loaded.items() if p is not None},
             )
             del loaded
             yield chunk

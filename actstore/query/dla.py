@@ -19,22 +19,24 @@ for a vector read as it is, to the final residual stream . v); see attribution.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from actstore.errors import InvalidParameterError
-from actstore.query.attribution import (COMPUTE, Component, check_level, direct_attribution, make_target,
-                                        required_hooks)
-from actstore.query.chunks import Chunk, Examples, stream
+from actstore.query.attribution import (COMPUTE, Component, check_level, compute_table, direct_attribution,
+                                        head_values, make_target, required_hooks)
+from actstore.query.chunks import Chunk, ExampleArrays, Examples, Product, stream
 from actstore.query.executor import Job, run
 from actstore.query.memo import keeps_chunks, memo
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Readout, Target, Weights
 from actstore.query.tables import ColumnType, item_frame
 from actstore.query.targets import ANSWER_KINDS, ReadTarget, parse_target
+from actstore.store.arch import Arch
 from actstore.store.reader import Store
 from actstore.query.options import Level
 
@@ -87,17 +89,37 @@ class DlaPlan:
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
+        # one target row per answer: each hook_z's heads are computed on the reading thread as its read lands
+        on_threads = tgt.kind in ANSWER_KINDS and self.level != "path"
         for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
-                            answer_dtype=COMPUTE, ranges=ranges):
+                            answer_dtype=COMPUTE, ranges=ranges, products=self.head_products if on_threads else None):
             rows = ([chunk_target(self.store, self.readout, self.at.arrays, chunk, tgt.kind)]
                     if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape))
+            heads = {layer: chunk.products[Arch.z(layer)] for layer in range(self.weights.arch.n_layers)
+                     if Arch.z(layer) in chunk.products}
             per_row = []
             for row in rows:
-                values, comps = direct_attribution(self.weights, self.readout, chunk, level=self.level, target=row)
+                values, comps = direct_attribution(self.weights, self.readout, chunk, level=self.level, target=row,
+                                                   heads=heads)
                 per_row.append(values)
             values = np.stack(per_row, axis=2) if len(per_row) > 1 else per_row[0][:, :, None, :]
             yield self.at.frame(chunk.start, chunk.stop, self.items(comps), values, {"target": tgt.label},
                                 tgt.tokens if tgt.per_token else None)
+
+    def head_products(self, rows: ExampleArrays, start: int, stop: int) -> dict[str, Product]:
+        """chunks.stream's products for a chunk's examples [start, stop) toward an answer target: each
+        layer's hook_z -> its head_values, from the chunk's Target (made here, on the scan's thread)."""
+        chunk = Chunk(example_id=rows.example_id, lengths=rows.lengths, tokens=None, answer_pos=rows.answer_pos,
+                      answer_tokens=rows.answer_tokens, counter_tokens=rows.counter_tokens,
+                      input_tokens=rows.input_tokens, start=start)
+        target = chunk_target(self.store, self.readout, self.at.arrays, chunk, self.tgt.kind)
+        kept = keeps_chunks(self.store)  # the Target keeps its gathered tables for later queries: slices of them
+        fns: dict[str, Product] = {}
+        for layer in range(self.weights.arch.n_layers):
+            table = compute_table(self.readout, "head", layer)
+            take = target.take(table).__getitem__ if kept else target.rows_taker(table)
+            fns[Arch.z(layer)] = partial(_heads_of, take)
+        return fns
 
     def items(self, comps: list[Component]) -> pl.DataFrame:
         """component_items, kept with the store: the same frame for every chunk and later queries."""
@@ -106,6 +128,11 @@ class DlaPlan:
 
     def empty(self) -> pl.DataFrame:
         return self.at.empty(component_items([], self.level), {"target": pl.String}, self.tgt.per_token)
+
+
+def _heads_of(take: Callable[[slice], np.ndarray], z: np.ndarray, rows: slice) -> np.ndarray:
+    """head_values of answer values z of examples `rows`, the folded table taken at those rows."""
+    return head_values(z, take(rows))
 
 
 def check_counter(store: Store, ex: Examples, target: ReadTarget) -> None:

@@ -296,6 +296,22 @@ class Target:
             return self._kept_or((table,), (id(table),), lambda: self._take(table))
         return self._take(table)
 
+    def rows_taker(self, table: np.ndarray) -> Callable[[slice], np.ndarray]:
+        """A function of a slice of examples giving take(table)[rows], the same values bit for bit, computed
+        for those rows alone and kept nowhere: safe to call on any thread (chunks.stream(products=))."""
+        correct, counter = self.correct, self.counter
+        if self.row is not None:
+            row = table[self.row]
+            return lambda rows: np.broadcast_to(row, correct[rows].shape + table.shape[1:])
+        if self.kind != "diff" or counter is None:
+            return lambda rows: table[correct[rows]]
+        pairs = self._pairs()
+        if pairs is None:
+            return lambda rows: table[correct[rows]] - table[counter[rows]]
+        diffs = table[pairs[0]] - table[pairs[1]]  # each distinct pair's difference, as _take computes it
+        inverse = pairs[2]
+        return lambda rows: diffs[inverse[rows]]
+
     def _take(self, table: np.ndarray) -> np.ndarray:
         if self.kind != "diff":
             return table[self.correct]

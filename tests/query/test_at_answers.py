@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actstore.query.chunks import at_answers
+from actstore.query.chunks import PRODUCT_BLOCK, answer_product, at_answers
 
 Z_DIMS = ("example", "pos", "head", "d_head")
 PATTERN_DIMS = ("example", "head", "query_pos", "key_pos")
@@ -30,3 +30,36 @@ def test_at_answers_picks_each_examples_positions(dims: tuple[str, ...], positio
 def test_at_answers_leaves_answer_arrays_alone() -> None:
     array = np.ones((4, 2, 3), dtype=np.float16)
     assert at_answers(array, ("example", "answer", "d_mlp"), np.zeros((4, 2), dtype=np.int64)) is array
+
+
+@pytest.mark.parametrize("positions", ["run", "same", "own"])
+@pytest.mark.parametrize("dims", [Z_DIMS, PATTERN_DIMS, ("example", "answer", "d_mlp")])
+def test_at_answers_cast_and_answer_product_give_the_gathered_values(dims: tuple[str, ...], positions: str) -> None:
+    """at_answers(..., float32) is the gather then numpy's cast, bit for bit (inf, NaN and subnormals
+    included); answer_product over blocks of rows (several here) is fn over the whole gathered array."""
+    rng = np.random.default_rng(1)
+    n = 2 * PRODUCT_BLOCK // 24 + 37  # answer_product's blocks: at least 3, the last one short
+    shape = {Z_DIMS: (n, 9, 2, 4), PATTERN_DIMS: (n, 2, 9, 4)}.get(dims, (n, 3, 8))
+    array = np.clip(rng.normal(scale=30000, size=shape), -65504, 65504).astype(np.float16)
+    array.reshape(-1)[::97] = np.array([np.inf, -np.inf, np.nan, 6e-8, -0.0, 65504], dtype=np.float16)[
+        np.arange(array.reshape(-1)[::97].size) % 6]
+    width = array.shape[dims.index("answer")] if "answer" in dims else 9
+    pos = {"run": np.tile([4, 5, 6], (n, 1)), "same": np.tile([1, 6, 8], (n, 1)),
+           "own": rng.integers(0, width, size=(n, 3))}[positions]
+    pos = pos[:, :width] if "answer" in dims else pos
+    whole = at_answers(array, dims, pos)
+    got = at_answers(array, dims, pos, np.float32)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and not np.shares_memory(got, array)
+    np.testing.assert_array_equal(got.view(np.uint32), whole.astype(np.float32).view(np.uint32))
+    seen: list[slice] = []
+
+    def fn(values: np.ndarray, rows: slice) -> np.ndarray:
+        seen.append(rows)
+        return values.reshape(values.shape[0], -1).astype(np.float64) * 3 + rows.start
+
+    product = answer_product(array, dims, pos, np.float32, fn)
+    want = np.concatenate([whole[s].astype(np.float32).reshape(s.stop - s.start, -1).astype(np.float64) * 3 + s.start
+                           for s in seen])
+    assert len(seen) >= 3 and seen[0].start == 0 and seen[-1].stop == n
+    assert all(a.stop == b.start for a, b in zip(seen, seen[1:]))
+    np.testing.assert_array_equal(product, want)

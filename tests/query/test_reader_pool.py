@@ -47,3 +47,44 @@ def test_every_chunk_of_a_scan_holds_its_own_rows(tiny_store):
                                   ex.answer_pos[c.start:c.stop])
                 assert c.at_answer[name].dtype == np.float32
                 np.testing.assert_array_equal(c.at_answer[name], want.astype(np.float32))
+
+
+def test_heads_computed_on_the_reading_threads_are_the_main_threads_bit_for_bit(tiny_store):
+    """dla's head values made on the reading threads (stream(products=), a block of rows at a time) equal
+    direct_attribution's own from the gathered answers, for every chunk and answer target."""
+    from actstore.query.attribution import COMPUTE, direct_attribution
+    from actstore.query.dla import DlaPlan, chunk_target
+
+    store = tiny_store("ln_mlp", "float16")
+    for level, target in (("head", "diff"), ("layer", "correct"), ("neuron", "diff")):
+        plan = DlaPlan(store, level, target, None, 0, None)
+        plain = list(stream(store, *plan.hooks, examples=plan.at.arrays, answer_dtype=COMPUTE))
+        threaded = list(stream(store, *plan.hooks, examples=plan.at.arrays, answer_dtype=COMPUTE,
+                               products=plan.head_products))
+        assert len(plain) == len(threaded) >= 3
+        for a, b in zip(plain, threaded):
+            assert b.products and set(b.products).isdisjoint(b.at_answer)
+            heads = {int(name.split(".")[1]): v for name, v in b.products.items()}
+            tgt = chunk_target(store, plan.readout, plan.at.arrays, a, target)
+            want, _ = direct_attribution(plan.weights, plan.readout, a, level=level, target=tgt)
+            got, _ = direct_attribution(plan.weights, plan.readout, b, level=level, target=tgt, heads=heads)
+            np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+def test_rows_taker_is_take_of_those_rows():
+    """Target.rows_taker (what the reading threads use where a store's Targets keep nothing): rows i:j of
+    take(table), bit for bit, for 'correct', 'diff' with few distinct pairs and with many, and a fixed row."""
+    from actstore.query.readout import Target
+
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(40, 3, 5)).astype(np.float32)
+    few = rng.integers(0, 3, size=(50, 2))
+    targets = [Target("correct", rng.integers(0, 40, size=(50, 2)), None),
+               Target("diff", few, few[::-1] + 4),  # 3 distinct pairs: differences taken per pair
+               Target("diff", rng.integers(0, 40, size=(50, 2)), rng.integers(0, 40, size=(50, 2))),
+               Target.fixed(7, (50, 2))]
+    for target in targets:
+        take = target.rows_taker(table)
+        whole = target.take(table)
+        for rows in (slice(0, 50), slice(0, 17), slice(17, 50), slice(49, 50)):
+            np.testing.assert_array_equal(take(rows).view(np.uint32), whole[rows].view(np.uint32))
