@@ -7,7 +7,9 @@ arrays and meta parts, then its commit record (see `commits.py`).
 
 Deferred commits (`ChunkWriter(..., defer_commit=True)`, what ingest uses on a local store): making
 chunk k's files durable (fsync), hashing them and writing its commit record run on a committer
-thread while the caller goes on to encode and write chunk k+1. The record is still written only
+thread while the caller goes on to encode and write chunk k+1. On a local store each array's chunk
+file starts its fsync and hash as soon as Zarr has written it, while the chunk's other arrays are
+still encoding (the last chunk's commit, which nothing overlaps, waits less). The record is still written only
 after every file of its chunk is durable, and records are written in chunk order, so what a crash
 leaves is what it left before: committed chunks whole, anything else discarded by the resume.
 
@@ -180,9 +182,17 @@ class ChunkWriter:
             if data.shape[0] != stop - start:
                 raise StoreCorruptError(f"chunk {k} of {name}: {data.shape[0]} rows for examples [{start}, {stop})")
 
+        local = not isinstance(self.root, RemotePath)
+        early: dict[StorePath, Future] = {}  # local: each array's chunk file -> its digest (fsync + sha256)
+
+        async def put(name: str, arr: zarr.Array) -> None:
+            await arr.async_array.setitem(slice(start, stop), acts[name])
+            if local:  # written whole: make it durable and hash it while the other arrays encode
+                path = chunk_file(self.root, name, k, arr.ndim)
+                early[path] = self._pool.submit(self._digest, path, self._crc32c_tail)
+
         async def put_all() -> None:  # every array at once: zarr encodes the chunks on its thread pool
-            await asyncio.gather(*(arr.async_array.setitem(slice(start, stop), acts[name])
-                                   for name, arr in self.arrays.items()))
+            await asyncio.gather(*(put(name, arr) for name, arr in self.arrays.items()))
 
         self._sent.clear()
         sync(put_all())
@@ -197,17 +207,20 @@ class ChunkWriter:
         paths += parts
         self._maybe_die(k, "meta")
         if self._committer is None:
-            return self._commit(k, paths)
+            return self._commit(k, paths, early)
         self.flush()  # chunk k-1's record before chunk k's: records stay in order, one chunk in flight
-        self._pending = self._committer.submit(self._commit, k, paths)
+        self._pending = self._committer.submit(self._commit, k, paths, early)
         return sum(os.stat(p).st_size for p in paths if isinstance(p, Path))  # deferred: local stores only
 
-    def _commit(self, k: int, paths: list[StorePath]) -> int:
-        """Make chunk k's written files durable, hash them, then write its commit record; returns their bytes."""
+    def _commit(self, k: int, paths: list[StorePath], early: Mapping[StorePath, Future] | None = None) -> int:
+        """Make chunk k's written files durable, hash them, then write its commit record; returns their bytes.
+        early: the digests (fsync included) already started for some of `paths`."""
         start, stop = self.ranges[k]
+        early = early or {}
         tails = [self._crc32c_tail] * len(self.arrays) + [False] * len(self.tables)
-        digests = self._pool.map(self._digest, paths, tails)  # sha256 drops the GIL
-        files = {relative(f, self.root): d for f, d in zip(paths, digests)}
+        pending = [early[p] if p in early else self._pool.submit(self._digest, p, tail)  # sha256 drops the GIL
+                   for p, tail in zip(paths, tails)]
+        files = {relative(f, self.root): d.result() for f, d in zip(paths, pending)}
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
         # deferred: the caller finishes after flush(), under its shards' finishing lock (two shards finishing
