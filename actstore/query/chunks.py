@@ -622,8 +622,19 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     def submit(start: int, stop: int) -> tuple[ExampleArrays, list[Any]]:
         rows = ex.rows(start, stop)  # this chunk's examples, read here (not on the reading threads)
         fns = products(rows, start, stop) if products is not None else {}
-        return rows, [pool.submit(load, name, start, stop, rows.answer_pos, fns.get(name))  # type: ignore[union-attr]
-                      for name in names]
+        tasks = [(name, start, stop, rows.answer_pos, fns.get(name)) for name in names]
+        return rows, [(pool.submit(load, *task), task) for task in tasks]  # type: ignore[union-attr]
+
+    def finish(tasks: list[Any]) -> list[Any]:
+        # this thread would only wait: it takes the chunk's reads no reading thread has started yet, from
+        # the last one back (the readers work from the front), then waits for the rest
+        results: list[Any] = [None] * len(tasks)
+        for i in reversed(range(len(tasks))):
+            future, task = tasks[i]
+            if not future.cancel():
+                break
+            results[i] = load(*task)
+        return [future.result() if result is None else result for (future, _), result in zip(tasks, results)]
 
     ranges = list(store.chunks()) if ranges is None else list(ranges)
     # chunks whose reads are queued while this one's are awaited: with answers only, the next one too, so
@@ -639,8 +650,8 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
                     queued.append(submit(*ranges[k + len(queued)]))
                 if isinstance(ex, ExampleIndex) and k + len(queued) < len(ranges):
                     ex.prefetch(*ranges[k + len(queued)])  # the examples of the next chunk to queue, meanwhile
-                rows, futures = queued.popleft()
-                results = [f.result() for f in futures]
+                rows, tasks = queued.popleft()
+                results = finish(tasks)
                 if not queued and k + 1 < len(ranges):  # read the next chunk while the caller works on this one
                     queued.append(submit(*ranges[k + 1]))
             else:
@@ -664,6 +675,6 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
             del loaded
             yield chunk
     finally:  # a scan left early: the next chunks' reads not yet started are dropped
-        for _, futures in queued:
-            for future in futures:
+        for _, tasks in queued:
+            for future, _ in tasks:
                 future.cancel()
