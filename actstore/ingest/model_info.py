@@ -84,13 +84,16 @@ def weights_digest(model: Any) -> str:
     return digest
 
 
-def weights_digest_later(model: Any) -> Callable[[], str]:
+def weights_digest_later(model: Any, then: Callable[[str], Any] | None = None) -> Callable[[], str]:
     """Start `weights_digest(model)` on its own thread and return the call that waits for it (and raises what
-    it raised). sha256 drops the GIL, so a first hash (~0.8 s for a GPT-2-small shape on this CPU) runs
-    beside the caller's work: ingest's probe, which keeps one CPU thread for itself."""
+    it raised). sha256 drops the GIL, so a first hash (~0.5 s for a GPT-2-small shape on this CPU) runs
+    beside the caller's work: ingest's probe, which keeps one CPU thread for itself. `then(digest)` runs on
+    the same thread after it (its result and errors are the caller's to collect; not waited for here)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-weights-digest")
     future = pool.submit(weights_digest, model)
-    pool.shutdown(wait=False)  # the thread ends once the digest is done
+    if then is not None:
+        pool.submit(lambda: then(future.result()))
+    pool.shutdown(wait=False)  # the thread ends once its work is done
     return future.result
 
 

@@ -67,6 +67,7 @@ from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
 from actstore.store.reader import Store
 from actstore.store.writer import ChunkWriter, create_store, remove_interrupted_creation, remove_store
+from actstore.store.weight_cache import cache_dir, check_ahead
 
 CHUNK_TARGET_BYTES = 64 << 20  # auto chunk: the largest power of two of examples under this size
 MAX_AUTO_CHUNK = 8192
@@ -173,7 +174,10 @@ def ingest(
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     t = _batch_tensors(data, 0, probe_n, dev)
-    digest_of = model_info.weights_digest_later(net)  # hashed on another thread while the probe runs
+    # hashed on another thread while the probe runs; for a new local store its weight cache entry is checked
+    # there next (weight_cache.check_ahead), so that creating the store only links the entry's files
+    ahead = not isinstance(out, RemotePath) and (overwrite or not is_store(out))
+    digest_of = model_info.weights_digest_later(net, then=_check_cache_ahead if ahead else None)
     t_probe = time.perf_counter()
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
                                         [c.name for c in choices], dtype)
@@ -539,6 +543,11 @@ def _check_fits(data: TaskData, cfg: Any) -> None:
             raise InvalidParameterError(
                 f"task {data.task}: {label} id {top} is outside the model's vocabulary ({size}); "
                 "is this model trained on this task?")
+
+
+def _check_cache_ahead(weights_sha256: str) -> None:
+    """weight_cache.check_ahead of the entry a new store's params/ will link (the codec every store has)."""
+    check_ahead(weights_sha256, DEFAULT_CODEC, cache_dir())
 
 
 def _check_writable(out: StorePath) -> None:

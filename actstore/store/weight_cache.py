@@ -38,8 +38,9 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ ENV = "ACTSTORE_WEIGHT_CACHE"
 RECORD = "record.json"
 TAIL = 4  # bytes of a chunk's crc32c (little-endian) at its end, when the codec chain ends in crc32c
 LAYOUT = 1  # bump when the bytes written for the same weights change
+# files of an entry this process found holding their recorded bytes: {path: [inode, size, mtime_ns, ctime_ns]} as
+# they were when read; trusted while a file's stat still equals it (any write to it moves its ctime)
+_CHECKED: dict[str, list[int]] = {}
+_PRECHECKS: dict[str, Future] = {}  # entry path -> its check_ahead still running
+_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path | None:
@@ -73,6 +79,29 @@ def cache_key(weights_sha256: str, codec: Mapping[str, Any]) -> str:
     spec = json.dumps({"weights": weights_sha256, "codec": dict(codec), "zarr": zarr.__version__, "layout": LAYOUT},
                       sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+
+def check_ahead(weights_sha256: str, codec: Mapping[str, Any], cache: Path | None) -> None:
+    """Check the cache entry of these weights now, on the calling thread, so that a place_params soon after
+    (ingest: the store's creation, once the probe is done) finds its files checked and only compares their
+    stat: ingest calls this on the thread that hashed the weights, while the probe runs on the other core.
+    A file written in between (its ctime moves) is checked again by place_params; an entry found damaged is
+    removed, as place_params would; an unusable cache is left to place_params."""
+    if cache is None or not weights_sha256:
+        return
+    entry = cache / cache_key(weights_sha256, codec)
+    future: Future = Future()
+    with _LOCK:
+        running = _PRECHECKS.get(str(entry))
+        if running is not None and not running.done():
+            return
+        _PRECHECKS[str(entry)] = future
+    try:
+        _checked_record(entry, dict(codec).get("checksum", "crc32c") == "crc32c", workers=1)
+    except OSError:
+        pass
+    finally:
+        future.set_result(None)
 
 
 def write_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[str, Any]) -> None:
@@ -98,6 +127,10 @@ def place_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[
     tail = dict(codec).get("checksum", "crc32c") == "crc32c"
     try:
         entry = cache / key
+        with _LOCK:
+            ahead = _PRECHECKS.pop(str(entry), None)
+        if ahead is not None:
+            ahead.result()  # its findings are in _CHECKED
         record = _checked_record(entry, tail)
         if record is None:
             record = _build_entry(cache, key, params, codec, tail)
@@ -146,9 +179,10 @@ def _crc_matches(path: Path, want: list[Any]) -> bool:
         return f.read(TAIL) == bytes.fromhex(str(want[2])) == crc.to_bytes(TAIL, "little")
 
 
-def _checked_record(entry: Path, tail: bool) -> dict[str, Any] | None:
+def _checked_record(entry: Path, tail: bool, workers: int = 8) -> dict[str, Any] | None:
     """The entry's record if every file still holds what it records; None if there is no entry. An entry
-    whose files differ from its record (or whose record is unreadable) is removed, then None."""
+    whose files differ from its record (or whose record is unreadable) is removed, then None. Reads with up
+    to `workers` threads (fewer where there are fewer CPUs)."""
     try:
         record = json.loads((entry / RECORD).read_text())
         files, stats = dict(record["files"]), dict(record["stat"])
@@ -165,15 +199,17 @@ def _checked_record(entry: Path, tail: bool) -> dict[str, Any] | None:
         _remove(entry)
         return None
     now = {rel: _stat(folder / rel) for rel in files}
-    moved = [rel for rel in files if now[rel] != stats.get(rel)]
+    moved = [rel for rel in files if now[rel] != stats.get(rel) and now[rel] != _CHECKED.get(str(folder / rel))]
     relinked = {rel for rel in moved if _only_ctime(now[rel], stats.get(rel)) and len(files[rel]) == 3}
     rehash = [rel for rel in moved if rel not in relinked]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # sha256 and crc32c drop the GIL
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
         fresh = list(pool.map(lambda rel: _digest(folder / rel, tail), rehash))
         intact = list(pool.map(lambda rel: _crc_matches(folder / rel, files[rel]), relinked))
     if any(d != list(files[rel]) for rel, d in zip(rehash, fresh)) or not all(intact):
         _remove(entry)  # bytes differ from what was recorded: never used, rebuilt from the model
         return None
+    with _LOCK:
+        _CHECKED.update({str(folder / rel): now[rel] for rel in moved})
     return {"key": record.get("key"), "files": files, "stat": stats}
 
 
@@ -264,6 +300,9 @@ def _running(pid: int) -> bool:
 
 def _remove(entry: Path) -> None:
     """Move an entry aside in one rename (a concurrent reader sees it whole or not at all), then delete it."""
+    with _LOCK:
+        for path in [p for p in _CHECKED if p.startswith(f"{entry}{os.sep}")]:
+            del _CHECKED[path]
     trash = entry.parent / f".{entry.name}.removing-{os.getpid()}"
     try:
         os.rename(entry, trash)

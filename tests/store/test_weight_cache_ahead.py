@@ -1,0 +1,75 @@
+"""weight_cache.check_ahead: an entry checked ahead (ingest: beside the probe) is linked by place_params without
+reading its files again while they stay as checked, and a file written after the check (its mtime put back, so
+only its ctime tells) is read again and caught, never linked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+from tiny_models import tiny_model  # noqa: E402
+
+import actstore  # noqa: E402
+from actstore.ingest.model_info import params_dict, weights_digest  # noqa: E402
+from actstore.store import weight_cache  # noqa: E402
+from actstore.store.layout import DEFAULT_CODEC  # noqa: E402
+from actstore.store.verify import verify  # noqa: E402
+from actstore.store.weight_cache import ENV, check_ahead, place_params  # noqa: E402
+
+KW = dict(hooks=["blocks.0.hook_resid_pre"], chunk=16, batch=8, quiet=True)
+VICTIM = "blocks.0.attn.W_O/c/0/0/0"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("addition")
+
+
+@pytest.fixture
+def unlinked_entry(model, tmp_path):
+    """The model's cache entry after the one store linking it was deleted (every file's ctime moved)."""
+    cache = Path(os.environ[ENV])
+    shutil.rmtree(actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path)
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    return cache, entry
+
+
+def _crc_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    real = weight_cache._crc_matches
+    monkeypatch.setattr(weight_cache, "_crc_matches", lambda p, want: reads.append(str(p)) or real(p, want))
+    return reads
+
+
+def test_an_entry_checked_ahead_is_linked_without_reading_it_again(model, unlinked_entry, tmp_path, monkeypatch):
+    cache, entry = unlinked_entry
+    reads = _crc_reads(monkeypatch)
+    check_ahead(weights_digest(model), DEFAULT_CODEC, cache)
+    assert reads  # the moved files were read once, here
+    reads.clear()
+    known = place_params(tmp_path / "params", params_dict(model), DEFAULT_CODEC, weights_digest(model), cache)
+    assert reads == [] and known
+    assert (tmp_path / "params" / VICTIM).stat().st_ino == (entry / "params" / VICTIM).stat().st_ino
+
+
+def test_a_file_written_after_the_check_is_caught(model, unlinked_entry, tmp_path, monkeypatch):
+    cache, entry = unlinked_entry
+    check_ahead(weights_digest(model), DEFAULT_CODEC, cache)
+    victim = entry / "params" / VICTIM
+    was = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[20] ^= 0xFF  # inside the blosc payload: size and crc32c tail as recorded
+    with open(victim, "r+b") as f:
+        f.write(bytes(data))
+    os.utime(victim, ns=(was.st_atime_ns, was.st_mtime_ns))  # only the ctime moved
+    reads = _crc_reads(monkeypatch)
+    place_params(tmp_path / "params", params_dict(model), DEFAULT_CODEC, weights_digest(model), cache)
+    assert str(victim) in reads
+    assert (tmp_path / "params" / VICTIM).read_bytes() != bytes(data)  # the entry was rebuilt from the model
+    store = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW)
+    assert verify(store.path).passed
