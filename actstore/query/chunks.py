@@ -120,10 +120,10 @@ def _as(array: np.ndarray, dtype: Any, copied: bool = True) -> np.ndarray:
 
 
 def _check_positions(ids: np.ndarray, lengths: np.ndarray, n_tokens: np.ndarray, answer_pos: np.ndarray) -> None:
-    """StoreCorruptError unless each example's length is in [1, its token count] and its answer positions
-    [example, answer] in [0, length): values no digest vouches for, and a negative one would wrap to another
-    position (a silently wrong number)."""
-    bad = (lengths < 1) | (lengths > n_tokens) | ((answer_pos < 0) | (answer_pos >= lengths[:, None])).any(axis=1)
+    """StoreCorruptError unless each example's length is its token count (at least 1: the examples table keeps
+    the real tokens only) and its answer positions [example, answer] are in [0, length): values no digest vouches
+    for, and a negative one would wrap to another position (a silently wrong number)."""
+    bad = (lengths < 1) | (lengths != n_tokens) | ((answer_pos < 0) | (answer_pos >= lengths[:, None])).any(axis=1)
     if bad.any():
         i = int(np.argmax(bad))
         raise StoreCorruptError(f"meta/examples: example {ids[i]} has length {lengths[i]} and answer positions "
@@ -476,6 +476,9 @@ def padded_tokens(examples: pl.DataFrame, width: int) -> np.ndarray:
     """[example, width] token ids of an examples slice, right-padded with 0."""
     out = np.zeros((examples.height, width), dtype=np.int64)
     for i, row in enumerate(examples.get_column("tokens").to_list()):
+        if len(row) > width:  # a store's examples are at most its width (a raw numpy error otherwise)
+            raise StoreCorruptError(f"meta/examples: an example has {len(row)} tokens, more than the store's width "
+                                    f"{width}; run `actstore verify`")
         out[i, : len(row)] = row
     return out
 

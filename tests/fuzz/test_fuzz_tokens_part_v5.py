@@ -81,3 +81,23 @@ def test_well_formed_parts_still_read(clean, tmp_path, query):
     other = forged(clean, tmp_path / "other", lambda f: f.with_columns(
         pl.when(pl.col("example_id") == 9).then(None).otherwise(pl.col("role")).alias("role")))
     assert not QUERIES[query](actstore.open_store(other)).equals(want)
+
+
+def test_an_examples_tokens_list_not_its_length_is_one_line(tmp_path):
+    """An example whose tokens list is longer than its length (within or past the width) made mean_queries
+    (attention_circuits, which pads each example's tokens) fail with a raw numpy ValueError."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_fuzz_forged_examples import forged as forged_example  # noqa: PLC0415
+
+    from actstore.query.attention_circuits import mean_queries  # noqa: PLC0415
+
+    clean = actstore.ingest("addition", tiny_model("addition"), 20, 0, tmp_path / "c", chunk=8, batch=8,
+                            quiet=True).path
+    width = actstore.open_store(clean).manifest.width
+    for name, edit in (("one more", lambda r: r["tokens"] + [1]),
+                       ("past the width", lambda r: r["tokens"] + [1] * (width + 3 - len(r["tokens"])))):
+        root = forged_example(clean, tmp_path / name.replace(" ", "_"), "tokens", edit)
+        for query in (lambda s: mean_queries(s, 1), lambda s: attention(s, query=-1)):
+            with pytest.raises(StoreCorruptError) as e:
+                query(actstore.open_store(root))
+            assert "\n" not in str(e.value) and "examples" in str(e.value)
