@@ -630,7 +630,8 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
 
     def finish(tasks: list[Any]) -> list[Any]:
         # this thread would only wait: it takes the chunk's reads no reading thread has started yet, from
-        # the last one back (the readers work from the front), then waits for the rest
+        # the last one back (the readers work from the front), then waits for the rest; only on a scan's
+        # last chunk, where nothing later is queued (blosc decodes on 2 threads of its own here)
         results: list[Any] = [None] * len(tasks)
         for i in reversed(range(len(tasks))):
             future, task = tasks[i]
@@ -654,7 +655,8 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
                 if isinstance(ex, ExampleIndex) and k + len(queued) < len(ranges):
                     ex.prefetch(*ranges[k + len(queued)])  # the examples of the next chunk to queue, meanwhile
                 rows, tasks = queued.popleft()
-                results = finish(tasks)
+                # the last chunk's tail has no later reads to overlap: this thread takes a share of it
+                results = finish(tasks) if k + 1 == len(ranges) else [future.result() for future, _ in tasks]
                 if not queued and k + 1 < len(ranges):  # read the next chunk while the caller works on this one
                     queued.append(submit(*ranges[k + 1]))
             else:
