@@ -28,6 +28,7 @@ from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHoo
 from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
+from actstore.query.store_facts import read_facts, write_facts
 from actstore.store.chunk_read import float32_into, to_float32
 from actstore.store.reader import Store
 
@@ -257,6 +258,18 @@ class AnswerFacts:
         return cls(np.unique(np.concatenate(answers)), np.unique(np.concatenate(counters)) if has else None,
                    np.unique(np.concatenate(pairs)))
 
+    @classmethod
+    def of_store(cls, store: Store) -> "AnswerFacts":
+        """The store's facts: from its derived/ file (store_facts.py) when one is vouched for, else from one
+        pass over its examples parts, then kept there for later processes (a Dask worker, the next query)."""
+        fields = ("answers", "counters", "pairs")
+        got = read_facts(store, "answer_facts", fields)
+        if got is not None and got["answers"] is not None and got["pairs"] is not None:
+            return cls(got["answers"], got["counters"], got["pairs"])
+        facts = cls.of(store.meta_parts("examples", ANSWER_COLUMNS), store.n_answers)
+        write_facts(store, "answer_facts", {f: getattr(facts, f) for f in fields})
+        return facts
+
 
 class ExampleIndex:
     """A store's per-example arrays, read from the examples part of the chunk a scan reaches: memory
@@ -312,8 +325,7 @@ class ExampleIndex:
     def _facts(self) -> "AnswerFacts":
         with self._lock:
             if self._answer_facts is None:
-                self._answer_facts = AnswerFacts.of(self._live().meta_parts("examples", ANSWER_COLUMNS),
-                                                    self.n_answers)
+                self._answer_facts = AnswerFacts.of_store(self._live())
             return self._answer_facts
 
     def role_names(self) -> Roles:

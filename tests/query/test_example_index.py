@@ -107,8 +107,12 @@ def test_attention_and_neurons_read_roles_chunk_by_chunk(tiny_store):
 
 
 @pytest.mark.parametrize("counter", [True, False])
-def test_whole_store_facts_come_from_one_pass(tiny_store, monkeypatch, counter):
-    path = tiny_store("ln_mlp", counter=counter).path
+def test_whole_store_facts_come_from_one_pass(tiny_store, tmp_path, monkeypatch, counter):
+    import shutil
+
+    path = tmp_path / "store"
+    shutil.copytree(tiny_store("ln_mlp", counter=counter).path, path)
+    shutil.rmtree(path / "derived", ignore_errors=True)
     whole = example_arrays(actstore.open_store(path))
     store = actstore.open_store(path)
     passes = []
@@ -123,6 +127,22 @@ def test_whole_store_facts_come_from_one_pass(tiny_store, monkeypatch, counter):
     assert index.answer_ids("diff").tolist() == np.unique(whole.answer_ids("diff")).tolist()
     assert index.has_counter is counter
     assert passes == [("examples", chunks.ANSWER_COLUMNS)]  # one pass over two columns serves every fact
+    kept = sorted(p.name for p in (path / "derived").iterdir())
+    assert len(kept) == 2 and kept[0].startswith("answer_facts-n=40-") and kept[1] == kept[0] + ".sha256"
+
+    def facts_of_a_new_process():
+        opened = actstore.open_store(path)
+        fresh = ExampleIndex(opened)
+        return [fresh.answer_pairs(True).tolist(), fresh.answer_ids("diff").tolist(), fresh.has_counter]
+
+    want = [index.answer_pairs(True).tolist(), index.answer_ids("diff").tolist(), counter]
+    assert facts_of_a_new_process() == want and len(passes) == 1  # read back from derived/: no pass
+    facts = path / "derived" / kept[0]
+    data = bytearray(facts.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    facts.write_bytes(bytes(data))  # its record no longer vouches for it: recomputed and rewritten
+    assert facts_of_a_new_process() == want and len(passes) == 2
+    assert facts_of_a_new_process() == want and len(passes) == 2
 
 
 def test_prefetched_parts_give_the_same_rows(tiny_store, monkeypatch):

@@ -108,8 +108,10 @@ def test_reads_dla_and_sql_agree_with_the_local_store(s3_store, local_ref):
     np.testing.assert_allclose(got["v"].to_numpy(), want["v"].to_numpy(), rtol=1e-6)
     assert remote.sql("SELECT count(*) FROM tokens").fetchall() == local.sql("SELECT count(*) FROM tokens").fetchall()
     fs, root = fsspec.url_to_fs(s3_store)
-    cached = [f for f in fs.find(root + "/derived") if f.endswith(".parquet")]
-    assert len(cached) == 1 and fs.exists(cached[0] + ".sha256")  # the dla view cached in the bucket
+    cached = sorted(f for f in fs.find(root + "/derived") if f.endswith(".parquet"))
+    # the dla view cached in the bucket, and the store's answer facts (query/store_facts.py), each with its record
+    assert [f.rsplit("/", 1)[1].split("-")[0] for f in cached] == ["answer_facts", "dla"]
+    assert all(fs.exists(f + ".sha256") for f in cached)
 
 
 def test_sql_over_a_remote_store_stays_sandboxed(s3_store):
