@@ -71,6 +71,9 @@ from actstore.store.weight_cache import cache_dir, check_ahead
 
 CHUNK_TARGET_BYTES = 64 << 20  # auto chunk: the largest power of two of examples under this size
 MAX_AUTO_CHUNK = 8192
+# float32 weights from which the cache entry is checked beside the probe: a smaller model's check takes
+# milliseconds and, beside a probe of milliseconds, slowed it more than it saved (zoo probe 0.01 -> 0.05 s)
+CHECK_AHEAD_BYTES = 64 << 20
 DEFAULT_BATCH = 64
 DEFAULT_TOP_K = 10  # tokens kept per answer in meta/topk unless asked (at most the output vocabulary)
 WRITE_QUEUE_DEPTH = 1
@@ -174,9 +177,11 @@ def ingest(
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     t = _batch_tensors(data, 0, probe_n, dev)
-    # hashed on another thread while the probe runs; for a new local store its weight cache entry is checked
-    # there next (weight_cache.check_ahead), so that creating the store only links the entry's files
-    ahead = not isinstance(out, RemotePath) and (overwrite or not is_store(out))
+    # hashed on another thread while the probe runs; for a new local store of a model with CHECK_AHEAD_BYTES of
+    # weights or more its weight cache entry is checked there next (weight_cache.check_ahead), so that creating
+    # the store only links the entry's files
+    ahead = (not isinstance(out, RemotePath) and (overwrite or not is_store(out))
+             and sum(p.numel() for p in net.parameters()) * 4 >= CHECK_AHEAD_BYTES)
     digest_of = model_info.weights_digest_later(net, then=_check_cache_ahead if ahead else None)
     t_probe = time.perf_counter()
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
