@@ -89,8 +89,10 @@ class DlaPlan:
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
-        # one target row per answer: each hook_z's heads are computed on the reading thread as its read lands
-        on_threads = tgt.kind in ANSWER_KINDS and self.level != "path"
+        # one target row per answer, and one chunk (nothing else to overlap the math with): each hook_z's heads
+        # are computed on the reading thread as its read lands (multi-chunk scans overlap the next chunk's
+        # reads with this one's math already, and measured no faster with it)
+        on_threads = tgt.kind in ANSWER_KINDS and self.level != "path" and len(ranges) == 1
         for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
                             answer_dtype=COMPUTE, ranges=ranges, products=self.head_products if on_threads else None):
             rows = ([chunk_target(self.store, self.readout, self.at.arrays, chunk, tgt.kind)]
