@@ -87,12 +87,12 @@ def test_derived_tables_only_for_the_store_named(pair):
     assert not a.derived_dir.exists() and not b.derived_dir.exists()
     sql(a, 'SELECT count(*) FROM "b"."dla"', attach={"b": b}).fetchall()
     assert not a.derived_dir.exists()
-    assert [f.name.split("-n=")[0] for f in b.derived_dir.glob("*.parquet")] == ["dla-level=head-target=correct"]
+    assert [f.name.split("-n=")[0] for f in b.derived_dir.glob("dla-*.parquet")] == ["dla-level=head-target=correct"]
     n = sql(a, "SELECT count(*) FROM b . dla", attach={"b": b}, params={"dla": {"level": "layer"}}).fetchall()
     assert n == [(N_EXAMPLES * a.n_answers * (2 + 2 * 3),)]  # params reach the attached store's tables
     assert not a.derived_dir.exists()
     sql(a, "SELECT count(*) FROM dla", attach={"b": b}).fetchall()
-    assert a.derived_dir.exists() and len(list(b.derived_dir.glob("*.parquet"))) == 2
+    assert a.derived_dir.exists() and len(list(b.derived_dir.glob("dla-*.parquet"))) == 2
 
 
 def test_an_attention_only_main_store_with_an_attached_neurons_view(tiny_store, second):

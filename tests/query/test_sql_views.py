@@ -38,11 +38,11 @@ def test_derived_tables_are_lazy_cached_and_keyed(store):
     assert sql(store, "SELECT count(*) AS n FROM examples").pl().item() == N_EXAMPLES
     assert not store.derived_dir.exists()  # nothing derived for a query that names no derived table
     sql(store, "SELECT * FROM dla LIMIT 1").pl()
-    files = sorted(store.derived_dir.glob("*.parquet"))
+    files = sorted(store.derived_dir.glob("dla-*.parquet"))  # (and the answer facts: query/store_facts.py)
     assert [f.name.split("-n=")[0] for f in files] == ["dla-level=head-target=correct"]
     stamp = files[0].stat().st_mtime_ns
     sql(store, "select count(*) from DLA").pl()  # reused, not recomputed
-    assert files[0].stat().st_mtime_ns == stamp and len(list(store.derived_dir.glob("*.parquet"))) == 1
+    assert files[0].stat().st_mtime_ns == stamp and len(list(store.derived_dir.glob("dla-*.parquet"))) == 1
     n = sql(store, "SELECT count(*) FROM dla", params={"dla": {"level": "layer"}}).fetchall()[0][0]
     assert n == N_EXAMPLES * store.n_answers * (2 + 2 * 3)
     assert len(list(store.derived_dir.glob("dla-level=layer-*.parquet"))) == 1
