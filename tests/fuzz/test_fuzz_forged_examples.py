@@ -10,7 +10,6 @@ query/chunks.py ExampleArrays._of, which every example array of a query comes fr
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 from collections.abc import Callable
@@ -20,13 +19,13 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from recommit import recommit  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
 from actstore.errors import StoreCorruptError  # noqa: E402
 from actstore.query import attention, dla, logit_lens, neurons  # noqa: E402
-from actstore.store.commits import file_digest, read_commit, write_commit  # noqa: E402
-from actstore.store.integrity import write_complete_record  # noqa: E402
 
 PART = "meta/examples/part-00001.parquet"
 
@@ -45,11 +44,7 @@ def forged(clean: Path, dest: Path, column: str, edit: Callable[[dict], object])
     values = frame[column].to_list()
     values[1] = edit(frame.row(1, named=True))
     frame.with_columns(pl.Series(column, values, dtype=frame[column].dtype)).write_parquet(part)
-    record = read_commit(root, 1)
-    assert record is not None
-    write_commit(root, dataclasses.replace(record, files={**record.files, PART: file_digest(part)}))
-    (root / "_commits/complete.json").unlink()
-    write_complete_record(root, 3)
+    recommit(root, 1, PART, 3)
     return root
 
 

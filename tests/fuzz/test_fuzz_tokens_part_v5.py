@@ -8,7 +8,6 @@ Found by review (V, session 5); fixed in query/chunks.py (ExampleIndex.roles che
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 from collections.abc import Callable
@@ -18,13 +17,13 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from recommit import recommit  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
 from actstore.errors import StoreCorruptError  # noqa: E402
 from actstore.query import attention, neurons  # noqa: E402
-from actstore.store.commits import file_digest, read_commit, write_commit  # noqa: E402
-from actstore.store.integrity import write_complete_record  # noqa: E402
 
 PART = "meta/tokens/part-00001.parquet"
 ROLE = "="  # the addition task's '=' token: one per example
@@ -41,11 +40,7 @@ def forged(clean: Path, dest: Path, edit: Callable[[pl.DataFrame], pl.DataFrame]
     root = shutil.copytree(clean, dest)
     part = root / PART
     edit(pl.read_parquet(part)).write_parquet(part)
-    record = read_commit(root, 1)
-    assert record is not None
-    write_commit(root, dataclasses.replace(record, files={**record.files, PART: file_digest(part)}))
-    (root / "_commits/complete.json").unlink()
-    write_complete_record(root, 3)
+    recommit(root, 1, PART, 3)
     return root
 
 
