@@ -88,7 +88,12 @@ def params_for(table: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def cache_path(store: Store, table: str, params: Mapping[str, Any]) -> StorePath:
     """Where the derived table for these parameters lives (whether or not it exists yet)."""
-    stem = _stem(table, key_params(store, table, params))
+    return keyed_path(store, _stem(table, key_params(store, table, params)))
+
+
+def keyed_path(store: Store, stem: str) -> StorePath:
+    """`derived/<stem>-n=<examples>-<store hash>.parquet`: a key that changes when the store grows or is
+    re-ingested."""
     return store.derived_dir / f"{stem}-n={store.n_examples}-{store_hash(store)}.parquet"
 
 
@@ -123,7 +128,7 @@ def materialise(store: Store, table: str, params: Mapping[str, Any] | None = Non
     """
     full = params_for(table, params)
     key = key_params(store, table, full)
-    path = store.derived_dir / f"{_stem(table, key)}-n={store.n_examples}-{store_hash(store)}.parquet"
+    path = keyed_path(store, _stem(table, key))
     data = read_checked(path)
     if data is not None:
         return data
@@ -140,21 +145,26 @@ def materialise(store: Store, table: str, params: Mapping[str, Any] | None = Non
         if isinstance(e, ActstoreError):  # the query itself failed (e.g. a missing store file): not a cache problem
             raise
         return compute(store, table, full)  # derived/ not writable: computed in memory, not cached
-    _remove_older_keys(path, _stem(table, key))
+    remove_older_keys(path, _stem(table, key))
     data = read_checked(path)
     # None only if the file was replaced between writing and reading it back: do not trust it
     return data if data is not None else compute(store, table, full)
 
 
-def _remove_older_keys(path: StorePath, stem: str) -> None:
-    """Files (and their records) of the same table and parameters under an older store key."""
+def remove_older_keys(path: StorePath, stem: str) -> None:
+    """Files (and their records) of the same stem (table and parameters, or fact) under an older store key."""
     for old in path.parent.glob(f"{stem}-n=*.parquet"):
-        if old != path and old.name[len(stem):].count("-") == 2:  # same table and params, older key
-            for f in (record_path(old), old):
-                try:
-                    f.unlink(missing_ok=True)
-                except OSError:
-                    pass
+        if old != path and old.name[len(stem):].count("-") == 2:  # same stem, older key
+            remove_entry(old)
+
+
+def remove_entry(path: StorePath) -> None:
+    """A cache file and its record, where they can be removed."""
+    for f in (record_path(path), path):
+        try:
+            f.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def cached(store: Store, table: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:

@@ -18,16 +18,16 @@ import numpy as np
 import polars as pl
 
 from actstore.errors import ActstoreError
-from actstore.store.cache import read_checked, record_path, write_checked
+from actstore.store.cache import read_checked, write_checked
 from actstore.store.fs import StorePath
 from actstore.store.reader import Store
 
 
 def facts_path(store: Store, name: str) -> StorePath:
     """Where the fact `name` of `store` (at its committed examples) lives."""
-    from actstore.query.derived import store_hash  # noqa: PLC0415 (derived imports the queries, which import this)
+    from actstore.query.derived import keyed_path  # noqa: PLC0415 (derived imports the queries, which import this)
 
-    return store.derived_dir / f"{name}-n={store.n_examples}-{store_hash(store)}.parquet"
+    return keyed_path(store, name)
 
 
 def read_facts(store: Store, name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray | None] | None:
@@ -53,6 +53,8 @@ def read_facts(store: Store, name: str, fields: tuple[str, ...]) -> dict[str, np
 def write_facts(store: Store, name: str, arrays: Mapping[str, np.ndarray | None]) -> None:
     """Keep fact `name` ([value] int64 arrays, or None) for later processes; silently not kept where
     derived/ cannot be written (a read-only store, a full disk)."""
+    from actstore.query.derived import remove_entry, remove_older_keys  # noqa: PLC0415 (as in facts_path)
+
     path = facts_path(store, name)
     frame = pl.DataFrame({f: [None if a is None else a.tolist()] for f, a in arrays.items()},
                          schema={f: pl.List(pl.Int64) for f in arrays})
@@ -62,17 +64,6 @@ def write_facts(store: Store, name: str, arrays: Mapping[str, np.ndarray | None]
     except OSError as e:
         if isinstance(e, ActstoreError):
             raise
-        _remove(path)  # a file that landed without its record would only be a miss: leave nothing
+        remove_entry(path)  # a file that landed without its record would only be a miss: leave nothing
         return
-    for old in path.parent.glob(f"{name}-n=*.parquet"):
-        if old != path and old.name.count("-") == path.name.count("-"):  # this fact under an older key
-            _remove(old)
-
-
-def _remove(path: StorePath) -> None:
-    """A cache file and its record, where they can be removed."""
-    for f in (record_path(path), path):
-        try:
-            f.unlink(missing_ok=True)
-        except OSError:
-            pass
+    remove_older_keys(path, name)
