@@ -96,15 +96,14 @@ def at_answers(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray, d
     # [example, pos, ...] (moveaxis only where pos is not axis 1 already: its Python cost showed per hook
     # and chunk on a many-hook store)
     moved = array if axis == 1 else np.moveaxis(array, axis, 1)
-    if answer_pos.shape[0] and (answer_pos == answer_pos[:1]).all():  # the same positions in every example
-        cols = answer_pos[0]
-        if (np.diff(cols) == 1).all():  # a contiguous run (a slice copies much faster than fancy indexing)
-            run = moved[:, int(cols[0]):int(cols[-1]) + 1]
-            if axis == 1:  # a view, copied (and cast) once
-                return run.copy() if dtype is None else _as(run, dtype, copied=False)
-            picked = run.copy()
-        else:
-            picked = moved[:, cols]
+    cols = _shared_positions(answer_pos)
+    run = _run(cols)
+    if run is not None:  # a contiguous run (a slice copies much faster than fancy indexing)
+        if axis == 1:  # a view, copied (and cast) once
+            return moved[:, run].copy() if dtype is None else _as(moved[:, run], dtype, copied=False)
+        picked = moved[:, run].copy()
+    elif cols is not None:
+        picked = moved[:, cols]
     else:
         picked = moved[np.arange(array.shape[0])[:, None], answer_pos]  # [example, answer, ...]
     picked = picked if axis == 1 else np.moveaxis(picked, 1, axis)
@@ -445,15 +444,11 @@ def _check_tokens_part(store: Store, k: int, ex: np.ndarray, pos: np.ndarray, le
                                 f"chunk's examples; run `actstore verify`")
 
 
-def _read_only(arrays: ExampleArrays) -> int:
-    """Marks every array of `arrays` read-only (shared by every query on the store: never written to);
-    returns their bytes."""
-    nbytes = 0
+def _read_only(arrays: ExampleArrays) -> None:
+    """Marks every array of `arrays` read-only (shared by every query on the store: never written to)."""
     for a in vars(arrays).values():
         if a is not None:
             a.setflags(write=False)
-            nbytes += a.nbytes
-    return nbytes
 
 
 _INDEXES: "weakref.WeakKeyDictionary[Store, ExampleIndex]" = weakref.WeakKeyDictionary()
@@ -561,12 +556,22 @@ def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarra
 def _answer_run(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray | None:
     """The view [example, answer, ...] of `array` at the answer positions where they are one run of
     positions (the same in every example) on axis 1, else None."""
-    if pos_axis(dims) != 1 or dims[1] == "answer" or not answer_pos.shape[0] or not answer_pos.shape[1]:
+    if pos_axis(dims) != 1 or dims[1] == "answer":
         return None
-    cols = answer_pos[0]
-    if not ((answer_pos == answer_pos[:1]).all() and (np.diff(cols) == 1).all()):
+    run = _run(_shared_positions(answer_pos))
+    return None if run is None else array[:, run]
+
+
+def _shared_positions(answer_pos: np.ndarray) -> np.ndarray | None:
+    """[answer] the answer positions where every example of answer_pos [example, answer] has the same, else None."""
+    return answer_pos[0] if answer_pos.shape[0] and (answer_pos == answer_pos[:1]).all() else None
+
+
+def _run(cols: np.ndarray | None) -> slice | None:
+    """The slice of positions `cols` where they are one contiguous run (at least one position), else None."""
+    if cols is None or not cols.size or not (np.diff(cols) == 1).all():
         return None
-    return array[:, int(cols[0]):int(cols[-1]) + 1]
+    return slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 READ_THREADS = 2  # reading threads per scan; a Dask worker sets its own thread count (executor.run_batch)
