@@ -173,6 +173,8 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     ingest probe's) each product is cut into pieces of at most SERIAL_MACS multiply-adds, which OpenBLAS runs
     on the calling thread: its threads, woken for each small product, cost more than they give (several
     times slower on 2 busy cores) and take the core the weights' sha256 runs on meanwhile."""
+    if x.shape[1] != w.shape[0]:  # the pieces below would leave out x's extra columns without a word
+        raise ValueError(f"a {list(x.shape)} operand cannot multiply a {list(w.shape)} weight")
     out = np.zeros((x.shape[0], w.shape[1]))
     work = x.shape[0] * w.shape[1]
     step = MATMUL_BLOCK  # a power of two dividing MATMUL_BLOCK, so no piece straddles two blocks
