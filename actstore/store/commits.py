@@ -146,7 +146,20 @@ def atomic_write_bytes(path: StorePath, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def new_entry_dirs(path: Path) -> list[Path]:
+    """The local directories that get a new entry when `path` is created with its missing parents: its parent,
+    each missing ancestor, and the existing directory the first missing one is made in. Call it before the
+    write; fsync them (fsync_dir) after it, so the new names are as durable as the file's bytes."""
+    dirs, d = [], path.parent
+    while True:
+        dirs.append(d)
+        if d.exists() or d.parent == d:
+            return dirs
+        d = d.parent
+
+
 def fsync_dir(path: StorePath) -> None:
+    """Make a local directory's entries durable (a new file's fsync covers its bytes, not its name)."""
     if isinstance(path, RemotePath):
         return
     fd = os.open(path, os.O_RDONLY)

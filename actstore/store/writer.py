@@ -10,7 +10,8 @@ chunk k's files durable (fsync), hashing them and writing its commit record run 
 thread while the caller goes on to encode and write chunk k+1. On a local store each array's chunk
 file starts its fsync and hash as soon as Zarr has written it, while the chunk's other arrays are
 still encoding (the last chunk's commit, which nothing overlaps, waits less). The record is still written only
-after every file of its chunk is durable, and records are written in chunk order, so what a crash
+after every file of its chunk is durable, names included (each directory that got a new entry for the
+chunk is fsynced once, after the files), and records are written in chunk order, so what a crash
 leaves is what it left before: committed chunks whole, anything else discarded by the resume.
 
 On an object store (store/fs.py) there is no rename: the skeleton is built in a local temporary
@@ -43,7 +44,7 @@ from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
 from actstore.store.commits import (CommitRecord, commit_files, commit_path, committed_prefix, file_digest, fsync_dir,
-                                    put_digest, write_commit)
+                                    new_entry_dirs, put_digest, write_commit)
 from actstore.store.fs import RemotePath, StorePath, relative, zarr_store
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
@@ -184,11 +185,14 @@ class ChunkWriter:
 
         local = not isinstance(self.root, RemotePath)
         early: dict[StorePath, Future] = {}  # local: each array's chunk file -> its digest (fsync + sha256)
+        dirs: set[Path] = set()  # local: the directories that get a new entry for this chunk, fsynced before its record
 
         async def put(name: str, arr: zarr.Array) -> None:
+            path = chunk_file(self.root, name, k, arr.ndim)
+            if local:
+                dirs.update(new_entry_dirs(Path(path)))  # before Zarr makes the chunk's directories
             await arr.async_array.setitem(slice(start, stop), acts[name])
             if local:  # written whole: make it durable and hash it while the other arrays encode
-                path = chunk_file(self.root, name, k, arr.ndim)
                 early[path] = self._pool.submit(self._digest, path, self._crc32c_tail)
 
         async def put_all() -> None:  # every array at once: zarr encodes the chunks on its thread pool
@@ -203,24 +207,30 @@ class ChunkWriter:
             list(self._pool.map(lambda t, p: self._put_part(meta[t], p), self.tables, parts))
         else:
             for table, path in zip(self.tables, parts):
+                dirs.update(new_entry_dirs(Path(path)))
                 write_part(meta[table], path)
         paths += parts
         self._maybe_die(k, "meta")
         if self._committer is None:
-            return self._commit(k, paths, early)
+            return self._commit(k, paths, early, dirs)
         self.flush()  # chunk k-1's record before chunk k's: records stay in order, one chunk in flight
-        self._pending = self._committer.submit(self._commit, k, paths, early)
+        self._pending = self._committer.submit(self._commit, k, paths, early, dirs)
         return sum(os.stat(p).st_size for p in paths if isinstance(p, Path))  # deferred: local stores only
 
-    def _commit(self, k: int, paths: list[StorePath], early: Mapping[StorePath, Future] | None = None) -> int:
+    def _commit(self, k: int, paths: list[StorePath], early: Mapping[StorePath, Future] | None = None,
+                dirs: set[Path] | frozenset[Path] = frozenset()) -> int:
         """Make chunk k's written files durable, hash them, then write its commit record; returns their bytes.
-        early: the digests (fsync included) already started for some of `paths`."""
+        early: the digests (fsync included) already started for some of `paths`; dirs: the local directories
+        that got a new entry for the chunk, fsynced (each once) after the files and before the record, so a
+        power cut cannot keep the record and lose a file's name."""
         start, stop = self.ranges[k]
         early = early or {}
         tails = [self._crc32c_tail] * len(self.arrays) + [False] * len(self.tables)
         pending = [early[p] if p in early else self._pool.submit(self._digest, p, tail)  # sha256 drops the GIL
                    for p, tail in zip(paths, tails)]
         files = {relative(f, self.root): d.result() for f, d in zip(paths, pending)}
+        for d in sorted(dirs):  # after the files' fsyncs, which on ext4 already committed these entries' journal
+            fsync_dir(d)
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
         # deferred: the caller finishes after flush(), under its shards' finishing lock (two shards finishing

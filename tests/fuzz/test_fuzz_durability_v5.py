@@ -4,8 +4,8 @@ names is durable, names included. fsync of a new file makes its bytes durable, n
 On ext4 and XFS the later fsync of `_commits/` commits the journal with the earlier entries, so a process kill
 (the crash tests) never shows it; another filesystem (or a power cut in between) could.
 
-Found by review (V, session 5), not fixed: a directory fsync costs ~3 ms here (130 of them: 0.33-0.41 s at
-load ~8), about four directories per hook and chunk, which the floor-ingest goal (issue 14) would feel.
+Found by review (V, session 5); fixed in session 6: the writer fsyncs each directory that got a new entry for
+the chunk (store/commits.new_entry_dirs), once per chunk, after the files and before the record.
 The test observes the real fsync and rename calls (it wraps, never replaces, them)."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
 from tiny_models import tiny_model  # noqa: E402
@@ -24,8 +23,6 @@ import actstore  # noqa: E402
 from actstore.store.commits import read_commit  # noqa: E402
 
 
-@pytest.mark.xfail(strict=True, reason="chunk files' directories are not fsynced before the commit record "
-                                       "(found by V's review; not fixed: cost, see the module docstring)")
 def test_each_chunk_file_and_its_directory_are_fsynced_before_its_record(tmp_path, monkeypatch):
     events: list[tuple[str, str]] = []  # ('fsync', path) and ('record', path), in the order they happened
     lock = threading.Lock()
