@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from helpers import csv_out
 
 import actstore
 from actstore.cli import main
@@ -33,11 +33,6 @@ def tiny_addition_store(path: Path, task: str = "addition") -> Path:
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
     return tiny_addition_store(tmp_path_factory.mktemp("cli-sql") / "store")
-
-
-def csv_out(capsys, argv: list[str]) -> pl.DataFrame:
-    assert main(argv) == 0, capsys.readouterr().err
-    return pl.read_csv(io.StringIO(capsys.readouterr().out))
 
 
 def one_line_error(capsys, argv: list[str], *fragments: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+from helpers import tree_bytes  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
@@ -49,10 +50,6 @@ def no_hang() -> Iterator[None]:
     signal.signal(signal.SIGALRM, old)
 
 
-def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def crashed_at(reference: Path, dest: Path, first: int) -> Path:
     """A copy of the reference as a crash before chunk `first`'s commit leaves it (later chunks' files too)."""
     root = shutil.copytree(reference, dest)
@@ -83,7 +80,7 @@ def test_a_commit_that_cannot_be_written_is_one_line_and_resumes(model, referenc
     assert [p for p in root.glob(f"acts/*/c/{failing - 1}/**/*") if p.is_file()]  # the pattern finds chunks
     blocker.rmdir()
     actstore.ingest("addition", model, N, 0, root, **KW)
-    assert files(root) == files(reference)
+    assert tree_bytes(root) == tree_bytes(reference)
 
 
 def test_a_completion_record_that_cannot_be_written_is_one_line(model, reference, tmp_path):
@@ -96,4 +93,4 @@ def test_a_completion_record_that_cannot_be_written_is_one_line(model, reference
     assert commit_files(root) == list(range(LAST + 1)) and not (root / "_commits/complete.json").exists()
     blocker.rmdir()
     actstore.ingest("addition", model, N, 0, root, **KW)
-    assert files(root) == files(reference) and verify(root).passed
+    assert tree_bytes(root) == tree_bytes(reference) and verify(root).passed

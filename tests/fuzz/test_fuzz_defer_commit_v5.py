@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+from helpers import tree_bytes  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
 
 KW = dict(chunk=8, batch=8, quiet=True)
 N = 40  # five chunks
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +48,6 @@ def test_a_kill_between_a_write_and_the_previous_commit_resumes_to_the_same_file
         (leaf.parent / f"{leaf.name}.{'ab' * 16}.partial").write_bytes(b"\0" * 100)
     assert actstore.open_store(root).n_examples == 8 * k
     actstore.ingest("addition", model, N, 0, root, **KW)
-    got, want = tree(root), tree(reference)
+    got, want = tree_bytes(root), tree_bytes(reference)
     assert sorted(set(got) ^ set(want)) == []
     assert [name for name in want if got[name] != want[name]] == []

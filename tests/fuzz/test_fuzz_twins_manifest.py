@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+from helpers import tree_bytes  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
@@ -30,10 +31,6 @@ def model():
 def off(model, tmp_path_factory) -> Path:
     """12 examples without the twins' pass, in a partial last chunk."""
     return actstore.ingest("addition", model, 12, 0, tmp_path_factory.mktemp("off") / "s", twins=False, **KW).path
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def with_twins(src: Path, dest: Path, value: object) -> Path:
@@ -57,7 +54,7 @@ HOSTILE = {"yes": "yes", "false str": "false", "zero": 0, "one": 1, "null": None
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_an_edited_twins_field_is_one_line_and_never_read(model, off, tmp_path, name):
     root = with_twins(off, tmp_path / "s", HOSTILE[name])
-    before = files(root)
+    before = tree_bytes(root)
     with pytest.raises(ActstoreError) as e:
         store = actstore.open_store(root)
         store.outputs  # noqa: B018 - a reader that opened lazily must still refuse before any value
@@ -66,7 +63,7 @@ def test_an_edited_twins_field_is_one_line_and_never_read(model, off, tmp_path, 
     with pytest.raises(ActstoreError) as e2:
         actstore.ingest("addition", model, 12, 0, root, twins=False, **KW)
     assert "\n" not in str(e2.value)
-    assert files(root) == before
+    assert tree_bytes(root) == before
 
 
 @pytest.mark.parametrize("value", [0, 1, None, "false", 0.0])
@@ -84,12 +81,12 @@ def test_a_crashed_no_twins_ingest_refuses_a_twins_resume_and_resumes_its_own(mo
     shutil.copytree(off, root)
     (root / "_commits/complete.json").unlink()
     commit_path(root, 1).unlink()  # chunk 1 as a crash leaves it: files, no record
-    before = files(root)
+    before = tree_bytes(root)
     with pytest.raises(StoreExistsError, match="twins"):
         actstore.ingest("addition", model, 20 if grow else 12, 0, root, **KW)
-    assert files(root) == before
+    assert tree_bytes(root) == before
     store = actstore.ingest("addition", model, 12, 0, root, twins=False, **KW)
-    assert files(root) == files(off) and store.manifest.twins is False
+    assert tree_bytes(root) == tree_bytes(off) and store.manifest.twins is False
 
 
 def test_a_no_twins_store_grows_into_the_direct_no_twins_store(model, off, tmp_path):
@@ -98,6 +95,6 @@ def test_a_no_twins_store_grows_into_the_direct_no_twins_store(model, off, tmp_p
     root = shutil.copytree(off, tmp_path / "grown")
     grown = actstore.ingest("addition", model, 20, 0, root, twins=False, **KW)
     direct = actstore.ingest("addition", model, 20, 0, tmp_path / "direct", twins=False, **KW)
-    data = {k: v for k, v in files(grown.path).items() if not k.startswith("_commits")}
-    assert data == {k: v for k, v in files(direct.path).items() if not k.startswith("_commits")}
+    data = {k: v for k, v in tree_bytes(grown.path).items() if not k.startswith("_commits")}
+    assert data == {k: v for k, v in tree_bytes(direct.path).items() if not k.startswith("_commits")}
     assert grown.manifest.twins is False and grown.outputs["corrupted_logit_diff"].null_count() == grown.outputs.height

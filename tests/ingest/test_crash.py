@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from crash_driver import ARGS
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -29,10 +30,6 @@ def reference(tmp_path_factory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("ref") / "store"
     actstore.ingest(model=tiny_model("addition"), out=out, **ARGS)
     return tree_bytes(out)
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run_driver(out: Path, kill: str | None = None, kill_after_s: float | None = None) -> int:

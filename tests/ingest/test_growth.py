@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from crash_driver import ARGS
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -27,10 +28,6 @@ from actstore.store.verify import verify
 DRIVER = Path(__file__).with_name("shard_driver.py")
 SMALL, BIG = 40, 100  # chunk 16: the small store's last chunk [32, 40) is partial and is redone
 RECORDS = "_commits/"
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def ingest(out: Path, n: int, **kw) -> actstore.Store:

@@ -5,10 +5,10 @@ answer queries (outputs empty with their columns; DLA from meta/examples)."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -23,10 +23,6 @@ from actstore.store.verify import verify
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("addition")
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 KW = dict(chunk=16, batch=8, quiet=True)

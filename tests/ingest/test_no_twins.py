@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -35,10 +36,6 @@ def pair(model, tmp_path_factory) -> tuple:
     on = actstore.ingest("addition", model, 40, 1, root / "on", **KW)
     off = actstore.ingest("addition", model, 40, 1, root / "off", twins=False, **KW)
     return on, off
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def stored_manifest(path: Path) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -24,10 +25,6 @@ from actstore.store.commits import commit_path
 @pytest.fixture(scope="module")
 def models() -> dict:
     return {k: tiny_model(k) for k in ("addition", "list_update", "brackets")}
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def cache_of(model, tokens: np.ndarray, lengths: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:

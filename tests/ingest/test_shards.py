@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from crash_driver import ARGS
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -24,10 +25,6 @@ from actstore.store.verify import verify
 from actstore.store.writer import KILL_ENV
 
 DRIVER = Path(__file__).with_name("shard_driver.py")
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

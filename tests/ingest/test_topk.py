@@ -4,12 +4,12 @@ stores written before the table existed (no top_k in the manifest) open, verify 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from helpers import tree_bytes
 from tiny_models import tiny_model
 
 import actstore
@@ -19,10 +19,6 @@ from actstore.errors import InvalidParameterError, StoreExistsError
 from actstore.store.commits import commit_path
 from actstore.store.manifest import Manifest
 from actstore.store.verify import verify
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def tl_answer_logits(model, task: str, n: int, seed: int) -> tuple[np.ndarray, object]:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import polars as pl
+from helpers import csv_out
 
 from actstore.cli import main
 from actstore.query.cosines import cosine_table
 from actstore.query.fourier import weight_fourier
 from actstore.query.weights import matrix_table, svd_table
-
-
-def csv_out(capsys, argv: list[str]) -> pl.DataFrame:
-    assert main(argv) == 0, capsys.readouterr().err
-    return pl.read_csv(io.StringIO(capsys.readouterr().out))
 
 
 def one_line_error(capsys, argv: list[str], *fragments: str) -> None:

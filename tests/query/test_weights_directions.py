@@ -7,13 +7,12 @@ as the seed's `get_ln_fit` does with sklearn (inputs centred over d_model: Layer
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 
 import numpy as np
-import polars as pl
 import pytest
+from helpers import csv_out
 from query_models import run_batch, task_data, tiny_model
 
 import actstore
@@ -93,11 +92,6 @@ def test_unbalanced_directions_seed_002(tiny_store, batch):
     raw, none = through_ov(store, got_final, (2, 0), ln="none")
     assert none is None
     np.testing.assert_allclose(raw, w_ov @ got_final, rtol=1e-6, atol=1e-9)
-
-
-def csv_out(capsys, argv: list[str]) -> pl.DataFrame:
-    assert main(argv) == 0, capsys.readouterr().err
-    return pl.read_csv(io.StringIO(capsys.readouterr().out))
 
 
 def test_direction_commands_save_and_every_query_reads_by_name(capsys, tiny_store, tmp_path):

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tree_bytes
 from synthetic_store import CHUNK, N, synthetic_manifest, synthetic_meta, synthetic_values, write_synthetic
 
 import actstore
 from actstore.store.commits import commit_path
 from actstore.store.writer import ChunkWriter, create_store
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def deferred_writer(path: Path) -> ChunkWriter:

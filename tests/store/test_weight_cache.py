@@ -15,6 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
+from helpers import tree_bytes  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
@@ -25,10 +26,6 @@ from actstore.store import weight_cache  # noqa: E402
 from actstore.store.weight_cache import ENV, RECORD  # noqa: E402
 
 KW = dict(hooks=["blocks.0.hook_resid_pre"], chunk=16, batch=8, quiet=True)
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

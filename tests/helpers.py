@@ -1,0 +1,28 @@
+"""Small helpers shared by the test modules (tests/ is on sys.path through tests/conftest.py).
+
+    tree_bytes(root) -> {relative path: bytes}
+        every file below `root`, to compare two stores byte for byte (resumes, crashes, refused writes).
+    csv_out(capsys, argv) -> polars DataFrame
+        runs the CLI, asserts it exits 0, parses what it printed as CSV.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file below `root` as {path relative to root: its bytes}, sorted by path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def csv_out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> pl.DataFrame:
+    """Run `actstore <argv>`; it must exit 0 (else fail with its stderr); its stdout parsed as CSV."""
+    from actstore.cli import main
+
+    assert main(argv) == 0, capsys.readouterr().err
+    return pl.read_csv(io.StringIO(capsys.readouterr().out))
