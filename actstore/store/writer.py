@@ -189,8 +189,8 @@ class ChunkWriter:
 
         async def put(name: str, arr: zarr.Array) -> None:
             path = chunk_file(self.root, name, k, arr.ndim)
-            if local:
-                dirs.update(new_entry_dirs(Path(path)))  # before Zarr makes the chunk's directories
+            if isinstance(path, Path):  # local: before Zarr makes the chunk's directories
+                dirs.update(new_entry_dirs(path))
             await arr.async_array.setitem(slice(start, stop), acts[name])
             if local:  # written whole: make it durable and hash it while the other arrays encode
                 early[path] = self._pool.submit(self._digest, path, self._crc32c_tail)
@@ -207,7 +207,8 @@ class ChunkWriter:
             list(self._pool.map(lambda t, p: self._put_part(meta[t], p), self.tables, parts))
         else:
             for table, path in zip(self.tables, parts):
-                dirs.update(new_entry_dirs(Path(path)))
+                if isinstance(path, Path):
+                    dirs.update(new_entry_dirs(path))
                 write_part(meta[table], path)
         paths += parts
         self._maybe_die(k, "meta")
