@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from actstore.errors import InvalidParameterError, UnknownHookError
+from actstore.errors import InvalidParameterError, StoreCorruptError, UnknownHookError
 from actstore.query.directions import (
     Direction, DirectionSpec, neuron_readout, parse_direction, parse_head, target_directions, through_head as pull_back)
 from actstore.query.chunks import PAIR_BASE, Chunk, example_index, stream
@@ -255,7 +255,11 @@ class NeuronPlan:
         if self.direction.kind == "diff":
             counter = chunk.counter_tokens if chunk.counter_tokens is not None else np.full_like(key, -1)
             key = key * PAIR_BASE + counter + 1
-        return np.searchsorted(self.pairs, key)
+        at = np.searchsorted(self.pairs, key)
+        if key.size and (at.max() >= self.pairs.size or (self.pairs[np.minimum(at, self.pairs.size - 1)] != key).any()):
+            raise StoreCorruptError(f"store {self.store.path}: examples from {chunk.start} have answers its answer "
+                                    f"facts (derived/answer_facts-*) lack; delete that file")
+        return at
 
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Selected rows of examples [start, stop): local example index, position, answer index [row]."""
