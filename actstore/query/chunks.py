@@ -29,7 +29,7 @@ from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
 from actstore.query.store_facts import read_facts, write_facts
-from actstore.store.chunk_read import float32_into, to_float32
+from actstore.store.chunk_read import float32_into, to_float32, transient_reads
 from actstore.store.reader import Store
 
 
@@ -630,13 +630,18 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
 
     def load(name: str, start: int, stop: int, answer_pos: np.ndarray,
              product: Product | None) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        # gather the answers at once, so that a big all-position array is dropped right away
-        # and the next read reuses its memory (keeping a chunk's arrays alive costs page faults)
-        arr = store.read(name, start, stop)
-        full = arr if name in fulls else None
+        # gather the answers at once, so that a big all-position array is dropped right away; one
+        # wanted at the answers only is decoded into the thread's reused buffer (chunk_read.transient_reads)
+        if name in fulls:
+            arr = full = store.read(name, start, stop)
+        else:
+            with transient_reads():
+                arr, full = store.read(name, start, stop), None
         if name in answers and product is not None:
             return None, full, answer_product(arr, dims[name], answer_pos, answer_dtype, product)
-        picked = at_answers(arr, dims[name], answer_pos, answer_dtype) if name in answers else None  # a copy
+        picked = at_answers(arr, dims[name], answer_pos, answer_dtype) if name in answers else None
+        if picked is not None and full is None and np.may_share_memory(picked, arr):
+            picked = picked.copy()  # stored at the answers already: the buffer is the next read's
         return picked, full, None
 
     def submit(start: int, stop: int) -> tuple[ExampleArrays, list[Any]]:

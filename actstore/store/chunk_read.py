@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,7 +193,8 @@ def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop:
     files): [size, sha256, crc32c tail hex]. None if some chunk has no such record (the caller reads
     through Zarr, which checks it its own way). StoreCorruptError naming the file if a chunk is
     missing, not a regular file, or differs from its record or its checksum.
-    None also for rows outside [0, shape[0]) or an empty range.
+    None also for rows outside [0, shape[0]) or an empty range. Within transient_reads, a view of the
+    thread's reused buffer.
     """
     if not 0 <= start < stop <= layout.shape[0]:
         return None
@@ -203,7 +206,7 @@ def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop:
         if not isinstance(want, (list, tuple)) or len(want) != 3:
             return None
         records.append((k, rel, want))
-    out = np.empty((stop - start, *layout.shape[1:]), dtype=layout.dtype)
+    out = _output((stop - start, *layout.shape[1:]), layout.dtype)
     scratch: np.ndarray | None = None
     for k, rel, want in records:
         c0 = k * layout.chunk_rows
@@ -216,6 +219,40 @@ def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop:
             decode_chunk(layout, root, rel, want, scratch)
             out[lo - start:hi - start] = scratch[lo - c0:hi - c0]
     return out
+
+
+# per thread: whether read_rows decodes into the thread's reused buffer (see transient_reads), and that buffer
+_THREAD = threading.local()
+# bytes of the buffer a thread keeps for transient_reads at most: a bigger read gets its own array
+TRANSIENT_KEEP = 32 << 20
+
+
+@contextmanager
+def transient_reads() -> Iterator[None]:
+    """Within this block, read_rows on this thread returns a view of one buffer the thread keeps and
+    reuses (up to TRANSIENT_KEEP bytes), valid only until the thread's next read: for a caller that
+    copies what it needs out at once (the scan's gather at the answer positions). A new array of a
+    chunk's size per read was fresh memory on some queries: thousands of page faults per query
+    (5138 per zoo:list_update DLA in one run), which slowed the reads beside them."""
+    before = getattr(_THREAD, "transient", False)
+    _THREAD.transient = True
+    try:
+        yield
+    finally:
+        _THREAD.transient = before
+
+
+def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array for read_rows: in transient_reads, a view of the thread's buffer."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not getattr(_THREAD, "transient", False):
+        return np.empty(shape, dtype=dtype)
+    buffer = getattr(_THREAD, "buffer", None)
+    if buffer is None or buffer.size < nbytes:
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        if nbytes <= TRANSIENT_KEEP:
+            _THREAD.buffer = buffer
+    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def decode_chunk(layout: ChunkLayout, root: Path, rel: str, want: Any, out: np.ndarray) -> None:
@@ -237,7 +274,8 @@ def decode_chunk(layout: ChunkLayout, root: Path, rel: str, want: Any, out: np.n
 
 def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[bytes, bytes]:
     """(body, 4-byte tail) of chunk file `root / rel`, which must be a regular file of `size` bytes ending
-    in `tail_hex`; StoreCorruptError otherwise."""
+    in `tail_hex`; StoreCorruptError otherwise. The body is a new bytes object: google_crc32c releases the
+    GIL only for bytes (a reused buffer kept it through the crc32c, stalling the other reading threads)."""
     path = root / rel
     try:  # O_NONBLOCK: opening a FIFO planted where a chunk belongs must not block
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

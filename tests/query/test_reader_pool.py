@@ -88,3 +88,28 @@ def test_rows_taker_is_take_of_those_rows():
         whole = target.take(table)
         for rows in (slice(0, 50), slice(0, 17), slice(17, 50), slice(49, 50)):
             np.testing.assert_array_equal(take(rows).view(np.uint32), whole[rows].view(np.uint32))
+
+
+def test_answer_values_outlive_the_reads_that_made_them(tiny_store, tmp_path):
+    """A hook wanted at the answers only is decoded into the reading thread's reused buffer
+    (chunk_read.transient_reads) and copied out: every chunk of a whole scan, kept to its end, still
+    holds its own values, in the stored dtype or cast, read on the scan's thread or the readers', and
+    for a hook stored at the answer positions (where the gather would be the read array itself)."""
+    import actstore
+    from query_models import tiny_model
+
+    answer_only = actstore.ingest("addition", tiny_model("ln_mlp"), 40, 3, tmp_path / "answer", chunk=16, batch=40,
+                                  quiet=True, dtype="float16", hooks=["blocks.0.attn.hook_z:answer"])
+    for store in (tiny_store("ln_mlp", "float16"), answer_only):
+        hooks = [h for h in store.hooks if h.endswith("hook_z")]
+        ex = example_arrays(store)
+        for workers in (1, 2):
+            for dtype in (None, np.float32):
+                got = list(stream(store, hooks, workers=workers, answer_dtype=dtype))
+                assert len(got) == 3
+                for c in got:
+                    for name in hooks:
+                        want = at_answers(store.read(name, c.start, c.stop), store.hook_info(name).dims,
+                                          ex.answer_pos[c.start:c.stop])
+                        np.testing.assert_array_equal(c.at_answer[name], want if dtype is None else
+                                                      want.astype(np.float32))

@@ -198,3 +198,26 @@ def test_to_float32_is_numpy_cast_across_its_blocks() -> None:
         assert out.shape == a.shape and out.dtype == np.float32 and out.flags.c_contiguous
         np.testing.assert_array_equal(out.view(np.uint32), a.astype(np.float32).view(np.uint32))
     assert to_float32(half[:0]).shape == (0, 7, 1)
+
+
+def test_transient_reads_reuse_one_buffer_per_thread(tmp_path, monkeypatch):
+    """Within transient_reads a thread's reads are views of one buffer it keeps (the same values as a
+    plain read); outside, and for a read bigger than TRANSIENT_KEEP, each read is a new array."""
+    from actstore.store import chunk_read
+
+    path, values = write_store(tmp_path / "s", CODECS["blosc"])
+    store = actstore.open_store(path)
+    plain = [store.read(Z, 0, CHUNK), store.read(Z, CHUNK, 2 * CHUNK)]
+    assert not np.shares_memory(*plain)
+    with chunk_read.transient_reads():
+        first = store.read(Z, 0, CHUNK)
+        np.testing.assert_array_equal(first, values[:CHUNK])
+        second = store.read(Z, CHUNK, 2 * CHUNK)
+        assert np.shares_memory(first, second)  # the first read's values are gone: the caller copies them out
+        np.testing.assert_array_equal(second, values[CHUNK:2 * CHUNK])
+        np.testing.assert_array_equal(store.read(Z, 1, N), values[1:])  # across chunks, into a bigger buffer
+        monkeypatch.setattr(chunk_read, "TRANSIENT_KEEP", 8)
+        big = store.read(Z, 0, N)
+        assert not np.shares_memory(big, store.read(Z, 0, N))
+        np.testing.assert_array_equal(big, values)
+    assert not np.shares_memory(store.read(Z, 0, CHUNK), store.read(Z, 0, CHUNK))
