@@ -158,10 +158,15 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
         else:
             add(np.einsum("ean,ean->ea", post, fold).astype(np.float64) + mlp_bias, [Component(f"mlp{layer}", layer)])
 
-    values = np.concatenate(blocks, axis=-1) / final_scale(weights, chunk, readout)[..., None]
     final_bias = readout.final_bias()
+    k = sum(block.shape[-1] for block in blocks)
+    # one output, the blocks copied in and divided in place (a new array per step was a pass over it each)
+    values = np.empty((*blocks[0].shape[:2], k + (final_bias is not None)))
+    scaled = values[..., :k]
+    np.concatenate(blocks, axis=-1, out=scaled)
+    np.divide(scaled, final_scale(weights, chunk, readout)[..., None], out=scaled)
     if final_bias is not None:  # an unfolded ln_final.b adds a constant, not divided by the scale
-        values = np.concatenate([values, tgt.take(final_bias)[..., None]], axis=-1)
+        values[..., k] = tgt.take(final_bias)
         comps.append(Component("ln_final_bias"))
     return values, comps
 

@@ -177,7 +177,8 @@ def float32_into(array: np.ndarray, out: np.ndarray) -> None:
         np.copyto(half, part.view(np.int16))  # the gather (a strided view) into a small contiguous buffer
         if exact:
             word = block.view(np.int32)
-            np.left_shift(half, _SHIFT, out=word, dtype=np.int32)  # sign-extended as it widens
+            np.copyto(word, half)  # sign-extended as it widens (the shift widening as it shifts: ~15% slower)
+            np.left_shift(word, _SHIFT, out=word)
             np.bitwise_and(word, _KEEP, out=word)
             np.multiply(block, _SCALE, out=block)
             if not (block.max() >= _INF_NAN or block.min() <= -_INF_NAN):
