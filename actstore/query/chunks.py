@@ -377,8 +377,10 @@ class ExampleIndex:
     def prefetch(self, start: int, stop: int) -> None:
         """Start reading the parts of examples [start, stop) on the process's meta thread, so that a later
         `rows` finds them read (the scan asks for the next chunk's while it reads this one's hooks); at most
-        PENDING parts wait at once (the oldest dropped). Errors surface in the `rows` that needs the part."""
-        if not 0 <= start < stop <= self.n:
+        PENDING parts wait at once (the oldest dropped). Errors surface in the `rows` that needs the part.
+        Nothing is read ahead where the process reads on one thread (READ_THREADS 1: a single-threaded Dask
+        worker, whose other core is the next worker's): its `rows` reads the part in line."""
+        if not 0 <= start < stop <= self.n or READ_THREADS <= 1:
             return
         with self._lock:
             for k in range(start // self.chunk, (stop - 1) // self.chunk + 1):

@@ -153,7 +153,7 @@ def run_batch(address: Any, fingerprint: str, job: Job, token: str, batch: Seque
         while len(_PLANS) > _PLAN_CACHE:
             _PLANS.popitem(last=False)
     store, plan = cached
-    chunks.READ_THREADS = worker_threads()  # a single-threaded worker reads on its one thread
+    chunks.READ_THREADS = worker_threads()  # a single-threaded worker reads on its one thread (examples parts too)
     committed = store.n_examples
     if batch and batch[-1][1] > committed:  # a snapshot older than the driver's: re-count the commits
         store = store.refresh()
@@ -209,14 +209,17 @@ def local_cluster(workers: int) -> Any:
     system after every large free; each chunk read (or torch pass) then faults its pages in anew
     (1.7-1.9x the time of an intervention sweep here). Our workers keep glibc's default (unless
     this process's environment sets it), and this process's environment is left as it was (Dask's
-    nanny sets OMP_NUM_THREADS=1 and the rest in it, for every later subprocess).
+    nanny sets OMP_NUM_THREADS=1 and the rest in it, for every later subprocess). Polars gets one
+    thread too (POLARS_MAX_THREADS=1), as Dask gives OpenBLAS: its pool would take a core from the
+    next worker.
     """
     import dask  # noqa: PLC0415
     from dask.distributed import LocalCluster  # noqa: PLC0415
 
     saved = dict(os.environ)  # Dask's nanny writes its worker variables into this process's environment
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.nanny.pre-spawn-environ.POLARS_MAX_THREADS": 1}):
             return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                 silence_logs=logging.CRITICAL)
     finally:

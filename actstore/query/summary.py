@@ -69,7 +69,12 @@ class GroupStats:
         if table.get_column(value).null_count():
             table = table.filter(pl.col(value).is_not_null())
         keys, inverse = group_index(table.select(columns))
-        x = table.get_column(value).cast(pl.Float64).to_numpy()
+        return cls.grouped(keys, inverse, table.get_column(value))
+
+    @classmethod
+    def grouped(cls, keys: pl.DataFrame, inverse: np.ndarray, value: pl.Series) -> "GroupStats":
+        """The statistics of `value` [row] (no nulls) in the groups `keys`, row i in group inverse[i]."""
+        x = value.cast(pl.Float64).to_numpy()
         n = np.bincount(inverse, minlength=keys.height)
         mean = np.bincount(inverse, x, minlength=keys.height) / np.maximum(n, 1)
         m2 = np.bincount(inverse, (x - mean[inverse]) ** 2, minlength=keys.height)
@@ -160,7 +165,55 @@ class SummaryPlan:
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[GroupStats]:
         for frame in self.inner.partials(ranges):
-            yield GroupStats.of(with_labels(frame, self.labels), self.columns, self.spec.value)
+            stats = blocked_stats(frame, self.labels, self.columns, self.spec.value)
+            yield stats if stats is not None else GroupStats.of(with_labels(frame, self.labels), self.columns,
+                                                                self.spec.value)
+
+
+def blocked_stats(table: pl.DataFrame, labels: pl.DataFrame | None, columns: Sequence[str],
+                  value: str) -> GroupStats | None:
+    """GroupStats.of(with_labels(table, labels), columns, value), the same bits, for a table laid out in
+    blocks of one example each (a read-out table: rows [example, answer, item]) whose group columns other
+    than the labels repeat the same rows in every block; None for any other table (the caller groups it
+    row by row).
+
+    Grouping every row costs most of a chunk's summary (strings among the keys); here only one block's rows
+    and one label row per example are grouped, and a row's group is (its example's, its place in the block).
+    """
+    if not columns or "example_id" not in table.columns or not table.height or table.get_column(value).null_count():
+        return None
+    n = table.height
+    ids = table.get_column("example_id").to_numpy()
+    step = int(np.argmax(ids != ids[0])) or n  # rows of the first example's block
+    if n % step or not np.array_equal(ids, np.repeat(ids[::step], step)):
+        return None
+    joined = [c for c in columns if c in labels.columns and c not in table.columns] if labels is not None else []
+    rest = table.select([c for c in columns if c not in joined])
+    if not all(dtype.is_integer() or dtype in (pl.Boolean, pl.String) for dtype in rest.dtypes):
+        return None  # (float keys: equality as group_by sees it is not worth matching here)
+    head, tail = rest.slice(step), rest.slice(0, n - step)
+    if not all(head.get_column(c).equals(tail.get_column(c)) for c in rest.columns):  # a block's keys: every block's
+        return None
+    block_keys, block_code = group_index(rest.slice(0, step))
+    example_ids = ids[::step]
+    example_code = np.zeros(example_ids.size, dtype=np.int64)
+    if labels is not None and joined:
+        if example_ids.min() < 0 or example_ids.max() >= labels.height:  # with_labels' gather decides these
+            return None
+        _, example_code = group_index(labels.select(joined)[example_ids])
+    span = block_keys.height
+    key = (example_code[:, None] * span + block_code[None, :]).reshape(-1)  # [row] one code per distinct key
+    first = np.full(int(example_code.max()) * span + span, n, dtype=np.int64)
+    np.minimum.at(first, key, np.arange(n, dtype=np.int64))
+    present = np.flatnonzero(first < n)
+    order = np.argsort(first[present], kind="stable")  # groups in order of their first row, as group_index
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[present[order]] = np.arange(present.size, dtype=np.int64)
+    firsts = first[present[order]]
+    keys = rest[firsts]
+    if labels is not None and joined:
+        keys = pl.concat([keys, labels.select(joined)[ids[firsts]]], how="horizontal").select(columns)
+    return GroupStats.grouped(keys, rank[key], table.get_column(value))
 
 
 def summary_plan(store: Store, inner: Job, spec: GroupSpec) -> SummaryPlan:
@@ -199,5 +252,5 @@ def label_columns(store: Store, columns: Sequence[str]) -> pl.DataFrame:
         raise
 
 
-__all__ = ["GroupSpec", "GroupStats", "SummaryPlan", "finish", "group_index", "summarise", "summarise_each",
-           "with_labels"]
+__all__ = ["GroupSpec", "GroupStats", "SummaryPlan", "blocked_stats", "finish", "group_index", "summarise",
+           "summarise_each", "with_labels"]

@@ -267,6 +267,10 @@ def _worker_env() -> tuple[str | None, str | None]:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
 
 
+def _polars_threads() -> int:
+    return pl.thread_pool_size()
+
+
 def test_our_local_cluster_keeps_glibc_trimming_default_and_one_thread(monkeypatch):
 
     from actstore.query.executor import LocalClient
@@ -275,4 +279,5 @@ def test_our_local_cluster_keeps_glibc_trimming_default_and_one_thread(monkeypat
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with LocalClient(1) as c:
         assert c.submit(_worker_env, pure=False).result() == (None, "1")
+        assert c.submit(_polars_threads, pure=False).result() == 1  # no polars pool beside the worker's thread
         assert _worker_env() == (None, None)  # this process's environment is left as it was
