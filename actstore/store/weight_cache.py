@@ -304,6 +304,10 @@ def _remove(entry: Path) -> None:
         for path in [p for p in _CHECKED if p.startswith(f"{entry}{os.sep}")]:
             del _CHECKED[path]
     trash = entry.parent / f".{entry.name}.removing-{os.getpid()}"
+    if trash.is_symlink() or not trash.is_dir():  # a killed process that had this pid (pids are reused) left it
+        trash.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(trash, ignore_errors=True)
     try:
         os.rename(entry, trash)
     except OSError:
