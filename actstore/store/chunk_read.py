@@ -16,6 +16,7 @@ checked against its record, so nothing here trusts an unchecked file.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import threading
@@ -37,7 +38,7 @@ _DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16
 _TAIL = 4  # bytes of the crc32c codec's checksum, little-endian, at the end of every chunk file
 
 # decodes a chunk's compressed body into `out` (C-contiguous, exactly the chunk's bytes)
-Decoder = Callable[[bytes, np.ndarray], None]
+Decoder = Callable[[np.ndarray, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,14 @@ def _decoder(name: str) -> Decoder | None:
 _BLOSC, _ZSTD = Blosc(), Zstd()
 
 
-def _blosc_into(body: bytes, out: np.ndarray) -> None:
+def _blosc_into(body: np.ndarray, out: np.ndarray) -> None:
     # blosc fills a larger buffer than it needs without a word: the header's size must be the chunk's
     if len(body) < 16 or int.from_bytes(body[4:8], "little") != out.nbytes:
         raise ValueError(f"its blosc header does not describe {out.nbytes} bytes")
     _BLOSC.decode(body, out=out)
 
 
-def _zstd_into(body: bytes, out: np.ndarray) -> None:
+def _zstd_into(body: np.ndarray, out: np.ndarray) -> None:
     data = _ZSTD.decode(body)  # a copy: zstd frames need not record their size up front
     if len(data) != out.nbytes:
         raise ValueError(f"it decompresses to {len(data)} bytes, not {out.nbytes}")
@@ -222,9 +223,10 @@ def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop:
     return out
 
 
-# per thread: whether read_rows decodes into the thread's reused buffer (see transient_reads), and that buffer
+# per thread: whether read_rows decodes into the thread's reused buffer (see transient_reads), and the
+# buffers it keeps (its chunk files' bytes, transient_reads' output)
 _THREAD = threading.local()
-# bytes of the buffer a thread keeps for transient_reads at most: a bigger read gets its own array
+# bytes of each buffer a thread keeps at most: a bigger read gets its own
 TRANSIENT_KEEP = 32 << 20
 
 
@@ -246,21 +248,29 @@ def transient_reads() -> Iterator[None]:
 def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised C-contiguous array for read_rows: in transient_reads, a view of the thread's buffer."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if not getattr(_THREAD, "transient", False):
+    if not getattr(_THREAD, "transient", False) or nbytes > TRANSIENT_KEEP:
         return np.empty(shape, dtype=dtype)
-    buffer = getattr(_THREAD, "buffer", None)
+    return _kept("output", nbytes).view(dtype).reshape(shape)
+
+
+def _kept(name: str, nbytes: int) -> np.ndarray:
+    """[nbytes] uint8, writable, page-aligned: this thread's buffer `name` (at most TRANSIENT_KEEP bytes), made
+    bigger when it must be. Each is a mapping of its own, outside malloc's heap: a long-lived chunk-sized block
+    inside the heap made glibc hand the memory around it back and fault it in anew (4000 page faults per plain
+    zoo:addition read), and a file read into malloc's usual 16 bytes past a page boundary ran 3x slower here
+    (the kernel's copy on this AMD EPYC VM: 6.5 against 1.9 ms for 6.6 MB)."""
+    buffer = getattr(_THREAD, name, None)
     if buffer is None or buffer.size < nbytes:
-        buffer = np.empty(nbytes, dtype=np.uint8)
-        if nbytes <= TRANSIENT_KEEP:
-            _THREAD.buffer = buffer
-    return buffer[:nbytes].view(dtype).reshape(shape)
+        buffer = np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8)
+        setattr(_THREAD, name, buffer)
+    return buffer[:nbytes]
 
 
 def decode_chunk(layout: ChunkLayout, root: Path, rel: str, want: Any, out: np.ndarray) -> None:
     """Decode chunk file `root / rel` into `out` [chunk_rows, ...] (C-contiguous), after checking its size
     and crc32c tail against `want` ([size, sha256, tail hex]) and its crc32c against the tail."""
     body, tail = _read_checked(root, rel, int(want[0]), str(want[2]))
-    if google_crc32c.value(body) != int.from_bytes(tail, "little"):
+    if google_crc32c.extend(0, body) != int.from_bytes(tail, "little"):
         raise _corrupt(root, rel, "fails its crc32c check (its bytes changed)")
     try:
         if layout.decode is None:
@@ -273,10 +283,10 @@ def decode_chunk(layout: ChunkLayout, root: Path, rel: str, want: Any, out: np.n
         raise _corrupt(root, rel, f"does not decode to a chunk of {layout.chunk_shape} {layout.dtype} ({e})") from None
 
 
-def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[bytes, bytes]:
-    """(body, 4-byte tail) of chunk file `root / rel`, which must be a regular file of `size` bytes ending
-    in `tail_hex`; StoreCorruptError otherwise. The body is a new bytes object: google_crc32c releases the
-    GIL only for bytes (a reused buffer kept it through the crc32c, stalling the other reading threads)."""
+def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[np.ndarray, bytes]:
+    """(body [size - 4] uint8, read-only: a view of the thread's kept buffer, valid until its next read; the
+    4-byte tail) of chunk file `root / rel`, which must be a regular file of `size` bytes ending in
+    `tail_hex`; StoreCorruptError otherwise."""
     path = root / rel
     try:  # O_NONBLOCK: opening a FIFO planted where a chunk belongs must not block
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -288,12 +298,19 @@ def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[bytes
     if not stat.S_ISREG(info.st_mode):  # before open(): a directory's descriptor is an IsADirectoryError there
         os.close(fd)
         raise _corrupt(root, rel, "is not a regular file")
-    with open(fd, "rb") as f:
+    with open(fd, "rb", buffering=0) as f:
         if info.st_size != size or size < _TAIL:
             raise _corrupt(root, rel, "differs from its record (checksum mismatch)")
-        body = f.read(size - _TAIL)
-        tail = f.read(_TAIL)
-    if len(body) != size - _TAIL or tail.hex() != tail_hex:
+        # the thread's kept buffer (a new bytes object per file was fresh memory on some reads, 2500 page
+        # faults per zoo:list_update file); a bigger file than it keeps gets its own, read the same way
+        data = _kept("body", size) if size <= TRANSIENT_KEEP else np.empty(size, dtype=np.uint8)
+        view, got = memoryview(data), 0
+        while got < size and (n := f.readinto(view[got:])):
+            got += n
+    body = data[:size - _TAIL]
+    body.setflags(write=False)  # google_crc32c reads read-only buffers only (and holds the GIL for them: ~0.3 ms
+    tail = data[size - _TAIL:size].tobytes()  # per 6.6 MB, against thousands of page faults for new bytes)
+    if got != size or tail.hex() != tail_hex:
         raise _corrupt(root, rel, "differs from its record (checksum mismatch)")
     return body, tail
 
