@@ -17,9 +17,11 @@ and prints MB/s over the uncompressed bytes and each reader's speed relative to 
 (best of the repeats, and the ratio of the medians beside it); stream_s: the DLA's scan alone
 (chunks.stream on its reading threads, answers gathered and cast, no math); read_ratio_cpu: the
 ratio over CPU time (the process's, reading threads included), which a loaded machine disturbs far
-less than wall time but which gives no credit for reading on two threads; dla_faults: minor page
-faults per DLA (median; each costs microseconds here, and thousands per query meant fresh memory
-on every query). Every reader checks it reads the same bytes, the scan too; page cache is warm for
+less than wall time but which gives no credit for reading on two threads; direct_faults, dla_faults:
+minor page faults per raw read and per DLA (median; each costs microseconds here, and thousands per
+call meant fresh memory on every call: direct's are its output arrays, new per read since the caller
+keeps them, and whether glibc hands them fresh pages depends on what the process freed before).
+Every reader checks it reads the same bytes, the scan too; page cache is warm for
 every reader (the store was just written or read), and the DLA has run once before timing. Note
 that `direct` on the main thread decodes blosc on blosc's own 2 threads (numcodecs uses them from
 the main thread only); the scan decodes one array per reading thread.
@@ -154,15 +156,15 @@ def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: 
     timed["dla"] = lambda: dla(store, level="head", target=target)
     times: dict[str, list[float]] = {name: [] for name in timed}
     cpu: dict[str, list[float]] = {"direct": [], "dla": []}
-    faults: list[int] = []
+    faults: dict[str, list[int]] = {"direct": [], "dla": []}
     for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all
         for name, fn in timed.items():
             c0, f0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[name].append(best(fn, 1)[0])
             if name in cpu:
                 cpu[name].append(time.process_time() - c0)
-            if name == "dla":
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            if name in faults:
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     t = {name: min(v) for name, v in times.items()}
     med = {name: statistics.median(v) for name, v in times.items()}
     mb = next(iter(nbytes.values())) / 1e6
@@ -173,7 +175,9 @@ def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: 
             f"stream_s={t['stream']:.4f} dla_s={t['dla']:.4f} (median {med['dla']:.4f}) "
             f"read_ratio={t['direct'] / t['dla']:.2f} (of medians {med['direct'] / med['dla']:.2f}) "
             f"direct_cpu_s={min(cpu['direct']):.4f} dla_cpu_s={min(cpu['dla']):.4f} "
-            f"read_ratio_cpu={min(cpu['direct']) / min(cpu['dla']):.2f} dla_faults={statistics.median(faults):.0f}")
+            f"read_ratio_cpu={min(cpu['direct']) / min(cpu['dla']):.2f} "
+            f"direct_faults={statistics.median(faults['direct']):.0f} "
+            f"dla_faults={statistics.median(faults['dla']):.0f}")
 
 
 def stream_read(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
