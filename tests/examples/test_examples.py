@@ -207,6 +207,7 @@ def head_of(name: str) -> tuple[int, int]:
     return layer, head
 
 
+@pytest.mark.slow  # a seed script end to end (90-150 s at load 12); test_seed003_addition runs by default
 @needs_zoo("list_update")
 def test_seed000_list_update(tmp_path: Path) -> None:
     stdout, keys, store, charts = run_example("seed000_list_update.py", tmp_path, 200)
@@ -270,7 +271,7 @@ def test_seed000_list_update(tmp_path: Path) -> None:
     assert_charts(charts, ["logit_lens", "dla_by_head_changed", "attention", "ov_L1H0", "patch_resid_pre", "patch_v"])
 
 
-@pytest.mark.slow  # 40 s: three ingests of the seed script; the other seeds run by default
+@pytest.mark.slow  # 40 s: three ingests of the seed script
 @needs_zoo("list_update")
 def test_seed000_reuses_then_replaces_store(tmp_path: Path) -> None:
     out = tmp_path / "store"
@@ -372,6 +373,7 @@ def test_seed003_addition(tmp_path: Path) -> None:
                            "ablation_z_carry_split"])
 
 
+@pytest.mark.slow  # a seed script end to end (90-150 s at load 12); test_seed003_addition runs by default
 @needs_zoo("brackets")
 def test_seed002_brackets(tmp_path: Path) -> None:
     stdout, keys, store, charts = run_example("seed002_brackets.py", tmp_path, 300)
@@ -467,6 +469,7 @@ def test_seed002_brackets(tmp_path: Path) -> None:
     assert_charts(charts, names)
 
 
+@pytest.mark.slow  # a seed script end to end (90-150 s at load 12); test_seed003_addition runs by default
 @needs_zoo("lm")
 def test_seed001_days(tmp_path: Path) -> None:
     stdout, keys, store, charts = run_example("seed001_days.py", tmp_path, 300)
@@ -513,6 +516,7 @@ def test_seed001_days(tmp_path: Path) -> None:
     assert_charts(charts, ["dla_heads", "logit_lens", "attention_end", "patch_resid_pre", "patch_z_heads"])
 
 
+@pytest.mark.slow  # a seed script end to end (90-150 s at load 12); test_seed003_addition runs by default
 @needs_zoo("lm")
 def test_seed004_ioi(tmp_path: Path) -> None:
     stdout, keys, store, charts = run_example("seed004_ioi.py", tmp_path, 300)

@@ -86,6 +86,8 @@ def stream_peak(path, mode: str) -> dict:
     return run_script(STREAM_SCRIPT, path, mode)
 
 
+@pytest.mark.slow  # a 2000-example ingest (~90 s at load 12); test_breakdown_streamed.py's
+# test_breakdowns_of_neuron_rows_and_of_a_file_hold_a_chunk_not_the_table bounds the streamed splits by default
 def test_summaries_and_row_streams_hold_one_chunk_not_the_table(tmp_path):
     """A neuron-level dla of 2000 examples is ~8M rows (~470 MB as a table); its carry split and its
     rows streamed into the derived/ cache each add well under that (one 50-example chunk, and the
