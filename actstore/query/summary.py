@@ -191,9 +191,9 @@ def blocked_stats(table: pl.DataFrame, labels: pl.DataFrame | None, columns: Seq
     rest = table.select([c for c in columns if c not in joined])
     if not all(dtype.is_integer() or dtype in (pl.Boolean, pl.String) for dtype in rest.dtypes):
         return None  # (float keys: equality as group_by sees it is not worth matching here)
-    head, tail = rest.slice(step), rest.slice(0, n - step)
-    if not all(head.get_column(c).equals(tail.get_column(c)) for c in rest.columns):  # a block's keys: every block's
-        return None
+    for col in rest.get_columns():  # a block's keys must be every block's
+        if not col.slice(step).equals(col.slice(0, n - step)):
+            return None
     block_keys, block_code = group_index(rest.slice(0, step))
     example_ids = ids[::step]
     example_code = np.zeros(example_ids.size, dtype=np.int64)
