@@ -303,9 +303,9 @@ def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[np.nd
         if info.st_size != size or size < _TAIL:
             raise _corrupt(root, rel, "differs from its record (checksum mismatch)")
         # the thread's kept buffer (a new bytes object per file was fresh memory on some reads, 2500 page
-        # faults per zoo:list_update file); a bigger file than it keeps gets its own, read the same way
-        data = _kept("body", size) if size <= TRANSIENT_KEEP else np.empty(size, dtype=np.uint8)
-        view, got = memoryview(data), 0
+        # faults per zoo:list_update file); a bigger file than it keeps gets a mapping of its own
+        data = _kept("body", size) if size <= TRANSIENT_KEEP else np.frombuffer(mmap.mmap(-1, size), np.uint8)
+        view, got = data.data, 0
         while got < size and (n := f.readinto(view[got:])):
             got += n
     body = data[:size - _TAIL]
