@@ -26,7 +26,10 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
 - SAELens:   `CacheActivationsRunner` (sae-lens 6, the `bench` extra: pip install 'actstore[bench]';
              skipped with a line when it is not installed). It caches one hook per run, so it gets
              its own line: one hook (--sae-hook, default the last block's hook_resid_post) for
-             SAELens, actstore and the notebook loop.
+             SAELens, actstore and the notebook loop. saelens_vs_actstore compares SAELens's run() with
+             actstore's loop_s (the forward and writes); whole_saelens_vs_actstore compares each whole call
+             (SAELens: the tokens' Dataset, the runner's construction and run(); actstore: ingest() with its
+             setup: probe, weights sha256, store creation).
 Each line prints seconds, examples/s and MB/s of each and their ratios against actstore.
 --sae-checks also runs the SAELens shortcomings checks (padding, non-empty directory, buffer
 larger than the data) on the first model and prints what it saw.
@@ -186,8 +189,10 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "one", hooks=[one],
                              outputs=not HAS_OUTPUTS_FLAG)[1]  # not `out`: bytes/value reads the default store
             runs.setdefault("one:actstore", []).append((st["loop_s"], st["bytes_written"]))
+            runs.setdefault("one:actstore_whole", []).append((st["setup_s"] + st["loop_s"], st["bytes_written"]))
             sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
             runs.setdefault("one:saelens", []).append(sae[:2])
+            runs.setdefault("one:saelens_whole", []).append((sae[3], sae[1]))
             if "notebook" in wanted:
                 runs.setdefault("one:npsave", []).append(
                     peers.notebook_loop(model, data, {one: "all"}, c, b, device, tmp / "nb", "np"))
@@ -232,8 +237,10 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
     else:
         s_a, b_a = best["one:actstore"]
         s_s, b_s = best["one:saelens"]
+        w_a, w_s = best["one:actstore_whole"][0], best["one:saelens_whole"][0]
         line = (f"{head} hook={one} actstore{'_no_outputs' if HAS_OUTPUTS_FLAG else '(with outputs)'}="
-                f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f}")
+                f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f} "
+                f"whole_actstore_s={w_a:.2f} whole_saelens_s={w_s:.2f} whole_saelens_vs_actstore={w_s / w_a:.2f}")
         if "one:npsave" in best:
             s_, b_ = best["one:npsave"]
             line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"

@@ -192,13 +192,14 @@ def saelens_available() -> str | None:
 
 
 def saelens_runner(model: Any, data: TaskData, hook: str, batch: int, device: torch.device, out: Path,
-                   buffer_rows: int | None = None, clear: bool = True) -> tuple[float, int, Any]:
+                   buffer_rows: int | None = None, clear: bool = True) -> tuple[float, int, Any, float]:
     """SAELens's CacheActivationsRunner over the same tokens (padded rows as they are), one hook, float16.
 
     Its module's `load_model` is replaced so that it takes our model object; its buffer is sized to
     the data exactly (`buffer_rows` examples; default all of them) so that no row is repeated.
     clear=False runs into `out` as it is (to see what a second run does).
-    Returns (seconds of run(), bytes written, the runner's Dataset).
+    Returns (seconds of run(), bytes written, the runner's Dataset, seconds of the user's whole call: the
+    dataset of tokens, the runner's construction and run(); the benchmark's own d_in probe left out).
     """
     from datasets import Dataset
     from sae_lens import cache_activations_runner as car
@@ -217,15 +218,16 @@ def saelens_runner(model: Any, data: TaskData, hook: str, batch: int, device: to
         d_in=d_in, training_tokens=n * width, context_size=width, new_cached_activations_path=str(out),
         shuffle=False, dtype="float16", device=str(device), prepend_bos=False, streaming=False,
         buffer_size_gb=(rows * width * bytes_per_token + 0.5) / 1e9)
-    dataset = Dataset.from_dict({"tokens": data.tokens.tolist()})
     if clear:
         shutil.rmtree(out, ignore_errors=True)
+    whole = time.perf_counter()
+    dataset = Dataset.from_dict({"tokens": data.tokens.tolist()})
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars
         runner = car.CacheActivationsRunner(cfg, override_dataset=dataset)
         t = time.perf_counter()
         result = runner.run()
         seconds = time.perf_counter() - t
-    return seconds, dir_bytes(out), result
+    return seconds, dir_bytes(out), result, time.perf_counter() - whole
 
 
 def saelens_checks(model: Any, data: TaskData, hook: str, batch: int, device: torch.device, tmp: Path) -> list[str]:

@@ -58,6 +58,8 @@ from actstore.store.weight_cache import cache_dir, place_params
 # ('arrays', 'meta' or 'commit') is written; used by the crash/resume tests only.
 KILL_ENV = "ACTSTORE_TEST_KILL"
 
+DIR_FSYNCS = 16  # directory fsyncs in flight at once per chunk
+
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}  # every chunk has a file, even an all-zero one
 
 
@@ -164,6 +166,8 @@ class ChunkWriter:
         self._crc32c_tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
         self._kill = _parse_kill(os.environ.get(KILL_ENV))
         self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="actstore-digest")
+        # a chunk's directory fsyncs, all at once: each waits on the disk (no CPU), and concurrent ones share flushes
+        self._dir_pool = ThreadPoolExecutor(max_workers=DIR_FSYNCS, thread_name_prefix="actstore-dirsync")
         # one committer thread; a remote store's digests come from its PUTs (self._sent), so it commits inline
         self._committer = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-commit")
                            if defer_commit and not isinstance(self.root, RemotePath) else None)
@@ -230,8 +234,7 @@ class ChunkWriter:
         pending = [early[p] if p in early else self._pool.submit(self._digest, p, tail)  # sha256 drops the GIL
                    for p, tail in zip(paths, tails)]
         files = {relative(f, self.root): d.result() for f, d in zip(paths, pending)}
-        for d in sorted(dirs):  # after the files' fsyncs, which on ext4 already committed these entries' journal
-            fsync_dir(d)
+        list(self._dir_pool.map(fsync_dir, sorted(dirs)))  # after the files' fsyncs; raises the first error
         write_commit(self.root, CommitRecord(chunk=k, start=start, stop=stop, files=files, store=self.store_sha256))
         self._maybe_die(k, "commit")
         # deferred: the caller finishes after flush(), under its shards' finishing lock (two shards finishing
@@ -276,6 +279,7 @@ class ChunkWriter:
         if self._committer is not None:
             self._committer.shutdown()
         self._pool.shutdown()
+        self._dir_pool.shutdown()
 
     def discard_uncommitted(self, first: int, best_effort: bool = False) -> None:
         """Remove the files of chunks >= first (left by a crash), so a resume rewrites them whole.
