@@ -304,7 +304,8 @@ def _read_checked(root: Path, rel: str, size: int, tail_hex: str) -> tuple[np.nd
             raise _corrupt(root, rel, "differs from its record (checksum mismatch)")
         # the thread's kept buffer (a new bytes object per file was fresh memory on some reads, 2500 page
         # faults per zoo:list_update file); a bigger file than it keeps gets a mapping of its own
-        data = _kept("body", size) if size <= TRANSIENT_KEEP else np.frombuffer(mmap.mmap(-1, size), np.uint8)
+        data = _kept("body", size) if size <= TRANSIENT_KEEP else \
+            np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
         view, got = data.data, 0
         while got < size and (n := f.readinto(view[got:])):
             got += n
