@@ -4,15 +4,22 @@
         every file below `root`, to compare two stores byte for byte (resumes, crashes, refused writes).
     csv_out(capsys, argv) -> polars DataFrame
         runs the CLI, asserts it exits 0, parses what it printed as CSV.
+    processed_model(**config) -> HookedTransformer
+        a random TransformerLens model of that config, processed as the zoo is.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pytest
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -26,3 +33,15 @@ def csv_out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> pl.DataFrame
 
     assert main(argv) == 0, capsys.readouterr().err
     return pl.read_csv(io.StringIO(capsys.readouterr().out))
+
+
+def processed_model(**config: object) -> HookedTransformer:
+    """A random HookedTransformer of `config` (HookedTransformerConfig's fields) on the CPU, processed as the
+    zoo is (fold_ln, center_writing_weights, center_unembed); the config's seed fixes its weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(**config, device="cpu"))
+    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    return model

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
+from helpers import processed_model
 
 import actstore
 from actstore.cli import main
@@ -27,14 +27,9 @@ needs_zoo = pytest.mark.skipif(not zoo_addition_available(), reason="zoo:additio
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        model = HookedTransformer(HookedTransformerConfig(
-            n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, n_ctx=16, d_vocab=12, act_fn="relu",
-            normalization_type="LN", seed=0, device="cpu"))
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = processed_model(
+        n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, n_ctx=16, d_vocab=12, act_fn="relu",
+        normalization_type="LN", seed=0)
     out = tmp_path_factory.mktemp("cli") / "store"
     actstore.ingest("addition", model, 20, 0, out, chunk=8, quiet=True, model_spec="tiny")
     return out

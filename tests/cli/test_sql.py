@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from helpers import csv_out
+from helpers import csv_out, processed_model
 
 import actstore
 from actstore.cli import main
@@ -18,14 +17,9 @@ from actstore.query import dla
 def tiny_addition_store(path: Path, task: str = "addition") -> Path:
     """A 2-layer LN + MLP random model (processed as the zoo is) on 24 addition examples, chunks of 10
     (`task`: another registered task on addition's tokens, e.g. tests/no_counter.py's)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        model = HookedTransformer(HookedTransformerConfig(
-            n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, n_ctx=16, d_vocab=12, act_fn="relu",
-            normalization_type="LN", seed=1, device="cpu"))
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = processed_model(
+        n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, n_ctx=16, d_vocab=12, act_fn="relu",
+        normalization_type="LN", seed=1)
     actstore.ingest(task, model, 24, 0, path, chunk=10, dtype="float32", quiet=True, model_spec="tiny")
     return path
 

@@ -13,11 +13,11 @@ MALLOC_ARENA_MAX=1 in the environment brings it to about +60 MB.
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 
+from helpers import processed_model
 from peak_memory import run_script
 
 import actstore
@@ -44,14 +44,9 @@ def query_peak(path, level: str) -> dict:
 
 @pytest.mark.slow
 def test_dla_over_a_store_larger_than_the_cap(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        model = HookedTransformer(HookedTransformerConfig(
-            n_layers=2, n_heads=4, d_model=64, d_head=32, d_mlp=1024, n_ctx=16, d_vocab=12, act_fn="gelu",
-            normalization_type="LN", seed=0, device="cpu"))
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = processed_model(
+        n_layers=2, n_heads=4, d_model=64, d_head=32, d_mlp=1024, n_ctx=16, d_vocab=12, act_fn="gelu",
+        normalization_type="LN", seed=0)
     torch.set_num_threads(1)
     store = actstore.ingest("addition", model, N, 0, tmp_path / "big", hooks=["z", "post", "scale"],
                             dtype="float32", chunk=CHUNK, batch=256, quiet=True)
@@ -92,14 +87,9 @@ def test_summaries_and_row_streams_hold_one_chunk_not_the_table(tmp_path):
     """A neuron-level dla of 2000 examples is ~8M rows (~470 MB as a table); its carry split and its
     rows streamed into the derived/ cache each add well under that (one 50-example chunk, and the
     cache writer's row group of up to 2^19 rows while it fills the cache: 228-241 MB measured)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        model = HookedTransformer(HookedTransformerConfig(
-            n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=512, n_ctx=16, d_vocab=12, act_fn="relu",
-            normalization_type="LN", seed=0, device="cpu"))
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = processed_model(
+        n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=512, n_ctx=16, d_vocab=12, act_fn="relu",
+        normalization_type="LN", seed=0)
     torch.set_num_threads(1)
     n = 2000
     store = actstore.ingest("addition", model, n, 0, tmp_path / "s", hooks=["z", "post", "scale"], dtype="float32",

@@ -4,10 +4,10 @@ one ingested from a tiny random TransformerLens model (for the decomposition che
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
+from helpers import processed_model
 from synthetic_store import write_synthetic
 
 
@@ -21,14 +21,9 @@ def real_store_template(tmp_path_factory) -> Path:
     """A store ingested from a tiny random processed model (LayerNorm + MLP) on addition."""
     import torch
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        model = HookedTransformer(HookedTransformerConfig(
-            n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=48, n_ctx=16, d_vocab=12, act_fn="gelu",
-            normalization_type="LN", seed=1, device="cpu"))
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = processed_model(
+        n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=48, n_ctx=16, d_vocab=12, act_fn="gelu",
+        normalization_type="LN", seed=1)
     torch.manual_seed(0)
     import actstore
 
