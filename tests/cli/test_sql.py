@@ -95,6 +95,15 @@ def test_breakdown_of_a_parquet_file(capsys, store_path, tmp_path):
                    "is not a file")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from Linux /proc")
 def test_ctrl_c_stops_a_running_query_with_exit_130(store_path):
     """DuckDB holds the main thread in C++; the query runs on a worker so that SIGINT still stops it."""
     import signal
@@ -105,7 +114,11 @@ def test_ctrl_c_stops_a_running_query_with_exit_130(store_path):
     query = "SELECT count(*) FROM range(100000000000::bigint) a WHERE a.range % 7 = 3"  # minutes of work
     proc = subprocess.Popen([sys.executable, "-m", "actstore.cli", "sql", str(store_path), query],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    # the signal must land while the query runs, not during the imports: wait for CPU time, which a
+    # loaded machine does not stretch the way it stretches a fixed sleep (the imports take ~1-1.5 s of it)
+    deadline = time.monotonic() + 120
+    while cpu_seconds(proc.pid) < 4.0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == "actstore sql: interrupted" and out == ""
