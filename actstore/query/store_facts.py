@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from actstore.errors import ActstoreError
+from actstore.query.tables import write_parquet_frames
 from actstore.store.cache import read_checked, write_checked
 from actstore.store.fs import StorePath
 from actstore.store.reader import Store
@@ -58,9 +60,13 @@ def write_facts(store: Store, name: str, arrays: Mapping[str, np.ndarray | None]
     path = facts_path(store, name)
     frame = pl.DataFrame({f: [None if a is None else a.tolist()] for f, a in arrays.items()},
                          schema={f: pl.List(pl.Int64) for f in arrays})
+
+    def write(tmp: Path) -> None:  # through pyarrow, as derived/'s tables: a full disk is an OSError there,
+        write_parquet_frames([frame], tmp)  # where polars' write_parquet raised its ComputeError
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_checked(path, lambda tmp: frame.write_parquet(tmp, statistics=False))
+        write_checked(path, write)
     except OSError as e:
         if isinstance(e, ActstoreError):
             raise

@@ -342,7 +342,7 @@ def test_derived_cache_on_a_full_disk_is_skipped_not_half_written(stores, tmp_pa
     store = shutil.copytree(stores["add"], tmp_path / "store")
     shutil.rmtree(store / "derived", ignore_errors=True)
     run = run_cli_on_small_fs(["dla", "{fs}/store", "--limit", "3", "--format", "csv"], 16 * 1024,
-                              copy_in=[store], free_kb=8)
+                              copy_in=[store], free_kb=1)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("\n") == 4
     assert not [f for f in run.files if f.startswith("store/derived/")], sorted(run.files)
