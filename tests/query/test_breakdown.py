@@ -79,10 +79,27 @@ def test_single_example_groups_have_no_interval():
 
 def test_logit_lens_breakdown_keeps_stages(tiny_store):
     store = tiny_store("ln_mlp")
-    out = breakdown(logit_lens(store), group_by="any_carry", examples=store)
-    assert {"layer", "stage", "answer_idx"} <= set(out.columns)
+    table = logit_lens(store)
+    out = breakdown(table, group_by="any_carry", examples=store)
+    assert out.columns == ["any_carry", "target", "answer_idx", "layer", "stage", "mean", "std", "n", "ci_low",
+                           "ci_high"]
+    counts = dict(store.examples.group_by("any_carry").len().iter_rows())
     n_stages = 3 * 2 + 1
-    assert out.height == out.get_column("any_carry").n_unique() * store.n_answers * n_stages
+    assert out.height == len(counts) * store.n_answers * n_stages
+    for label, n in counts.items():
+        assert out.filter(pl.col("any_carry") == label).get_column("n").unique().to_list() == [n]
+    # stages keep residual order inside a label and answer
+    stages = out.filter(pl.col("any_carry"), pl.col("answer_idx") == 1).select("layer", "stage").rows()
+    assert stages == [(0, "resid_pre"), (0, "resid_mid"), (1, "resid_pre"), (1, "resid_mid"), (2, "resid_pre"),
+                      (2, "resid_mid"), (2, "resid_post")]
+    # one group by hand: the final stage's logit on the correct answer over the examples with a carry
+    ids = store.examples.filter(pl.col("any_carry")).get_column("example_id")
+    vals = table.filter(pl.col("example_id").is_in(ids.implode()), pl.col("answer_idx") == 1,
+                        pl.col("stage") == "resid_post").get_column("value").to_numpy()
+    row = out.filter(pl.col("any_carry"), pl.col("answer_idx") == 1, pl.col("stage") == "resid_post").row(0, named=True)
+    assert row["n"] == vals.size == counts[True]
+    assert math.isclose(row["mean"], vals.mean(), rel_tol=1e-12)
+    assert math.isclose(row["std"], vals.std(ddof=1), rel_tol=1e-12)
 
 
 def test_errors(tiny_store):
