@@ -170,5 +170,9 @@ def test_racing_processes_leave_one_complete_store(tmp_path, n_writers):
 def test_leftovers_of_other_stores_are_not_touched(tmp_path):
     other = tmp_path / ".store.b.creating-12345"  # a creation of the store "store.b" in progress
     other.mkdir()
+    (other / "zarr.json").write_bytes(b"{}")
+    (tmp_path / ".store.creating-99999999").mkdir()  # this store's own crashed creation: removed
     actstore.ingest(model=tiny_model("addition"), out=tmp_path / "store", **dict(ARGS, n=20))
-    assert other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.b.creating-12345", "store"]
+    assert [p.name for p in other.iterdir()] == ["zarr.json"] and (other / "zarr.json").read_bytes() == b"{}"
+    assert verify(tmp_path / "store").passed
