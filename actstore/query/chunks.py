@@ -29,7 +29,7 @@ from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
 from actstore.query.store_facts import read_facts, write_facts
-from actstore.store.chunk_read import float32_into, to_float32, transient_reads
+from actstore.store.chunk_read import float32_into, thread_scratch, to_float32, transient_reads
 from actstore.store.reader import Store
 
 
@@ -520,7 +520,9 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
 
 Product = Callable[[np.ndarray, slice], np.ndarray]  # (answer values of some rows, those rows) -> their product
 Products = Callable[[ExampleArrays, int, int], Mapping[str, Product]]
-PRODUCT_BLOCK = 1 << 16  # answer values per block of answer_product (256 KB as float32: they stay in cache)
+# answer values per block of answer_product (512 KB as float32, with the folded table's block the size of a core's
+# L2 cache here); blocks of 2**16 made the per-block numpy calls cost as much as the math on zoo:addition
+PRODUCT_BLOCK = 1 << 17
 
 
 def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray, dtype: Any,
@@ -543,7 +545,8 @@ def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarra
     run = _answer_run(array, dims, answer_pos)
     parts = []
     if run is not None and array.dtype == np.float16 and dtype is not None and np.dtype(dtype) == np.float32:
-        buffer = np.empty((rows, *run.shape[1:]), dtype=np.float32)
+        size = rows * int(np.prod(run.shape[1:], dtype=np.int64))  # the thread's buffer: no fresh pages per call
+        buffer = thread_scratch("answer_product", size * 4).view(np.float32).reshape(rows, *run.shape[1:])
         for r in range(0, n, rows):
             block = buffer[:min(rows, n - r)]
             float32_into(run[r:r + rows], block)

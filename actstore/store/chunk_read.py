@@ -129,10 +129,12 @@ def _zstd_into(body: np.ndarray, out: np.ndarray) -> None:
 
 # every float16 bit pattern's float32 value, as numpy converts it (NaN payloads and signed zeros included)
 _HALF_TO_SINGLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-# values converted per block: a block's int16 copy and float32 output (192 KB) stay in a core's L2 cache
-# (512 KB here) across the passes below, and np.take's intp index copy stays small (one of a whole answer
-# array's size was fresh memory every call, whose page faults slowed every read in the process)
-_CAST_BLOCK = 1 << 15
+# values converted per block: a block's int16 copy and float32 output (768 KB) stay in a core's L2 cache
+# (1 MB here) across the passes below, and np.take's intp index copy stays small (one of a whole answer
+# array's size was fresh memory every call, whose page faults slowed every read in the process). Blocks of
+# 2**15 values made seven numpy calls per 64 KB: their overhead (and a GIL hand-off each, beside the other
+# reading thread) cost more than the arithmetic (zoo:addition's answers: 2.8 against 1.4 ms per hook)
+_CAST_BLOCK = 1 << 17
 # float16 -> float32 by arithmetic: the sign-extended bits shifted left by 13 put the float16 exponent and
 # mantissa in float32's fields (sign extension leaves three copies of the sign above the exponent: masked
 # off), which reads as the value times 2**-112 for every finite float16, subnormals included; times 2**112
@@ -171,7 +173,7 @@ def float32_into(array: np.ndarray, out: np.ndarray) -> None:
     src, dst = (array.reshape(1), out.reshape(1)) if array.ndim == 0 else (array, out)
     rows = max(1, _CAST_BLOCK // max(1, src[0].size))  # blocks of whole rows (axis 0): views, never copies
     exact = _exact_in_this_thread()
-    bits = np.empty(min(rows, src.shape[0]) * src[0].size, dtype=np.int16)
+    bits = thread_scratch("float32_into", min(rows, src.shape[0]) * src[0].size * 2).view(np.int16)
     for r in range(0, src.shape[0], rows):
         part, block = src[r:r + rows], dst[r:r + rows]
         half = bits[:part.size].reshape(part.shape)
@@ -251,6 +253,12 @@ def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if not getattr(_THREAD, "transient", False) or nbytes > TRANSIENT_KEEP:
         return np.empty(shape, dtype=dtype)
     return _kept("output", nbytes).view(dtype).reshape(shape)
+
+
+def thread_scratch(name: str, nbytes: int) -> np.ndarray:
+    """[nbytes] uint8: this thread's reused buffer `name` (see _kept) for work that is done with it before the
+    thread's next use of the same name; a new array where it is bigger than a thread keeps."""
+    return _kept(f"scratch {name}", nbytes) if nbytes <= TRANSIENT_KEEP else np.empty(nbytes, dtype=np.uint8)
 
 
 def _kept(name: str, nbytes: int) -> np.ndarray:
