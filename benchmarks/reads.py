@@ -17,14 +17,20 @@ and prints MB/s over the uncompressed bytes and each reader's speed relative to 
 (best of the repeats, and the ratio of the medians beside it); stream_s: the DLA's scan alone
 (chunks.stream on its reading threads, answers gathered and cast, no math); read_ratio_cpu: the
 ratio over CPU time (the process's, reading threads included), which a loaded machine disturbs far
-less than wall time but which gives no credit for reading on two threads; direct_faults, dla_faults:
+less than wall time but which gives no credit for reading on two threads; dla1_s: the same DLA with its
+reads on the calling thread (chunks.READ_THREADS = 1), and threads_gain = dla1_s / dla_s, what the
+second reading thread bought in this run (about 1 where the machine had no second core to give, as
+other work on it takes); direct_faults, dla_faults:
 minor page faults per raw read and per DLA (median; each costs microseconds here, and thousands per
 call meant fresh memory on every call: direct's are its output arrays, new per read since the caller
 keeps them, and whether glibc hands them fresh pages depends on what the process freed before).
 Every reader checks it reads the same bytes, the scan too; page cache is warm for
 every reader (the store was just written or read), and the DLA has run once before timing. Note
-that `direct` on the main thread decodes blosc on blosc's own 2 threads (numcodecs uses them from
-the main thread only); the scan decodes one array per reading thread.
+that `direct` on the main thread decodes through blosc's global context, set to 2 threads (numcodecs
+uses it from the main thread only), but that gains nothing measurable here: decoding a zoo:addition
+hook_z chunk (8.3 MB) takes the same time with blosc set to 1 or 2 threads, and its process CPU time
+equals its wall time (direct_cpu_s == direct_s in the quiet runs), so `direct` is one thread's read;
+the scan decodes one array per reading thread.
 
     python benchmarks/reads.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--dir DIR]
                                [--untrained]
@@ -60,6 +66,7 @@ from query import ZOO_MODELS, best, gpt2_small_shape, raw_read, raw_read_uncheck
 import actstore  # noqa: E402
 from actstore.query import dla  # noqa: E402
 from actstore.query.attribution import COMPUTE, required_hooks  # noqa: E402
+from actstore.query import chunks  # noqa: E402
 from actstore.query.chunks import stream  # noqa: E402
 from actstore.query.readout import Weights  # noqa: E402
 from actstore.store.layout import ACTS, chunk_file  # noqa: E402
@@ -154,6 +161,7 @@ def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: 
     timed: dict[str, Callable[[], object]] = {name: (lambda fn=fn: fn(store, hooks)) for name, fn in readers.items()}
     timed["stream"] = lambda: stream_read(store, hooks)
     timed["dla"] = lambda: dla(store, level="head", target=target)
+    timed["dla1"] = lambda: one_thread(lambda: dla(store, level="head", target=target))
     times: dict[str, list[float]] = {name: [] for name in timed}
     cpu: dict[str, list[float]] = {"direct": [], "dla": []}
     faults: dict[str, list[int]] = {"direct": [], "dla": []}
@@ -174,10 +182,20 @@ def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: 
             f"{speeds} {ratios} direct_s={t['direct']:.4f} (median {med['direct']:.4f}) "
             f"stream_s={t['stream']:.4f} dla_s={t['dla']:.4f} (median {med['dla']:.4f}) "
             f"read_ratio={t['direct'] / t['dla']:.2f} (of medians {med['direct'] / med['dla']:.2f}) "
+            f"dla1_s={t['dla1']:.4f} threads_gain={t['dla1'] / t['dla']:.2f} "
             f"direct_cpu_s={min(cpu['direct']):.4f} dla_cpu_s={min(cpu['dla']):.4f} "
             f"read_ratio_cpu={min(cpu['direct']) / min(cpu['dla']):.2f} "
             f"direct_faults={statistics.median(faults['direct']):.0f} "
             f"dla_faults={statistics.median(faults['dla']):.0f}")
+
+
+def one_thread(fn: Callable[[], object]) -> object:
+    """fn() with the scan's reads on the calling thread (chunks.READ_THREADS = 1), as on a machine with one core."""
+    before, chunks.READ_THREADS = chunks.READ_THREADS, 1
+    try:
+        return fn()
+    finally:
+        chunks.READ_THREADS = before
 
 
 def stream_read(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
