@@ -25,11 +25,13 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
              (what writing alone costs); write_bound=yes when that write takes longer than the bare forward;
 - SAELens:   `CacheActivationsRunner` (sae-lens 6, the `bench` extra: pip install 'actstore[bench]';
              skipped with a line when it is not installed). It caches one hook per run, so it gets
-             its own line: one hook (--sae-hook, default the last block's hook_resid_post) for
-             SAELens, actstore and the notebook loop. saelens_vs_actstore compares SAELens's run() with
-             actstore's loop_s (the forward and writes); whole_saelens_vs_actstore compares each whole call
-             (SAELens: the tokens' Dataset, the runner's construction and run(); actstore: ingest() with its
-             setup: probe, weights sha256, store creation).
+             its own lines, one per hook, for SAELens, actstore and the notebook loop: --sae-hook (default
+             the middle block's hook_resid_pre, blocks.6.hook_resid_pre on the GPT-2 shape: issue 14's)
+             and always also the last block's hook_resid_post (where the loops tie: the whole forward).
+             saelens_vs_actstore compares SAELens's run() with actstore's loop_s (the forward and writes);
+             whole_saelens_vs_actstore compares each whole call (SAELens: the tokens' Dataset, the
+             runner's construction and run(); actstore: ingest() with its setup: probe, weights sha256,
+             store creation).
 Each line prints seconds, examples/s and MB/s of each and their ratios against actstore.
 --sae-checks also runs the SAELens shortcomings checks (padding, non-empty directory, buffer
 larger than the data) on the first model and prints what it saw.
@@ -106,6 +108,11 @@ def zoo_model(spec: str):
         return model
 
 
+def default_sae_hook(model) -> str:
+    """The SAELens line's default hook: the middle block's hook_resid_pre (blocks.6 of 12, issue 14's)."""
+    return f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"
+
+
 def bare_forward(model, task: str, n: int, seed: int, chunk: int, batch: int, device: torch.device,
                  twin: bool = False) -> float:
     """Seconds for model forward over the batches ingest runs (same tokens, mask and batch edges); with `twin`,
@@ -155,7 +162,8 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
     runs: dict[str, list[tuple[float, float]]] = {}  # contender -> [(seconds, bytes)]
     setup, twin = [], []
     sae_skip = peers.saelens_available() if "sae" in wanted else "not asked (--peers)"
-    one = sae_hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    ones = list(dict.fromkeys([sae_hook or default_sae_hook(model), last]))  # one SAELens line each
     store = None
     for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all alike
         store, st = ingest_once(label, model, task, n, chunk, batch, device, out)
@@ -185,16 +193,16 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             for saver in ("np", "torch"):
                 runs.setdefault(f"{saver}save", []).append(
                     peers.notebook_loop(model, data, hooks, c, b, device, tmp / "nb", saver))
-        if sae_skip is None:
+        for one in ones if sae_skip is None else []:
             st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "one", hooks=[one],
                              outputs=not HAS_OUTPUTS_FLAG)[1]  # not `out`: bytes/value reads the default store
-            runs.setdefault("one:actstore", []).append((st["loop_s"], st["bytes_written"]))
-            runs.setdefault("one:actstore_whole", []).append((st["setup_s"] + st["loop_s"], st["bytes_written"]))
+            runs.setdefault(f"{one}:actstore", []).append((st["loop_s"], st["bytes_written"]))
+            runs.setdefault(f"{one}:actstore_whole", []).append((st["setup_s"] + st["loop_s"], st["bytes_written"]))
             sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
-            runs.setdefault("one:saelens", []).append(sae[:2])
-            runs.setdefault("one:saelens_whole", []).append((sae[3], sae[1]))
+            runs.setdefault(f"{one}:saelens", []).append(sae[:2])
+            runs.setdefault(f"{one}:saelens_whole", []).append((sae[3], sae[1]))
             if "notebook" in wanted:
-                runs.setdefault("one:npsave", []).append(
+                runs.setdefault(f"{one}:npsave", []).append(
                     peers.notebook_loop(model, data, {one: "all"}, c, b, device, tmp / "nb", "np"))
     assert store is not None
     best = {k: min(v, key=lambda r: r[0]) for k, v in runs.items()}
@@ -232,17 +240,18 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             s_, b_ = best[k]
             line += f" {k}={rate(n, b_, s_)} {k}_vs_ingest={s_ / ours_s:.2f}"
     lines = [line]
-    if sae_skip is not None:
-        lines.append(f"{head} hook={one} saelens=skipped ({sae_skip})")
-    else:
-        s_a, b_a = best["one:actstore"]
-        s_s, b_s = best["one:saelens"]
-        w_a, w_s = best["one:actstore_whole"][0], best["one:saelens_whole"][0]
+    for one in ones:
+        if sae_skip is not None:
+            lines.append(f"{head} hook={one} saelens=skipped ({sae_skip})")
+            continue
+        s_a, b_a = best[f"{one}:actstore"]
+        s_s, b_s = best[f"{one}:saelens"]
+        w_a, w_s = best[f"{one}:actstore_whole"][0], best[f"{one}:saelens_whole"][0]
         line = (f"{head} hook={one} actstore{'_no_outputs' if HAS_OUTPUTS_FLAG else '(with outputs)'}="
                 f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f} "
                 f"whole_actstore_s={w_a:.2f} whole_saelens_s={w_s:.2f} whole_saelens_vs_actstore={w_s / w_a:.2f}")
-        if "one:npsave" in best:
-            s_, b_ = best["one:npsave"]
+        if f"{one}:npsave" in best:
+            s_, b_ = best[f"{one}:npsave"]
             line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"
         lines.append(line)
     for p in (out, tmp / "notwins", tmp / "one", tmp / "floor", tmp / "nb", tmp / "sae"):
@@ -264,7 +273,8 @@ def main() -> int:
     p.add_argument("--peers", default="notebook,floor,sae",
                    help="comma list of peers to run beside actstore: notebook, floor, sae (default all)")
     p.add_argument("--sae-hook", default=None,
-                   help="the one hook of the SAELens line (default: the last block's hook_resid_post)")
+                   help="the hook of the first SAELens line (default: the middle block's hook_resid_pre, "
+                        "blocks.6.hook_resid_pre on the GPT-2 shape); the last block's hook_resid_post always follows")
     p.add_argument("--sae-checks", action="store_true",
                    help="check SAELens's padding, non-empty-directory and repeated-rows behaviour (first model)")
     p.add_argument("--threads", type=int, default=None,
@@ -307,7 +317,7 @@ def main() -> int:
                 print(f"# saelens checks skipped: {why}")
             else:
                 data = get_task(task).generate(min(n, 256), 0, tokenizer=getattr(model, "tokenizer", None))
-                hook = args.sae_hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+                hook = args.sae_hook or default_sae_hook(model)
                 for line in peers.saelens_checks(model, data, hook, 32, device, tmp):
                     print(f"# saelens {label}: {line}", flush=True)
     if not args.dir:

@@ -13,7 +13,10 @@ weights the cache already holds). setup_cpu_s is the process's CPU seconds (ever
 of setup_s: less sensitive to other load than the wall clock.
 
     python benchmarks/ingest_setup.py [--models gpt2,zoo:addition] [--n 32] [--repeats 4] [--processes 3]
-                                      [--compare DIR]
+                                      [--compare DIR] [--hooks H1,H2] [--no-outputs]
+
+--hooks and --no-outputs time the SAELens-line ingest (benchmarks/ingest.py: one hook, outputs=False), e.g.
+`--models gpt2 --n 128 --hooks blocks.6.hook_resid_pre --no-outputs`.
 """
 
 from __future__ import annotations
@@ -55,18 +58,18 @@ def ingest(*args, **kwargs):
     kwargs["stats"]["setup_cpu_s"] = _cpu["setup"]
 
 
-spec, n, out = {spec!r}, {n}, {out!r}
+spec, n, out, extra = {spec!r}, {n}, {out!r}, {extra!r}
 model = gpt2_small_shape("cpu") if spec == "gpt2" else zoo_model(spec)
 task = "ioi" if spec == "gpt2" else ZOO_TASKS[spec]
 shutil.rmtree(out, ignore_errors=True)
 st = {{}}
-ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
+ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec, **extra)
 print(json.dumps({{"actstore": actstore.__file__, **st}}), flush=True)
 for _ in range({repeats} - 1):
     input()  # the parent says when: the checkouts take turns
     shutil.rmtree(out, ignore_errors=True)
     st = {{}}
-    ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec)
+    ingest(task, model, n, 0, out, quiet=True, stats=st, model_spec=spec, **extra)
     print(json.dumps(st), flush=True)
 shutil.rmtree(out, ignore_errors=True)
 """
@@ -79,12 +82,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=4, help="ingests per process (the first is the cold one)")
     p.add_argument("--processes", type=int, default=3, help="fresh processes per model and tree (best cold of them)")
     p.add_argument("--compare", action="append", default=[], help="another actstore source tree to time alike")
+    p.add_argument("--hooks", default=None, help="comma list of hooks to store (default: the default set)")
+    p.add_argument("--no-outputs", action="store_true", help="ingest with outputs=False")
     args = p.parse_args()
+    extra = {k: v for k, v in (("hooks", args.hooks.split(",") if args.hooks else None),
+                               ("outputs", False if args.no_outputs else None)) if v is not None}
     trees = [str(HERE.parent)] + [str(Path(c).absolute()) for c in args.compare]
     with tempfile.TemporaryDirectory(prefix="actstore-setup-") as tmp:
         env = {**os.environ, "ACTSTORE_WEIGHT_CACHE": str(Path(tmp) / "weights"), "HF_HUB_OFFLINE": "1"}
         for spec in args.models.split(","):
-            warm = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / "warm"), repeats=1)
+            warm = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / "warm"), repeats=1,
+                                extra=extra)
             subprocess.run([sys.executable, "-c", warm], cwd=tmp, env={**env, "PYTHONPATH": trees[0]}, check=True,
                            stdout=subprocess.DEVNULL)  # builds the cache entry
             firsts: list[list[dict]] = [[] for _ in trees]  # each fresh process's first (cold) ingest
@@ -93,7 +101,7 @@ def main() -> None:
                 procs = []
                 for i, tree in enumerate(trees):
                     code = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / f"s{i}"),
-                                        repeats=args.repeats)
+                                        repeats=args.repeats, extra=extra)
                     procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=tmp, text=True,
                                                   env={**env, "PYTHONPATH": tree}, stdin=subprocess.PIPE,
                                                   stdout=subprocess.PIPE))
@@ -110,7 +118,7 @@ def main() -> None:
             for i, tree in enumerate(trees):
                 cold = min(firsts[i], key=lambda st: st["setup_s"])
                 best = min(runs[i], key=lambda st: st["setup_s"]) if runs[i] else cold
-                print(f"{spec:<16} n={args.n} tree={tree} load={os.getloadavg()[0]:.1f}\n"
+                print(f"{spec:<16} n={args.n} {extra or ''} tree={tree} load={os.getloadavg()[0]:.1f}\n"
                       f"  cold, best of {len(firsts[i])} processes: " + " ".join(f"{k}={cold[k]:.3f}" for k in KEYS)
                       + " (all: " + " ".join(f"{st['setup_s']:.2f}" for st in firsts[i]) + ")\n"
                       f"  warm, best of {len(runs[i])}: " + " ".join(f"{k}={best[k]:.3f}" for k in KEYS), flush=True)

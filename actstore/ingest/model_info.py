@@ -51,6 +51,16 @@ def params_dict(model: Any) -> dict[str, np.ndarray]:
 
 
 SAMPLE_STRIDE = 61  # prime, so the sample does not follow a row or head of any common width
+_PRIMES = (61, 127, 251, 509, 761, 1021)  # the sample strides: primes, none a factor of a common width
+
+
+def _stride(shape: tuple[int, ...]) -> int:
+    """The sample stride of a parameter of this shape: SAMPLE_STRIDE, or for a matrix whose last two
+    dimensions are both longer, the largest of _PRIMES no longer than either, so every row (last dimension)
+    and head still holds a sampled value, in a tenth of the memory reads on an embedding or MLP matrix (the
+    sample's pass over the weights was most of a kept digest's check: 0.1-0.3 s for a GPT-2-small shape)."""
+    width = min(shape[-2:]) if len(shape) >= 2 else 0
+    return max([SAMPLE_STRIDE] + [q for q in _PRIMES if q <= width])
 # model -> (parameter state key, digest): one hash per model object while its weights stay as they are
 _DIGESTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]]" = weakref.WeakKeyDictionary()
 
@@ -62,14 +72,16 @@ def weights_digest(model: Any) -> str:
     differently) is another run, never resumed into the same store. Computed once per model
     object and kept while every parameter is the same tensor (storage, shape, dtype, device) at
     the same torch version counter, which any in-place edit (`p.add_(...)`, `p[...] = x`,
-    `load_state_dict`) advances, and with the same sum over every SAMPLE_STRIDE-th value (an edit
-    through `p.data` bypasses the counter; the sample catches any that changes a row or a head).
+    `load_state_dict`) advances, and with the same sum over every k-th value (k: `_stride`, a prime
+    of at least SAMPLE_STRIDE and at most its rows' length; an edit through `p.data` bypasses the
+    counter; the sample catches any that changes a row or a head).
     `forget_weights_digest(model)` drops it.
     """
     named = sorted(model.named_parameters(), key=lambda kv: kv[0])
     with torch.no_grad():
         key = tuple((name, p.data_ptr(), p._version, tuple(p.shape), p.dtype, p.device,
-                     float(p.detach().reshape(-1)[::SAMPLE_STRIDE].double().sum())) for name, p in named)
+                     float(p.detach().reshape(-1)[::_stride(tuple(p.shape))].sum(dtype=torch.float64)))
+                    for name, p in named)
     try:
         cached = _DIGESTS.get(model)
     except TypeError:  # not weak-referenceable: never cached
@@ -84,11 +96,20 @@ def weights_digest(model: Any) -> str:
     return digest
 
 
+def has_weights_digest(model: Any) -> bool:
+    """Whether a weights digest of this model object is kept (weights_digest then only checks its key)."""
+    try:
+        return model in _DIGESTS
+    except TypeError:
+        return False
+
+
 def weights_digest_later(model: Any, then: Callable[[str], Any] | None = None) -> Callable[[], str]:
     """Start `weights_digest(model)` on its own thread and return the call that waits for it (and raises what
     it raised). sha256 drops the GIL, so a first hash (~0.5 s for a GPT-2-small shape on this CPU) runs
-    beside the caller's work: ingest's probe, which keeps one CPU thread for itself. `then(digest)` runs on
-    the same thread after it (its result and errors are the caller's to collect; not waited for here)."""
+    beside the caller's work: ingest's first batch and probe, which keeps one CPU thread for itself.
+    `then(digest)` runs on the same thread after it (its result and errors are the caller's to collect; not
+    waited for here)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-weights-digest")
     future = pool.submit(weights_digest, model)
     if then is not None:

@@ -10,9 +10,10 @@ examples (verify repeats it on every stored example); the hook shapes come from 
 Otherwise it is recorded as skipped, naming a hook it would need, and the shapes come from one
 example's pass, stopped once every chosen hook has fired.
 
-On a CPU the probe runs with one intra-op thread (restored after): its pass is a few dozen
-tokens, too small for a second thread to pay for the synchronisation at every op, and it leaves
-the other core to the weights' sha256, which ingest computes at the same time.
+On a CPU the probe runs with one intra-op thread (restored after) while ingest has work on
+the other core (the weights' sha256, the weight cache entry's check): its pass is a few dozen
+tokens, too small for a second thread to pay for the synchronisation at every op. With
+nothing beside it (the digest kept, no entry to check) it keeps torch's threads.
 
 The check's pass is the ingest's own (`forward.answer_pass`: blocks and final LayerNorm on every
 position, the unembedding on the answer positions only), so its logits are the ones the store
@@ -50,12 +51,14 @@ def probe_batch(
     answer_tokens: torch.Tensor,
     hook_names: list[str],
     stored_dtype: str,
+    one_thread: bool = True,
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
     """Probe the first batch; returns ({hook: per-example shape}, decomposition check record).
 
     tokens [batch, pos], lengths [batch], answer_pos / answer_tokens [batch, answer], on the model's device.
+    one_thread: on a CPU, run with one intra-op thread (the caller has work on another core meanwhile).
     """
-    with _one_cpu_thread(tokens.device):
+    with _one_cpu_thread(tokens.device) if one_thread else contextlib.nullcontext():
         return _probe(model, tokens, lengths, answer_pos, answer_tokens, hook_names, stored_dtype)
 
 

@@ -167,6 +167,13 @@ def ingest(
     elif next(net.parameters()).device != dev:
         net.to(dev)
     t_model = time.perf_counter()
+    # hashed on another thread while the first batch is made and probed; for a new local store of a model with
+    # CHECK_AHEAD_BYTES of weights or more its weight cache entry is checked there next (weight_cache.check_ahead),
+    # so that creating the store only links the entry's files
+    ahead = (not isinstance(out, RemotePath) and (overwrite or not is_store(out))
+             and sum(p.numel() for p in net.parameters()) * 4 >= CHECK_AHEAD_BYTES)
+    beside = ahead or not model_info.has_weights_digest(net)  # work on the other core while the probe runs
+    digest_of = model_info.weights_digest_later(net, then=_check_cache_ahead if ahead else None)
     tokenizer = getattr(net, "tokenizer", None)
     probe_n = min(batch, n, chunk or batch)
     source = range_source(task_obj, n, seed, tokenizer)  # a block task makes each chunk when the loop reaches it
@@ -177,15 +184,9 @@ def ingest(
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     t = _batch_tensors(data, 0, probe_n, dev)
-    # hashed on another thread while the probe runs; for a new local store of a model with CHECK_AHEAD_BYTES of
-    # weights or more its weight cache entry is checked there next (weight_cache.check_ahead), so that creating
-    # the store only links the entry's files
-    ahead = (not isinstance(out, RemotePath) and (overwrite or not is_store(out))
-             and sum(p.numel() for p in net.parameters()) * 4 >= CHECK_AHEAD_BYTES)
-    digest_of = model_info.weights_digest_later(net, then=_check_cache_ahead if ahead else None)
     t_probe = time.perf_counter()
     shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
-                                        [c.name for c in choices], dtype)
+                                        [c.name for c in choices], dtype, one_thread=beside)
     t_probe = time.perf_counter() - t_probe
     t_digest = time.perf_counter()
     digest = digest_of()

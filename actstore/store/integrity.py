@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -66,20 +67,30 @@ def write_store_record(root: Path, manifest: Manifest, previous: list[str] | Non
                        known: Mapping[str, list[Any]] | None = None) -> None:
     """Record the manifest digest and every metadata document and weight chunk under `root`; `previous`:
     the sha256 of every earlier store record of a grown store (its older commit records name one of them);
-    `known`: the [size, sha256(, tail)] of weight chunks already hashed and on disk (from the weight
-    cache), by path relative to `root`, used instead of reading them again."""
-    metadata = {str(p.relative_to(root)): file_digest(p)[1]
-                for sub in (ACTS, PARAMS) for p in sorted((root / sub).rglob("zarr.json"))}
-    tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
+    `known`: the [size, sha256(, tail)] of weight chunks and weight zarr.json documents already hashed and
+    on disk (from the weight cache), by path relative to `root`, used instead of reading them again."""
     known = known or {}
-    params = {rel: list(known[rel]) if rel in known else file_digest(p, fsync=True, tail=tail)
-              for p in sorted((root / PARAMS).rglob("*")) if p.is_file() and p.name != "zarr.json"
-              for rel in (str(p.relative_to(root)),)}
+    found = {sub: _files(root, sub) for sub in (ACTS, PARAMS)}
+    metadata = {rel: str(known[rel][1]) if rel in known else file_digest(root / rel)[1]
+                for sub in (ACTS, PARAMS) for rel in found[sub] if rel.rsplit("/", 1)[-1] == "zarr.json"}
+    tail = manifest.codec.get("checksum", "crc32c") == "crc32c"
+    params = {rel: list(known[rel]) if rel in known else file_digest(root / rel, fsync=True, tail=tail)
+              for rel in found[PARAMS] if rel.rsplit("/", 1)[-1] != "zarr.json"}
     record: dict[str, Any] = {"manifest_sha256": manifest_digest(manifest), "metadata": metadata, "params": params}
     if previous:
         record["previous"] = list(previous)
     (root / COMMITS).mkdir(exist_ok=True)
     atomic_write_bytes(root / COMMITS / STORE_RECORD, _dump(record))
+
+
+def _files(root: Path, sub: str) -> list[str]:
+    """The files under root/sub, as '/'-separated paths relative to `root`, sorted (directory entries' types, no
+    stat per file)."""
+    out = []
+    for folder, _, names in os.walk(root / sub):
+        rel = Path(folder).relative_to(root).as_posix()
+        out += [f"{rel}/{name}" for name in names]
+    return sorted(out)
 
 
 def store_records(root: StorePath, store_sha256: str) -> set[str]:

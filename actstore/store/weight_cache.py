@@ -14,16 +14,26 @@ copies (still no compressing or hashing). A hard link shares the file: writing i
 params/ file in place changes it in every store linking it; every read checks it, so that is
 an error naming the file, never a wrong weight.
 
-Never trusted blindly: a file of an entry is used as recorded only while its (inode, size,
-mtime, ctime) match the record (any write to it, through any link, changes its ctime); else it
-is checked again, and a file whose bytes differ from the record has the entry removed and
-rebuilt from the model. Linking or deleting any store's link also changes the shared inode's
-ctime (and nothing else), so a weight chunk whose inode, size and mtime still match and only
-its ctime moved is read again and its crc32c checked against the recorded tail (the check every
-read makes, and what ties a chunk to its record on the read path: integrity.py); any other
-change (or a file without a crc32c tail) is hashed again with sha256. An entry that no store
-links any more is removed by the next ingest of other weights into the same cache, as is what a
-killed ingest left building or removing an entry.
+Never trusted blindly. What is checked, when (every ingest that places params/ from an entry):
+- the record is read; the entry and its params/ must be real directories, and the files under it
+  (one lstat each) exactly the recorded ones, every one a regular file (no symlink, FIFO, ...);
+- each file's (inode, size, mtime, ctime) is compared with the record's `stat` and with what this
+  process last found checked (_CHECKED); a file equal to either is used as recorded (any write
+  to it, through any link, changes its ctime);
+- any other file is read again: a weight chunk whose inode, size and mtime match and only its
+  ctime moved (linking or deleting any store's link changes the shared inode's ctime and nothing
+  else) has its crc32c computed over its bytes and compared with the recorded tail (the check
+  every read makes, and what ties a chunk to its record on the read path: integrity.py); any
+  other change (or a file without a crc32c tail, as each zarr.json) is hashed again with sha256
+  and compared with the recorded digest. A file whose bytes differ has the entry removed and
+  rebuilt from the model.
+Each file is read once per ingest (again only if written meanwhile): ingest starts the check on
+its weights-digest thread (check_ahead) while it makes and probes the first batch, and the store's
+creation (place_params) joins that check where it is still running (both threads read files),
+then only compares each file's stat again. The digests of the linked files (chunks and zarr.json documents) go into the
+new store's record unread (integrity.write_store_record). An entry that no store links any more is
+removed by the next ingest of other weights into the same cache, as is what a killed ingest left
+building or removing an entry.
 
 ```
 CACHE/<key>/record.json        {"key", "files": {path: [size, sha256, crc32c tail]}, "stat": {path: [...]}}
@@ -33,13 +43,16 @@ CACHE/<key>/params/<name>/...  zarr.json and chunk of each weight, as params/<na
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,6 +75,8 @@ LAYOUT = 1  # bump when the bytes written for the same weights change
 # they were when read; trusted while a file's stat still equals it (any write to it moves its ctime)
 _CHECKED: dict[str, list[int]] = {}
 _PRECHECKS: dict[str, Future] = {}  # entry path -> its check_ahead still running
+_SHARED: dict[str, "_Work"] = {}  # entry path -> the reads of its check_ahead while they run (place_params joins)
+CRC_BLOCK = 1 << 20  # bytes read per block when checking a chunk's crc32c
 _LOCK = threading.Lock()
 
 
@@ -84,9 +99,11 @@ def cache_key(weights_sha256: str, codec: Mapping[str, Any]) -> str:
 def check_ahead(weights_sha256: str, codec: Mapping[str, Any], cache: Path | None) -> None:
     """Check the cache entry of these weights now, on the calling thread, so that a place_params soon after
     (ingest: the store's creation, once the probe is done) finds its files checked and only compares their
-    stat: ingest calls this on the thread that hashed the weights, while the probe runs on the other core.
-    A file written in between (its ctime moves) is checked again by place_params; an entry found damaged is
-    removed, as place_params would; an unusable cache is left to place_params."""
+    stat: ingest calls this on the thread that hashed the weights, while it makes the first batch and
+    probes it on the other core. A place_params that arrives while this check still runs joins it (its
+    thread takes the files not yet started), so each file is read once per ingest. A file written in
+    between (its ctime moves) is checked again by place_params; an entry found damaged is removed, as
+    place_params would; an unusable cache is left to place_params."""
     if cache is None or not weights_sha256:
         return
     entry = cache / cache_key(weights_sha256, codec)
@@ -97,7 +114,7 @@ def check_ahead(weights_sha256: str, codec: Mapping[str, Any], cache: Path | Non
             return
         _PRECHECKS[str(entry)] = future
     try:
-        _checked_record(entry, dict(codec).get("checksum", "crc32c") == "crc32c", workers=1)
+        _checked_record(entry, dict(codec).get("checksum", "crc32c") == "crc32c", workers=1, share=True)
     except OSError:
         pass
     finally:
@@ -118,8 +135,8 @@ def write_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[
 def place_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[str, Any], weights_sha256: str,
                  cache: Path | None) -> dict[str, list[Any]]:
     """Fill `folder` (a store's params/ group directory) with the weight arrays, from the cache where it
-    can; returns {path relative to `folder`: [size, sha256(, crc32c tail)]} of each chunk file whose
-    digest is known (empty when written without the cache: the caller hashes them)."""
+    can; returns {path relative to `folder`: [size, sha256(, crc32c tail)]} of each chunk file and array
+    zarr.json whose digest is known (empty when written without the cache: the caller hashes them)."""
     if cache is None or not weights_sha256:
         write_params(folder, params, codec)
         return {}
@@ -129,6 +146,10 @@ def place_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[
         entry = cache / key
         with _LOCK:
             ahead = _PRECHECKS.pop(str(entry), None)
+            work = _SHARED.get(str(entry))
+        if work is not None:
+            with contextlib.suppress(OSError):  # the ahead check's own error is its own (it drops it)
+                work.join()  # take the files the ahead check has not started: the two read at once
         if ahead is not None:
             ahead.result()  # its findings are in _CHECKED
         record = _checked_record(entry, tail)
@@ -141,7 +162,7 @@ def place_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[
         _clear_arrays(folder)
         write_params(folder, params, codec)
         return {}
-    return {rel: list(d) for rel, d in record["files"].items() if not rel.endswith("zarr.json")}
+    return {rel: list(d) for rel, d in record["files"].items() if rel != "zarr.json"}  # the group's: the store's own
 
 
 def _stat(path: Path) -> list[int]:
@@ -165,13 +186,15 @@ def _crc_matches(path: Path, want: list[Any]) -> bool:
         fd = open_regular(path)
     except (OSError, StoreCorruptError):
         return False
-    with os.fdopen(fd, "rb") as f:
+    # unbuffered, in blocks of CRC_BLOCK: each block (a new bytes object: google_crc32c takes no other buffer)
+    # is still in the CPU's cache when the crc reads it, and a whole block releases the GIL
+    with os.fdopen(fd, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size != want[0] or size < TAIL:
             return False
         crc, left = 0, size - TAIL
         while left:
-            block = f.read(min(left, 1 << 22))
+            block = f.read(min(left, CRC_BLOCK))
             if not block:
                 return False
             crc = google_crc32c.extend(crc, block)
@@ -179,10 +202,48 @@ def _crc_matches(path: Path, want: list[Any]) -> bool:
         return f.read(TAIL) == bytes.fromhex(str(want[2])) == crc.to_bytes(TAIL, "little")
 
 
-def _checked_record(entry: Path, tail: bool, workers: int = 8) -> dict[str, Any] | None:
+class _Work:
+    """A list of checks that any number of threads take items from (each item run once); `join()` takes
+    items until none is left, then waits for the ones other threads run, and returns every result in order
+    (or raises the first error)."""
+
+    def __init__(self, items: Sequence[Callable[[], bool]]) -> None:
+        self._items = items
+        self._results: list[Any] = [None] * len(items)
+        self._next = 0
+        self._left = len(items)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if not items:
+            self._done.set()
+
+    def join(self) -> list[bool]:
+        while True:
+            with self._lock:
+                i, self._next = self._next, self._next + 1
+            if i >= len(self._items):
+                break
+            try:
+                result: Any = self._items[i]()
+            except BaseException as e:  # noqa: BLE001 - raised by every joiner, none left waiting
+                result = e
+            with self._lock:
+                self._results[i] = result
+                self._left -= 1
+                if not self._left:
+                    self._done.set()
+        self._done.wait()
+        for r in self._results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(self._results)
+
+
+def _checked_record(entry: Path, tail: bool, workers: int = 8, share: bool = False) -> dict[str, Any] | None:
     """The entry's record if every file still holds what it records; None if there is no entry. An entry
     whose files differ from its record (or whose record is unreadable) is removed, then None. Reads with up
-    to `workers` threads (fewer where there are fewer CPUs)."""
+    to `workers` threads (fewer where there are fewer CPUs); `share`: a place_params of the same entry may
+    join the reading meanwhile (check_ahead)."""
     try:
         record = json.loads((entry / RECORD).read_text())
         files, stats = dict(record["files"]), dict(record["stat"])
@@ -192,25 +253,64 @@ def _checked_record(entry: Path, tail: bool, workers: int = 8) -> dict[str, Any]
         _remove(entry)
         return None
     folder = entry / "params"
-    found = list(folder.rglob("*")) if folder.is_dir() else []
-    on_disk = {str(p.relative_to(folder)) for p in found if p.is_file()}
     # a symlink is no file the cache wrote: a store would link the link, and lose its weight with the target
-    if on_disk != set(files) or any(p.is_symlink() for p in (entry, folder, *found)):
+    now = _walk(folder) if not entry.is_symlink() else None
+    if now is None or set(now) != set(files):
         _remove(entry)
         return None
-    now = {rel: _stat(folder / rel) for rel in files}
     moved = [rel for rel in files if now[rel] != stats.get(rel) and now[rel] != _CHECKED.get(str(folder / rel))]
-    relinked = {rel for rel in moved if _only_ctime(now[rel], stats.get(rel)) and len(files[rel]) == 3}
-    rehash = [rel for rel in moved if rel not in relinked]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
-        fresh = list(pool.map(lambda rel: _digest(folder / rel, tail), rehash))
-        intact = list(pool.map(lambda rel: _crc_matches(folder / rel, files[rel]), relinked))
-    if any(d != list(files[rel]) for rel, d in zip(rehash, fresh)) or not all(intact):
+    checks = [functools.partial(_crc_matches, folder / rel, files[rel])
+              if _only_ctime(now[rel], stats.get(rel)) and len(files[rel]) == 3 else
+              functools.partial(_same_digest, folder / rel, tail, files[rel]) for rel in moved]
+    work = _Work(checks)
+    if share:
+        with _LOCK:
+            _SHARED[str(entry)] = work
+    try:
+        helpers = max(1, min(workers, os.cpu_count() or 1)) - 1
+        with ThreadPoolExecutor(max_workers=helpers or 1) as pool:
+            for _ in range(helpers if len(checks) > 1 else 0):
+                pool.submit(work.join)
+            intact = work.join()
+    finally:
+        if share:
+            with _LOCK:
+                _SHARED.pop(str(entry), None)
+    if not all(intact):
         _remove(entry)  # bytes differ from what was recorded: never used, rebuilt from the model
         return None
     with _LOCK:
         _CHECKED.update({str(folder / rel): now[rel] for rel in moved})
     return {"key": record.get("key"), "files": files, "stat": stats}
+
+
+def _same_digest(path: Path, tail: bool, want: list[Any]) -> bool:
+    return _digest(path, tail) == list(want)
+
+
+def _walk(folder: Path) -> dict[str, list[int]] | None:
+    """{path relative to `folder`: [inode, size, mtime_ns, ctime_ns]} of every file under it, from one lstat
+    each; None if `folder` or anything under it is a symlink or neither a file nor a directory."""
+    found: dict[str, list[int]] = {}
+    todo = [""]
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return None
+        while todo:
+            rel = todo.pop()
+            with os.scandir(folder / rel if rel else folder) as it:
+                for e in it:
+                    s = e.stat(follow_symlinks=False)
+                    sub = f"{rel}{os.sep}{e.name}" if rel else e.name
+                    if stat.S_ISDIR(s.st_mode):
+                        todo.append(sub)
+                    elif stat.S_ISREG(s.st_mode):
+                        found[sub] = [s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns]
+                    else:
+                        return None
+    except FileNotFoundError:
+        return {}
+    return found
 
 
 def _build_entry(cache: Path, key: str, params: Mapping[str, np.ndarray], codec: Mapping[str, Any],
@@ -244,14 +344,14 @@ def _build_entry(cache: Path, key: str, params: Mapping[str, np.ndarray], codec:
 
 def _link_tree(src: Path, dest: Path, files: Mapping[str, Any]) -> None:
     """Hard-link each recorded file of `src` to the same place under `dest` (copy where a link fails)."""
-    made: set[Path] = set()
-    for rel in files:
-        if rel == "zarr.json":
-            continue  # the params group's own document: the store has made it
+    rels = [rel for rel in files if rel != "zarr.json"]  # the params group's own document: the store has made it
+    dirs = {parent for rel in rels for parent in Path(rel).parents if parent != Path(".")}
+    dest.mkdir(parents=True, exist_ok=True)
+    for d in sorted(dirs, key=lambda d: len(d.parts)):  # parents first: one mkdir each
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(dest / d)
+    for rel in rels:
         target = dest / rel
-        if target.parent not in made:  # each directory made once (parents included)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.update(target.parents)
         try:
             os.link(src / rel, target)
         except OSError:
@@ -279,9 +379,24 @@ def _prune(cache: Path, keep: str) -> None:
             continue
         if entry.name == keep or entry.name.startswith(".") or not entry.is_dir():
             continue
-        chunks = [p for p in (entry / "params").rglob("*") if p.is_file() and p.name != "zarr.json"]
-        if all(p.stat().st_nlink == 1 for p in chunks):
+        if not _linked(entry / "params"):
             _remove(entry)
+
+
+def _linked(folder: Path) -> bool:
+    """Whether any chunk file under `folder` has another link (a store's); stops at the first one found."""
+    todo = [folder]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(Path(e.path))
+                    elif e.name != "zarr.json" and e.stat(follow_symlinks=False).st_nlink > 1:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 _LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.(?:building|removing)-(\d+)")  # _build_entry's and _remove's names

@@ -1,12 +1,15 @@
 """weight_cache.check_ahead: an entry checked ahead (ingest: beside the probe) is linked by place_params without
-reading its files again while they stay as checked, and a file written after the check (its mtime put back, so
-only its ctime tells) is read again and caught, never linked."""
+reading its files again while they stay as checked, a place_params arriving while the check runs joins it (each
+file read once, by both threads), and a file written after the check (its mtime put back, so only its ctime
+tells) is read again and caught, never linked."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,29 @@ def test_a_file_written_after_the_check_is_caught(model, unlinked_entry, tmp_pat
     assert (tmp_path / "params" / VICTIM).read_bytes() != bytes(data)  # the entry was rebuilt from the model
     store = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW)
     assert verify(store.path).passed
+
+
+def test_a_placement_arriving_during_the_check_joins_it_and_reads_each_file_once(model, unlinked_entry, tmp_path,
+                                                                                  monkeypatch):
+    cache, entry = unlinked_entry
+    reads: list[tuple[str, str]] = []  # (thread, file)
+    started = threading.Event()
+    real = weight_cache._crc_matches
+
+    def slow(p, want):
+        reads.append((threading.current_thread().name, str(p)))
+        started.set()
+        time.sleep(0.02)  # the check is still running when place_params arrives
+        return real(p, want)
+
+    monkeypatch.setattr(weight_cache, "_crc_matches", slow)
+    ahead = threading.Thread(target=check_ahead, args=(weights_digest(model), DEFAULT_CODEC, cache), name="ahead")
+    ahead.start()
+    assert started.wait(10)
+    known = place_params(tmp_path / "params", params_dict(model), DEFAULT_CODEC, weights_digest(model), cache)
+    ahead.join()
+    files = [f for _, f in reads]
+    chunks = [p for p in (entry / "params").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert sorted(files) == sorted(map(str, chunks))  # every chunk read, none twice
+    assert {t for t, _ in reads} == {"ahead", threading.current_thread().name}  # by both threads
+    assert known and (tmp_path / "params" / VICTIM).stat().st_ino == (entry / "params" / VICTIM).stat().st_ino
