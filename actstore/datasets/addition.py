@@ -102,7 +102,7 @@ class Addition(BlockTask):
         labels.update(twin_operand=np.where(twin.operand == 0, "a", "b"), twin_digit=twin.digit, twin_a=twin.a,
                       twin_b=twin.b, twin_sum=twin.sum, twin_carry_flipped=twin.flipped)
         labels.update({f"twin_differs_{i}": t_dig[:, i] != s_dig[:, i] for i in range(d)})
-        str_tokens = [[vocab[t] for t in row] for row in tokens.tolist()]
+        str_tokens = np.array(vocab, dtype=object)[tokens].tolist()  # [example][pos] str, the same objects as vocab's
         return TaskData(
             task=self.name,
             params=self.params,

@@ -77,7 +77,7 @@ class ListUpdate(BlockTask):
         )
         first_b = k + 5
         vocab = self.vocab
-        str_tokens = [[vocab[t] for t in row] for row in tokens.tolist()]
+        str_tokens = np.array(vocab, dtype=object)[tokens].tolist()  # [example][pos] str
         labels = pl.DataFrame(
             {"idx": idx, "elt": elt, "changed": a[np.arange(n), idx] != elt}
             | {f"a{i}": a[:, i] for i in range(k)}

@@ -44,7 +44,8 @@ def tokens_frame(data: TaskData, start: int) -> pl.DataFrame:
     n, width = data.tokens.shape
     real = np.arange(width)[None, :] < data.lengths[:, None]  # [example, pos]
     ex, pos = np.nonzero(real)
-    roles = np.asarray(data.roles)[ex, pos].astype(str)
+    # '' (no role) becomes null; a list of str builds a Series several times faster than a numpy str array
+    roles = [r or None for r in np.asarray(data.roles)[ex, pos].astype(str).tolist()]
     return pl.DataFrame([
         pl.Series("example_id", (ex + start).astype(np.int64)),
         pl.Series("pos", pos.astype(np.int64)),
@@ -53,7 +54,7 @@ def tokens_frame(data: TaskData, start: int) -> pl.DataFrame:
         pl.Series("str_token", list(chain.from_iterable(s[:k] for s, k in zip(data.str_tokens, data.lengths.tolist()))),
                   dtype=pl.String),
         pl.Series("role", roles, dtype=pl.String),
-    ]).with_columns(pl.when(pl.col("role") == "").then(None).otherwise(pl.col("role")).alias("role"))
+    ])
 
 
 def outputs_frame(data: TaskData, start: int, out: dict[str, np.ndarray]) -> pl.DataFrame:

@@ -36,9 +36,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import polars as pl
 import torch
 from tqdm.auto import tqdm
 
@@ -61,7 +62,7 @@ from actstore.ingest.probe import probe_batch
 from actstore.store.arch import Arch
 from actstore.store.commits import commit_path, committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, meta_tables, part_path
-from actstore.store.parts import part_schema
+from actstore.store.parts import part_bytes, part_schema
 from actstore.store.fs import RemotePath, StorePath
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
@@ -348,17 +349,17 @@ class _Loop:
         # the bar's MB/s: activation bytes (stored dtype, before compression) captured per second
         example_bytes = sum(int(np.prod(h.shape[1:])) for h in m.hooks) * np.dtype(m.dtype).itemsize
         done = 0
-        ahead: _Ahead | None = None
+        ahead: _Ahead[tuple[TaskData, dict[str, pl.DataFrame | bytes]]] | None = None
         started = time.perf_counter()
         # torch keeps every core: on 2 cores, leaving one to the writer made a GPT-2-small-shaped
         # ingest 1.7x slower (the forward dominates; the writer thread mostly waits on I/O and codecs)
         try:
             with BackgroundWriter(self._write, depth=WRITE_QUEUE_DEPTH, threaded=self.background) as writer, \
                     torch.inference_mode(), self.net.hooks(fwd_hooks=fwd):
-                ahead = _Ahead(self._chunk_data, [self.ranges[k] for k in todo])
+                ahead = _Ahead(self._chunk_inputs, [self.ranges[k] for k in todo])
                 for k in todo:
                     start, stop = self.ranges[k]
-                    data = ahead.next()
+                    data, parts = ahead.next()
                     bufs = self.free.get()
                     outs = []
                     for b0 in range(start, stop, m.batch):
@@ -372,12 +373,22 @@ class _Loop:
                     if self.pinned:
                         torch.cuda.synchronize(self.dev)
                     merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
-                    writer.submit((k, bufs, merged, data))
+                    writer.submit((k, bufs, merged, data, parts))
         finally:
             bar.close()
             if ahead is not None:
                 ahead.close()
         return done
+
+    def _chunk_inputs(self, start: int, stop: int) -> tuple[TaskData, dict[str, pl.DataFrame | bytes]]:
+        """Examples [start, stop) (`_chunk_data`) and the Parquet bytes of their examples and tokens meta parts:
+        made ahead, while the model runs the chunk before, so the writer (and the last chunk's wait) has less
+        to do."""
+        data = self._chunk_data(start, stop)
+        frames = {"examples": examples_frame(data, start), "tokens": tokens_frame(data, start)}
+        if self.columns is not None:  # resuming chunks an earlier version wrote: keep their columns
+            frames = {t: f.select(self.columns[t]) if t in self.columns else f for t, f in frames.items()}
+        return data, {t: part_bytes(f) for t, f in frames.items()}
 
     def _chunk_data(self, start: int, stop: int) -> TaskData:
         """Examples [start, stop), checked against the model and padded to the store's width."""
@@ -432,32 +443,37 @@ class _Loop:
         self.twin_s += time.perf_counter() - started  # answer_outputs copied to the host: the pass is done
         return {f"corrupted_{k}": twin[k] for k in TWIN_OUTPUTS if k in twin}
 
-    def _write(self, item: tuple[int, dict[str, torch.Tensor], dict[str, np.ndarray], TaskData]) -> None:
-        k, bufs, outs, part = item
+    def _write(self, item: tuple[int, dict[str, torch.Tensor], dict[str, np.ndarray], TaskData,
+                                 dict[str, pl.DataFrame | bytes]]) -> None:
+        k, bufs, outs, part, made = item
         start, stop = self.ranges[k]
-        meta = {"examples": examples_frame(part, start), "tokens": tokens_frame(part, start)}
+        meta: dict[str, pl.DataFrame | bytes] = dict(made)  # examples, tokens: made with the chunk's examples
         if "outputs" in meta_tables(self.manifest):
             meta["outputs"] = outputs_frame(part, start, outs)
         if "topk" in meta_tables(self.manifest):
             meta["topk"] = topk_frame(part, start, outs, self.names)
         if self.columns is not None:  # resuming chunks an earlier version wrote: keep their columns
-            meta = {t: frame.select(self.columns[t]) if t in self.columns else frame for t, frame in meta.items()}
+            meta = {t: frame.select(self.columns[t]) if isinstance(frame, pl.DataFrame) and t in self.columns
+                    else frame for t, frame in meta.items()}
         acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
         self.bytes_written += self.writer.write_chunk(k, acts, meta)
         self.free.put(bufs)
 
 
-class _Ahead:
+_Made = TypeVar("_Made")
+
+
+class _Ahead(Generic[_Made]):
     """Makes each chunk's examples on a helper thread while the model runs the chunk before: `next()` returns
     make(*ranges[i]) for i = 0, 1, ... (its error raised there) and starts making the one after."""
 
-    def __init__(self, make: Callable[[int, int], TaskData], ranges: list[tuple[int, int]]) -> None:
+    def __init__(self, make: Callable[[int, int], _Made], ranges: list[tuple[int, int]]) -> None:
         self._make, self._ranges = make, ranges
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-examples")
         self._i = 0
-        self._next: Future | None = self._pool.submit(make, *ranges[0]) if ranges else None
+        self._next: Future[_Made] | None = self._pool.submit(make, *ranges[0]) if ranges else None
 
-    def next(self) -> TaskData:
+    def next(self) -> _Made:
         if self._next is None:
             raise IndexError("no chunk left to make")
         current = self._next

@@ -173,9 +173,11 @@ class ChunkWriter:
                            if defer_commit and not isinstance(self.root, RemotePath) else None)
         self._pending: Future | None = None  # the commit of the chunk written last, while deferred
 
-    def write_chunk(self, k: int, acts: Mapping[str, np.ndarray], meta: Mapping[str, pl.DataFrame]) -> int:
-        """Write chunk k (arrays [stop - start, ...] per hook, one frame per meta table), then commit it
-        (deferred: hand the commit to the committer thread, after the previous chunk's commit is done).
+    def write_chunk(self, k: int, acts: Mapping[str, np.ndarray], meta: Mapping[str, pl.DataFrame | bytes]) -> int:
+        """Write chunk k (arrays [stop - start, ...] per hook; per meta table its frame, or the frame's part
+        bytes from parts.part_bytes, made ahead by the caller), then commit it (deferred: hand the commit to
+        the committer thread, after the previous chunk's commit is done). A local store's parts are written
+        while Zarr encodes the arrays.
 
         Returns the bytes written to disk (compressed chunks and parts).
         """
@@ -203,17 +205,27 @@ class ChunkWriter:
             await asyncio.gather(*(put(name, arr) for name, arr in self.arrays.items()))
 
         self._sent.clear()
-        sync(put_all())
-        self._maybe_die(k, "arrays")
-        paths = [chunk_file(self.root, name, k, arr.ndim) for name, arr in self.arrays.items()]
         parts = [part_path(self.root, table, k) for table in self.tables]
-        if isinstance(self.root, RemotePath):  # one PUT each, all at once (the commit object still waits for them)
-            list(self._pool.map(lambda t, p: self._put_part(meta[t], p), self.tables, parts))
-        else:
+        writing: list[Future] = []  # local: the parts, written (fsync included) on the pool while the arrays encode
+        if local:
             for table, path in zip(self.tables, parts):
                 if isinstance(path, Path):
                     dirs.update(new_entry_dirs(path))
-                write_part(meta[table], path)
+                writing.append(self._pool.submit(_write_meta, meta[table], path))
+        try:
+            sync(put_all())
+        finally:
+            for f in writing:  # every part finished (or failed) before anything else touches the chunk
+                f.exception()
+        if not local:
+            self._maybe_die(k, "arrays")
+        paths = [chunk_file(self.root, name, k, arr.ndim) for name, arr in self.arrays.items()]
+        if isinstance(self.root, RemotePath):  # one PUT each, all at once (the commit object still waits for them)
+            list(self._pool.map(lambda t, p: self._put_part(meta[t], p), self.tables, parts))
+        for f in writing:
+            f.result()  # raises a part's write error
+        if local:
+            self._maybe_die(k, "arrays")  # arrays and parts are written together: both points are after them
         paths += parts
         self._maybe_die(k, "meta")
         if self._committer is None:
@@ -256,8 +268,8 @@ class ChunkWriter:
         if digest is not None:
             self._sent[path] = digest
 
-    def _put_part(self, frame: pl.DataFrame, path: RemotePath) -> None:
-        data = part_bytes(frame)
+    def _put_part(self, frame: pl.DataFrame | bytes, path: RemotePath) -> None:
+        data = frame if isinstance(frame, bytes) else part_bytes(frame)
         digest = put_digest(data, path.put(data))
         if digest is not None:
             self._sent[path.path] = digest
@@ -310,6 +322,27 @@ class ChunkWriter:
                 # between a chunk's write and the previous chunk's commit are left to the timed kills
                 self._pending.result()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_meta(part: pl.DataFrame | bytes, path: StorePath) -> None:
+    """Write one meta part atomically (parts.write_part), from its frame or from its part_bytes."""
+    if isinstance(part, pl.DataFrame):
+        write_part(part, path)
+        return
+    if isinstance(path, RemotePath):
+        path.write_bytes(part)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _parse_kill(value: str | None) -> tuple[int, str] | None:
