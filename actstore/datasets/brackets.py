@@ -113,11 +113,7 @@ def bracket_labels(strings: list[str]) -> pl.DataFrame:
     Uses the running count of opens minus closes; `failure` names which of the two balance
     conditions fail (final count zero; count never below zero).
     """
-    max_len = max(1, max(len(s) for s in strings))
-    step = np.zeros((len(strings), max_len), dtype=np.int64)  # [example, bracket] +1 / -1 / 0 (past end)
-    for i, s in enumerate(strings):
-        if s:
-            step[i, : len(s)] = np.where(np.frombuffer(s.encode(), dtype=np.uint8) == ord("("), 1, -1)
+    step = _steps(strings, max(1, max(len(s) for s in strings)))  # [example, bracket] +1 / -1 / 0 (past end)
     height = np.cumsum(step, axis=1)  # [example, bracket]
     total_bad = height[:, -1] != 0
     negative_bad = (height < 0).any(axis=1)
@@ -138,13 +134,18 @@ def bracket_labels(strings: list[str]) -> pl.DataFrame:
 def _task_data(strings: list[str], params: dict[str, Any], seed: int, twin_rng: np.random.Generator) -> TaskData:
     """Tokens, roles and answers of bracket strings (labels from `bracket_labels`)."""
     n, width = len(strings), int(params["max_len"]) + 2
-    tokens = np.full((n, width), PAD, dtype=np.int64)  # [example, pos]
-    roles = np.full((n, width), "", dtype=object)
-    for i, s in enumerate(strings):
-        body = [OPEN if c == "(" else CLOSE for c in s]
-        tokens[i, : len(s) + 2] = [START, *body, END]
-        roles[i, : len(s) + 2] = ["start", *("open" if c == "(" else "close" for c in s), "end"]
     lengths = np.array([len(s) + 2 for s in strings], dtype=np.int64)
+    step = _steps(strings, width)  # [example, pos] +1 '(' / -1 ')' / 0, shifted below by [start]
+    pos = np.arange(width)[None, :]
+    tokens = np.full((n, width), PAD, dtype=np.int64)  # [example, pos]
+    tokens[:, 1:] = np.where(step[:, :-1] == 1, OPEN, np.where(step[:, :-1] == -1, CLOSE, PAD))
+    tokens[:, 0] = START
+    tokens[pos == (lengths - 1)[:, None]] = END
+    # role codes into ROLES: 0 '' (padding), 1 start, 2 open, 3 close, 4 end
+    codes = np.where(tokens == OPEN, 2, np.where(tokens == CLOSE, 3, 0))
+    codes[:, 0] = 1
+    codes[pos == (lengths - 1)[:, None]] = 4
+    roles = _ROLES[codes]
     labels = bracket_labels(strings)
     balanced = labels["balanced"].to_numpy()
     labels = labels.insert_column(4, pl.Series("length", lengths))
@@ -165,7 +166,7 @@ def _task_data(strings: list[str], params: dict[str, Any], seed: int, twin_rng: 
         answer_pos=np.zeros((n, 1), dtype=np.int64),
         answer_tokens=answer,
         counter_tokens=1 - answer,
-        roles=roles.astype(str),
+        roles=roles,
         str_tokens=[["[start]", *s, "[end]"] for s in strings],
         text=strings,
         labels=labels,
@@ -181,9 +182,7 @@ def _twin_flips(strings: list[str], rng: np.random.Generator, max_len: int) -> n
     [BLOCK, max_len] array, so a string's flip does not depend on how many strings are made."""
     n, width = len(strings), max(len(s) for s in strings)
     lengths = np.array([len(s) for s in strings], dtype=np.int64)
-    step = np.zeros((n, width), dtype=np.int64)  # [example, bracket] +1 '(' / -1 ')' / 0 past the end
-    for i, s in enumerate(strings):
-        step[i, : len(s)] = np.where(np.frombuffer(s.encode(), dtype=np.uint8) == ord("("), 1, -1)
+    step = _steps(strings, width)  # [example, bracket] +1 '(' / -1 ')' / 0 past the end
     height = np.cumsum(step, axis=1)  # after each bracket; flipping bracket p shifts heights p.. by -2 * step[p]
     before = np.concatenate([np.zeros((n, 1), dtype=np.int64), np.minimum.accumulate(height, axis=1)[:, :-1]],
                             axis=1)  # lowest height before bracket p (0 = the empty prefix)
@@ -203,21 +202,20 @@ def _balanced(rng: np.random.Generator, max_len: int, min_len: int = 2) -> str:
     mirrored (its brackets swapped) so the running count never goes negative.
     """
     half = int(rng.integers(max(1, min_len // 2), max_len // 2 + 1))
-    steps = np.array([1] * half + [-1] * half)
+    steps = np.repeat(np.array([1, -1], dtype=np.int64), half)
     rng.shuffle(steps)
     height = np.concatenate([[0], np.cumsum(steps)])
     # step i lies below zero when the walk's segment from height[i] to height[i+1] is negative
     below = (height[:-1] < 0) | (height[1:] < 0)
-    steps = np.where(below, -steps, steps)
-    return "".join("(" if s == 1 else ")" for s in steps)
+    return _string(np.where(below, -steps, steps) == 1)
 
 
 def _unbalanced(rng: np.random.Generator, max_len: int) -> str:
     """A random unbalanced string of 1..max_len brackets (re-drawn until unbalanced)."""
-    names = [m for m, _ in _UNBALANCED_METHODS]
-    probs = np.array([p for _, p in _UNBALANCED_METHODS])
     while True:
-        method = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+        # the draw rng.choice(len(_METHOD_NAMES), p=...) makes (one rng.random() against the cdf), without
+        # its per-call checks of p: the same method for the same generator state
+        method = _METHOD_NAMES[int(_METHOD_CDF.searchsorted(rng.random(), side="right"))]
         s = _UNBALANCED_MAKERS[method](rng, max_len)
         if s and not _is_balanced(s):
             return s
@@ -225,7 +223,7 @@ def _unbalanced(rng: np.random.Generator, max_len: int) -> str:
 
 def _random_string(rng: np.random.Generator, max_len: int) -> str:
     length = int(rng.integers(1, max_len + 1))
-    return "".join(np.where(rng.random(length) < 0.5, "(", ")"))
+    return _string(rng.random(length) < 0.5)
 
 
 def _flip(rng: np.random.Generator, max_len: int, which: str) -> str:
@@ -267,6 +265,27 @@ _UNBALANCED_MAKERS = {
     "invert_component": _invert_component,
     "drop_one": _drop_one,
 }
+
+
+_METHOD_NAMES = [m for m, _ in _UNBALANCED_METHODS]
+_METHOD_P = np.array([p for _, p in _UNBALANCED_METHODS])
+_METHOD_CDF = (_METHOD_P / _METHOD_P.sum()).cumsum()
+_METHOD_CDF /= _METHOD_CDF[-1]  # as Generator.choice normalises its cdf
+_ROLES = np.array(["", "start", "open", "close", "end"])  # dtype <U5, as the roles of any block
+
+
+def _steps(strings: list[str], width: int) -> np.ndarray:
+    """[example, width] +1 for '(', -1 for ')', 0 past each string's end (no string is longer than width)."""
+    lengths = np.array([len(s) for s in strings], dtype=np.int64)
+    flat = np.frombuffer("".join(strings).encode(), dtype=np.uint8)
+    step = np.zeros((len(strings), width), dtype=np.int64)
+    step[np.arange(width)[None, :] < lengths[:, None]] = np.where(flat == ord("("), 1, -1)  # row-major = joined
+    return step
+
+
+def _string(opens: np.ndarray) -> str:
+    """The bracket string with '(' where `opens` [bracket] is True, ')' elsewhere."""
+    return np.where(opens, ord("("), ord(")")).astype(np.uint8).tobytes().decode()
 
 
 def _is_balanced(s: str) -> bool:
