@@ -48,6 +48,7 @@ def _dump(package_root: Path, out: Path) -> dict:
     return examples
 
 
+@pytest.mark.slow  # two interpreters importing the package: ~20 s of CPU
 def test_blocks_equal_the_tree_before(tmp_path):
     if shutil.which("git") is None or subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", BASE],
                                                      capture_output=True).returncode != 0:
