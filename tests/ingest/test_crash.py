@@ -39,9 +39,14 @@ def run_driver(out: Path, kill: str | None = None, kill_after_s: float | None = 
         env[KILL_ENV] = kill
     proc = subprocess.Popen([sys.executable, str(DRIVER), str(out)], env=env, stderr=subprocess.PIPE)
     if kill_after_s is not None:
-        deadline = time.monotonic() + 120
-        while not (out / "_commits" / "00002.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # wait until the ingest is under way, then kill it mid-chunk
+        # wait until the ingest is under way, then kill it mid-chunk; a fresh Python's imports took over 120 s
+        # at load 15-20, so the wait is long and, if it runs out, fails instead of killing the store's creation
+        deadline = time.monotonic() + 600
+        while not (out / "_commits" / "00002.json").exists() and proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the ingest committed no chunk 2 in 600 s: {proc.communicate()[1].decode()}")
+            time.sleep(0.01)
         time.sleep(kill_after_s)
         proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
