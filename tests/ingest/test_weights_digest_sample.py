@@ -1,6 +1,6 @@
-"""model_info.weights_digest keeps a model's digest while its weights are unchanged, and samples wide matrices
-sparsely (a stride up to their rows' length): an edit through `.data` (no version counter) of any one row of an
-embedding or MLP matrix, or of one head, is still caught and the digest recomputed."""
+"""model_info.weights_digest keeps a model's digest while its weights are unchanged (checked by a crc32c of every
+parameter's bytes): an edit through `.data` (no version counter) of any one row of an embedding or MLP matrix,
+or of one head, is caught and the digest recomputed."""
 
 from __future__ import annotations
 
