@@ -128,8 +128,9 @@ def put_digest(data: bytes, response: Any, tail: bool = False) -> list[Any] | No
     return bytes_digest_list(data, tail)
 
 
-def atomic_write_bytes(path: StorePath, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: StorePath, data: bytes, sync_dir: bool = True) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
+    sync_dir=False leaves the directory's fsync to the caller (a chunk's writer fsyncs its new entries at once)."""
     if isinstance(path, RemotePath):
         path.write_bytes(data)
         return
@@ -143,7 +144,8 @@ def atomic_write_bytes(path: StorePath, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def new_entry_dirs(path: Path) -> list[Path]:

@@ -43,8 +43,8 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from actstore.errors import InvalidParameterError, StoreCorruptError, StoreWriteError
-from actstore.store.commits import (CommitRecord, commit_files, commit_path, committed_prefix, file_digest, fsync_dir,
-                                    new_entry_dirs, put_digest, write_commit)
+from actstore.store.commits import (CommitRecord, atomic_write_bytes, commit_files, commit_path, committed_prefix,
+                                    file_digest, fsync_dir, new_entry_dirs, put_digest, write_commit)
 from actstore.store.fs import RemotePath, StorePath, relative, zarr_store
 from actstore.store.integrity import (COMPLETE_RECORD, STORE_RECORD, write_complete_record,
                                       write_store_record)
@@ -325,24 +325,14 @@ class ChunkWriter:
 
 
 def _write_meta(part: pl.DataFrame | bytes, path: StorePath) -> None:
-    """Write one meta part atomically (parts.write_part), from its frame or from its part_bytes."""
+    """Write one meta part atomically (parts.write_part), from its frame or from its part_bytes; its
+    directory's new entry is fsynced with the chunk's others (ChunkWriter)."""
     if isinstance(part, pl.DataFrame):
         write_part(part, path)
         return
-    if isinstance(path, RemotePath):
-        path.write_bytes(part)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if not isinstance(path, RemotePath):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, part, sync_dir=False)
 
 
 def _parse_kill(value: str | None) -> tuple[int, str] | None:
