@@ -45,3 +45,17 @@ def processed_model(**config: object) -> HookedTransformer:
         model = HookedTransformer(HookedTransformerConfig(**config, device="cpu"))
     model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
     return model
+
+
+def wide_model() -> HookedTransformer:
+    """A one-layer model with wide matrices (rows of 800 and 1000 values, 1200 tokens, heads of 16): room for
+    edits of part of a row, rows far apart, one column, one head's bias."""
+    return processed_model(n_layers=1, d_model=800, n_heads=4, d_head=16, d_mlp=1000, d_vocab=1200, n_ctx=32,
+                           act_fn="gelu", normalization_type="LN", seed=0)
+
+
+def sha256_of_weights(model: HookedTransformer) -> str:
+    """The weights digest computed afresh (integrity.weights_sha256), never a kept one."""
+    from actstore.store.integrity import weights_sha256
+
+    return weights_sha256((n, p.detach().numpy()) for n, p in sorted(model.named_parameters()))

@@ -14,21 +14,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from helpers import processed_model  # noqa: E402
+from helpers import sha256_of_weights as fresh  # noqa: E402
+from helpers import wide_model  # noqa: E402
 
 from actstore.ingest.model_info import weights_digest  # noqa: E402
-from actstore.store.integrity import weights_sha256  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
-    # matrices of 800 x 1000 / 1200 x 800: wide enough for the sparsest sample stride
-    return processed_model(n_layers=1, d_model=800, n_heads=4, d_head=16, d_mlp=1000, d_vocab=1200, n_ctx=32,
-                           act_fn="gelu", normalization_type="LN", seed=0)
-
-
-def fresh(model) -> str:
-    return weights_sha256((n, p.detach().numpy()) for n, p in sorted(model.named_parameters()))
+    return wide_model()
 
 
 @pytest.mark.parametrize("name,column", [("blocks.0.mlp.W_in", 0), ("blocks.0.mlp.W_in", 5), ("blocks.0.mlp.W_in", 999),

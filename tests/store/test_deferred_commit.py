@@ -28,6 +28,16 @@ def write(w: ChunkWriter, k: int) -> int:
     return w.write_chunk(k, {h: v[start:stop] for h, v in synthetic_values().items()}, synthetic_meta(start, stop))
 
 
+def finish_like(w: ChunkWriter, path: Path, ref: Path) -> None:
+    """Finish `w`'s store at `path` and check it holds the same files as `ref` and reads back finished."""
+    w.finish()
+    w.close()
+    assert tree_bytes(path) == tree_bytes(ref)
+    store = actstore.open_store(path)
+    z = "blocks.0.attn.hook_z"
+    assert store.finished and np.array_equal(store.read(z), synthetic_values()[z])
+
+
 def test_deferred_commits_make_the_same_bytes_in_order(tmp_path):
     ref = write_synthetic(tmp_path / "ref")
     w = deferred_writer(tmp_path / "s")
@@ -37,12 +47,7 @@ def test_deferred_commits_make_the_same_bytes_in_order(tmp_path):
         assert all(commit_path(w.root, j).exists() for j in range(k))  # every earlier chunk is committed
     w.flush()
     assert commit_path(w.root, 2).exists()
-    w.finish()
-    w.close()
-    assert tree_bytes(tmp_path / "s") == tree_bytes(ref)
-    store = actstore.open_store(tmp_path / "s")
-    z = "blocks.0.attn.hook_z"
-    assert store.finished and np.array_equal(store.read(z), synthetic_values()[z])
+    finish_like(w, tmp_path / "s", ref)
     chunk_files = [p for d in ("acts", "meta") for p in (tmp_path / "s" / d).rglob("*")
                    if p.is_file() and p.name != "zarr.json"]
     assert sum(sizes) == sum(p.stat().st_size for p in chunk_files)  # the bytes of its chunk files and parts
@@ -84,9 +89,4 @@ def test_parts_given_as_their_bytes_make_the_same_store(tmp_path):
         meta = {t: part_bytes(f) if t != "outputs" else f for t, f in synthetic_meta(start, stop).items()}
         w.write_chunk(k, {h: v[start:stop] for h, v in synthetic_values().items()}, meta)
     w.flush()
-    w.finish()
-    w.close()
-    assert tree_bytes(tmp_path / "s") == tree_bytes(ref)
-    store = actstore.open_store(tmp_path / "s")
-    z = "blocks.0.attn.hook_z"
-    assert store.finished and np.array_equal(store.read(z), synthetic_values()[z])
+    finish_like(w, tmp_path / "s", ref)
