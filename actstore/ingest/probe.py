@@ -1,7 +1,10 @@
 """The first-batch probe: each chosen hook's shape, and the decomposition check.
 
 Run before the store is created, so that the manifest (hook shapes and the check's result) is
-complete when it is first written and never rewritten.
+complete when it is first written and never rewritten. A new local store whose check is skipped
+needs no probe: `config_shapes` gives the shapes from the model's config, and the ingest's first
+batch checks them (`ShapeCheck`) before the store is published or a chunk written; where one
+differs (or a hook does not fire) the ingest probes instead, with nothing written.
 
 Sized to what is stored, in one forward pass: the decomposition check runs only where the store
 keeps every hook it reads (each layer's hook_z and MLP hook_post, the final LayerNorm scale),
@@ -132,6 +135,80 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def skip_reason(model: Any, hook_names: list[str]) -> str | None:
+    """Why the decomposition check does not run on a store of `hook_names` (the reason the probe records), or
+    None where it runs (then only probe_batch makes the manifest's check record)."""
+    arch, reason = _checkable(model, hook_names)
+    return None if arch is not None else reason
+
+
+# per-example shape of a TransformerLens hook by its name's ending, from config fields ('pos': the batch's width)
+_CONFIG_SHAPES: dict[str, tuple[str, ...]] = {
+    "hook_embed": ("pos", "d_model"), "hook_pos_embed": ("pos", "d_model"),
+    "hook_resid_pre": ("pos", "d_model"), "hook_resid_mid": ("pos", "d_model"),
+    "hook_resid_post": ("pos", "d_model"), "hook_attn_out": ("pos", "d_model"), "hook_mlp_out": ("pos", "d_model"),
+    "hook_normalized": ("pos", "d_model"), "hook_scale": ("pos", "one"),
+    "hook_q": ("pos", "n_heads", "d_head"), "hook_k": ("pos", "n_heads", "d_head"),
+    "hook_v": ("pos", "n_heads", "d_head"), "hook_z": ("pos", "n_heads", "d_head"),
+    "hook_result": ("pos", "n_heads", "d_model"),
+    "hook_pattern": ("n_heads", "pos", "pos"), "hook_attn_scores": ("n_heads", "pos", "pos"),
+    "hook_pre": ("pos", "d_mlp"), "hook_post": ("pos", "d_mlp"), "hook_pre_linear": ("pos", "d_mlp"),
+}
+
+
+def config_shapes(model: Any, hook_names: list[str], width: int) -> dict[str, tuple[int, ...]] | None:
+    """{hook: per-example shape} from the model's config, without a forward pass; None where any hook is not
+    one whose shape the config gives (then the probe learns them). Only a guess until checked: ingest checks
+    every shape, and that every hook fires, on its first batch before the store is published or a chunk
+    written, and falls back to the probe if any differs (ShapeCheck)."""
+    cfg = model.cfg
+    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+        return None  # grouped-query attention: k and v have fewer heads
+    sizes = {"pos": int(width), "one": 1, "d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_head": cfg.d_head,
+             "d_mlp": cfg.d_mlp}
+    shapes = {}
+    for name in hook_names:
+        dims = _CONFIG_SHAPES.get(name.rsplit(".", 1)[-1])
+        if name not in model.hook_dict or dims is None or any(not isinstance(sizes[d], int) for d in dims):
+            return None
+        shapes[name] = tuple(int(sizes[d]) for d in dims)
+    return shapes
+
+
+class ShapeCheck:
+    """Checks hook shapes derived from the config (config_shapes) against a real pass: `hooks()` are
+    TransformerLens fwd_hooks (registered before the capture hooks, so a wrong shape is caught before it is
+    copied anywhere) that record each hook's shape and raise ShapeMismatch at the first that differs;
+    `finish()` raises it if a hook never fired in the pass."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.shapes = shapes
+        self.fired: set[str] = set()
+        self.done = False  # finish() passed: the hooks do nothing more
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        def check(act: torch.Tensor, hook: Any) -> None:
+            if self.done:
+                return
+            got = tuple(act.shape[1:])
+            if got != self.shapes[hook.name]:
+                raise ShapeMismatch(f"{hook.name}: {got} in the pass, {self.shapes[hook.name]} from the config")
+            self.fired.add(hook.name)
+
+        return [(name, check) for name in self.shapes]
+
+    def finish(self) -> None:
+        missing = sorted(set(self.shapes) - self.fired)
+        if missing:
+            raise ShapeMismatch(f"{', '.join(missing)} did not fire in the pass")
+        self.done = True
+
+
+class ShapeMismatch(Exception):
+    """A shape from the config differs from the pass (control flow inside actstore.ingest: the ingest probes
+    instead; never seen by a caller)."""
 
 
 def _checkable(model: Any, hook_names: list[str]) -> tuple[Arch | None, str]:

@@ -5,9 +5,14 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
    (a task makes any range of its examples alone, the same whatever n: actstore.datasets.base,
    so each chunk's examples are made when the loop reaches it and memory stays flat in n);
    resolve the hooks;
-2. probe the first batch (hook shapes, decomposition check) and build the manifest;
-3. refuse a store of another run (or remove it with overwrite); create the store if absent;
-   grow a store of the same run with a smaller n (actstore.ingest.grow);
+2. learn the hook shapes and build the manifest: from the model's config (probe.config_shapes) for a new local
+   store whose decomposition check is skipped (it needs no forward pass then; the first batch of step 5
+   checks every shape, and a difference goes back here to the probe with nothing written), else by
+   probing the first batch (hook shapes, decomposition check);
+3. refuse a store of another run (or remove it with overwrite); create the store if absent: a new local
+   store on a helper thread while step 5 runs its first chunk (actstore.ingest.creation: renamed into
+   place only after the first batch's shape check, and the loop's writer made from it before the first
+   chunk is written); grow a store of the same run with a smaller n (actstore.ingest.grow);
 4. write every chunk (of this shard: actstore.ingest.shards) that has no commit record:
    batches are aligned inside chunks, so a rerun computes every chunk from the same batches and
    writes the same bytes;
@@ -24,12 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import math
 import os
 import queue
-import re
-import shutil
 import sys
 import time
 import warnings
@@ -50,6 +52,7 @@ from actstore.errors import (IncompleteStoreWarning, InvalidParameterError, Stor
                              StoreFormatError, StoreWriteError)
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
+from actstore.ingest.creation import Creation, clear_for_new, looks_new, remove_leftovers
 from actstore.ingest.grow import finish_growth, grow_store, growth_differences, read_intent
 from actstore.ingest.shards import (all_committed, discard_chunks, parse_shard, shard_chunks, store_digests,
                                     uncommitted, writer_locks)
@@ -58,7 +61,7 @@ from actstore.ingest.forward import (Sink, answer_outputs, answer_pass, answer_t
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outputs_frame, token_names, tokens_frame,
                                   topk_frame)
-from actstore.ingest.probe import probe_batch
+from actstore.ingest.probe import ShapeCheck, ShapeMismatch, config_shapes, probe_batch, skip_reason
 from actstore.store.arch import Arch
 from actstore.store.commits import commit_path, committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, meta_tables, part_path
@@ -67,7 +70,7 @@ from actstore.store.fs import RemotePath, StorePath
 from actstore.store.manifest import DTYPES, HookInfo, Manifest
 from actstore.store.open import is_store, open_store, read_manifest, utf8_path
 from actstore.store.reader import Store
-from actstore.store.writer import ChunkWriter, create_store, remove_interrupted_creation, remove_store
+from actstore.store.writer import ChunkWriter, create_store, remove_store
 from actstore.store.weight_cache import cache_dir, check_ahead
 
 CHUNK_TARGET_BYTES = 64 << 20  # auto chunk: the largest power of two of examples under this size
@@ -120,12 +123,15 @@ def ingest(
     device:     'auto' (CUDA when available; a model object stays on its device), 'cpu' or 'cuda'
     overwrite:  replace a store of a different run at `out` instead of refusing
     background: write chunks on a background thread (False: write inline, for comparison)
-    stats:      if given, filled with timings: setup_s (model, data, probe, store creation), split into
+    stats:      if given, filled with timings: setup_s (what the call spends beyond the loop: model, data,
+                probe, store creation, and the first chunk's wait for a store created beside it), of which
                 model_s (loading or placing the model), probe_s (hook shapes and the decomposition check),
-                digest_s (the wait for the weights' sha256 after the probe, beside which it runs), create_s
-                (creating the store, weights included) and the rest;
-                loop_s (forward + writing, until the last commit), twin_s (the part of loop_s spent in the
-                corrupted twins' forward passes), examples and bytes_written by this call
+                digest_s (the wait for the weights' sha256 after the probe, beside which it runs; for a
+                store created beside the loop: the creation thread's wait for it), create_s (creating the
+                store, weights included; beside the loop for a new local store, so not part of setup_s),
+                create_wait_s (the first chunk's wait for that creation) and the rest;
+                loop_s (forward + writing, until the last commit, less create_wait_s), twin_s (the part of
+                loop_s spent in the corrupted twins' forward passes), examples and bytes_written by this call
     top_k:      the most likely output tokens kept per answer in meta/topk (token, logit, prob);
                 0 keeps none; default 10, or the whole output vocabulary if it is smaller
     outputs:    False keeps no meta/outputs, meta/topk or twin baselines, so each forward pass stops right
@@ -185,16 +191,46 @@ def ingest(
     choices = resolve_hooks(hooks, list(net.hook_dict), positions)
 
     t = _batch_tensors(data, 0, probe_n, dev)
-    t_probe = time.perf_counter()
-    shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens,
-                                        [c.name for c in choices], dtype, one_thread=beside)
-    t_probe = time.perf_counter() - t_probe
-    t_digest = time.perf_counter()
-    digest = digest_of()
-    t_digest = time.perf_counter() - t_digest
+    hook_names = [c.name for c in choices]
+    # a new local store is created on a helper thread while the first chunk runs (Creation); its hook shapes
+    # then come from the config where the probe would only learn shapes, checked on the first batch
+    derive = background and shard == (0, 1) and looks_new(out, overwrite)
+    while True:
+        t_probe = time.perf_counter()
+        reason = skip_reason(net, hook_names)
+        derived = config_shapes(net, hook_names, int(data.tokens.shape[1])) if derive and reason is not None else None
+        if derived is not None:
+            shapes, decomposition = derived, {"status": "skipped", "reason": reason}
+        else:
+            shapes, decomposition = probe_batch(net, t.tokens, t.lengths, t.answer_pos, t.answer_tokens, hook_names,
+                                                dtype, one_thread=beside)
+        t_probe = time.perf_counter() - t_probe
+        try:
+            return _write_store(out, net, spec, processing, data, source, task_obj, choices, shapes, decomposition,
+                                derived is not None, digest_of, n=n, seed=seed, hooks=hooks, dtype=dtype, chunk=chunk,
+                                batch=batch, dev=dev, overwrite=overwrite, quiet=quiet, background=background,
+                                stats=stats, top_k=top_k, shard=shard, outputs=outputs, twins=twins, derive=derive,
+                                times={"t0": t0, "model_s": t_model - t0, "probe_s": t_probe})
+        except ShapeMismatch:
+            derive = False  # a shape from the config was wrong, or the path no longer new: nothing was written
+
+
+def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any] | None, data: TaskData,
+                 source: Callable[[int, int], TaskData], task_obj: Any, choices: list,
+                 shapes: dict[str, tuple[int, ...]], decomposition: dict[str, Any], derived: bool,
+                 digest_of: Callable[[], str], *, n: int, seed: int,
+                 hooks: Sequence[str] | None, dtype: str, chunk: int | None, batch: int, dev: torch.device,
+                 overwrite: bool, quiet: bool, background: bool, stats: dict[str, float] | None, top_k: int,
+                 shard: tuple[int, int], outputs: bool, twins: bool, derive: bool, times: dict[str, float]) -> Store:
+    """Steps 2-5 of ingest (module docstring) once the hook shapes are known (`derived`: from the config, checked
+    on the first batch: ShapeMismatch, with nothing written, if they differ). `derive`: a new store is created on a
+    helper thread (the weights digest is waited for there); ShapeMismatch if the path is found not new."""
     infos = _hook_infos(choices, shapes, data, n, dtype)
     if not infos:
         raise InvalidParameterError(f"none of the hooks {', '.join(hooks or ['default'])} runs in this model")
+    t_digest = time.perf_counter()
+    digest = "" if derive else digest_of()  # a new store's creation waits for it on its thread
+    t_digest = time.perf_counter() - t_digest
     auto_chunk = chunk is None
     chunk = _auto_chunk(infos, n) if chunk is None else min(int(chunk), n)  # a chunk never exceeds the dataset
     manifest = Manifest(
@@ -220,19 +256,29 @@ def ingest(
     # before the path is inspected: never replace or create a store another ingest (or the same shard) holds
     with writer_locks(out, shard) as creating:
         t_create = time.perf_counter()
-        with creating():
-            manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet, auto_chunk,
-                                    exclusive=shard == (0, 1))
+        creation = None
+        if derive:
+            if isinstance(out, RemotePath) or not clear_for_new(out, overwrite):
+                raise ShapeMismatch("the path holds a store now")  # made meanwhile: probe, then resume or refuse
+            creation = Creation(out, manifest, digest_of, lambda: model_info.params_dict(net), checked=not derived)
+        else:
+            with creating():
+                manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet,
+                                        auto_chunk, exclusive=shard == (0, 1))
         t1 = time.perf_counter()
         t_create = t1 - t_create
         names = token_names(getattr(task_obj, "vocab", None), getattr(net, "tokenizer", None),
                             data.extra.get("classes"), int(net.cfg.d_vocab), int(net.cfg.d_vocab_out))
         loop = _Loop(out, manifest, net, source, data.slice(0, 1), dev, buffers, quiet=quiet, background=background,
-                     names=names, shard=shard, finishing=creating)
+                     names=names, shard=shard, finishing=creating, creation=creation,
+                     check=ShapeCheck(shapes) if derived else None)
         done = loop.run()
     if stats is not None:
-        stats.update(setup_s=t1 - t0, model_s=t_model - t0, probe_s=t_probe, digest_s=t_digest, create_s=t_create,
-                     loop_s=time.perf_counter() - t1, twin_s=loop.twin_s, examples=float(done),
+        wait = loop.create_wait_s
+        stats.update(setup_s=t1 - times["t0"] + wait, model_s=times["model_s"], probe_s=times["probe_s"],
+                     digest_s=t_digest if creation is None else creation.digest_s,
+                     create_s=t_create if creation is None else creation.create_s, create_wait_s=wait,
+                     loop_s=time.perf_counter() - t1 - wait, twin_s=loop.twin_s, examples=float(done),
                      bytes_written=float(loop.bytes_written))
     if shard != (0, 1):  # the other shards may still be writing: no warning that the store is unfinished
         with warnings.catch_warnings():
@@ -266,7 +312,8 @@ class _Loop:
     def __init__(self, out: StorePath, manifest: Manifest, net: Any, source: Callable[[int, int], TaskData],
                  probe: TaskData, dev: torch.device, buffers: list[dict[str, torch.Tensor]], quiet: bool,
                  background: bool, names: TokenNames, shard: tuple[int, int] = (0, 1),
-                 finishing: Callable[[], Any] = contextlib.nullcontext) -> None:
+                 finishing: Callable[[], Any] = contextlib.nullcontext, creation: Creation | None = None,
+                 check: ShapeCheck | None = None) -> None:
         self.out, self.manifest, self.net, self.dev = out, manifest, net, dev
         self.source = source  # examples [start, stop), made as each chunk is reached
         self.data = probe  # one example, for the meta columns a chunk makes
@@ -274,7 +321,11 @@ class _Loop:
         self.names = names  # token strings of meta/topk
         self.quiet, self.background = quiet, background
         self.ranges = chunk_ranges(manifest.n, manifest.chunk)
-        self.writer = ChunkWriter(out, manifest, defer_commit=True)  # chunk k commits while k+1 is written
+        # chunk k commits while k+1 is written; a store being created (`creation`) gets its writer when its first
+        # chunk is ready to write (_chunk_writer)
+        self.creation, self.check = creation, check
+        self.writer = ChunkWriter(out, manifest, defer_commit=True) if creation is None else None
+        self.create_wait_s = 0.0  # seconds the first chunk's write waited for the store's creation
         self.pinned = dev.type == "cuda"
         self.free: queue.Queue = queue.Queue()
         for bufs in buffers:
@@ -289,25 +340,49 @@ class _Loop:
         """Compute and write every uncommitted chunk (the caller holds the store's lock); returns the
         number of examples written. A failed write leaves the committed chunks as they were."""
         n_chunks = len(self.ranges)
-        digests = store_digests(self.out)
-        todo = uncommitted(self.out, self.manifest, shard_chunks(n_chunks, self.shard), digests)
-        self._match_committed_columns(committed_prefix(self.out, n_chunks))
+        if self.creation is not None:
+            todo = shard_chunks(n_chunks, self.shard)  # a store being created has no chunk yet
+        else:
+            digests = store_digests(self.out)
+            todo = uncommitted(self.out, self.manifest, shard_chunks(n_chunks, self.shard), digests)
+            self._match_committed_columns(committed_prefix(self.out, n_chunks))
         try:
-            discard_chunks(self.out, self.manifest, todo)
+            if self.creation is None:
+                discard_chunks(self.out, self.manifest, todo)
             done = self._run(todo)
-            self.writer.flush()  # the last chunk's commit
+            writer = self._chunk_writer()
+            writer.flush()  # the last chunk's commit
             with self.finishing():  # shards finishing together write the completion record one at a time
                 if all_committed(self.out, n_chunks):
-                    self.writer.finish()
+                    writer.finish()
             return done
         except OSError as e:  # disk full, a filesystem gone read-only: the committed chunks stay valid
-            self.writer.close()  # no commit in flight while the uncommitted chunks are removed
+            self._close()  # no commit in flight while the uncommitted chunks are removed
             with contextlib.suppress(OSError):
                 discard_chunks(self.out, self.manifest, [k for k in todo if not commit_path(self.out, k).exists()])
             raise StoreWriteError(f"writing store {str(self.out)!r} failed: {e.strerror or e}; the chunks "
                                   "committed so far are kept, rerun the same ingest to resume") from None
         finally:
+            self._close()
+
+    def _close(self) -> None:
+        """Nothing left running: the store's creation settled (nothing published that the first batch did not
+        allow), the writer's commits done."""
+        if self.creation is not None:
+            self.creation.settle()
+        if self.writer is not None:
             self.writer.close()
+
+    def _chunk_writer(self) -> ChunkWriter:
+        """The ChunkWriter, made once the store being created is there (the wait is create_wait_s)."""
+        if self.writer is None:
+            if self.creation is None:
+                raise RuntimeError("no writer and no store being created")
+            started = time.perf_counter()
+            manifest = self.creation.result()
+            self.writer = ChunkWriter(self.out, manifest, defer_commit=True)
+            self.create_wait_s = time.perf_counter() - started
+        return self.writer
 
     def _match_committed_columns(self, first: int) -> None:
         """When resuming a store whose committed parts an earlier actstore wrote with fewer meta columns (before
@@ -343,6 +418,8 @@ class _Loop:
         arch = Arch.from_config(m.model_config)
         fwd = [] if arch.causal else bidirectional_mask_hooks(sink, arch.n_layers)
         fwd += capture_hooks(sink, [(h.name, h.positions, _source_dims(h)) for h in m.hooks])
+        if self.check is not None:
+            fwd = self.check.hooks() + fwd  # before the capture: a wrong shape is never copied
         mine = shard_chunks(len(self.ranges), self.shard)
         total = sum(self.ranges[k][1] - self.ranges[k][0] for k in mine)
         bar = _progress(total, total - sum(self.ranges[k][1] - self.ranges[k][0] for k in todo), self.quiet)
@@ -364,7 +441,7 @@ class _Loop:
                     outs = []
                     for b0 in range(start, stop, m.batch):
                         b1 = min(b0 + m.batch, stop)
-                        outs.append(self._forward(sink, bufs, data, start, b0, b1))
+                        outs.append(self._checked_forward(sink, bufs, data, start, b0, b1))
                         bar.update(b1 - b0)
                         done += b1 - b0
                         elapsed = time.perf_counter() - started
@@ -379,6 +456,22 @@ class _Loop:
             if ahead is not None:
                 ahead.close()
         return done
+
+    def _checked_forward(self, sink: Sink, bufs: dict[str, torch.Tensor], data: TaskData, start: int, b0: int,
+                         b1: int) -> dict[str, np.ndarray]:
+        """`_forward`; the first batch checks the hook shapes from the config (ShapeMismatch if one differs or a
+        hook did not fire), then lets the store being created be published."""
+        if self.check is None or self.check.done:
+            return self._forward(sink, bufs, data, start, b0, b1)
+        try:
+            out = self._forward(sink, bufs, data, start, b0, b1)
+        except RuntimeError:  # run_hooks: a stored hook did not fire; name it as a shape from the config
+            self.check.finish()
+            raise
+        self.check.finish()
+        if self.creation is not None:
+            self.creation.publish()
+        return out
 
     def _chunk_inputs(self, start: int, stop: int) -> tuple[TaskData, dict[str, pl.DataFrame | bytes]]:
         """Examples [start, stop) (`_chunk_data`) and the Parquet bytes of their examples and tokens meta parts:
@@ -456,7 +549,7 @@ class _Loop:
             meta = {t: frame.select(self.columns[t]) if isinstance(frame, pl.DataFrame) and t in self.columns
                     else frame for t, frame in meta.items()}
         acts = {name: buf[: stop - start].numpy() for name, buf in bufs.items()}
-        self.bytes_written += self.writer.write_chunk(k, acts, meta)
+        self.bytes_written += self._chunk_writer().write_chunk(k, acts, meta)
         self.free.put(bufs)
 
 
@@ -626,7 +719,7 @@ def _prepare_out(out: StorePath, manifest: Manifest, overwrite: bool,
                  params: Callable[[], dict[str, np.ndarray]], quiet: bool = False,
                  auto_chunk: bool = False, exclusive: bool = True) -> Manifest:
     """Create the store, or return the stored manifest of the same run to resume (or grow) it (lock held)."""
-    _remove_leftovers(out)
+    remove_leftovers(out)
     if out.exists():
         if is_store(out):
             if not overwrite:
@@ -695,18 +788,6 @@ def _grow(out: StorePath, manifest: Manifest, auto_chunk: bool, exclusive: bool)
 def _remove_store(out: StorePath) -> None:
     """Move the old store out of the way in one rename, then delete it (lock held)."""
     remove_store(out)
-
-
-def _remove_leftovers(out: StorePath) -> None:
-    """Delete what a crashed creation or overwrite of this store left beside it (the lock is held, so
-    they are nobody else's; those of other stores whose names share a prefix are left alone)."""
-    if isinstance(out, RemotePath):  # no rename there: a cut-short upload is left in place
-        remove_interrupted_creation(out)
-        return
-    own = re.compile(re.escape(f".{out.name}.") + r"(creating|deleting)-\d+")
-    for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
-        if own.fullmatch(p.name) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def _progress(total: int, initial: int, quiet: bool) -> Any:

@@ -29,7 +29,7 @@ import os
 import shutil
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,19 @@ DIR_FSYNCS = 16  # directory fsyncs in flight at once per chunk
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}  # every chunk has a file, even an all-zero one
 
 
-def create_store(path: StorePath, manifest: Manifest, params: Mapping[str, np.ndarray]) -> None:
+def create_store(path: StorePath, manifest: Manifest, params: Mapping[str, np.ndarray],
+                 publish: Callable[[], None] | None = None) -> None:
     """Create an empty store at `path` (absent or an empty directory) with its weights.
 
     params: {TransformerLens state-dict name: array}, stored as float32, one chunk each.
+    publish: called once the skeleton is built and durable, just before it is renamed into place (local
+    stores only); whatever it raises removes the skeleton, so nothing is created (ingest: the wait for its
+    first batch's check of the hook shapes).
     The caller holds the store's lock (lock.py), so no other process creates or writes it.
     """
     if isinstance(path, RemotePath):
+        if publish is not None:
+            publish()
         _create_remote(path, manifest, params)
         return
     path = Path(path)
@@ -77,6 +83,8 @@ def create_store(path: StorePath, manifest: Manifest, params: Mapping[str, np.nd
     try:
         _build(tmp, manifest, params, cache_dir())
         fsync_dir(tmp)
+        if publish is not None:
+            publish()
         if path.exists():
             path.rmdir()  # an empty directory the caller made; rename needs it gone
         os.rename(tmp, path)

@@ -73,8 +73,9 @@ def test_one_forward_pass_per_batch_without_twins(model, tmp_path):
         actstore.ingest("addition", model, 32, 0, tmp_path / "off", twins=False, **KW)
     finally:
         handle.remove()
-    assert len(calls) == 32 // 8 + 1  # the probe's pass, then one per batch
-    assert with_twins == 1 + 2 * (32 // 8)  # the probe's, then the clean and the twin pass per batch
+    # no probe pass (the shapes of resid_pre come from the config; the first batch checks them): one per batch
+    assert len(calls) == 32 // 8
+    assert with_twins == 2 * (32 // 8)  # the clean and the twin pass per batch
 
 
 def test_resume_is_byte_identical(model, tmp_path):
