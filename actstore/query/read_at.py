@@ -126,14 +126,18 @@ class ReadAt:
                     "answer_idx": np.tile(np.repeat(np.arange(s, dtype=np.int64), k), e),
                     "answer_pos": np.repeat(rows.answer_pos.reshape(-1), k),
                 }, schema=ANSWER_KEYS)
+            def keys_items() -> pl.DataFrame:  # the constants and items too: a string column built per query
+                head = keys()  # cost more than the rest of the table (zoo:addition: 0.1-0.5 of 0.7 ms)
+                if constants:
+                    head = head.with_columns(pl.lit(v, dtype=pl.String).alias(n) for n, v in constants.items())
+                return head.hstack(tiled(items, e * s).get_columns())
             n = self.arrays.n if isinstance(self.arrays, ExampleIndex) else self.arrays.example_id.size
-            # kept for the next query only if a whole scan's keys fit (a longer scan evicts each first)
-            head = _kept(_KEYS, (id(self.arrays), start, stop, k), self.arrays, keys) if n * s * k <= KEPT_ROWS \
-                else keys()
-            if constants:
-                head = head.with_columns(pl.lit(v, dtype=pl.String).alias(n) for n, v in constants.items())
+            # kept for the next query only if a whole scan's keys fit (a longer scan evicts each first); a hit
+            # needs the same items frame (kept with the store, query/memo.py), so its id names it
+            key = (id(self.arrays), start, stop, k, id(items), tuple(constants.items()))
+            head = _kept(_KEYS, key, (self.arrays, items), keys_items) if n * s * k <= KEPT_ROWS else keys_items()
             flat = np.ascontiguousarray(values[:, :, 0, :], dtype=np.float64).reshape(-1)
-            return pl.concat([head, tiled(items, e * s), pl.DataFrame({"value": flat})], how="horizontal")
+            return head.hstack([pl.Series("value", flat)])
         per_slot = t * k
         slot = np.repeat(np.arange(e * s), per_slot)
         if self.at_answers:
@@ -166,7 +170,7 @@ class ReadAt:
         return pl.DataFrame(schema=schema | dict(items.schema) | {"value": pl.Float64})
 
 
-KEPT_ROWS = 1 << 20  # rows of key and item columns kept for the next chunks and queries (~30 MB each)
+KEPT_ROWS = 1 << 20  # rows of key columns (with constants and items) kept for later chunks and queries (~30-50 MB each)
 _TILED: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
 _KEYS: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
 _KEPT_LOCK = threading.Lock()
@@ -175,10 +179,12 @@ _KEPT_LOCK = threading.Lock()
 def _kept(cache: OrderedDict[Any, tuple[Any, pl.DataFrame]], key: Any, ref: Any,
           make: Callable[[], pl.DataFrame]) -> pl.DataFrame:
     """make(), kept in `cache` under `key` while the caches hold at most KEPT_ROWS rows; a hit needs the
-    very object `ref` the frame was made from (kept alive with it, so its id stays unique)."""
+    very object `ref` the frame was made from, or for a tuple of objects the very same ones (kept alive with
+    it, so their ids stay unique)."""
     with _KEPT_LOCK:  # queries may run on several threads
         hit = cache.get(key)
-        if hit is not None and hit[0] is ref:
+        if hit is not None and (hit[0] is ref or isinstance(ref, tuple) and isinstance(hit[0], tuple)
+                                and len(ref) == len(hit[0]) and all(a is b for a, b in zip(hit[0], ref))):
             cache.move_to_end(key)
             return hit[1]
     frame = make()

@@ -106,3 +106,18 @@ def test_a_scan_of_more_chunks_than_it_could_keep_keeps_none(tiny_store, monkeyp
     monkeypatch.setattr(memo_module, "SCAN_ENTRIES", 3)
     assert dla(store, level="head", target="diff").equals(want)
     assert len([k for k in memo(store)._kept if k[0] == "answer target"]) == 3 and memo(store).budget.used > 0
+
+
+def test_kept_key_columns_follow_the_target_and_level(tiny_store) -> None:
+    """The answer tables' key, target and item columns are kept between queries (read_at): a later query
+    with another target label or level gets its own, never the last query's."""
+    store = tiny_store("ln_attn", "float16")
+    correct = dla(store, level="head", target="correct")
+    diff = dla(store, level="head", target="diff")
+    assert correct.height == diff.height and correct.columns == diff.columns
+    assert set(correct["target"]) == {"correct"} and set(diff["target"]) == {"diff"}
+    assert correct.drop("value", "target").equals(diff.drop("value", "target"))
+    layer = dla(store, level="layer", target="correct")
+    assert layer["head"].is_null().all() and "attn0" in set(layer["component"])
+    assert correct["head"].is_not_null().any() and "attn0" not in set(correct["component"])
+    assert dla(store, level="head", target="correct").equals(correct)
