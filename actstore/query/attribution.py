@@ -160,15 +160,32 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
 
     final_bias = readout.final_bias()
     k = sum(block.shape[-1] for block in blocks)
-    # one output, the blocks copied in and divided in place (a new array per step was a pass over it each)
     values = np.empty((*blocks[0].shape[:2], k + (final_bias is not None)))
-    scaled = values[..., :k]
-    np.concatenate(blocks, axis=-1, out=scaled)
-    np.divide(scaled, final_scale(weights, chunk, readout)[..., None], out=scaled)
+    _divide_into(blocks, final_scale(weights, chunk, readout), values)
     if final_bias is not None:  # an unfolded ln_final.b adds a constant, not divided by the scale
         values[..., k] = tgt.take(final_bias)
         comps.append(Component("ln_final_bias"))
     return values, comps
+
+
+NARROW = 16  # blocks at most this wide are divided column by column (see _divide_into)
+
+
+def _divide_into(blocks: list[np.ndarray], scale: np.ndarray, values: np.ndarray) -> None:
+    """values[..., :k] = concatenate(blocks, -1) / scale[..., None], element for element the same division,
+    each block divided straight into its columns: blocks [e, a, w], scale [e, a], values [e, a, >= k].
+    A narrow block goes column by column: numpy loops over a strided [e, a, w] destination w values at
+    a time, which cost more than the division (zoo:addition, ten columns: a concatenate and a divide
+    took 0.5-0.9 ms, this 0.4-0.7 ms)."""
+    off = 0
+    for block in blocks:
+        w = block.shape[-1]
+        if w <= NARROW:
+            for j in range(w):
+                np.divide(block[..., j], scale, out=values[..., off + j])
+        else:
+            np.divide(block, scale[..., None], out=values[..., off:off + w])
+        off += w
 
 
 def expected_total(weights: Weights, chunk: Chunk, logits: dict[str, Any], target: str) -> np.ndarray:
