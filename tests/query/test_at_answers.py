@@ -63,3 +63,26 @@ def test_at_answers_cast_and_answer_product_give_the_gathered_values(dims: tuple
     assert len(seen) >= 3 and seen[0].start == 0 and seen[-1].stop == n
     assert all(a.stop == b.start for a, b in zip(seen, seen[1:]))
     np.testing.assert_array_equal(product, want)
+
+
+def test_at_answers_never_reuses_another_arrays_positions() -> None:
+    """The positions of the last read-only answer array are kept (chunks._shared_positions): a different array,
+    or a writable one changed in place, is looked at anew."""
+    array = np.arange(2 * 6 * 2, dtype=np.float32).reshape(2, 6, 2)
+    dims = ("example", "pos", "one")
+    same = np.array([[1, 2], [1, 2]])
+    same.setflags(write=False)
+    np.testing.assert_array_equal(at_answers(array, dims, same), array[:, 1:3])
+    differ = np.array([[1, 2], [4, 5]])
+    differ.setflags(write=False)
+    np.testing.assert_array_equal(at_answers(array, dims, differ), np.stack([array[0, 1:3], array[1, 4:6]]))
+    np.testing.assert_array_equal(at_answers(array, dims, same), array[:, 1:3])
+    writable = np.array([[1, 2], [1, 2]])
+    np.testing.assert_array_equal(at_answers(array, dims, writable), array[:, 1:3])
+    writable[1] = [4, 5]
+    np.testing.assert_array_equal(at_answers(array, dims, writable), np.stack([array[0, 1:3], array[1, 4:6]]))
+    view = writable[:]
+    view.setflags(write=False)  # a read-only view of memory that can still change
+    np.testing.assert_array_equal(at_answers(array, dims, view), np.stack([array[0, 1:3], array[1, 4:6]]))
+    writable[1] = [1, 2]
+    np.testing.assert_array_equal(at_answers(array, dims, view), array[:, 1:3])
