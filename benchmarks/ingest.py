@@ -155,8 +155,9 @@ def rate(n: int, nbytes: float, seconds: float) -> str:
 
 
 def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device, repeats: int,
-            tmp: Path, wanted: set[str], sae_hook: str | None) -> list[str]:
-    """All default hooks (and, with SAELens, one hook), every contender interleaved `repeats` times."""
+            tmp: Path, wanted: set[str], sae_hook: str | None, sae_only: bool = False) -> list[str]:
+    """All default hooks (and, with SAELens, one hook), every contender interleaved `repeats` times; `sae_only`:
+    the SAELens lines alone."""
     out = tmp / label.replace(":", "_")
     data = get_task(task).generate(n, 0, tokenizer=getattr(model, "tokenizer", None))
     runs: dict[str, list[tuple[float, float]]] = {}  # contender -> [(seconds, bytes)]
@@ -165,7 +166,12 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     ones = list(dict.fromkeys([sae_hook or default_sae_hook(model), last]))  # one SAELens line each
     store = None
+    if sae_only and sae_skip is not None:
+        return [f"{label:<16} task={task:<11} n={n} saelens=skipped ({sae_skip})"]
     for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all alike
+        if sae_only:
+            store = _sae_pairs(label, model, task, n, chunk, batch, device, tmp, data, ones, runs, wanted)
+            continue
         store, st = ingest_once(label, model, task, n, chunk, batch, device, out)
         runs.setdefault("actstore", []).append((st["loop_s"], st["bytes_written"]))
         setup.append(st["setup_s"])
@@ -193,25 +199,43 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
             for saver in ("np", "torch"):
                 runs.setdefault(f"{saver}save", []).append(
                     peers.notebook_loop(model, data, hooks, c, b, device, tmp / "nb", saver))
-        for one in ones if sae_skip is None else []:
-            st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "one", hooks=[one],
-                             outputs=not HAS_OUTPUTS_FLAG)[1]  # not `out`: bytes/value reads the default store
-            runs.setdefault(f"{one}:actstore", []).append((st["loop_s"], st["bytes_written"]))
-            runs.setdefault(f"{one}:actstore_whole", []).append((st["setup_s"] + st["loop_s"], st["bytes_written"]))
-            sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
-            runs.setdefault(f"{one}:saelens", []).append(sae[:2])
-            runs.setdefault(f"{one}:saelens_whole", []).append((sae[3], sae[1]))
-            if "notebook" in wanted:
-                runs.setdefault(f"{one}:npsave", []).append(
-                    peers.notebook_loop(model, data, {one: "all"}, c, b, device, tmp / "nb", "np"))
+        if sae_skip is None:
+            _sae_pairs(label, model, task, n, chunk, batch, device, tmp, data, ones, runs, wanted)
     assert store is not None
     best = {k: min(v, key=lambda r: r[0]) for k, v in runs.items()}
-    values = sum(int(np.prod(h.shape[1:])) for h in store.manifest.hooks) * store.n_examples
-    disk = sum(f.stat().st_size for f in (out / "acts").rglob("*") if f.is_file() and f.name != "zarr.json")
-    ours_s, ours_b = best["actstore"]
-    bare_s = best["bare"][0]
     head = (f"{label:<16} task={task:<11} n={n} chunk={store.chunk_size} batch={store.manifest.batch} "
             f"threads={torch.get_num_threads()}")
+    lines = []
+    if not sae_only:
+        values = sum(int(np.prod(h.shape[1:])) for h in store.manifest.hooks) * store.n_examples
+        disk = sum(f.stat().st_size for f in (out / "acts").rglob("*") if f.is_file() and f.name != "zarr.json")
+        lines.append(_default_line(head, best, store, out, values, disk, twin, setup))
+    for one in ones:
+        if sae_skip is not None:
+            lines.append(f"{head} hook={one} saelens=skipped ({sae_skip})")
+            continue
+        s_a, b_a = best[f"{one}:actstore"]
+        s_s, b_s = best[f"{one}:saelens"]
+        w_a, w_s = best[f"{one}:actstore_whole"][0], best[f"{one}:saelens_whole"][0]
+        line = (f"{head} hook={one} actstore{'_no_outputs' if HAS_OUTPUTS_FLAG else '(with outputs)'}="
+                f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f} "
+                f"whole_actstore_s={w_a:.2f} whole_saelens_s={w_s:.2f} whole_saelens_vs_actstore={w_s / w_a:.2f}")
+        if f"{one}:npsave" in best:
+            s_, b_ = best[f"{one}:npsave"]
+            line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"
+        lines.append(line)
+    for p in (out, tmp / "notwins", tmp / "one", tmp / "floor", tmp / "nb", tmp / "sae"):
+        shutil.rmtree(p, ignore_errors=True)
+    return lines
+
+
+
+def _default_line(head: str, best: dict, store, out: Path, values: int, disk: int, twin: list[float],
+                  setup: list[float]) -> str:
+    """The line of the default-hooks ingest against the bare forward and the peers."""
+    ours_s, ours_b = best["actstore"]
+    bare_s = best["bare"][0]
+    n = store.n_examples
     line = (f"{head} hooks=default bare_forward_s={bare_s:.2f} ingest={rate(n, ours_b, ours_s)} "
             f"ratio={ours_s / bare_s:.2f} twin_s={min(twin):.2f} setup_s={min(setup):.2f} "
             + (f"bare_clean+twin_s={best['bare_twin'][0]:.2f} ratio_vs_clean+twin={ours_s / best['bare_twin'][0]:.2f} "
@@ -239,25 +263,26 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         if k in best:
             s_, b_ = best[k]
             line += f" {k}={rate(n, b_, s_)} {k}_vs_ingest={s_ / ours_s:.2f}"
-    lines = [line]
-    for one in ones:
-        if sae_skip is not None:
-            lines.append(f"{head} hook={one} saelens=skipped ({sae_skip})")
-            continue
-        s_a, b_a = best[f"{one}:actstore"]
-        s_s, b_s = best[f"{one}:saelens"]
-        w_a, w_s = best[f"{one}:actstore_whole"][0], best[f"{one}:saelens_whole"][0]
-        line = (f"{head} hook={one} actstore{'_no_outputs' if HAS_OUTPUTS_FLAG else '(with outputs)'}="
-                f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f} "
-                f"whole_actstore_s={w_a:.2f} whole_saelens_s={w_s:.2f} whole_saelens_vs_actstore={w_s / w_a:.2f}")
-        if f"{one}:npsave" in best:
-            s_, b_ = best[f"{one}:npsave"]
-            line += f" npsave={rate(n, b_, s_)} npsave_vs_actstore={s_ / s_a:.2f}"
-        lines.append(line)
-    for p in (out, tmp / "notwins", tmp / "one", tmp / "floor", tmp / "nb", tmp / "sae"):
-        shutil.rmtree(p, ignore_errors=True)
-    return lines
+    return line
 
+
+def _sae_pairs(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device, tmp: Path,
+               data, ones: list[str], runs: dict, wanted: set[str]):
+    """One ingest of each one-hook line, each followed by SAELens's runner on the same hook; returns the last store."""
+    store = None
+    for one in ones:
+        store, st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "one", hooks=[one],
+                                outputs=not HAS_OUTPUTS_FLAG)  # not `out`: bytes/value reads the default store
+        runs.setdefault(f"{one}:actstore", []).append((st["loop_s"], st["bytes_written"]))
+        runs.setdefault(f"{one}:actstore_whole", []).append((st["setup_s"] + st["loop_s"], st["bytes_written"]))
+        c, b = store.chunk_size, store.manifest.batch
+        sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
+        runs.setdefault(f"{one}:saelens", []).append(sae[:2])
+        runs.setdefault(f"{one}:saelens_whole", []).append((sae[3], sae[1]))
+        if "notebook" in wanted:
+            runs.setdefault(f"{one}:npsave", []).append(
+                peers.notebook_loop(model, data, {one: "all"}, c, b, device, tmp / "nb", "np"))
+    return store
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -275,6 +300,8 @@ def main() -> int:
     p.add_argument("--sae-hook", default=None,
                    help="the hook of the first SAELens line (default: the middle block's hook_resid_pre, "
                         "blocks.6.hook_resid_pre on the GPT-2 shape); the last block's hook_resid_post always follows")
+    p.add_argument("--sae-only", action="store_true",
+                   help="only the SAELens lines (no default-hooks ingest, bare forward, floor or notebook line)")
     p.add_argument("--sae-checks", action="store_true",
                    help="check SAELens's padding, non-empty-directory and repeated-rows behaviour (first model)")
     p.add_argument("--threads", type=int, default=None,
@@ -308,7 +335,8 @@ def main() -> int:
         big = spec == "gpt2"
         n = args.n if big else args.zoo_n
         for line in measure(label, model, task, n, None if big else args.zoo_chunk, args.batch if big else 512,
-                            device, args.repeats, tmp, wanted_peers, args.sae_hook):
+                            device, args.repeats, tmp, wanted_peers, args.sae_hook,
+                            args.sae_only):
             print(line, flush=True)
         if not checked:
             checked = True

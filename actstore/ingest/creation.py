@@ -1,16 +1,16 @@
 """Creating a new local store on a helper thread while the first chunk's forward runs (ingest step 3 for a new
 store; actstore.ingest.run).
 
-The creation (the wait for the weights digest, the weight cache entry's check, params/ linked, the empty arrays,
-the store record) builds the store beside its path as create_store always does; only its rename into place
-waits for the loop's word (`Creation.publish`): the first batch has checked the hook shapes the manifest took
-from the config. The loop makes its ChunkWriter from the created store when its first chunk is ready to write,
-so nothing is written into the store, let alone committed, before the creation and every check in it passed.
+The creation (the wait for the weights digest, the processing record, the weight cache entry's check,
+params/ linked, the empty arrays, the store record) builds the store beside its path as create_store always
+does; only its rename into place waits for the loop's word (`Creation.publish`): the first batch has checked
+the hook shapes the manifest took from the config. The loop makes its ChunkWriter from the created store when
+its first chunk is ready to write, so nothing is written into the store, let alone committed, before the
+creation and every check in it passed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import re
 import shutil
@@ -36,21 +36,23 @@ class Creation:
     lock is released) publishes nothing that was not allowed and waits for the thread: a failed or cut-short
     ingest leaves either no store or an empty one, as before."""
 
-    def __init__(self, out: Path, manifest: Manifest, digest_of: Callable[[], str],
+    def __init__(self, out: Path, manifest: Manifest, complete: Callable[[Manifest], Manifest],
                  params: Callable[[], dict[str, np.ndarray]], checked: bool) -> None:
+        """complete: the manifest with what is learned from the weights filled in (their digest, waited for on
+        its thread; the processing record), run on the creation thread; params: the weights to store."""
         self.digest_s = self.create_s = 0.0
         self._allowed: bool | None = True if checked else None  # None: not decided yet
         self._decided = threading.Event()
         if checked:
             self._decided.set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-create")
-        self._future = self._pool.submit(self._create, out, manifest, digest_of, params)
+        self._future = self._pool.submit(self._create, out, manifest, complete, params)
         self._pool.shutdown(wait=False)
 
-    def _create(self, out: Path, manifest: Manifest, digest_of: Callable[[], str],
+    def _create(self, out: Path, manifest: Manifest, complete: Callable[[Manifest], Manifest],
                 params: Callable[[], dict[str, np.ndarray]]) -> Manifest:
         started = time.perf_counter()
-        manifest = dataclasses.replace(manifest, weights_sha256=digest_of())
+        manifest = complete(manifest)
         self.digest_s = time.perf_counter() - started
         manifest.validate()
         create_store(out, manifest, params(), publish=self._wait_allowed)

@@ -235,7 +235,7 @@ def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any]
     chunk = _auto_chunk(infos, n) if chunk is None else min(int(chunk), n)  # a chunk never exceeds the dataset
     manifest = Manifest(
         model_spec=spec, model_config=model_info.config_dict(net),
-        processing=model_info.processing_dict(net, processing),
+        processing={} if derive else model_info.processing_dict(net, processing),  # derive: filled by Creation
         model_dtype=str(net.cfg.dtype).removeprefix("torch."), task=data.task, task_params=dict(data.params),
         seed=int(seed), n=int(n), n_answers=data.n_answers, width=int(data.tokens.shape[1]), hooks=tuple(infos),
         dtype=dtype, chunk=int(chunk), batch=int(min(batch, chunk)), codec=dict(DEFAULT_CODEC),
@@ -260,7 +260,9 @@ def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any]
         if derive:
             if isinstance(out, RemotePath) or not clear_for_new(out, overwrite):
                 raise ShapeMismatch("the path holds a store now")  # made meanwhile: probe, then resume or refuse
-            creation = Creation(out, manifest, digest_of, lambda: model_info.params_dict(net), checked=not derived)
+            creation = Creation(out, manifest, lambda m: dataclasses.replace(
+                m, weights_sha256=digest_of(), processing=model_info.processing_dict(net, processing)),
+                lambda: model_info.params_dict(net), checked=not derived)
         else:
             with creating():
                 manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet,
@@ -269,7 +271,7 @@ def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any]
         t_create = t1 - t_create
         names = token_names(getattr(task_obj, "vocab", None), getattr(net, "tokenizer", None),
                             data.extra.get("classes"), int(net.cfg.d_vocab), int(net.cfg.d_vocab_out))
-        loop = _Loop(out, manifest, net, source, data.slice(0, 1), dev, buffers, quiet=quiet, background=background,
+        loop = _Loop(out, manifest, net, source, data, dev, buffers, quiet=quiet, background=background,
                      names=names, shard=shard, finishing=creating, creation=creation,
                      check=ShapeCheck(shapes) if derived else None)
         done = loop.run()
@@ -316,7 +318,9 @@ class _Loop:
                  check: ShapeCheck | None = None) -> None:
         self.out, self.manifest, self.net, self.dev = out, manifest, net, dev
         self.source = source  # examples [start, stop), made as each chunk is reached
-        self.data = probe  # one example, for the meta columns a chunk makes
+        self.data = probe.slice(0, 1)  # one example, for the meta columns a chunk makes
+        # the first batch's examples, made before the loop: its pass runs while chunk 0 (whole) is made
+        self.head = probe if len(probe.tokens) == min(manifest.batch, manifest.chunk) else None
         self.shard, self.finishing = shard, finishing
         self.names = names  # token strings of meta/topk
         self.quiet, self.background = quiet, background
@@ -436,11 +440,15 @@ class _Loop:
                 ahead = _Ahead(self._chunk_inputs, [self.ranges[k] for k in todo])
                 for k in todo:
                     start, stop = self.ranges[k]
-                    data, parts = ahead.next()
+                    made = ahead.next_future()
                     bufs = self.free.get()
                     outs = []
                     for b0 in range(start, stop, m.batch):
                         b1 = min(b0 + m.batch, stop)
+                        if b0 == 0 and self.head is not None and len(self.head.tokens) == b1:
+                            data = self.head  # chunk 0's first batch, as made before the loop
+                        else:
+                            data, parts = made.result()
                         outs.append(self._checked_forward(sink, bufs, data, start, b0, b1))
                         bar.update(b1 - b0)
                         done += b1 - b0
@@ -450,6 +458,7 @@ class _Loop:
                     if self.pinned:
                         torch.cuda.synchronize(self.dev)
                     merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
+                    data, parts = made.result()
                     writer.submit((k, bufs, merged, data, parts))
         finally:
             bar.close()
@@ -567,12 +576,16 @@ class _Ahead(Generic[_Made]):
         self._next: Future[_Made] | None = self._pool.submit(make, *ranges[0]) if ranges else None
 
     def next(self) -> _Made:
+        return self.next_future().result()
+
+    def next_future(self) -> Future[_Made]:
+        """`next()` without the wait: the future of the chunk's make (the one after it starts once it is done)."""
         if self._next is None:
             raise IndexError("no chunk left to make")
         current = self._next
         self._i += 1
         self._next = self._pool.submit(self._make, *self._ranges[self._i]) if self._i < len(self._ranges) else None
-        return current.result()
+        return current
 
     def close(self) -> None:
         """Drop the chunk being made ahead (after an error or at the end)."""
