@@ -121,3 +121,22 @@ def test_kept_key_columns_follow_the_target_and_level(tiny_store) -> None:
     assert layer["head"].is_null().all() and "attn0" in set(layer["component"])
     assert correct["head"].is_not_null().any() and "attn0" not in set(correct["component"])
     assert dla(store, level="head", target="correct").equals(correct)
+
+
+@pytest.mark.parametrize("level,narrow", [("head", 1 << 20), ("head", 0), ("neuron", 1 << 20), ("path", 1 << 20)])
+def test_both_ways_of_assembling_the_table_give_the_same_bits(tiny_store, monkeypatch, level: str,
+                                                              narrow: int) -> None:
+    """direct_attribution divides its blocks by the final scale column by column for long tables of few
+    columns and by one concatenate and divide otherwise (attribution._divide_into): the same table either way."""
+    from actstore.query import attribution
+
+    store = tiny_store("ln_mlp", "float16")
+    monkeypatch.setattr(attribution, "COLUMNWISE_ROWS", 1 << 40)  # always concatenate, then divide
+    whole = dla(store, level=level, target="diff")
+    monkeypatch.setattr(attribution, "COLUMNWISE_ROWS", 0)
+    monkeypatch.setattr(attribution, "COLUMNWISE_COLUMNS", 1 << 20)  # always block by block
+    monkeypatch.setattr(attribution, "NARROW", narrow)  # every block column by column, or every one whole
+    by_columns = dla(store, level=level, target="diff")
+    assert by_columns.equals(whole)
+    values = whole["value"].to_numpy()
+    assert np.isfinite(values).all() and np.abs(values).max() > 0
