@@ -7,8 +7,8 @@ first batch is or is not the whole first chunk. Then kills at the new points (th
 first batch's word; the published store before its first chunk) are resumed to the same bytes, and
 `actstore verify` says one clear line about what the kill left.
 
-Both trees run in subprocesses with one torch thread and the same model builder (below), so only the
-package differs."""
+The tree before runs in a subprocess, this one in the test's process, both with one torch thread and the same
+model builder (BUILD below), so only the package differs."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).parents[2]
 OLD = "c836571"
 
 # the model builder and the cases, run by both trees (a script file, so no actstore import leaks in from here)
-DRIVER = r'''
+BUILD = r'''
 import json, os, signal, sys, warnings
 import torch
 torch.set_num_threads(1)
@@ -51,7 +51,8 @@ def run(case, out):
     model = build(case["cfg"], case["seed"])
     actstore.ingest(case["task"], model, case["n"], 3, out, model_spec="tiny:" + case["name"], quiet=True,
                     task_params=case.get("task_params"), **case["kw"])
-
+'''
+DRIVER = BUILD + r'''
 mode, spec = sys.argv[1], json.loads(sys.argv[2])
 if mode == "kill":  # die at a new point of the overlapped creation
     case, out, where = spec
@@ -167,11 +168,14 @@ def runs(tmp_path_factory):
         assert p.returncode == -9, f"{where}: not killed ({p.returncode}): {err[-2000:]}"
     left = {where: (path.exists(), _beside(tmp, path.name)) for where, path in killed.items()}
     verify = {where: _verify(path) for where, path in killed.items()}
-    # the new tree: every case fresh, then the killed stores resumed (each the same ingest again)
-    spec = [(c, str(new[c["name"]])) for c in CASES] + [(c, str(killed[where])) for where, c in KILLED]
-    proc = _start(tmp, ROOT, "run", spec)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    # this tree, in this process (one torch thread, as the driver): every case fresh, then the killed stores
+    # resumed (each the same ingest again)
+    here: dict = {}
+    exec(BUILD, here)  # noqa: S102 - the driver's own builder, so both trees get the same models
+    for c in CASES:
+        here["run"](c, str(new[c["name"]]))
+    for where, c in KILLED:
+        here["run"](c, str(killed[where]))
     leftovers = [name for c in CASES for name in _beside(tmp, f"new_{c['name']}")]
     leftovers += [name for path in killed.values() for name in _beside(tmp, path.name)]
     return old, new, killed, left, verify, leftovers
