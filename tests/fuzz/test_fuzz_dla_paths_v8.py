@@ -51,6 +51,9 @@ STORES = {
     "addition": ("addition", lambda: tiny_model("addition"), 37, 64, 8),
     "days": ("days", days_model, 29, 32, 6),
     "list_update": ("list_update", lambda: tiny_model("list_update"), 23, 32, 5),
+    # 1200 answers in one chunk: direct_attribution divides column by column there (COLUMNWISE_ROWS), while the
+    # many-chunk store's 256-answer chunks concatenate and divide once
+    "addition_long": ("addition", lambda: tiny_model("addition", seed=1), 300, 512, 64),
 }
 LEVELS = ("head", "layer", "neuron")
 
@@ -221,7 +224,7 @@ def _tl_heads(model: HookedTransformer, store) -> tuple[np.ndarray, np.ndarray]:
     return read(heads), read(resid)
 
 
-@pytest.mark.parametrize("name", ["addition", "days"])
+@pytest.mark.parametrize("name", ["addition", "days", "addition_long"])
 def test_head_and_layer_dla_equal_transformer_lens(stores, name):
     model, _, _, f32 = stores[name]
     store = actstore.open_store(f32)  # float32 activations: TransformerLens's own values, as computed
