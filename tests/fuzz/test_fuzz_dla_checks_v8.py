@@ -1,12 +1,15 @@
 """Every read of issue 14's DLA paths stays checked: one byte flipped in, or one byte cut from, the chunk of any
 hook a DLA reads (hook_z, MLP hook_post, the final LayerNorm scale) of a one-chunk or a many-chunk store fails the
 query with StoreCorruptError naming that hook, on 1 or 4 reading threads, on a store whose other queries ran
-before (warm kept frames and scratch buffers); and a Dask cluster gives the local table bit for bit."""
+before (warm kept frames and scratch buffers); queries on two threads at once give the serial tables; and a Dask
+cluster gives the local table bit for bit."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,9 @@ import actstore  # noqa: E402
 from actstore.errors import StoreCorruptError  # noqa: E402
 from actstore.query import chunks as chunks_mod  # noqa: E402
 from actstore.query import dla  # noqa: E402
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 HOOKS = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.mlp.hook_post", "ln_final.hook_scale"]
 
@@ -65,3 +71,41 @@ def test_dask_gives_the_local_table(stores, client):
         store = actstore.open_store(path)
         for level, target in (("head", "correct"), ("layer", "diff"), ("neuron", 5)):
             assert dla(store, level, target, client=client).equals(dla(store, level, target)), (layout, level)
+
+
+def test_queries_on_two_threads_at_once_give_the_serial_tables(stores, tmp_path):
+    """Two Python threads querying different stores (and different answer arrays) at once: the kept frames,
+    the kept answer positions and each reading thread's scratch buffers never mix one query's values into
+    another's."""
+    other = actstore.ingest("days", _days_model(), 23, 4, tmp_path / "days", chunk=32, batch=8, quiet=True,
+                            model_spec="tiny:days").path
+    paths = [stores["one"], stores["many"], other]
+    queries = [("head", "correct"), ("layer", "diff"), ("neuron", 3), ("head", "diff")]
+    want = {(p, q): dla(actstore.open_store(p), *q) for p in paths for q in queries}
+    errors: list[BaseException] = []
+
+    def work(order: list[Path]) -> None:
+        try:
+            for _ in range(3):
+                for p in order:
+                    store = actstore.open_store(p)
+                    for q in queries:
+                        assert dla(store, *q).equals(want[(p, q)]), (p.name, q)
+        except BaseException as e:  # noqa: BLE001 (reported by the main thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(order,)) for order in (paths, paths[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def _days_model():
+    """A tiny LayerNorm + MLP model over the days task's 256-token vocabulary."""
+    cfg = HookedTransformerConfig(n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=32, n_ctx=16, d_vocab=256,
+                                  act_fn="gelu", normalization_type="LN", seed=3, device="cpu")
+    model = HookedTransformer(cfg)
+    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    return model.eval()
