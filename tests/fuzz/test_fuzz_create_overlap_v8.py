@@ -116,6 +116,10 @@ CASES = [
          task="days", n=14, seed=7, kw=dict(chunk=8, batch=8, positions="answer",
                                             hooks=["blocks.0.attn.hook_z", "blocks.1.mlp.hook_post"])),
 ]
+# the config's shape is wrong (split q/k/v input: ln1's scale is per head): the first batch finds it and the
+# ingest probes instead
+CASES.append(dict(name="split_qkv", cfg={**LN_MLP, "use_split_qkv_input": True}, task="addition", n=10, seed=8,
+                  kw=dict(chunk=8, batch=4, hooks=["blocks.0.ln1.hook_scale", "blocks.1.attn.hook_z"])))
 KILLED = [("before_publish", CASES[0]), ("first_write", CASES[7])]
 
 

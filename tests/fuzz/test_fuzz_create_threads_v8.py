@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
-from actstore.errors import StoreWriteError  # noqa: E402
+from actstore.errors import InvalidParameterError, StoreWriteError  # noqa: E402
 from tests.helpers import tree_bytes  # noqa: E402
 
 # a subset of hooks (the decomposition check is skipped): shapes come from the config, the creation waits
@@ -143,3 +143,13 @@ def test_a_failed_creation_stops_the_ingest_by_the_first_chunks_write(tmp_path):
     _, forwards, _ = _blocked_ingest(tmp_path)
     # chunk 0: 2 batches of 4, each run twice through blocks.0 (the answers' pass and the twins' pass)
     assert forwards <= 4
+
+
+def test_a_hook_that_never_fires_is_refused_as_the_tree_before_refused_it(tmp_path):
+    # hook_result fires only with use_attn_result; the config gives it a shape, the first batch finds it silent
+    with pytest.raises(InvalidParameterError) as info:
+        actstore.ingest("addition", tiny_model("addition"), 12, 0, tmp_path / "s", chunk=8, batch=4, quiet=True,
+                        hooks=["blocks.0.attn.hook_result", "blocks.1.attn.hook_z"])
+    # the tree before (c836571) raised this line from its probe
+    assert str(info.value) == "hook 'blocks.0.attn.hook_result' did not fire in a forward pass; it cannot be stored"
+    assert not (tmp_path / "s").exists() and _beside(tmp_path / "s") == [] and _helpers_alive() == []
