@@ -17,7 +17,8 @@ Order of work, so that bad input leaves nothing behind and a crash loses at most
    batches are aligned inside chunks, so a rerun computes every chunk from the same batches and
    writes the same bytes;
 5. chunk k is filled batch by batch in place (its examples, and their examples/tokens meta parts, made on
-   a helper thread while chunk k-1 ran), then handed to the background writer, which compresses and
+   a helper thread while chunk k-1 ran; chunk 0's first batch runs from the examples of step 1 while that
+   thread makes chunk 0), then handed to the background writer, which compresses and
    writes it while the model computes chunk k+1; its fsync, digests and commit record follow on the
    writer's committer thread (store/writer.py) while the writer encodes chunk k+1. For a task with
    corrupted twins, each batch runs a second forward pass of the twins' tokens (same attention
