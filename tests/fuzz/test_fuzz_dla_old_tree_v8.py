@@ -2,7 +2,8 @@
 before them (c836571, `git archive` run in a second interpreter) give equal tables, at every level (path
 included), for answer targets, token ids and lists, an expression, position selectors and answer=1, on one-chunk
 stores (1200 answers: the column-by-column division) and many-chunk ones, with every query asked twice (the kept
-frames and answer positions of the first ask reused by the second)."""
+frames and answer positions of the first ask reused by the second) and then backwards; the logit lens (which
+shares the kept frames) interleaved."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
 from tiny_models import tiny_model  # noqa: E402
 
 import actstore  # noqa: E402
-from actstore.query import dla  # noqa: E402
+from actstore.query import dla, logit_lens  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
 OLD = "c836571"
@@ -28,20 +29,24 @@ OLD = "c836571"
 QUERIES = [("head", "correct", None, 0), ("head", "diff", None, 0), ("layer", "correct", None, 0),
            ("neuron", "diff", None, 0), ("path", "correct", None, 0), ("head", 4, None, 0),
            ("head", [5, 2], -1, 0), ("layer", "W_U[:,3] - W_U[:,1]", -1, 0), ("head", "diff", -1, 1),
-           ("layer", "correct", "all", 0), ("head", "correct", [0, -1], 0)]
+           ("layer", "correct", "all", 0), ("head", "correct", [0, -1], 0),
+           # the logit lens shares read_at.frame's kept key/item frames with dla (level "lens": logit_lens)
+           ("lens", "correct", None, 0), ("lens", "diff", -1, 0), ("lens", [5, 2], None, 0)]
 
 # the other interpreter: each query twice on one open store, each table written as Parquet
 DRIVER = r'''
 import json, sys
 import actstore
-from actstore.query import dla
+from actstore.query import dla, logit_lens
 stores, queries, out = json.loads(sys.argv[1])
 for s, path in enumerate(stores):
     store = actstore.open_store(path)
     for again in range(2):
         for q, (level, target, pos, answer) in enumerate(queries):
             try:
-                dla(store, level, target, pos=pos, answer=answer).write_parquet(f"{out}/{s}_{q}_{again}.parquet")
+                table = (logit_lens(store, target, pos=pos, answer=answer) if level == "lens" else
+                         dla(store, level, target, pos=pos, answer=answer))
+                table.write_parquet(f"{out}/{s}_{q}_{again}.parquet")
             except Exception as e:  # a refusal: its class and line, compared with ours
                 open(f"{out}/{s}_{q}_{again}.error", "w").write(f"{type(e).__name__}: {e}")
 print(actstore.__file__)
@@ -72,18 +77,26 @@ def old_tables(tmp_path_factory):
     return stores, tmp / "tables"
 
 
+def _query(store, level, target, pos, answer):
+    if level == "lens":
+        return logit_lens(store, target, pos=pos, answer=answer)
+    return dla(store, level, target, pos=pos, answer=answer)
+
+
 @pytest.mark.parametrize("s", [0, 1, 2])
 def test_every_query_gives_the_old_trees_table(old_tables, s):
     stores, tables = old_tables
     store = actstore.open_store(stores[s])
-    for again in range(2):
-        for q, (level, target, pos, answer) in enumerate(QUERIES):
+    # twice in the old tree's order, then once backwards (other kept frames before each query)
+    passes = [(0, list(enumerate(QUERIES))), (1, list(enumerate(QUERIES))), (0, list(enumerate(QUERIES))[::-1])]
+    for again, order in passes:
+        for q, (level, target, pos, answer) in order:
             refused = tables / f"{s}_{q}_{again}.error"
             if refused.exists():  # refused the same way (none of these queries is refused today)
                 with pytest.raises(Exception) as info:
-                    dla(store, level, target, pos=pos, answer=answer)
+                    _query(store, level, target, pos, answer)
                 assert f"{type(info.value).__name__}: {info.value}" == refused.read_text()
                 continue
             old = pl.read_parquet(tables / f"{s}_{q}_{again}.parquet")
-            new = dla(store, level, target, pos=pos, answer=answer)
+            new = _query(store, level, target, pos, answer)
             assert new.height > 0 and new.equals(old), (stores[s].name, again, QUERIES[q])
