@@ -116,6 +116,9 @@ CASES = [
          task="days", n=14, seed=7, kw=dict(chunk=8, batch=8, positions="answer",
                                             hooks=["blocks.0.attn.hook_z", "blocks.1.mlp.hook_post"])),
 ]
+# the automatic chunk (no chunk given): the first batch of 4 is not the chunk
+CASES.append(dict(name="auto_chunk", cfg=LN_MLP, task="addition", n=21, seed=10, kw=dict(
+    batch=4, hooks=["blocks.1.attn.hook_z", "blocks.0.mlp.hook_post"])))
 # the config's shape is wrong (split q/k/v input: ln1's scale is per head): the first batch finds it and the
 # ingest probes instead
 CASES.append(dict(name="split_qkv", cfg={**LN_MLP, "use_split_qkv_input": True}, task="addition", n=10, seed=8,
