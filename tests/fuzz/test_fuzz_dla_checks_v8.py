@@ -69,7 +69,7 @@ def test_a_damaged_chunk_fails_every_dla_path(stores, tmp_path, monkeypatch, lay
 def test_dask_gives_the_local_table(stores, client):
     for layout, path in stores.items():
         store = actstore.open_store(path)
-        for level, target in (("head", "correct"), ("layer", "diff"), ("neuron", 5)):
+        for level, target in (("head", "correct"), ("layer", "diff"), ("neuron", 5), ("path", "diff")):
             assert dla(store, level, target, client=client).equals(dla(store, level, target)), (layout, level)
 
 
