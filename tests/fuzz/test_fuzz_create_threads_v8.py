@@ -176,3 +176,17 @@ def test_a_failed_first_forward_leaves_no_store_with_default_hooks(tmp_path):
         handle.remove()
     assert _helpers_alive() == []
     assert not (tmp_path / "s").exists()
+
+
+def test_overwrite_and_an_empty_directory_get_the_same_bytes(tmp_path, reference):
+    model = tiny_model("addition")
+    out = tmp_path / "s"
+    actstore.ingest("addition", model, N, 1, out, **KW)  # another run (seed 1) there first
+    st: dict[str, float] = {}
+    actstore.ingest("addition", model, N, 0, out, overwrite=True, stats=st, **KW)
+    assert st["probe_s"] < 0.05  # replaced through the overlapped creation
+    assert tree_bytes(out) == reference and _beside(out) == [] and _helpers_alive() == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    actstore.ingest("addition", model, N, 0, empty, **KW)
+    assert tree_bytes(empty) == reference and _beside(empty) == []
