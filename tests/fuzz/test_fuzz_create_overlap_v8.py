@@ -7,7 +7,7 @@ first batch is or is not the whole first chunk. Then kills at the new points (th
 first batch's word; the published store before its first chunk) are resumed to the same bytes, and
 `actstore verify` says one clear line about what the kill left.
 
-The tree before runs in a subprocess, this one in the test's process, both with one torch thread and the same
+The tree before runs in a subprocess, this one in the test's process meanwhile, both with one torch thread and the same
 model builder (BUILD below), so only the package differs."""
 
 from __future__ import annotations
@@ -151,11 +151,14 @@ def _verify(path: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def _start(tmp: Path, tree: Path, mode: str, spec: object) -> subprocess.Popen:
-    """The driver in a fresh interpreter whose `actstore` is the one under `tree` (cwd: a folder without one)."""
+def _start(tmp: Path, tree: Path, mode: str, spec: object, name: str) -> tuple[subprocess.Popen, str]:
+    """The driver in a fresh interpreter whose `actstore` is the one under `tree` (cwd: a folder without one);
+    its output goes to tmp/NAME.out and .err."""
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, str(tmp / "driver.py"), mode, json.dumps(spec)], cwd=tmp, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(tmp / "driver.py"), mode, json.dumps(spec)], cwd=tmp, env=env,
+                                stdout=out, stderr=err)
+    return proc, name
 
 
 @pytest.fixture(scope="module")
@@ -167,21 +170,23 @@ def runs(tmp_path_factory):
     old = {c["name"]: tmp / f"old_{c['name']}" for c in CASES}
     new = {c["name"]: tmp / f"new_{c['name']}" for c in CASES}
     killed = {where: tmp / f"killed_{where}" for where, _ in KILLED}
-    procs = [_start(tmp, old_tree, "run", [(c, str(old[c["name"]])) for c in CASES])]
-    procs += [_start(tmp, ROOT, "kill", [c, str(killed[where]), where]) for where, c in KILLED]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert procs[0].returncode == 0, outs[0][1][-3000:]
-    for p, (where, _), (_, err) in zip(procs[1:], KILLED, outs[1:]):
-        assert p.returncode == -9, f"{where}: not killed ({p.returncode}): {err[-2000:]}"
-    left = {where: (path.exists(), _beside(tmp, path.name)) for where, path in killed.items()}
-    verify = {where: _verify(path) for where, path in killed.items()}
-    # this tree, in this process (one torch thread, as the driver): every case fresh, then the killed stores
-    # resumed (each the same ingest again)
+    procs = [_start(tmp, old_tree, "run", [(c, str(old[c["name"]])) for c in CASES], "old")]
+    procs += [_start(tmp, ROOT, "kill", [c, str(killed[where]), where], where) for where, c in KILLED]
+    # meanwhile this tree, in this process (one torch thread, as the driver): every case fresh
     here: dict = {}
     exec(BUILD, here)  # noqa: S102 - the driver's own builder, so both trees get the same models
     for c in CASES:
         here["run"](c, str(new[c["name"]]))
-    for where, c in KILLED:
+    errs = []
+    for p, name in procs:
+        p.wait(timeout=300)
+        errs.append((tmp / f"{name}.err").read_text())
+    assert procs[0][0].returncode == 0, errs[0][-3000:]
+    for (p, _), (where, _), err in zip(procs[1:], KILLED, errs[1:]):
+        assert p.returncode == -9, f"{where}: not killed ({p.returncode}): {err[-2000:]}"
+    left = {where: (path.exists(), _beside(tmp, path.name)) for where, path in killed.items()}
+    verify = {where: _verify(path) for where, path in killed.items()}
+    for where, c in KILLED:  # the killed stores resumed: the same ingest again
         here["run"](c, str(killed[where]))
     leftovers = [name for c in CASES for name in _beside(tmp, f"new_{c['name']}")]
     leftovers += [name for path in killed.values() for name in _beside(tmp, path.name)]
