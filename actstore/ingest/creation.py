@@ -1,12 +1,12 @@
 """Creating a new local store on a helper thread while the first chunk's forward runs (ingest step 3 for a new
 store; actstore.ingest.run).
 
-The creation (the wait for the weights digest, the processing record, the weight cache entry's check,
-params/ linked, the empty arrays, the store record) builds the store beside its path as create_store always
-does; only its rename into place waits for the loop's word (`Creation.publish`): the first batch has checked
-the hook shapes the manifest took from the config. The loop makes its ChunkWriter from the created store when
-its first chunk is ready to write, so nothing is written into the store, let alone committed, before the
-creation and every check in it passed.
+The creation (the wait for the weights digest, the processing record, the weight cache entry's check, params/
+linked, the empty arrays, the store record) builds the store beside its path as create_store always does; only its
+rename into place waits for the loop's word (`Creation.publish`): the first batch has checked the hook shapes the
+manifest took from the config (probed shapes need no check: no wait). The loop makes its ChunkWriter from the
+created store when its first chunk is ready to write, so nothing is written into the store, let alone committed,
+before the creation and every check in it passed.
 """
 
 from __future__ import annotations

@@ -27,15 +27,14 @@ Never trusted blindly. What is checked, when (every ingest that places params/ f
   other change (or a file without a crc32c tail, as each zarr.json) is hashed again with sha256
   and compared with the recorded digest. A file whose bytes differ has the entry removed and
   rebuilt from the model.
-Each file is read once per ingest (again only if written meanwhile): ingest starts the check on
-its weights-digest thread (check_ahead) while it makes and probes the first batch, and the store's
-creation (place_params; for a new local store on its own thread while the first chunk's forward
-runs, actstore.ingest.creation) joins that check where it is still running (both threads read
-files), then only compares each file's stat again. Either way it has finished, and passed, before
-the store is renamed into place, so before any chunk is written or committed. The digests of the linked files (chunks and zarr.json documents) go into the
-new store's record unread (integrity.write_store_record). An entry that no store links any more is
-removed by the next ingest of other weights into the same cache, as is what a killed ingest left
-building or removing an entry.
+Each file is read once per ingest (again only if written meanwhile): ingest starts the check on its weights-digest
+thread (check_ahead) while it makes and probes the first batch, and the store's creation (place_params; for a new
+local store on its own thread while the first chunk's forward runs, actstore.ingest.creation) joins that check where
+it is still running (both threads read files), then only compares each file's stat again. Either way it has
+finished, and passed, before the store is renamed into place, so before any chunk is written or committed. The
+digests of the linked files (chunks and zarr.json documents) go into the new store's record unread
+(integrity.write_store_record). An entry that no store links any more is removed by the next ingest of other weights
+into the same cache, as is what a killed ingest left building or removing an entry.
 
 ```
 CACHE/<key>/record.json        {"key", "files": {path: [size, sha256, crc32c tail]}, "stat": {path: [...]}}
@@ -99,13 +98,13 @@ def cache_key(weights_sha256: str, codec: Mapping[str, Any]) -> str:
 
 
 def check_ahead(weights_sha256: str, codec: Mapping[str, Any], cache: Path | None) -> None:
-    """Check the cache entry of these weights now, on the calling thread, so that a place_params soon after
-    (ingest: the store's creation, once the probe is done) finds its files checked and only compares their
-    stat: ingest calls this on the thread that hashed the weights, while it makes the first batch and
-    probes it (or runs the first chunk, where the store is created beside it) on the other core. A place_params that arrives while this check still runs joins it (its
-    thread takes the files not yet started), so each file is read once per ingest. A file written in
-    between (its ctime moves) is checked again by place_params; an entry found damaged is removed, as
-    place_params would; an unusable cache is left to place_params."""
+    """Check the cache entry of these weights now, on the calling thread, so that a place_params soon after (ingest:
+    the store's creation, after the probe or beside the first chunk) finds its files checked and only compares their
+    stat: ingest calls this on the thread that hashed the weights, while it makes the first batch and probes it (or
+    runs the first chunk, where the store is created beside it) on the other core. A place_params that arrives while
+    this check still runs joins it (its thread takes the files not yet started), so each file is read once per
+    ingest. A file written in between (its ctime moves) is checked again by place_params; an entry found damaged is
+    removed, as place_params would; an unusable cache is left to place_params."""
     if cache is None or not weights_sha256:
         return
     entry = cache / cache_key(weights_sha256, codec)
