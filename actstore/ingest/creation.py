@@ -3,8 +3,8 @@ store; actstore.ingest.run).
 
 The creation (the wait for the weights digest, the processing record, the weight cache entry's check, params/
 linked, the empty arrays, the store record) builds the store beside its path as create_store always does; only its
-rename into place waits for the loop's word (`Creation.publish`): the first batch has checked the hook shapes the
-manifest took from the config (probed shapes need no check: no wait). The loop makes its ChunkWriter from the
+rename into place waits for the loop's word (`Creation.publish`): the first batch has run, and checked the hook
+shapes where the manifest took them from the config. The loop makes its ChunkWriter from the
 created store when its first chunk is ready to write, so nothing is written into the store, let alone committed,
 before the creation and every check in it passed.
 """
@@ -31,20 +31,19 @@ from actstore.store.writer import create_store, remove_interrupted_creation, rem
 class Creation:
     """Creates a new local store on a helper thread (started at once) while the loop runs the first chunk: waits
     for the weights digest, then create_store (its weight cache check, links, records), which builds the store
-    beside its path and renames it into place only once `publish()` was called: after the first batch checked
-    the hook shapes from the config (at once where the probe gave them). `settle()` (always called before the
-    lock is released) publishes nothing that was not allowed and waits for the thread: a failed or cut-short
-    ingest leaves either no store or an empty one, as before."""
+    beside its path and renames it into place only once `publish()` was called: after the first batch ran (and
+    checked the hook shapes where they came from the config). `settle()` (always called before the lock is
+    released) publishes nothing that was not allowed and waits for the thread: an ingest that fails or is cut
+    short before its first batch ran leaves no store; after it, an empty store or committed chunks, resumed by
+    the next ingest."""
 
     def __init__(self, out: Path, manifest: Manifest, complete: Callable[[Manifest], Manifest],
-                 params: Callable[[], dict[str, np.ndarray]], checked: bool) -> None:
+                 params: Callable[[], dict[str, np.ndarray]]) -> None:
         """complete: the manifest with what is learned from the weights filled in (their digest, waited for on
         its thread; the processing record), run on the creation thread; params: the weights to store."""
         self.digest_s = self.create_s = 0.0
-        self._allowed: bool | None = True if checked else None  # None: not decided yet
+        self._allowed: bool | None = None  # None: not decided yet
         self._decided = threading.Event()
-        if checked:
-            self._decided.set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actstore-create")
         self._future = self._pool.submit(self._create, out, manifest, complete, params)
         self._pool.shutdown(wait=False)
@@ -65,14 +64,23 @@ class Creation:
             raise _NotPublished
 
     def publish(self) -> None:
-        """Let the store be renamed into place (the shapes are checked)."""
+        """Let the store be renamed into place (the first batch ran, its shapes checked)."""
         if self._allowed is None:
             self._allowed = True
             self._decided.set()
 
     def result(self) -> Manifest:
-        """The created store's manifest (the weights digest filled in); raises what creating it raised."""
-        return self._future.result()
+        """The created store's manifest (the weights digest filled in); CreationFailed carrying what creating it
+        raised."""
+        try:
+            return self._future.result()
+        except Exception as e:
+            raise CreationFailed(e) from e
+
+    def raise_if_failed(self) -> None:
+        """CreationFailed at once if the creation has failed already (so no more forward passes run for it)."""
+        if self._future.done() and self._future.exception() is not None:
+            self.result()
 
     def settle(self) -> None:
         """Refuse publishing if not yet allowed, then wait for the thread (its error is result()'s to raise)."""
@@ -82,8 +90,17 @@ class Creation:
         self._future.exception()
 
 
+class CreationFailed(Exception):
+    """What creating the store raised (`error`), carried past the loop's handling of a failed write (which would
+    call it a write to a store whose committed chunks are kept) so that ingest raises it as itself."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _NotPublished(Exception):
-    """The ingest ended before the first batch checked the shapes: the store being created is dropped."""
+    """The ingest ended before its first batch ran: the store being created is dropped."""
 
 
 def looks_new(out: StorePath, overwrite: bool) -> bool:

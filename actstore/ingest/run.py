@@ -53,7 +53,7 @@ from actstore.errors import (IncompleteStoreWarning, InvalidParameterError, Stor
                              StoreFormatError, StoreWriteError)
 from actstore.ingest import model_info
 from actstore.ingest.background import BackgroundWriter
-from actstore.ingest.creation import Creation, clear_for_new, looks_new, remove_leftovers
+from actstore.ingest.creation import Creation, CreationFailed, clear_for_new, looks_new, remove_leftovers
 from actstore.ingest.grow import finish_growth, grow_store, growth_differences, read_intent
 from actstore.ingest.shards import (all_committed, discard_chunks, parse_shard, shard_chunks, store_digests,
                                     uncommitted, writer_locks)
@@ -263,7 +263,7 @@ def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any]
                 raise ShapeMismatch("the path holds a store now")  # made meanwhile: probe, then resume or refuse
             creation = Creation(out, manifest, lambda m: dataclasses.replace(
                 m, weights_sha256=digest_of(), processing=model_info.processing_dict(net, processing)),
-                lambda: model_info.params_dict(net), checked=not derived)
+                lambda: model_info.params_dict(net))
         else:
             with creating():
                 manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet,
@@ -361,6 +361,8 @@ class _Loop:
                 if all_committed(self.out, n_chunks):
                     writer.finish()
             return done
+        except CreationFailed as e:  # no store was made: its own one line, not a failed write's
+            raise e.error from None
         except OSError as e:  # disk full, a filesystem gone read-only: the committed chunks stay valid
             self._close()  # no commit in flight while the uncommitted chunks are removed
             with contextlib.suppress(OSError):
@@ -445,6 +447,8 @@ class _Loop:
                     bufs = self.free.get()
                     outs = []
                     for b0 in range(start, stop, m.batch):
+                        if self.creation is not None:
+                            self.creation.raise_if_failed()  # no forward pass for a store that cannot be made
                         b1 = min(b0 + m.batch, stop)
                         if b0 == 0 and self.head is not None and len(self.head.tokens) == b1:
                             data = self.head  # chunk 0's first batch, as made before the loop
@@ -470,15 +474,17 @@ class _Loop:
     def _checked_forward(self, sink: Sink, bufs: dict[str, torch.Tensor], data: TaskData, start: int, b0: int,
                          b1: int) -> dict[str, np.ndarray]:
         """`_forward`; the first batch checks the hook shapes from the config (ShapeMismatch if one differs or a
-        hook did not fire), then lets the store being created be published."""
+        hook did not fire); once a batch ran, the store being created may be published (a failed first batch
+        leaves no store)."""
         if self.check is None or self.check.done:
-            return self._forward(sink, bufs, data, start, b0, b1)
-        try:
             out = self._forward(sink, bufs, data, start, b0, b1)
-        except RuntimeError:  # run_hooks: a stored hook did not fire; name it as a shape from the config
+        else:
+            try:
+                out = self._forward(sink, bufs, data, start, b0, b1)
+            except RuntimeError:  # run_hooks: a stored hook did not fire; name it as a shape from the config
+                self.check.finish()
+                raise
             self.check.finish()
-            raise
-        self.check.finish()
         if self.creation is not None:
             self.creation.publish()
         return out

@@ -127,18 +127,11 @@ def _blocked_ingest(tmp_path: Path) -> tuple[StoreWriteError, int, Path]:
     return info.value, len(forwards), out
 
 
-@pytest.mark.xfail(strict=True, reason="V8 finding: the creation thread's StoreWriteError (an OSError) reaches "
-                   "_Loop.run's `except OSError` and is wrapped in a second StoreWriteError that says the chunks "
-                   "committed so far are kept and to rerun to resume, where no store exists and the tree before "
-                   "raised the creation's own line")
 def test_a_failed_creation_is_raised_as_its_own_line(tmp_path):
     error, _, out = _blocked_ingest(tmp_path)
     assert str(error) == f"cannot create a store at {str(out)!r}: File exists"
 
 
-@pytest.mark.xfail(strict=True, reason="V8 finding: a failed creation is raised only at the second chunk's "
-                   "submit (the writer thread's error surfaces at the next submit), so chunk 1's forward passes run "
-                   "for nothing after the creation already failed; the tree before raised it before any forward")
 def test_a_failed_creation_stops_the_ingest_by_the_first_chunks_write(tmp_path):
     _, forwards, _ = _blocked_ingest(tmp_path)
     # chunk 0: 2 batches of 4, each run twice through blocks.0 (the answers' pass and the twins' pass)
@@ -155,10 +148,6 @@ def test_a_hook_that_never_fires_is_refused_as_the_tree_before_refused_it(tmp_pa
     assert not (tmp_path / "s").exists() and _beside(tmp_path / "s") == [] and _helpers_alive() == []
 
 
-@pytest.mark.xfail(strict=True, reason="V8 finding (docs vs code): docs/store.md and docs/benchmarks.md say a new "
-                   "local store is renamed into place only after the first batch checked the hook shapes, so a "
-                   "failed first forward leaves no store; where the decomposition check runs (default hooks) "
-                   "Creation(checked=True) publishes at once and an empty store is left, as before the change")
 def test_a_failed_first_forward_leaves_no_store_with_default_hooks(tmp_path):
     model = tiny_model("addition")
     calls = []
