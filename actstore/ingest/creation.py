@@ -125,7 +125,6 @@ def clear_for_new(out: Path, overwrite: bool) -> bool:
     return out.is_dir() and not any(out.iterdir())
 
 
-
 def remove_leftovers(out: StorePath) -> None:
     """Delete what a crashed creation or overwrite of this store left beside it (the lock is held, so
     they are nobody else's; those of other stores whose names share a prefix are left alone)."""

@@ -573,8 +573,9 @@ _Made = TypeVar("_Made")
 
 
 class _Ahead(Generic[_Made]):
-    """Makes each chunk's examples on a helper thread while the model runs the chunk before: `next()` returns
-    make(*ranges[i]) for i = 0, 1, ... (its error raised there) and starts making the one after."""
+    """Makes each chunk's examples on a helper thread while the model runs the chunk before: `next_future()`
+    returns the future of make(*ranges[i]) for i = 0, 1, ... (its error raised by its result()) and queues the
+    one after."""
 
     def __init__(self, make: Callable[[int, int], _Made], ranges: list[tuple[int, int]]) -> None:
         self._make, self._ranges = make, ranges
@@ -582,11 +583,8 @@ class _Ahead(Generic[_Made]):
         self._i = 0
         self._next: Future[_Made] | None = self._pool.submit(make, *ranges[0]) if ranges else None
 
-    def next(self) -> _Made:
-        return self.next_future().result()
-
     def next_future(self) -> Future[_Made]:
-        """`next()` without the wait: the future of the chunk's make (the one after it starts once it is done)."""
+        """The future of the next chunk's make (the one after it starts once it is done)."""
         if self._next is None:
             raise IndexError("no chunk left to make")
         current = self._next

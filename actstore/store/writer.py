@@ -70,7 +70,7 @@ def create_store(path: StorePath, manifest: Manifest, params: Mapping[str, np.nd
     params: {TransformerLens state-dict name: array}, stored as float32, one chunk each.
     publish: called once the skeleton is built and durable, just before it is renamed into place (local
     stores only); whatever it raises removes the skeleton, so nothing is created (ingest: the wait for its
-    first batch's check of the hook shapes).
+    first batch, which checks the hook shapes where they came from the model's config).
     The caller holds the store's lock (lock.py), so no other process creates or writes it.
     """
     if isinstance(path, RemotePath):
