@@ -171,26 +171,24 @@ class ReadAt:
 
 
 KEPT_ROWS = 1 << 20  # rows of key columns (with constants and items) kept for later chunks and queries (~30-50 MB each)
-_TILED: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
-_KEYS: OrderedDict[Any, tuple[Any, pl.DataFrame]] = OrderedDict()
+_TILED: OrderedDict[Any, tuple[tuple[Any, ...], pl.DataFrame]] = OrderedDict()
+_KEYS: OrderedDict[Any, tuple[tuple[Any, ...], pl.DataFrame]] = OrderedDict()
 _KEPT_LOCK = threading.Lock()
 
 
-def _kept(cache: OrderedDict[Any, tuple[Any, pl.DataFrame]], key: Any, ref: Any,
+def _kept(cache: OrderedDict[Any, tuple[tuple[Any, ...], pl.DataFrame]], key: Any, refs: tuple[Any, ...],
           make: Callable[[], pl.DataFrame]) -> pl.DataFrame:
     """make(), kept in `cache` under `key` while the caches hold at most KEPT_ROWS rows; a hit needs the
-    very object `ref` the frame was made from, or for a tuple of objects the very same ones (kept alive with
-    it, so their ids stay unique)."""
+    very objects `refs` the frame was made from (kept alive with it, so their ids stay unique)."""
     with _KEPT_LOCK:  # queries may run on several threads
         hit = cache.get(key)
-        if hit is not None and (hit[0] is ref or isinstance(ref, tuple) and isinstance(hit[0], tuple)
-                                and len(ref) == len(hit[0]) and all(a is b for a, b in zip(hit[0], ref))):
+        if hit is not None and len(hit[0]) == len(refs) and all(a is b for a, b in zip(hit[0], refs)):
             cache.move_to_end(key)
             return hit[1]
     frame = make()
     if frame.height <= KEPT_ROWS:
         with _KEPT_LOCK:
-            cache[key] = (ref, frame)
+            cache[key] = (refs, frame)
             while sum(f.height for _, f in cache.values()) > KEPT_ROWS:
                 cache.popitem(last=False)
     return frame
@@ -200,5 +198,5 @@ def tiled(items: pl.DataFrame, reps: int) -> pl.DataFrame:
     """`items` repeated `reps` times, row after row (the item columns of a long table), kept while small:
     every chunk of a store has the same shape but the last, and a kept items frame (query/memo.py)
     is the same object in later queries."""
-    return _kept(_TILED, (id(items), reps), items,
+    return _kept(_TILED, (id(items), reps), (items,),
                  lambda: items[np.tile(np.arange(items.height), reps)] if items.height else items.clear())
