@@ -4,8 +4,9 @@
         every file below `root`, to compare two stores byte for byte (resumes, crashes, refused writes).
     csv_out(capsys, argv) -> polars DataFrame
         runs the CLI, asserts it exits 0, parses what it printed as CSV.
-    processed_model(**config) -> HookedTransformer
-        a random TransformerLens model of that config, processed as the zoo is.
+    processed_model(bias_std=0.0, bias_seed=0, **config) -> HookedTransformer
+        a random TransformerLens model of that config (biases drawn too where bias_std > 0), processed as the
+        zoo is.
 """
 
 from __future__ import annotations
@@ -35,14 +36,23 @@ def csv_out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> pl.DataFrame
     return pl.read_csv(io.StringIO(capsys.readouterr().out))
 
 
-def processed_model(**config: object) -> HookedTransformer:
+def processed_model(bias_std: float = 0.0, bias_seed: int = 0, **config: object) -> HookedTransformer:
     """A random HookedTransformer of `config` (HookedTransformerConfig's fields) on the CPU, processed as the
-    zoo is (fold_ln, center_writing_weights, center_unembed); the config's seed fixes its weights."""
+    zoo is (fold_ln, center_writing_weights, center_unembed); the config's seed fixes its weights. bias_std > 0
+    draws every bias b_* from N(0, bias_std) first (one generator seeded bias_seed, in parameter order), so
+    that the bias terms of a decomposition matter (TransformerLens starts them at zero)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        import torch
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         model = HookedTransformer(HookedTransformerConfig(**config, device="cpu"))
+    if bias_std > 0:
+        gen = torch.Generator().manual_seed(bias_seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.split(".")[-1].startswith("b_"):
+                    p.normal_(0, bias_std, generator=gen)
     model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
     return model
 

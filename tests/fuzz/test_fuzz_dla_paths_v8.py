@@ -24,26 +24,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
 from tiny_models import tiny_model  # noqa: E402
 
+from helpers import processed_model  # noqa: E402
+
 import actstore  # noqa: E402
 from actstore.query import chunks as chunks_mod  # noqa: E402
 from actstore.query import dla  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from transformer_lens import HookedTransformer  # noqa: E402
 
 DAYS = dict(n_layers=2, n_heads=2, d_model=32, d_head=16, d_mlp=32, n_ctx=16, d_vocab=256, act_fn="gelu",
             normalization_type="LN")
 
 
 def days_model() -> HookedTransformer:
-    model = HookedTransformer(HookedTransformerConfig(**DAYS, seed=11, device="cpu"))
-    gen = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
-                p.normal_(0, 0.2, generator=gen)
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
-    return model.eval()
+    return processed_model(bias_std=0.2, bias_seed=12, **DAYS, seed=11).eval()
 
 
 # name: (task, model maker, n, one chunk, many chunks)
