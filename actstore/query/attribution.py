@@ -33,6 +33,7 @@ from actstore.query.chunks import Chunk
 from actstore.query.paths import path_attribution
 from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
+from actstore.store.chunk_read import SCALED
 from actstore.query.options import LEVELS
 
 # dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
@@ -92,6 +93,28 @@ def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
 def compute_table(readout: Readout, kind: str, layer: int) -> np.ndarray:
     """A folded per-token table ('head' | 'mlp') in the COMPUTE dtype, kept on the readout."""
     return readout.table(("compute", kind, layer), lambda: getattr(readout, kind)(layer).astype(COMPUTE))
+
+
+# a compute table scales by 1 / chunk_read.SCALED (2**112) with every value, and every difference of two values
+# (target 'diff'), exact, finite and never subnormal where its values are 0 or of magnitude in [2**-102, 2**14):
+# then any rounding of a product or difference with the scaled table is the same as with the table, in any thread
+_SCALABLE = (2.0 ** -102, 2.0 ** 14)
+
+
+def scaled_table(readout: Readout, kind: str, layer: int) -> np.ndarray | None:
+    """compute_table(readout, kind, layer) / chunk_read.SCALED, kept on the readout: x * SCALED dotted with it
+    gives x dotted with the table bit for bit (see chunk_read.scaled_float32_into); None where some value is
+    not 0 or of magnitude in _SCALABLE."""
+    def make() -> np.ndarray:
+        table = compute_table(readout, kind, layer)
+        size = np.abs(table)
+        nonzero = size[size != 0]
+        if not np.isfinite(size).all() or (nonzero.size and (nonzero.min() < _SCALABLE[0]
+                                                             or nonzero.max() >= _SCALABLE[1])):
+            return np.zeros(())  # 0-d: not scalable
+        return table * COMPUTE(1 / SCALED)
+    table = readout.table(("compute scaled", kind, layer), make)
+    return table if table.ndim else None
 
 
 def final_scale(weights: Weights, chunk: Chunk, readout: Readout | None = None) -> np.ndarray:

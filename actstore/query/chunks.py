@@ -29,7 +29,7 @@ from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
 from actstore.query.store_facts import read_facts, write_facts
-from actstore.store.chunk_read import float32_into, thread_scratch, to_float32, transient_reads
+from actstore.store.chunk_read import float32_into, scaled_float32_into, thread_scratch, to_float32, transient_reads
 from actstore.store.reader import Store
 
 
@@ -519,6 +519,8 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
 
 
 Product = Callable[[np.ndarray, slice], np.ndarray]  # (answer values of some rows, those rows) -> their product
+# A Product may carry `scaled`, a Product of the values times chunk_read.SCALED giving the same array bit for bit
+# (e.g. a dot product with a table divided by SCALED: answer_product then skips one pass of its cast), or None
 Products = Callable[[ExampleArrays, int, int], Mapping[str, Product]]
 # answer values per block of answer_product (512 KB as float32, with the folded table's block the size of a core's
 # L2 cache here); blocks of 2**16 made the per-block numpy calls cost as much as the math on zoo:addition
@@ -531,7 +533,8 @@ def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarra
     along the example axis: what fn(at_answers(...), slice(None)) gives wherever fn works row by row
     (an einsum over each example's values), without the whole answer array in memory: each block is
     gathered (and cast) into one reused buffer and goes to fn while it is still in cache. fn must return
-    a new array (never a view of its values).
+    a new array (never a view of its values). Where fn has a `scaled` Product (see Product), float16 values
+    cast to float32 go to it as chunk_read.scaled_float32_into leaves them, scaled, where it could.
 
     array: [example, ...] a chunk's hook as read; answer_pos: [example, answer]
     """
@@ -547,9 +550,14 @@ def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarra
     if run is not None and array.dtype == np.float16 and dtype is not None and np.dtype(dtype) == np.float32:
         size = rows * int(np.prod(run.shape[1:], dtype=np.int64))  # the thread's buffer: no fresh pages per call
         buffer = thread_scratch("answer_product", size * 4).view(np.float32).reshape(rows, *run.shape[1:])
+        scaled_fn: Product | None = getattr(fn, "scaled", None)
         for r in range(0, n, rows):
             block = buffer[:min(rows, n - r)]
-            float32_into(run[r:r + rows], block)
+            if scaled_fn is not None and scaled_float32_into(run[r:r + rows], block):
+                parts.append(scaled_fn(block, slice(r, r + block.shape[0])))
+                continue
+            if scaled_fn is None:
+                float32_into(run[r:r + rows], block)
             parts.append(fn(block, slice(r, r + block.shape[0])))
     else:
         for r in range(0, n, rows):

@@ -20,7 +20,6 @@ for a vector read as it is, to the final residual stream . v); see attribution.p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import (COMPUTE, Component, check_level, compute_table, direct_attribution,
-                                        head_values, make_target, required_hooks)
+                                        head_values, make_target, required_hooks, scaled_table)
 from actstore.query.chunks import Chunk, ExampleArrays, Examples, Product, stream
 from actstore.query.executor import Job, run
 from actstore.query.memo import keeps_chunks, memo
@@ -119,8 +118,13 @@ class DlaPlan:
         fns: dict[str, Product] = {}
         for layer in range(self.weights.arch.n_layers):
             table = compute_table(self.readout, "head", layer)
-            take = target.take(table).__getitem__ if kept else target.rows_taker(table)
-            fns[Arch.z(layer)] = partial(_heads_of, take)
+            scaled = scaled_table(self.readout, "head", layer)
+            if scaled is None:
+                take = target.take(table).__getitem__ if kept else target.rows_taker(table)
+                fns[Arch.z(layer)] = _HeadProduct(take, None)
+            else:  # the table itself only for a block the cast leaves unscaled (inf or NaN in it): rarely
+                take = target.take(scaled).__getitem__ if kept else target.rows_taker(scaled)
+                fns[Arch.z(layer)] = _HeadProduct(target.rows_taker(table), take)
         return fns
 
     def items(self, comps: list[Component]) -> pl.DataFrame:
@@ -132,9 +136,20 @@ class DlaPlan:
         return self.at.empty(component_items([], self.level), {"target": pl.String}, self.tgt.per_token)
 
 
-def _heads_of(take: Callable[[slice], np.ndarray], z: np.ndarray, rows: slice) -> np.ndarray:
-    """head_values of answer values z of examples `rows`, the folded table taken at those rows."""
-    return head_values(z, take(rows))
+class _HeadProduct:
+    """head_values of answer values z [e, a, head, d_head] of examples `rows`, the folded table taken at those
+    rows (`take(rows)`); `scaled` (a chunks.Product or None): the same of z * chunk_read.SCALED, bit for bit,
+    with the scaled table (`take_scaled(rows)`, attribution.scaled_table)."""
+
+    def __init__(self, take: Callable[[slice], np.ndarray], take_scaled: Callable[[slice], np.ndarray] | None) -> None:
+        self.take, self.take_scaled = take, take_scaled
+        self.scaled = None if take_scaled is None else self._scaled
+
+    def __call__(self, z: np.ndarray, rows: slice) -> np.ndarray:
+        return head_values(z, self.take(rows))
+
+    def _scaled(self, z: np.ndarray, rows: slice) -> np.ndarray:
+        return head_values(z, self.take_scaled(rows))  # type: ignore[misc]
 
 
 def check_counter(store: Store, ex: Examples, target: ReadTarget) -> None:
