@@ -1,7 +1,8 @@
 """weight_cache.check_ahead: an entry checked ahead (ingest: beside the probe) is linked by place_params without
 reading its files again while they stay as checked, a place_params arriving while the check runs joins it (each
 file read once, by both threads), and a file written after the check (its mtime put back, so only its ctime
-tells) is read again and caught, never linked."""
+tells) is read again and caught, never linked, also where the check read nothing (the store linking the entry was
+deleted: only ctimes and link counts moved)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,31 @@ def model():
     return tiny_model("addition")
 
 
+def _entry(model, tmp_path, delete: bool) -> tuple[Path, Path]:
+    cache = Path(os.environ[ENV])
+    store = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    if delete:
+        shutil.rmtree(store)
+    else:
+        for p in (entry / "params").rglob("*"):
+            if p.is_file():
+                os.chmod(p, p.stat().st_mode)
+    return cache, entry
+
+
+@pytest.fixture
+def touched_entry(model, tmp_path):
+    """The model's cache entry after every file's ctime moved, link count unchanged (a chmod to its own mode, as a
+    write with its mtime put back leaves it): each chunk is read again."""
+    return _entry(model, tmp_path, delete=False)
+
+
 @pytest.fixture
 def unlinked_entry(model, tmp_path):
-    """The model's cache entry after the one store linking it was deleted (every file's ctime moved)."""
-    cache = Path(os.environ[ENV])
-    shutil.rmtree(actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path)
-    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    return cache, entry
+    """The model's cache entry after the one store linking it was deleted (every file's ctime and link count moved):
+    used without reading it again."""
+    return _entry(model, tmp_path, delete=True)
 
 
 def _crc_reads(monkeypatch) -> list[str]:
@@ -49,8 +68,8 @@ def _crc_reads(monkeypatch) -> list[str]:
     return reads
 
 
-def test_an_entry_checked_ahead_is_linked_without_reading_it_again(model, unlinked_entry, tmp_path, monkeypatch):
-    cache, entry = unlinked_entry
+def test_an_entry_checked_ahead_is_linked_without_reading_it_again(model, touched_entry, tmp_path, monkeypatch):
+    cache, entry = touched_entry
     reads = _crc_reads(monkeypatch)
     check_ahead(weights_digest(model), DEFAULT_CODEC, cache)
     assert reads  # the moved files were read once, here
@@ -60,9 +79,12 @@ def test_an_entry_checked_ahead_is_linked_without_reading_it_again(model, unlink
     assert (tmp_path / "params" / VICTIM).stat().st_ino == (entry / "params" / VICTIM).stat().st_ino
 
 
-def test_a_file_written_after_the_check_is_caught(model, unlinked_entry, tmp_path, monkeypatch):
-    cache, entry = unlinked_entry
+@pytest.mark.parametrize("state", ["touched", "unlinked"])
+def test_a_file_written_after_the_check_is_caught(model, state, tmp_path, monkeypatch):
+    cache, entry = _entry(model, tmp_path, delete=state == "unlinked")
+    before = weight_cache.files_read()
     check_ahead(weights_digest(model), DEFAULT_CODEC, cache)
+    assert (weight_cache.files_read() == before) == (state == "unlinked")  # a deleted store's links: nothing read
     victim = entry / "params" / VICTIM
     was = victim.stat()
     data = bytearray(victim.read_bytes())
@@ -78,9 +100,9 @@ def test_a_file_written_after_the_check_is_caught(model, unlinked_entry, tmp_pat
     assert verify(store.path).passed
 
 
-def test_a_placement_arriving_during_the_check_joins_it_and_reads_each_file_once(model, unlinked_entry, tmp_path,
+def test_a_placement_arriving_during_the_check_joins_it_and_reads_each_file_once(model, touched_entry, tmp_path,
                                                                                   monkeypatch):
-    cache, entry = unlinked_entry
+    cache, entry = touched_entry
     reads: list[tuple[str, str]] = []  # (thread, file)
     started = threading.Event()
     real = weight_cache._crc_matches
