@@ -109,7 +109,8 @@ class DlaPlan:
 
     def head_products(self, rows: ExampleArrays, start: int, stop: int) -> dict[str, Product]:
         """chunks.stream's products for a chunk's examples [start, stop) toward an answer target: each
-        layer's hook_z -> its head_values, from the chunk's Target (made here, on the scan's thread)."""
+        layer's hook_z -> its head_values, from the chunk's Target (made here, on the scan's thread); with the
+        table times 2**112 (attribution.scaled_table) for the cast's scaled values where the table allows it."""
         chunk = Chunk(example_id=rows.example_id, lengths=rows.lengths, tokens=None, answer_pos=rows.answer_pos,
                       answer_tokens=rows.answer_tokens, counter_tokens=rows.counter_tokens,
                       input_tokens=rows.input_tokens, start=start)
