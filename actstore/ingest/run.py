@@ -129,7 +129,8 @@ def ingest(
                 model_s (loading or placing the model), probe_s (hook shapes and the decomposition check),
                 digest_s (the wait for the weights' sha256 after the probe, beside which it runs; for a
                 store created beside the loop: the creation thread's wait for it), create_s (creating the
-                store, weights included; beside the loop for a new local store, so not part of setup_s),
+                store, weights included; beside the loop for a new local store, so not part of setup_s;
+                create_cpu_s: the CPU time of that creation's own thread, 0 where it is not made beside the loop),
                 create_wait_s (the first chunk's wait for that creation) and the rest;
                 loop_s (forward + writing, until the last commit, less create_wait_s), twin_s (the part of
                 loop_s spent in the corrupted twins' forward passes), examples and bytes_written by this call
@@ -281,6 +282,7 @@ def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any]
         stats.update(setup_s=t1 - times["t0"] + wait, model_s=times["model_s"], probe_s=times["probe_s"],
                      digest_s=t_digest if creation is None else creation.digest_s,
                      create_s=t_create if creation is None else creation.create_s, create_wait_s=wait,
+                     create_cpu_s=0.0 if creation is None else creation.create_cpu_s,
                      loop_s=time.perf_counter() - t1 - wait, twin_s=loop.twin_s, examples=float(done),
                      bytes_written=float(loop.bytes_written))
     if shard != (0, 1):  # the other shards may still be writing: no warning that the store is unfinished

@@ -87,8 +87,9 @@ def _files(root: Path, sub: str) -> list[str]:
     """The files under root/sub, as '/'-separated paths relative to `root`, sorted (directory entries' types, no
     stat per file)."""
     out = []
-    for folder, _, names in os.walk(root / sub):
-        rel = Path(folder).relative_to(root).as_posix()
+    top = os.path.join(root, sub)
+    for folder, _, names in os.walk(top):
+        rel = sub + folder[len(top):].replace(os.sep, "/")  # os.walk's folders all start with `top`
         out += [f"{rel}/{name}" for name in names]
     return sorted(out)
 
