@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,9 +42,24 @@ def config_dict(model: Any) -> dict[str, Any]:
     return out
 
 
-def processing_dict(model: Any, processing: dict[str, Any] | None) -> dict[str, Any]:
-    """The weight processing applied: as given, else as load_model recorded it or the weights tell."""
-    return {str(k): _plain(v) for k, v in (processing if processing is not None else processing_of(model)).items()}
+def processing_dict(model: Any, processing: dict[str, Any] | None, weights: str | None = None) -> dict[str, Any]:
+    """The weight processing applied: as given, else as load_model recorded it or the weights tell. `weights`: the
+    model's weights digest just checked (weights_digest); what the weights told is kept per model object for
+    those weights (reading it off them costs ~20 ms for a GPT-2-small shape: means over W_U)."""
+    if processing is not None:
+        return {str(k): _plain(v) for k, v in processing.items()}
+    key = (weights, getattr(model.cfg, "normalization_type", None), repr(getattr(model, "actstore_processing", None)))
+    try:
+        cached = _PROCESSING.get(model)
+    except TypeError:  # not weak-referenceable: never cached
+        cached = None
+    if weights is not None and cached is not None and cached[0] == key:
+        return dict(cached[1])
+    out = {str(k): _plain(v) for k, v in processing_of(model).items()}
+    if weights is not None:
+        with contextlib.suppress(TypeError):
+            _PROCESSING[model] = (key, dict(out))
+    return out
 
 
 def params_dict(model: Any) -> dict[str, np.ndarray]:
@@ -67,6 +83,8 @@ def _content_check(p: torch.Tensor) -> Any:
 
 # model -> (parameter state key, digest): one hash per model object while its weights stay as they are
 _DIGESTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]]" = weakref.WeakKeyDictionary()
+# model -> ((weights digest, normalization type, load_model's record), processing read off the weights)
+_PROCESSING: "weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, Any]]]" = weakref.WeakKeyDictionary()
 
 
 def weights_digest(model: Any) -> str:

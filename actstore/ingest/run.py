@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import queue
@@ -262,9 +263,8 @@ def _write_store(out: StorePath, net: Any, spec: str, processing: dict[str, Any]
         if derive:
             if isinstance(out, RemotePath) or not clear_for_new(out, overwrite):
                 raise ShapeMismatch("the path holds a store now")  # made meanwhile: probe, then resume or refuse
-            creation = Creation(out, manifest, lambda m: dataclasses.replace(
-                m, weights_sha256=digest_of(), processing=model_info.processing_dict(net, processing)),
-                lambda: model_info.params_dict(net))
+            creation = Creation(out, manifest, functools.partial(_complete, digest_of, net, processing),
+                                lambda: model_info.params_dict(net))
         else:
             with creating():
                 manifest = _prepare_out(out, manifest, overwrite, lambda: model_info.params_dict(net), quiet,
@@ -678,6 +678,14 @@ def _check_fits(data: TaskData, cfg: Any) -> None:
             raise InvalidParameterError(
                 f"task {data.task}: {label} id {top} is outside the model's vocabulary ({size}); "
                 "is this model trained on this task?")
+
+
+def _complete(digest_of: Callable[[], str], net: Any, processing: dict[str, Any] | None,
+              manifest: Manifest) -> Manifest:
+    """`manifest` with what the weights tell: their digest (waited for) and the processing record."""
+    digest = digest_of()
+    return dataclasses.replace(manifest, weights_sha256=digest,
+                               processing=model_info.processing_dict(net, processing, digest))
 
 
 def _check_cache_ahead(weights_sha256: str) -> None:
