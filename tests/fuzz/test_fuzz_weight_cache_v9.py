@@ -162,3 +162,22 @@ def test_a_kill_while_linking_leaves_nothing_the_next_ingest_or_verify_mishandle
     assert tree_bytes(b.path) == tree_bytes(a)
     assert _chunk(b.path).stat().st_ino == _chunk(a).stat().st_ino  # linked from the same entry
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["a", "b"]
+
+
+def test_an_entry_swapped_for_a_symlink_to_a_damaged_copy_is_neither_used_nor_emptied(model, tmp_path):
+    """The whole entry directory replaced by a symlink to a copy of it whose chunk was edited (mtime put back) and
+    whose store then went: the next store reads the model's weights, and the copy behind the symlink keeps its
+    files (nothing is removed through the link)."""
+    cache = Path(os.environ[ENV])
+    a = _ingest(model, tmp_path / "a").path
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(entry, elsewhere, copy_function=os.link)  # the same inodes: a's links see the copy's files
+    shutil.rmtree(entry)
+    entry.symlink_to(elsewhere, target_is_directory=True)
+    _edit_in_place(_chunk(a), put_mtime_back=True)
+    before = tree_bytes(elsewhere)
+    shutil.rmtree(a)
+    b = _ingest(model, tmp_path / "b")
+    assert _reads_the_models_weights(b, model) and verify(b.path).passed
+    assert tree_bytes(elsewhere) == before
