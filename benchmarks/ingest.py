@@ -318,6 +318,10 @@ def main() -> int:
         specs.append("gpt2")
     zoo = [s for s in ZOO_TASKS if "zoo" in wanted or s in wanted]
     tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="actstore-bench-"))
+    # a weight cache of this run's own unless one is named: a run of another actstore tree (PYTHONPATH=...) between
+    # two of this one must not move the stamps this tree's entry was recorded with (trees before e32d396 record 4
+    # fields and re-hash 5-field ones); each model's first ingest builds its entry (the best of --repeats skips it)
+    os.environ.setdefault("ACTSTORE_WEIGHT_CACHE", str(tmp / "weights"))
     wanted_peers = set(args.peers.split(",")) if args.peers else set()
     print(f"# device={device} torch={torch.__version__} cores={os.cpu_count()} threads={torch.get_num_threads()}; "
           f"each contender: seconds, examples/s, MB/s written; best of {args.repeats} interleaved")

@@ -12,10 +12,12 @@ examples into the same path, removed between them, as benchmarks/ingest.py does)
 first ingest of a process (first weights digest, first forward pass and first imports in the process) and
 `warm` the best of the later ones, interleaved across the given checkouts (`--compare DIR`: another
 actstore source tree, e.g. `git archive REV actstore | tar -x -C DIR`, run under the same conditions).
-The weight cache is a fresh temporary one, shared by the checkouts; an untimed ingest of each model builds
-its entry first, so every timed ingest links it (the cold line is a new process ingesting a model whose
-weights the cache already holds). setup_cpu_s is the process's CPU seconds (every thread) over the span
-of setup_s: less sensitive to other load than the wall clock.
+Each checkout gets its own fresh temporary weight cache (trees before e32d396 record 4-field stamps, which
+this tree reads again, and this tree's 5-field ones the trees before re-hash); an untimed ingest of each model by
+each checkout builds its entry first, so every timed ingest links it (the cold line is a new process ingesting a
+model whose weights the cache already holds). setup_cpu_s is the process's CPU seconds (every thread) over the span
+of setup_s: less sensitive to other load than the wall clock; create_cpu_s (trees from 87f65d7 on; nan before)
+the CPU of the creation thread beside the loop.
 
     python benchmarks/ingest_setup.py [--models gpt2,zoo:addition] [--n 32] [--repeats 4] [--processes 3]
                                       [--compare DIR] [--hooks H1,H2] [--no-outputs]
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-KEYS = ("setup_s", "model_s", "probe_s", "digest_s", "create_s", "setup_cpu_s", "loop_s", "call_s")
+KEYS = ("setup_s", "model_s", "probe_s", "digest_s", "create_s", "create_cpu_s", "setup_cpu_s", "loop_s", "call_s")
 
 CHILD = """
 import json, os, shutil, sys, warnings
@@ -81,6 +84,10 @@ shutil.rmtree(out, ignore_errors=True)
 """
 
 
+def _fmt(st: dict) -> str:
+    return " ".join(f"{k}={st.get(k, math.nan):.3f}" for k in KEYS)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="gpt2,zoo:addition,zoo:list_update,zoo:brackets,zoo:lm")
@@ -95,21 +102,22 @@ def main() -> None:
                                ("outputs", False if args.no_outputs else None)) if v is not None}
     trees = [str(HERE.parent)] + [str(Path(c).absolute()) for c in args.compare]
     with tempfile.TemporaryDirectory(prefix="actstore-setup-") as tmp:
-        env = {**os.environ, "ACTSTORE_WEIGHT_CACHE": str(Path(tmp) / "weights"), "HF_HUB_OFFLINE": "1"}
+        envs = [{**os.environ, "ACTSTORE_WEIGHT_CACHE": str(Path(tmp) / f"weights{i}"), "HF_HUB_OFFLINE": "1",
+                 "PYTHONPATH": tree} for i, tree in enumerate(trees)]
         for spec in args.models.split(","):
             warm = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / "warm"), repeats=1,
                                 extra=extra)
-            subprocess.run([sys.executable, "-c", warm], cwd=tmp, env={**env, "PYTHONPATH": trees[0]}, check=True,
-                           stdout=subprocess.DEVNULL)  # builds the cache entry
+            for env in envs:  # builds each checkout's cache entry
+                subprocess.run([sys.executable, "-c", warm], cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
             firsts: list[list[dict]] = [[] for _ in trees]  # each fresh process's first (cold) ingest
             runs: list[list[dict]] = [[] for _ in trees]  # the later (warm) ingests
             for _ in range(args.processes):
                 procs = []
-                for i, tree in enumerate(trees):
+                for i in range(len(trees)):
                     code = CHILD.format(here=str(HERE), spec=spec, n=args.n, out=str(Path(tmp) / f"s{i}"),
                                         repeats=args.repeats, extra=extra)
                     procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=tmp, text=True,
-                                                  env={**env, "PYTHONPATH": tree}, stdin=subprocess.PIPE,
+                                                  env=envs[i], stdin=subprocess.PIPE,
                                                   stdout=subprocess.PIPE))
                     assert procs[-1].stdout is not None
                     firsts[i].append(json.loads(procs[-1].stdout.readline()))  # cold, before the next one starts
@@ -125,9 +133,9 @@ def main() -> None:
                 cold = min(firsts[i], key=lambda st: st["setup_s"])
                 best = min(runs[i], key=lambda st: st["setup_s"]) if runs[i] else cold
                 print(f"{spec:<16} n={args.n} {extra or ''} tree={tree} load={os.getloadavg()[0]:.1f}\n"
-                      f"  cold, best of {len(firsts[i])} processes: " + " ".join(f"{k}={cold[k]:.3f}" for k in KEYS)
+                      f"  cold, best of {len(firsts[i])} processes: " + _fmt(cold)
                       + " (all: " + " ".join(f"{st['setup_s']:.2f}" for st in firsts[i]) + ")\n"
-                      f"  warm, best of {len(runs[i])}: " + " ".join(f"{k}={best[k]:.3f}" for k in KEYS) + "\n"
+                      f"  warm, best of {len(runs[i])}: " + _fmt(best) + "\n"
                       f"  call_s best: cold {min(st['call_s'] for st in firsts[i]):.3f}, warm "
                       f"{min(st['call_s'] for st in runs[i] or firsts[i]):.3f}", flush=True)
 
