@@ -35,7 +35,9 @@ through a new file (an editor's save, a copy over it) changes the inode, and a c
 Only an edit that puts the mtime back and also coincides with a store linking or unlinking that file before the
 next ingest is used unread; like a deliberate forgery that keeps the crc32c tail (tests/fuzz, an xfail: no
 stamp check stops someone who can write the cache and its records), it still fails every read of the chunk
-whose crc32c it broke, and `actstore verify` (sha256 of every file) catches both. To keep that window short, the
+whose crc32c it broke, and `actstore verify` (sha256 of every file) catches both; but the entry is not healed:
+every later store of those weights links the same chunk (each refused on every read) until the entry is removed
+(finding V9-1, tests/fuzz/test_fuzz_weight_cache_v9.py). To keep that window short, the
 stamps are recorded again after every check that saw one move, and after linking a new store as that linking left
 them (only where inode, size and mtime are still those checked), so the next ingest after this store is deleted
 reads nothing either; a ctime-and-link-count move is only accepted from the latest stamp known (by ctime).
