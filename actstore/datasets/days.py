@@ -67,7 +67,7 @@ class Days(BlockTask):
 
     def _context(self, tokenizer: Any) -> tuple[PromptTokenizer, int]:
         """The prompt tokenizer and the padded width (every subject is one token)."""
-        ptok = prompt_tokenizer(tokenizer, "days")
+        ptok = prompt_tokenizer(tokenizer, "days", shared=True)
         kinds = ["day", "month"] if self.kind == "both" else [self.kind]
         for kind in kinds:
             multi = [w for w in ITEMS[kind] if ptok.single(" " + w) is None]

@@ -74,7 +74,7 @@ class IOI(BlockTask):
 
     def usable_names(self, tokenizer: Any = None) -> list[str]:
         """The names that are one token (with their leading space) for `tokenizer`."""
-        ptok = tokenizer if isinstance(tokenizer, PromptTokenizer) else prompt_tokenizer(tokenizer, "ioi")
+        ptok = tokenizer if isinstance(tokenizer, PromptTokenizer) else prompt_tokenizer(tokenizer, "ioi", shared=True)
         return [nm for nm in NAMES if ptok.single(" " + nm) is not None]
 
     def width(self, tokenizer: Any = None) -> int:
@@ -82,7 +82,7 @@ class IOI(BlockTask):
         return self._context(tokenizer).width
 
     def _context(self, tokenizer: Any) -> "_Context":
-        ptok = prompt_tokenizer(tokenizer, "ioi")
+        ptok = prompt_tokenizer(tokenizer, "ioi", shared=True)
         names = self.usable_names(ptok)
         if len(names) < MIN_NAMES:
             raise InvalidParameterError(

@@ -11,6 +11,7 @@ boundaries gives a clear error instead of wrong positions.
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -136,15 +137,44 @@ class PromptTokenizer:
                 )
 
 
-def prompt_tokenizer(tokenizer: Any, task: str) -> PromptTokenizer:
-    """`tokenizer` (any Hugging Face tokenizer) for `task`'s prompts; None means the word tokenizer."""
+def prompt_tokenizer(tokenizer: Any, task: str, shared: bool = False) -> PromptTokenizer:
+    """`tokenizer` (any Hugging Face tokenizer) for `task`'s prompts; None means the word tokenizer.
+
+    shared: the same PromptTokenizer (and its segment ids) on every call with this tokenizer, for tasks whose
+    segments are a fixed set (ioi's ~300 names, places and objects were tokenized again on every generate call:
+    ~60 ms before an ingest's first forward pass, and again on its examples thread); a new one when the
+    tokenizer's size or BOS/EOS/pad ids changed since. Never for user prompts, whose segments are unbounded."""
     if tokenizer is None:
         # imported here: the word tokenizer needs the model extra (tokenizers, transformers), while a reader
         # install still imports the text tasks for their labels and report specs
         from actstore.datasets.wordtok import word_tokenizer  # noqa: PLC0415
 
         tokenizer = word_tokenizer()
-    return PromptTokenizer(tokenizer, task)
+    if not shared:
+        return PromptTokenizer(tokenizer, task)
+    state = _state(tokenizer)
+    try:
+        per_task = _SHARED.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: never kept
+        return PromptTokenizer(tokenizer, task)
+    kept = per_task.get(task)
+    if kept is None or kept[0] != state:
+        kept = per_task[task] = (state, PromptTokenizer(tokenizer, task))
+    return kept[1]
+
+
+# tokenizer -> {task: (its state when made, PromptTokenizer)}: see prompt_tokenizer's `shared`
+_SHARED: "weakref.WeakKeyDictionary[Any, dict[str, tuple[tuple[Any, ...], PromptTokenizer]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _state(tokenizer: Any) -> tuple[Any, ...]:
+    """What a PromptTokenizer took from `tokenizer` or depends on: its size (added tokens) and special ids."""
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = None
+    return (size, *(getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")))
 
 
 def same_shape_twin(task: str, clean: Encoded, twin: Encoded) -> np.ndarray:

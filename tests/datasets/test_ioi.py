@@ -174,3 +174,28 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
 def test_bad_params_raise_one_clear_error(params: dict, message: str) -> None:
     with pytest.raises(InvalidParameterError, match=re.escape(message)):
         get_task("ioi", **params)
+
+
+
+def test_a_tokenizer_kept_between_calls_gives_the_same_data_and_follows_its_changes(bpe) -> None:
+    """ioi keeps its tokenized names per tokenizer between generate calls (prompt_tokenizer(shared=True)): the
+    same examples as a fresh one; a token added to the tokenizer, or a new pad id, makes the next call start anew."""
+    from actstore.datasets import templated
+
+    tok = bpe(list(NAMES[:12]))
+    first = IOI().generate(16, 3, tokenizer=tok)
+    kept = templated.prompt_tokenizer(tok, "ioi", shared=True)
+    assert templated.prompt_tokenizer(tok, "ioi", shared=True) is kept
+    assert templated.prompt_tokenizer(tok, "ioi") is not kept  # user prompts: never kept
+    templated._SHARED.clear()  # as a fresh process starts
+    again = IOI().generate(16, 3, tokenizer=tok)
+    assert np.array_equal(first.tokens, again.tokens) and first.text == again.text
+    assert np.array_equal(first.answer_tokens, again.answer_tokens)
+    kept = templated.prompt_tokenizer(tok, "ioi", shared=True)
+    tok.add_tokens(["<extra>"])
+    assert templated.prompt_tokenizer(tok, "ioi", shared=True) is not kept
+    tok.pad_token = "<extra>"
+    data = IOI().generate(16, 3, tokenizer=tok)
+    assert data.pad_id == tok.pad_token_id != first.pad_id
+    padded = data.tokens[np.arange(data.tokens.shape[1])[None, :] >= data.lengths[:, None]]
+    assert padded.size and (padded == tok.pad_token_id).all()
