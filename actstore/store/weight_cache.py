@@ -20,9 +20,9 @@ Never trusted blindly. What is checked, when (every ingest that places params/ f
 - each file's stamp [inode, size, mtime, ctime, link count] is compared with the record's `stat` and with what
   this process last found checked (_CHECKED); a file equal to either is used as recorded (any write to it, through
   any link, moves its ctime);
-- a file whose inode, size and mtime match and whose ctime and link count both moved is used as recorded too, its
-  new stamp recorded: making or deleting a store that links it (the entry's whole life between ingests) moves those
-  two and nothing else, and no byte changes with them;
+- a file whose inode, size and mtime match and whose ctime and link count both moved is used as recorded too (but
+  one in AUDIT of them, read again in turn: below), its new stamp recorded: making or deleting a store that links
+  it (the entry's whole life between ingests) moves those two and nothing else, and no byte changes with them;
 - any other file is read again: a weight chunk whose inode, size and mtime match and only its ctime moved (a write
   with its mtime put back, or a chmod) has its crc32c computed over its bytes and compared with the recorded tail
   (the check every read makes, and what ties a chunk to its record on the read path: integrity.py); any other
@@ -35,12 +35,15 @@ through a new file (an editor's save, a copy over it) changes the inode, and a c
 Only an edit that puts the mtime back and also coincides with a store linking or unlinking that file before the
 next ingest is used unread; like a deliberate forgery that keeps the crc32c tail (tests/fuzz, an xfail: no
 stamp check stops someone who can write the cache and its records), it still fails every read of the chunk
-whose crc32c it broke, and `actstore verify` (sha256 of every file) catches both; but the entry is not healed:
-every later store of those weights links the same chunk (each refused on every read) until the entry is removed
-(finding V9-1, tests/fuzz/test_fuzz_weight_cache_v9.py). To keep that window short, the
-stamps are recorded again after every check that saw one move, and after linking a new store as that linking left
-them (only where inode, size and mtime are still those checked), so the next ingest after this store is deleted
-reads nothing either; a ctime-and-link-count move is only accepted from the latest stamp known (by ctime).
+whose crc32c it broke, and `actstore verify` (sha256 of every file) catches both. Such damage would outlive the
+store it went through (every later store of those weights would link the same chunk, refused on every read:
+finding V9-1, tests/fuzz/test_fuzz_weight_cache_v9.py), so each check also reads again one in AUDIT (8) of the
+files it accepted on a link-count move, in turn (by name order; the turn is in the record): within AUDIT ingests
+every such file has been read, and a damaged entry is removed and rebuilt (~70 MB of 592 read per GPT-2-small
+ingest, against all of it before). The stamps are recorded again after every check that saw one move, and after
+linking a new store as that linking left them (only where inode, size and mtime are still those checked), so the
+next ingest after this store is deleted reads only its audit share; a ctime-and-link-count move is only
+accepted from the latest stamp known (by ctime).
 Each file is read once per ingest (again only if written meanwhile): ingest starts the check on its weights-digest
 thread (check_ahead) while it makes and probes the first batch, and the store's creation (place_params; for a new
 local store on its own thread while the first chunk's forward runs, actstore.ingest.creation) joins that check where
@@ -92,6 +95,7 @@ _CHECKED: dict[str, list[int]] = {}
 _PRECHECKS: dict[str, Future] = {}  # entry path -> its check_ahead still running
 _SHARED: dict[str, "_Work"] = {}  # entry path -> the reads of its check_ahead while they run (place_params joins)
 CRC_BLOCK = 1 << 20  # bytes read per block when checking a chunk's crc32c
+AUDIT = 8  # of the files accepted unread on a link-count move, one in AUDIT is read again per check, in turn
 _LOCK = threading.Lock()
 _READS = [0]  # files of entries this process has read again to check them (files_read)
 
@@ -299,7 +303,15 @@ def _checked_record(entry: Path, tail: bool, workers: int = 8, share: bool = Fal
     if now is None or set(now) != set(files):
         _remove(entry)
         return None
-    moved = [rel for rel in files if not _as_checked(now[rel], stats.get(rel), _CHECKED.get(str(folder / rel)))]
+    known = {rel: (stats.get(rel), _CHECKED.get(str(folder / rel))) for rel in files}
+    moved = [rel for rel in files if not _as_checked(now[rel], *known[rel])]
+    # files accepted unread on a link-count move: one in AUDIT of them (by its place in name order, a turn per check)
+    # is read again, so that damage hidden behind such a move is found within AUDIT checks
+    turn = record.get("audit", 0)
+    turn = turn if isinstance(turn, int) and not isinstance(turn, bool) and turn >= 0 else 0
+    unread = {rel for rel in files if now[rel] not in known[rel]} - set(moved)
+    audit = [rel for i, rel in enumerate(sorted(files)) if rel in unread and i % AUDIT == turn % AUDIT]
+    moved += audit
     checks = [functools.partial(_crc_matches, folder / rel, files[rel])
               if _only_ctime(now[rel], _newest(stats.get(rel), _CHECKED.get(str(folder / rel))))
               and len(files[rel]) == 3 else
@@ -323,7 +335,7 @@ def _checked_record(entry: Path, tail: bool, workers: int = 8, share: bool = Fal
         return None
     with _LOCK:
         _CHECKED.update({str(folder / rel): now[rel] for rel in files})
-    record = {"key": record.get("key"), "files": files, "stat": stats}
+    record = {"key": record.get("key"), "files": files, "stat": stats, "audit": turn + 1 if unread else turn}
     if now != stats:  # the stamps as checked now: a write after this check moves a ctime from them
         with contextlib.suppress(OSError):
             _write_record(entry, {**record, "stat": now})

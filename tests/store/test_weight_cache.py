@@ -5,6 +5,7 @@ away keeps its weights; a model edited in place after hashing is hashed again.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -80,6 +81,12 @@ def test_a_damaged_entry_is_detected_and_rebuilt(model, tmp_path, how):
     assert verify(first).passed == (how == "replaced")
 
 
+def _audit_share(cache: Path) -> int:
+    """The most files a check reads again of those it accepts on a link-count move (one in AUDIT, in turn)."""
+    files = json.loads((entry_of(cache) / weight_cache.RECORD).read_text())["files"]
+    return -(-len(files) // weight_cache.AUDIT)
+
+
 def test_deleting_a_linked_store_costs_no_rehash_of_the_weights(model, tmp_path):
     cache = Path(os.environ[ENV])
     first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
@@ -89,12 +96,30 @@ def test_deleting_a_linked_store_costs_no_rehash_of_the_weights(model, tmp_path)
     assert chunk.stat().st_ctime_ns != was.st_ctime_ns or chunk.stat().st_nlink != was.st_nlink
     before = weight_cache.files_read()
     second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW).path
-    assert weight_cache.files_read() == before  # only ctimes and link counts moved: no file read again
+    # only ctimes and link counts moved: no file read again but the audit's share (one in AUDIT, in turn)
+    assert 0 < weight_cache.files_read() - before <= _audit_share(cache)
     assert (second / "params/embed.W_E/c/0/0").stat().st_ino == was.st_ino  # the entry was used, not rebuilt
     assert verify(second).passed
-    shutil.rmtree(second)  # the stamps recorded after linking `second`: deleting it again reads nothing either
+    shutil.rmtree(second)  # the stamps recorded after linking `second`: deleting it again reads the next share only
+    before = weight_cache.files_read()
     third = actstore.ingest("addition", model, 20, 1, tmp_path / "third", **KW).path
-    assert weight_cache.files_read() == before and verify(third).passed
+    assert 0 < weight_cache.files_read() - before <= _audit_share(cache) and verify(third).passed
+
+
+def test_the_audit_reads_every_file_accepted_on_link_moves_within_its_turns(model, tmp_path, monkeypatch):
+    """AUDIT ingests, each after the last store's deletion, read every file of the entry once between them."""
+    cache = Path(os.environ[ENV])
+    read: list[str] = []
+    real = weight_cache._crc_matches
+    monkeypatch.setattr(weight_cache, "_crc_matches", lambda path, want: read.append(str(path)) or real(path, want))
+    last = actstore.ingest("addition", model, 20, 0, tmp_path / "s0", **KW).path
+    entry = entry_of(cache)
+    files = json.loads((entry / weight_cache.RECORD).read_text())["files"]
+    chunks = {str(entry / "params" / rel) for rel, d in files.items() if len(d) == 3}
+    for k in range(1, weight_cache.AUDIT + 1):
+        shutil.rmtree(last)
+        last = actstore.ingest("addition", model, 20, 0, tmp_path / f"s{k}", **KW).path
+    assert set(read) == chunks and len(read) == len(chunks)  # each chunk once, none twice
 
 
 def _edit_in_place(victim: Path) -> tuple[os.stat_result, bytes]:
