@@ -553,12 +553,12 @@ def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarra
         scaled_fn: Product | None = getattr(fn, "scaled", None)
         for r in range(0, n, rows):
             block = buffer[:min(rows, n - r)]
-            if scaled_fn is not None and scaled_float32_into(run[r:r + rows], block):
-                parts.append(scaled_fn(block, slice(r, r + block.shape[0])))
-                continue
+            use = fn
             if scaled_fn is None:
                 float32_into(run[r:r + rows], block)
-            parts.append(fn(block, slice(r, r + block.shape[0])))
+            elif scaled_float32_into(run[r:r + rows], block):  # else it left the values themselves: fn's
+                use = scaled_fn
+            parts.append(use(block, slice(r, r + block.shape[0])))
     else:
         for r in range(0, n, rows):
             sl = slice(r, min(n, r + rows))

@@ -116,16 +116,17 @@ class DlaPlan:
                       input_tokens=rows.input_tokens, start=start)
         target = chunk_target(self.store, self.readout, self.at.arrays, chunk, self.tgt.kind)
         kept = keeps_chunks(self.store)  # the Target keeps its gathered tables for later queries: slices of them
+        def taker(table: np.ndarray) -> Callable[[slice], np.ndarray]:
+            return target.take(table).__getitem__ if kept else target.rows_taker(table)
+
         fns: dict[str, Product] = {}
         for layer in range(self.weights.arch.n_layers):
             table = compute_table(self.readout, "head", layer)
             scaled = scaled_table(self.readout, "head", layer)
             if scaled is None:
-                take = target.take(table).__getitem__ if kept else target.rows_taker(table)
-                fns[Arch.z(layer)] = _HeadProduct(take, None)
+                fns[Arch.z(layer)] = _HeadProduct(taker(table), None)
             else:  # the table itself only for a block the cast leaves unscaled (inf or NaN in it): rarely
-                take = target.take(scaled).__getitem__ if kept else target.rows_taker(scaled)
-                fns[Arch.z(layer)] = _HeadProduct(target.rows_taker(table), take)
+                fns[Arch.z(layer)] = _HeadProduct(target.rows_taker(table), taker(scaled))
         return fns
 
     def items(self, comps: list[Component]) -> pl.DataFrame:

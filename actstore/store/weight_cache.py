@@ -313,8 +313,7 @@ def _checked_record(entry: Path, tail: bool, workers: int = 8, share: bool = Fal
     audit = [rel for i, rel in enumerate(sorted(files)) if rel in unread and i % AUDIT == turn % AUDIT]
     moved += audit
     checks = [functools.partial(_crc_matches, folder / rel, files[rel])
-              if _only_ctime(now[rel], _newest(stats.get(rel), _CHECKED.get(str(folder / rel))))
-              and len(files[rel]) == 3 else
+              if _only_ctime(now[rel], _newest(*known[rel])) and len(files[rel]) == 3 else
               functools.partial(_same_digest, folder / rel, tail, files[rel]) for rel in moved]
     work = _Work(checks)
     if share:
