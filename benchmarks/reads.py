@@ -10,6 +10,7 @@ chunk, one array after another (the order of benchmarks/query.py's raw read), wi
 - zarr:      plain zarr-python over a LocalStore, no record checks (zarr still checks the crc32c)
 - zarrs:     zarr-python with the Rust `zarrs` codec pipeline (pip install zarrs)
 - tensorstore: tensorstore's zarr3 driver, as a yardstick (pip install tensorstore)
+- direct_blosc1: direct with blosc decoding on one thread (see the note below)
 - floor:     by hand, no records: read the file, crc32c, decompress with numcodecs, np.frombuffer
 and prints MB/s over the uncompressed bytes and each reader's speed relative to plain zarr
 (`x_zarr` > 1: faster), measured best of --repeats, interleaved. Then per-head DLA
@@ -26,11 +27,12 @@ call meant fresh memory on every call: direct's are its output arrays, new per r
 keeps them, and whether glibc hands them fresh pages depends on what the process freed before).
 Every reader checks it reads the same bytes, the scan too; page cache is warm for
 every reader (the store was just written or read), and the DLA has run once before timing. Note
-that `direct` on the main thread decodes through blosc's global context, set to 2 threads (numcodecs
-uses it from the main thread only), but that gains nothing measurable here: decoding a zoo:addition
-hook_z chunk (8.3 MB) takes the same time with blosc set to 1 or 2 threads, and its process CPU time
-equals its wall time (direct_cpu_s == direct_s in the quiet runs), so `direct` is one thread's read;
-the scan decodes one array per reading thread.
+that `direct` on the main thread decodes through blosc's global context, which numcodecs uses from the
+main thread only, with 2 threads here: so `direct`, read_ratio's floor, takes the second core for its
+decode when it is free (a zoo:addition hook_z chunk, 8.3 MB, decoded in a loop: 1.5 ms on 2 threads against
+2.9 ms on one, 2026-12-07 13:20 UTC, load 0.5-1.4; with the other core busy the second thread only waits).
+`direct_blosc1` is the same read with blosc on one thread (numcodecs.blosc.use_threads = False), printed
+beside it; the DLA's scan decodes one array per reading thread, each on one thread.
 
     python benchmarks/reads.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--dir DIR]
                                [--untrained]
@@ -117,8 +119,21 @@ def floor_read(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
     return total
 
 
-READERS: dict[str, Callable[..., int]] = {"direct": raw_read, "via_zarr": via_zarr, "zarr": raw_read_unchecked,
-                                          "zarrs": zarrs_read, "tensorstore": tensorstore_read, "floor": floor_read}
+def direct_blosc1(store, hooks: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """`direct` with blosc decoding on one thread (numcodecs.blosc.use_threads = False): what `direct` costs
+    without the second core that blosc's global context takes from the main thread."""
+    from numcodecs import blosc
+
+    before, blosc.use_threads = blosc.use_threads, False
+    try:
+        return raw_read(store, hooks)
+    finally:
+        blosc.use_threads = before
+
+
+READERS: dict[str, Callable[..., int]] = {"direct": raw_read, "direct_blosc1": direct_blosc1, "via_zarr": via_zarr,
+                                          "zarr": raw_read_unchecked, "zarrs": zarrs_read,
+                                          "tensorstore": tensorstore_read, "floor": floor_read}
 
 
 def available() -> dict[str, Callable[..., int]]:
