@@ -12,6 +12,7 @@ one. A killed worker's chunks are redone by a rerun (of the same command, or of 
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from typing import Any
 
 from actstore.datasets import get_task
@@ -46,17 +47,10 @@ def ingest_on_cluster(task: str, model: Any, n: int, seed: int, out: str | os.Pa
     if isinstance(utf8_path(out, "--out", kwargs.get("storage_options")), RemotePath):
         raise InvalidParameterError(f"--workers / --scheduler write shards of a local (or shared-filesystem) store; "
                                     f"{out} is a URL: ingest it without them, or to a local path")
-    from dask.distributed import Client  # noqa: PLC0415 (the cluster extra, only here)
+    from actstore.query.executor import LocalClient, connect  # noqa: PLC0415 (one ClusterError line for a bad address)
 
-    from actstore.query.executor import connect, local_cluster  # noqa: PLC0415 (one ClusterError line for a bad address)
-
-    cluster = None
-    if workers is not None:
-        cluster = local_cluster(workers)
-        client = Client(cluster)
-    else:
-        client = connect(str(scheduler))
-    try:
+    # both close what they started, in a finally, and leave dask's default client and config alone
+    with LocalClient(workers) if workers is not None else closing(connect(str(scheduler))) as client:
         addresses = sorted(client.scheduler_info()["workers"])
         if not addresses:
             raise InvalidParameterError(f"the cluster at {scheduler} has no workers")
@@ -65,10 +59,6 @@ def ingest_on_cluster(task: str, model: Any, n: int, seed: int, out: str | os.Pa
                               workers=[addr], allow_other_workers=True, key=f"actstore-ingest-shard-{i}-of-{count}")
                 for i, addr in enumerate(addresses)]
         client.gather(jobs)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
     return open_store(out)
 
 

@@ -17,7 +17,6 @@ a query gives the same result, bit for bit, wherever its chunks ran.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -181,7 +180,11 @@ def worker_threads() -> int:
 
 
 class LocalClient:
-    """A LocalCluster of `workers` single-threaded worker processes and its client, closed on exit."""
+    """A LocalCluster of `workers` single-threaded worker processes and its client, closed on exit.
+
+    The client is not made dask's default (see `connect`): pass it as `client=`, or compute a Dask
+    collection with `scheduler=client`.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -192,14 +195,20 @@ class LocalClient:
         from dask.distributed import Client  # noqa: PLC0415 (dask is imported only for a cluster)
 
         self.cluster = local_cluster(self.workers)
-        self.client = Client(self.cluster)
+        try:
+            self.client = Client(self.cluster, set_as_default=False)
+        except BaseException:
+            self.cluster.close()  # __exit__ does not run when __enter__ fails: its worker processes would outlive us
+            raise
         return self.client
 
     def __exit__(self, *exc: object) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        try:
+            if self.client is not None:
+                self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
 
 
 def local_cluster(workers: int) -> Any:
@@ -229,21 +238,20 @@ def local_cluster(workers: int) -> Any:
 
 def connect(address: str, timeout: float = 10.0) -> Any:
     """A Dask client of the scheduler at `address` (e.g. tcp://127.0.0.1:8786); ClusterError if it
-    cannot be reached."""
+    cannot be reached.
+
+    The client is not made dask's default client, connected or not: dask's `scheduler` setting and
+    default client stay as they were (a Client made default that then fails to connect stays dask's
+    default until the garbage collector finds it, and a later `.compute()` in this process would wait
+    on it forever). Pass it as `client=`, or compute a Dask collection with `scheduler=client`.
+    """
     from dask.distributed import Client  # noqa: PLC0415
 
     if not address.strip():
         raise ClusterError("--scheduler is empty; give the scheduler's address, e.g. tcp://127.0.0.1:8786")
-    import dask  # noqa: PLC0415
-
-    saved = copy.deepcopy(dask.config.config)
     try:
-        return Client(address, timeout=timeout)
+        return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as e:
-        # a Client that failed to connect has already made itself dask's scheduler: later dask
-        # computations in this process would ask for it ("no Client active")
-        dask.config.config.clear()
-        dask.config.config.update(saved)
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ClusterError(f"cannot reach the Dask scheduler at {address!r} ({reason[:160]}); start one with "
                            "`dask scheduler` or use --workers N for a local cluster") from None

@@ -17,6 +17,8 @@ from test_fuzz_dla_crafted_v9 import QUERIES, _same, crafted  # noqa: E402
 import actstore  # noqa: E402
 from actstore.query import dla  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("cluster_guard")  # a stall fails with every stack (tests/dask_guard.py)
+
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):

@@ -102,6 +102,7 @@ def test_shard_chunks_and_overwrite() -> None:
         actstore.ingest(model=tiny_model("addition"), out="unused", **ARGS, shard="0/2", overwrite=True)
 
 
+@pytest.mark.usefixtures("cluster_guard")  # a stalled cluster fails with every stack (tests/dask_guard.py)
 def test_workers_on_a_local_cluster(tmp_path) -> None:
     """Two Dask worker processes each load zoo:addition from its spec and write one shard."""
     from actstore.ingest.cluster import ingest_on_cluster

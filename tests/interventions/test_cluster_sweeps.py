@@ -22,6 +22,7 @@ from actstore.interventions import ablate, attribution_patch, patch, path_patch
 from actstore.store.sweeps import COMMITS_DIR, COMPLETE, SWEEPS
 
 N, PART = 16, 8  # two parts of 8 examples: both workers get one
+pytestmark = pytest.mark.usefixtures("cluster_guard")  # a stall fails with every stack (tests/dask_guard.py)
 
 
 @pytest.fixture(scope="module")

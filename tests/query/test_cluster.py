@@ -27,6 +27,10 @@ from actstore.query.neuron_stats import neuron_correlation
 from actstore.query.neurons import neurons
 from actstore.query.summary import GroupSpec, GroupStats, summarise
 
+# a stalled cluster test fails with every thread's stack instead of hanging the run (tests/dask_guard.py);
+# tests/conftest.py checks after every test that dask's scheduler setting and default client are as they were
+pytestmark = pytest.mark.usefixtures("cluster_guard")
+
 
 @pytest.fixture(scope="module")
 def store(tiny_store, tmp_path_factory):
@@ -156,17 +160,44 @@ def test_cli_refuses_an_unreachable_scheduler_in_one_line(store, capsys):
         connect("tcp://127.0.0.1:1", timeout=1)
 
 
-@pytest.mark.parametrize("address", ["inproc://nowhere"])
+@pytest.mark.parametrize("address", ["inproc://nowhere", "garbage", "tcp://127.0.0.1:1"])
 def test_a_failed_connect_leaves_dask_on_its_own_scheduler(store, address):
+    """A failed connect registers no client: dask computes here afterwards, with or without a default client."""
     import dask
+    from dask_guard import dask_state
 
-    before = dask.config.get("scheduler", None)
+    before = dask_state()
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
         connect(address, timeout=1)
-    assert dask.config.get("scheduler", None) == before  # not a client that never connected
+    assert dask_state() == before  # not a client that never connected (computes would wait on it forever)
+    assert dask.config.get("scheduler", None) == before[0]
     ds = store.to_xarray(["blocks.0.mlp.hook_post"])  # computes here afterwards
     np.testing.assert_allclose(ds["blocks.0.mlp.hook_post"].sum("example").values,
                                store.read("blocks.0.mlp.hook_post").sum(axis=0), rtol=1e-5)
+
+
+def test_connect_leaves_the_users_default_client_the_default(store, client):
+    """With the user's own default Client, a failed connect (and a connect closed after use) leaves it the
+    default: later computes go to it, not to a client that never connected (which stalled a CI run)."""
+    import dask
+    from dask.distributed import Client, default_client
+    from dask_guard import dask_state
+
+    assert dask_state() == (None, None)  # the fixture's client is not made the default either
+    with Client(client.scheduler.address, set_as_default=True) as mine:
+        assert dask.config.get("scheduler") == "dask.distributed" and default_client() is mine
+        with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at 'inproc://nowhere'"):
+            connect("inproc://nowhere", timeout=1)
+        assert dask_state() == ("dask.distributed", mine)
+        ours = connect(client.scheduler.address)
+        assert dask_state() == ("dask.distributed", mine)
+        assert ours.submit(sum, [1, 2], pure=False).result() == 3
+        ours.close()
+        assert dask_state() == ("dask.distributed", mine)
+        ds = store.to_xarray(["blocks.0.mlp.hook_post"])
+        got = ds["blocks.0.mlp.hook_post"].sum("example").values  # on `mine`'s (the fixture's) workers
+    np.testing.assert_allclose(got, store.read("blocks.0.mlp.hook_post").sum(axis=0), rtol=1e-5)
+    assert dask_state() == (None, None)
 
 
 def test_to_xarray_reads_what_the_store_reads(store):
@@ -185,8 +216,13 @@ def test_to_xarray_reads_what_the_store_reads(store):
 
 
 def test_to_xarray_on_the_cluster_reopens_the_store(store, client):
+    from dask.distributed import get_task_stream
+
     ds = store.to_xarray(["blocks.0.mlp.hook_post"])
-    got = ds["blocks.0.mlp.hook_post"].sum("example").compute().values  # the workers read the chunks
+    with get_task_stream(client) as tasks:
+        got = ds["blocks.0.mlp.hook_post"].sum("example").compute(scheduler=client).values
+    assert {t["worker"] for t in tasks.data} <= set(client.scheduler_info()["workers"])
+    assert len(tasks.data) >= 3  # the workers read the chunks (3 of them)
     want = store.read("blocks.0.mlp.hook_post").sum(axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
