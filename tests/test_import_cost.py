@@ -1,5 +1,5 @@
 """A process that runs one DLA imports only what it uses: no torch, DuckDB, pyarrow.dataset (pandas),
-tqdm or Dask (each costs 0.2-0.7 s of a cold query; see docs/benchmarks.md), and SQL still works."""
+tqdm or Dask (each costs 0.2-0.7 s of a cold query; see docs/benchmarks-log.md), and SQL still works."""
 
 from __future__ import annotations
 
