@@ -25,5 +25,7 @@ want reads && run "$P" benchmarks/reads.py --models gpt2,zoo --n 256 --repeats 1
 want query && run "$P" benchmarks/query.py --models gpt2,zoo --n 64 --n-zoo 4096 --repeats 3
 want sae && run "$P" benchmarks/ingest.py --models gpt2 --n 128 --peers sae --repeats 5 --sae-only
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2,zoo:addition --n 32 --repeats 4 --processes 3
+want setup && run "$P" benchmarks/ingest_setup.py --models gpt2 --n 32 --repeats 4 --processes 3 \
+    --hooks blocks.6.hook_resid_pre --no-outputs
 want lm && run "$P" benchmarks/ingest.py --models zoo:lm --zoo-n 8192 --repeats 2 --peers floor,sae
 echo "log: $LOG (tables: $P benchmarks/tables.py $LOG)"

@@ -37,10 +37,10 @@ def collect(lines: list[str]) -> dict[str, dict[str, list[dict[str, str]]]]:
             out["ingest"][head].append(f)
         elif head in MODELS and "hook" in f and "whole_actstore_s" in f:
             out["hook"][f"{head} {f['hook']}"].append(f)
+        elif head.split("(")[0] in MODELS and "tl_s" in f:  # query.py prints read_ratio too: before reads
+            out["query"][head].append(f)
         elif head.split("(")[0] in MODELS and "touched_MB" in f and "read_ratio" in f:
             out["reads"][head].append(f)
-        elif head.split("(")[0] in MODELS and "tl_s" in f:
-            out["query"][head].append(f)
         elif "tree=" in line and "n=" in line:
             setup_head = f"{head} {line.split('tree=')[1].split()[0]}"
         elif setup_head and line.strip().startswith(("cold, best", "warm, best")):
@@ -105,11 +105,12 @@ def query_table(runs: dict[str, list[dict[str, str]]]) -> str:
         rows.append([SHORT.get(model.split("(")[0], model), cell(rs, "n"), cell(rs, "tl_s", " s"),
                      cell(rs, "tl_seeds_s", " s"), cell(rs, "dla_s", " s"), "**" + cell(rs, "speedup") + "x**",
                      cell(rs, "tl_cold_process_s", " s"), cell(rs, "cold_process_s", " s"),
+                     cell(rs, "cold_import_s", " s"),
                      cell(rs, "speedup_cold") + "x", cell(rs, "break_even_warm") + " / " + cell(rs, "break_even_cold"),
-                     cell(rs, "max_err") + " / " + cell(rs, "err_tol")])
+                     cell(rs, "max_err") + " / " + cell(rs, "err_tol"), cell(rs, "read_ratio")])
     return table(["model", "examples", "TL (fast) warm", "TL (seeds' code) warm", "store DLA warm", "speedup warm",
-                  "TL cold process", "store cold process", "speedup cold", "break-even queries warm / cold",
-                  "max_err / err_tol"], rows)
+                  "TL cold process", "store cold process", "its imports", "speedup cold",
+                  "break-even queries warm / cold", "max_err / err_tol", "read_ratio"], rows)
 
 
 def setup_table(runs: dict[str, list[dict[str, str]]]) -> str:
