@@ -1,0 +1,44 @@
+"""docs/benchmarks.md's tables are what benchmarks/tables.py prints from the run log committed beside them."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tables_module():
+    spec = importlib.util.spec_from_file_location("bench_tables", ROOT / "benchmarks" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _page_log() -> Path:
+    """The log the page names as its run's."""
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    return ROOT / re.search(r"`(benchmarks/runs/[^`]+\.log)`", page).group(1)
+
+
+def test_every_table_on_the_page_is_printed_from_its_run_log():
+    tables = _tables_module()
+    got = tables.collect(_page_log().read_text().splitlines())
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    makers = {"ingest": tables.ingest_table, "hook": tables.hook_table, "reads": tables.reads_table,
+              "query": tables.query_table, "setup": tables.setup_table}
+    assert set(got) == set(makers)  # the log holds a run of every benchmark the page shows
+    for kind, make in makers.items():
+        assert make(got[kind]) in page, f"the page's {kind} table differs from the log's"
+
+
+def test_a_value_is_read_from_its_key_with_its_unit_and_runs_side_by_side():
+    tables = _tables_module()
+    line = ("zoo:addition     task=addition    n=4096 chunk=4096 hooks=3 touched_MB=16.6 direct_MB/s=1764 "
+            "direct_x_zarr=2.35 direct_s=0.0094 (median 0.0120) dla_s=0.0122 read_ratio=0.77 (of medians 0.78) "
+            "threads_gain=1.52")
+    got = tables.collect([line, line.replace("read_ratio=0.77", "read_ratio=0.81")])
+    runs = got["reads"]["zoo:addition"]
+    assert runs[0]["direct_MB/s"] == "1764" and runs[0]["read_ratio"] == "0.77"
+    assert tables.cell(runs, "read_ratio") == "0.77 / 0.81"
+    assert tables.cell(runs, "dla_s", " s") == "0.0122 s / 0.0122 s"
+    assert tables.cell(runs, "zarrs_x_zarr") == "-"  # a reader that did not run
