@@ -22,6 +22,10 @@ from tiny_models import tiny_model  # noqa: E402
 import actstore  # noqa: E402
 from actstore.query import dla, logit_lens  # noqa: E402
 
+# a comparison with the tree before a one-time change (c836571, run in a second interpreter): in the
+# slow set (pytest -m slow), out of the default run's 10 minutes
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parents[2]
 OLD = "c836571"
 
