@@ -2,7 +2,7 @@
 # The run behind docs/benchmarks.md's tables: one benchmark after another on a quiet machine, each preceded and
 # followed by the time and load average, into one log; then `benchmarks/tables.py LOG` prints the page's tables.
 #
-#   bash benchmarks/quiet_run.sh [LOG] [STORES_DIR]     (about 35 minutes on the 2-core CPU; stores reused in DIR)
+#   bash benchmarks/quiet_run.sh [LOG] [STORES_DIR]     (about 30 minutes on the 2-core CPU; stores reused in DIR)
 #
 # ACTSTORE_QUIET_PARTS limits it to some of: ingest, reads, query, sae, setup, lm (default: all, in that order).
 set -uo pipefail

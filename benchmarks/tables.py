@@ -32,14 +32,15 @@ def collect(lines: list[str]) -> dict[str, dict[str, list[dict[str, str]]]]:
     setup_head: str | None = None
     for line in lines:
         head = line.split(" ", 1)[0]
+        model = head.split("(")[0]  # reads.py and query.py label untrained zoo models 'zoo:NAME(untrained)'
         f = fields(line)
-        if head in MODELS and "hooks" in f and "bare_forward_s" in f:
+        if model in MODELS and "hooks" in f and "bare_forward_s" in f:
             out["ingest"][head].append(f)
-        elif head in MODELS and "hook" in f and "whole_actstore_s" in f:
+        elif model in MODELS and "hook" in f and "whole_actstore_s" in f:
             out["hook"][f"{head} {f['hook']}"].append(f)
-        elif head.split("(")[0] in MODELS and "tl_s" in f:  # query.py prints read_ratio too: before reads
+        elif model in MODELS and "tl_s" in f:  # query.py prints read_ratio too: before reads
             out["query"][head].append(f)
-        elif head.split("(")[0] in MODELS and "touched_MB" in f and "read_ratio" in f:
+        elif model in MODELS and "touched_MB" in f and "read_ratio" in f:
             out["reads"][head].append(f)
         elif "tree=" in line and "n=" in line:
             setup_head = f"{head} {line.split('tree=')[1].split()[0]}"
@@ -123,15 +124,18 @@ def setup_table(runs: dict[str, list[dict[str, str]]]) -> str:
                   "call_s"], rows)
 
 
+# each kind collect() gathers -> the function printing its table, in the page's order
+TABLES = {"ingest": ingest_table, "hook": hook_table, "reads": reads_table, "query": query_table,
+          "setup": setup_table}
+
+
 def main() -> int:
     if len(sys.argv) < 2:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
     lines = [line for p in sys.argv[1:] for line in Path(p).read_text().splitlines()]
     got = collect(lines)
-    makers = {"ingest": ingest_table, "hook": hook_table, "reads": reads_table, "query": query_table,
-              "setup": setup_table}
-    for kind, make in makers.items():
+    for kind, make in TABLES.items():
         if got.get(kind):
             print(f"### {kind}\n\n{make(got[kind])}\n")
     return 0
