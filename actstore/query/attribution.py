@@ -30,10 +30,10 @@ import numpy as np
 
 from actstore.errors import InvalidParameterError
 from actstore.query.chunks import Chunk
+from actstore.query.head_dot import answer_positions, head_dot
 from actstore.query.paths import path_attribution
 from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
-from actstore.store.chunk_read import SCALED
 from actstore.query.options import LEVELS
 
 # dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
@@ -91,30 +91,10 @@ def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
 
 
 def compute_table(readout: Readout, kind: str, layer: int) -> np.ndarray:
-    """A folded per-token table ('head' | 'mlp') in the COMPUTE dtype, kept on the readout."""
-    return readout.table(("compute", kind, layer), lambda: getattr(readout, kind)(layer).astype(COMPUTE))
-
-
-# a compute table scales by 1 / chunk_read.SCALED (2**112) with every value, and every difference of two values
-# (target 'diff'), exact, finite and never subnormal where its values are 0 or of magnitude in [2**-102, 2**14):
-# then any rounding of a product or difference with the scaled table is the same as with the table, in any thread
-_SCALABLE = (2.0 ** -102, 2.0 ** 14)
-
-
-def scaled_table(readout: Readout, kind: str, layer: int) -> np.ndarray | None:
-    """compute_table(readout, kind, layer) / chunk_read.SCALED, kept on the readout: x * SCALED dotted with it
-    gives x dotted with the table bit for bit (see chunk_read.scaled_float32_into); None where some value is
-    not 0 or of magnitude in _SCALABLE."""
-    def make() -> np.ndarray:
-        table = compute_table(readout, kind, layer)
-        size = np.abs(table)
-        nonzero = size[size != 0]
-        if not np.isfinite(size).all() or (nonzero.size and (nonzero.min() < _SCALABLE[0]
-                                                             or nonzero.max() >= _SCALABLE[1])):
-            return np.zeros(())  # 0-d: not scalable
-        return table * COMPUTE(1 / SCALED)
-    table = readout.table(("compute scaled", kind, layer), make)
-    return table if table.ndim else None
+    """A folded per-token table ('head' | 'mlp') in the COMPUTE dtype, C-contiguous (head_dot reads it so: a
+    transposed fold copied per call cost a GPT-2-shaped DLA ~9 ms), kept on the readout."""
+    return readout.table(("compute", kind, layer),
+                         lambda: np.ascontiguousarray(getattr(readout, kind)(layer), dtype=COMPUTE))
 
 
 def final_scale(weights: Weights, chunk: Chunk, readout: Readout | None = None) -> np.ndarray:
@@ -125,11 +105,13 @@ def final_scale(weights: Weights, chunk: Chunk, readout: Readout | None = None) 
     return chunk.at_answer[Arch.final_scale][..., 0].astype(np.float64)
 
 
-def head_values(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """[e, a, head] float64: each head's output at each answer read along the target, z [e, a, head, d_head]
-    (stored activations) dotted with table [e, a, head, d_head] (the folded head table at each answer,
-    COMPUTE). Row by row: rows [i, j) of the result are head_values(z[i:j], table[i:j]), bit for bit."""
-    return np.einsum("eahd,eahd->eah", z.astype(COMPUTE, copy=False), table).astype(np.float64)
+def head_values(z: np.ndarray, target: Target, table: np.ndarray) -> np.ndarray:
+    """[e, a, head] float64: each head's output at each answer read along `target`: z [e, a, head, d_head]
+    (stored activations at the answers) dotted with the folded head table `table` [row, head, d_head]
+    (COMPUTE) at each answer's row, exact products summed in one fixed order (query/head_dot.py). Row by
+    row: rows [i, j) of the result are those of z[i:j] with the same target rows, bit for bit."""
+    rows, index = target.indexed(table)
+    return head_dot(z, answer_positions(z), index, rows)
 
 
 def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: str = "head",
@@ -157,7 +139,7 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
         if heads is not None and layer in heads:
             per_head = heads[layer]  # [e, a, head]
         else:
-            per_head = head_values(chunk.at_answer[Arch.z(layer)], tgt.take(compute_table(readout, "head", layer)))
+            per_head = head_values(chunk.at_answer[Arch.z(layer)], tgt, compute_table(readout, "head", layer))
         attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
         if level == "layer":
             add(per_head.sum(-1) + attn_bias, [Component(f"attn{layer}", layer)])

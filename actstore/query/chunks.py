@@ -29,7 +29,7 @@ from actstore.query.memo import per_store
 from actstore.query.progress import tracked
 from actstore.query.selectors import Roles
 from actstore.query.store_facts import read_facts, write_facts
-from actstore.store.chunk_read import float32_into, scaled_float32_into, thread_scratch, to_float32, transient_reads
+from actstore.store.chunk_read import to_float32, transient_reads
 from actstore.store.reader import Store
 
 
@@ -518,61 +518,10 @@ def check_hooks(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[
                                         f"the answer positions only; re-ingest with --hooks {name}:all")
 
 
-Product = Callable[[np.ndarray, slice], np.ndarray]  # (answer values of some rows, those rows) -> their product
-# A Product may carry `scaled`, a Product of the values times chunk_read.SCALED giving the same array bit for bit
-# (e.g. a dot product with a table divided by SCALED: answer_product then skips one pass of its cast), or None
+Product = Callable[[np.ndarray, Sequence[str], np.ndarray], np.ndarray]
+# (a chunk's hook as read [example, ...], its axis names, answer_pos [example, answer]) -> a new array (never a
+# view of the hook's values, whose buffer the thread's next read reuses): applied on the reading thread
 Products = Callable[[ExampleArrays, int, int], Mapping[str, Product]]
-# answer values per block of answer_product (512 KB as float32, with the folded table's block the size of a core's
-# L2 cache here); blocks of 2**16 made the per-block numpy calls cost as much as the math on zoo:addition
-PRODUCT_BLOCK = 1 << 17
-
-
-def answer_product(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray, dtype: Any,
-                   fn: Product) -> np.ndarray:
-    """fn(values, rows) over blocks of rows of at_answers(array, dims, answer_pos, dtype), concatenated
-    along the example axis: what fn(at_answers(...), slice(None)) gives wherever fn works row by row
-    (an einsum over each example's values), without the whole answer array in memory: each block is
-    gathered (and cast) into one reused buffer and goes to fn while it is still in cache. fn must return
-    a new array (never a view of its values). Where fn has a `scaled` Product (see Product), float16 values
-    cast to float32 go to it as chunk_read.scaled_float32_into leaves them, scaled, where it could.
-
-    array: [example, ...] a chunk's hook as read; answer_pos: [example, answer]
-    """
-    n = array.shape[0]
-    axis = pos_axis(dims)
-    per_row = max(1, array[:1].size if dims[axis] == "answer" else
-                  array[:1].size // max(1, array.shape[axis]) * answer_pos.shape[1])
-    rows = max(1, PRODUCT_BLOCK // per_row)
-    if n <= rows:
-        return fn(at_answers(array, dims, answer_pos, dtype), slice(0, n))
-    run = _answer_run(array, dims, answer_pos)
-    parts = []
-    if run is not None and array.dtype == np.float16 and dtype is not None and np.dtype(dtype) == np.float32:
-        size = rows * int(np.prod(run.shape[1:], dtype=np.int64))  # the thread's buffer: no fresh pages per call
-        buffer = thread_scratch("answer_product", size * 4).view(np.float32).reshape(rows, *run.shape[1:])
-        scaled_fn: Product | None = getattr(fn, "scaled", None)
-        for r in range(0, n, rows):
-            block = buffer[:min(rows, n - r)]
-            use = fn
-            if scaled_fn is None:
-                float32_into(run[r:r + rows], block)
-            elif scaled_float32_into(run[r:r + rows], block):  # else it left the values themselves: fn's
-                use = scaled_fn
-            parts.append(use(block, slice(r, r + block.shape[0])))
-    else:
-        for r in range(0, n, rows):
-            sl = slice(r, min(n, r + rows))
-            parts.append(fn(at_answers(array[sl], dims, answer_pos[sl], dtype), sl))
-    return np.concatenate(parts)
-
-
-def _answer_run(array: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray | None:
-    """The view [example, answer, ...] of `array` at the answer positions where they are one run of
-    positions (the same in every example) on axis 1, else None."""
-    if pos_axis(dims) != 1 or dims[1] == "answer":
-        return None
-    run = _run(_shared_positions(answer_pos))
-    return None if run is None else array[:, run]
 
 
 def _shared_positions(answer_pos: np.ndarray) -> np.ndarray | None:
@@ -645,9 +594,9 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
     ranges: only these committed [start, stop) chunks (a query that selects no row of a chunk
     skips it); label: what the progress bar calls the work.
     products: products(rows, start, stop), called here as a chunk's reads are queued, gives per answer
-    hook a function of its answer values that the reading thread applies instead of keeping them
-    (`Chunk.products`, not `Chunk.at_answer`), a block of rows at a time (see answer_product): the
-    math on a hook starts as soon as its read lands, beside the other hooks' reads.
+    hook a function of the hook as read and the answer positions (`Product`) that the reading thread
+    applies instead of gathering the answers (`Chunk.products`, not `Chunk.at_answer`): the math on a
+    hook starts as soon as its read lands, beside the other hooks' reads.
     """
     ex = examples or example_index(store)
     workers = READ_THREADS if workers is None else workers
@@ -666,7 +615,7 @@ def stream(store: Store, answer_hooks: Sequence[str], full_hooks: Sequence[str] 
             with transient_reads():
                 arr, full = store.read(name, start, stop), None
         if name in answers and product is not None:
-            return None, full, answer_product(arr, dims[name], answer_pos, answer_dtype, product)
+            return None, full, product(arr, dims[name], answer_pos)
         picked = at_answers(arr, dims[name], answer_pos, answer_dtype) if name in answers else None
         if picked is not None and full is None and np.may_share_memory(picked, arr):
             picked = picked.copy()  # stored at the answers already: the buffer is the next read's

@@ -19,7 +19,7 @@ for a vector read as it is, to the final residual stream . v); see attribution.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,10 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import (COMPUTE, Component, check_level, compute_table, direct_attribution,
-                                        head_values, make_target, required_hooks, scaled_table)
-from actstore.query.chunks import Chunk, ExampleArrays, Examples, Product, stream
+                                        make_target, required_hooks)
+from actstore.query.chunks import Chunk, ExampleArrays, Examples, Product, at_answers, stream
 from actstore.query.executor import Job, run
+from actstore.query.head_dot import answer_positions, head_dot
 from actstore.query.memo import keeps_chunks, memo
 from actstore.query.read_at import ReadAt
 from actstore.query.readout import Readout, Target, Weights
@@ -88,10 +89,11 @@ class DlaPlan:
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
-        # one target row per answer, and one chunk (nothing else to overlap the math with): each hook_z's heads
-        # are computed on the reading thread as its read lands (multi-chunk scans overlap the next chunk's
-        # reads with this one's math already, and measured no faster with it)
-        on_threads = tgt.kind in ANSWER_KINDS and self.level != "path" and len(ranges) == 1
+        # one target row per answer: each hook_z's heads are computed on its reading thread as its read lands,
+        # straight from the stored float16 (query/head_dot.py), with no float32 copy of its answers (on the
+        # GPT-2 shape's 8 chunks ~10% faster than casting there and computing here; the one-chunk zoo stores
+        # have nothing else to overlap that math with)
+        on_threads = tgt.kind in ANSWER_KINDS and self.level != "path"
         for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
                             answer_dtype=COMPUTE, ranges=ranges, products=self.head_products if on_threads else None):
             rows = ([chunk_target(self.store, self.readout, self.at.arrays, chunk, tgt.kind)]
@@ -109,25 +111,14 @@ class DlaPlan:
 
     def head_products(self, rows: ExampleArrays, start: int, stop: int) -> dict[str, Product]:
         """chunks.stream's products for a chunk's examples [start, stop) toward an answer target: each
-        layer's hook_z -> its head_values, from the chunk's Target (made here, on the scan's thread); with the
-        table times 2**112 (attribution.scaled_table) for the cast's scaled values where the table allows it."""
+        layer's hook_z as read -> its head_values at the answers, toward the chunk's Target (made here, on
+        the scan's thread), in one pass over the stored values (query/head_dot.py)."""
         chunk = Chunk(example_id=rows.example_id, lengths=rows.lengths, tokens=None, answer_pos=rows.answer_pos,
                       answer_tokens=rows.answer_tokens, counter_tokens=rows.counter_tokens,
                       input_tokens=rows.input_tokens, start=start)
         target = chunk_target(self.store, self.readout, self.at.arrays, chunk, self.tgt.kind)
-        kept = keeps_chunks(self.store)  # the Target keeps its gathered tables for later queries: slices of them
-        def taker(table: np.ndarray) -> Callable[[slice], np.ndarray]:
-            return target.take(table).__getitem__ if kept else target.rows_taker(table)
-
-        fns: dict[str, Product] = {}
-        for layer in range(self.weights.arch.n_layers):
-            table = compute_table(self.readout, "head", layer)
-            scaled = scaled_table(self.readout, "head", layer)
-            if scaled is None:
-                fns[Arch.z(layer)] = _HeadProduct(taker(table), None)
-            else:  # the table itself only for a block the cast leaves unscaled (inf or NaN in it): rarely
-                fns[Arch.z(layer)] = _HeadProduct(target.rows_taker(table), taker(scaled))
-        return fns
+        return {Arch.z(layer): _HeadProduct(*target.indexed(compute_table(self.readout, "head", layer)))
+                for layer in range(self.weights.arch.n_layers)}
 
     def items(self, comps: list[Component]) -> pl.DataFrame:
         """component_items, kept with the store: the same frame for every chunk and later queries."""
@@ -139,19 +130,17 @@ class DlaPlan:
 
 
 class _HeadProduct:
-    """head_values of answer values z [e, a, head, d_head] of examples `rows`, the folded table taken at those
-    rows (`take(rows)`); `scaled` (a chunks.Product or None): the same of z * chunk_read.SCALED, bit for bit,
-    with the scaled table (`take_scaled(rows)`, attribution.scaled_table)."""
+    """A chunks.Product: the head_values of a chunk's hook_z [example, pos, head, d_head] as read, at its answer
+    positions, toward table rows `rows` [row, head, d_head] at `index` [example, answer] (Target.indexed)."""
 
-    def __init__(self, take: Callable[[slice], np.ndarray], take_scaled: Callable[[slice], np.ndarray] | None) -> None:
-        self.take, self.take_scaled = take, take_scaled
-        self.scaled = None if take_scaled is None else self._scaled
+    def __init__(self, rows: np.ndarray, index: np.ndarray) -> None:
+        self.rows, self.index = rows, index
 
-    def __call__(self, z: np.ndarray, rows: slice) -> np.ndarray:
-        return head_values(z, self.take(rows))
-
-    def _scaled(self, z: np.ndarray, rows: slice) -> np.ndarray:
-        return head_values(z, self.take_scaled(rows))  # type: ignore[misc]
+    def __call__(self, z: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray:
+        if tuple(dims) == ("example", "pos", "head", "d_head"):  # read at the answers straight from the chunk
+            return head_dot(z, answer_pos, self.index, self.rows)
+        at = at_answers(z, dims, answer_pos)  # [example, answer, head, d_head]: e.g. stored at the answers only
+        return head_dot(at, answer_positions(at), self.index, self.rows)
 
 
 def check_counter(store: Store, ex: Examples, target: ReadTarget) -> None:

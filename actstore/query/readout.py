@@ -296,21 +296,20 @@ class Target:
             return self._kept_or((table,), (id(table),), lambda: self._take(table))
         return self._take(table)
 
-    def rows_taker(self, table: np.ndarray) -> Callable[[slice], np.ndarray]:
-        """A function of a slice of examples giving take(table)[rows], the same values bit for bit, computed
-        for those rows alone and kept nowhere: safe to call on any thread (chunks.stream(products=))."""
-        correct, counter = self.correct, self.counter
+    def indexed(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, index): take(table) as rows[index], the same values bit for bit, without gathering a table
+        row per answer: rows [row, ...] (the table itself, one fixed row, or each distinct pair's difference)
+        and index [example, answer] int64 (query/head_dot.py reads it so)."""
         if self.row is not None:
-            row = table[self.row]
-            return lambda rows: np.broadcast_to(row, correct[rows].shape + table.shape[1:])
-        if self.kind != "diff" or counter is None:
-            return lambda rows: table[correct[rows]]
+            return table[self.row:self.row + 1], np.zeros(self.correct.shape, dtype=np.int64)
+        if self.kind != "diff" or self.counter is None:
+            return table, self.correct
         pairs = self._pairs()
         if pairs is None:
-            return lambda rows: table[correct[rows]] - table[counter[rows]]
-        diffs = table[pairs[0]] - table[pairs[1]]  # each distinct pair's difference, as _take computes it
-        inverse = pairs[2]
-        return lambda rows: diffs[inverse[rows]]
+            diffs = table[self.correct] - table[self.counter]
+            return diffs.reshape(-1, *table.shape[1:]), np.arange(diffs.shape[0] * diffs.shape[1]).reshape(
+                self.correct.shape)
+        return table[pairs[0]] - table[pairs[1]], pairs[2]
 
     def _take(self, table: np.ndarray) -> np.ndarray:
         if self.kind != "diff":

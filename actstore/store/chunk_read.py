@@ -137,12 +137,11 @@ _HALF_TO_SINGLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np
 _CAST_BLOCK = 1 << 17
 # float16 -> float32 by arithmetic: the sign-extended bits shifted left by 13 put the float16 exponent and
 # mantissa in float32's fields (sign extension leaves three copies of the sign above the exponent: masked
-# off), which reads as the value times 2**-112 (SCALED) for every finite float16, subnormals included; times
+# off), which reads as the value times 2**-112 for every finite float16, subnormals included; times
 # 2**112 is then exact. inf and NaN (exponent 31) are told apart on the float16 bits first: as int16 +inf / NaN
 # are at least 0x7C00 (nothing finite is), as uint16 -inf / NaN at least 0xFC00 (two max passes over 2-byte
 # values: 9 against 24 us per 2**17 values for max and min over the float32 block).
 _SHIFT, _KEEP, _SCALE = 13, np.int32(-0x70000001), np.float32(2.0 ** 112)  # _KEEP: 0x8FFFFFFF
-SCALED = 2.0 ** -112
 _POS_INF_NAN, _NEG_INF_NAN = 0x7C00, 0xFC00
 _SUBNORMAL = np.array([1 << _SHIFT], dtype=np.int32).view(np.float32)  # float16 2**-24, scaled down
 _SUBNORMAL_VALUE = np.float32(2.0 ** -24)
@@ -171,25 +170,11 @@ def float32_into(array: np.ndarray, out: np.ndarray) -> None:
     values at a time (numpy's float16 cast is a scalar loop, ~6x slower here; the lookup table ~1.3x),
     with the lookup table of numpy's own conversion for a block holding inf or NaN and in a thread that
     flushes subnormals."""
-    _cast(array, out, scaled=False)
-
-
-def scaled_float32_into(array: np.ndarray, out: np.ndarray) -> bool:
-    """float32_into, one pass fewer: True where `out` holds every value times SCALED (2**-112, exact for
-    every finite float16; a product x * SCALED * (t / SCALED) then rounds as x * t does, for t / SCALED
-    finite), False where it holds the values themselves (some block held inf or NaN, or this thread flushes
-    subnormals, which the scaled values of float16 subnormals are)."""
-    return _cast(array, out, scaled=True)
-
-
-def _cast(array: np.ndarray, out: np.ndarray, scaled: bool) -> bool:
-    """float32_into (scaled False) or scaled_float32_into; whether `out` holds the scaled values."""
     if array.size == 0:
-        return scaled
+        return
     src, dst = (array.reshape(1), out.reshape(1)) if array.ndim == 0 else (array, out)
     rows = max(1, _CAST_BLOCK // max(1, src[0].size))  # blocks of whole rows (axis 0): views, never copies
     exact = _exact_in_this_thread()
-    scaled = scaled and exact
     bits = thread_scratch("float32_into", min(rows, src.shape[0]) * src[0].size * 2).view(np.int16)
     for r in range(0, src.shape[0], rows):
         part, block = src[r:r + rows], dst[r:r + rows]
@@ -200,14 +185,9 @@ def _cast(array: np.ndarray, out: np.ndarray, scaled: bool) -> bool:
             np.copyto(word, half)  # sign-extended as it widens (the shift widening as it shifts: ~15% slower)
             np.left_shift(word, _SHIFT, out=word)
             np.bitwise_and(word, _KEEP, out=word)
-            if not scaled:
-                np.multiply(block, _SCALE, out=block)
-            continue
-        if scaled:  # the values themselves from here on, and in the blocks before (times 2**112: exact)
-            np.multiply(dst[:r], _SCALE, out=dst[:r])
-            scaled = False
-        np.take(_HALF_TO_SINGLE, half.view(np.uint16), out=block, mode="clip")  # clip: no bounds check needed
-    return scaled
+            np.multiply(block, _SCALE, out=block)
+        else:
+            np.take(_HALF_TO_SINGLE, half.view(np.uint16), out=block, mode="clip")  # clip: no bounds check needed
 
 
 def read_rows(layout: ChunkLayout, root: Path, array_rel: str, start: int, stop: int,

@@ -1,5 +1,6 @@
-"""Issue 14's DLA changes keep every table bit for bit: the same stores queried by this tree and by the tree
-before them (c836571, `git archive` run in a second interpreter) give equal tables, at every level (path
+"""Issue 14's DLA changes keep every table: the same stores queried by this tree and by the tree before them
+(c836571, `git archive` run in a second interpreter) give the same tables (bit for bit until head values became
+exact float64 sums, query/head_dot.py; since, within float32 rounding: close_tables.py), at every level (path
 included), for answer targets, token ids and lists, an expression, position selectors and answer=1, on one-chunk
 stores (1200 answers: the column-by-column division) and many-chunk ones, with every query asked twice (the kept
 frames and answer positions of the first ask reused by the second) and then backwards; the logit lens (which
@@ -18,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ingest"))
 from tiny_models import tiny_model  # noqa: E402
+from close_tables import within_rounding  # noqa: E402
 
 import actstore  # noqa: E402
 from actstore.query import dla, logit_lens  # noqa: E402
@@ -103,4 +105,4 @@ def test_every_query_gives_the_old_trees_table(old_tables, s):
                 continue
             old = pl.read_parquet(tables / f"{s}_{q}_{again}.parquet")
             new = _query(store, level, target, pos, answer)
-            assert new.height > 0 and new.equals(old), (stores[s].name, again, QUERIES[q])
+            assert new.height > 0 and within_rounding(new, old), (stores[s].name, again, QUERIES[q])

@@ -50,7 +50,7 @@ def test_every_chunk_of_a_scan_holds_its_own_rows(tiny_store):
 
 
 def test_heads_computed_on_the_reading_threads_are_the_main_threads_bit_for_bit(tiny_store):
-    """dla's head values made on the reading threads (stream(products=), a block of rows at a time) equal
+    """dla's head values made on the reading threads (stream(products=), from each hook_z as read) equal
     direct_attribution's own from the gathered answers, for every chunk and answer target."""
     from actstore.query.attribution import COMPUTE, direct_attribution
     from actstore.query.dla import DlaPlan, chunk_target
@@ -71,9 +71,9 @@ def test_heads_computed_on_the_reading_threads_are_the_main_threads_bit_for_bit(
             np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
 
 
-def test_rows_taker_is_take_of_those_rows():
-    """Target.rows_taker (what the reading threads use where a store's Targets keep nothing): rows i:j of
-    take(table), bit for bit, for 'correct', 'diff' with few distinct pairs and with many, and a fixed row."""
+def test_indexed_is_take():
+    """Target.indexed (what head_dot reads): rows[index] is take(table), bit for bit, for 'correct', 'diff'
+    with few distinct pairs and with many, and a fixed row."""
     from actstore.query.readout import Target
 
     rng = np.random.default_rng(3)
@@ -83,11 +83,13 @@ def test_rows_taker_is_take_of_those_rows():
                Target("diff", few, few[::-1] + 4),  # 3 distinct pairs: differences taken per pair
                Target("diff", rng.integers(0, 40, size=(50, 2)), rng.integers(0, 40, size=(50, 2))),
                Target.fixed(7, (50, 2))]
+    sizes = []
     for target in targets:
-        take = target.rows_taker(table)
-        whole = target.take(table)
-        for rows in (slice(0, 50), slice(0, 17), slice(17, 50), slice(49, 50)):
-            np.testing.assert_array_equal(take(rows).view(np.uint32), whole[rows].view(np.uint32))
+        rows, index = target.indexed(table)
+        assert index.shape == (50, 2) and rows.shape[1:] == table.shape[1:]
+        np.testing.assert_array_equal(rows[index].view(np.uint32), target.take(table).view(np.uint32))
+        sizes.append(rows.shape[0])
+    assert sizes[0] == 40 and sizes[1] <= 9 and sizes[2:] == [100, 1]  # few pairs: one row per distinct pair
 
 
 def test_answer_values_outlive_the_reads_that_made_them(tiny_store, tmp_path):

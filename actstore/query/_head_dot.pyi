@@ -1,0 +1,3 @@
+from typing import Any
+
+def head_dot(z: Any, pos: Any, idx: Any, table: Any, out: Any, vector: bool = ..., /) -> None: ...

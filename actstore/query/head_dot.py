@@ -1,0 +1,76 @@
+"""Each head's output read along a target at each answer: the dot products of head-level DLA, in float64.
+
+    values[e, a, h] = sum over d of z[e, pos[e, a], h, d] * table[row[e, a], h, d]
+
+z is a chunk's stored hook_z [example, pos, head, d_head] (float16 as stored, or float32), pos the
+positions read, table a float32 table with one row per target direction (the readout's folded head
+table, or its per-pair differences for 'diff') and row which of them each answer reads.
+
+Every product is exact in float64 (float16 or float32 times float32), and the sum over d_head runs in
+one fixed order: four running sums over d mod 4, each in order of d, then (s0 + s1) + (s2 + s3). So the
+C kernel (_head_dot.c: one pass over the stored values with the GIL released, AVX2 and F16C where the
+CPU has them) and the numpy code below give the same bits, and a row's value depends on that row
+alone: any chunking, thread or worker gives the same table. The kernel is built at install where a C
+compiler is present (pyproject.toml's ext-modules, optional); without it the numpy code runs.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+import numpy as np
+
+try:
+    from actstore.query import _head_dot as _kernel
+    KERNEL: ModuleType | None = _kernel
+except ImportError:  # installed without a C compiler: the numpy code below
+    KERNEL = None
+
+LANES = 4
+_BLOCK = 1 << 16  # products per block of the numpy code (float64: 512 KB)
+
+
+def head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """[example, answer, head] float64 (see the module docstring).
+
+    z: [example, pos, head, d_head] float16 or float32 (any other dtype is read as float32);
+    pos, rows: [example, answer] integers, positions of z and rows of table;
+    table: [row, head, d_head] float32.
+    """
+    if z.ndim != 4 or pos.ndim != 2 or pos.shape != rows.shape or pos.shape[0] != z.shape[0]:
+        raise ValueError(f"head_dot: z {z.shape}, pos {pos.shape} and rows {rows.shape} do not fit together")
+    if table.ndim != 3 or table.shape[1:] != z.shape[2:] or table.dtype != np.float32:
+        raise ValueError(f"head_dot: table must be [row, head, d_head] float32 of z's heads, got {table.dtype} "
+                         f"{table.shape}")
+    if z.dtype not in (np.float16, np.float32):
+        z = z.astype(np.float32)
+    pos = np.ascontiguousarray(pos, dtype=np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    out = np.empty(pos.shape + z.shape[2:3], dtype=np.float64)
+    if KERNEL is not None:
+        KERNEL.head_dot(np.ascontiguousarray(z), pos, rows, np.ascontiguousarray(table), out)
+        return out
+    if pos.size and (pos.min() < 0 or pos.max() >= z.shape[1] or rows.min() < 0 or rows.max() >= table.shape[0]):
+        raise ValueError("head_dot: a position or table row is out of range")
+    numpy_head_dot(z, pos, rows, table, out)
+    return out
+
+
+def numpy_head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """The kernel's sums with numpy, into out [example, answer, head] (arguments checked by head_dot)."""
+    e, a = pos.shape
+    h, d = z.shape[2], z.shape[3]
+    step = max(1, _BLOCK // max(1, a * h * d))
+    for start in range(0, e, step):
+        ex = np.arange(start, min(e, start + step))
+        with np.errstate(invalid="ignore"):  # inf * 0: NaN, as in the kernel
+            products = z[ex[:, None], pos[ex]].astype(np.float64) * table[rows[ex]].astype(np.float64)  # exact
+        lanes = np.zeros(products.shape[:3] + (LANES,))
+        for k in range(d):
+            lanes[..., k % LANES] += products[..., k]
+        out[ex] = (lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])
+
+
+def answer_positions(z: np.ndarray) -> np.ndarray:
+    """[example, answer] the positions of z [example, answer, head, d_head] gathered at the answers already."""
+    return np.broadcast_to(np.arange(z.shape[1], dtype=np.int64), z.shape[:2])
+
