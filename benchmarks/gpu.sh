@@ -37,6 +37,9 @@ else
   device=cuda; ingest_args=(--n 256 --zoo-n 16384 --repeats 2)
   query_args=(--n 64 --n-zoo 4096 --repeats 3); t_ingest=270; t_query=180
 fi
+# head DLA's C kernel (setup.py): built in place where this machine has a compiler and Python's headers,
+# else the store's DLA runs head_dot.py's numpy code (the same values, slower); the line below says which
+"$py" setup.py -q build_ext --inplace >/dev/null 2>&1 || echo "# no C compiler here: head_dot's numpy code"
 "$py" - "$device" <<'EOF'
 import sys
 from importlib.metadata import version
@@ -47,6 +50,8 @@ names = ("zarr", "numcodecs", "polars", "duckdb", "transformer_lens", "transform
 print(f"# python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} "
       f"available={torch.cuda.is_available()} " + " ".join(f"{n} {version(n)}" for n in names)
       + f" actstore from {actstore.__file__}")
+from actstore.query import head_dot
+print(f"# head DLA's C kernel: {'built' if head_dot.KERNEL is not None else 'absent (numpy code)'}")
 if sys.argv[1] == "cuda":
     if not torch.cuda.is_available():
         sys.exit("torch sees no CUDA device")

@@ -157,6 +157,8 @@ static PyObject *head_dot(PyObject *self, PyObject *args) {
     }
     PyObject *result = NULL;
     const char *err = NULL;
+    int64_t *own = NULL;
+    int nomem = 0;
     int half = z.itemsize == 2 && format_is(z.format, "e"), single = z.itemsize == 4 && format_is(z.format, "f");
     int i64 = pos.itemsize == 8 && idx.itemsize == 8 && format_is(pos.format, "ql") && format_is(idx.format, "ql");
     if (!(half || single) || z.ndim != 4) err = "z must be a [example, pos, head, d_head] float16 or float32 array";
@@ -171,12 +173,15 @@ static PyObject *head_dot(PyObject *self, PyObject *args) {
         if (pos.shape[0] != E || idx.shape[0] != E || idx.shape[1] != A) err = "pos and idx must be [example, answer] of z's examples";
         else if (tab.shape[1] != H || tab.shape[2] != D) err = "table's [head, d_head] must be z's";
         else if (out.shape[0] != E || out.shape[1] != A || out.shape[2] != H) err = "out must be [example, answer, head]";
-        else {
-            const int64_t *p = pos.buf, *r = idx.buf;
+        else if (!(own = PyMem_Malloc(2 * (size_t)(E * A) * sizeof(int64_t) + 1))) nomem = 1;
+        else {  /* private copies, taken and checked with the GIL held: no other thread can change them after the check */
+            const int64_t *p = own, *r = own + E * A;
+            memcpy(own, pos.buf, (size_t)(E * A) * sizeof(int64_t));
+            memcpy(own + E * A, idx.buf, (size_t)(E * A) * sizeof(int64_t));
             for (Py_ssize_t i = 0; i < E * A; i++)
                 if (p[i] < 0 || p[i] >= P || r[i] < 0 || r[i] >= R) { err = "a position or table row is out of range"; break; }
         }
-        if (!err) {
+        if (!err && !nomem) {
             if (fast < 0) {
 #ifdef HAVE_X86
                 __builtin_cpu_init();
@@ -188,17 +193,19 @@ static PyObject *head_dot(PyObject *self, PyObject *args) {
             int use = vector && fast;
             Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_X86
-            if (use && half) rows_half_avx2(z.buf, pos.buf, idx.buf, tab.buf, out.buf, E, A, P, H, D);
-            else if (use) rows_float_avx2(z.buf, pos.buf, idx.buf, tab.buf, out.buf, E, A, P, H, D);
+            if (use && half) rows_half_avx2(z.buf, own, own + E * A, tab.buf, out.buf, E, A, P, H, D);
+            else if (use) rows_float_avx2(z.buf, own, own + E * A, tab.buf, out.buf, E, A, P, H, D);
             else
 #endif
-            if (half) rows_half(z.buf, pos.buf, idx.buf, tab.buf, out.buf, E, A, P, H, D);
-            else rows_float(z.buf, pos.buf, idx.buf, tab.buf, out.buf, E, A, P, H, D);
+            if (half) rows_half(z.buf, own, own + E * A, tab.buf, out.buf, E, A, P, H, D);
+            else rows_float(z.buf, own, own + E * A, tab.buf, out.buf, E, A, P, H, D);
             Py_END_ALLOW_THREADS
             (void)use;
         }
     }
-    if (err) PyErr_SetString(PyExc_ValueError, err);
+    PyMem_Free(own);
+    if (nomem) PyErr_NoMemory();
+    else if (err) PyErr_SetString(PyExc_ValueError, err);
     else { Py_INCREF(Py_None); result = Py_None; }
     PyBuffer_Release(&z); PyBuffer_Release(&pos); PyBuffer_Release(&idx); PyBuffer_Release(&tab); PyBuffer_Release(&out);
     return result;

@@ -10,8 +10,10 @@ Every product is exact in float64 (float16 or float32 times float32), and the su
 one fixed order: four running sums over d mod 4, each in order of d, then (s0 + s1) + (s2 + s3). So the
 C kernel (_head_dot.c: one pass over the stored values with the GIL released, AVX2 and F16C where the
 CPU has them) and the numpy code below give the same bits, and a row's value depends on that row
-alone: any chunking, thread or worker gives the same table. The kernel is built at install where a C
-compiler is present (pyproject.toml's ext-modules, optional); without it the numpy code runs.
+alone: any chunking, thread or worker gives the same table (in a thread set to treat subnormals as
+zero, float32 subnormals in z or the table count as 0 on both paths, as in any float32 arithmetic
+there). The kernel is built at install where a C compiler is present (setup.py, optional); without it
+the numpy code runs.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.ndarray
     if table.ndim != 3 or table.shape[1:] != z.shape[2:] or table.dtype != np.float32:
         raise ValueError(f"head_dot: table must be [row, head, d_head] float32 of z's heads, got {table.dtype} "
                          f"{table.shape}")
+    if not (np.issubdtype(pos.dtype, np.integer) and np.issubdtype(rows.dtype, np.integer)):
+        raise ValueError(f"head_dot: pos and rows must be integers, got {pos.dtype} and {rows.dtype}")
     if z.dtype not in (np.float16, np.float32):
         z = z.astype(np.float32)
     pos = np.ascontiguousarray(pos, dtype=np.int64)
@@ -62,12 +66,12 @@ def numpy_head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.n
     step = max(1, _BLOCK // max(1, a * h * d))
     for start in range(0, e, step):
         ex = np.arange(start, min(e, start + step))
-        with np.errstate(invalid="ignore"):  # inf * 0: NaN, as in the kernel
+        with np.errstate(invalid="ignore"):  # inf * 0 and inf - inf: NaN, quietly, as in the kernel
             products = z[ex[:, None], pos[ex]].astype(np.float64) * table[rows[ex]].astype(np.float64)  # exact
-        lanes = np.zeros(products.shape[:3] + (LANES,))
-        for k in range(d):
-            lanes[..., k % LANES] += products[..., k]
-        out[ex] = (lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])
+            lanes = np.zeros(products.shape[:3] + (LANES,))
+            for k in range(d):
+                lanes[..., k % LANES] += products[..., k]
+            out[ex] = (lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])
 
 
 def answer_positions(z: np.ndarray) -> np.ndarray:
