@@ -42,8 +42,9 @@ def collect(lines: list[str]) -> dict[str, dict[str, list[dict[str, str]]]]:
             out["query"][head].append(f)
         elif model in MODELS and "touched_MB" in f and "read_ratio" in f:
             out["reads"][head].append(f)
-        elif "tree=" in line and "n=" in line:
-            setup_head = f"{head} {line.split('tree=')[1].split()[0]}"
+        elif "tree=" in line and "n=" in line:  # ingest_setup.py's model line; its options (a dict) if any
+            options = line[line.index("{"):line.index("}") + 1] if "{" in line else ""
+            setup_head = " ".join(filter(None, [head, options, line.split("tree=")[1].split()[0]]))
         elif setup_head and line.strip().startswith(("cold, best", "warm, best")):
             out["setup"][f"{setup_head} {line.split(',')[0].strip()}"].append(f)
     return out
