@@ -21,6 +21,8 @@ from __future__ import annotations
 from types import ModuleType
 import numpy as np
 
+from actstore.store.chunk_read import to_float32
+
 try:
     from actstore.query import _head_dot as _kernel
     KERNEL: ModuleType | None = _kernel
@@ -28,7 +30,7 @@ except ImportError:  # installed without a C compiler: the numpy code below
     KERNEL = None
 
 LANES = 4
-_BLOCK = 1 << 16  # products per block of the numpy code (float64: 512 KB)
+_BLOCK = 1 << 17  # products per block of the numpy code (float64: 1 MB)
 
 
 def head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -60,17 +62,26 @@ def head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.ndarray
 
 
 def numpy_head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
-    """The kernel's sums with numpy, into out [example, answer, head] (arguments checked by head_dot)."""
+    """The kernel's sums with numpy, into out [example, answer, head] (arguments checked by head_dot).
+
+    d_head is padded with zeros to a multiple of LANES: a lane's running sum is never -0.0 (it starts at +0.0,
+    and round-to-nearest gives +0.0 for x + -x and +0.0 + -0.0), so adding +0.0 leaves every sum's bits alone."""
     e, a = pos.shape
     h, d = z.shape[2], z.shape[3]
-    step = max(1, _BLOCK // max(1, a * h * d))
+    width = -(-d // LANES) * LANES
+    step = max(1, _BLOCK // max(1, a * h * width))
+    padded = np.zeros((min(step, e), a, h, width))
     for start in range(0, e, step):
         ex = np.arange(start, min(e, start + step))
+        values = padded[:ex.size]
         with np.errstate(invalid="ignore"):  # inf * 0 and inf - inf: NaN, quietly, as in the kernel
-            products = z[ex[:, None], pos[ex]].astype(np.float64) * table[rows[ex]].astype(np.float64)  # exact
-            lanes = np.zeros(products.shape[:3] + (LANES,))
-            for k in range(d):
-                lanes[..., k % LANES] += products[..., k]
+            picked = z[ex[:, None], pos[ex]]  # [b, a, h, d]
+            values[..., :d] = to_float32(picked) if picked.dtype == np.float16 else picked  # exact widenings
+            values[..., :d] *= table[rows[ex]]  # exact products in float64
+            groups = values.reshape(*values.shape[:3], width // LANES, LANES)
+            lanes = np.zeros(groups.shape[:3] + (LANES,))
+            for k in range(groups.shape[3]):
+                lanes += groups[:, :, :, k]
             out[ex] = (lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])
 
 
