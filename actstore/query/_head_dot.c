@@ -53,77 +53,55 @@ static inline double dot_float(const float *z, const float *t, Py_ssize_t D) {
 }
 
 #ifdef HAVE_X86
-__attribute__((target("avx2,f16c,fma")))
-static void rows_half_avx2(const uint16_t *z, const int64_t *pos, const int64_t *idx, const float *table,
-                           double *out, Py_ssize_t E, Py_ssize_t A, Py_ssize_t P, Py_ssize_t H, Py_ssize_t D) {
-    Py_ssize_t D8 = D & ~(Py_ssize_t)7;
-    for (Py_ssize_t e = 0; e < E; e++)
-        for (Py_ssize_t a = 0; a < A; a++) {
-            const uint16_t *zr = z + ((e * P + pos[e * A + a]) * H) * D;
-            const float *tr = table + idx[e * A + a] * H * D;
-            double *o = out + (e * A + a) * H;
-            PREFETCH(z, e, a);
-            for (Py_ssize_t h = 0; h < H; h++, zr += D, tr += D) {
-                __m256d acc = _mm256_setzero_pd();
-                Py_ssize_t d = 0;
-                for (; d < D8; d += 8) {
-                    __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zr + d)));
-                    acc = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f)), _mm256_cvtps_pd(_mm_loadu_ps(tr + d)), acc);
-                    acc = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)), _mm256_cvtps_pd(_mm_loadu_ps(tr + d + 4)), acc);
-                }
-                double lane[4];
-                _mm256_storeu_pd(lane, acc);
-                for (; d < D; d++) lane[d & 3] += half_to_double(zr[d]) * (double)tr[d];
-                o[h] = (lane[0] + lane[1]) + (lane[2] + lane[3]);
-            }
-        }
+#define AVX2_F16C __attribute__((target("avx2,f16c,fma")))
+
+/* dot_half and dot_float in 4-wide registers: lane k of `acc` is acc[k] above, adding in the same order */
+AVX2_F16C static inline double dot_half_avx2(const uint16_t *z, const float *t, Py_ssize_t D) {
+    __m256d acc = _mm256_setzero_pd();
+    Py_ssize_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+        __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(z + d)));
+        acc = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f)), _mm256_cvtps_pd(_mm_loadu_ps(t + d)), acc);
+        acc = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)), _mm256_cvtps_pd(_mm_loadu_ps(t + d + 4)), acc);
+    }
+    double lane[4];
+    _mm256_storeu_pd(lane, acc);
+    for (; d < D; d++) lane[d & 3] += half_to_double(z[d]) * (double)t[d];
+    return (lane[0] + lane[1]) + (lane[2] + lane[3]);
 }
 
-__attribute__((target("avx2,fma")))
-static void rows_float_avx2(const float *z, const int64_t *pos, const int64_t *idx, const float *table,
-                            double *out, Py_ssize_t E, Py_ssize_t A, Py_ssize_t P, Py_ssize_t H, Py_ssize_t D) {
-    Py_ssize_t D4 = D & ~(Py_ssize_t)3;
-    for (Py_ssize_t e = 0; e < E; e++)
-        for (Py_ssize_t a = 0; a < A; a++) {
-            const float *zr = z + ((e * P + pos[e * A + a]) * H) * D;
-            const float *tr = table + idx[e * A + a] * H * D;
-            double *o = out + (e * A + a) * H;
-            PREFETCH(z, e, a);
-            for (Py_ssize_t h = 0; h < H; h++, zr += D, tr += D) {
-                __m256d acc = _mm256_setzero_pd();
-                Py_ssize_t d = 0;
-                for (; d < D4; d += 4)
-                    acc = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(zr + d)), _mm256_cvtps_pd(_mm_loadu_ps(tr + d)), acc);
-                double lane[4];
-                _mm256_storeu_pd(lane, acc);
-                for (; d < D; d++) lane[d & 3] += (double)zr[d] * (double)tr[d];
-                o[h] = (lane[0] + lane[1]) + (lane[2] + lane[3]);
-            }
-        }
+AVX2_F16C static inline double dot_float_avx2(const float *z, const float *t, Py_ssize_t D) {
+    __m256d acc = _mm256_setzero_pd();
+    Py_ssize_t d = 0;
+    for (; d + 4 <= D; d += 4)
+        acc = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(z + d)), _mm256_cvtps_pd(_mm_loadu_ps(t + d)), acc);
+    double lane[4];
+    _mm256_storeu_pd(lane, acc);
+    for (; d < D; d++) lane[d & 3] += (double)z[d] * (double)t[d];
+    return (lane[0] + lane[1]) + (lane[2] + lane[3]);
 }
 #endif
 
-static void rows_half(const uint16_t *z, const int64_t *pos, const int64_t *idx, const float *table,
-                      double *out, Py_ssize_t E, Py_ssize_t A, Py_ssize_t P, Py_ssize_t H, Py_ssize_t D) {
-    for (Py_ssize_t e = 0; e < E; e++)
-        for (Py_ssize_t a = 0; a < A; a++) {
-            const uint16_t *zr = z + ((e * P + pos[e * A + a]) * H) * D;
-            const float *tr = table + idx[e * A + a] * H * D;
-            PREFETCH(z, e, a);
-            for (Py_ssize_t h = 0; h < H; h++) out[(e * A + a) * H + h] = dot_half(zr + h * D, tr + h * D, D);
-        }
-}
+/* NAME: out[e, a, h] = DOT(z row at pos[e, a], table row idx[e, a], head h) for every answer, z of type T */
+#define ROWS(ATTR, NAME, T, DOT) \
+    ATTR static void NAME(const T *z, const int64_t *pos, const int64_t *idx, const float *table, double *out, \
+                          Py_ssize_t E, Py_ssize_t A, Py_ssize_t P, Py_ssize_t H, Py_ssize_t D) { \
+        for (Py_ssize_t e = 0; e < E; e++) \
+            for (Py_ssize_t a = 0; a < A; a++) { \
+                const T *zr = z + ((e * P + pos[e * A + a]) * H) * D; \
+                const float *tr = table + idx[e * A + a] * H * D; \
+                double *o = out + (e * A + a) * H; \
+                PREFETCH(z, e, a); \
+                for (Py_ssize_t h = 0; h < H; h++) o[h] = DOT(zr + h * D, tr + h * D, D); \
+            } \
+    }
 
-static void rows_float(const float *z, const int64_t *pos, const int64_t *idx, const float *table,
-                       double *out, Py_ssize_t E, Py_ssize_t A, Py_ssize_t P, Py_ssize_t H, Py_ssize_t D) {
-    for (Py_ssize_t e = 0; e < E; e++)
-        for (Py_ssize_t a = 0; a < A; a++) {
-            const float *zr = z + ((e * P + pos[e * A + a]) * H) * D;
-            const float *tr = table + idx[e * A + a] * H * D;
-            PREFETCH(z, e, a);
-            for (Py_ssize_t h = 0; h < H; h++) out[(e * A + a) * H + h] = dot_float(zr + h * D, tr + h * D, D);
-        }
-}
+ROWS(, rows_half, uint16_t, dot_half)
+ROWS(, rows_float, float, dot_float)
+#ifdef HAVE_X86
+ROWS(AVX2_F16C, rows_half_avx2, uint16_t, dot_half_avx2)
+ROWS(AVX2_F16C, rows_float_avx2, float, dot_float_avx2)
+#endif
 
 /* whether a buffer's struct format is the one-letter code `c` in this machine's byte order ('<' or '>' only where
    that is this machine's: numpy writes '<f' for some little-endian float32 arrays) */
