@@ -298,17 +298,17 @@ class Target:
 
     def indexed(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, index): take(table) as rows[index], the same values bit for bit, without gathering a table
-        row per answer: rows [row, ...] (the table itself, one fixed row, or each distinct pair's difference)
-        and index [example, answer] int64 (query/head_dot.py reads it so)."""
+        row per answer where rows are shared: rows [row, ...] (the table itself, one fixed row, each distinct
+        pair's difference, or, with too many distinct pairs, take(table) itself, kept as take keeps it) and index
+        [example, answer] int64 (query/head_dot.py reads it so)."""
         if self.row is not None:
             return table[self.row:self.row + 1], np.zeros(self.correct.shape, dtype=np.int64)
         if self.kind != "diff" or self.counter is None:
             return table, self.correct
         pairs = self._pairs()
         if pairs is None:
-            diffs = table[self.correct] - table[self.counter]
-            return diffs.reshape(-1, *table.shape[1:]), np.arange(diffs.shape[0] * diffs.shape[1]).reshape(
-                self.correct.shape)
+            taken = self.take(table)  # [example, answer, ...]: one row per answer
+            return taken.reshape(-1, *table.shape[1:]), np.arange(self.correct.size).reshape(self.correct.shape)
         return table[pairs[0]] - table[pairs[1]], pairs[2]
 
     def _take(self, table: np.ndarray) -> np.ndarray:
