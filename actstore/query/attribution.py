@@ -36,9 +36,9 @@ from actstore.query.readout import Readout, Target, Weights
 from actstore.store.arch import Arch
 from actstore.query.options import LEVELS
 
-# dtype of the per-answer products with stored activations (float16 / float32 on disk): float32
-# keeps them exact to ~1e-7 relative at half the memory traffic of float64; the folded tables are
-# computed in float64, and biases, embeddings and the final scale stay float64.
+# dtype of the folded tables and of the answers' values as gathered (float16 / float32 on disk): float32 keeps
+# them exact to ~1e-7 relative at half the memory traffic of float64. Head and MLP outputs are float64 sums of
+# exact products (head_dot), neuron-level products float32; biases, embeddings and the final scale float64.
 COMPUTE = np.float32
 
 
@@ -90,6 +90,12 @@ def make_target(readout: Readout, chunk: Chunk, kind: str) -> Target:
     return Target(kind, readout.rows(chunk.answer_tokens), counter)
 
 
+def mlp_table(readout: Readout, layer: int) -> np.ndarray:
+    """[row, 1, d_mlp] the folded MLP table (COMPUTE) as head_dot reads it: one 'head' of width d_mlp (a view of
+    compute_table's, kept on the readout, so that Target.take / indexed keep what they make of it)."""
+    return readout.table(("compute", "mlp rows", layer), lambda: compute_table(readout, "mlp", layer)[:, None, :])
+
+
 def compute_table(readout: Readout, kind: str, layer: int) -> np.ndarray:
     """A folded per-token table ('head' | 'mlp') in the COMPUTE dtype, C-contiguous (head_dot reads it so: a
     transposed fold copied per call cost a GPT-2-shaped DLA ~9 ms), kept on the readout."""
@@ -114,13 +120,22 @@ def head_values(z: np.ndarray, target: Target, table: np.ndarray) -> np.ndarray:
     return head_dot(z, answer_positions(z), index, rows)
 
 
+def mlp_values(post: np.ndarray, target: Target, table: np.ndarray) -> np.ndarray:
+    """[e, a] float64: each answer's MLP output (without b_out) read along `target`: post [e, a, d_mlp] (MLP
+    hook_post at the answers) dotted with the folded MLP table `table` [row, 1, d_mlp] (mlp_table) at each
+    answer's row, in head_values' order and precision (one head of width d_mlp)."""
+    rows, index = target.indexed(table)
+    return head_dot(post[:, :, None, :], answer_positions(post), index, rows)[..., 0]
+
+
 def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: str = "head",
                        target: str | Target = "correct",
-                       heads: Mapping[int, np.ndarray] | None = None) -> tuple[np.ndarray, list[Component]]:
+                       products: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[Component]]:
     """Each component's direct attribution at each answer: ([example, answer, component] float64, components).
 
-    heads: layer -> head_values of that layer's hook_z toward this target, computed already (e.g. on the
-    reading threads: chunks.stream(products=)); the other layers' come from chunk.at_answer."""
+    products: hook -> its values toward this target, computed already (e.g. on the reading threads:
+    chunks.stream(products=)): a hook_z's head_values [e, a, head], an MLP hook_post's mlp_values [e, a] (not
+    for level 'neuron', which reads each neuron); the other hooks' come from chunk.at_answer."""
     check_level(level)
     tgt = target if isinstance(target, Target) else make_target(readout, chunk, target)
     blocks: list[np.ndarray] = []  # each [e, a, k], divided by the final scale at the end
@@ -136,8 +151,9 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
 
     n_heads = weights.arch.n_heads
     for layer in range(weights.arch.n_layers):
-        if heads is not None and layer in heads:
-            per_head = heads[layer]  # [e, a, head]
+        done = {} if products is None else products
+        if Arch.z(layer) in done:
+            per_head = done[Arch.z(layer)]  # [e, a, head]
         else:
             per_head = head_values(chunk.at_answer[Arch.z(layer)], tgt, compute_table(readout, "head", layer))
         attn_bias = tgt.take(readout.attn_bias(layer))  # [e, a]
@@ -153,15 +169,18 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
             add(attn_bias, [Component(f"attn_bias{layer}", layer)])
         if not weights.arch.has_mlp:
             continue
-        post = chunk.at_answer[Arch.mlp_post(layer)].astype(COMPUTE, copy=False)  # [e, a, d_mlp]
-        fold = tgt.take(compute_table(readout, "mlp", layer))  # [e, a, d_mlp]
         mlp_bias = tgt.take(readout.mlp_bias(layer))
         if level == "neuron":
-            per_neuron = (post * fold).astype(np.float64)
+            post = chunk.at_answer[Arch.mlp_post(layer)].astype(COMPUTE, copy=False)  # [e, a, d_mlp]
+            per_neuron = (post * tgt.take(compute_table(readout, "mlp", layer))).astype(np.float64)
             add(per_neuron, [Component(f"L{layer}N{n}", layer, neuron=n) for n in range(per_neuron.shape[-1])])
             add(mlp_bias, [Component(f"mlp_bias{layer}", layer)])
+            continue
+        if Arch.mlp_post(layer) in done:
+            per_mlp = done[Arch.mlp_post(layer)]  # [e, a]
         else:
-            add(np.einsum("ean,ean->ea", post, fold).astype(np.float64) + mlp_bias, [Component(f"mlp{layer}", layer)])
+            per_mlp = mlp_values(chunk.at_answer[Arch.mlp_post(layer)], tgt, mlp_table(readout, layer))
+        add(per_mlp + mlp_bias, [Component(f"mlp{layer}", layer)])
 
     final_bias = readout.final_bias()
     k = sum(block.shape[-1] for block in blocks)

@@ -27,7 +27,7 @@ import polars as pl
 
 from actstore.errors import InvalidParameterError
 from actstore.query.attribution import (COMPUTE, Component, check_level, compute_table, direct_attribution,
-                                        make_target, required_hooks)
+                                        make_target, mlp_table, required_hooks)
 from actstore.query.chunks import Chunk, ExampleArrays, Examples, Product, at_answers, stream
 from actstore.query.executor import Job, run
 from actstore.query.head_dot import answer_positions, head_dot
@@ -89,36 +89,40 @@ class DlaPlan:
 
     def partials(self, ranges: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
         tgt = self.tgt
-        # one target row per answer: each hook_z's heads are computed on its reading thread as its read lands,
-        # straight from the stored float16 (query/head_dot.py), with no float32 copy of its answers (on the
-        # GPT-2 shape's 8 chunks ~10% faster than casting there and computing here; the one-chunk zoo stores
-        # have nothing else to overlap that math with)
+        # one target row per answer: each hook_z's heads (and, but for level 'neuron', each MLP hook_post's
+        # output) are computed on its reading thread as its read lands, straight from the stored float16
+        # (query/head_dot.py), with no float32 copy of its answers (on the GPT-2 shape's 8 chunks ~10% faster
+        # than casting there and computing here; the one-chunk zoo stores have nothing else to overlap that with)
         on_threads = tgt.kind in ANSWER_KINDS and self.level != "path"
         for chunk in stream(self.store, *self.hooks, tokens=self.level == "path", examples=self.at.arrays,
-                            answer_dtype=COMPUTE, ranges=ranges, products=self.head_products if on_threads else None):
+                            answer_dtype=COMPUTE, ranges=ranges, products=self.answer_products if on_threads else None):
             rows = ([chunk_target(self.store, self.readout, self.at.arrays, chunk, tgt.kind)]
                     if tgt.kind in ANSWER_KINDS else tgt.rows(self.readout, chunk.answer_pos.shape))
-            heads = {layer: chunk.products[Arch.z(layer)] for layer in range(self.weights.arch.n_layers)
-                     if Arch.z(layer) in chunk.products}
             per_row = []
             for row in rows:
                 values, comps = direct_attribution(self.weights, self.readout, chunk, level=self.level, target=row,
-                                                   heads=heads)
+                                                   products=chunk.products)
                 per_row.append(values)
             values = np.stack(per_row, axis=2) if len(per_row) > 1 else per_row[0][:, :, None, :]
             yield self.at.frame(chunk.start, chunk.stop, self.items(comps), values, {"target": tgt.label},
                                 tgt.tokens if tgt.per_token else None)
 
-    def head_products(self, rows: ExampleArrays, start: int, stop: int) -> dict[str, Product]:
+    def answer_products(self, rows: ExampleArrays, start: int, stop: int) -> dict[str, Product]:
         """chunks.stream's products for a chunk's examples [start, stop) toward an answer target: each
-        layer's hook_z as read -> its head_values at the answers, toward the chunk's Target (made here, on
-        the scan's thread), in one pass over the stored values (query/head_dot.py)."""
+        layer's hook_z as read -> its head_values at the answers, and (but for level 'neuron') each MLP
+        hook_post -> its mlp_values, toward the chunk's Target (made here, on the scan's thread), in one pass
+        over the stored values (query/head_dot.py)."""
         chunk = Chunk(example_id=rows.example_id, lengths=rows.lengths, tokens=None, answer_pos=rows.answer_pos,
                       answer_tokens=rows.answer_tokens, counter_tokens=rows.counter_tokens,
                       input_tokens=rows.input_tokens, start=start)
         target = chunk_target(self.store, self.readout, self.at.arrays, chunk, self.tgt.kind)
-        return {Arch.z(layer): _HeadProduct(*target.indexed(compute_table(self.readout, "head", layer)))
-                for layer in range(self.weights.arch.n_layers)}
+        arch = self.weights.arch
+        out: dict[str, Product] = {Arch.z(layer): _HeadProduct(*target.indexed(compute_table(self.readout, "head", layer)))
+                                   for layer in range(arch.n_layers)}
+        if arch.has_mlp and self.level != "neuron":
+            out.update({Arch.mlp_post(layer): _HeadProduct(*target.indexed(mlp_table(self.readout, layer)))
+                        for layer in range(arch.n_layers)})
+        return out
 
     def items(self, comps: list[Component]) -> pl.DataFrame:
         """component_items, kept with the store: the same frame for every chunk and later queries."""
@@ -131,16 +135,21 @@ class DlaPlan:
 
 class _HeadProduct:
     """A chunks.Product: the head_values of a chunk's hook_z [example, pos, head, d_head] as read, at its answer
-    positions, toward table rows `rows` [row, head, d_head] at `index` [example, answer] (Target.indexed)."""
+    positions, toward table rows `rows` [row, head, d_head] at `index` [example, answer] (Target.indexed); or
+    the mlp_values [example, answer] of an MLP hook_post [example, pos, d_mlp], toward rows [row, 1, d_mlp]."""
 
     def __init__(self, rows: np.ndarray, index: np.ndarray) -> None:
         self.rows, self.index = rows, index
 
     def __call__(self, z: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray:
-        if tuple(dims) == ("example", "pos", "head", "d_head"):  # read at the answers straight from the chunk
-            return head_dot(z, answer_pos, self.index, self.rows)
-        at = at_answers(z, dims, answer_pos)  # [example, answer, head, d_head]: e.g. stored at the answers only
-        return head_dot(at, answer_positions(at), self.index, self.rows)
+        mlp = len(dims) == 3  # [example, pos | answer, d_mlp]
+        if tuple(dims) in (("example", "pos", "head", "d_head"), ("example", "pos", "d_mlp")):  # at the answers,
+            # straight from the chunk
+            values = head_dot(z[:, :, None, :] if mlp else z, answer_pos, self.index, self.rows)
+        else:
+            at = at_answers(z, dims, answer_pos)  # [example, answer, ...]: e.g. stored at the answers only
+            values = head_dot(at[:, :, None, :] if mlp else at, answer_positions(at), self.index, self.rows)
+        return values[..., 0] if mlp else values
 
 
 def check_counter(store: Store, ex: Examples, target: ReadTarget) -> None:

@@ -69,6 +69,24 @@ def test_kernel_numpy_and_python_give_the_same_bits(d_head, dtype, monkeypatch):
     same_bits(head_dot(z, pos, rows, table), want)
 
 
+@pytest.mark.parametrize("width", [3071, 3072])
+def test_an_mlp_wide_row_gives_the_same_bits_on_every_path(width, monkeypatch):
+    """One 'head' as wide as an MLP (dla reads hook_post [e, pos, 1, d_mlp] so): the numpy code's lane sums
+    over hundreds of groups, and a row of only -0.0 products (+0.0, as the kernel's sums start there)."""
+    rng = np.random.default_rng(width)
+    z = (rng.standard_normal((12, 5, 1, width)) * 4).astype(np.float16)
+    pos, rows = rng.integers(0, 5, size=(12, 2)), rng.integers(0, 3, size=(12, 2))
+    table = (rng.standard_normal((3, 1, width)) * 2.0 ** rng.integers(-30, 10, size=(3, 1, width))).astype(np.float32)
+    z[0, pos[0, 0]] = -0.0
+    table[rows[0, 0]] = np.abs(table[rows[0, 0]])  # every product of answer (0, 0) is -0.0
+    want = lanes_in_python(z, pos, rows, table)
+    assert want[0, 0, 0] == 0 and not np.signbit(want[0, 0, 0])
+    if hd.KERNEL is not None:
+        same_bits(head_dot(z, pos, rows, table), want)
+    monkeypatch.setattr(hd, "KERNEL", None)
+    same_bits(head_dot(z, pos, rows, table), want)
+
+
 def test_values_are_the_float64_dot_products_to_rounding():
     rng = np.random.default_rng(5)
     z = rng.standard_normal((50, 6, 4, 24)).astype(np.float16)

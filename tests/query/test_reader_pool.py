@@ -50,8 +50,9 @@ def test_every_chunk_of_a_scan_holds_its_own_rows(tiny_store):
 
 
 def test_heads_computed_on_the_reading_threads_are_the_main_threads_bit_for_bit(tiny_store):
-    """dla's head values made on the reading threads (stream(products=), from each hook_z as read) equal
-    direct_attribution's own from the gathered answers, for every chunk and answer target."""
+    """dla's head and MLP values made on the reading threads (stream(products=), from each hook_z and hook_post
+    as read) equal direct_attribution's own from the gathered answers, for every chunk and answer target; level
+    'neuron' reads each neuron, so its hook_post is gathered, not reduced."""
     from actstore.query.attribution import COMPUTE, direct_attribution
     from actstore.query.dla import DlaPlan, chunk_target
 
@@ -60,14 +61,15 @@ def test_heads_computed_on_the_reading_threads_are_the_main_threads_bit_for_bit(
         plan = DlaPlan(store, level, target, None, 0, None)
         plain = list(stream(store, *plan.hooks, examples=plan.at.arrays, answer_dtype=COMPUTE))
         threaded = list(stream(store, *plan.hooks, examples=plan.at.arrays, answer_dtype=COMPUTE,
-                               products=plan.head_products))
+                               products=plan.answer_products))
         assert len(plain) == len(threaded) >= 3
         for a, b in zip(plain, threaded):
             assert b.products and set(b.products).isdisjoint(b.at_answer)
-            heads = {int(name.split(".")[1]): v for name, v in b.products.items()}
+            mlp = {name for name in plan.hooks[0] if name.endswith("mlp.hook_post")}
+            assert mlp and mlp <= set(b.at_answer if level == "neuron" else b.products)
             tgt = chunk_target(store, plan.readout, plan.at.arrays, a, target)
             want, _ = direct_attribution(plan.weights, plan.readout, a, level=level, target=tgt)
-            got, _ = direct_attribution(plan.weights, plan.readout, b, level=level, target=tgt, heads=heads)
+            got, _ = direct_attribution(plan.weights, plan.readout, b, level=level, target=tgt, products=b.products)
             np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
 
 
