@@ -4,12 +4,13 @@
 #
 #   bash benchmarks/quiet_run.sh [LOG] [STORES_DIR]     (about 30 minutes on the 2-core CPU; stores reused in DIR)
 #
-# ACTSTORE_QUIET_PARTS limits it to some of: ingest, reads, query, sae, setup, lm (default: all, in that order).
+# ACTSTORE_QUIET_PARTS limits it to some of: ingest, reads, fallback, query, sae, setup, lm (default: all, in that
+# order; fallback reads the stores reads keeps in DIR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:-quiet_run.log}
 DIR=${2:-/tmp/actstore-bench-stores}
-PARTS=${ACTSTORE_QUIET_PARTS:-ingest,reads,query,sae,setup,lm}
+PARTS=${ACTSTORE_QUIET_PARTS:-ingest,reads,fallback,query,sae,setup,lm}
 P=${PY:-.venv/bin/python}
 stamp() { echo "=== $1 $(date -u +%Y-%m-%dT%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 run() {  # a part: its command's output (warnings dropped) between two stamps
@@ -22,7 +23,8 @@ echo "=== HEAD $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with u
 want ingest && run "$P" benchmarks/ingest.py --models gpt2,zoo:addition,zoo:list_update,zoo:brackets --n 128 \
     --zoo-n 8192 --repeats 2 --peers notebook,floor,sae
 want reads && run "$P" benchmarks/reads.py --models gpt2,zoo --n 256 --repeats 15 --dir "$DIR"
-want query && run "$P" benchmarks/query.py --models gpt2,zoo --n 64 --n-zoo 4096 --repeats 3
+want fallback && run "$P" benchmarks/fallback.py --dir "$DIR" --repeats 15
+want query && run "$P" benchmarks/query.py --models gpt2,zoo --n 64 --n-zoo 4096 --repeats 5
 want sae && run "$P" benchmarks/ingest.py --models gpt2 --n 128 --peers sae --repeats 5 --sae-only
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2,zoo:addition --n 32 --repeats 4 --processes 3
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2 --n 32 --repeats 4 --processes 3 \

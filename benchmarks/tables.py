@@ -111,10 +111,11 @@ def query_table(runs: dict[str, list[dict[str, str]]]) -> str:
                      cell(rs, "tl_cold_process_s", " s"), cell(rs, "cold_process_s", " s"),
                      cell(rs, "cold_import_s", " s"),
                      cell(rs, "speedup_cold") + "x", cell(rs, "break_even_warm") + " / " + cell(rs, "break_even_cold"),
-                     cell(rs, "max_err") + " / " + cell(rs, "err_tol"), cell(rs, "read_ratio")])
+                     cell(rs, "max_err") + " / " + cell(rs, "err_tol"), cell(rs, "read_ratio"),
+                     cell(rs, "read_ratio_median")])
     return table(["model", "examples", "TL (fast) warm", "TL (seeds' code) warm", "store DLA warm", "speedup warm",
                   "TL cold process", "store cold process", "its imports", "speedup cold",
-                  "break-even queries warm / cold", "max_err / err_tol", "read_ratio"], rows)
+                  "break-even queries warm / cold", "max_err / err_tol", "read_ratio", "read_ratio of medians"], rows)
 
 
 def setup_table(runs: dict[str, list[dict[str, str]]]) -> str:
