@@ -1,7 +1,8 @@
 """Per-head DLA from a store against recomputing it with TransformerLens, one line per model.
 
 For a GPT-2-small-shaped model with random weights (on the ioi task) and each zoo model (on its
-own task): ingests n examples (default hooks, float16), then measures, best of --repeats:
+own task): ingests n examples (default hooks, float16), then measures (best of --read-repeats for the
+reads, the DLA and the checks, which take milliseconds; of --repeats for the cold processes):
 - raw_s:   reading and decompressing every array the query touches (store.read, chunk by chunk,
            one array after another), and raw_MB/s over their uncompressed bytes;
 - dla_s:   actstore.query.dla(store, level='head') end to end (reads, math, the tidy table), its
@@ -28,7 +29,8 @@ own task): ingests n examples (default hooks, float16), then measures, best of -
   whether max_err is within it; sum_err: the largest |sum of all components - (stored logit - b_U)|.
 Page cache is warm for both reads (the store was just written).
 
-    python benchmarks/query.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--tl-repeats 1]
+    python benchmarks/query.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--read-repeats 15]
+                               [--tl-repeats 1]
                                [--device cpu|cuda] [--untrained]   (zoo architectures, random weights)
 
 Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.8 on every model.
@@ -303,7 +305,7 @@ def break_even(ingest_s: float, tl_s: float, query_s: float) -> str:
 
 
 def measure(label: str, model, task: str, params: dict | None, n: int, repeats: int,  # type: ignore[no-untyped-def]
-            tl_repeats: int, seeds_baseline: bool, tmp: Path, device: str = "cpu") -> str:
+            tl_repeats: int, seeds_baseline: bool, tmp: Path, device: str = "cpu", read_repeats: int = 15) -> str:
     out = tmp / label.replace(":", "_")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -314,7 +316,7 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
     hooks, _ = required_hooks(Weights.from_store(store), "head")
     raw, warm, plain, meta, meta_plain = [], [], [], [], []
     n_chunks = sum(1 for _ in store.chunks())
-    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all
+    for _ in range(read_repeats):  # interleaved, so that noise from other work on the machine hits all
         t, nbytes = best(lambda: raw_read(store, hooks), 1)
         raw.append(t)
         plain.append(best(lambda: raw_read_unchecked(store, hooks), 1)[0])
@@ -366,7 +368,9 @@ def main() -> int:
     p.add_argument("--n", type=int, default=256, help="examples for the GPT-2-small shape (default 256)")
     p.add_argument("--n-zoo", type=int, default=4096, help="examples per zoo model (default 4096)")
     p.add_argument("--models", default="gpt2,zoo", help="comma list: gpt2, zoo (every zoo model) or zoo:NAME")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved raw-read / dla runs; the best of each is shown")
+    p.add_argument("--repeats", type=int, default=5, help="cold processes of each side (the best is shown)")
+    p.add_argument("--read-repeats", type=int, default=15,
+                   help="interleaved raw-read / dla / check runs, milliseconds each (the best and median are shown)")
     p.add_argument("--tl-repeats", type=int, default=1, help="TransformerLens runs (the best is shown)")
     p.add_argument("--no-seeds-baseline", action="store_true",
                    help="skip the seeds' TransformerLens code (logit_attrs at every position; slow on GPT-2)")
@@ -406,7 +410,7 @@ def main() -> int:
             continue
         model.to(args.device).eval()
         print(measure(label, model, task, params, n, args.repeats, args.tl_repeats, not args.no_seeds_baseline, tmp,
-                      args.device), flush=True)
+                      args.device, args.read_repeats), flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -24,7 +24,7 @@ want ingest && run "$P" benchmarks/ingest.py --models gpt2,zoo:addition,zoo:list
     --zoo-n 8192 --repeats 2 --peers notebook,floor,sae
 want reads && run "$P" benchmarks/reads.py --models gpt2,zoo --n 256 --repeats 15 --dir "$DIR"
 want fallback && run "$P" benchmarks/fallback.py --dir "$DIR" --repeats 15
-want query && run "$P" benchmarks/query.py --models gpt2,zoo --n 64 --n-zoo 4096 --repeats 5
+want query && run "$P" benchmarks/query.py --models gpt2,zoo --n 64 --n-zoo 4096 --repeats 3 --read-repeats 15
 want sae && run "$P" benchmarks/ingest.py --models gpt2 --n 128 --peers sae --repeats 5 --sae-only
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2,zoo:addition --n 32 --repeats 4 --processes 3
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2 --n 32 --repeats 4 --processes 3 \

@@ -1,7 +1,7 @@
 """The Markdown tables of docs/benchmarks.md, from the output of the benchmarks that fill them.
 
-Reads one or more logs (stdout of benchmarks/ingest.py, reads.py, query.py and ingest_setup.py, in any order
-and mixed; other lines are ignored) and prints one table per benchmark, every cell copied from a printed
+Reads one or more logs (stdout of benchmarks/ingest.py, reads.py, fallback.py, query.py and ingest_setup.py, in any
+order and mixed; other lines are ignored) and prints one table per benchmark, every cell copied from a printed
 `key=value` (a benchmark run twice gives each run's value, ` / `-joined in log order), so the page's figures can
 be checked against the run that made them:
 
@@ -27,14 +27,16 @@ def fields(line: str) -> dict[str, str]:
 
 
 def collect(lines: list[str]) -> dict[str, dict[str, list[dict[str, str]]]]:
-    """{kind: {row key: [fields of each run]}}, kinds: ingest, hook, reads, query, setup."""
+    """{kind: {row key: [fields of each run]}}, kinds: ingest, hook, reads, fallback, query, setup."""
     out: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(lambda: defaultdict(list))
     setup_head: str | None = None
     for line in lines:
         head = line.split(" ", 1)[0]
         model = head.split("(")[0]  # reads.py and query.py label untrained zoo models 'zoo:NAME(untrained)'
         f = fields(line)
-        if model in MODELS and "hooks" in f and "bare_forward_s" in f:
+        if "numpy_over_kernel" in f:  # fallback.py: one line per store directory
+            out["fallback"][head].append(f)
+        elif model in MODELS and "hooks" in f and "bare_forward_s" in f:
             out["ingest"][head].append(f)
         elif model in MODELS and "hook" in f and "whole_actstore_s" in f:
             out["hook"][f"{head} {f['hook']}"].append(f)
@@ -118,6 +120,13 @@ def query_table(runs: dict[str, list[dict[str, str]]]) -> str:
                   "break-even queries warm / cold", "max_err / err_tol", "read_ratio", "read_ratio of medians"], rows)
 
 
+def fallback_table(runs: dict[str, list[dict[str, str]]]) -> str:
+    rows = [[store, cell(rs, "target"), cell(rs, "examples"), cell(rs, "kernel_ms", " ms"), cell(rs, "numpy_ms", " ms"),
+             "**" + cell(rs, "numpy_over_kernel") + "**", cell(rs, "same_table")] for store, rs in runs.items()]
+    return table(["store", "target", "examples", "head DLA, C kernel", "head DLA, numpy code", "numpy / kernel",
+                  "same table"], rows)
+
+
 def setup_table(runs: dict[str, list[dict[str, str]]]) -> str:
     rows = [[key, cell(rs, "setup_s", " s"), cell(rs, "digest_s", " s"), cell(rs, "create_s", " s"),
              cell(rs, "create_cpu_s", " s"), cell(rs, "loop_s", " s"), cell(rs, "call_s", " s")]
@@ -127,8 +136,8 @@ def setup_table(runs: dict[str, list[dict[str, str]]]) -> str:
 
 
 # each kind collect() gathers -> the function printing its table, in the page's order
-TABLES = {"ingest": ingest_table, "hook": hook_table, "reads": reads_table, "query": query_table,
-          "setup": setup_table}
+TABLES = {"ingest": ingest_table, "hook": hook_table, "reads": reads_table, "fallback": fallback_table,
+          "query": query_table, "setup": setup_table}
 
 
 def main() -> int:

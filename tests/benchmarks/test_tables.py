@@ -40,3 +40,14 @@ def test_a_value_is_read_from_its_key_with_its_unit_and_runs_side_by_side():
     assert tables.cell(runs, "read_ratio") == "0.77 / 0.81"
     assert tables.cell(runs, "dla_s", " s") == "0.0122 s / 0.0122 s"
     assert tables.cell(runs, "zarrs_x_zarr") == "-"  # a reader that did not run
+
+
+def test_a_fallback_line_is_its_own_table_row_keyed_by_store():
+    tables = _tables_module()
+    line = ("zoo_addition         target=diff    examples=4096 kernel_ms=6.0 numpy_ms=13.6 numpy_over_kernel=2.26 "
+            "same_table=yes")
+    got = tables.collect([line, line.replace("kernel_ms=6.0", "kernel_ms=5.8")])
+    assert set(got) == {"fallback"}
+    row = tables.fallback_table(got["fallback"]).splitlines()[2]
+    assert row == ("| zoo_addition | diff / diff | 4096 / 4096 | 6.0 ms / 5.8 ms | 13.6 ms / 13.6 ms | **2.26 / 2.26** "
+                   "| yes / yes |")
