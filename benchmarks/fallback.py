@@ -11,6 +11,7 @@ here on every store).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def main() -> None:
     args = p.parse_args()
     kernel = hd.KERNEL
     if kernel is None:
-        raise SystemExit("fallback.py: the C kernel is not built here (setup.py build_ext --inplace): nothing to compare")
+        raise SystemExit("fallback.py: the C kernel is not built here (python setup.py build_ext --inplace): "
+                         "nothing to compare")
     stores = sorted(d for d in Path(args.dir).iterdir() if (d / "zarr.json").exists() and (d / "_commits").is_dir())
     if not stores:
         raise SystemExit(f"fallback.py: no store under {args.dir}; run benchmarks/reads.py --dir {args.dir} first")
@@ -43,12 +45,13 @@ def main() -> None:
         store = actstore.open_store(path)
         target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
         tables, times = {}, {"kernel": [], "numpy": []}
+        query = functools.partial(dla, store, level="head", target=target)
         for _ in range(3):  # interleaved: noise on the machine hits both
             for name, k in (("kernel", kernel), ("numpy", None)):
                 hd.KERNEL = k
                 try:
-                    tables[name] = dla(store, level="head", target=target)
-                    times[name].append(best_ms(lambda: dla(store, level="head", target=target), args.repeats // 3))
+                    tables[name] = query()
+                    times[name].append(best_ms(query, max(1, args.repeats // 3)))
                 finally:
                     hd.KERNEL = kernel
         same = tables["kernel"].equals(tables["numpy"])

@@ -7,9 +7,9 @@ reads, the DLA and the checks, which take milliseconds; of --repeats for the col
            one array after another), and raw_MB/s over their uncompressed bytes;
 - dla_s:   actstore.query.dla(store, level='head') end to end (reads, math, the tidy table), its
            MB/s over the same bytes, and read_ratio = dla MB/s / raw MB/s (best runs; read_ratio_median:
-           of the median runs); raw and dla runs are interleaved. dla_cold_s: the first call, which also reads the weights (GPT-2: W_E and
-           W_U alone are 300 MB) and folds the answer directions into them; later queries on
-           the store in the same process reuse both;
+           of the median runs); raw and dla runs are interleaved. dla_cold_s: the first call, which also
+           reads the weights (GPT-2: W_E and W_U alone are 300 MB) and folds the answer directions into
+           them; later queries on the store in the same process reuse both;
 - tl_s:    TransformerLens over the same examples and batches, as a skilled user computes it
            (tl_head_dla_fast: hook_z only, stop_at_layer, products at the answers), on --device;
            tl_seeds_s: the seeds' code (run_with_cache + stack_head_results + logit_attrs at every
@@ -349,7 +349,8 @@ def measure(label: str, model, task: str, params: dict | None, n: int, repeats: 
     line = (f"{label:<16} task={task:<11} n={n} answers={store.n_answers} chunk={store.chunk_size} "
             f"threads={torch.get_num_threads()} target={target} touched_MB={mb:.1f} "
             f"raw_s={raw_s:.3f} raw_MB/s={mb / raw_s:.0f} dla_s={dla_s:.3f} dla_MB/s={mb / dla_s:.0f} "
-            f"read_ratio={raw_s / dla_s:.2f} read_ratio_median={np.median(raw) / np.median(warm):.2f} check_cost={raw_s / min(plain):.2f} "
+            f"read_ratio={raw_s / dla_s:.2f} read_ratio_median={np.median(raw) / np.median(warm):.2f} "
+            f"check_cost={raw_s / min(plain):.2f} "
             f"meta_s={min(meta):.3f} meta_check_cost={min(meta) / min(meta_plain):.2f} dla_cold_s={cold_s:.3f} "
             f"tl_device={device} tl_s={tl_s:.3f} speedup={tl_s / dla_s:.1f} speedup_first={tl_s / cold_s:.1f} "
             f"cold_process_s={cold[0]:.2f} cold_import_s={cold[1]:.2f} cold_query_s={cold[2]:.3f} "

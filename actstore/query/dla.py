@@ -117,8 +117,9 @@ class DlaPlan:
                       input_tokens=rows.input_tokens, start=start)
         target = chunk_target(self.store, self.readout, self.at.arrays, chunk, self.tgt.kind)
         arch = self.weights.arch
-        out: dict[str, Product] = {Arch.z(layer): _HeadProduct(*target.indexed(compute_table(self.readout, "head", layer)))
-                                   for layer in range(arch.n_layers)}
+        out: dict[str, Product] = {
+            Arch.z(layer): _HeadProduct(*target.indexed(compute_table(self.readout, "head", layer)))
+            for layer in range(arch.n_layers)}
         if arch.has_mlp and self.level != "neuron":
             out.update({Arch.mlp_post(layer): _HeadProduct(*target.indexed(mlp_table(self.readout, layer)))
                         for layer in range(arch.n_layers)})
