@@ -10,7 +10,8 @@ table, or its per-pair differences for 'diff') and row which of them each answer
 Every product is exact in float64 (float16 or float32 times float32), and the sum over d_head runs in
 one fixed order: four running sums over d mod 4, each in order of d, then (s0 + s1) + (s2 + s3). So the
 C kernel (_head_dot.c: one pass over the stored values with the GIL released, AVX2 and F16C where the
-CPU has them) and the numpy code below give the same bits, and a row's value depends on that row
+CPU has them) and the numpy code below give the same bits (where both give NaN, its sign and payload may
+differ: not part of the contract), and a row's value depends on that row
 alone: any chunking, thread or worker gives the same table (in a thread set to treat subnormals as
 zero, float32 subnormals in z or the table count as 0 on both paths, as in any float32 arithmetic
 there). The kernel is built at install where a C compiler is present (setup.py, optional); without it
@@ -82,7 +83,8 @@ def numpy_head_dot(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, table: np.n
             # [group, (b, a, h), lane]: reduced over its first axis, which is not the fast one in memory, numpy adds
             # the groups one after another in order (pairwise summation is for the fast axis only), in one call
             # however wide z is (a loop over an MLP's 768 groups cost ~10x more); + 0.0 gives a lane of only -0.0
-            # products the kernel's +0.0 (its sums start at +0.0) and changes no other value
+            # products the kernel's +0.0 (its sums start at +0.0) where a reduce starts from the first value (numpy
+            # 2.4's starts from its identity, +0.0, already) and changes no other value
             groups = np.ascontiguousarray(values.reshape(ex.size * a * h, width // LANES, LANES).transpose(1, 0, 2))
             lanes = (np.add.reduce(groups, axis=0) + 0.0).reshape(*values.shape[:3], LANES)
             out[ex] = (lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])
