@@ -30,8 +30,7 @@ reads, the DLA and the checks, which take milliseconds; of --repeats for the col
 Page cache is warm for both reads (the store was just written).
 
     python benchmarks/query.py [--n 256] [--n-zoo 4096] [--models gpt2,zoo] [--repeats 5] [--read-repeats 15]
-                               [--tl-repeats 1]
-                               [--device cpu|cuda] [--untrained]   (zoo architectures, random weights)
+                               [--tl-repeats 1] [--device cpu|cuda] [--untrained]   (zoo architectures, random weights)
 
 Targets: speedup >= 10 on a CPU for the GPT-2-small shape; read_ratio >= 0.8 on every model.
 """

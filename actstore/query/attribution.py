@@ -124,8 +124,7 @@ def mlp_values(post: np.ndarray, target: Target, table: np.ndarray) -> np.ndarra
     """[e, a] float64: each answer's MLP output (without b_out) read along `target`: post [e, a, d_mlp] (MLP
     hook_post at the answers) dotted with the folded MLP table `table` [row, 1, d_mlp] (mlp_table) at each
     answer's row, in head_values' order and precision (one head of width d_mlp)."""
-    rows, index = target.indexed(table)
-    return head_dot(post[:, :, None, :], answer_positions(post), index, rows)[..., 0]
+    return head_values(post[:, :, None, :], target, table)[..., 0]
 
 
 def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: str = "head",
@@ -150,8 +149,8 @@ def direct_attribution(weights: Weights, readout: Readout, chunk: Chunk, level: 
         add(tgt.dot(weights.param(Arch.W_pos), chunk.answer_pos, readout.u), [Component("pos_embed")])
 
     n_heads = weights.arch.n_heads
+    done = {} if products is None else products
     for layer in range(weights.arch.n_layers):
-        done = {} if products is None else products
         if Arch.z(layer) in done:
             per_head = done[Arch.z(layer)]  # [e, a, head]
         else:

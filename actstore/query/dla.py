@@ -118,10 +118,10 @@ class DlaPlan:
         target = chunk_target(self.store, self.readout, self.at.arrays, chunk, self.tgt.kind)
         arch = self.weights.arch
         out: dict[str, Product] = {
-            Arch.z(layer): _HeadProduct(*target.indexed(compute_table(self.readout, "head", layer)))
+            Arch.z(layer): _AnswerDot(*target.indexed(compute_table(self.readout, "head", layer)))
             for layer in range(arch.n_layers)}
         if arch.has_mlp and self.level != "neuron":
-            out.update({Arch.mlp_post(layer): _HeadProduct(*target.indexed(mlp_table(self.readout, layer)))
+            out.update({Arch.mlp_post(layer): _AnswerDot(*target.indexed(mlp_table(self.readout, layer)))
                         for layer in range(arch.n_layers)})
         return out
 
@@ -134,7 +134,7 @@ class DlaPlan:
         return self.at.empty(component_items([], self.level), {"target": pl.String}, self.tgt.per_token)
 
 
-class _HeadProduct:
+class _AnswerDot:
     """A chunks.Product: the head_values of a chunk's hook_z [example, pos, head, d_head] as read, at its answer
     positions, toward table rows `rows` [row, head, d_head] at `index` [example, answer] (Target.indexed); or
     the mlp_values [example, answer] of an MLP hook_post [example, pos, d_mlp], toward rows [row, 1, d_mlp]."""
@@ -144,12 +144,12 @@ class _HeadProduct:
 
     def __call__(self, z: np.ndarray, dims: Sequence[str], answer_pos: np.ndarray) -> np.ndarray:
         mlp = len(dims) == 3  # [example, pos | answer, d_mlp]
-        if tuple(dims) in (("example", "pos", "head", "d_head"), ("example", "pos", "d_mlp")):  # at the answers,
-            # straight from the chunk
-            values = head_dot(z[:, :, None, :] if mlp else z, answer_pos, self.index, self.rows)
+        if tuple(dims) in (("example", "pos", "head", "d_head"), ("example", "pos", "d_mlp")):
+            at, pos = z, answer_pos  # read at the answers straight from the chunk
         else:
             at = at_answers(z, dims, answer_pos)  # [example, answer, ...]: e.g. stored at the answers only
-            values = head_dot(at[:, :, None, :] if mlp else at, answer_positions(at), self.index, self.rows)
+            pos = answer_positions(at)
+        values = head_dot(at[:, :, None, :] if mlp else at, pos, self.index, self.rows)
         return values[..., 0] if mlp else values
 
 

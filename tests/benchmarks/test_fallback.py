@@ -18,7 +18,10 @@ from actstore.query import head_dot as hd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(hd.KERNEL is None, reason="the C kernel is not built here (no C compiler)")
+needs_kernel = pytest.mark.skipif(hd.KERNEL is None, reason="the C kernel is not built here (no C compiler)")
+
+
+@needs_kernel
 def test_it_times_both_paths_on_every_store_and_finds_the_same_table(tmp_path):
     for name, kind in (("mlp", "ln_mlp"), ("attn_only", "ln_attn")):
         actstore.ingest("addition", tiny_model(kind), 24, 0, tmp_path / name, chunk=8, quiet=True)
@@ -33,9 +36,8 @@ def test_it_times_both_paths_on_every_store_and_finds_the_same_table(tmp_path):
         assert kernel > 0 and numpy > 0
 
 
+@needs_kernel
 def test_it_says_when_the_directory_holds_no_store(tmp_path):
-    if hd.KERNEL is None:
-        pytest.skip("the C kernel is not built here (no C compiler)")
     got = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fallback.py"), "--dir", str(tmp_path)],
                          capture_output=True, text=True)
     assert got.returncode != 0 and "no store under" in got.stderr
