@@ -88,7 +88,7 @@ from actstore.store.layout import compressors, param_dims
 ENV = "ACTSTORE_WEIGHT_CACHE"
 RECORD = "record.json"
 TAIL = 4  # bytes of a chunk's crc32c (little-endian) at its end, when the codec chain ends in crc32c
-LAYOUT = 1  # bump when the bytes written for the same weights change
+LAYOUT = 2  # bump when the files written for the same weights change (2: chunk keys 'c.0.0', no c/ directories)
 # files of an entry this process found holding their recorded bytes: {path: [inode, size, mtime_ns, ctime_ns,
 # nlink]} as they were when read; trusted while a file's stamp still equals it (any write to it moves its ctime)
 _CHECKED: dict[str, list[int]] = {}
@@ -154,7 +154,8 @@ def write_params(folder: Path, params: Mapping[str, np.ndarray], codec: Mapping[
         value = np.ascontiguousarray(value, dtype=np.float32)
         arr = group.create_array(name, shape=value.shape, chunks=value.shape or (1,), dtype="float32",
                                  serializer=BytesCodec(), compressors=compressors(dict(codec)), fill_value=0,
-                                 dimension_names=param_dims(name, value.ndim), config={"write_empty_chunks": True})
+                                 dimension_names=param_dims(name, value.ndim), config={"write_empty_chunks": True},
+                                 chunk_key_encoding={"name": "default", "separator": "."})
         arr[...] = value
 
 

@@ -283,8 +283,10 @@ def stores(tmp_path_factory) -> dict[str, str]:
     data[len(data) // 2] ^= 0xFF
     part.write_bytes(data)
     missing = shutil.copytree(made["add"], root / "missing_weights")
-    for chunk in (missing / "params").glob("*/c/*"):
-        chunk.unlink() if chunk.is_file() else shutil.rmtree(chunk)
+    chunks = list((missing / "params").glob("*/c.*"))  # weight chunks are files c.0.0 beside each zarr.json
+    assert chunks, "no weight chunk to delete: has the params/ layout changed?"
+    for chunk in chunks:
+        chunk.unlink()
     return {**{k: str(v) for k, v in made.items()}, "corrupt_meta": str(corrupt), "missing_weights": str(missing)}
 
 

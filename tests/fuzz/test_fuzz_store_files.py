@@ -143,13 +143,13 @@ def test_a_weight_cache_entry_holding_a_symlink_is_rebuilt_and_never_linked(mode
     monkeypatch.setenv(ENV, str(cache))
     first = actstore.ingest("addition", model, 16, 0, tmp_path / "a", **KW).path
     (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    chunk = entry / "params/embed.W_E/c/0/0"
+    chunk = entry / "params/embed.W_E/c.0.0"
     outside = tmp_path / "outside"
     outside.write_bytes(chunk.read_bytes())  # the same bytes: only the kind of file differs
     chunk.unlink()
     chunk.symlink_to(outside)
     second = actstore.ingest("addition", model, 16, 0, tmp_path / "b", **KW).path
-    linked = second / "params/embed.W_E/c/0/0"
+    linked = second / "params/embed.W_E/c.0.0"
     assert not linked.is_symlink() and not any(p.is_symlink() for p in cache.rglob("*"))
     outside.unlink()
     assert data_files(second) == data_files(first) and verify(second).passed

@@ -63,7 +63,7 @@ def edit_in_place(path: Path, data: bytes) -> None:
 
 
 def largest_chunk(cache: Path) -> Path:
-    files = [p for p in cache.glob("*/params/**/c/**/*") if p.is_file()]
+    files = [p for p in cache.glob("*/params/*/c.*") if p.is_file()]
     return max(files, key=lambda p: p.stat().st_size)
 
 

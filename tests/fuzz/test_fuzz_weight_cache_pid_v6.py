@@ -27,17 +27,17 @@ def test_a_damaged_entry_is_rebuilt_past_a_leftover_of_this_pid(tmp_path):
     assert cache is not None
     actstore.ingest("addition", model, 8, 0, tmp_path / "a", **KW)
     (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    chunk = entry / "params" / "embed.W_E" / "c" / "0" / "0"
+    chunk = entry / "params" / "embed.W_E" / "c.0.0"
     good = chunk.read_bytes()
-    (tmp_path / "a" / "params" / "embed.W_E" / "c" / "0" / "0").unlink()  # the entry's file: one link again
+    (tmp_path / "a" / "params" / "embed.W_E" / "c.0.0").unlink()  # the entry's file: one link again
     chunk.write_bytes(bytes([good[0] ^ 1]) + good[1:])  # damaged in place
     leftover = cache / f".{entry.name}.removing-{os.getpid()}"
     (leftover / "params").mkdir(parents=True)
     (leftover / "params" / "x").write_bytes(b"\0" * 64)
 
     store = actstore.ingest("addition", model, 8, 0, tmp_path / "b", **KW).path
-    assert (store / "params" / "embed.W_E" / "c" / "0" / "0").read_bytes() == good
+    assert (store / "params" / "embed.W_E" / "c.0.0").read_bytes() == good
     assert chunk.read_bytes() == good and (entry / RECORD).is_file()  # the entry was rebuilt, not left damaged
-    assert os.stat(chunk).st_ino == os.stat(store / "params" / "embed.W_E" / "c" / "0" / "0").st_ino  # and linked
+    assert os.stat(chunk).st_ino == os.stat(store / "params" / "embed.W_E" / "c.0.0").st_ino  # and linked
     np.testing.assert_array_equal(actstore.open_store(store).param("embed.W_E"),
                                   model.embed.W_E.detach().numpy())

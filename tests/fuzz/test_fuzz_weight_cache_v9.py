@@ -43,7 +43,7 @@ def _ingest(model, out: Path):
 
 def _chunk(store_path: Path) -> Path:
     """A weight chunk file of the store (hard-linked from the cache entry)."""
-    return store_path / "params/blocks.0.attn.W_V/c/0/0/0"
+    return store_path / "params/blocks.0.attn.W_V/c.0.0.0"
 
 
 def _edit_in_place(path: Path, put_mtime_back: bool) -> None:

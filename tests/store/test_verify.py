@@ -98,7 +98,7 @@ def test_commit_records_out_of_order_and_bad_metadata(real_store):
 
 
 def test_damaged_weight_is_named(real_store):
-    flip_byte(real_store / "params/unembed.W_U/c/0/0")
+    flip_byte(real_store / "params/unembed.W_U/c.0.0")
     problems = verify(real_store).problems
     assert problems and problems[0].startswith("weight params/unembed.W_U: unreadable")
 
@@ -186,12 +186,12 @@ def test_dropped_crc32c_codec_is_bad(real_store):
 
 def test_deleted_chunks_and_weights_are_errors_on_read_and_in_verify(real_store):
     (real_store / "acts/blocks.0.mlp.hook_post/c/1/0/0").unlink()
-    (real_store / "params/blocks.0.attn.W_Q/c/0/0/0").unlink()
+    (real_store / "params/blocks.0.attn.W_Q/c.0.0.0").unlink()
     store = open_store(real_store)
     with pytest.raises(StoreCorruptError, match="chunk file acts/blocks.0.mlp.hook_post/c/1/0/0 is missing"):
         store.read("blocks.0.mlp.hook_post", 16, 32)
     assert store.read("blocks.0.mlp.hook_post", 0, 16).shape[0] == 16  # other chunks still read
-    with pytest.raises(StoreCorruptError, match="weight file params/blocks.0.attn.W_Q/c/0/0/0 is missing"):
+    with pytest.raises(StoreCorruptError, match="weight file params/blocks.0.attn.W_Q/c.0.0.0 is missing"):
         store.param("blocks.0.attn.W_Q")
     problems = verify(real_store).problems
     assert "acts/blocks.0.mlp.hook_post chunk 1: file acts/blocks.0.mlp.hook_post/c/1/0/0 is missing" in problems

@@ -48,9 +48,9 @@ def test_linked_params_equal_params_written_directly(model, tmp_path, monkeypatc
     direct = actstore.ingest("addition", model, 20, 0, tmp_path / "direct", **KW).path
     assert tree_bytes(a / "params") == tree_bytes(direct / "params") == tree_bytes(b / "params")
     assert (a / "_commits/store.json").read_bytes() == (direct / "_commits/store.json").read_bytes()
-    chunk = a / "params/embed.W_E/c/0/0"
-    assert chunk.stat().st_nlink == 3 and chunk.stat().st_ino == (b / "params/embed.W_E/c/0/0").stat().st_ino
-    assert direct.joinpath("params/embed.W_E/c/0/0").stat().st_nlink == 1
+    chunk = a / "params/embed.W_E/c.0.0"
+    assert chunk.stat().st_nlink == 3 and chunk.stat().st_ino == (b / "params/embed.W_E/c.0.0").stat().st_ino
+    assert direct.joinpath("params/embed.W_E/c.0.0").stat().st_nlink == 1
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
     for s in (a, b, direct):
         assert verify(s).passed
@@ -60,7 +60,7 @@ def test_linked_params_equal_params_written_directly(model, tmp_path, monkeypatc
 def test_a_damaged_entry_is_detected_and_rebuilt(model, tmp_path, how):
     cache = Path(os.environ[ENV])
     first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
-    victim = entry_of(cache) / "params/blocks.0.attn.W_O/c/0/0/0"
+    victim = entry_of(cache) / "params/blocks.0.attn.W_O/c.0.0.0"
     data = bytearray(victim.read_bytes())
     data[20] ^= 0xFF  # inside the blosc payload: the crc32c tail and the size stay as recorded
     if how.startswith("in place"):  # every store linking the file sees it too, and its reads say so
@@ -77,7 +77,7 @@ def test_a_damaged_entry_is_detected_and_rebuilt(model, tmp_path, how):
     second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW)
     assert verify(second.path).passed
     np.testing.assert_array_equal(second.param("blocks.0.attn.W_O"), model.blocks[0].attn.W_O.detach().numpy())
-    assert entry_of(cache).joinpath("params/blocks.0.attn.W_O/c/0/0/0").read_bytes() != bytes(data)
+    assert entry_of(cache).joinpath("params/blocks.0.attn.W_O/c.0.0.0").read_bytes() != bytes(data)
     assert verify(first).passed == (how == "replaced")
 
 
@@ -90,7 +90,7 @@ def _audit_share(cache: Path) -> int:
 def test_deleting_a_linked_store_costs_no_rehash_of_the_weights(model, tmp_path):
     cache = Path(os.environ[ENV])
     first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
-    chunk = entry_of(cache) / "params/embed.W_E/c/0/0"
+    chunk = entry_of(cache) / "params/embed.W_E/c.0.0"
     was = chunk.stat()
     shutil.rmtree(first)  # unlinking changes the shared inode's ctime and nothing else
     assert chunk.stat().st_ctime_ns != was.st_ctime_ns or chunk.stat().st_nlink != was.st_nlink
@@ -98,7 +98,7 @@ def test_deleting_a_linked_store_costs_no_rehash_of_the_weights(model, tmp_path)
     second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW).path
     # only ctimes and link counts moved: no file read again but the audit's share (one in AUDIT, in turn)
     assert 0 < weight_cache.files_read() - before <= _audit_share(cache)
-    assert (second / "params/embed.W_E/c/0/0").stat().st_ino == was.st_ino  # the entry was used, not rebuilt
+    assert (second / "params/embed.W_E/c.0.0").stat().st_ino == was.st_ino  # the entry was used, not rebuilt
     assert verify(second).passed
     shutil.rmtree(second)  # the stamps recorded after linking `second`: deleting it again reads the next share only
     before = weight_cache.files_read()
@@ -143,12 +143,12 @@ def test_an_edit_through_a_store_with_its_mtime_put_back_is_caught(model, tmp_pa
     first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
     shutil.rmtree(actstore.ingest("addition", model, 20, 1, tmp_path / "other", **KW).path)
     third = actstore.ingest("addition", model, 20, 2, tmp_path / "third", **KW).path  # stamps after the deletion
-    was, _ = _edit_in_place(first / "params/blocks.0.attn.W_O/c/0/0/0")
+    was, _ = _edit_in_place(first / "params/blocks.0.attn.W_O/c.0.0.0")
     before = weight_cache.files_read()
     second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW)
     assert weight_cache.files_read() > before
     np.testing.assert_array_equal(second.param("blocks.0.attn.W_O"), model.blocks[0].attn.W_O.detach().numpy())
-    assert (second.path / "params/blocks.0.attn.W_O/c/0/0/0").stat().st_ino != was.st_ino  # a rebuilt entry's
+    assert (second.path / "params/blocks.0.attn.W_O/c.0.0.0").stat().st_ino != was.st_ino  # a rebuilt entry's
     assert verify(second.path).passed and not verify(first).passed and not verify(third).passed
 
 
@@ -158,7 +158,7 @@ def test_an_edit_hidden_behind_a_deleted_store_still_fails_every_read(model, tmp
     links the edited bytes unread, and every read of that weight says so (its crc32c), as does verify."""
     first = actstore.ingest("addition", model, 20, 0, tmp_path / "first", **KW).path
     other = actstore.ingest("addition", model, 20, 1, tmp_path / "other", **KW).path
-    _edit_in_place(first / "params/blocks.0.attn.W_O/c/0/0/0")
+    _edit_in_place(first / "params/blocks.0.attn.W_O/c.0.0.0")
     shutil.rmtree(other)
     second = actstore.ingest("addition", model, 20, 0, tmp_path / "second", **KW)
     with pytest.raises(StoreCorruptError, match="blocks.0.attn.W_O"):
@@ -187,7 +187,7 @@ def test_an_unusable_cache_falls_back_to_writing_params(model, tmp_path, monkeyp
     blocker.write_text("not a directory")
     monkeypatch.setenv(ENV, str(blocker / "cache"))
     store = actstore.ingest("addition", model, 20, 0, tmp_path / "s", **KW)
-    assert verify(store.path).passed and store.path.joinpath("params/embed.W_E/c/0/0").stat().st_nlink == 1
+    assert verify(store.path).passed and store.path.joinpath("params/embed.W_E/c.0.0").stat().st_nlink == 1
 
 
 def test_an_entry_no_store_links_is_pruned_by_other_weights(tmp_path):
@@ -215,3 +215,33 @@ def test_a_model_edited_in_place_after_hashing_is_hashed_again(tmp_path):
     store = actstore.ingest("addition", model, 20, 0, tmp_path / "s", **KW)
     assert store.manifest.weights_sha256 == fresh() and verify(store.path).passed
     np.testing.assert_array_equal(store.param("blocks.0.attn.W_V")[1], 0.0)
+
+
+def test_params_with_the_old_slash_chunk_keys_still_open_verify_and_read(model, tmp_path, monkeypatch):
+    """Stores made before LAYOUT 2 keep their weights under c/0/0 directories: they open, verify and read the same
+    weights as a store of today's layout (c.0.0 files, one directory per weight)."""
+    monkeypatch.setenv(ENV, "off")
+    new = actstore.ingest("addition", model, 20, 0, tmp_path / "new", **KW)
+    write = weight_cache.write_params
+
+    def slash_keys(folder, params, codec):  # what write_params wrote before LAYOUT 2
+        write(folder, params, codec)
+        for name in params:
+            arr = folder / name
+            meta = json.loads((arr / "zarr.json").read_text())
+            meta["chunk_key_encoding"]["configuration"]["separator"] = "/"
+            (arr / "zarr.json").write_text(json.dumps(meta))
+            (chunk,) = arr.glob("c.*")
+            leaf = arr.joinpath(*chunk.name.split("."))
+            leaf.parent.mkdir(parents=True)
+            chunk.rename(leaf)
+
+    monkeypatch.setattr(weight_cache, "write_params", slash_keys)
+    old = actstore.ingest("addition", model, 20, 0, tmp_path / "old", **KW)
+    assert (old.path / "params/embed.W_E/c/0/0").is_file() and (new.path / "params/embed.W_E/c.0.0").is_file()
+    assert not (new.path / "params/embed.W_E/c").exists()
+    assert verify(old.path).passed and verify(new.path).passed
+    reopened = actstore.open_store(old.path)
+    for name in ("embed.W_E", "blocks.0.attn.W_Q", "unembed.W_U"):
+        np.testing.assert_array_equal(reopened.param(name), new.param(name))
+        assert reopened.param(name).tobytes() == model.state_dict()[name].float().numpy().tobytes()

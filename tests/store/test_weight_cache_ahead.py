@@ -27,7 +27,7 @@ from actstore.store.verify import verify  # noqa: E402
 from actstore.store.weight_cache import ENV, check_ahead, place_params  # noqa: E402
 
 KW = dict(hooks=["blocks.0.hook_resid_pre"], chunk=16, batch=8, quiet=True)
-VICTIM = "blocks.0.attn.W_O/c/0/0/0"
+VICTIM = "blocks.0.attn.W_O/c.0.0.0"
 
 
 @pytest.fixture(scope="module")
