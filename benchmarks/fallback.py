@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 from pathlib import Path
+
+from query import best, dla_target
 
 import actstore
 from actstore.query import dla
 from actstore.query import head_dot as hd
-
-
-def best_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
 
 
 def main() -> None:
@@ -43,7 +35,7 @@ def main() -> None:
         raise SystemExit(f"fallback.py: no store under {args.dir}; run benchmarks/reads.py --dir {args.dir} first")
     for path in stores:
         store = actstore.open_store(path)
-        target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
+        target = dla_target(store)
         tables, times = {}, {"kernel": [], "numpy": []}
         query = functools.partial(dla, store, level="head", target=target)
         for _ in range(3):  # interleaved: noise on the machine hits both
@@ -51,7 +43,7 @@ def main() -> None:
                 hd.KERNEL = k
                 try:
                     tables[name] = query()
-                    times[name].append(best_ms(query, max(1, args.repeats // 3)))
+                    times[name].append(best(query, max(1, args.repeats // 3))[0] * 1e3)
                 finally:
                     hd.KERNEL = kernel
         same = tables["kernel"].equals(tables["numpy"])

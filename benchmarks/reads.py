@@ -63,7 +63,8 @@ import google_crc32c  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 from numcodecs import Blosc, Zstd  # noqa: E402
-from query import ZOO_MODELS, best, gpt2_small_shape, raw_read, raw_read_unchecked, untrained_zoo  # noqa: E402
+from query import (ZOO_MODELS, best, dla_target, gpt2_small_shape, raw_read, raw_read_unchecked,  # noqa: E402
+                   untrained_zoo)
 
 import actstore  # noqa: E402
 from actstore.query import dla  # noqa: E402
@@ -165,7 +166,7 @@ def ingest_or_reuse(label: str, model_fn: Callable[[], object], task: str, param
 
 
 def measure(label: str, store, readers: dict[str, Callable[..., int]], repeats: int) -> str:  # type: ignore[no-untyped-def]
-    target = "diff" if store.examples.get_column("counter_tokens").null_count() == 0 else "correct"
+    target = dla_target(store)
     dla(store, level="head", target=target)  # the weights read and folded once, as in query.py's warm runs
     hooks, _ = required_hooks(Weights.from_store(store), "head")
     nbytes = {name: fn(store, hooks) for name, fn in readers.items()}  # warms the page cache and each reader
