@@ -63,6 +63,7 @@ from actstore.ingest.forward import (Sink, answer_outputs, answer_pass, answer_t
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outputs_frame, token_names, tokens_frame,
                                   topk_frame)
+from actstore.models.allocator import forward_memory
 from actstore.ingest.probe import ShapeCheck, ShapeMismatch, config_shapes, probe_batch, skip_reason
 from actstore.store.arch import Arch
 from actstore.store.commits import commit_path, committed_prefix
@@ -85,6 +86,7 @@ DEFAULT_TOP_K = 10  # tokens kept per answer in meta/topk unless asked (at most 
 WRITE_QUEUE_DEPTH = 1
 
 
+@forward_memory()
 def ingest(
     task: str,
     model: Any,

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from actstore.errors import ActstoreError, StoreWriteError
 from actstore.interventions.cluster import check_cluster, cluster_parts
 from actstore.interventions.forward import Runner
+from actstore.models.allocator import forward_memory
 from actstore.interventions.model import model_for
 from actstore.interventions.rows import ensure_means, part_rows, plan_sweep
 from actstore.interventions.spec import SweepSpec
@@ -31,6 +32,7 @@ from actstore.store.reader import Store
 from actstore.store.sweeps import SweepWriter, list_sweeps, read_sweep, sweep_id
 
 
+@forward_memory()
 def run_sweep(store: Store, spec: SweepSpec, model: Any = None, device: str = "auto",
               quiet: bool = False, client: Any = None) -> pl.DataFrame:
     """Run `spec` on `store` (or return its stored table when the same sweep is complete); the rows
