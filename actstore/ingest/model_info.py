@@ -8,9 +8,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import torch
+import xxhash
 
 from actstore.errors import InvalidParameterError
 from actstore.models import load_model, model_config_dict, processing_of
@@ -68,15 +68,14 @@ def params_dict(model: Any) -> dict[str, np.ndarray]:
 
 
 def _content_check(p: torch.Tensor) -> Any:
-    """A check of every value of `p`, cheap enough to run at every ingest: the crc32c of its bytes on the CPU
-    (about 10 GB/s here: 70 ms for a GPT-2-small shape, against 0.5 s for its sha256); on another device,
+    """A check of every value of `p`, cheap enough to run at every ingest: the 64-bit XXH3 of its bytes on the CPU
+    (about 22 GB/s here, with the GIL released: 29 ms for a GPT-2-small shape, against 63 ms for their crc32c,
+    which held the GIL from the forward pass beside it, and 0.5 s for their sha256); on another device,
     where reading the bytes would copy them to the host, its sum and its position-weighted sum in float64,
     computed there. An edit through `p.data`, which leaves the version counter as it was, changes it."""
     t = p.detach().reshape(-1)
     if t.device.type == "cpu":
-        raw = t.contiguous().view(torch.uint8).numpy().view()
-        raw.flags.writeable = False  # google_crc32c takes a read-only buffer: no copy
-        return google_crc32c.value(raw)
+        return xxhash.xxh3_64_intdigest(t.contiguous().view(torch.uint8).numpy().data)
     x = t.double()
     return float(x.sum()), float((x * torch.arange(1, x.numel() + 1, device=x.device, dtype=torch.float64)).sum())
 
@@ -96,7 +95,7 @@ def weights_digest(model: Any) -> str:
     the same torch version counter, which any in-place edit (`p.add_(...)`, `p[...] = x`,
     `load_state_dict`) advances, and with the same `_content_check` of all its values (an edit
     through `p.data` bypasses the counter; the check sees an edit of any value, short of a
-    crc32c collision).
+    64-bit hash collision).
     `forget_weights_digest(model)` drops it.
     """
     named = sorted(model.named_parameters(), key=lambda kv: kv[0])

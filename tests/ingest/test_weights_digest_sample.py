@@ -1,6 +1,6 @@
-"""model_info.weights_digest keeps a model's digest while its weights are unchanged (checked by a crc32c of every
+"""model_info.weights_digest keeps a model's digest while its weights are unchanged (checked by a 64-bit XXH3 of every
 parameter's bytes): an edit through `.data` (no version counter) of any one row of an embedding or MLP matrix,
-or of one head, is caught and the digest recomputed."""
+or of one head, or two rows swapped, is caught and the digest recomputed."""
 
 from __future__ import annotations
 
@@ -32,4 +32,13 @@ def test_an_edit_of_one_row_or_head_through_data_is_caught(model, where):
     param = dict(model.named_parameters())[name]
     with torch.no_grad():
         param.data[int(index.split()[-1])] += 1.0  # through .data: the version counter stays
+    assert weights_digest(model) == fresh(model) != before
+
+
+def test_two_rows_swapped_through_data_are_caught(model):
+    """A permutation leaves every order-blind sum of the values as it was; the content check is not one."""
+    before = weights_digest(model)
+    w_e = model.embed.W_E
+    with torch.no_grad():
+        w_e.data[[3, 5]] = w_e.data[[5, 3]].clone()
     assert weights_digest(model) == fresh(model) != before
