@@ -115,11 +115,12 @@ def test_out_of_range_positions_and_rows_are_refused(numpy_code, monkeypatch):
             head_dot(z, bad_pos, bad_rows, table)
 
 
-@pytest.mark.parametrize("bad", ["table dtype", "table heads", "pos shape", "z ndim"])
+@pytest.mark.parametrize("bad", ["table dtype", "table heads", "pos shape", "z ndim", "pos float", "rows bool"])
 def test_mismatched_shapes_are_refused(bad):
     z, pos, rows, table = awkward_case(4, 8)
     args = {"table dtype": (z, pos, rows, table.astype(np.float64)), "table heads": (z, pos, rows, table[:, :2]),
-            "pos shape": (z, pos[:, :2], rows, table), "z ndim": (z[0], pos, rows, table)}[bad]
+            "pos shape": (z, pos[:, :2], rows, table), "z ndim": (z[0], pos, rows, table),
+            "pos float": (z, pos.astype(np.float64), rows, table), "rows bool": (z, pos, rows > 0, table)}[bad]
     with pytest.raises(ValueError, match="head_dot"):
         head_dot(*args)
 
