@@ -63,8 +63,8 @@ from actstore.ingest.forward import (Sink, answer_outputs, answer_pass, answer_t
 from actstore.ingest.hooks import answer_dims, hook_dims, pos_axis, resolve_hooks
 from actstore.ingest.meta import (TWIN_OUTPUTS, TokenNames, examples_frame, outputs_frame, token_names, tokens_frame,
                                   topk_frame)
-from actstore.models.allocator import forward_memory
 from actstore.ingest.probe import ShapeCheck, ShapeMismatch, config_shapes, probe_batch, skip_reason
+from actstore.models.allocator import forward_memory
 from actstore.store.arch import Arch
 from actstore.store.commits import commit_path, committed_prefix
 from actstore.store.layout import DEFAULT_CODEC, META_TABLES, chunk_ranges, meta_tables, part_path

@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from actstore.errors import ActstoreError, StoreWriteError
 from actstore.interventions.cluster import check_cluster, cluster_parts
 from actstore.interventions.forward import Runner
-from actstore.models.allocator import forward_memory
 from actstore.interventions.model import model_for
 from actstore.interventions.rows import ensure_means, part_rows, plan_sweep
 from actstore.interventions.spec import SweepSpec
 from actstore.interventions.targets import check_hook
+from actstore.models.allocator import forward_memory
 from actstore.store.lock import store_lock
 from actstore.store.reader import Store
 from actstore.store.sweeps import SweepWriter, list_sweeps, read_sweep, sweep_id

@@ -21,6 +21,7 @@ sets glibc's malloc itself (MALLOC_*_ variables, GLIBC_TUNABLES): the user's cho
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import threading
@@ -35,7 +36,6 @@ TRIM_AFTER = 2 * MMAP_THRESHOLD  # as glibc's heuristic sets it after freeing an
 
 _LOCK = threading.Lock()
 _DEPTH = 0  # forward_memory blocks open in this process (threads may nest or overlap them)
-_LIBC: Any = None
 
 
 def tunable() -> bool:
@@ -44,20 +44,21 @@ def tunable() -> bool:
         return False
     if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
         return False
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and _libc() is not None
+    return _glibc() is not None
 
 
-def _libc() -> Any:
-    global _LIBC
-    if _LIBC is None:
-        try:
-            lib = ctypes.CDLL(None)
-            lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-            _LIBC = lib
-        except (OSError, AttributeError):
-            _LIBC = False
-    return _LIBC or None
+@functools.cache
+def _glibc() -> Any:
+    """The process's C library with mallopt and malloc_trim typed, or None where malloc is not glibc's."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        lib = ctypes.CDLL(None)
+        lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def forward_memory() -> Iterator[bool]:
     if not tunable():
         yield False
         return
-    lib = _libc()
+    lib = _glibc()
     with _LOCK:
         _DEPTH += 1
         if _DEPTH == 1:
