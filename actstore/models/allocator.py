@@ -14,7 +14,7 @@ free memory is handed back (malloc_trim) and the trim threshold set to 64 MiB, w
 heuristic reaches after freeing a 32 MiB block (mallopt ends that heuristic for the process: the
 process then keeps up to 64 MiB of free memory at the top of its heap).
 
-Nothing is changed where malloc is not glibc's, where ACTSTORE_MALLOC=0, or where the environment
+Nothing is changed where malloc is not glibc's, where ACTSTORE_MALLOC is 0 / off / false / no, or where the environment
 sets glibc's malloc itself (MALLOC_*_ variables, GLIBC_TUNABLES): the user's choice stands.
 """
 
@@ -34,13 +34,15 @@ MMAP_THRESHOLD = 32 << 20  # glibc's dynamic ceiling (DEFAULT_MMAP_THRESHOLD_MAX
 TRIM_DURING = 1 << 30
 TRIM_AFTER = 2 * MMAP_THRESHOLD  # as glibc's heuristic sets it after freeing an MMAP_THRESHOLD block
 
+OFF = ("0", "off", "false", "no")  # ACTSTORE_MALLOC values that leave malloc alone (any case)
+
 _LOCK = threading.Lock()
 _DEPTH = 0  # forward_memory blocks open in this process (threads may nest or overlap them)
 
 
 def tunable() -> bool:
     """Whether forward_memory changes anything here: glibc's malloc, not set by the environment or turned off."""
-    if os.environ.get("ACTSTORE_MALLOC", "1") == "0" or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    if os.environ.get("ACTSTORE_MALLOC", "").strip().lower() in OFF or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
         return False

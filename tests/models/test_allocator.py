@@ -50,10 +50,14 @@ def test_nested_blocks_restore_once_when_the_outer_one_ends():
     assert allocator._DEPTH == 0
 
 
-def test_turned_off_by_the_environment(monkeypatch):
-    monkeypatch.setenv("ACTSTORE_MALLOC", "0")
+@pytest.mark.parametrize("value", ["0", "off", "OFF", " false ", "no"])
+def test_turned_off_by_the_environment(monkeypatch, value):
+    monkeypatch.setenv("ACTSTORE_MALLOC", value)
     with forward_memory() as kept:
         assert not kept
+    monkeypatch.setenv("ACTSTORE_MALLOC", "1")
+    with forward_memory() as kept:
+        assert kept  # any other value leaves it on
     monkeypatch.delenv("ACTSTORE_MALLOC")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000")
     assert not allocator.tunable()
