@@ -28,7 +28,9 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
              its own lines, one per hook, for SAELens, actstore and the notebook loop: --sae-hook (default
              the middle block's hook_resid_pre, blocks.6.hook_resid_pre on the GPT-2 shape: issue 14's)
              and always also the last block's hook_resid_post (where the loops tie: the whole forward).
-             saelens_vs_actstore compares SAELens's run() with actstore's loop_s (the forward and writes);
+             saelens_vs_actstore compares SAELens's run() with actstore's loop_s (the forward and writes),
+             each side's best; pairs_median is the median over repeats of each pair's own ratio (the two
+             run back to back, SAELens first in every other pair), less moved by the machine's drift;
              whole_saelens_vs_actstore compares each whole call (SAELens: the tokens' Dataset, the
              runner's construction and run(); actstore: ingest() with its setup: probe, weights sha256,
              store creation).
@@ -168,9 +170,9 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
     store = None
     if sae_only and sae_skip is not None:
         return [f"{label:<16} task={task:<11} n={n} saelens=skipped ({sae_skip})"]
-    for _ in range(repeats):  # interleaved, so that noise from other work on the machine hits all alike
+    for rep in range(repeats):  # interleaved, so that noise from other work on the machine hits all alike
         if sae_only:
-            store = _sae_pairs(label, model, task, n, chunk, batch, device, tmp, data, ones, runs, wanted)
+            store = _sae_pairs(label, model, task, n, chunk, batch, device, tmp, data, ones, runs, wanted, rep % 2 == 1)
             continue
         store, st = ingest_once(label, model, task, n, chunk, batch, device, out)
         runs.setdefault("actstore", []).append((st["loop_s"], st["bytes_written"]))
@@ -200,7 +202,7 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
                 runs.setdefault(f"{saver}save", []).append(
                     peers.notebook_loop(model, data, hooks, c, b, device, tmp / "nb", saver))
         if sae_skip is None:
-            _sae_pairs(label, model, task, n, chunk, batch, device, tmp, data, ones, runs, wanted)
+            _sae_pairs(label, model, task, n, chunk, batch, device, tmp, data, ones, runs, wanted, rep % 2 == 1)
     assert store is not None
     best = {k: min(v, key=lambda r: r[0]) for k, v in runs.items()}
     head = (f"{label:<16} task={task:<11} n={n} chunk={store.chunk_size} batch={store.manifest.batch} "
@@ -217,8 +219,10 @@ def measure(label: str, model, task: str, n: int, chunk: int | None, batch: int,
         s_a, b_a = best[f"{one}:actstore"]
         s_s, b_s = best[f"{one}:saelens"]
         w_a, w_s = best[f"{one}:actstore_whole"][0], best[f"{one}:saelens_whole"][0]
+        pairs = [s[0] / a[0] for a, s in zip(runs[f"{one}:actstore"], runs[f"{one}:saelens"])]
         line = (f"{head} hook={one} actstore{'_no_outputs' if HAS_OUTPUTS_FLAG else '(with outputs)'}="
                 f"{rate(n, b_a, s_a)} saelens={rate(n, b_s, s_s)} saelens_vs_actstore={s_s / s_a:.2f} "
+                f"pairs_median={np.median(pairs):.2f} pairs={len(pairs)} "
                 f"whole_actstore_s={w_a:.2f} whole_saelens_s={w_s:.2f} whole_saelens_vs_actstore={w_s / w_a:.2f}")
         if f"{one}:npsave" in best:
             s_, b_ = best[f"{one}:npsave"]
@@ -267,22 +271,35 @@ def _default_line(head: str, best: dict, store, out: Path, values: int, disk: in
 
 
 def _sae_pairs(label: str, model, task: str, n: int, chunk: int | None, batch: int, device: torch.device, tmp: Path,
-               data, ones: list[str], runs: dict, wanted: set[str]):
-    """One ingest of each one-hook line, each followed by SAELens's runner on the same hook; returns the last store."""
+               data, ones: list[str], runs: dict, wanted: set[str], sae_first: bool = False):
+    """One ingest of each one-hook line and SAELens's runner on the same hook, a pair; `sae_first` runs SAELens
+    first (the caller alternates, so that neither side always runs right after the other's work); returns the
+    store."""
     store = None
+    sae_batch = min(batch, chunk or batch)  # the batches ingest runs (its batch is at most its chunk)
     for one in ones:
+        if sae_first:
+            _saelens_run(model, data, one, sae_batch, device, tmp, runs)
         store, st = ingest_once(label, model, task, n, chunk, batch, device, tmp / "one", hooks=[one],
                                 outputs=not HAS_OUTPUTS_FLAG)  # not `out`: bytes/value reads the default store
         runs.setdefault(f"{one}:actstore", []).append((st["loop_s"], st["bytes_written"]))
         runs.setdefault(f"{one}:actstore_whole", []).append((st["setup_s"] + st["loop_s"], st["bytes_written"]))
+        if not sae_first:
+            _saelens_run(model, data, one, sae_batch, device, tmp, runs)
         c, b = store.chunk_size, store.manifest.batch
-        sae = peers.saelens_runner(model, data, one, b, device, tmp / "sae")
-        runs.setdefault(f"{one}:saelens", []).append(sae[:2])
-        runs.setdefault(f"{one}:saelens_whole", []).append((sae[3], sae[1]))
+        if b != sae_batch:
+            raise RuntimeError(f"ingest ran batches of {b}, SAELens of {sae_batch}")
         if "notebook" in wanted:
             runs.setdefault(f"{one}:npsave", []).append(
                 peers.notebook_loop(model, data, {one: "all"}, c, b, device, tmp / "nb", "np"))
     return store
+
+
+def _saelens_run(model, data, hook: str, batch: int, device: torch.device, tmp: Path, runs: dict) -> None:
+    sae = peers.saelens_runner(model, data, hook, batch, device, tmp / "sae")
+    runs.setdefault(f"{hook}:saelens", []).append(sae[:2])
+    runs.setdefault(f"{hook}:saelens_whole", []).append((sae[3], sae[1]))
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

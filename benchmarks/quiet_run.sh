@@ -25,7 +25,7 @@ want ingest && run "$P" benchmarks/ingest.py --models gpt2,zoo:addition,zoo:list
 want reads && run "$P" benchmarks/reads.py --models gpt2,zoo --n 256 --repeats 15 --dir "$DIR"
 want fallback && run "$P" benchmarks/fallback.py --dir "$DIR" --repeats 15
 want query && run "$P" benchmarks/query.py --models gpt2,zoo --n 64 --n-zoo 4096 --repeats 3 --read-repeats 15
-want sae && run "$P" benchmarks/ingest.py --models gpt2 --n 128 --peers sae --repeats 5 --sae-only
+want sae && run "$P" benchmarks/ingest.py --models gpt2 --n 128 --peers sae --repeats 8 --sae-only
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2,zoo:addition --n 32 --repeats 4 --processes 3
 want setup && run "$P" benchmarks/ingest_setup.py --models gpt2 --n 32 --repeats 4 --processes 3 \
     --hooks blocks.6.hook_resid_pre --no-outputs
