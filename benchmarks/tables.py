@@ -87,9 +87,10 @@ def hook_table(runs: dict[str, list[dict[str, str]]]) -> str:
         rows.append([SHORT.get(model, model), f"`{hook}`", cell(rs, "whole_actstore_s", " s"),
                      cell(rs, "whole_saelens_s", " s"), cell(rs, "whole_saelens_vs_actstore"),
                      cell(rs, "actstore_no_outputs", " s"), cell(rs, "saelens", " s"), cell(rs, "saelens_vs_actstore"),
-                     cell(rs, "npsave", " s")])
+                     cell(rs, "pairs_median"), cell(rs, "npsave", " s")])
     return table(["model", "hook", "actstore whole call", "SAELens whole call", "SAELens / actstore",
-                  "actstore loop", "SAELens run()", "run() / loop", "notebook np.save"], rows)
+                  "actstore loop", "SAELens run()", "run() / loop", "run() / loop, median of pairs",
+                  "notebook np.save"], rows)
 
 
 def reads_table(runs: dict[str, list[dict[str, str]]]) -> str:
