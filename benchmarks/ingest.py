@@ -27,7 +27,7 @@ own task), on the same tokens, batches and hooks, interleaved `--repeats` times 
              skipped with a line when it is not installed). It caches one hook per run, so it gets
              its own lines, one per hook, for SAELens, actstore and the notebook loop: --sae-hook (default
              the middle block's hook_resid_pre, blocks.6.hook_resid_pre on the GPT-2 shape: issue 14's)
-             and always also the last block's hook_resid_post (where the loops tie: the whole forward).
+             and always also the last block's hook_resid_post (where both run the whole forward).
              saelens_vs_actstore compares SAELens's run() with actstore's loop_s (the forward and writes),
              each side's best; pairs_median is the median over repeats of each pair's own ratio (the two
              run back to back, SAELens first in every other pair), less moved by the machine's drift;
