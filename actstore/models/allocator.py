@@ -16,6 +16,9 @@ process then keeps up to 64 MiB of free memory at the top of its heap).
 
 Nothing is changed where malloc is not glibc's, where ACTSTORE_MALLOC is 0 / off / false / no, or where the environment
 sets glibc's malloc itself (MALLOC_*_ variables, GLIBC_TUNABLES): the user's choice stands.
+
+A process forked inside a block starts outside it: the child gets the setting after (the 64 MiB threshold), and a
+block it leaves that its parent entered changes nothing there.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def forward_memory() -> Iterator[bool]:
         yield False
         return
     lib = _glibc()
+    pid = os.getpid()
     with _LOCK:
         _DEPTH += 1
         if _DEPTH == 1:
@@ -80,8 +84,23 @@ def forward_memory() -> Iterator[bool]:
     try:
         yield True
     finally:
-        with _LOCK:
-            _DEPTH -= 1
-            if _DEPTH == 0:
-                lib.mallopt(M_TRIM_THRESHOLD, TRIM_AFTER)
-                lib.malloc_trim(0)
+        if os.getpid() == pid:  # else a forked child leaving its parent's block: _after_fork set it already
+            with _LOCK:
+                _DEPTH -= 1
+                if _DEPTH == 0:
+                    lib.mallopt(M_TRIM_THRESHOLD, TRIM_AFTER)
+                    lib.malloc_trim(0)
+
+
+def _after_fork() -> None:
+    """In a child forked inside a block: no block open, the setting after it (and a fresh lock: another thread may
+    have held it at the fork)."""
+    global _DEPTH, _LOCK
+    _LOCK = threading.Lock()
+    if _DEPTH:
+        _DEPTH = 0
+        _glibc().mallopt(M_TRIM_THRESHOLD, TRIM_AFTER)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

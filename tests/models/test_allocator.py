@@ -5,6 +5,7 @@ come and go), through glibc's own malloc and free."""
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 
 import pytest
@@ -61,6 +62,49 @@ def test_turned_off_by_the_environment(monkeypatch, value):
     monkeypatch.delenv("ACTSTORE_MALLOC")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000")
     assert not allocator.tunable()
+
+
+def _in_child(body) -> int:  # type: ignore[no-untyped-def]
+    """The exit status of a forked child that runs body() (0 if it returns True)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if body() else 3
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_child_forked_inside_a_block_starts_outside_it():
+    pages = BLOCKS * BLOCK // 4096
+
+    def child() -> bool:
+        _pass()
+        return allocator._DEPTH == 0 and _pass() > pages // 4  # handed back, as after a block
+
+    with forward_memory():
+        assert _in_child(child) == 0
+        _pass()
+        assert _pass() < pages // 20  # the parent is still inside its block
+    assert allocator._DEPTH == 0
+
+
+def test_a_child_leaving_its_parents_block_changes_nothing():
+    def child() -> bool:
+        block.__exit__(None, None, None)  # the parent's block, left in the child
+        with forward_memory():  # a block of the child's own still opens and closes
+            inside = allocator._DEPTH == 1
+        return inside and allocator._DEPTH == 0
+
+    block = forward_memory()
+    block.__enter__()
+    try:
+        assert _in_child(child) == 0
+        assert allocator._DEPTH == 1
+    finally:
+        block.__exit__(None, None, None)
+    assert allocator._DEPTH == 0
 
 
 def test_ingest_runs_its_forward_passes_within_it(tmp_path):
