@@ -16,6 +16,7 @@ from actstore.models.allocator import forward_memory
 pytestmark = pytest.mark.skipif(not allocator.tunable(), reason="glibc's malloc only")
 
 BLOCK, BLOCKS = 8 << 20, 12  # 12 x 8 MiB: under the 32 MiB from the heap, over the 64 MiB kept after
+PAGES = BLOCKS * BLOCK // 4096  # what a pass faults in when none of its memory was kept
 
 
 def _pass() -> int:
@@ -33,21 +34,19 @@ def _pass() -> int:
 
 
 def test_freed_memory_is_reused_within_and_handed_back_after():
-    pages = BLOCKS * BLOCK // 4096
     with forward_memory() as kept:
         assert kept
         _pass()
-        assert _pass() < pages // 20  # the second pass reuses the first one's memory
+        assert _pass() < PAGES // 20  # the second pass reuses the first one's memory
     _pass()
-    assert _pass() > pages // 4  # handed back: the pass faults its memory in again
+    assert _pass() > PAGES // 4  # handed back: the pass faults its memory in again
 
 
 def test_nested_blocks_restore_once_when_the_outer_one_ends():
-    pages = BLOCKS * BLOCK // 4096
     with forward_memory():
         with forward_memory():
             _pass()
-        assert _pass() < pages // 20  # the inner block's end changed nothing
+        assert _pass() < PAGES // 20  # the inner block's end changed nothing
     assert allocator._DEPTH == 0
 
 
@@ -77,16 +76,14 @@ def _in_child(body) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_a_child_forked_inside_a_block_starts_outside_it():
-    pages = BLOCKS * BLOCK // 4096
-
     def child() -> bool:
         _pass()
-        return allocator._DEPTH == 0 and _pass() > pages // 4  # handed back, as after a block
+        return allocator._DEPTH == 0 and _pass() > PAGES // 4  # handed back, as after a block
 
     with forward_memory():
         assert _in_child(child) == 0
         _pass()
-        assert _pass() < pages // 20  # the parent is still inside its block
+        assert _pass() < PAGES // 20  # the parent is still inside its block
     assert allocator._DEPTH == 0
 
 
